@@ -1,0 +1,191 @@
+"""``citylake``: the same functions the DAGs run, without Airflow. Errors print as one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipelines.errors import CitylakeError
+from pipelines.settings import TZ, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="citylake: the Hefei city data lake.")
+sources_app = typer.Typer(no_args_is_help=True, help="The source registry (schemas/sources/).")
+lake_app = typer.Typer(no_args_is_help=True, help="Tables in the lake.")
+app.add_typer(sources_app, name="sources")
+app.add_typer(lake_app, name="lake")
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), console=err, transient=False)
+
+
+def _parse_when(value: str | None, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            d = date.fromisoformat(value)
+        except ValueError:
+            _fail(f"{flag} {value!r}: expected a date (2026-11-01) or a time (2026-11-01T08:00:00+08:00)")
+        parsed = datetime(d.year, d.month, d.day)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=TZ)
+
+
+@app.command()
+def seed(scale: Annotated[float, typer.Option(help="Size of the synthetic city (1.0 ≈ 20k residents).")] = 1.0,
+         seed_value: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same city).")] = 20261124) -> None:
+    """Build the synthetic Hefei city: source databases, file drops and the defect manifest."""
+    from pipelines.seed import seed_city
+
+    settings = load_settings()
+    with err.status("seeding the synthetic city…") as status:
+        summary = seed_city(settings.data_dir, scale=scale, seed=seed_value, progress=lambda m: status.update(m))
+    t = Table("system", "table", "rows", title="synthetic city")
+    for system, tables in summary["systems"].items():
+        for table, rows in tables.items():
+            t.add_row(system, table, f"{rows:,}")
+    for system, n in summary.get("files", {}).items():
+        t.add_row(system, "(files)", f"{n:,}")
+    out.print(t)
+    out.print(f"manifest: {summary['manifest']}")
+
+
+@app.command()
+def ingest(system: Annotated[str, typer.Argument(help="System code, e.g. population.")],
+           table: Annotated[list[str] | None, typer.Option("--table", "-t", help="Only this table (repeatable).")] = None,
+           full_refresh: Annotated[bool, typer.Option("--full-refresh", help="Reload everything; record deletions.")] = False,
+           since: Annotated[str | None, typer.Option(help="Backfill from this cursor value (inclusive).")] = None,
+           until: Annotated[str | None, typer.Option(help="Backfill up to this cursor value (exclusive).")] = None,
+           batch_id: Annotated[str | None, typer.Option(help="Batch id (re-running one replaces it).")] = None) -> None:
+    """Load a source system's tables into the raw zone (what the ingest DAG runs)."""
+    from pipelines.ingest import ingest_system
+    from pipelines.registry import get_system
+
+    if (since is None) != (until is None):
+        _fail("--since and --until go together (a backfill window)")
+    if full_refresh and since:
+        _fail("--full-refresh and --since/--until exclude each other")
+    settings = load_settings()
+    try:
+        spec = get_system(settings.registry_dir, system)
+    except CitylakeError as exc:
+        _fail(str(exc))
+    mode = "full" if full_refresh else ("backfill" if since else "incremental")
+    codes = table or [t.code for t in spec.all_tables]
+    failures: list[str] = []
+    t = Table("table", "mode", "extracted", "written", "unchanged", "deleted", "watermark", "seconds",
+              title=f"ingest {system}")
+    with _progress() as progress:
+        task = progress.add_task(f"{system}", total=len(codes))
+        for code, res in ingest_system(spec, codes, settings=settings, mode=mode,
+                                       since=_parse_when(since, "--since"), until=_parse_when(until, "--until"),
+                                       batch_id=batch_id):
+            progress.advance(task)
+            if isinstance(res, BaseException):
+                failures.append(str(res))
+                err.print(f"[bold red]error:[/] {res}", highlight=False, soft_wrap=True)
+                continue
+            t.add_row(res.identifier, res.mode, f"{res.rows_extracted:,}", f"{res.rows_written:,}",
+                      f"{res.rows_unchanged:,}", f"{res.rows_deleted:,}", res.watermark or "", f"{res.seconds:.1f}")
+            for rej in res.files_rejected:
+                err.print(f"[yellow]rejected:[/] {rej['file']}: {rej['reason']} → {rej['copied_to']}", highlight=False)
+    out.print(t)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(scale: Annotated[float, typer.Option(help="Size of the synthetic city.")] = 1.0) -> None:
+    """Seed the city and run every ingest DAG through real Airflow; print a summary."""
+    from pipelines.demo import run_demo
+
+    try:
+        run_demo(scale=scale, console=out)
+    except CitylakeError as exc:
+        _fail(str(exc))
+
+
+@sources_app.command("ls")
+def sources_ls() -> None:
+    """Every registered source system and its tables."""
+    from pipelines.registry import load_registry
+
+    settings = load_settings()
+    systems, errors = load_registry(settings.registry_dir)
+    t = Table("system", "名称", "部门", "schedule", "tables", "kind")
+    for s in systems.values():
+        kind = "drop" if s.drop else "sql"
+        t.add_row(s.system, s.name, s.department, s.schedule, ", ".join(x.code for x in s.all_tables), kind)
+    out.print(t)
+    for exc in errors.values():
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    if errors:
+        raise typer.Exit(1)
+
+
+@lake_app.command("ls")
+def lake_ls(as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False) -> None:
+    """Every lake table: rows, snapshot id, last watermark, last commit time."""
+    from pipelines.lake.inspect import list_tables
+
+    rows = list_tables(load_settings())
+    if as_json:
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        return
+    t = Table("table", "rows", "snapshot_id", "watermark", "committed_at")
+    for r in rows:
+        t.add_row(r["table"], f"{r['rows']:,}", str(r["snapshot_id"] or ""), r["watermark"] or "", r["committed_at"] or "")
+    out.print(t)
+
+
+@lake_app.command("show")
+def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__person")],
+              limit: Annotated[int, typer.Option(help="Rows to show.")] = 20) -> None:
+    """The first rows of a lake table."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from pipelines.lake.inspect import head
+
+    try:
+        data = head(table, limit, load_settings())
+    except NoSuchTableError:
+        _fail(f"no table {table!r} in the lake (see `citylake lake ls`)")
+    t = Table(*data.column_names)
+    for row in data.to_pylist():
+        t.add_row(*[_cell(v) for v in row.values()])
+    out.print(t)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, datetime):
+        return v.astimezone(TZ).isoformat()
+    return "" if v is None else str(v)
+
+
+def main() -> None:
+    try:
+        app()
+    except CitylakeError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

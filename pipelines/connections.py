@@ -1,0 +1,87 @@
+"""Resolve a registry connection id to a URL. Secrets come from the environment or Airflow, never the repo.
+
+Order: ``CITYLAKE_CONN_<ID>`` (a SQLAlchemy URL), ``AIRFLOW_CONN_<ID>`` (an Airflow URI), an Airflow
+connection (only when running inside Airflow), then the registry's ``default_url`` (the embedded demo's
+local SQLite files, which carry no secret).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from sqlalchemy.engine import make_url
+
+from pipelines.errors import ConfigError
+from pipelines.registry import SourceSystem
+from pipelines.settings import Settings
+
+_AIRFLOW_SCHEMES = {
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mysql+pymysql",
+    "sqlite": "sqlite",
+}
+
+
+def _from_airflow_uri(uri: str) -> str:
+    scheme, _, rest = uri.partition("://")
+    return f"{_AIRFLOW_SCHEMES.get(scheme, scheme)}://{rest}"
+
+
+def _airflow_connection(conn_id: str) -> str | None:
+    if not os.environ.get("AIRFLOW_CTX_DAG_ID"):
+        return None  # not inside an Airflow task: don't pay Airflow's import or touch its database
+    try:
+        from airflow.sdk import BaseHook
+
+        return _from_airflow_uri(BaseHook.get_connection(conn_id).get_uri())
+    except Exception:
+        return None
+
+
+def resolve_url(system: SourceSystem, settings: Settings) -> str:
+    """The source URL of a system; ConfigError (without any secret) when nothing provides one."""
+    env_id = system.connection.upper()
+    url = os.environ.get(f"CITYLAKE_CONN_{env_id}")
+    if not url and os.environ.get(f"AIRFLOW_CONN_{env_id}"):
+        url = _from_airflow_uri(os.environ[f"AIRFLOW_CONN_{env_id}"])
+    url = url or _airflow_connection(system.connection)
+    if not url and system.default_url:
+        url = system.default_url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            url = f"sqlite:///{settings.root / url.removeprefix('sqlite:///')}"
+    if not url:
+        raise ConfigError(
+            f"system {system.system}: connection {system.connection!r} is not set: export "
+            f"CITYLAKE_CONN_{env_id}=<SQLAlchemy URL> or add Airflow connection {system.connection!r}"
+        )
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("mysql://") or url.startswith("mariadb://"):
+        url = "mysql+pymysql://" + url.split("://", 1)[1]
+    return url
+
+
+def describe(url: str) -> str:
+    """Where a URL points, for messages: driver, host, port and database; never user or password."""
+    try:
+        u = make_url(url)
+    except Exception:
+        return "<unparseable url>"
+    if u.get_backend_name() == "sqlite":
+        return f"sqlite:{u.database}"
+    port = f":{u.port}" if u.port else ""
+    return f"{u.get_backend_name()}://{u.host}{port}/{u.database or ''}"
+
+
+def scrub(message: str, url: str) -> str:
+    """Remove the password of ``url`` from a driver's message, whatever the driver put in it."""
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    if password:
+        message = message.replace(str(password), "***")
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message)

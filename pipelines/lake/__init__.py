@@ -1,0 +1,1 @@
+"""The lake: Iceberg catalog, raw-zone writer, read-only views."""

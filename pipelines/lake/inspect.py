@@ -1,0 +1,44 @@
+"""Read-only views of the lake for the CLI and the demo summary."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+
+from pipelines.lake.catalog import NAMESPACES, get_catalog
+from pipelines.lake.raw import STATE_PROPERTY
+from pipelines.settings import TZ, Settings
+
+
+def table_info(table: Any, name: str) -> dict[str, Any]:
+    snap = table.current_snapshot()
+    state = json.loads(table.properties.get(STATE_PROPERTY, "{}"))
+    rows = int(snap.summary.additional_properties.get("total-records", 0)) if snap and snap.summary else 0
+    committed = datetime.fromtimestamp(snap.timestamp_ms / 1000, TZ).isoformat() if snap else None
+    return {
+        "table": name,
+        "rows": rows,
+        "snapshot_id": snap.snapshot_id if snap else None,
+        "watermark": state.get("watermark"),
+        "committed_at": committed,
+    }
+
+
+def list_tables(settings: Settings | None = None, namespaces: tuple[str, ...] = NAMESPACES) -> list[dict[str, Any]]:
+    """Every table of the lake: rows, snapshot id, last watermark, last commit time (+08:00)."""
+    catalog = get_catalog(settings)
+    out = []
+    for ns in namespaces:
+        for ident in sorted(catalog.list_tables(ns)):
+            name = ".".join(ident)
+            out.append(table_info(catalog.load_table(name), name))
+    return out
+
+
+def head(name: str, limit: int = 20, settings: Settings | None = None) -> pa.Table:
+    """The first ``limit`` rows of a lake table."""
+    catalog = get_catalog(settings)
+    return catalog.load_table(name).scan(limit=limit).to_arrow()

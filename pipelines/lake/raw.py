@@ -1,0 +1,384 @@
+"""Raw zone writer: one Iceberg table per source table, every extracted version of a row kept.
+
+Memory stays bounded whatever the table size: record batches are streamed into Parquet (zstd) files
+by a background thread while the next batch is extracted, and the files are registered in one
+transaction (``add_files``) together with the batch replacement (delete by batch id), the schema
+evolution and the watermark. One write = one Iceberg commit: a crash before it leaves the table at
+its previous snapshot (the orphan files are invisible and swept by maintenance).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import EqualTo
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.table import Table
+from pyiceberg.types import DecimalType, DoubleType, LongType
+
+from pipelines.errors import SchemaDriftError
+
+LINEAGE = pa.schema(
+    [
+        pa.field("_batch_id", pa.string()),
+        pa.field("_extracted_at", pa.timestamp("us", tz="UTC")),
+        pa.field("_source_system", pa.string()),
+        pa.field("_source_file", pa.string()),
+        pa.field("_deleted", pa.bool_()),
+        pa.field("_row_hash", pa.int64()),
+    ]
+)
+LINEAGE_NAMES = frozenset(LINEAGE.names)
+STATE_PROPERTY = "citylake.state"
+TABLE_PROPERTIES = {
+    "format-version": "2",
+    "write.parquet.compression-codec": "zstd",
+}
+_ROWS_PER_FILE = 4_000_000
+_ROW_GROUP_ROWS = 256 * 1024
+_KEEP_WINDOWS = 50
+
+
+# --- types ----------------------------------------------------------------------------------------
+
+
+def normalize_type(t: pa.DataType) -> pa.DataType:
+    """The Arrow type a source type is stored as in Iceberg (exact, never lossy)."""
+    if pa.types.is_timestamp(t):
+        # Naive source times are Asia/Shanghai; Iceberg stores instants in UTC.
+        return pa.timestamp("us", tz="UTC")
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_large_binary(t):
+        return pa.binary()
+    if pa.types.is_unsigned_integer(t):
+        return pa.int64()
+    if pa.types.is_date64(t):
+        return pa.date32()
+    if pa.types.is_dictionary(t):
+        return normalize_type(t.value_type)
+    if pa.types.is_null(t):
+        return pa.string()
+    if pa.types.is_int8(t) or pa.types.is_int16(t):
+        return pa.int32()  # Iceberg has no smaller integer
+    if pa.types.is_float16(t):
+        return pa.float32()
+    if pa.types.is_time(t):
+        return pa.time64("us")
+    return t
+
+
+def normalize_array(arr: pa.Array | pa.ChunkedArray, target: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        arr = arr.dictionary_decode() if isinstance(arr, pa.Array) else pc.cast(arr, t.value_type)
+        t = arr.type
+    if pa.types.is_timestamp(t) and t.tz is None:
+        arr = pc.assume_timezone(arr, "Asia/Shanghai", ambiguous="earliest", nonexistent="earliest")
+    return arr if arr.type == target else pc.cast(arr, target)
+
+
+def _widens(old: pa.DataType, new: pa.DataType) -> bool:
+    """Safe widening the raw table evolves for: int → bigint, float → double, wider decimal."""
+    if pa.types.is_integer(old) and pa.types.is_integer(new):
+        return new.bit_width > old.bit_width
+    if pa.types.is_float32(old) and pa.types.is_float64(new):
+        return True
+    if pa.types.is_decimal(old) and pa.types.is_decimal(new):
+        return new.scale == old.scale and new.precision > old.precision
+    return False
+
+
+def _fits(old: pa.DataType, new: pa.DataType) -> bool:
+    """A source type narrower than the table's (a value always fits): cast up silently."""
+    return old == new or _widens(new, old)
+
+
+def _iceberg_type(t: pa.DataType) -> Any:
+    if pa.types.is_int64(t):
+        return LongType()
+    if pa.types.is_float64(t):
+        return DoubleType()
+    if pa.types.is_decimal(t):
+        return DecimalType(t.precision, t.scale)
+    raise AssertionError(t)
+
+
+def plan_schema(table_name: str, current: pa.Schema, source: pa.Schema) -> tuple[pa.Schema, list[str]]:
+    """Target Arrow schema of the table after this load, and the changes made (for the run log).
+
+    Added columns evolve the table; safe widenings evolve it; a dropped or retyped column raises
+    SchemaDriftError naming every change, and nothing in the lake changes.
+    """
+    data_current = [f for f in current if f.name not in LINEAGE_NAMES]
+    src = {f.name: normalize_type(f.type) for f in source}
+    problems: list[str] = []
+    changes: list[str] = []
+    fields: list[pa.Field] = []
+    for f in data_current:
+        if f.name not in src:
+            problems.append(f"column {f.name} ({f.type}) was dropped at the source")
+            fields.append(f)
+        elif _fits(f.type, src[f.name]):
+            fields.append(f)
+        elif _widens(f.type, src[f.name]):
+            changes.append(f"widened {f.name}: {f.type} → {src[f.name]}")
+            fields.append(pa.field(f.name, src[f.name]))
+        else:
+            problems.append(f"column {f.name} changed type {f.type} → {src[f.name]}")
+            fields.append(f)
+    if problems:
+        raise SchemaDriftError(f"{table_name}: schema drift at the source: {'; '.join(problems)} (lake unchanged)")
+    known = {f.name for f in data_current}
+    for name, t in src.items():
+        if name not in known:
+            if data_current:
+                changes.append(f"added {name} ({t})")
+            fields.append(pa.field(name, t))
+    return pa.schema(fields + list(LINEAGE)), changes
+
+
+# --- table state ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TableState:
+    """Incremental state kept as a table property, set in the same commit as the rows it covers."""
+
+    cursor: str | None = None
+    watermark: str | None = None
+    batch_id: str | None = None
+    windows: dict[str, list[str | None]] = field(default_factory=dict)
+    ledger: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, table: Table) -> TableState:
+        raw = table.properties.get(STATE_PROPERTY)
+        return cls(**json.loads(raw)) if raw else cls()
+
+    def to_property(self) -> str:
+        windows = dict(list(self.windows.items())[-_KEEP_WINDOWS:])
+        return json.dumps(
+            {"cursor": self.cursor, "watermark": self.watermark, "batch_id": self.batch_id,
+             "windows": windows, "ledger": self.ledger},
+            ensure_ascii=False, separators=(",", ":"),
+        )
+
+
+def open_table(catalog: Catalog, identifier: str) -> Table | None:
+    try:
+        return catalog.load_table(identifier)
+    except NoSuchTableError:
+        return None
+
+
+def arrow_schema(table: Table) -> pa.Schema:
+    """The table's schema as the writer's Arrow types (pyiceberg reads strings as large_string)."""
+    s = schema_to_pyarrow(table.schema(), include_field_ids=False)
+    return pa.schema([pa.field(f.name, normalize_type(f.type)) for f in s])
+
+
+# --- writer ---------------------------------------------------------------------------------------
+
+
+_DONE = object()
+
+
+class RawWriter:
+    """Streams batches of one load into Parquet files and commits them as one Iceberg snapshot."""
+
+    def __init__(self, catalog: Catalog, identifier: str, source_schema: pa.Schema, *,
+                 batch_id: str, extracted_at: datetime, system: str):
+        self.catalog = catalog
+        self.identifier = identifier
+        self.batch_id = batch_id
+        self.system = system
+        self.extracted_at = pa.scalar(extracted_at, pa.timestamp("us", tz="UTC"))
+        table = open_table(catalog, identifier)
+        current = arrow_schema(table) if table is not None else pa.schema([])
+        self.target, self.changes = plan_schema(identifier, current, source_schema)
+        if table is None:
+            table = catalog.create_table(identifier, schema=self.target, properties=TABLE_PROPERTIES)
+            self.changes = []
+        self.table: Table = table
+        self.files: list[str] = []
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._file_rows = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name=f"write-{identifier}", daemon=True)
+        self._thread.start()
+
+    # The extraction thread only shapes batches; compression and I/O run here, overlapping it.
+    def _drain(self) -> None:
+        try:
+            while (item := self._queue.get()) is not _DONE:
+                if isinstance(item, threading.Event):
+                    self._close_file()
+                    item.set()
+                elif self._error is None:
+                    self._write_now(item)
+            self._close_file()
+        except BaseException as exc:  # surfaced in commit()
+            self._error = exc
+            while (item := self._queue.get()) is not _DONE:
+                if isinstance(item, threading.Event):
+                    item.set()
+
+    def _write_now(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            path = f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet"
+            stream = self.table.io.new_output(path).create(overwrite=True)
+            self._writer = pq.ParquetWriter(stream, self.target, compression="zstd", compression_level=1,
+                                            write_statistics=True)
+            self._stream = stream
+            self.files.append(path)
+        self._writer.write_batch(batch, row_group_size=_ROW_GROUP_ROWS)
+        self._file_rows += batch.num_rows
+        if self._file_rows >= _ROWS_PER_FILE:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._stream.close()
+            self._writer = None
+            self._file_rows = 0
+
+    def shape(self, batch: pa.RecordBatch | pa.Table, *, source_file: str | None = None,
+              deleted: bool = False) -> pa.RecordBatch:
+        """Add lineage and cast to the table's schema (missing data columns become null)."""
+        n = batch.num_rows
+        cols = []
+        for f in self.target:
+            if f.name == "_batch_id":
+                cols.append(pa.repeat(pa.scalar(self.batch_id, pa.string()), n))
+            elif f.name == "_extracted_at":
+                cols.append(pa.repeat(self.extracted_at, n))
+            elif f.name == "_source_system":
+                cols.append(pa.repeat(pa.scalar(self.system, pa.string()), n))
+            elif f.name == "_source_file":
+                cols.append(pa.repeat(pa.scalar(source_file, pa.string()), n))
+            elif f.name == "_deleted":
+                cols.append(pa.repeat(pa.scalar(deleted), n))
+            elif f.name == "_row_hash":
+                if "_row_hash" in batch.schema.names:
+                    cols.append(batch.column("_row_hash"))
+                else:
+                    cols.append(row_hash(batch, [c for c in batch.schema.names if c not in LINEAGE_NAMES]))
+            elif f.name in batch.schema.names:
+                col = batch.column(f.name)
+                cols.append(normalize_array(col, f.type))
+            else:
+                cols.append(pa.nulls(n, f.type))
+        if isinstance(batch, pa.Table):
+            cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in cols]
+        return pa.RecordBatch.from_arrays(cols, schema=self.target)
+
+    def write(self, batch: pa.RecordBatch | pa.Table, *, source_file: str | None = None,
+              deleted: bool = False) -> None:
+        if self._error is not None:
+            raise self._error
+        if batch.num_rows == 0:
+            return
+        self._queue.put(self.shape(batch, source_file=source_file, deleted=deleted))
+        self.rows += batch.num_rows
+
+    def flush(self) -> int:
+        """Close the current Parquet file; returns a mark to ``rollback`` to (one file's rows, say)."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait()
+        if self._error is not None:
+            raise self._error
+        return len(self.files)
+
+    def rollback(self, mark: int, rows: int) -> None:
+        """Forget the files written since ``mark`` (e.g. a drop file rejected halfway through)."""
+        self.flush()
+        for path in self.files[mark:]:
+            self.table.io.delete(path)
+        del self.files[mark:]
+        self.rows -= rows
+
+    def extend(self, source_schema: pa.Schema) -> list[str]:
+        """Evolve the target for a new source schema (a later drop file); drift raises SchemaDriftError."""
+        target, changes = plan_schema(self.identifier, self.target, source_schema)
+        data_names = {f.name for f in self.target if f.name not in LINEAGE_NAMES}
+        if target != self.target:
+            self.flush()
+            self.target = target
+            if data_names:
+                self.changes += changes
+        return changes
+
+    def _finish(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_DONE)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def commit(self, state: TableState, summary: dict[str, str], *, replace_batch: bool) -> int | None:
+        """One Iceberg commit: schema evolution, delete of this batch id, new files, state. Returns snapshot id."""
+        self._finish()
+        table = self.catalog.load_table(self.identifier)
+        with table.transaction() as tx:
+            if arrow_schema(table) != self.target:
+                self._evolve(tx, table)
+            if replace_batch:
+                tx.delete(EqualTo("_batch_id", self.batch_id), snapshot_properties=summary)
+            if self.files:
+                tx.add_files(self.files, snapshot_properties=summary, check_duplicate_files=False)
+            tx.set_properties({STATE_PROPERTY: state.to_property()})
+        table = self.catalog.load_table(self.identifier)
+        snap = table.current_snapshot()
+        return snap.snapshot_id if snap else None
+
+    def _evolve(self, tx: Any, table: Table) -> None:
+        current = {f.name: f.type for f in arrow_schema(table)}
+        with tx.update_schema() as upd:
+            for f in self.target:
+                if f.name in current and current[f.name] != f.type:
+                    upd.update_column(f.name, field_type=_iceberg_type(f.type))
+            new = [f for f in self.target if f.name not in current]
+            if new:
+                upd.union_by_name(pa.schema(new))
+
+    def abort(self) -> None:
+        """Stop writing and delete the files of this load (they were never committed)."""
+        try:
+            self._finish()
+        except BaseException:
+            pass
+        for path in self.files:
+            try:
+                self.table.io.delete(path)
+            except OSError:
+                pass
+        self.files = []
+
+
+def row_hash(batch: pa.RecordBatch | pa.Table, columns: list[str]) -> pa.Array:
+    """A 63-bit hash of each row's data columns (DuckDB's hash; stable within a DuckDB version)."""
+    import duckdb
+
+    if batch.num_rows == 0:
+        return pa.array([], pa.int64())
+    con = duckdb.connect()
+    tbl = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+    out = con.sql(f"SELECT (hash({cols}) >> 1)::BIGINT AS h FROM tbl").to_arrow_table()
+    return out.column("h").combine_chunks()

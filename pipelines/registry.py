@@ -1,0 +1,285 @@
+"""Source registry: one ``schemas/sources/<system>.yml`` per source system, parsed into pydantic models.
+
+Adding a source system is a YAML file and a connection, never Python. Errors name the file, the
+line and what to fix; one bad file never hides the others (``load_registry`` collects them).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.errors import ConfigError
+
+CODE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+CRS = Literal["WGS-84", "CGCS2000", "GCJ-02", "BD-09"]
+
+
+def check_code(value: str, what: str = "code") -> str:
+    """System, table and column codes: ``^[a-z][a-z0-9_]*$`` without ``__`` (the raw-table separator)."""
+    if not CODE_RE.match(value) or "__" in value:
+        raise ValueError(f"{what} {value!r} must match ^[a-z][a-z0-9_]*$ and not contain '__'")
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _TableBase(_Model):
+    code: str
+    """Lake code of the table: the raw table is ``raw.<system>__<code>``."""
+    primary_key: list[str] = Field(min_length=1)
+    """Primary-key column codes (after ``columns`` mapping)."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Source column name (any text, Chinese included) → column code. Unmapped names must be codes."""
+    crs: CRS | None = None
+    """Coordinate reference system of the table's longitude/latitude columns, if it has any."""
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, v: str) -> str:
+        return check_code(v, "table code")
+
+    @field_validator("primary_key")
+    @classmethod
+    def _pk(cls, v: list[str]) -> list[str]:
+        return [check_code(c, "primary-key column") for c in v]
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, v: dict[str, str]) -> dict[str, str]:
+        for code in v.values():
+            check_code(code, "column code")
+        if len(set(v.values())) != len(v):
+            raise ValueError("two source columns map to the same column code")
+        return v
+
+    def column_code(self, source_name: str) -> str:
+        """The lake column code of a source column; fails clearly for an unmapped non-code name."""
+        if source_name in self.columns:
+            return self.columns[source_name]
+        lowered = source_name.lower()
+        if CODE_RE.match(lowered) and "__" not in lowered and not lowered.startswith("_"):
+            return lowered
+        raise ConfigError(
+            f"table {self.code}: source column {source_name!r} is not a valid code; "
+            f"map it under 'columns:' (e.g. {source_name!r}: some_code)"
+        )
+
+
+class SqlTable(_TableBase):
+    """A table (or view) of a relational source."""
+
+    source: str
+    """Table name at the source, exactly as the source spells it (quoted in SQL)."""
+    source_schema: str | None = None
+    """Schema/database at the source; None means the connection's default."""
+    cursor: str | None = None
+    """Incremental cursor column code (e.g. ``updated_at``); None means full refresh every run."""
+    filter: str | None = None
+    """Optional SQL predicate over source columns, written by the data engineer (trusted config)."""
+    lookback_hours: float | None = None
+    """Late-row lookback window; defaults to the system's ``lookback_hours``."""
+    batch_rows: int = Field(default=100_000, ge=1000)
+    """Rows per Arrow record batch while streaming."""
+
+    @model_validator(mode="after")
+    def _cursor_not_in_key_only(self) -> SqlTable:
+        if self.filter and ";" in self.filter:
+            raise ValueError("filter must be a single predicate (no ';')")
+        return self
+
+
+class DropTable(_TableBase):
+    """A stream of files in a drop folder or S3 prefix that land in one raw table."""
+
+    glob: str
+    """File-name pattern relative to the drop location, e.g. ``hourly_*.csv``."""
+    format: Literal["csv", "jsonl", "parquet", "xlsx"]
+    encoding: Literal["utf-8", "utf-8-sig", "gbk", "gb18030"] = "utf-8"
+    """Text encoding (CSV/JSON lines). ``utf-8`` also accepts a BOM; GB18030 is a superset of GBK."""
+    delimiter: str = ","
+    sheet: str | None = None
+    """XLSX sheet name; None means the first sheet."""
+    types: dict[str, str] = Field(default_factory=dict)
+    """Column code → Arrow type (``int64``, ``float64``, ``decimal(12,2)``, ``date``, ``timestamp``,
+    ``string``, ``bool``). Undeclared CSV/XLSX columns land as text, exactly as received."""
+
+
+class FileDrop(_Model):
+    location: str
+    """Local folder (relative to the project root) or ``s3://bucket/prefix``. Read-only to the lake."""
+    tables: list[DropTable] = Field(min_length=1)
+
+
+class SourceSystem(_Model):
+    """One source system (业务系统) of one department."""
+
+    system: str
+    """System code, e.g. ``population``."""
+    name: str
+    """Chinese name, e.g. 人口基础信息系统."""
+    department: str
+    """Owning department, e.g. 市公安局."""
+    connection: str
+    """Connection id: resolved from ``CITYLAKE_CONN_<ID>``/``AIRFLOW_CONN_<ID>`` or an Airflow connection."""
+    default_url: str | None = None
+    """Fallback URL for the embedded demo only (a local SQLite file or folder); never holds a secret."""
+    schedule: str = "0 2 * * *"
+    """Cron expression, Asia/Shanghai."""
+    max_connections: int = Field(default=2, ge=1, le=32)
+    """Airflow pool size for the system: caps concurrent connections to it."""
+    lookback_hours: float = Field(default=24.0, ge=0)
+    tables: list[SqlTable] = Field(default_factory=list)
+    drop: FileDrop | None = None
+
+    @field_validator("system")
+    @classmethod
+    def _system(cls, v: str) -> str:
+        return check_code(v, "system code")
+
+    @field_validator("connection")
+    @classmethod
+    def _connection(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", v):
+            raise ValueError(f"connection id {v!r} must be letters, digits and '_'")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        if not (v.startswith("@") or len(v.split()) == 5):
+            raise ValueError(f"schedule {v!r} must be a 5-field cron expression or an @preset")
+        return v
+
+    @field_validator("default_url")
+    @classmethod
+    def _no_secret(cls, v: str | None) -> str | None:
+        if v and re.search(r"://[^/@]*:[^/@]*@", v):
+            raise ValueError("default_url must not carry a password; use the connection id")
+        return v
+
+    @model_validator(mode="after")
+    def _tables_or_drop(self) -> SourceSystem:
+        if bool(self.tables) == bool(self.drop):
+            raise ValueError("give either 'tables' (a relational source) or 'drop' (a file drop), not both")
+        codes = [t.code for t in self.all_tables]
+        dupes = {c for c in codes if codes.count(c) > 1}
+        if dupes:
+            raise ValueError(f"table codes repeated: {sorted(dupes)}")
+        return self
+
+    @property
+    def all_tables(self) -> list[SqlTable | DropTable]:
+        return list(self.tables) if self.tables else list(self.drop.tables if self.drop else [])
+
+    def table(self, code: str) -> SqlTable | DropTable:
+        for t in self.all_tables:
+            if t.code == code:
+                return t
+        raise ConfigError(f"system {self.system}: no table {code!r} (known: {[t.code for t in self.all_tables]})")
+
+    def raw_table(self, code: str) -> str:
+        return f"raw.{self.system}__{code}"
+
+
+# --- loading with line numbers -------------------------------------------------------------------
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            out[path + (key.value,)] = key.start_mark.line + 1
+            _line_index(value, path + (key.value,), out)
+            out[path + (key.value,)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, path + (i,), out)
+
+
+def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return 1
+
+
+def parse_yaml_model(path: Path, model: type[_Model]) -> Any:
+    """Parse one YAML file into ``model``; raise ConfigError naming file, line and fix."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise ConfigError(f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict) or node is None:
+        raise ConfigError(f"{path}:1: expected a mapping of fields (system, name, department, ...)")
+    lines: dict[tuple[Any, ...], int] = {}
+    _line_index(node, (), lines)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field; allowed fields: {', '.join(_allowed(model, loc[:-1]))}"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{path}:{_line_of(lines, loc)}: {where}: {msg}{more}") from None
+
+
+def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if hasattr(current, "model_fields") else None
+        if field is None:
+            break
+        ann = field.annotation
+        for arg in getattr(ann, "__args__", ()) or (ann,):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+                break
+            for sub in getattr(arg, "__args__", ()):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    current = sub
+    return sorted(current.model_fields) if hasattr(current, "model_fields") else []
+
+
+def load_system(path: Path) -> SourceSystem:
+    system: SourceSystem = parse_yaml_model(path, SourceSystem)
+    if system.system != path.stem:
+        raise ConfigError(f"{path}:1: system code {system.system!r} must equal the file name {path.stem!r}")
+    return system
+
+
+def load_registry(registry_dir: Path) -> tuple[dict[str, SourceSystem], dict[Path, ConfigError]]:
+    """Every valid system plus, separately, the error of each invalid file (others still load)."""
+    systems: dict[str, SourceSystem] = {}
+    errors: dict[Path, ConfigError] = {}
+    for path in sorted(registry_dir.glob("*.yml")):
+        try:
+            systems[path.stem] = load_system(path)
+        except ConfigError as exc:
+            errors[path] = exc
+    return systems, errors
+
+
+def get_system(registry_dir: Path, system: str) -> SourceSystem:
+    path = registry_dir / f"{system}.yml"
+    if not path.exists():
+        known = sorted(p.stem for p in registry_dir.glob("*.yml"))
+        raise ConfigError(f"no source system {system!r}: {path} does not exist (known: {', '.join(known)})")
+    return load_system(path)

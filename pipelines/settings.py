@@ -1,0 +1,78 @@
+"""One environment switch for the whole platform.
+
+Everything that differs between the embedded default (local lake, SQLite catalog) and production
+(PostgreSQL catalog, S3/MinIO warehouse) is read here from ``CITYLAKE_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TZ = ZoneInfo("Asia/Shanghai")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved platform settings."""
+
+    root: Path
+    """Project root: relative paths in config are resolved against it."""
+    registry_dir: Path
+    """Folder of ``<system>.yml`` source registry files."""
+    data_dir: Path
+    """Seeded source systems and file drops (``data/sources``, ``data/drops``)."""
+    lake_dir: Path
+    """Local lake root: SQLite catalog, warehouse, rejected files."""
+    catalog_uri: str
+    """SQLAlchemy URL of the Iceberg SQL catalog."""
+    warehouse: str
+    """Warehouse location: a local path or ``s3://bucket/prefix``."""
+    s3_endpoint: str | None
+    """S3 endpoint (MinIO, moto) for the warehouse and S3 drops; None means AWS."""
+    rejected_dir: str
+    """Where unparseable drop files are copied with their reason (local path or s3:// URI)."""
+
+    @property
+    def catalog_properties(self) -> dict[str, str]:
+        props = {
+            "uri": self.catalog_uri,
+            "warehouse": self.warehouse,
+            # pyarrow's FileIO for S3 too: s3fs pulls aiobotocore, which pins botocore below boto3's.
+            "py-io-impl": "pyiceberg.io.pyarrow.PyArrowFileIO",
+        }
+        if self.s3_endpoint:
+            props["s3.endpoint"] = self.s3_endpoint
+            props["s3.path-style-access"] = "true"
+        for env, prop in (
+            ("AWS_ACCESS_KEY_ID", "s3.access-key-id"),
+            ("AWS_SECRET_ACCESS_KEY", "s3.secret-access-key"),
+            ("AWS_DEFAULT_REGION", "s3.region"),
+        ):
+            if os.environ.get(env):
+                props[prop] = os.environ[env]
+        return props
+
+
+def _path(env: str, default: Path) -> Path:
+    value = os.environ.get(env)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment (cheap: no I/O)."""
+    root = _path("CITYLAKE_ROOT", PROJECT_ROOT)
+    lake_dir = _path("CITYLAKE_LAKE_DIR", root / "lake")
+    return Settings(
+        root=root,
+        registry_dir=_path("CITYLAKE_REGISTRY_DIR", root / "schemas" / "sources"),
+        data_dir=_path("CITYLAKE_DATA_DIR", root / "data"),
+        lake_dir=lake_dir,
+        catalog_uri=os.environ.get("CITYLAKE_CATALOG_URI", f"sqlite:///{lake_dir / 'catalog.db'}"),
+        warehouse=os.environ.get("CITYLAKE_WAREHOUSE", f"file://{lake_dir / 'warehouse'}"),
+        s3_endpoint=os.environ.get("CITYLAKE_S3_ENDPOINT") or None,
+        rejected_dir=os.environ.get("CITYLAKE_REJECTED_DIR", str(lake_dir / "rejected")),
+    )
