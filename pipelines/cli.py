@@ -94,7 +94,7 @@ def ingest(system: Annotated[str, typer.Argument(help="System code, e.g. populat
               title=f"ingest {system}")
     with _progress() as progress:
         task = progress.add_task(f"{system}", total=len(codes))
-        for code, res in ingest_system(spec, codes, settings=settings, mode=mode,
+        for _code, res in ingest_system(spec, codes, settings=settings, mode=mode,
                                        since=_parse_when(since, "--since"), until=_parse_when(until, "--until"),
                                        batch_id=batch_id):
             progress.advance(task)

@@ -313,7 +313,7 @@ def _load_drop(system: SourceSystem, spec: DropTable, settings: Settings, result
                     writer.rollback(mark, rows)
                 reason = exc.reason if isinstance(exc, FileRejected) else str(exc)
                 line = exc.line if isinstance(exc, FileRejected) else None
-                where = reject_file(f, reason, settings, system.system, spec.code, result.batch_id)
+                where = reject_file(f, reason, settings, system.system, spec.code, result.batch_id, line=line)
                 state.ledger[f.name] = {"fp": f.fingerprint, "batch": result.batch_id, "status": "rejected",
                                         "reason": reason, "line": line}
                 result.files_rejected.append({"file": f.name, "reason": reason, "line": line, "copied_to": where})

@@ -380,5 +380,6 @@ def row_hash(batch: pa.RecordBatch | pa.Table, columns: list[str]) -> pa.Array:
     con = duckdb.connect()
     tbl = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+    con.register("tbl", tbl)
     out = con.sql(f"SELECT (hash({cols}) >> 1)::BIGINT AS h FROM tbl").to_arrow_table()
     return out.column("h").combine_chunks()
