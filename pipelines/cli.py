@@ -170,7 +170,8 @@ def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__pe
     t = Table(*data.column_names)
     for row in data.to_pylist():
         t.add_row(*[_cell(v) for v in row.values()])
-    out.print(t)
+    # Piped output has no terminal width: don't squeeze the columns into 80.
+    (out if out.is_terminal else Console(width=max(160, 24 * len(data.column_names)))).print(t)
 
 
 def _cell(v: Any) -> str:

@@ -570,19 +570,6 @@ def test_reject_copies_and_writes_reason_without_touching_the_drop(settings: Set
 # --- S3 through moto's server mode over HTTP ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def s3_settings(settings: Settings, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):

@@ -1,0 +1,75 @@
+"""The citylake CLI: JSON-only stdout for `lake ls --json`, backfill flags, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from pipelines.settings import Settings
+
+CLI = [sys.executable, "-m", "pipelines.cli"]
+
+REGISTRY = """\
+system: shop
+name: 测试商户系统
+department: 市商务局
+connection: src_shop
+default_url: sqlite:///{db}
+tables:
+  - code: orders
+    source: 订单
+    primary_key: [order_id]
+    cursor: updated_at
+    columns: {{编号: order_id, 金额: amount, 更新时间: updated_at}}
+"""
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=120)
+
+
+def _source(path: Path) -> None:
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "订单" ("编号" INTEGER, "金额" NUMERIC(10,2), "更新时间" DATETIME)')
+    con.executemany('INSERT INTO "订单" VALUES (?,?,?)',
+                    [(i, i * 1.1, f"2026-11-{1 + i % 10:02d} 12:00:00") for i in range(100)])
+    con.commit()
+
+
+def test_backfill_window_then_ls_json(lake_settings: Settings, tmp_path: Path) -> None:
+    _source(tmp_path / "shop.db")
+    (lake_settings.registry_dir / "shop.yml").write_text(REGISTRY.format(db=tmp_path / "shop.db"), encoding="utf-8")
+    done = _run("ingest", "shop", "--since", "2026-11-03", "--until", "2026-11-05")
+    assert done.returncode == 0, done.stderr
+    listed = _run("lake", "ls", "--json")
+    assert listed.returncode == 0
+    rows = json.loads(listed.stdout)  # stdout is only JSON
+    (orders,) = [r for r in rows if r["table"] == "raw.shop__orders"]
+    assert orders["rows"] == 20  # days 3 and 4 only
+    assert orders["watermark"] == "2026-11-04T12:00:00+08:00"
+    assert orders["committed_at"].endswith("+08:00") and isinstance(orders["snapshot_id"], int)
+    full = _run("ingest", "shop")  # incremental from the backfill's watermark (minus lookback)
+    assert full.returncode == 0, full.stderr
+    rows = {r["table"]: r for r in json.loads(_run("lake", "ls", "--json").stdout)}
+    assert rows["raw.shop__orders"]["rows"] == 20 + 60  # days 5..10 added; day 4 not duplicated
+    shown = _run("lake", "show", "raw.shop__orders", "--limit", "3")
+    assert shown.returncode == 0 and "order_id" in shown.stdout
+
+
+def test_errors_are_one_line(lake_settings: Settings) -> None:
+    missing = _run("ingest", "nosuch")
+    assert missing.returncode == 1
+    assert len(missing.stderr.strip().splitlines()) == 1 and "nosuch" in missing.stderr
+    (lake_settings.registry_dir / "bad.yml").write_text("system: bad\nname: x\ndepartment: y\nconnection: c\n"
+                                                        "tables:\n  - code: t\n    source: t\n", encoding="utf-8")
+    bad = _run("ingest", "bad")
+    assert bad.returncode == 1
+    line = bad.stderr.strip()
+    assert len(line.splitlines()) == 1 and "bad.yml:6" in line and "primary_key" in line
+    half = _run("ingest", "bad", "--since", "2026-11-01")
+    assert half.returncode == 1 and "--until" in half.stderr
