@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def _make_source(db: Path, rows: int = 50) -> None:
 
 
 @pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A migrated SQLite Airflow metadata DB and a registry with one good and one broken system."""
     base = tmp_path_factory.mktemp("af")
     reg = base / "registry"
@@ -60,11 +61,17 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "CITYLAKE_LAKE_DIR": str(base / "lake"),
         "CITYLAKE_RETRY_DELAY_SECONDS": "0.2",
     }
+    saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     (base / "home").mkdir()
     subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,
                    capture_output=True, env=os.environ.copy())
-    return base
+    yield base
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _dagbag():  # noqa: ANN202
@@ -112,13 +119,12 @@ def test_parse_time_for_fifty_systems(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_dag_run_lands_good_table_fails_missing_one_and_emits_only_its_asset(airflow_home: Path) -> None:
+    from airflow.models.asset import AssetActive, AssetEvent, AssetModel
     from airflow.models.pool import Pool
+    from airflow.utils.session import create_session
 
     from pipelines.lake.inspect import list_tables
     from pipelines.settings import TZ
-
-    from airflow.models.asset import AssetActive, AssetEvent, AssetModel
-    from airflow.utils.session import create_session
 
     Pool.create_or_update_pool("source__alpha", 2, "test", include_deferred=False)
     # A downstream DAG scheduled on these Assets registers them; stand in for it here.

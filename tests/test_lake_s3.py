@@ -53,7 +53,7 @@ def test_s3_drop_lands_and_rejects_into_bucket(s3_lake: Settings, moto_endpoint:
     s3 = boto3.client("s3", endpoint_url=moto_endpoint)
     s3.create_bucket(Bucket="dept-drops")
     s3.put_object(Bucket="dept-drops", Key="bus/ridership_20261120.jsonl",
-                  Body='{"line_id": "1", "boardings": 10}\n{"line_id": "2", "boardings": 12}\n'.encode())
+                  Body=b'{"line_id": "1", "boardings": 10}\n{"line_id": "2", "boardings": 12}\n')
     s3.put_object(Bucket="dept-drops", Key="bus/ridership_20261121.jsonl", Body=b'{"line_id": "1", "boardings": \n')
     system = SourceSystem.model_validate({
         "system": "bus", "name": "公交客流", "department": "市交通运输局", "connection": "drop_bus",

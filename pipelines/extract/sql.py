@@ -7,7 +7,7 @@ Rows stream from a server-side cursor in partitions and become Arrow record batc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -161,7 +161,7 @@ class SqlSource:
         self.engine.dispose()
 
 
-def _to_batch(rows: list[Any], schema: pa.Schema, where: str) -> pa.RecordBatch:
+def _to_batch(rows: Sequence[Any], schema: pa.Schema, where: str) -> pa.RecordBatch:
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
     arrays = []
     for values, f in zip(columns, schema, strict=True):
