@@ -50,8 +50,8 @@ def resolve_url(system: SourceSystem, settings: Settings) -> str:
     url = url or _airflow_connection(system.connection)
     if not url and system.default_url:
         url = system.default_url
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            url = f"sqlite:///{settings.root / url.removeprefix('sqlite:///')}"
+        if url.startswith("sqlite:///"):
+            url = "sqlite:///" + settings.resolve(url.removeprefix("sqlite:///"))
     if not url:
         raise ConfigError(
             f"system {system.system}: connection {system.connection!r} is not set: export "

@@ -21,9 +21,9 @@ from pipelines.errors import CitylakeError
 from pipelines.settings import TZ, load_settings
 
 
-def airflow_env(root: Path) -> dict[str, str]:
+def airflow_env(root: Path, home: Path | None = None) -> dict[str, str]:
     """Environment of the embedded Airflow: project-local home, SQLite metadata, our dags/ folder."""
-    home = root / "airflow_home"
+    home = home or root / "airflow_home"
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
@@ -36,9 +36,9 @@ def airflow_env(root: Path) -> dict[str, str]:
     }
 
 
-def prepare_airflow(root: Path) -> None:
+def prepare_airflow(root: Path, home: Path | None = None) -> None:
     """Set the environment (before Airflow is imported) and migrate the metadata DB."""
-    env = airflow_env(root)
+    env = airflow_env(root, home)
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.update(env)
     airflow = Path(sys.executable).with_name("airflow")

@@ -36,6 +36,13 @@ class Settings:
     rejected_dir: str
     """Where unparseable drop files are copied with their reason (local path or s3:// URI)."""
 
+    def resolve(self, location: str) -> str:
+        """A configured path: ``{data_dir}``/``{lake_dir}`` expanded, relative paths under the project root."""
+        text = location.replace("{data_dir}", str(self.data_dir)).replace("{lake_dir}", str(self.lake_dir))
+        if "://" in text or Path(text).is_absolute():
+            return text
+        return str(self.root / text)
+
     @property
     def catalog_properties(self) -> dict[str, str]:
         props = {

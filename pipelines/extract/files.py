@@ -179,12 +179,11 @@ def list_drop_files(drop: FileDrop, table: DropTable, settings: Settings) -> lis
     """The files of ``drop`` matching ``table.glob``, sorted by name. Reads nothing but the listing."""
     matcher = _glob_regex(table.glob)
     recursive = "/" in table.glob or "**" in table.glob
-    if drop.location.startswith("s3://"):
-        files = _list_s3(drop.location, matcher, recursive, settings)
+    location = settings.resolve(drop.location)
+    if location.startswith("s3://"):
+        files = _list_s3(location, matcher, recursive, settings)
     else:
-        base = Path(drop.location)
-        if not base.is_absolute():
-            base = settings.root / base
+        base = Path(location)
         files = _list_local(base, matcher, recursive)
     return sorted(files, key=lambda f: f.name)
 

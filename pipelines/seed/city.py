@@ -123,7 +123,7 @@ def _fullwidth(text: str) -> str:
 
 def _population(city: City, out: Path) -> list[dict[str, Any]]:
     n = city.n(20_000)
-    people = []
+    people: list[dict[str, Any]] = []
     seen: set[str] = set()
     while len(people) < n:
         sex = city.rng.choice("12")
@@ -173,7 +173,7 @@ def _population(city: City, out: Path) -> list[dict[str, Any]]:
 
 def _enterprise(city: City, out: Path) -> list[dict[str, Any]]:
     n = city.n(4_000)
-    firms = []
+    firms: list[dict[str, Any]] = []
     seen: set[str] = set()
     while len(firms) < n:
         district = city.rng.choice(DISTRICTS)
