@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,21 @@ def require_service(name: str, host: str, port: int) -> None:
         if IN_CI:
             pytest.fail(f"CI=true and {message}")
         pytest.skip(message)
+
+
+@contextmanager
+def scoped_env(env: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for a module-scoped fixture and restore them afterwards."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture

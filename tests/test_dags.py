@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import scoped_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,17 +62,11 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         "CITYLAKE_LAKE_DIR": str(base / "lake"),
         "CITYLAKE_RETRY_DELAY_SECONDS": "0.2",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    (base / "home").mkdir()
-    subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,
-                   capture_output=True, env=os.environ.copy())
-    yield base
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with scoped_env(env):
+        (base / "home").mkdir()
+        subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,
+                       capture_output=True, env=os.environ.copy())
+        yield base
 
 
 def _dagbag():  # noqa: ANN202

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import scoped_env
 
 from pipelines.settings import PROJECT_ROOT, TZ
 
@@ -18,20 +18,13 @@ def city_lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("e2e")
     env = {"CITYLAKE_LAKE_DIR": str(base / "lake"), "CITYLAKE_DATA_DIR": str(base / "data"),
            "CITYLAKE_ROOT": str(PROJECT_ROOT), "CITYLAKE_RETRY_DELAY_SECONDS": "0.2"}
-    saved = {k: os.environ.get(k) for k in [*env, "AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER",
-                                            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]}
-    os.environ.update(env)
-    from pipelines.demo import prepare_airflow
+    from pipelines.demo import airflow_env, prepare_airflow
     from pipelines.seed import seed_city
 
-    seed_city(base / "data", scale=0.05)  # the registry's default URLs point into {data_dir}
-    prepare_airflow(PROJECT_ROOT, base / "airflow")
-    yield base
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with scoped_env({**env, **airflow_env(PROJECT_ROOT, base / "airflow")}):
+        seed_city(base / "data", scale=0.05)  # the registry's default URLs point into {data_dir}
+        prepare_airflow(PROJECT_ROOT, base / "airflow")
+        yield base
 
 
 def _source_counts(data: Path) -> dict[str, int]:

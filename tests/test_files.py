@@ -571,13 +571,7 @@ def test_reject_copies_and_writes_reason_without_touching_the_drop(settings: Set
 
 
 @pytest.fixture
-def s3_settings(settings: Settings, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+def s3_settings(settings: Settings, moto_endpoint: str, aws_env: None) -> Settings:
     return dataclasses.replace(settings, s3_endpoint=moto_endpoint)
 
 
