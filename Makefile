@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (citylake needs Python 3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
-	$(UV) pip install -q --python $(PY) -e '.[dev]'
+	$(UV) pip install -q --compile-bytecode --python $(PY) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,7 +27,7 @@ test: install lint
 	$(PY) -m pytest -q
 
 bench: install
-	$(UV) pip install -q --python $(PY) -e '.[dev,bench]'
+	$(UV) pip install -q --compile-bytecode --python $(PY) -e '.[dev,bench]'
 	$(PY) benchmarks/ingest_postgres.py
 
 # The Airflow UI on the same DAGs (project-local AIRFLOW_HOME, SQLite): http://localhost:8080

@@ -124,26 +124,44 @@ def _iceberg_literal(value: Any) -> Any:
 # --- what the lake already holds ------------------------------------------------------------------
 
 
-def _existing(table: Any, keys: list[str], cursor: str | None, since: Any, until: Any,
-              batch_id: str, latest_only: bool) -> pa.Table:
-    """(key..., _row_hash) of lake rows in the window, excluding the batch being replaced."""
-    cols = [*keys, "_row_hash", "_deleted", "_extracted_at"]
+def _existing(table: Any, keys: list[str], columns: list[pa.Field], cursor: str | None, since: Any,
+              until: Any, batch_id: str, latest_only: bool) -> pa.Table:
+    """(key..., _h[, _deleted]) of lake rows in the window, excluding the batch being replaced.
+
+    Rows are hashed as they stream back (over ``columns``, the load's data columns; columns the lake
+    does not have yet hash as nulls), so only keys and hashes are held in memory.
+    """
     expr: Any = NotEqualTo("_batch_id", batch_id)
     if cursor and since is not None:
         expr = And(expr, GreaterThanOrEqual(cursor, _iceberg_literal(since)))
     if cursor and until is not None:
         expr = And(expr, LessThan(cursor, _iceberg_literal(until)))
-    present = [c for c in cols if c in table.schema().column_names]
-    got = table.scan(row_filter=expr, selected_fields=tuple(present)).to_arrow()
-    if not latest_only or got.num_rows == 0:
-        return got.select([*keys, "_row_hash"]) if got.num_rows else got
+    present = set(table.schema().column_names)
+    fields = [c.name for c in columns if c.name in present]
+    reader = table.scan(row_filter=expr, selected_fields=tuple(dict.fromkeys(
+        [*keys, *fields, "_deleted", "_extracted_at"]))).to_arrow_batch_reader()
+    parts = []
+    for batch in reader:
+        data = [batch.column(c.name).cast(c.type) if c.name in present else pa.nulls(batch.num_rows, c.type)
+                for c in columns]
+        hashed = row_hash(pa.RecordBatch.from_arrays(data, names=[c.name for c in columns]),
+                          [c.name for c in columns])
+        key_types = {c.name: c.type for c in columns}
+        parts.append(pa.table([*(batch.column(k).cast(key_types[k]) for k in keys), hashed, batch.column("_deleted"),
+                               batch.column("_extracted_at")], names=[*keys, "_h", "_deleted", "_extracted_at"]))
+    if not parts:
+        return pa.table({k: [] for k in [*keys, "_h"]})
+    got = pa.concat_tables(parts)
+    if not latest_only:
+        return got.select([*keys, "_h"])
     import duckdb
 
     key_list = ", ".join(_q(k) for k in keys)
     con = duckdb.connect()
+    con.register("got", got)
     # Every version of a key from its latest extraction: the state a full refresh compares against.
     return con.sql(
-        f"SELECT {key_list}, _row_hash, _deleted FROM got "
+        f"SELECT {key_list}, _h, _deleted FROM got "
         f"QUALIFY _extracted_at = max(_extracted_at) OVER (PARTITION BY {key_list})"
     ).to_arrow_table()
 
@@ -152,21 +170,14 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _with_hash(batch: pa.RecordBatch) -> pa.Table:
-    data = [c for c in batch.schema.names if c not in LINEAGE_NAMES]
-    t = pa.Table.from_batches([batch])
-    return t.append_column("_row_hash", row_hash(batch, data))
-
-
-def _new_rows(batch: pa.Table, existing: pa.Table | None, keys: list[str]) -> pa.Table:
-    if existing is None or existing.num_rows == 0 or batch.num_rows == 0:
-        return batch
+def _new_rows(shaped: pa.RecordBatch, hashes: pa.Array, existing: pa.Table, keys: list[str]) -> pa.Table:
+    """The shaped rows whose (key, hash) is not live in the lake already."""
     live = existing
     if "_deleted" in existing.column_names:
         live = existing.filter(pc.invert(pc.fill_null(existing["_deleted"], False)))
-    live = live.select([*keys, "_row_hash"])
-    kept = batch.join(live, keys=[*keys, "_row_hash"], join_type="left anti", use_threads=True)
-    return kept.select(batch.column_names)
+    probe = pa.Table.from_batches([shaped]).append_column("_h", hashes)
+    kept = probe.join(live.select([*keys, "_h"]), keys=[*keys, "_h"], join_type="left anti", use_threads=True)
+    return kept.select(shaped.schema.names)
 
 
 # --- the load -------------------------------------------------------------------------------------
@@ -194,9 +205,10 @@ def _open_source(system: SourceSystem, settings: Settings) -> Any:
     from pipelines.connections import resolve_url
 
     url = resolve_url(system, settings)
-    from pipelines.extract.sql import SqlSource
+    from pipelines.extract.sql import PostgresSource, SqlSource
 
-    return SqlSource(system.system, url, system.max_connections)
+    cls = PostgresSource if url.startswith("postgresql") else SqlSource
+    return cls(system.system, url, system.max_connections)
 
 
 def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: LoadResult,
@@ -224,14 +236,16 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             since = _minus_lookback(low, lookback) if low is not None else None
         window = [_to_text(since if mode == "backfill" else low), None]
 
-        existing = None
-        if table is not None and table.current_snapshot() is not None:
-            existing = _existing(table, spec.primary_key, None if full else spec.cursor,
-                                 None if full else since, None if full else until,
-                                 result.batch_id, latest_only=full)
         writer = RawWriter(catalog, result.identifier, cols.schema, batch_id=result.batch_id,
                            extracted_at=extracted_at, system=system.system)
         result.schema_changes = writer.changes
+        data_fields = [f for f in writer.target if f.name not in LINEAGE_NAMES]
+        existing = None
+        if table is not None and table.current_snapshot() is not None:
+            existing = _existing(table, spec.primary_key, data_fields, None if full else spec.cursor,
+                                 None if full else since, None if full else until,
+                                 result.batch_id, latest_only=full)
+        compare = existing is not None and existing.num_rows > 0
         high = None
         seen_keys: list[pa.Table] = []
         try:
@@ -240,13 +254,17 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
                 result.rows_extracted += batch.num_rows
                 if spec.cursor:
                     high = _later(high, _max(batch.column(spec.cursor)))
-                hashed = _with_hash(batch)
-                if full and existing is not None and existing.num_rows:
-                    seen_keys.append(hashed.select(spec.primary_key))
-                fresh = _new_rows(hashed, existing, spec.primary_key)
-                result.rows_unchanged += hashed.num_rows - fresh.num_rows
-                writer.write(fresh)
-            if full and existing is not None and existing.num_rows:
+                shaped = writer.shape(batch)
+                if compare:  # a first load has nothing to compare with: no hashing at all
+                    if full:
+                        seen_keys.append(pa.Table.from_batches([shaped]).select(spec.primary_key))
+                    fresh = _new_rows(shaped, row_hash(shaped, [f.name for f in data_fields]), existing,
+                                      spec.primary_key)
+                    result.rows_unchanged += shaped.num_rows - fresh.num_rows
+                    writer.write_shaped(fresh)
+                else:
+                    writer.write_shaped(shaped)
+            if full and compare:
                 gone = _deleted_keys(existing, seen_keys, spec.primary_key)
                 result.rows_deleted = gone.num_rows
                 writer.write(gone, deleted=True)

@@ -235,7 +235,7 @@ class PostgresSource(SqlSource):
                                          where=" AND ".join(clauses) or None, params=params or None,
                                          parallel=2, batch_rows=table.batch_rows):
                 yield pa.RecordBatch.from_arrays(batch.columns, schema=cols.schema)
-        except SourceError:
+        except GeneratorExit:
             raise
         except Exception as exc:
             raise self._fail(table, exc) from None
