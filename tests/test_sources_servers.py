@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -65,7 +65,7 @@ def test_load_types_and_incremental(source_url: str, lake_settings: Settings, mo
     row = data.slice(5, 1).to_pylist()[0]
     assert row["name"] == "张5" and row["amount"] == Decimal("1.25") and row["birth"] == date(1990, 1, 6)
     # naive source DATETIME is Asia/Shanghai: 2026-11-06 08:00 +08:00 == 00:00 UTC
-    assert row["updated_at"] == datetime(2026, 11, 6, 0, 0, tzinfo=timezone.utc)
+    assert row["updated_at"] == datetime(2026, 11, 6, 0, 0, tzinfo=UTC)
 
     with engine.begin() as conn:
         person = _q(engine, "居民")
