@@ -1,0 +1,156 @@
+"""Incremental, full-refresh, rerun and schema-drift semantics of one SQL table (SQLite source)."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from pipelines.errors import SchemaDriftError, SourceError
+from pipelines.ingest import ingest_system, ingest_table
+from pipelines.lake.catalog import get_catalog
+from pipelines.lake.raw import STATE_PROPERTY
+from pipelines.registry import SourceSystem
+from pipelines.settings import TZ, Settings
+
+AT = datetime(2026, 11, 20, 2, tzinfo=TZ)
+
+
+def _system(db: Path, lookback: float = 0, cursor: str | None = "updated_at", extra: list | None = None) -> SourceSystem:
+    return SourceSystem.model_validate({
+        "system": "hr", "name": "人事", "department": "测试局", "connection": "src_hr", "lookback_hours": lookback,
+        "default_url": f"sqlite:///{db}",
+        "tables": [{"code": "staff", "source": "staff", "primary_key": ["id"], "cursor": cursor}, *(extra or [])],
+    })
+
+
+def _exec(db: Path, *sql: str) -> None:
+    con = sqlite3.connect(db)
+    for s in sql:
+        con.execute(s)
+    con.commit()
+    con.close()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "hr.db"
+    _exec(path, "CREATE TABLE staff (id INTEGER, name TEXT, salary NUMERIC(10,2), updated_at DATETIME)",
+          *[f"INSERT INTO staff VALUES ({i}, '员工{i}', {1000 + i}.50, '2026-11-0{1 + i % 3} 08:00:00')"
+            for i in range(30)])
+    return path
+
+
+def _table(settings: Settings):  # noqa: ANN202
+    return get_catalog(settings).load_table("raw.hr__staff")
+
+
+def _load(system: SourceSystem, settings: Settings, batch: str, **kw):  # noqa: ANN003, ANN202
+    # Each batch has its own data-interval end, as Airflow runs do; a rerun keeps its batch's.
+    at = AT + timedelta(hours=int(batch.removeprefix("b")))
+    return ingest_table(system, "staff", settings=settings, batch_id=batch, extracted_at=at, **kw)
+
+
+def test_equal_to_watermark_is_read_again_and_not_duplicated(db: Path, lake_settings: Settings) -> None:
+    system = _system(db, lookback=0)
+    assert _load(system, lake_settings, "b1").rows_written == 30
+    _exec(db, "INSERT INTO staff VALUES (100, '新人', 1.00, '2026-11-03 08:00:00')")  # == watermark
+    second = _load(system, lake_settings, "b2")
+    assert second.rows_extracted == 11 and second.rows_written == 1 and second.rows_unchanged == 10
+    assert _table(lake_settings).scan().to_arrow().num_rows == 31
+    nothing = _load(system, lake_settings, "b3")
+    assert nothing.rows_written == 0 and nothing.snapshot_id == second.snapshot_id
+
+
+def test_late_row_inside_lookback_lands_once(db: Path, lake_settings: Settings) -> None:
+    system = _system(db, lookback=48)
+    _load(system, lake_settings, "b1")
+    _exec(db, "INSERT INTO staff VALUES (200, '迟到', 1.00, '2026-11-02 09:00:00')")  # older than watermark
+    assert _load(system, lake_settings, "b2").rows_written == 1
+    assert _load(system, lake_settings, "b3").rows_written == 0
+    assert _table(lake_settings).scan().to_arrow().num_rows == 31
+
+
+def test_rerun_of_a_batch_replaces_it_even_after_a_later_batch(db: Path, lake_settings: Settings) -> None:
+    system = _system(db)
+    _load(system, lake_settings, "b1")
+    _exec(db, "UPDATE staff SET salary = 9999, updated_at = '2026-11-05 08:00:00' WHERE id = 1")
+    _load(system, lake_settings, "b2")
+    _exec(db, "UPDATE staff SET salary = 8888, updated_at = '2026-11-06 08:00:00' WHERE id = 2")
+    _load(system, lake_settings, "b3")
+    rows = _table(lake_settings).scan().to_arrow().num_rows
+    again = _load(system, lake_settings, "b2")  # replaces b2's rows, re-extracting from b2's window
+    data = _table(lake_settings).scan().to_arrow()
+    assert data.num_rows == rows
+    assert sorted(data.filter(pc.equal(data["_batch_id"], "b2"))["id"].to_pylist()) == [1]
+    assert again.watermark == "2026-11-06T08:00:00+08:00"  # never moves back
+
+
+def test_full_refresh_records_deletes_and_skips_unchanged(db: Path, lake_settings: Settings) -> None:
+    system = _system(db, cursor=None)
+    _load(system, lake_settings, "b1")
+    _exec(db, "DELETE FROM staff WHERE id IN (3, 4)", "UPDATE staff SET name = '改名' WHERE id = 5")
+    res = _load(system, lake_settings, "b2")
+    assert (res.rows_deleted, res.rows_unchanged, res.rows_written) == (2, 27, 3)
+    data = _table(lake_settings).scan().to_arrow()
+    gone = data.filter(data["_deleted"])
+    assert sorted(gone["id"].to_pylist()) == [3, 4] and gone["name"].null_count == 2
+    assert _load(system, lake_settings, "b3").rows_written == 0  # deletes are not re-recorded
+
+
+def test_watermark_committed_with_the_rows(db: Path, lake_settings: Settings) -> None:
+    system = _system(db)
+    res = _load(system, lake_settings, "b1")
+    table = _table(lake_settings)
+    snap = table.current_snapshot()
+    assert snap.snapshot_id == res.snapshot_id and snap.summary["citylake.watermark"] == res.watermark
+    assert f'"watermark":"{res.watermark}"' in table.properties[STATE_PROPERTY]
+    # the metadata file that holds this snapshot also holds the state: one commit
+    assert table.metadata.current_snapshot_id == snap.snapshot_id
+
+
+def test_schema_drift(db: Path, lake_settings: Settings) -> None:
+    system = _system(db)
+    _load(system, lake_settings, "b1")
+    _exec(db, "ALTER TABLE staff ADD COLUMN dept TEXT",
+          "INSERT INTO staff VALUES (300, '新', 1.00, '2026-11-09 08:00:00', '财务处')")
+    added = _load(system, lake_settings, "b2")
+    assert any("added dept" in c for c in added.schema_changes)
+    data = _table(lake_settings).scan().to_arrow()
+    assert data.filter(pc.equal(data["id"], 300))["dept"].to_pylist() == ["财务处"] and data["dept"].null_count == 30
+
+    before = _table(lake_settings).current_snapshot().snapshot_id
+    _exec(db, "CREATE TABLE s2 AS SELECT id, salary, updated_at, dept FROM staff", "DROP TABLE staff",
+          "ALTER TABLE s2 RENAME TO staff")
+    with pytest.raises(SchemaDriftError, match=r"raw\.hr__staff.*name.*dropped"):
+        _load(system, lake_settings, "b3")
+    _exec(db, "DROP TABLE staff", "CREATE TABLE staff (id INTEGER, name INTEGER, salary NUMERIC(10,2), "
+          "updated_at DATETIME, dept TEXT)")
+    with pytest.raises(SchemaDriftError, match=r"name changed type string → int64"):
+        _load(system, lake_settings, "b4")
+    assert _table(lake_settings).current_snapshot().snapshot_id == before
+
+
+def test_widening_evolves(tmp_path: Path, lake_settings: Settings) -> None:
+    db = tmp_path / "w.db"
+    _exec(db, "CREATE TABLE staff (id INTEGER, amount NUMERIC(10,2), updated_at DATETIME)",
+          "INSERT INTO staff VALUES (1, 1.50, '2026-11-01 00:00:00')")
+    system = _system(db)
+    _load(system, lake_settings, "b1")
+    _exec(db, "CREATE TABLE s2 (id INTEGER, amount NUMERIC(18,2), updated_at DATETIME)",
+          "INSERT INTO s2 SELECT * FROM staff", "INSERT INTO s2 VALUES (2, 1234567890123.45, '2026-11-02 00:00:00')",
+          "DROP TABLE staff", "ALTER TABLE s2 RENAME TO staff")
+    res = _load(system, lake_settings, "b2")
+    assert any("widened amount" in c for c in res.schema_changes)
+    assert str(_table(lake_settings).schema().find_field("amount").field_type) == "decimal(18, 2)"
+
+
+def test_missing_source_table_fails_alone(db: Path, lake_settings: Settings) -> None:
+    system = _system(db, extra=[{"code": "ghost", "source": "没有这张表", "primary_key": ["id"]}])
+    results = dict(ingest_system(system, settings=lake_settings, batch_id="b1", extracted_at=AT))
+    assert not isinstance(results["staff"], BaseException)
+    assert isinstance(results["ghost"], SourceError)
+    assert "hr" in str(results["ghost"]) and "没有这张表" in str(results["ghost"])
