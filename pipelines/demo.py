@@ -116,7 +116,22 @@ def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
         if "success" not in r["state"]:
             failed.append(ident)
     console.print(t)
+    _print_rejected(settings, console)
     console.print(f"lake: {settings.lake_dir} (catalog {settings.catalog_uri}, warehouse {settings.warehouse})")
     console.print(f"total {time.perf_counter() - t0:.0f}s · see `citylake lake ls`, `citylake lake show <table>`")
     if failed:
         raise CitylakeError(f"demo: {len(failed)} table loads failed: {', '.join(failed)}")
+
+
+def _print_rejected(settings: Any, console: Console) -> None:
+    """Drop files the lake refused, with the reason (they were copied aside, never moved)."""
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.raw import TableState
+
+    catalog = get_catalog(settings)
+    for ident in sorted(catalog.list_tables("raw")):
+        ledger = TableState.of(catalog.load_table(ident)).ledger
+        for name, entry in sorted(ledger.items()):
+            if entry.get("status") == "rejected":
+                console.print(f"[yellow]rejected[/] {'.'.join(ident)}: {name}: {entry['reason']} "
+                              f"(copied to {settings.rejected_dir})", highlight=False)
