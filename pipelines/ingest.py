@@ -374,5 +374,8 @@ def ingest_system(system: SourceSystem, tables: Iterable[str] | None = None, **k
     for code in tables or [t.code for t in system.all_tables]:
         try:
             yield code, ingest_table(system, code, **kw)
-        except (CitylakeError, OSError) as exc:
+        except CitylakeError as exc:
             yield code, exc
+        except Exception as exc:  # an unexpected failure of one table still lets the others land
+            yield code, CitylakeError(f"system {system.system}, table {code}: {type(exc).__name__}: "
+                                      f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
