@@ -139,14 +139,14 @@ def iter_pg_batches(url: str, schema: str | None, table: str, columns: list[str]
         cond = f" WHERE {' AND '.join(parts)}" if parts else ""
         queries.append(f"SELECT {select} FROM {_relation(schema, table)}{cond}")
 
-    out: queue.Queue[Any] = queue.Queue(maxsize=2 * len(queries))
+    out: queue.Queue[Any] = queue.Queue(maxsize=len(queries) + 1)
     stop = threading.Event()
 
     def scan(query: str) -> None:
         try:
             with _connect(url) as conn:
                 cur = conn.cursor()
-                cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(16 << 20)})
+                cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(4 << 20)})
                 cur.execute(query)
                 for batch in cur.fetch_record_batch():
                     if stop.is_set():

@@ -229,7 +229,7 @@ class RawWriter:
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._file_rows = 0
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=4)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, name=f"write-{identifier}", daemon=True)
         self._thread.start()

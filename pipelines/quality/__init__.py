@@ -1,0 +1,1 @@
+"""Quality: bulk validators, standardization and the write-audit-publish gate (issue 3)."""
