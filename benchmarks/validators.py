@@ -24,6 +24,13 @@ def ids(n: int) -> pa.Array:
                                                   pa.py_buffer(digits.tobytes())])
 
 
+def _stdnum_is_valid(x: str) -> bool:
+    try:
+        return ric.is_valid(x)
+    except KeyError:  # stdnum 2.2 raises on a province with no county entry (seen on random IDs)
+        return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000)
@@ -40,7 +47,7 @@ def main() -> None:
     [ric.calc_check_digit(x) == x[17] for x in sample]
     rows.append(("stdnum cn.ric check digit", len(sample), time.perf_counter() - t))
     t = time.perf_counter()
-    [ric.is_valid(x) for x in sample]
+    [_stdnum_is_valid(x) for x in sample]
     rows.append(("stdnum cn.ric is_valid", len(sample), time.perf_counter() - t))
     print(f"{'check':<28} {'values':>11} {'seconds':>8} {'values/s':>13}")
     for name, count, sec in rows:
