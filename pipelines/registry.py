@@ -210,7 +210,7 @@ def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
     return 1
 
 
-def parse_yaml_model(path: Path, model: type[_Model]) -> Any:
+def parse_yaml_model(path: Path, model: type[BaseModel]) -> Any:
     """Parse one YAML file into ``model``; raise ConfigError naming file, line and fix."""
     text = path.read_text(encoding="utf-8")
     try:

@@ -1,0 +1,203 @@
+"""一标准 and 一源 as data: data elements (数据元), their authoritative source, and code lists.
+
+``schemas/standards/elements.yml`` lists every data element with the attribute set of DB33/T 2426 /
+GB/T 18391 and exactly one authoritative ``{system, table, column}``; ``schemas/standards/code_lists/*.csv``
+hold the code lists (``code,name,parent,valid_from,valid_to,note,aliases``). Loading fails with the
+file, the line and the element when a rule is broken.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipelines.errors import ConfigError
+from pipelines.registry import check_code, parse_yaml_model
+
+DIMENSIONS = ("规范性", "完整性", "准确性", "一致性", "时效性", "可访问性")
+
+
+class SourceRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    system: str
+    table: str
+    column: str
+
+    def key(self) -> tuple[str, str, str]:
+        return (self.system, self.table, self.column)
+
+    def __str__(self) -> str:
+        return f"{self.system}.{self.table}.{self.column}"
+
+
+class DataElement(BaseModel):
+    """One data element (数据元) and its standard."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(pattern=r"^DE\d{4}$")
+    code: str
+    name_zh: str
+    name_en: str
+    definition: str
+    type: Literal["string", "integer", "decimal", "date", "timestamp", "boolean", "float"]
+    format: str | None = None
+    code_list: str | None = None
+    value_domain: str | None = None
+    validator: str | None = None
+    unit: str | None = None
+    sensitivity: Literal["公开", "内部", "个人信息", "敏感个人信息"] = "内部"
+    object_class: str | None = None
+    representation: str | None = None
+    version: str = "1.0"
+    release_date: str = "2026-11-20"
+    note: str | None = None
+    authoritative: list[SourceRef] = Field(default_factory=list)
+    """Exactly one: the system, table and column that collect, review and update this item (一数一源)."""
+    copies: list[SourceRef] = Field(default_factory=list)
+    """Non-authoritative places carrying the same item; compared with the authority every night."""
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, v: str) -> str:
+        return check_code(v, "element code")
+
+
+class ElementFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    elements: list[DataElement]
+
+
+@dataclass(frozen=True)
+class CodeList:
+    name: str
+    codes: dict[str, str]
+    aliases: dict[str, str]
+    """Source value → standard code (e.g. '男' → '1'), the map standardization applies."""
+
+
+@dataclass(frozen=True)
+class Standards:
+    elements: dict[str, DataElement]
+    code_lists: dict[str, CodeList]
+
+    def element(self, code: str) -> DataElement:
+        if code not in self.elements:
+            raise ConfigError(f"unknown data element {code!r}")
+        return self.elements[code]
+
+    def authoritative_for(self, system: str, table: str, column: str) -> DataElement | None:
+        return next((e for e in self.elements.values() if e.authoritative[0].key() == (system, table, column)), None)
+
+    def element_at(self, system: str, table: str, column: str) -> DataElement | None:
+        """The element a source column carries, as authority or as a copy."""
+        for e in self.elements.values():
+            if any(r.key() == (system, table, column) for r in [*e.authoritative, *e.copies]):
+                return e
+        return None
+
+    def code_list(self, name: str) -> dict[str, str]:
+        return self.code_lists[name].codes
+
+    def aliases(self, name: str) -> dict[str, str]:
+        return self.code_lists[name].aliases
+
+
+def _line_of_element(path: Path, code: str) -> int:
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if re.match(rf"^\s*(-\s*)?code:\s*{re.escape(code)}\s*$", line):
+            return n
+    return 1
+
+
+def load_code_list(path: Path) -> CodeList:
+    codes: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    aliases: dict[str, str] = {}
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"code", "name"} <= set(reader.fieldnames):
+            raise ConfigError(f"{path}:1: a code list needs the columns code,name")
+        for row in reader:
+            line = reader.line_num
+            code = (row["code"] or "").strip()
+            if not code:
+                raise ConfigError(f"{path}:{line}: empty code")
+            if code in codes:
+                raise ConfigError(f"{path}:{line}: code {code} repeats line {first_line[code]}; codes must be unique")
+            codes[code], first_line[code] = row["name"], line
+            for alias in filter(None, (row.get("aliases") or "").split("|")):
+                aliases[alias] = code
+    return CodeList(path.stem, codes, aliases)
+
+
+def load_standards(directory: Path) -> Standards:
+    """Every element and code list, checked: one authority per element, unique ids/codes, known lists."""
+    lists = {p.stem: load_code_list(p) for p in sorted((directory / "code_lists").glob("*.csv"))}
+    path = directory / "elements.yml"
+    parsed: ElementFile = parse_yaml_model(path, ElementFile)
+    elements: dict[str, DataElement] = {}
+    ids: dict[str, str] = {}
+    authority: dict[tuple[str, str, str], str] = {}
+    for e in parsed.elements:
+        line = _line_of_element(path, e.code)
+        where = f"{path}:{line}: element {e.code} ({e.name_zh})"
+        if e.code in elements or e.id in ids:
+            raise ConfigError(f"{where}: id {e.id} or code {e.code} is used twice")
+        if len(e.authoritative) != 1:
+            raise ConfigError(f"{where}: needs exactly one authoritative source (一数一源), has "
+                              f"{len(e.authoritative)}: {', '.join(map(str, e.authoritative)) or 'none'}")
+        key = e.authoritative[0].key()
+        if key in authority:
+            raise ConfigError(f"{where}: {e.authoritative[0]} is already the authority of element {authority[key]}")
+        if e.code_list and e.code_list not in lists:
+            raise ConfigError(f"{where}: unknown code list {e.code_list!r} (have: {', '.join(sorted(lists))})")
+        authority[key] = e.code
+        elements[e.code], ids[e.id] = e, e.code
+    return Standards(elements, lists)
+
+
+def build_division_csv(path: Path, province: str = "34",
+                       extension: dict[str, str] | None = None) -> int:
+    """Regenerate the GB/T 2260 code list of a province from python-stdnum's maintained table.
+
+    stdnum encodes validity in names ("[1983-2001]西市区,[2002-]蜀山区"): the current name is kept,
+    the history goes to ``note``, years to valid_from/valid_to. Returns the number of codes.
+    """
+    from stdnum import numdb
+
+    from pipelines.quality.validators import DEV_ZONES
+
+    extension = DEV_ZONES if extension is None else extension
+    rows = []
+    for _n, prov, _hi, _props, counties in numdb.get("cn/loc").prefixes:
+        if prov != province:
+            continue
+        for _m, county, _chi, cprops, _c in counties:
+            history = cprops.get("county", "")
+            spans = re.findall(r"\[(\d*)-(\d*)\]([^,]+)|([^,\[\]]+)", history)
+            last = spans[-1] if spans else ("", "", history, "")
+            name = last[2] or last[3]
+            first_from = spans[0][0] if spans else ""
+            rows.append({"code": prov + county, "name": name, "parent": _parent(prov + county),
+                         "valid_from": first_from, "valid_to": last[1],
+                         "note": history if len(spans) > 1 or "[" in history else "", "aliases": ""})
+        for code, name in sorted(extension.items()):
+            rows.append({"code": code, "name": name, "parent": _parent(code), "valid_from": "", "valid_to": "",
+                         "note": "合肥市开发区扩展 (configured extension, not in every GB/T 2260 table)",
+                         "aliases": ""})
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["code", "name", "parent", "valid_from", "valid_to", "note", "aliases"])
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: r["code"]))
+    return len(rows)
+
+
+def _parent(code: str) -> str:
+    if code.endswith("0000"):
+        return ""
+    return code[:2] + "0000" if code.endswith("00") else code[:4] + "00"
