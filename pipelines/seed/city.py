@@ -282,38 +282,19 @@ def _credit(city: City, out: Path, firms: list[dict]) -> None:
 
 
 def _poi(city: City, out: Path) -> None:
-    rows = []
-    for i in range(city.n(2_000)):
-        lon, lat = city.rng.uniform(116.95, 117.55), city.rng.uniform(31.65, 32.05)  # urban Hefei, WGS-84
-        glon, glat = _to_gcj02(lon, lat)
-        rows.append((f"POI{i:06d}", f"{city.fake.street_name()}{city.rng.choice(POI_CATEGORIES)}",
-                     city.rng.choice(POI_CATEGORIES), round(glon, 6), round(glat, 6), city.rng.choice(DISTRICTS),
-                     city.when()))
+    import numpy as np
+
+    from pipelines.quality.geo import wgs84_to_gcj02_np
+
+    n = city.n(2_000)
+    wgs = [(city.rng.uniform(116.95, 117.55), city.rng.uniform(31.65, 32.05)) for _ in range(n)]  # urban Hefei
+    glon, glat = wgs84_to_gcj02_np(np.array([p[0] for p in wgs]), np.array([p[1] for p in wgs]))
+    rows = [(f"POI{i:06d}", f"{city.fake.street_name()}{city.rng.choice(POI_CATEGORIES)}",
+             city.rng.choice(POI_CATEGORIES), round(float(glon[i]), 6), round(float(glat[i]), 6),
+             city.rng.choice(DISTRICTS), city.when()) for i in range(n)]
     _db(out / "poi.db",
         'CREATE TABLE "兴趣点" ("编号" TEXT, "名称" TEXT, "类别" TEXT, "经度" REAL, "纬度" REAL, "区划代码" TEXT, '
         '"更新时间" DATETIME)', "兴趣点", rows)
-
-
-def _to_gcj02(lon: float, lat: float) -> tuple[float, float]:
-    """The published WGS-84 → GCJ-02 forward transform (scalar; the seed only needs a few thousand)."""
-    import math
-
-    a, ee = 6378245.0, 0.00669342162296594323
-    x, y = lon - 105.0, lat - 35.0
-    dlat = (-100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * math.sqrt(abs(x))
-            + (20.0 * math.sin(6.0 * x * math.pi) + 20.0 * math.sin(2.0 * x * math.pi)) * 2.0 / 3.0
-            + (20.0 * math.sin(y * math.pi) + 40.0 * math.sin(y / 3.0 * math.pi)) * 2.0 / 3.0
-            + (160.0 * math.sin(y / 12.0 * math.pi) + 320 * math.sin(y * math.pi / 30.0)) * 2.0 / 3.0)
-    dlon = (300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * math.sqrt(abs(x))
-            + (20.0 * math.sin(6.0 * x * math.pi) + 20.0 * math.sin(2.0 * x * math.pi)) * 2.0 / 3.0
-            + (20.0 * math.sin(x * math.pi) + 40.0 * math.sin(x / 3.0 * math.pi)) * 2.0 / 3.0
-            + (150.0 * math.sin(x / 12.0 * math.pi) + 300.0 * math.sin(x / 30.0 * math.pi)) * 2.0 / 3.0)
-    rad = lat / 180.0 * math.pi
-    magic = 1 - ee * math.sin(rad) ** 2
-    sq = math.sqrt(magic)
-    dlat = (dlat * 180.0) / ((a * (1 - ee)) / (magic * sq) * math.pi)
-    dlon = (dlon * 180.0) / (a / sq * math.cos(rad) * math.pi)
-    return lon + dlon, lat + dlat
 
 
 # --- file drops -----------------------------------------------------------------------------------
