@@ -1,0 +1,155 @@
+"""Dataset contracts: ``schemas/datasets/<dataset>.yml``, everything later stages read.
+
+A contract names the source table it is built from, maps every column to a data element, and
+carries the catalog attributes (政务信息资源目录: 共享属性, 开放属性, 更新周期) and the GB/T 43697 grade.
+Sharing rules follow STANDARDS.md: 无条件共享 → 共享条件 "无条件"; 有条件共享 → conditions stated;
+不予共享 → the legal or policy basis cited; Hefei's base resources are 无条件共享 whatever the grade.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipelines.errors import ConfigError
+from pipelines.registry import SourceSystem, check_code, parse_yaml_model
+from pipelines.standards import Standards
+
+SharingType = Literal["无条件共享", "有条件共享", "不予共享"]
+Method = Literal["database", "file", "service"]
+OpenType = Literal["无条件开放", "有条件开放", "不予开放"]
+BASE_RESOURCES = ("人口", "法人单位", "社会信用", "自然资源和空间地理", "电子证照")
+_STRICTEST = {"核心数据": 0, "重要数据": 1}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Model):
+    name: str
+    """Column code in std/curated (usually the element code)."""
+    element: str
+    """Data element code (schemas/standards/elements.yml)."""
+    source: str
+    """Column code in the raw table."""
+    required: bool = False
+
+    @field_validator("name", "source")
+    @classmethod
+    def _codes(cls, v: str) -> str:
+        return check_code(v, "column code")
+
+
+class Classification(_Model):
+    level: Literal["核心数据", "重要数据", "一般数据"] = "一般数据"
+    grade: int | None = Field(default=None, ge=1, le=4)
+    """For 一般数据: 4 (most sensitive) … 1."""
+
+    @model_validator(mode="after")
+    def _grade(self) -> Classification:
+        if self.level == "一般数据" and self.grade is None:
+            raise ValueError("一般数据 needs a grade 1–4 (GB/T 43697)")
+        return self
+
+
+class Sharing(_Model):
+    type: SharingType
+    condition: str | None = None
+    basis: str | None = None
+    methods: list[Method] = Field(default_factory=lambda: list[Method](["file"]))
+
+    @model_validator(mode="after")
+    def _rules(self) -> Sharing:
+        if self.type == "无条件共享" and self.condition not in (None, "无条件"):
+            raise ValueError("无条件共享: condition must be 无条件")
+        if self.type == "有条件共享" and not self.condition:
+            raise ValueError("有条件共享: state the sharing conditions under 'condition'")
+        if self.type == "不予共享" and not self.basis:
+            raise ValueError("不予共享: cite the legal or policy basis under 'basis'")
+        return self
+
+
+class Opening(_Model):
+    type: OpenType
+    condition: str | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> Opening:
+        if self.type == "有条件开放" and not self.condition:
+            raise ValueError("有条件开放: state the opening conditions under 'condition'")
+        return self
+
+
+class DatasetContract(_Model):
+    dataset: str
+    name: str
+    description: str
+    owner: str
+    """Owning department (提供方)."""
+    resource_category: str
+    """信息资源分类 (e.g. 人口, 法人单位, 社会信用, 自然资源和空间地理, 生态环境, 交通运输, 社会保障)."""
+    source: dict[str, str]
+    """{system, table}: the raw table ``raw.<system>__<table>`` it is built from."""
+    primary_key: list[str] = Field(min_length=1)
+    cursor: str | None = None
+    """Column ordering versions of a key (latest wins in std)."""
+    columns: list[ColumnSpec] = Field(min_length=1)
+    classification: Classification
+    sharing: Sharing
+    open: Opening
+    update_cycle: Literal["实时", "每小时", "每日", "每周", "每月", "每季度", "每半年", "每年"]
+    format: Literal["电子文件", "电子表格", "数据库", "图形图像", "流媒体", "自描述格式", "服务接口"] = "数据库"
+
+    @field_validator("dataset")
+    @classmethod
+    def _code(cls, v: str) -> str:
+        return check_code(v, "dataset code")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetContract:
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError("column names repeat")
+        for k in [*self.primary_key, *([self.cursor] if self.cursor else [])]:
+            if k not in names:
+                raise ValueError(f"{k!r} (primary key/cursor) is not one of the columns")
+        if set(self.source) != {"system", "table"}:
+            raise ValueError("source needs exactly system and table")
+        level = _STRICTEST.get(self.classification.level)
+        if level is not None and (self.sharing.type != "不予共享" or self.open.type != "不予开放"):
+            raise ValueError(f"{self.classification.level}: 不予共享 and 不予开放 (GB/T 43697 default tiers)")
+        if self.resource_category in BASE_RESOURCES and self.sharing.type != "无条件共享":
+            raise ValueError(f"{self.resource_category} is a base resource: Hefei shares it 无条件共享")
+        if self.classification.grade == 4 and self.open.type != "不予开放":
+            raise ValueError("一般数据 grade 4 is 不予开放")
+        return self
+
+    @property
+    def raw_table(self) -> str:
+        return f"raw.{self.source['system']}__{self.source['table']}"
+
+    @property
+    def std_table(self) -> str:
+        return f"std.{self.dataset}"
+
+
+def load_contracts(directory: Path, standards: Standards,
+                   systems: dict[str, SourceSystem]) -> dict[str, DatasetContract]:
+    """Every contract, cross-checked with the standards (elements exist) and the registry (source exists)."""
+    out: dict[str, DatasetContract] = {}
+    for path in sorted(directory.glob("*.yml")):
+        c: DatasetContract = parse_yaml_model(path, DatasetContract)
+        if c.dataset != path.stem:
+            raise ConfigError(f"{path}:1: dataset {c.dataset!r} must equal the file name {path.stem!r}")
+        system = systems.get(c.source["system"])
+        if system is None:
+            raise ConfigError(f"{path}: source system {c.source['system']!r} is not in the registry")
+        system.table(c.source["table"])
+        for col in c.columns:
+            if col.element not in standards.elements:
+                raise ConfigError(f"{path}: column {col.name}: unknown data element {col.element!r}")
+        out[c.dataset] = c
+    return out
