@@ -1,0 +1,255 @@
+"""Write-audit-publish: a raw batch becomes visible in ``std.<dataset>`` only after it passed its rules.
+
+For each new raw batch of a dataset: standardize, keep the latest copy of each key (extra copies are
+quarantined as ``duplicate_key``), evaluate every rule, then either
+- hold the batch (a critical rule fails on more than its threshold): std stays at its previous snapshot,
+  the task fails with a readable summary (rule, count, three example keys); or
+- publish: passing rows upsert into std by primary key in one commit, rows failing a critical rule go to
+  ``quarantine.<dataset>`` with every rule they broke, warning-only rows are published and flagged.
+Every batch records extracted = published + quarantined + held in ``meta.batches``; every rule result
+lands in ``meta.quality_results`` and every standardization change in ``meta.standardization_log``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.expressions import And, EqualTo, In, Or
+
+from pipelines.contracts import DatasetContract, load_contracts
+from pipelines.errors import CitylakeError
+from pipelines.lake.catalog import get_catalog
+from pipelines.lake.raw import open_table
+from pipelines.quality.rules import RuleResult, build_rules, evaluate
+from pipelines.quality.standardize import standardize
+from pipelines.registry import load_registry
+from pipelines.settings import TZ, Settings, load_settings
+from pipelines.standards import load_standards
+
+PROPS = {"format-version": "2", "write.parquet.compression-codec": "zstd"}
+
+
+class QualityGateError(CitylakeError):
+    """A batch was held: the message is the readable summary governance staff act on."""
+
+
+@dataclass
+class GateResult:
+    dataset: str
+    run_id: str
+    batches: list[str]
+    status: str
+    extracted: int = 0
+    published: int = 0
+    quarantined: int = 0
+    held: int = 0
+    deleted: int = 0
+    warned: int = 0
+    std_snapshot: int | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_config(settings: Settings) -> tuple[Any, dict[str, Any], dict[str, DatasetContract]]:
+    standards = load_standards(settings.root / "schemas" / "standards")
+    systems, errors = load_registry(settings.registry_dir)
+    if errors:
+        raise CitylakeError("; ".join(str(e) for e in errors.values()))
+    return standards, systems, load_contracts(settings.root / "schemas" / "datasets", standards, systems)
+
+
+def _append(catalog: Any, name: str, data: pa.Table, props: dict[str, str] | None = None) -> None:
+    """Append to a meta/quarantine table, creating it from the data's schema the first time."""
+    if data.num_rows == 0:
+        return
+    table = open_table(catalog, name) or catalog.create_table(name, schema=data.schema, properties=PROPS)
+    table.append(data, snapshot_properties=props or {})
+
+
+def _new_batches(catalog: Any, contract: DatasetContract) -> list[str]:
+    raw = open_table(catalog, contract.raw_table)
+    if raw is None or raw.current_snapshot() is None:
+        return []
+    seen = pa.table({"b": raw.scan(selected_fields=("_batch_id",)).to_arrow()["_batch_id"]})
+    batches = set(pc.unique(seen["b"]).to_pylist())
+    done = open_table(catalog, "meta.batches")
+    if done is not None and done.current_snapshot() is not None:
+        processed = done.scan(row_filter=f"dataset = '{contract.dataset}'",
+                              selected_fields=("raw_batch_id",)).to_arrow()["raw_batch_id"].to_pylist()
+        batches -= set(processed)
+    return sorted(b for b in batches if b)
+
+
+def _latest(table: pa.Table, keys: list[str], order: str) -> tuple[pa.Table, pa.Table]:
+    """(the latest row of each key, the extra copies). Ties keep one row (by position)."""
+    import duckdb
+
+    indexed = table.append_column("_pos", pa.array(range(table.num_rows), pa.int64()))
+    con = duckdb.connect()
+    con.register("t", indexed)
+    key_list = ", ".join(f'"{k}"' for k in keys)
+    ranked = con.sql(f'SELECT _pos, row_number() OVER (PARTITION BY {key_list} ORDER BY "{order}" DESC NULLS LAST, '
+                     f"_pos DESC) AS rn FROM t").to_arrow_table()
+    keep = pc.equal(ranked["rn"], 1)
+    pos_keep = pc.filter(ranked["_pos"], keep)
+    pos_extra = pc.filter(ranked["_pos"], pc.invert(keep))
+    return table.take(pos_keep), table.take(pos_extra)
+
+
+def _key_text(table: pa.Table, keys: list[str]) -> list[Any]:
+    cols = [table.column(k).to_pylist() for k in keys]
+    return [c[0] if len(keys) == 1 else list(c) for c in zip(*cols, strict=True)] if cols else []
+
+
+def _summary(dataset: str, blocking: list[RuleResult], table: pa.Table, keys: list[str]) -> str:
+    parts = []
+    for r in blocking:
+        examples = _key_text(table.filter(r.failed_mask), keys)[:3]
+        parts.append(f"{r.rule.id} ({r.rule.description}): {r.failed}/{r.evaluated} rows fail "
+                     f"(threshold {r.rule.threshold:.0%}), e.g. {examples}")
+    return f"std.{dataset} held at its previous snapshot: " + "; ".join(parts)
+
+
+def run_quality(dataset: str, *, settings: Settings | None = None, reference_date: date | None = None,
+                run_id: str | None = None) -> GateResult:
+    """Standardize → validate → publish the new raw batches of one dataset (what the DAG task runs)."""
+    settings = settings or load_settings()
+    standards, systems, contracts = load_config(settings)
+    if dataset not in contracts:
+        raise CitylakeError(f"no dataset contract {dataset!r} (known: {', '.join(sorted(contracts))})")
+    contract = contracts[dataset]
+    reference_date = reference_date or datetime.now(TZ).date()
+    run_id = run_id or f"quality_{dataset}_{reference_date.isoformat()}"
+    catalog = get_catalog(settings)
+    batches = _new_batches(catalog, contract)
+    result = GateResult(dataset, run_id, batches, "nothing_new")
+    if not batches:
+        return result
+    raw = catalog.load_table(contract.raw_table).scan(row_filter=In("_batch_id", batches)).to_arrow()
+    source = systems[contract.source["system"]].table(contract.source["table"])
+    result.extracted = raw.num_rows
+    live = raw.filter(pc.invert(pc.fill_null(raw["_deleted"], False)))
+    deleted = raw.filter(pc.fill_null(raw["_deleted"], False))
+    std, changes = standardize(live, contract, standards, crs=source.crs)
+    std = std.append_column("_batch_id", live["_batch_id"]).append_column("_extracted_at", live["_extracted_at"])
+    keys = contract.primary_key
+    kept, extra = _latest(std, keys, contract.cursor or "_extracted_at")
+    results = evaluate(kept, build_rules(contract, standards, reference_date))
+    critical = [r for r in results if r.rule.severity == "critical"]
+    blocking = [r for r in critical if r.evaluated and r.failed / r.evaluated > r.rule.threshold]
+    dup = _duplicate_result(contract, extra, kept.num_rows)
+    _record_results(catalog, run_id, contract, [*results, dup], standards)
+    _append(catalog, "meta.standardization_log", pa.Table.from_pylist(
+        [{**c.to_dict(), "run_id": run_id} for c in changes],
+        schema=pa.schema([("dataset", pa.string()), ("column", pa.string()), ("transformation", pa.string()),
+                          ("rows_changed", pa.int64()), ("run_id", pa.string())])))
+    if blocking:
+        result.status, result.held = "held", result.extracted
+        result.failures = [{"rule": r.rule.id, "failed": r.failed, "evaluated": r.evaluated} for r in blocking]
+        _record_batches(catalog, contract, result, None)
+        raise QualityGateError(_summary(dataset, blocking, kept, keys))
+
+    failed_any = pa.repeat(pa.scalar(False), kept.num_rows)
+    for r in critical:
+        failed_any = pc.or_(failed_any, r.failed_mask)
+    warned_any = pa.repeat(pa.scalar(False), kept.num_rows)
+    warnings = [r for r in results if r.rule.severity == "warning"]
+    for r in warnings:
+        warned_any = pc.or_(warned_any, r.failed_mask)
+    bad = kept.filter(failed_any)
+    good = kept.filter(pc.invert(failed_any))
+    good = good.append_column("_warnings", _rules_per_row(warnings, pc.invert(failed_any), good.num_rows))
+    quarantine = _quarantine_rows(contract, bad, extra, critical, failed_any, run_id)
+    result.quarantined = quarantine.num_rows
+    result.published = good.num_rows
+    result.deleted = deleted.num_rows
+    result.warned = int(pc.sum(pc.and_(warned_any, pc.invert(failed_any))).as_py() or 0)
+    # extracted = published + quarantined (+ held when blocked): deletion rows count as published
+    result.published += deleted.num_rows
+    assert result.extracted == result.published + result.quarantined + result.held, result
+    result.std_snapshot = _publish(catalog, contract, good, deleted, keys, run_id)
+    _append(catalog, f"quarantine.{dataset}", quarantine)
+    result.status = "published"
+    _record_batches(catalog, contract, result, result.std_snapshot)
+    return result
+
+
+def _duplicate_result(contract: DatasetContract, extra: pa.Table, kept_rows: int) -> RuleResult:
+    from pipelines.quality.rules import Rule
+
+    rule = Rule(f"{contract.dataset}.{'+'.join(contract.primary_key)}.unique", contract.dataset,
+                contract.primary_key[0], contract.primary_key[0], "一致性", "critical", "duplicate_key",
+                "主键唯一: 同一主键保留最新一条, 其余副本隔离", lambda t: pa.repeat(pa.scalar(True), t.num_rows))
+    # Counted as SQL counts them: the extra copies fail, the kept (latest) copy passes.
+    return RuleResult(rule, kept_rows + extra.num_rows, pa.repeat(pa.scalar(True), extra.num_rows))
+
+
+def _rules_per_row(results: list[RuleResult], keep: pa.Array, n: int) -> pa.Array:
+    names: list[list[str]] = [[] for _ in range(int(pc.sum(keep).as_py() or 0))]
+    for r in results:
+        flags = pc.filter(r.failed_mask, keep).to_pylist()
+        for i, f in enumerate(flags):
+            if f:
+                names[i].append(r.rule.id)
+    return pa.array(names, pa.list_(pa.string()))
+
+
+def _quarantine_rows(contract: DatasetContract, bad: pa.Table, extra: pa.Table, critical: list[RuleResult],
+                     failed_any: pa.Array, run_id: str) -> pa.Table:
+    broken = _rules_per_row(critical, failed_any, bad.num_rows)
+    dup_rule = f"{contract.dataset}.{'+'.join(contract.primary_key)}.unique"
+    rows = bad.append_column("_rules", broken)
+    dups = extra.append_column("_rules", pa.array([[dup_rule]] * extra.num_rows, pa.list_(pa.string())))
+    both = pa.concat_tables([rows, dups.cast(rows.schema)]) if dups.num_rows else rows
+    return both.append_column("_run_id", pa.repeat(pa.scalar(run_id), both.num_rows))
+
+
+def _publish(catalog: Any, contract: DatasetContract, good: pa.Table, deleted: pa.Table, keys: list[str],
+             run_id: str) -> int | None:
+    """One commit: upsert the passing rows by key, delete keys deleted at the source."""
+    name = contract.std_table
+    table = open_table(catalog, name) or catalog.create_table(name, schema=good.schema, properties=PROPS)
+    props = {"citylake.run-id": run_id}
+    with table.transaction() as tx:
+        if good.num_rows:
+            tx.upsert(good, join_cols=keys, snapshot_properties=props)
+        if deleted.num_rows:
+            source_of = {c.name: c.source for c in contract.columns}
+            values = [deleted.column(source_of[k]).to_pylist() for k in keys]
+            if len(keys) == 1:
+                tx.delete(In(keys[0], values[0]), snapshot_properties=props)
+            else:
+                tx.delete(Or(*[And(*[EqualTo(k, v) for k, v in zip(keys, row, strict=True)])
+                               for row in zip(*values, strict=True)]), snapshot_properties=props)
+    snap = catalog.load_table(name).current_snapshot()
+    return snap.snapshot_id if snap else None
+
+
+def _record_results(catalog: Any, run_id: str, contract: DatasetContract, results: list[RuleResult],
+                    standards: Any) -> None:
+    rows = [{"run_id": run_id, "dataset": contract.dataset, "rule": r.rule.id, "tag": r.rule.tag,
+             "dimension": r.rule.dimension, "element": r.rule.element, "column": r.rule.column,
+             "evaluated": r.evaluated, "failed": r.failed, "severity": r.rule.severity,
+             "passed": r.failed == 0, "error": r.error} for r in results]
+    _append(catalog, "meta.quality_results", pa.Table.from_pylist(rows, schema=pa.schema([
+        ("run_id", pa.string()), ("dataset", pa.string()), ("rule", pa.string()), ("tag", pa.string()),
+        ("dimension", pa.string()), ("element", pa.string()), ("column", pa.string()), ("evaluated", pa.int64()),
+        ("failed", pa.int64()), ("severity", pa.string()), ("passed", pa.bool_()), ("error", pa.string())])))
+
+
+def _record_batches(catalog: Any, contract: DatasetContract, result: GateResult, snapshot: int | None) -> None:
+    rows = [{"dataset": contract.dataset, "raw_batch_id": b, "run_id": result.run_id, "status": result.status,
+             "extracted": result.extracted, "published": result.published, "quarantined": result.quarantined,
+             "held": result.held, "std_snapshot_id": snapshot, "detail": json.dumps(result.failures, ensure_ascii=False)}
+            for b in result.batches]
+    _append(catalog, "meta.batches", pa.Table.from_pylist(rows, schema=pa.schema([
+        ("dataset", pa.string()), ("raw_batch_id", pa.string()), ("run_id", pa.string()), ("status", pa.string()),
+        ("extracted", pa.int64()), ("published", pa.int64()), ("quarantined", pa.int64()), ("held", pa.int64()),
+        ("std_snapshot_id", pa.int64()), ("detail", pa.string())])))
