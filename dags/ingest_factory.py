@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 from datetime import datetime, timedelta
+from pathlib import Path
 
+import yaml
 from airflow.sdk import Asset, AssetAlias, CronDataIntervalTimetable, dag, task
 
 from pipelines.registry import SourceSystem, load_registry
@@ -88,7 +90,20 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
             )
             return result.to_dict()
 
-        load_table.expand(table=[t.code for t in system.all_tables])
+        loads = load_table.expand(table=[t.code for t in system.all_tables])
+
+        datasets = DATASETS_BY_SYSTEM.get(system.system, [])
+        if datasets:
+            # Write-audit-publish after raw landed; a table whose load failed simply has no new batch.
+            @task(trigger_rule="all_done", map_index_template="{{ task.op_kwargs['dataset'] }}")
+            def publish_std(dataset: str, **context: object) -> dict:
+                from pipelines.quality.gate import run_quality
+
+                end = context["data_interval_end"]
+                return run_quality(dataset, reference_date=end.astimezone(TZ).date(),  # type: ignore[attr-defined]
+                                   run_id=f"{context['dag_run'].run_id}__{dataset}").to_dict()  # type: ignore[attr-defined]
+
+            loads >> publish_std.expand(dataset=datasets)
 
     return ingest_dag()
 
@@ -111,6 +126,20 @@ def build_broken_dag(system_code: str, message: str):  # noqa: ANN201
     return broken()
 
 
+def datasets_by_system(directory: Path) -> dict[str, list[str]]:
+    """system → dataset codes built from it, read from the contracts' ``source`` (plain YAML, no validation:
+    a broken contract fails its publish task with the full message instead of hiding the DAG)."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(directory.glob("*.yml")):
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            out.setdefault(doc["source"]["system"], []).append(doc["dataset"])
+        except Exception as exc:  # noqa: BLE001
+            log.error("%s: %s", path, exc)
+    return out
+
+
+DATASETS_BY_SYSTEM = datasets_by_system(load_settings().root / "schemas" / "datasets")
 _systems, _errors = load_registry(load_settings().registry_dir)
 for _system in _systems.values():
     globals()[f"ingest__{_system.system}"] = build_ingest_dag(_system)

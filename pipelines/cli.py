@@ -18,8 +18,10 @@ from pipelines.settings import TZ, load_settings
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="citylake: the Hefei city data lake.")
 sources_app = typer.Typer(no_args_is_help=True, help="The source registry (schemas/sources/).")
 lake_app = typer.Typer(no_args_is_help=True, help="Tables in the lake.")
+quality_app = typer.Typer(no_args_is_help=True, help="Standardize, validate and publish; score against the seed.")
 app.add_typer(sources_app, name="sources")
 app.add_typer(lake_app, name="lake")
+app.add_typer(quality_app, name="quality")
 out = Console()
 err = Console(stderr=True)
 
@@ -172,6 +174,57 @@ def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__pe
         t.add_row(*[_cell(v) for v in row.values()])
     # Piped output has no terminal width: don't squeeze the columns into 80.
     (out if out.is_terminal else Console(width=max(160, 24 * len(data.column_names)))).print(t)
+
+
+@quality_app.command("run")
+def quality_run(dataset: Annotated[str, typer.Argument(help="Dataset code, or 'all'.")],
+                reference_date: Annotated[str | None, typer.Option(help="The run's today (default: today).")] = None,
+                ) -> None:
+    """Standardize → validate → publish the new raw batches of a dataset (what the DAG runs)."""
+    from pipelines.quality.consistency import run_consistency
+    from pipelines.quality.gate import QualityGateError, load_config, run_quality
+
+    settings = load_settings()
+    ref = date.fromisoformat(reference_date) if reference_date else None
+    names = sorted(load_config(settings)[2]) if dataset == "all" else [dataset]
+    t = Table("dataset", "status", "extracted", "published", "quarantined", "held", "warned", title="quality")
+    failed = False
+    for name in names:
+        try:
+            r = run_quality(name, settings=settings, reference_date=ref)
+            t.add_row(name, r.status, f"{r.extracted:,}", f"{r.published:,}", f"{r.quarantined:,}", f"{r.held:,}",
+                      f"{r.warned:,}")
+        except QualityGateError as exc:
+            failed = True
+            t.add_row(name, "held", "", "", "", "", "")
+            err.print(f"[bold red]held:[/] {exc}", highlight=False, soft_wrap=True)
+        except CitylakeError as exc:
+            _fail(str(exc))
+    out.print(t)
+    if dataset == "all":
+        c = Table("element", "authority", "copy", "compared", "conflicts", "rate", title="一数一源 consistency")
+        for s in run_consistency(settings=settings):
+            c.add_row(s["element"], s["authoritative_system"], f"{s['other_system']}.{s['other_table']}",
+                      f"{s['compared']:,}", f"{s['conflicts']:,}", f"{s['rate']:.2%}")
+        out.print(c)
+    if failed:
+        raise typer.Exit(1)
+
+
+@quality_app.command("score")
+def quality_score(as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False) -> None:
+    """Recall and precision per injected defect type against data/seed_manifest.json."""
+    from pipelines.quality.score import score
+
+    result = score(load_settings())
+    if as_json:
+        sys.stdout.write(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+        return
+    t = Table("defect", "truth", "found", "recall", "precision", title=f"score vs seed ({result['reference_date']})")
+    for r in result["defects"]:
+        t.add_row(r["defect"], str(r["truth"]), str(r["found"]), f"{r['recall']:.1%}", f"{r['precision']:.1%}")
+    out.print(t)
+    out.print(f"benign variants flagged: {len(result['benign_flagged'])}")
 
 
 def _cell(v: Any) -> str:

@@ -79,9 +79,12 @@ def run_ingest_dags(logical_date: datetime, only: list[str] | None = None) -> li
         started = time.perf_counter()
         run = dag.test(logical_date=logical_date)
         tables = [t.code for t in system.all_tables]
-        for ti in sorted(run.get_task_instances(), key=lambda t: t.map_index):
-            table = tables[ti.map_index] if 0 <= ti.map_index < len(tables) else ti.task_id
-            rows.append({"system": code, "table": table, "state": str(ti.state),
+        for ti in sorted(run.get_task_instances(), key=lambda t: (t.task_id, t.map_index)):
+            if ti.task_id == "load_table":
+                table = tables[ti.map_index] if 0 <= ti.map_index < len(tables) else ti.task_id
+            else:
+                table = f"{ti.task_id}[{ti.map_index}]"  # e.g. publish_std: the write-audit-publish step
+            rows.append({"system": code, "table": table, "task": ti.task_id, "state": str(ti.state),
                          "seconds": ti.duration or 0.0, "dag_seconds": time.perf_counter() - started})
     return rows
 
@@ -108,8 +111,10 @@ def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
 
     lake = {r["table"]: r for r in list_tables(settings, ("raw",))}
     t = Table("system", "table", "lake table", "rows", "seconds", "state", title="citylake demo: ingest")
-    failed = []
+    failed = [f"{r['system']}.{r['table']}" for r in tasks if r["task"] != "load_table" and "success" not in r["state"]]
     for r in tasks:
+        if r["task"] != "load_table":
+            continue
         ident = f"raw.{r['system']}__{r['table']}"
         rows = lake.get(ident, {}).get("rows", 0)
         t.add_row(r["system"], r["table"], ident, f"{rows:,}", f"{r['seconds']:.1f}", r["state"])
@@ -117,6 +122,7 @@ def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
             failed.append(ident)
     console.print(t)
     _print_rejected(settings, console)
+    _print_quality(settings, console, logical.date())
     console.print(f"lake: {settings.lake_dir} (catalog {settings.catalog_uri}, warehouse {settings.warehouse})")
     console.print(f"total {time.perf_counter() - t0:.0f}s · see `citylake lake ls`, `citylake lake show <table>`")
     if failed:
@@ -135,3 +141,25 @@ def _print_rejected(settings: Any, console: Console) -> None:
             if entry.get("status") == "rejected":
                 console.print(f"[yellow]rejected[/] {'.'.join(ident)}: {name}: {entry['reason']} "
                               f"(copied to {settings.rejected_dir})", highlight=False)
+
+
+def _print_quality(settings: Any, console: Console, reference: Any) -> None:
+    """The ingest DAGs published std tables; add the 一数一源 comparison and score against the seed."""
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.raw import open_table
+    from pipelines.quality.consistency import run_consistency
+    from pipelines.quality.score import score
+
+    catalog = get_catalog(settings)
+    batches = open_table(catalog, "meta.batches")
+    q = Table("dataset", "status", "extracted", "published", "quarantined", "held", title="write-audit-publish")
+    if batches is not None:
+        for r in sorted(batches.scan().to_arrow().to_pylist(), key=lambda r: r["dataset"]):
+            q.add_row(r["dataset"], r["status"], f"{r['extracted']:,}", f"{r['published']:,}",
+                      f"{r['quarantined']:,}", f"{r['held']:,}")
+    console.print(q)
+    run_consistency(settings=settings, run_id=f"demo_{reference}")
+    s = Table("defect", "truth", "found", "recall", "precision", title="quality vs seed manifest")
+    for r in score(settings)["defects"]:
+        s.add_row(r["defect"], str(r["truth"]), str(r["found"]), f"{r['recall']:.1%}", f"{r['precision']:.1%}")
+    console.print(s)

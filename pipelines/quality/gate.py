@@ -32,6 +32,10 @@ from pipelines.settings import TZ, Settings, load_settings
 from pipelines.standards import load_standards
 
 PROPS = {"format-version": "2", "write.parquet.compression-codec": "zstd"}
+RESULTS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("dataset", pa.string()), ("rule", pa.string()), ("tag", pa.string()),
+    ("dimension", pa.string()), ("element", pa.string()), ("column", pa.string()), ("evaluated", pa.int64()),
+    ("failed", pa.int64()), ("severity", pa.string()), ("passed", pa.bool_()), ("error", pa.string())])
 
 
 class QualityGateError(CitylakeError):
@@ -238,10 +242,7 @@ def _record_results(catalog: Any, run_id: str, contract: DatasetContract, result
              "dimension": r.rule.dimension, "element": r.rule.element, "column": r.rule.column,
              "evaluated": r.evaluated, "failed": r.failed, "severity": r.rule.severity,
              "passed": r.failed == 0, "error": r.error} for r in results]
-    _append(catalog, "meta.quality_results", pa.Table.from_pylist(rows, schema=pa.schema([
-        ("run_id", pa.string()), ("dataset", pa.string()), ("rule", pa.string()), ("tag", pa.string()),
-        ("dimension", pa.string()), ("element", pa.string()), ("column", pa.string()), ("evaluated", pa.int64()),
-        ("failed", pa.int64()), ("severity", pa.string()), ("passed", pa.bool_()), ("error", pa.string())])))
+    _append(catalog, "meta.quality_results", pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA))
 
 
 def _record_batches(catalog: Any, contract: DatasetContract, result: GateResult, snapshot: int | None) -> None:
