@@ -211,6 +211,18 @@ def quality_run(dataset: Annotated[str, typer.Argument(help="Dataset code, or 'a
         raise typer.Exit(1)
 
 
+@quality_app.command("suites")
+def quality_suites() -> None:
+    """Regenerate the GX suites (expectations/<dataset>.json) from the standards and contracts."""
+    from pipelines.quality.gate import load_config
+    from pipelines.quality.suites import write_suites
+
+    settings = load_settings()
+    standards, _systems, contracts = load_config(settings)
+    for path in write_suites(settings.root / "expectations", contracts, standards):
+        out.print(f"wrote {path}")
+
+
 @quality_app.command("score")
 def quality_score(as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False) -> None:
     """Recall and precision per injected defect type against data/seed_manifest.json."""

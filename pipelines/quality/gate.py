@@ -25,8 +25,9 @@ from pipelines.contracts import DatasetContract, load_contracts
 from pipelines.errors import CitylakeError
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.raw import open_table
-from pipelines.quality.rules import RuleResult, build_rules, evaluate
+from pipelines.quality.rules import RuleResult, evaluate
 from pipelines.quality.standardize import standardize
+from pipelines.quality.suites import load_suite
 from pipelines.registry import load_registry
 from pipelines.settings import TZ, Settings, load_settings
 from pipelines.standards import load_standards
@@ -145,7 +146,8 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
     std = std.append_column("_batch_id", live["_batch_id"]).append_column("_extracted_at", live["_extracted_at"])
     keys = contract.primary_key
     kept, extra = _latest(std, keys, contract.cursor or "_extracted_at")
-    results = evaluate(kept, build_rules(contract, standards, reference_date))
+    rules = load_suite(settings.root / "expectations", contract, standards, reference_date)
+    results = evaluate(kept, rules)
     critical = [r for r in results if r.rule.severity == "critical"]
     blocking = [r for r in critical if r.evaluated and r.failed / r.evaluated > r.rule.threshold]
     dup = _duplicate_result(contract, extra, kept.num_rows)

@@ -1,8 +1,10 @@
-"""Quality rules generated from the standards and a dataset contract, evaluated vectorised over Arrow.
+"""Quality rules: GX expectations generated from the standards and a contract, evaluated vectorised.
 
-Each rule has a GB/T 36344 dimension, a severity (critical blocks, warning reports, info), a blocking
-threshold (the failing share of a batch above which the whole batch is held) and a tag shared with the
-seed manifest's defect names, so results can be scored against the truth.
+The spec is a GX Core suite (``expectations/<dataset>.json``): each expectation carries its GX
+``severity`` (critical blocks, warning reports, info) and in ``meta`` the rule id, GB/T 36344 dimension,
+data element, the defect tag shared with the seed manifest, and the blocking threshold. citylake compiles
+each expectation to a vectorised check over Arrow (``compile_rule``); plain GX can run the same suite
+(``pipelines.quality.gx_expectations`` registers the custom types).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from typing import Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,8 +21,9 @@ from pipelines.contracts import DatasetContract
 from pipelines.quality import validators as v
 from pipelines.standards import Standards
 
-Severity = Literal["critical", "warning", "info"]
 Check = Callable[[pa.Table], pa.Array]  # True where the row passes; null counts as passing
+REFERENCE = {"$PARAMETER": "reference_date"}
+DEFAULT_THRESHOLD = 0.2
 
 
 @dataclass(frozen=True)
@@ -30,72 +33,112 @@ class Rule:
     column: str
     element: str
     dimension: str
-    severity: Severity
+    severity: str
     tag: str
     description: str
     check: Check
-    threshold: float = 0.2
+    threshold: float = DEFAULT_THRESHOLD
     """A critical rule failing on more than this share of a batch holds the batch."""
+
+
+def expectations(contract: DatasetContract, standards: Standards) -> list[dict[str, Any]]:
+    """The generated GX expectation configurations of one dataset (deterministic, no ids)."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, element: str, suffix: str, dimension: str, severity: str, tag: str, description: str,
+            type_: str, **kwargs: Any) -> None:
+        out.append({"type": type_, "kwargs": kwargs, "severity": severity,
+                    "meta": {"rule_id": f"{contract.dataset}.{name}.{suffix}", "dimension": dimension,
+                             "element": element, "tag": tag, "description": description,
+                             "threshold": DEFAULT_THRESHOLD}})
+
+    for col in contract.columns:
+        e = standards.element(col.element)
+        n = col.name
+        if col.required:
+            add(n, e.code, "required", "完整性", "critical", "null_required", f"{e.name_zh}不得为空",
+                "expect_column_values_to_not_be_null", column=n)
+        if e.validator == "resident_id":
+            add(n, e.code, "format", "规范性", "critical", "resident_id_format", "18位, 末位为数字或大写X",
+                "expect_column_values_to_match_regex", column=n, regex=r"^\d{17}[\dX]$")
+            add(n, e.code, "check_digit", "准确性", "critical", "resident_id_check_digit", "GB 11643 校验码正确",
+                "expect_column_values_to_have_valid_resident_id_check_digit", column=n)
+            add(n, e.code, "birth_date", "准确性", "critical", "resident_id_birth_date", "出生日期真实且不晚于当日",
+                "expect_column_values_to_have_real_resident_id_birth_date", column=n, reference_date=REFERENCE)
+            add(n, e.code, "region", "准确性", "warning", "resident_id_region", "地址码存在于 GB/T 2260 (含历史代码)",
+                "expect_column_values_to_have_known_resident_id_region", column=n)
+        elif e.validator == "uscc":
+            add(n, e.code, "check_digit", "准确性", "critical", "uscc_check_digit", "GB 32100 校验码正确",
+                "expect_column_values_to_be_valid_uscc", column=n)
+            add(n, e.code, "org_code", "准确性", "warning", "uscc_org_code", "内嵌组织机构代码校验正确",
+                "expect_column_values_to_have_valid_uscc_org_code", column=n)
+        elif e.validator == "mobile":
+            add(n, e.code, "format", "规范性", "warning", "mobile_format", "11位手机号码",
+                "expect_column_values_to_be_valid_mobile_number", column=n)
+        elif e.validator == "date_not_future":
+            add(n, e.code, "not_future", "时效性", "critical", "future_date", "不晚于当日",
+                "expect_column_values_to_not_be_in_the_future", column=n, reference_date=REFERENCE)
+        elif e.validator == "hefei_bounds" and e.code == "longitude":
+            lat = next((x.name for x in contract.columns if x.element == "latitude"), None)
+            if lat:
+                add(n, e.code, "in_city", "准确性", "warning", "out_of_bounds", "坐标位于合肥市范围内",
+                    "expect_column_pair_values_to_be_inside_hefei", column_A=n, column_B=lat)
+        if e.code_list:
+            division = e.validator == "division_code"
+            add(n, e.code, "known_division" if division else "code_list", "准确性" if division else "规范性",
+                "critical", "unknown_district_code" if division else "unknown_code",
+                f"取值于代码表 {e.code_list}" + (" (GB/T 2260, 含开发区扩展)" if division else ""),
+                "expect_column_values_to_be_in_set", column=n, value_set=sorted(standards.code_list(e.code_list)))
+    names = {c.element: c.name for c in contract.columns}
+    if "sex_code" in names and "resident_id" in names:
+        add(names["sex_code"], "sex_code", "agrees_with_id", "一致性", "warning", "sex_id_mismatch",
+            "性别代码与身份证号第17位奇偶一致", "expect_column_pair_values_sex_code_to_agree_with_resident_id",
+            column_A=names["resident_id"], column_B=names["sex_code"])
+    return out
 
 
 def _col(name: str) -> Callable[[pa.Table], pa.Array]:
     return lambda t: t.column(name).combine_chunks()
 
 
+def _checks(reference_date: date) -> dict[str, Callable[[dict[str, Any]], Check]]:
+    """Expectation type → vectorised check, given the expectation's kwargs."""
+    return {
+        "expect_column_values_to_not_be_null": lambda k: lambda t: pc.is_valid(_col(k["column"])(t)),
+        "expect_column_values_to_match_regex": lambda k: lambda t: pc.match_substring_regex(
+            _col(k["column"])(t).cast(pa.string()), k["regex"]),
+        "expect_column_values_to_be_in_set": lambda k: lambda t: pc.is_in(
+            _col(k["column"])(t).cast(pa.string()), value_set=pa.array([str(x) for x in k["value_set"]])),
+        "expect_column_values_to_have_valid_resident_id_check_digit": lambda k: lambda t: v.resident_id_check_digit(
+            _col(k["column"])(t)),
+        "expect_column_values_to_have_real_resident_id_birth_date": lambda k: lambda t: v.resident_id_birth_date(
+            _col(k["column"])(t), reference_date),
+        "expect_column_values_to_have_known_resident_id_region": lambda k: lambda t: v.resident_id_region(
+            _col(k["column"])(t), v.division_codes()),
+        "expect_column_values_to_be_valid_uscc": lambda k: lambda t: v.uscc_valid(_col(k["column"])(t)),
+        "expect_column_values_to_have_valid_uscc_org_code": lambda k: lambda t: v.uscc_org_code_valid(
+            _col(k["column"])(t)),
+        "expect_column_values_to_be_valid_mobile_number": lambda k: lambda t: v.mobile_valid(_col(k["column"])(t)),
+        "expect_column_values_to_not_be_in_the_future": lambda k: lambda t: v.date_not_future(
+            _col(k["column"])(t), reference_date),
+        "expect_column_pair_values_sex_code_to_agree_with_resident_id": lambda k: lambda t: v.resident_id_sex(
+            _col(k["column_A"])(t), _col(k["column_B"])(t)),
+        "expect_column_pair_values_to_be_inside_hefei": lambda k: lambda t: v.in_bounds(
+            _col(k["column_A"])(t), _col(k["column_B"])(t)),
+    }
+
+
+def compile_rule(dataset: str, expectation: dict[str, Any], reference_date: date) -> Rule:
+    """One expectation configuration → a vectorised rule. KeyError for a type citylake cannot run."""
+    kw, meta = expectation["kwargs"], expectation.get("meta", {})
+    check = _checks(reference_date)[expectation["type"]](kw)
+    return Rule(meta["rule_id"], dataset, kw.get("column", kw.get("column_A", "")), meta.get("element", ""),
+                meta.get("dimension", ""), str(expectation.get("severity", "critical")), meta.get("tag", ""),
+                meta.get("description", ""), check, float(meta.get("threshold", DEFAULT_THRESHOLD)))
+
+
 def build_rules(contract: DatasetContract, standards: Standards, reference_date: date) -> list[Rule]:
-    """The rules of one dataset: required, format, validators, code lists, dates, bounds, keys."""
-    rules: list[Rule] = []
-    codes = frozenset(standards.code_list("division"))
-
-    def add(column: str, element: str, suffix: str, dimension: str, severity: Severity, tag: str,
-            description: str, check: Check) -> None:
-        rules.append(Rule(f"{contract.dataset}.{column}.{suffix}", contract.dataset, column, element, dimension,
-                          severity, tag, description, check))
-
-    for col in contract.columns:
-        e = standards.element(col.element)
-        c = _col(col.name)
-        if col.required:
-            add(col.name, e.code, "required", "完整性", "critical", "null_required", f"{e.name_zh}不得为空",
-                lambda t, c=c: pc.is_valid(c(t)))
-        if e.validator == "resident_id":
-            add(col.name, e.code, "format", "规范性", "critical", "resident_id_format", "18位, 末位为数字或大写X",
-                lambda t, c=c: v.resident_id_format(c(t)))
-            add(col.name, e.code, "check_digit", "准确性", "critical", "resident_id_check_digit",
-                "GB 11643 校验码正确", lambda t, c=c: v.resident_id_check_digit(c(t)))
-            add(col.name, e.code, "birth_date", "准确性", "critical", "resident_id_birth_date",
-                "出生日期为真实日期且不晚于当日", lambda t, c=c: v.resident_id_birth_date(c(t), reference_date))
-            add(col.name, e.code, "region", "准确性", "warning", "resident_id_region",
-                "地址码存在于 GB/T 2260", lambda t, c=c: v.resident_id_region(c(t), codes))
-        elif e.validator == "uscc":
-            add(col.name, e.code, "check_digit", "准确性", "critical", "uscc_check_digit", "GB 32100 校验码正确",
-                lambda t, c=c: v.uscc_valid(c(t)))
-            add(col.name, e.code, "org_code", "准确性", "warning", "uscc_org_code", "内嵌组织机构代码校验正确",
-                lambda t, c=c: v.uscc_org_code_valid(c(t)))
-        elif e.validator == "division_code":
-            add(col.name, e.code, "known_division", "准确性", "critical", "unknown_district_code",
-                "行政区划代码存在于 GB/T 2260 (含开发区扩展)", lambda t, c=c: v.division_code_valid(c(t), codes))
-        elif e.validator == "mobile":
-            add(col.name, e.code, "format", "规范性", "warning", "mobile_format", "11位手机号码",
-                lambda t, c=c: v.mobile_valid(c(t)))
-        elif e.validator == "date_not_future":
-            add(col.name, e.code, "not_future", "时效性", "critical", "future_date", "不晚于当日",
-                lambda t, c=c: v.date_not_future(c(t), reference_date))
-        elif e.validator == "hefei_bounds" and e.code == "longitude":
-            lat = next((x.name for x in contract.columns if x.element == "latitude"), None)
-            if lat:
-                add(col.name, e.code, "in_city", "准确性", "warning", "out_of_bounds", "坐标位于合肥市范围内",
-                    lambda t, c=c, la=_col(lat): v.in_bounds(c(t), la(t)))
-        if e.code_list and e.validator != "division_code":
-            known = pa.array(sorted(standards.code_list(e.code_list)), pa.string())
-            add(col.name, e.code, "code_list", "规范性", "critical", "unknown_code", f"取值于代码表 {e.code_list}",
-                lambda t, c=c, k=known: pc.is_in(c(t).cast(pa.string()), value_set=k))
-    names = {c.element: c.name for c in contract.columns}
-    if "sex_code" in names and "resident_id" in names:
-        ids, sex = _col(names["resident_id"]), _col(names["sex_code"])
-        add(names["sex_code"], "sex_code", "agrees_with_id", "一致性", "warning", "sex_id_mismatch",
-            "性别代码与身份证号第17位奇偶一致", lambda t: v.resident_id_sex(ids(t), sex(t)))
-    return rules
+    return [compile_rule(contract.dataset, e, reference_date) for e in expectations(contract, standards)]
 
 
 @dataclass

@@ -1,0 +1,177 @@
+"""citylake's custom GX Core expectations (national identifiers, division table, dates, bounds).
+
+They make the suites under ``expectations/`` loadable and runnable by plain GX (pandas engine), which is
+also the benchmark's baseline. citylake itself evaluates the same suites with the vectorised functions of
+``pipelines.quality.validators`` (see ``pipelines.quality.suites``): GX is the spec and the result format.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pandas as pd
+import pyarrow as pa
+from great_expectations.core.suite_parameters import SuiteParameterDict
+from great_expectations.execution_engine import PandasExecutionEngine
+from great_expectations.expectations.expectation import ColumnMapExpectation, ColumnPairMapExpectation
+from great_expectations.expectations.metrics.map_metric_provider import (
+    ColumnMapMetricProvider,
+    ColumnPairMapMetricProvider,
+    column_condition_partial,
+    column_pair_condition_partial,
+)
+
+from pipelines.quality import validators as v
+
+
+def _series(result: pa.Array, index: pd.Index) -> pd.Series:
+    return pd.Series(result.fill_null(True).to_numpy(zero_copy_only=False), index=index)
+
+
+def _arrow(column: pd.Series) -> pa.Array:
+    return pa.array(column.astype(object).where(column.notna(), None).tolist())
+
+
+class ResidentIdCheckDigit(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.citylake.resident_id_check_digit"
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, **_: Any) -> pd.Series:
+        return _series(v.resident_id_check_digit(_arrow(column)), column.index)
+
+
+class ResidentIdBirthDate(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.citylake.resident_id_birth_date"
+    condition_value_keys = ("reference_date",)
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, reference_date: str, **_: Any) -> pd.Series:
+        from datetime import date
+
+        return _series(v.resident_id_birth_date(_arrow(column), date.fromisoformat(reference_date)), column.index)
+
+
+class ResidentIdRegion(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.citylake.resident_id_region"
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, **_: Any) -> pd.Series:
+        return _series(v.resident_id_region(_arrow(column), v.division_codes()), column.index)
+
+
+class UsccValid(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.citylake.uscc"
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, **_: Any) -> pd.Series:
+        return _series(v.uscc_valid(_arrow(column)), column.index)
+
+
+class UsccOrgCode(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.citylake.uscc_org_code"
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, **_: Any) -> pd.Series:
+        return _series(v.uscc_org_code_valid(_arrow(column)), column.index)
+
+
+class MobileValid(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.citylake.mobile"
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, **_: Any) -> pd.Series:
+        return _series(v.mobile_valid(_arrow(column)), column.index)
+
+
+class NotInFuture(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.citylake.not_in_future"
+    condition_value_keys = ("reference_date",)
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, reference_date: str, **_: Any) -> pd.Series:
+        from datetime import date
+
+        return _series(v.date_not_future(_arrow(column), date.fromisoformat(reference_date)), column.index)
+
+
+class SexAgreesWithId(ColumnPairMapMetricProvider):
+    condition_metric_name = "column_pair_values.citylake.sex_agrees_with_resident_id"
+
+    @column_pair_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column_A: pd.Series, column_B: pd.Series, **_: Any) -> pd.Series:  # noqa: N803
+        return _series(v.resident_id_sex(_arrow(column_A), _arrow(column_B)), column_A.index)
+
+
+class InHefei(ColumnPairMapMetricProvider):
+    condition_metric_name = "column_pair_values.citylake.in_hefei"
+
+    @column_pair_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column_A: pd.Series, column_B: pd.Series, **_: Any) -> pd.Series:  # noqa: N803
+        return _series(v.in_bounds(_arrow(column_A), _arrow(column_B)), column_A.index)
+
+
+class ExpectColumnValuesToHaveValidResidentIdCheckDigit(ColumnMapExpectation):
+    """GB 11643 / ISO 7064 MOD 11-2 check character of a resident ID."""
+
+    map_metric = "column_values.citylake.resident_id_check_digit"
+    success_keys: ClassVar[tuple[str, ...]] = ("mostly",)
+
+
+class ExpectColumnValuesToHaveRealResidentIdBirthDate(ColumnMapExpectation):
+    """The resident ID's birth date is a real date, not after the run's reference date."""
+
+    reference_date: str | SuiteParameterDict  # {"$PARAMETER": "reference_date"}: the run's today
+    map_metric = "column_values.citylake.resident_id_birth_date"
+    success_keys: ClassVar[tuple[str, ...]] = ("reference_date", "mostly")
+
+
+class ExpectColumnValuesToHaveKnownResidentIdRegion(ColumnMapExpectation):
+    """The resident ID's address code is in the GB/T 2260 table (historical codes count)."""
+
+    map_metric = "column_values.citylake.resident_id_region"
+    success_keys: ClassVar[tuple[str, ...]] = ("mostly",)
+
+
+class ExpectColumnValuesToBeValidUscc(ColumnMapExpectation):
+    """GB 32100 unified social credit code: charset and check character."""
+
+    map_metric = "column_values.citylake.uscc"
+    success_keys: ClassVar[tuple[str, ...]] = ("mostly",)
+
+
+class ExpectColumnValuesToHaveValidUsccOrgCode(ColumnMapExpectation):
+    """The GB 11714 organisation code embedded in a USCC (positions 9–17) has a valid check character."""
+
+    map_metric = "column_values.citylake.uscc_org_code"
+    success_keys: ClassVar[tuple[str, ...]] = ("mostly",)
+
+
+class ExpectColumnValuesToBeValidMobileNumber(ColumnMapExpectation):
+    """Mainland mobile number ``^1[3-9]\\d{9}$``."""
+
+    map_metric = "column_values.citylake.mobile"
+    success_keys: ClassVar[tuple[str, ...]] = ("mostly",)
+
+
+class ExpectColumnValuesToNotBeInTheFuture(ColumnMapExpectation):
+    """A date or time not after the run's reference date (Asia/Shanghai)."""
+
+    reference_date: str | SuiteParameterDict  # {"$PARAMETER": "reference_date"}: the run's today
+    map_metric = "column_values.citylake.not_in_future"
+    success_keys: ClassVar[tuple[str, ...]] = ("reference_date", "mostly")
+
+
+class ExpectColumnPairValuesSexCodeToAgreeWithResidentId(ColumnPairMapExpectation):
+    """GB/T 2261.1 sex code (column_B) agrees with the resident ID's 17th digit (column_A)."""
+
+    map_metric = "column_pair_values.citylake.sex_agrees_with_resident_id"
+    ignore_row_if: str = "either_value_is_missing"
+    success_keys: ClassVar[tuple[str, ...]] = ("column_A", "column_B", "ignore_row_if", "mostly")
+
+
+class ExpectColumnPairValuesToBeInsideHefei(ColumnPairMapExpectation):
+    """Longitude (column_A) and latitude (column_B) inside Hefei's administrative extent."""
+
+    map_metric = "column_pair_values.citylake.in_hefei"
+    ignore_row_if: str = "either_value_is_missing"
+    success_keys: ClassVar[tuple[str, ...]] = ("column_A", "column_B", "ignore_row_if", "mostly")
