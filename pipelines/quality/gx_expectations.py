@@ -29,7 +29,7 @@ def _series(result: pa.Array, index: pd.Index) -> pd.Series:
 
 
 def _arrow(column: pd.Series) -> pa.Array:
-    return pa.array(column.astype(object).where(column.notna(), None).tolist())
+    return pa.array(column, from_pandas=True)
 
 
 class ResidentIdCheckDigit(ColumnMapMetricProvider):

@@ -91,18 +91,24 @@ def resident_id_format(arr: Array) -> pa.BooleanArray:
     return pc.match_substring_regex(_strings(arr), r"^\d{17}[\dX]$")
 
 
-def resident_id_birth_date(arr: Array, reference_date: date) -> pa.BooleanArray:
+_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int32)
+
+
+@_chunked
+def resident_id_birth_date(arr: pa.StringArray, reference_date: date) -> pa.BooleanArray:
     """Characters 7–14 are a real calendar date between 1890-01-01 and the reference date."""
-    s = _strings(arr)
-    fmt = resident_id_format(s)
-    text = pc.utf8_slice_codeunits(s, 6, 14)
-    parsed = pc.strptime(text, format="%Y%m%d", unit="s", error_is_null=True)
-    # strptime rolls 19930229 over to March 1st: a real date must print back unchanged.
-    real = pc.equal(pc.strftime(parsed, format="%Y%m%d"), text)
-    born = pc.if_else(real, parsed, pa.scalar(None, parsed.type)).cast(pa.date32())
-    in_range = pc.and_(pc.greater_equal(born, pa.scalar(date(1890, 1, 1))),
-                       pc.less_equal(born, pa.scalar(reference_date)))
-    return _keep_nulls(s, pc.and_(fmt, pc.fill_null(pc.and_(pc.is_valid(born), in_range), False)))
+    ok = np.zeros(len(arr), dtype=bool)
+    mat, pos = _fixed_width(arr, 18)
+    d = mat[:, 6:14].astype(np.int32) - 48
+    digits = ((d >= 0) & (d <= 9)).all(axis=1)
+    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
+    month, day = d[:, 4] * 10 + d[:, 5], d[:, 6] * 10 + d[:, 7]
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    days = _DAYS_IN_MONTH[np.clip(month, 0, 12)] + ((month == 2) & leap)
+    ymd = year * 10000 + month * 100 + day
+    ref = reference_date.year * 10000 + reference_date.month * 100 + reference_date.day
+    ok[pos] = digits & (month >= 1) & (month <= 12) & (day >= 1) & (day <= days) & (ymd >= 18900101) & (ymd <= ref)
+    return _keep_nulls(arr, pc.and_(resident_id_format(arr), _result(ok, arr)))
 
 
 def resident_id_region(arr: Array, codes: Iterable[str]) -> pa.BooleanArray:
