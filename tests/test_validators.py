@@ -23,10 +23,10 @@ def _ids(rng: random.Random, n: int) -> list[str]:
 
 def test_resident_id_check_digit_agrees_with_stdnum() -> None:
     rng = random.Random(7)
-    ids = _ids(rng, 200_000)
+    ids = _ids(rng, 300_000)  # crosses a validator chunk boundary (262,144 rows)
     got = v.resident_id_check_digit(pa.array(ids)).to_pylist()
     assert got == [ric.calc_check_digit(i) == i[17] for i in ids]
-    assert sum(got) > 90_000  # about half are valid
+    assert sum(got) > 140_000  # about half are valid
 
 
 def test_uscc_agrees_with_stdnum_and_org_code_is_checked() -> None:

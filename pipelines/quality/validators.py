@@ -27,7 +27,7 @@ ORG_WEIGHTS = np.array([3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int32)
 DEV_ZONES = {"340171": "高新区", "340172": "经开区", "340173": "新站区"}
 # Hefei's administrative extent incl. 庐江县 and 巢湖市 (GCJ-02/WGS-84 differ by < 1 km, inside the margin).
 HEFEI_BBOX = (116.68, 30.93, 117.98, 32.55)
-_CHUNK = 1 << 20
+_CHUNK = 1 << 18  # rows per validator pass: keeps temporary matrices ~20 MB
 
 Array: TypeAlias = pa.Array | pa.ChunkedArray
 
