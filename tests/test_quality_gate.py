@@ -93,3 +93,16 @@ def test_masks() -> None:
     assert mask("张三丰", s.element("person_name")) == "张**"
     assert mask("34010419900101123X", s.element("resident_id")) == "340104********123X"
     assert mask("合肥ABC科技有限公司", s.element("enterprise_name")) == "合肥ABC科技有限公司"
+
+
+def test_gx_result_json_lists_every_failing_key_masked(city: Settings) -> None:
+    import json
+
+    run_quality("person", settings=city, reference_date=REF, run_id="manual__2026-11-20T02:00:00+08:00__person")
+    (path,) = (city.lake_dir / "gx" / "validations" / "person").glob("*.json")
+    assert ":" not in path.name
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    check = next(r for r in doc["results"] if r["expectation_config"]["meta"]["rule_id"] == "person.resident_id.check_digit")
+    assert check["result"]["unexpected_count"] == len(check["result"]["unexpected_index_list"]) > 0
+    assert all("********" in k[0] for k in check["result"]["unexpected_index_list"])
+    assert doc["success"] is False and doc["statistics"]["evaluated_expectations"] == len(doc["results"])

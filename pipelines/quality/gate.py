@@ -13,8 +13,10 @@ lands in ``meta.quality_results`` and every standardization change in ``meta.sta
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -152,6 +154,7 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
     blocking = [r for r in critical if r.evaluated and r.failed / r.evaluated > r.rule.threshold]
     dup = _duplicate_result(contract, extra, kept.num_rows)
     _record_results(catalog, run_id, contract, [*results, dup], standards)
+    write_gx_result(settings, contract, standards, kept, [*results, dup], run_id, reference_date)
     _append(catalog, "meta.standardization_log", pa.Table.from_pylist(
         [{**c.to_dict(), "run_id": run_id} for c in changes],
         schema=pa.schema([("dataset", pa.string()), ("column", pa.string()), ("transformation", pa.string()),
@@ -256,3 +259,41 @@ def _record_batches(catalog: Any, contract: DatasetContract, result: GateResult,
         ("dataset", pa.string()), ("raw_batch_id", pa.string()), ("run_id", pa.string()), ("status", pa.string()),
         ("extracted", pa.int64()), ("published", pa.int64()), ("quarantined", pa.int64()), ("held", pa.int64()),
         ("std_snapshot_id", pa.int64()), ("detail", pa.string())])))
+
+
+def write_gx_result(settings: Settings, contract: DatasetContract, standards: Any, table: pa.Table,
+                    results: list[RuleResult], run_id: str, reference_date: date) -> Path:
+    """Keep the run's result in GX's ExpectationSuiteValidationResult JSON shape, every failing key listed
+    (personal values masked), under ``<lake>/gx/validations/<dataset>/<run_id>.json``."""
+    from pipelines.quality.consistency import mask
+
+    keys = contract.primary_key
+    key_elements = [standards.element(next(c.element for c in contract.columns if c.name == k)) for k in keys]
+    entries = []
+    for r in results:
+        failing = table.filter(r.failed_mask) if len(r.failed_mask) == table.num_rows else table.slice(0, 0)
+        failing_keys = [[mask(v, e) for v, e in zip(row if isinstance(row, list) else [row], key_elements,
+                                                     strict=True)] for row in _key_text(failing, keys)]
+        entries.append({
+            "success": r.failed == 0,
+            "expectation_config": {"type": r.rule.id.split(".")[-1], "kwargs": {"column": r.rule.column},
+                                   "severity": r.rule.severity,
+                                   "meta": {"rule_id": r.rule.id, "dimension": r.rule.dimension,
+                                            "element": r.rule.element, "tag": r.rule.tag}},
+            "result": {"element_count": r.evaluated, "unexpected_count": r.failed,
+                       "unexpected_percent": round(100 * r.failed / r.evaluated, 6) if r.evaluated else 0.0,
+                       "unexpected_index_list": failing_keys},
+            "exception_info": {"raised_exception": r.error is not None, "exception_message": r.error},
+        })
+    passed = [r.failed == 0 for r in results]
+    doc = {"success": all(r.failed == 0 for r in results if r.rule.severity == "critical"),
+           "suite_name": contract.dataset, "results": entries,
+           "statistics": {"evaluated_expectations": len(results), "successful_expectations": sum(passed),
+                          "unsuccessful_expectations": len(results) - sum(passed)},
+           "meta": {"run_id": run_id, "reference_date": reference_date.isoformat(), "std_table": contract.std_table,
+                    "unexpected_index_column_names": keys, "masked": True}}
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+    path = settings.lake_dir / "gx" / "validations" / contract.dataset / f"{safe}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
+    return path
