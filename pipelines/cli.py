@@ -159,8 +159,10 @@ def lake_ls(as_json: Annotated[bool, typer.Option("--json", help="Print only JSO
 
 @lake_app.command("show")
 def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__person")],
-              limit: Annotated[int, typer.Option(help="Rows to show.")] = 20) -> None:
-    """The first rows of a lake table."""
+              limit: Annotated[int, typer.Option(help="Rows to show.")] = 20,
+              unmasked: Annotated[bool, typer.Option("--unmasked", help="Show personal values in clear.")] = False,
+              ) -> None:
+    """The first rows of a lake table (personal values masked unless --unmasked)."""
     from pyiceberg.exceptions import NoSuchTableError
 
     from pipelines.lake.inspect import head
@@ -169,9 +171,10 @@ def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__pe
         data = head(table, limit, load_settings())
     except NoSuchTableError:
         _fail(f"no table {table!r} in the lake (see `citylake lake ls`)")
+    masks = {} if unmasked else _personal_columns(table)
     t = Table(*data.column_names)
     for row in data.to_pylist():
-        t.add_row(*[_cell(v) for v in row.values()])
+        t.add_row(*[_cell(masks[k](v) if k in masks else v) for k, v in row.items()])
     # Piped output has no terminal width: don't squeeze the columns into 80.
     (out if out.is_terminal else Console(width=max(160, 24 * len(data.column_names)))).print(t)
 
@@ -237,6 +240,28 @@ def quality_score(as_json: Annotated[bool, typer.Option("--json", help="Print on
         t.add_row(r["defect"], str(r["truth"]), str(r["found"]), f"{r['recall']:.1%}", f"{r['precision']:.1%}")
     out.print(t)
     out.print(f"benign variants flagged: {len(result['benign_flagged'])}")
+
+
+def _personal_columns(table: str) -> dict[str, Any]:
+    """Column → mask function for the personal data elements a lake table carries."""
+    from pipelines.quality.consistency import PERSONAL, mask
+    from pipelines.quality.gate import load_config
+
+    try:
+        standards, _systems, contracts = load_config(load_settings())
+    except CitylakeError:
+        return {}
+    ns, _, name = table.partition(".")
+    elements: dict[str, Any] = {}
+    if ns == "raw" and "__" in name:
+        system, _, code = name.partition("__")
+        for e in standards.elements.values():
+            for ref in [*e.authoritative, *e.copies]:
+                if (ref.system, ref.table) == (system, code):
+                    elements[ref.column] = e
+    elif name in contracts:
+        elements = {c.name: standards.element(c.element) for c in contracts[name].columns}
+    return {col: (lambda v, e=e: mask(v, e)) for col, e in elements.items() if e.sensitivity in PERSONAL}
 
 
 def _cell(v: Any) -> str:

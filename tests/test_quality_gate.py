@@ -106,3 +106,16 @@ def test_gx_result_json_lists_every_failing_key_masked(city: Settings) -> None:
     assert check["result"]["unexpected_count"] == len(check["result"]["unexpected_index_list"]) > 0
     assert all("********" in k[0] for k in check["result"]["unexpected_index_list"])
     assert doc["success"] is False and doc["statistics"]["evaluated_expectations"] == len(doc["results"])
+
+
+def test_lake_show_masks_personal_values_unless_asked(city: Settings) -> None:
+    import subprocess
+    import sys
+
+    run_quality("person", settings=city, reference_date=REF)
+    shown = subprocess.run([sys.executable, "-m", "pipelines.cli", "lake", "show", "std.person", "--limit", "5"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "********" in shown and "-**-**" in shown
+    clear = subprocess.run([sys.executable, "-m", "pipelines.cli", "lake", "show", "std.person", "--limit", "5",
+                            "--unmasked"], capture_output=True, text=True, check=True).stdout
+    assert "********" not in clear

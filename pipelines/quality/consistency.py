@@ -27,13 +27,18 @@ def mask(value: Any, element: DataElement) -> str | None:
     """Display mask for personal values (张** / 340104********1234 / 138****1234)."""
     if value is None:
         return None
-    text = str(value)
-    if element.sensitivity not in PERSONAL:
-        return text
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    if element.sensitivity not in PERSONAL or element.code_list:
+        return text  # code values (sex 1/2, district codes) identify nobody on their own
     if element.validator == "resident_id" and len(text) == 18:
         return text[:6] + "*" * 8 + text[-4:]
     if element.validator == "mobile" and len(text) == 11:
         return text[:3] + "****" + text[-4:]
+    if element.type in ("date", "timestamp"):
+        return text[:4] + "-**-**"  # generalised to the year (GB/T 35273)
+    if "address" in element.code:
+        cut = max(text.find("区"), text.find("县"))
+        return text[:cut + 1] + "***" if cut > 0 else text[:6] + "***"  # generalised to the district
     return text[:1] + "*" * max(1, len(text) - 1)
 
 
