@@ -97,11 +97,17 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
             # Write-audit-publish after raw landed; a table whose load failed simply has no new batch.
             @task(trigger_rule="all_done", map_index_template="{{ task.op_kwargs['dataset'] }}")
             def publish_std(dataset: str, **context: object) -> dict:
-                from pipelines.quality.gate import run_quality
+                from airflow.sdk.exceptions import AirflowFailException
+
+                from pipelines.quality.gate import QualityGateError, run_quality
 
                 end = context["data_interval_end"]
-                return run_quality(dataset, reference_date=end.astimezone(TZ).date(),  # type: ignore[attr-defined]
-                                   run_id=f"{context['dag_run'].run_id}__{dataset}").to_dict()  # type: ignore[attr-defined]
+                try:
+                    return run_quality(dataset, reference_date=end.astimezone(TZ).date(),  # type: ignore[attr-defined]
+                                       run_id=f"{context['dag_run'].run_id}__{dataset}").to_dict()  # type: ignore[attr-defined]
+                except QualityGateError as exc:
+                    # A held batch is a data verdict: retrying re-reads the same rows, so fail at once.
+                    raise AirflowFailException(str(exc)) from exc
 
             loads >> publish_std.expand(dataset=datasets)
 

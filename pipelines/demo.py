@@ -85,7 +85,7 @@ def run_ingest_dags(logical_date: datetime, only: list[str] | None = None) -> li
             else:
                 table = f"{ti.task_id}[{ti.map_index}]"  # e.g. publish_std: the write-audit-publish step
             rows.append({"system": code, "table": table, "task": ti.task_id, "state": str(ti.state),
-                         "seconds": ti.duration or 0.0, "dag_seconds": time.perf_counter() - started})
+                         "run_id": str(run.run_id), "tries": ti.try_number, "seconds": ti.duration or 0.0, "dag_seconds": time.perf_counter() - started})
     return rows
 
 
@@ -123,6 +123,10 @@ def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
     console.print(t)
     _print_rejected(settings, console)
     _print_quality(settings, console, logical.date())
+    with console.status("a mostly bad delivery: enterprise re-sends records with corrupted credit codes…"):
+        held = _bad_delivery(settings, logical)
+    console.print(f"[yellow]held[/] std.enterprise: a batch of {held['extracted']:,} rows was not published, the std "
+                  f"snapshot stays {held['std_snapshot_id']}: {held['detail']}", highlight=False)
     console.print(f"lake: {settings.lake_dir} (catalog {settings.catalog_uri}, warehouse {settings.warehouse})")
     console.print(f"total {time.perf_counter() - t0:.0f}s · see `citylake lake ls`, `citylake lake show <table>`")
     if failed:
@@ -163,3 +167,34 @@ def _print_quality(settings: Any, console: Console, reference: Any) -> None:
     for r in score(settings)["defects"]:
         s.add_row(r["defect"], str(r["truth"]), str(r["found"]), f"{r['recall']:.1%}", f"{r['precision']:.1%}")
     console.print(s)
+
+
+def _bad_delivery(settings: Any, logical: datetime) -> dict[str, Any]:
+    """Write-audit-publish in action: 60% of a new enterprise batch has broken USCC check characters, so
+    the batch is held and std.enterprise stays at its previous snapshot."""
+    import sqlite3
+    from datetime import timedelta
+
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.raw import TableState
+
+    catalog = get_catalog(settings)
+    # Past the lake's watermark, so a rerun of the demo on the same lake still delivers new rows.
+    mark = TableState.of(catalog.load_table("raw.enterprise__enterprise")).watermark
+    stamp = max([logical, *([datetime.fromisoformat(mark)] if mark else [])]) + timedelta(hours=1)
+    con = sqlite3.connect(settings.data_dir / "sources" / "enterprise.db")
+    con.execute("UPDATE enterprise SET uscc = substr(uscc, 1, 17) || CASE WHEN substr(uscc, 18) = '0' "
+                "THEN '1' ELSE '0' END, updated_at = ? WHERE rowid % 10 < 6",
+                (stamp.astimezone(TZ).strftime("%Y-%m-%d %H:%M:%S"),))
+    con.commit()
+    con.close()
+    before = catalog.load_table("std.enterprise").current_snapshot().snapshot_id
+    rows = run_ingest_dags(logical + timedelta(days=1), only=["enterprise"])
+    publish = [r for r in rows if r["task"] == "publish_std"]
+    after = catalog.load_table("std.enterprise").current_snapshot().snapshot_id
+    batches = catalog.load_table("meta.batches").scan(row_filter="status = 'held'").to_arrow().to_pylist()
+    held = [b for b in batches if b["dataset"] == "enterprise" and b["run_id"].startswith(publish[0]["run_id"])] \
+        if publish else []
+    if not held or "failed" not in publish[0]["state"] or before != after:
+        raise CitylakeError("demo: the mostly bad enterprise batch was not held")
+    return {**held[0], "std_snapshot_id": after, "task": publish[0]}

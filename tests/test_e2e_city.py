@@ -67,3 +67,13 @@ def test_every_dag_lands_exact_source_counts_then_incremental_moves_only_changes
     assert res.rows_written == 4
     assert {r["table"]: r["rows"] for r in list_tables(settings, ("raw",))}["raw.population__person"] == \
         lake["raw.population__person"] + 4
+
+
+def test_a_mostly_bad_delivery_fails_publish_once_and_keeps_std(city_lake: Path) -> None:
+    from pipelines.demo import _bad_delivery
+    from pipelines.settings import load_settings
+
+    held = _bad_delivery(load_settings(), datetime(2026, 11, 20, 2, tzinfo=TZ))  # raises unless held, std unchanged
+    assert held["status"] == "held" and held["published"] == 0 and held["held"] == held["extracted"] > 0
+    assert held["task"]["state"].endswith("failed") and held["task"]["tries"] == 1  # a data verdict: no retries
+    assert "enterprise.uscc.check_digit" in held["detail"]
