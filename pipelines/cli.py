@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -26,7 +26,12 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _fail(message: str) -> None:
+def _print_wide(table: Table, columns: int) -> None:
+    # Piped output has no terminal width: don't squeeze the columns into 80.
+    (out if out.is_terminal else Console(width=max(160, 24 * columns))).print(table)
+
+
+def _fail(message: str) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
@@ -175,13 +180,14 @@ def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__pe
     t = Table(*data.column_names)
     for row in data.to_pylist():
         t.add_row(*[_cell(masks[k](v) if k in masks else v) for k, v in row.items()])
-    # Piped output has no terminal width: don't squeeze the columns into 80.
-    (out if out.is_terminal else Console(width=max(160, 24 * len(data.column_names)))).print(t)
+    _print_wide(t, len(data.column_names))
 
 
 @quality_app.command("run")
 def quality_run(dataset: Annotated[str, typer.Argument(help="Dataset code, or 'all'.")],
                 reference_date: Annotated[str | None, typer.Option(help="The run's today (default: today).")] = None,
+                retry_held: Annotated[bool, typer.Option("--retry-held",
+                                                         help="Validate the held batches again too.")] = False,
                 ) -> None:
     """Standardize → validate → publish the new raw batches of a dataset (what the DAG runs)."""
     from pipelines.quality.consistency import run_consistency
@@ -194,7 +200,7 @@ def quality_run(dataset: Annotated[str, typer.Argument(help="Dataset code, or 'a
     failed = False
     for name in names:
         try:
-            r = run_quality(name, settings=settings, reference_date=ref)
+            r = run_quality(name, settings=settings, reference_date=ref, retry_held=retry_held)
             t.add_row(name, r.status, f"{r.extracted:,}", f"{r.published:,}", f"{r.quarantined:,}", f"{r.held:,}",
                       f"{r.warned:,}")
         except QualityGateError as exc:
@@ -212,6 +218,44 @@ def quality_run(dataset: Annotated[str, typer.Argument(help="Dataset code, or 'a
         out.print(c)
     if failed:
         raise typer.Exit(1)
+
+
+@quality_app.command("held")
+def quality_held() -> None:
+    """The held batches of every dataset: what blocked them, and how to act."""
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.quality.gate import batch_status, load_config
+
+    settings = load_settings()
+    catalog = get_catalog(settings)
+    t = Table("dataset", "raw batch", "run", "rows", "blocking rules", title="held batches")
+    n = 0
+    for name in sorted(load_config(settings)[2]):
+        for batch, row in sorted(batch_status(catalog, name).items()):
+            if row["status"] == "held":
+                n += 1
+                rules = "; ".join(f"{f['rule']} {f['failed']:,}/{f['evaluated']:,}" for f in json.loads(row["detail"]))
+                t.add_row(name, batch, row["run_id"], f"{row['extracted']:,}", rules)
+    _print_wide(t, 8)
+    if n:
+        out.print("fix the source or the standard, then `citylake quality run <dataset> --retry-held`; or publish "
+                  "what passes with `citylake quality release <dataset> --reason ...`")
+
+
+@quality_app.command("release")
+def quality_release(dataset: Annotated[str, typer.Argument(help="Dataset code.")],
+                    reason: Annotated[str, typer.Option(help="Why (recorded in meta.batches).")],
+                    reference_date: Annotated[str | None, typer.Option(help="The run's today.")] = None) -> None:
+    """Publish a dataset's held batches anyway: passing rows to std, every failing row to quarantine."""
+    from pipelines.quality.gate import run_quality
+
+    ref = date.fromisoformat(reference_date) if reference_date else None
+    try:
+        r = run_quality(dataset, settings=load_settings(), reference_date=ref, release=reason)
+    except CitylakeError as exc:
+        _fail(str(exc))
+    out.print(f"released {len(r.batches)} batch(es) of {dataset}: {r.published:,} published, "
+              f"{r.quarantined:,} quarantined (std snapshot {r.std_snapshot})")
 
 
 @quality_app.command("suites")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from datetime import date, datetime
 
 import pyarrow as pa
 import pytest
 
+from pipelines.errors import CitylakeError
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
 from pipelines.quality.consistency import mask, run_consistency
@@ -77,6 +80,47 @@ def test_mostly_bad_batch_is_held_and_std_unchanged(city: Settings) -> None:
     assert held[0]["status"] == "held" and held[0]["held"] == held[0]["extracted"] > 0
 
 
+def test_held_batch_is_parked_rerun_by_its_run_and_released_with_a_reason(city: Settings) -> None:
+    from pipelines.quality.gate import batch_status
+    from pipelines.quality.validators import uscc_valid
+
+    run_quality("enterprise", settings=city, reference_date=REF, run_id="night1")
+    con = sqlite3.connect(city.data_dir / "sources" / "enterprise.db")
+    con.execute("UPDATE enterprise SET uscc = substr(uscc, 1, 17) || CASE WHEN substr(uscc, 18) = '0' THEN '1' "
+                "ELSE '0' END, updated_at = '2026-11-20 01:00:00' WHERE rowid % 10 < 6")
+    con.commit()
+    con.close()
+    systems, _ = load_registry(city.registry_dir)
+    ingest_table(systems["enterprise"], "enterprise", settings=city, batch_id="bad",
+                 extracted_at=datetime(2026, 11, 20, 3, tzinfo=TZ))
+    with pytest.raises(QualityGateError):
+        run_quality("enterprise", settings=city, reference_date=REF, run_id="night2")
+    catalog = get_catalog(city)
+    # Parked: the next night does not trip over it; rerunning the night that held it validates it again.
+    assert run_quality("enterprise", settings=city, reference_date=REF, run_id="night3").status == "nothing_new"
+    with pytest.raises(QualityGateError):
+        run_quality("enterprise", settings=city, reference_date=REF, run_id="night2")
+    with pytest.raises(CitylakeError, match="give a reason"):
+        run_quality("enterprise", settings=city, reference_date=REF, release=" ")
+    before = catalog.load_table("std.enterprise").scan().to_arrow().num_rows
+    cli = [sys.executable, "-m", "pipelines.cli", "quality"]
+    listed = subprocess.run([*cli, "held"], capture_output=True, text=True, check=True)
+    assert "enterprise" in listed.stdout and "bad" in listed.stdout and "enterprise.uscc.check_digit" in listed.stdout
+    released = subprocess.run([*cli, "release", "enterprise", "--reason", "工商局确认: 校验位批量错误已知",
+                               "--reference-date", REF.isoformat()], capture_output=True, text=True)
+    assert released.returncode == 0, released.stderr
+    assert "released 1 batch(es) of enterprise" in released.stdout
+    r = next(b for b in catalog.load_table("meta.batches").scan().to_arrow().to_pylist() if b["status"] == "released")
+    assert r["quarantined"] >= 100 and r["extracted"] == r["published"] + r["quarantined"]
+    std = catalog.load_table("std.enterprise").scan().to_arrow()
+    assert std.num_rows == before  # same keys, upserted; no failing row made it in
+    assert all(uscc_valid(pa.array(std["uscc"].to_pylist())).to_pylist())
+    status = batch_status(catalog, "enterprise")["bad"]
+    assert status["status"] == "released" and status["reason"].startswith("工商局确认")
+    with pytest.raises(CitylakeError, match="no held batch"):
+        run_quality("enterprise", settings=city, reference_date=REF, release="again")
+
+
 def test_a_raising_validator_fails_rows_not_the_batch() -> None:
     def boom(_t: pa.Table) -> pa.Array:
         raise ValueError("cannot judge")
@@ -109,9 +153,6 @@ def test_gx_result_json_lists_every_failing_key_masked(city: Settings) -> None:
 
 
 def test_lake_show_masks_personal_values_unless_asked(city: Settings) -> None:
-    import subprocess
-    import sys
-
     run_quality("person", settings=city, reference_date=REF)
     shown = subprocess.run([sys.executable, "-m", "pipelines.cli", "lake", "show", "std.person", "--limit", "5"],
                            capture_output=True, text=True, check=True).stdout

@@ -8,6 +8,13 @@ quarantined as ``duplicate_key``), evaluate every rule, then either
   ``quarantine.<dataset>`` with every rule they broke, warning-only rows are published and flagged.
 Every batch records extracted = published + quarantined + held in ``meta.batches``; every rule result
 lands in ``meta.quality_results`` and every standardization change in ``meta.standardization_log``.
+
+A held batch stays parked (later batches publish without it) until someone acts on it:
+- rerunning the run that held it (clearing the Airflow task) validates it again, e.g. after a code-list fix;
+- ``citylake quality run <dataset> --retry-held`` does the same for every held batch of the dataset;
+- ``citylake quality release <dataset> --reason ...`` publishes what passes and quarantines what fails, with
+  the reason recorded: nothing that failed a critical rule reaches std either way.
+``meta.batches`` is append-only; the latest row of a batch (``recorded_at``) is its status.
 """
 
 from __future__ import annotations
@@ -41,6 +48,14 @@ RESULTS_SCHEMA = pa.schema([
     ("failed", pa.int64()), ("severity", pa.string()), ("passed", pa.bool_()), ("error", pa.string())])
 
 
+# One row per (batch, validation); counts are per validation run, the same for each of its batches.
+BATCHES_SCHEMA = pa.schema([
+    ("dataset", pa.string()), ("raw_batch_id", pa.string()), ("run_id", pa.string()), ("status", pa.string()),
+    ("extracted", pa.int64()), ("published", pa.int64()), ("quarantined", pa.int64()), ("held", pa.int64()),
+    ("std_snapshot_id", pa.int64()), ("detail", pa.string()), ("reason", pa.string()),
+    ("recorded_at", pa.timestamp("us", tz="UTC"))])
+
+
 class QualityGateError(CitylakeError):
     """A batch was held: the message is the readable summary governance staff act on."""
 
@@ -59,6 +74,7 @@ class GateResult:
     warned: int = 0
     std_snapshot: int | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,21 +92,39 @@ def _append(catalog: Any, name: str, data: pa.Table, props: dict[str, str] | Non
     """Append to a meta/quarantine table, creating it from the data's schema the first time."""
     if data.num_rows == 0:
         return
-    table = open_table(catalog, name) or catalog.create_table(name, schema=data.schema, properties=PROPS)
+    table = open_table(catalog, name)
+    if table is None:
+        table = catalog.create_table(name, schema=data.schema, properties=PROPS)
+    elif set(data.schema.names) - set(table.schema().column_names):
+        with table.update_schema() as update:  # a column added in a later release (older lakes lack it)
+            update.union_by_name(data.schema)
     table.append(data, snapshot_properties=props or {})
 
 
-def _new_batches(catalog: Any, contract: DatasetContract) -> list[str]:
+def batch_status(catalog: Any, dataset: str) -> dict[str, dict[str, Any]]:
+    """raw batch id → its latest ``meta.batches`` row (rows written before ``recorded_at`` existed sort first)."""
+    done = open_table(catalog, "meta.batches")
+    if done is None or done.current_snapshot() is None:
+        return {}
+    rows = done.scan(row_filter=EqualTo("dataset", dataset)).to_arrow().to_pylist()
+    floor = datetime.min.replace(tzinfo=TZ)
+    latest: dict[str, dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: r.get("recorded_at") or floor):
+        latest[row["raw_batch_id"]] = row
+    return latest
+
+
+def _new_batches(catalog: Any, contract: DatasetContract, run_id: str, retry_held: bool) -> list[str]:
+    """Batches never validated, plus the held ones this run may validate again: those it held itself
+    (a rerun of the same run is idempotent) or, with ``retry_held``, every held one."""
     raw = open_table(catalog, contract.raw_table)
     if raw is None or raw.current_snapshot() is None:
         return []
     seen = pa.table({"b": raw.scan(selected_fields=("_batch_id",)).to_arrow()["_batch_id"]})
     batches = set(pc.unique(seen["b"]).to_pylist())
-    done = open_table(catalog, "meta.batches")
-    if done is not None and done.current_snapshot() is not None:
-        processed = done.scan(row_filter=f"dataset = '{contract.dataset}'",
-                              selected_fields=("raw_batch_id",)).to_arrow()["raw_batch_id"].to_pylist()
-        batches -= set(processed)
+    for batch, row in batch_status(catalog, contract.dataset).items():
+        if not (row["status"] == "held" and (retry_held or row["run_id"] == run_id)):
+            batches.discard(batch)
     return sorted(b for b in batches if b)
 
 
@@ -125,8 +159,11 @@ def _summary(dataset: str, blocking: list[RuleResult], table: pa.Table, keys: li
 
 
 def run_quality(dataset: str, *, settings: Settings | None = None, reference_date: date | None = None,
-                run_id: str | None = None) -> GateResult:
-    """Standardize → validate → publish the new raw batches of one dataset (what the DAG task runs)."""
+                run_id: str | None = None, retry_held: bool = False, release: str | None = None) -> GateResult:
+    """Standardize → validate → publish the new raw batches of one dataset (what the DAG task runs).
+
+    ``release`` (a reason) publishes the held batches past their thresholds: passing rows go to std, every
+    failing row to quarantine, and the batches are recorded as ``released`` with the reason."""
     settings = settings or load_settings()
     standards, systems, contracts = load_config(settings)
     if dataset not in contracts:
@@ -135,8 +172,15 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
     reference_date = reference_date or datetime.now(TZ).date()
     run_id = run_id or f"quality_{dataset}_{reference_date.isoformat()}"
     catalog = get_catalog(settings)
-    batches = _new_batches(catalog, contract)
-    result = GateResult(dataset, run_id, batches, "nothing_new")
+    if release is not None and not release.strip():
+        raise CitylakeError(f"release of {dataset}: give a reason (it is recorded in meta.batches)")
+    batches = _new_batches(catalog, contract, run_id, retry_held or release is not None)
+    if release is not None:
+        held = {b for b, row in batch_status(catalog, dataset).items() if row["status"] == "held"}
+        batches = [b for b in batches if b in held]
+        if not batches:
+            raise CitylakeError(f"release of {dataset}: no held batch")
+    result = GateResult(dataset, run_id, batches, "nothing_new", reason=release)
     if not batches:
         return result
     raw = catalog.load_table(contract.raw_table).scan(row_filter=In("_batch_id", batches)).to_arrow()
@@ -151,7 +195,8 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
     rules = load_suite(settings.root / "expectations", contract, standards, reference_date)
     results = evaluate(kept, rules)
     critical = [r for r in results if r.rule.severity == "critical"]
-    blocking = [r for r in critical if r.evaluated and r.failed / r.evaluated > r.rule.threshold]
+    over = [r for r in critical if r.evaluated and r.failed / r.evaluated > r.rule.threshold]
+    blocking = [] if release is not None else over
     dup = _duplicate_result(contract, extra, kept.num_rows)
     _record_results(catalog, run_id, contract, [*results, dup], standards)
     write_gx_result(settings, contract, standards, kept, [*results, dup], run_id, reference_date)
@@ -185,7 +230,8 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
     assert result.extracted == result.published + result.quarantined + result.held, result
     result.std_snapshot = _publish(catalog, contract, good, deleted, keys, run_id)
     _append(catalog, f"quarantine.{dataset}", quarantine)
-    result.status = "published"
+    result.status = "published" if release is None else "released"
+    result.failures = [{"rule": r.rule.id, "failed": r.failed, "evaluated": r.evaluated} for r in over]
     _record_batches(catalog, contract, result, result.std_snapshot)
     return result
 
@@ -253,12 +299,10 @@ def _record_results(catalog: Any, run_id: str, contract: DatasetContract, result
 def _record_batches(catalog: Any, contract: DatasetContract, result: GateResult, snapshot: int | None) -> None:
     rows = [{"dataset": contract.dataset, "raw_batch_id": b, "run_id": result.run_id, "status": result.status,
              "extracted": result.extracted, "published": result.published, "quarantined": result.quarantined,
-             "held": result.held, "std_snapshot_id": snapshot, "detail": json.dumps(result.failures, ensure_ascii=False)}
+             "held": result.held, "std_snapshot_id": snapshot, "detail": json.dumps(result.failures, ensure_ascii=False),
+             "reason": result.reason, "recorded_at": datetime.now(TZ)}
             for b in result.batches]
-    _append(catalog, "meta.batches", pa.Table.from_pylist(rows, schema=pa.schema([
-        ("dataset", pa.string()), ("raw_batch_id", pa.string()), ("run_id", pa.string()), ("status", pa.string()),
-        ("extracted", pa.int64()), ("published", pa.int64()), ("quarantined", pa.int64()), ("held", pa.int64()),
-        ("std_snapshot_id", pa.int64()), ("detail", pa.string())])))
+    _append(catalog, "meta.batches", pa.Table.from_pylist(rows, schema=BATCHES_SCHEMA))
 
 
 def write_gx_result(settings: Settings, contract: DatasetContract, standards: Any, table: pa.Table,
