@@ -258,6 +258,19 @@ def quality_release(dataset: Annotated[str, typer.Argument(help="Dataset code.")
               f"{r.quarantined:,} quarantined (std snapshot {r.std_snapshot})")
 
 
+@quality_app.command("docs")
+def quality_docs() -> None:
+    """Build GX Data Docs (suites and every kept validation result, keys masked) for engineers."""
+    from pipelines.quality.docs import build_data_docs
+
+    try:
+        built = build_data_docs(load_settings())
+    except CitylakeError as exc:
+        _fail(str(exc))
+    out.print(f"GX Data Docs: {built.suites} suites, {built.total_results} validation results "
+              f"({built.new_results} new) → {built.index}")
+
+
 @quality_app.command("suites")
 def quality_suites() -> None:
     """Regenerate the GX suites (expectations/<dataset>.json) from the standards and contracts."""

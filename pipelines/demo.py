@@ -127,6 +127,12 @@ def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
         held = _bad_delivery(settings, logical)
     console.print(f"[yellow]held[/] std.enterprise: a batch of {held['extracted']:,} rows was not published, the std "
                   f"snapshot stays {held['std_snapshot_id']}: {held['detail']}", highlight=False)
+    with console.status("building GX Data Docs…"):
+        from pipelines.quality.docs import build_data_docs
+
+        docs = build_data_docs(settings)
+    console.print(f"GX Data Docs ({docs.suites} suites, {docs.total_results} validation results, keys masked): "
+                  f"{docs.index}")
     console.print(f"lake: {settings.lake_dir} (catalog {settings.catalog_uri}, warehouse {settings.warehouse})")
     console.print(f"total {time.perf_counter() - t0:.0f}s · see `citylake lake ls`, `citylake lake show <table>`")
     if failed:

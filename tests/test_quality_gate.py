@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -148,8 +149,22 @@ def test_gx_result_json_lists_every_failing_key_masked(city: Settings) -> None:
     doc = json.loads(path.read_text(encoding="utf-8"))
     check = next(r for r in doc["results"] if r["expectation_config"]["meta"]["rule_id"] == "person.resident_id.check_digit")
     assert check["result"]["unexpected_count"] == len(check["result"]["unexpected_index_list"]) > 0
-    assert all("********" in k[0] for k in check["result"]["unexpected_index_list"])
+    assert all("********" in k["resident_id"] for k in check["result"]["unexpected_index_list"])
+    assert check["expectation_config"]["type"] == "expect_column_values_to_have_valid_resident_id_check_digit"
     assert doc["success"] is False and doc["statistics"]["evaluated_expectations"] == len(doc["results"])
+
+    from pipelines.quality.docs import build_data_docs
+
+    built = build_data_docs(city)
+    assert built.suites == 9 and built.new_results == built.total_results == 1
+    pages = [p.read_text(encoding="utf-8") for p in built.index.parent.rglob("*.html")]
+    validation = next(p for p in pages if "valid_resident_id_check_digit" in p and "Unexpected" in p)
+    first = check["result"]["unexpected_index_list"][0]["resident_id"]
+    assert first in validation  # the failing keys are listed, masked
+    raw = get_catalog(city).load_table("raw.population__person").scan(selected_fields=("resident_id",)).to_arrow()
+    shown = {m for page in pages for m in re.findall(r"\d{17}[\dXx]", page)}
+    assert not shown & set(raw["resident_id"].to_pylist())
+    assert build_data_docs(city).new_results == 0  # incremental: already in the GX store
 
 
 def test_lake_show_masks_personal_values_unless_asked(city: Settings) -> None:

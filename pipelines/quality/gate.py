@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -144,18 +145,23 @@ def _latest(table: pa.Table, keys: list[str], order: str) -> tuple[pa.Table, pa.
     return table.take(pos_keep), table.take(pos_extra)
 
 
-def _key_text(table: pa.Table, keys: list[str]) -> list[Any]:
-    cols = [table.column(k).to_pylist() for k in keys]
-    return [c[0] if len(keys) == 1 else list(c) for c in zip(*cols, strict=True)] if cols else []
+def _masked_keys(table: pa.Table, contract: DatasetContract, standards: Any) -> list[Any]:
+    """The rows' keys as a person may read them (personal elements masked)."""
+    from pipelines.quality.consistency import mask
+
+    element_of = {c.name: standards.element(c.element) for c in contract.columns}
+    keys = contract.primary_key
+    cols = [[mask(v, element_of[k]) for v in table.column(k).to_pylist()] for k in keys]
+    return [c[0] if len(keys) == 1 else list(c) for c in zip(*cols, strict=True)]
 
 
-def _summary(dataset: str, blocking: list[RuleResult], table: pa.Table, keys: list[str]) -> str:
+def _summary(contract: DatasetContract, standards: Any, blocking: list[RuleResult], table: pa.Table) -> str:
     parts = []
     for r in blocking:
-        examples = _key_text(table.filter(r.failed_mask), keys)[:3]
+        examples = _masked_keys(table.filter(r.failed_mask).slice(0, 3), contract, standards)
         parts.append(f"{r.rule.id} ({r.rule.description}): {r.failed}/{r.evaluated} rows fail "
                      f"(threshold {r.rule.threshold:.0%}), e.g. {examples}")
-    return f"std.{dataset} held at its previous snapshot: " + "; ".join(parts)
+    return f"{contract.std_table} held at its previous snapshot: " + "; ".join(parts)
 
 
 def run_quality(dataset: str, *, settings: Settings | None = None, reference_date: date | None = None,
@@ -208,7 +214,7 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
         result.status, result.held = "held", result.extracted
         result.failures = [{"rule": r.rule.id, "failed": r.failed, "evaluated": r.evaluated} for r in blocking]
         _record_batches(catalog, contract, result, None)
-        raise QualityGateError(_summary(dataset, blocking, kept, keys))
+        raise QualityGateError(_summary(contract, standards, blocking, kept))
 
     failed_any = pa.repeat(pa.scalar(False), kept.num_rows)
     for r in critical:
@@ -239,9 +245,15 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
 def _duplicate_result(contract: DatasetContract, extra: pa.Table, kept_rows: int) -> RuleResult:
     from pipelines.quality.rules import Rule
 
-    rule = Rule(f"{contract.dataset}.{'+'.join(contract.primary_key)}.unique", contract.dataset,
-                contract.primary_key[0], contract.primary_key[0], "一致性", "critical", "duplicate_key",
-                "主键唯一: 同一主键保留最新一条, 其余副本隔离", lambda t: pa.repeat(pa.scalar(True), t.num_rows))
+    keys = contract.primary_key
+    rule_id = f"{contract.dataset}.{'+'.join(keys)}.unique"
+    meta = {"rule_id": rule_id, "dimension": "一致性", "element": keys[0], "tag": "duplicate_key",
+            "description": "主键唯一: 同一主键保留最新一条, 其余副本隔离"}
+    expectation = {"type": "expect_column_values_to_be_unique", "kwargs": {"column": keys[0]}} if len(keys) == 1 \
+        else {"type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": keys}}
+    rule = Rule(rule_id, contract.dataset, keys[0], keys[0], "一致性", "critical", "duplicate_key",
+                meta["description"], lambda t: pa.repeat(pa.scalar(True), t.num_rows),
+                expectation={**expectation, "severity": "critical", "meta": meta})
     # Counted as SQL counts them: the extra copies fail, the kept (latest) copy passes.
     return RuleResult(rule, kept_rows + extra.num_rows, pa.repeat(pa.scalar(True), extra.num_rows))
 
@@ -312,22 +324,33 @@ def write_gx_result(settings: Settings, contract: DatasetContract, standards: An
     from pipelines.quality.consistency import mask
 
     keys = contract.primary_key
-    key_elements = [standards.element(next(c.element for c in contract.columns if c.name == k)) for k in keys]
+    element_of = {c.name: standards.element(c.element) for c in contract.columns}
     entries = []
     for r in results:
         failing = table.filter(r.failed_mask) if len(r.failed_mask) == table.num_rows else table.slice(0, 0)
-        failing_keys = [[mask(v, e) for v, e in zip(row if isinstance(row, list) else [row], key_elements,
-                                                     strict=True)] for row in _key_text(failing, keys)]
+        masked = {k: [mask(v, element_of[k]) for v in failing.column(k).to_pylist()] for k in keys}
+        index = [dict(zip(keys, row, strict=True)) for row in zip(*masked.values(), strict=True)]
+        result: dict[str, Any] = {
+            "element_count": r.evaluated, "unexpected_count": r.failed,
+            "unexpected_percent": round(100 * r.failed / r.evaluated, 6) if r.evaluated else 0.0,
+            "unexpected_index_list": index, "unexpected_index_column_names": keys}
+        if r.rule.column in element_of and failing.num_rows:
+            values = masked.get(r.rule.column) or [mask(v, element_of[r.rule.column])
+                                                  for v in failing.column(r.rule.column).to_pylist()]
+            result["partial_unexpected_list"] = values[:20]
+            if r.rule.column not in keys:  # GX's count-and-index table groups by the failing value
+                for row, value in zip(index, values, strict=True):
+                    row[r.rule.column] = value
+                counts = Counter(values).most_common(20)
+                result["partial_unexpected_counts"] = [{"value": v, "count": n} for v, n in counts]
         entries.append({
             "success": r.failed == 0,
-            "expectation_config": {"type": r.rule.id.split(".")[-1], "kwargs": {"column": r.rule.column},
+            "expectation_config": {"type": r.rule.expectation["type"], "kwargs": r.rule.expectation["kwargs"],
                                    "severity": r.rule.severity,
-                                   "meta": {"rule_id": r.rule.id, "dimension": r.rule.dimension,
-                                            "element": r.rule.element, "tag": r.rule.tag}},
-            "result": {"element_count": r.evaluated, "unexpected_count": r.failed,
-                       "unexpected_percent": round(100 * r.failed / r.evaluated, 6) if r.evaluated else 0.0,
-                       "unexpected_index_list": failing_keys},
-            "exception_info": {"raised_exception": r.error is not None, "exception_message": r.error},
+                                   "meta": {**r.rule.expectation.get("meta", {}), "rule_id": r.rule.id}},
+            "result": result,
+            "exception_info": {"raised_exception": r.error is not None, "exception_message": r.error,
+                               "exception_traceback": None},
         })
     passed = [r.failed == 0 for r in results]
     doc = {"success": all(r.failed == 0 for r in results if r.rule.severity == "critical"),
@@ -335,6 +358,7 @@ def write_gx_result(settings: Settings, contract: DatasetContract, standards: An
            "statistics": {"evaluated_expectations": len(results), "successful_expectations": sum(passed),
                           "unsuccessful_expectations": len(results) - sum(passed)},
            "meta": {"run_id": run_id, "reference_date": reference_date.isoformat(), "std_table": contract.std_table,
+                    "validation_time": datetime.now(TZ).isoformat(timespec="seconds"),
                     "unexpected_index_column_names": keys, "masked": True}}
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
     path = settings.lake_dir / "gx" / "validations" / contract.dataset / f"{safe}.json"

@@ -10,7 +10,7 @@ each expectation to a vectorised check over Arrow (``compile_rule``); plain GX c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -39,6 +39,8 @@ class Rule:
     check: Check
     threshold: float = DEFAULT_THRESHOLD
     """A critical rule failing on more than this share of a batch holds the batch."""
+    expectation: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """The GX expectation configuration it came from, parameters resolved (for GX results and Data Docs)."""
 
 
 def expectations(contract: DatasetContract, standards: Standards) -> list[dict[str, Any]]:
@@ -132,9 +134,11 @@ def compile_rule(dataset: str, expectation: dict[str, Any], reference_date: date
     """One expectation configuration → a vectorised rule. KeyError for a type citylake cannot run."""
     kw, meta = expectation["kwargs"], expectation.get("meta", {})
     check = _checks(reference_date)[expectation["type"]](kw)
+    resolved = {**expectation, "kwargs": {k: reference_date.isoformat() if val == REFERENCE else val
+                                          for k, val in kw.items()}}
     return Rule(meta["rule_id"], dataset, kw.get("column", kw.get("column_A", "")), meta.get("element", ""),
                 meta.get("dimension", ""), str(expectation.get("severity", "critical")), meta.get("tag", ""),
-                meta.get("description", ""), check, float(meta.get("threshold", DEFAULT_THRESHOLD)))
+                meta.get("description", ""), check, float(meta.get("threshold", DEFAULT_THRESHOLD)), resolved)
 
 
 def build_rules(contract: DatasetContract, standards: Standards, reference_date: date) -> list[Rule]:
