@@ -48,6 +48,11 @@ class DataElement(BaseModel):
     format: str | None = None
     code_list: str | None = None
     value_domain: str | None = None
+    min_length: int | None = Field(default=None, ge=0)
+    max_length: int | None = Field(default=None, ge=1)
+    min_value: str | float | None = None
+    """Lower bound of a date (ISO 8601) or number, checked as 准确性 (a warning)."""
+    max_value: str | float | None = None
     validator: str | None = None
     unit: str | None = None
     sensitivity: Literal["公开", "内部", "个人信息", "敏感个人信息"] = "内部"

@@ -47,6 +47,12 @@ def test_plain_gx_agrees_with_the_vectorised_engine(tmp_path: Path) -> None:
     standards, contracts = _config()
     seed_city(tmp_path, scale=0.05)
     con = sqlite3.connect(tmp_path / "sources" / "population.db")
+    # One row for each warning rule the clean city never trips, so both engines must find them.
+    con.execute("UPDATE person SET name = '王' WHERE rowid = 1")
+    con.execute("UPDATE person SET name = '王 Li' WHERE rowid = 2")
+    con.execute("UPDATE person SET address = '上海市黄浦区人民路1号' WHERE rowid = 3")
+    con.execute("UPDATE person SET birth_date = '1899-12-31' WHERE rowid = 4")
+    con.execute("UPDATE person SET birth_date = '1990-01-01' WHERE rowid = 5")
     cur = con.execute("SELECT * FROM person")
     names = [d[0] for d in cur.description]
     rows = cur.fetchall()
@@ -64,6 +70,9 @@ def test_plain_gx_agrees_with_the_vectorised_engine(tmp_path: Path) -> None:
     assert result.results and all(not r.exception_info.get("raised_exception") for r in result.results)
     theirs = {r.expectation_config.meta["rule_id"]: r.result.get("unexpected_count", 0) for r in result.results}
     assert theirs == ours and ours["person.resident_id.check_digit"] > 0
+    assert ours["person.person_name.length"] == 1 and ours["person.person_name.format"] == 1
+    assert ours["person.residence_address.format"] == 1 and ours["person.birth_date.range"] == 1
+    assert ours["person.birth_date.agrees_with_id"] >= 2 and len(ours) == 20
 
 
 def test_a_suite_with_an_unknown_column_names_file_and_rule(tmp_path: Path) -> None:

@@ -102,6 +102,14 @@ class SexAgreesWithId(ColumnPairMapMetricProvider):
         return _series(v.resident_id_sex(_arrow(column_A), _arrow(column_B)), column_A.index)
 
 
+class BirthDateAgreesWithId(ColumnPairMapMetricProvider):
+    condition_metric_name = "column_pair_values.citylake.birth_date_agrees_with_resident_id"
+
+    @column_pair_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column_A: pd.Series, column_B: pd.Series, **_: Any) -> pd.Series:  # noqa: N803
+        return _series(v.resident_id_birth_date_agrees(_arrow(column_A), _arrow(column_B)), column_A.index)
+
+
 class InHefei(ColumnPairMapMetricProvider):
     condition_metric_name = "column_pair_values.citylake.in_hefei"
 
@@ -165,6 +173,14 @@ class ExpectColumnPairValuesSexCodeToAgreeWithResidentId(ColumnPairMapExpectatio
     """GB/T 2261.1 sex code (column_B) agrees with the resident ID's 17th digit (column_A)."""
 
     map_metric = "column_pair_values.citylake.sex_agrees_with_resident_id"
+    ignore_row_if: str = "either_value_is_missing"
+    success_keys: ClassVar[tuple[str, ...]] = ("column_A", "column_B", "ignore_row_if", "mostly")
+
+
+class ExpectColumnPairValuesBirthDateToAgreeWithResidentId(ColumnPairMapExpectation):
+    """The birth date (column_B) is the one embedded in the resident ID (column_A)."""
+
+    map_metric = "column_pair_values.citylake.birth_date_agrees_with_resident_id"
     ignore_row_if: str = "either_value_is_missing"
     success_keys: ClassVar[tuple[str, ...]] = ("column_A", "column_B", "ignore_row_if", "mostly")
 

@@ -85,6 +85,18 @@ def expectations(contract: DatasetContract, standards: Standards) -> list[dict[s
             if lat:
                 add(n, e.code, "in_city", "准确性", "warning", "out_of_bounds", "坐标位于合肥市范围内",
                     "expect_column_pair_values_to_be_inside_hefei", column_A=n, column_B=lat)
+        if e.format and e.format.startswith("^") and not e.validator and not e.code_list:
+            add(n, e.code, "format", "规范性", "warning", "format", f"符合格式 {e.format}",
+                "expect_column_values_to_match_regex", column=n, regex=e.format)
+        if e.min_length is not None or e.max_length is not None:
+            add(n, e.code, "length", "规范性", "warning", "length",
+                f"长度 {e.min_length or 0}–{e.max_length or '∞'} 个字符",
+                "expect_column_value_lengths_to_be_between", column=n, min_value=e.min_length, max_value=e.max_length)
+        if e.min_value is not None or e.max_value is not None:
+            add(n, e.code, "range", "准确性", "warning", "out_of_range",
+                f"取值范围 {e.min_value if e.min_value is not None else '-∞'} 至 "
+                f"{e.max_value if e.max_value is not None else '∞'}",
+                "expect_column_values_to_be_between", column=n, min_value=e.min_value, max_value=e.max_value)
         if e.code_list:
             division = e.validator == "division_code"
             add(n, e.code, "known_division" if division else "code_list", "准确性" if division else "规范性",
@@ -96,11 +108,25 @@ def expectations(contract: DatasetContract, standards: Standards) -> list[dict[s
         add(names["sex_code"], "sex_code", "agrees_with_id", "一致性", "warning", "sex_id_mismatch",
             "性别代码与身份证号第17位奇偶一致", "expect_column_pair_values_sex_code_to_agree_with_resident_id",
             column_A=names["resident_id"], column_B=names["sex_code"])
+    if "birth_date" in names and "resident_id" in names:
+        add(names["birth_date"], "birth_date", "agrees_with_id", "一致性", "warning", "birth_date_id_mismatch",
+            "出生日期与身份证号第7-14位一致", "expect_column_pair_values_birth_date_to_agree_with_resident_id",
+            column_A=names["resident_id"], column_B=names["birth_date"])
     return out
 
 
 def _col(name: str) -> Callable[[pa.Table], pa.Array]:
     return lambda t: t.column(name).combine_chunks()
+
+
+def _between(values: pa.Array, low: Any, high: Any) -> pa.Array:
+    """GX's inclusive between; the bounds take the column's type (an ISO date string becomes a date)."""
+    ok = pa.repeat(pa.scalar(True), len(values))
+    if low is not None:
+        ok = pc.and_(ok, pc.greater_equal(values, pa.scalar(low).cast(values.type)))
+    if high is not None:
+        ok = pc.and_(ok, pc.less_equal(values, pa.scalar(high).cast(values.type)))
+    return ok
 
 
 def _checks(reference_date: date) -> dict[str, Callable[[dict[str, Any]], Check]]:
@@ -125,6 +151,12 @@ def _checks(reference_date: date) -> dict[str, Callable[[dict[str, Any]], Check]
             _col(k["column"])(t), reference_date),
         "expect_column_pair_values_sex_code_to_agree_with_resident_id": lambda k: lambda t: v.resident_id_sex(
             _col(k["column_A"])(t), _col(k["column_B"])(t)),
+        "expect_column_pair_values_birth_date_to_agree_with_resident_id": lambda k: lambda t:
+            v.resident_id_birth_date_agrees(_col(k["column_A"])(t), _col(k["column_B"])(t)),
+        "expect_column_value_lengths_to_be_between": lambda k: lambda t: _between(
+            pc.utf8_length(_col(k["column"])(t).cast(pa.string())), k.get("min_value"), k.get("max_value")),
+        "expect_column_values_to_be_between": lambda k: lambda t: _between(
+            _col(k["column"])(t), k.get("min_value"), k.get("max_value")),
         "expect_column_pair_values_to_be_inside_hefei": lambda k: lambda t: v.in_bounds(
             _col(k["column_A"])(t), _col(k["column_B"])(t)),
     }

@@ -128,6 +128,17 @@ def resident_id_sex(ids: Array, sex_codes: Array) -> pa.BooleanArray:
     return _keep_nulls(ids, pc.or_(pc.fill_null(agrees, False), pc.is_in(sex, value_set=pa.array(["0", "9"]))))
 
 
+def resident_id_birth_date_agrees(ids: Array, birth_dates: Array) -> pa.BooleanArray:
+    """The birth date (column B) equals the date embedded in the resident ID (digits 7-14)."""
+    ids = _strings(ids)
+    dates = pc.cast(birth_dates, pa.date32()) if not pa.types.is_string(birth_dates.type) else birth_dates
+    text = pc.replace_substring(pc.cast(dates, pa.string()), "-", "")
+    agrees = pc.equal(pc.utf8_slice_codeunits(ids, 6, 14), text)
+    # A malformed ID is the format rule's finding, a missing date the required rule's.
+    return pc.if_else(pc.or_(pc.is_null(text), pc.invert(pc.fill_null(resident_id_format(ids), False))),
+                      pa.scalar(None, pa.bool_()), agrees)
+
+
 @lru_cache(maxsize=1)
 def _uscc_values() -> np.ndarray:
     table = np.full(256, -1, dtype=np.int32)
