@@ -86,12 +86,24 @@ def resident_id_check_digit(arr: pa.StringArray) -> pa.BooleanArray:
     return _result(ok, arr)
 
 
-def resident_id_format(arr: Array) -> pa.BooleanArray:
+def _ric_format(mat: np.ndarray) -> np.ndarray:
+    """Rows of an (m, 18) byte matrix that are 17 ASCII digits and a digit or upper-case X."""
+    body = mat[:, :17]
+    last = mat[:, 17]
+    return ((body >= 48) & (body <= 57)).all(axis=1) & (((last >= 48) & (last <= 57)) | (last == 88))
+
+
+@_chunked
+def resident_id_format(arr: pa.StringArray) -> pa.BooleanArray:
     """18 characters: 17 digits and a digit or upper-case X (standardization upper-cases x first)."""
-    return pc.match_substring_regex(_strings(arr), r"^\d{17}[\dX]$")
+    ok = np.zeros(len(arr), dtype=bool)
+    mat, pos = _fixed_width(arr, 18)
+    ok[pos] = _ric_format(mat)
+    return _result(ok, arr)
 
 
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int32)
+_YMD_WEIGHTS = np.array([10_000_000, 1_000_000, 100_000, 10_000, 1_000, 100, 10, 1], dtype=np.int32)
 
 
 @_chunked
@@ -100,43 +112,76 @@ def resident_id_birth_date(arr: pa.StringArray, reference_date: date) -> pa.Bool
     ok = np.zeros(len(arr), dtype=bool)
     mat, pos = _fixed_width(arr, 18)
     d = mat[:, 6:14].astype(np.int32) - 48
-    digits = ((d >= 0) & (d <= 9)).all(axis=1)
     year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
     month, day = d[:, 4] * 10 + d[:, 5], d[:, 6] * 10 + d[:, 7]
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     days = _DAYS_IN_MONTH[np.clip(month, 0, 12)] + ((month == 2) & leap)
     ymd = year * 10000 + month * 100 + day
     ref = reference_date.year * 10000 + reference_date.month * 100 + reference_date.day
-    ok[pos] = digits & (month >= 1) & (month <= 12) & (day >= 1) & (day <= days) & (ymd >= 18900101) & (ymd <= ref)
-    return _keep_nulls(arr, pc.and_(resident_id_format(arr), _result(ok, arr)))
+    ok[pos] = _ric_format(mat) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= days) & (ymd >= 18900101) \
+        & (ymd <= ref)
+    return _result(ok, arr)
 
 
-def resident_id_region(arr: Array, codes: Iterable[str]) -> pa.BooleanArray:
+@lru_cache(maxsize=4)
+def _code_table(codes: frozenset[str]) -> np.ndarray:
+    """A 10**6 boolean lookup of 6-digit codes: O(1) per ID, no string hashing."""
+    table = np.zeros(1_000_000, dtype=bool)
+    table[[int(c) for c in codes if len(c) == 6 and c.isdigit()]] = True
+    return table
+
+
+@_chunked
+def resident_id_region(arr: pa.StringArray, codes: Iterable[str]) -> pa.BooleanArray:
     """The address code (first 6 digits) is in the GB/T 2260 table (historical codes count)."""
-    s = _strings(arr)
-    return _keep_nulls(s, pc.and_(resident_id_format(s), pc.is_in(pc.utf8_slice_codeunits(s, 0, 6),
-                                                                   value_set=_set(codes))))
+    ok = np.zeros(len(arr), dtype=bool)
+    mat, pos = _fixed_width(arr, 18)
+    code = (mat[:, :6].astype(np.int32) - 48) @ _YMD_WEIGHTS[2:]
+    ok[pos] = _ric_format(mat) & _code_table(frozenset(codes))[np.clip(code, 0, 999_999)]
+    return _result(ok, arr)
+
+
+def _pair(ids: Array, other: Array) -> tuple[pa.StringArray, pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, other, the well-formed IDs' byte matrix, their positions, rows to leave unjudged)."""
+    ids = _strings(ids)
+    other = other.combine_chunks() if isinstance(other, pa.ChunkedArray) else other
+    mat, pos = _fixed_width(ids, 18)
+    fmt = _ric_format(mat)
+    mat, pos = mat[fmt], pos[fmt]
+    skip = np.ones(len(ids), dtype=bool)  # a malformed ID is the format rule's finding, a null the required one's
+    skip[pos] = False
+    skip |= other.is_null().to_numpy(zero_copy_only=False)
+    return ids, other, mat, pos, skip
+
+
+def _judged(ok: np.ndarray, skip: np.ndarray) -> pa.BooleanArray:
+    return pa.array(ok, type=pa.bool_(), mask=skip)
 
 
 def resident_id_sex(ids: Array, sex_codes: Array) -> pa.BooleanArray:
     """GB/T 2261.1 sex code agrees with the 17th digit (odd 男 '1', even 女 '2'); '0'/'9' never conflict."""
-    ids, sex = _strings(ids), _strings(sex_codes)
-    digit = pc.utf8_slice_codeunits(ids, 16, 17)
-    odd = pc.is_in(digit, value_set=pa.array(list("13579")))
-    even = pc.is_in(digit, value_set=pa.array(list("02468")))
-    agrees = pc.or_(pc.and_(odd, pc.equal(sex, "1")), pc.and_(even, pc.equal(sex, "2")))
-    return _keep_nulls(ids, pc.or_(pc.fill_null(agrees, False), pc.is_in(sex, value_set=pa.array(["0", "9"]))))
+    ids, sex, mat, pos, skip = _pair(ids, sex_codes)
+    sex = _strings(sex)
+    code = {c: pc.fill_null(pc.equal(sex, c), False).to_numpy(zero_copy_only=False) for c in "1209"}
+    ok = code["0"] | code["9"]
+    odd = np.zeros(len(ids), dtype=bool)
+    odd[pos] = (mat[:, 16] - 48) % 2 == 1
+    ok |= (odd & code["1"]) | (~odd & code["2"])
+    return _judged(ok, skip)
 
 
 def resident_id_birth_date_agrees(ids: Array, birth_dates: Array) -> pa.BooleanArray:
     """The birth date (column B) equals the date embedded in the resident ID (digits 7-14)."""
-    ids = _strings(ids)
-    dates = pc.cast(birth_dates, pa.date32()) if not pa.types.is_string(birth_dates.type) else birth_dates
-    text = pc.replace_substring(pc.cast(dates, pa.string()), "-", "")
-    agrees = pc.equal(pc.utf8_slice_codeunits(ids, 6, 14), text)
-    # A malformed ID is the format rule's finding, a missing date the required rule's.
-    return pc.if_else(pc.or_(pc.is_null(text), pc.invert(pc.fill_null(resident_id_format(ids), False))),
-                      pa.scalar(None, pa.bool_()), agrees)
+    ids, dates, mat, pos, skip = _pair(ids, birth_dates)
+    dates = pc.cast(dates, pa.date32(), safe=False) if pa.types.is_timestamp(dates.type) else dates
+    if pa.types.is_string(dates.type):
+        dates = pc.cast(pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True), pa.date32())
+        skip |= dates.is_null().to_numpy(zero_copy_only=False)
+    given = (pc.year(dates).to_numpy(zero_copy_only=False) * 10000 + pc.month(dates).to_numpy(zero_copy_only=False)
+             * 100 + pc.day(dates).to_numpy(zero_copy_only=False))
+    ok = np.zeros(len(ids), dtype=bool)
+    ok[pos] = ((mat[:, 6:14].astype(np.int32) - 48) @ _YMD_WEIGHTS) == np.nan_to_num(given[pos]).astype(np.int64)
+    return _judged(ok, skip)
 
 
 @lru_cache(maxsize=1)
