@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import date
+from datetime import date, datetime
 
 import pyarrow as pa
 import pytest
@@ -63,6 +63,19 @@ def test_birth_date_region_sex() -> None:
     assert v.resident_id_region(ids, v.division_codes()).to_pylist()[:4] == [True, True, True, False]
     sex = pa.array(["1", "1", "2", "9", "1"])
     assert v.resident_id_sex(ids, sex).to_pylist()[:4] == [True, True, False, True]  # 17th digit 3: male
+
+
+def test_pair_checks_leave_malformed_and_missing_to_their_own_rules() -> None:
+    ids = pa.array(["340104199001011234", "340104199001011234", "3401041990010112", None, "340104199001011234"])
+    sex = pa.array(["1", "2", "1", "1", None])
+    assert v.resident_id_sex(ids, sex).to_pylist() == [True, False, None, None, None]
+    for dates in (pa.array([date(1990, 1, 1), date(1990, 1, 2), date(1990, 1, 1), date(1990, 1, 1), None]),
+                  pa.array(["1990-01-01", "1990-01-02", "1990-01-01", "1990-01-01", None]),
+                  pa.array([datetime(1990, 1, 1), datetime(1990, 1, 2), None, None, None], pa.timestamp("us"))):
+        assert v.resident_id_birth_date_agrees(ids, dates).to_pylist() == [True, False, None, None, None]
+    assert v.resident_id_birth_date_agrees(ids, pa.array(["1990-1-1x"] * 5)).to_pylist() == [None] * 5
+    chunked = pa.chunked_array([ids.slice(0, 2), ids.slice(2)])
+    assert v.resident_id_region(chunked, v.division_codes()).to_pylist() == [True, True, False, None, True]
 
 
 def test_codes_mobile_dates_bounds() -> None:
