@@ -178,22 +178,17 @@ def _print_quality(settings: Any, console: Console, reference: Any) -> None:
 def _bad_delivery(settings: Any, logical: datetime) -> dict[str, Any]:
     """Write-audit-publish in action: 60% of a new enterprise batch has broken USCC check characters, so
     the batch is held and std.enterprise stays at its previous snapshot."""
-    import sqlite3
     from datetime import timedelta
 
     from pipelines.lake.catalog import get_catalog
     from pipelines.lake.raw import TableState
+    from pipelines.seed import corrupt_enterprise_uscc
 
     catalog = get_catalog(settings)
     # Past the lake's watermark, so a rerun of the demo on the same lake still delivers new rows.
     mark = TableState.of(catalog.load_table("raw.enterprise__enterprise")).watermark
     stamp = max([logical, *([datetime.fromisoformat(mark)] if mark else [])]) + timedelta(hours=1)
-    con = sqlite3.connect(settings.data_dir / "sources" / "enterprise.db")
-    con.execute("UPDATE enterprise SET uscc = substr(uscc, 1, 17) || CASE WHEN substr(uscc, 18) = '0' "
-                "THEN '1' ELSE '0' END, updated_at = ? WHERE rowid % 10 < 6",
-                (stamp.astimezone(TZ).strftime("%Y-%m-%d %H:%M:%S"),))
-    con.commit()
-    con.close()
+    corrupt_enterprise_uscc(settings.data_dir, stamp.astimezone(TZ).strftime("%Y-%m-%d %H:%M:%S"))
     before = catalog.load_table("std.enterprise").current_snapshot().snapshot_id
     rows = run_ingest_dags(logical + timedelta(days=1), only=["enterprise"])
     publish = [r for r in rows if r["task"] == "publish_std"]

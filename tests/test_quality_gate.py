@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 import subprocess
 import sys
 from datetime import date, datetime
@@ -19,7 +18,7 @@ from pipelines.quality.gate import QualityGateError, load_config, run_quality
 from pipelines.quality.rules import Rule, evaluate
 from pipelines.quality.score import score
 from pipelines.registry import load_registry
-from pipelines.seed import seed_city
+from pipelines.seed import corrupt_enterprise_uscc, seed_city
 from pipelines.settings import PROJECT_ROOT, TZ, Settings
 
 REF = date(2026, 11, 20)
@@ -60,18 +59,18 @@ def test_city_publishes_quarantines_exactly_and_scores_perfectly(city: Settings)
     assert conflicts and all("*" in c["authoritative_value"] for c in conflicts if c["element"] == "person_name")
 
 
+def _bad_enterprise_batch(city: Settings) -> None:
+    assert corrupt_enterprise_uscc(city.data_dir, "2026-11-20 01:00:00") > 100
+    systems, _ = load_registry(city.registry_dir)
+    ingest_table(systems["enterprise"], "enterprise", settings=city, batch_id="bad",
+                 extracted_at=datetime(2026, 11, 20, 3, tzinfo=TZ))
+
+
 def test_mostly_bad_batch_is_held_and_std_unchanged(city: Settings) -> None:
     run_quality("enterprise", settings=city, reference_date=REF)
     catalog = get_catalog(city)
     before = catalog.load_table("std.enterprise").current_snapshot().snapshot_id
-    con = sqlite3.connect(city.data_dir / "sources" / "enterprise.db")
-    con.execute("UPDATE enterprise SET uscc = substr(uscc, 1, 17) || CASE WHEN substr(uscc, 18) = '0' THEN '1' "
-                "ELSE '0' END, updated_at = '2026-11-20 01:00:00' WHERE rowid % 10 < 6")
-    con.commit()
-    con.close()
-    systems, _ = load_registry(city.registry_dir)
-    ingest_table(systems["enterprise"], "enterprise", settings=city, batch_id="bad",
-                 extracted_at=datetime(2026, 11, 20, 3, tzinfo=TZ))
+    _bad_enterprise_batch(city)
     with pytest.raises(QualityGateError) as info:
         run_quality("enterprise", settings=city, reference_date=REF)
     message = str(info.value)
@@ -86,14 +85,7 @@ def test_held_batch_is_parked_rerun_by_its_run_and_released_with_a_reason(city: 
     from pipelines.quality.validators import uscc_valid
 
     run_quality("enterprise", settings=city, reference_date=REF, run_id="night1")
-    con = sqlite3.connect(city.data_dir / "sources" / "enterprise.db")
-    con.execute("UPDATE enterprise SET uscc = substr(uscc, 1, 17) || CASE WHEN substr(uscc, 18) = '0' THEN '1' "
-                "ELSE '0' END, updated_at = '2026-11-20 01:00:00' WHERE rowid % 10 < 6")
-    con.commit()
-    con.close()
-    systems, _ = load_registry(city.registry_dir)
-    ingest_table(systems["enterprise"], "enterprise", settings=city, batch_id="bad",
-                 extracted_at=datetime(2026, 11, 20, 3, tzinfo=TZ))
+    _bad_enterprise_batch(city)
     with pytest.raises(QualityGateError):
         run_quality("enterprise", settings=city, reference_date=REF, run_id="night2")
     catalog = get_catalog(city)

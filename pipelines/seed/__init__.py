@@ -1,5 +1,5 @@
 """The synthetic Hefei city (embedded default source systems and their defect truth)."""
 
-from pipelines.seed.city import REFERENCE_DATE, seed_city
+from pipelines.seed.city import REFERENCE_DATE, corrupt_enterprise_uscc, seed_city
 
-__all__ = ["REFERENCE_DATE", "seed_city"]
+__all__ = ["REFERENCE_DATE", "corrupt_enterprise_uscc", "seed_city"]

@@ -381,3 +381,17 @@ def seed_city(data_dir: Path, scale: float = 1.0, seed: int = 20261124,
         systems[db.stem] = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
         con.close()
     return {"systems": systems, "files": files, "manifest": str(manifest)}
+
+
+def corrupt_enterprise_uscc(data_dir: Path, updated_at: str, share: float = 0.6) -> int:
+    """A mostly bad re-delivery for the write-audit-publish demo and tests: the check character of ``share``
+    of the enterprise credit codes is changed and those rows are re-stamped ``updated_at``."""
+    con = sqlite3.connect(data_dir / "sources" / "enterprise.db")
+    try:
+        cur = con.execute("UPDATE enterprise SET uscc = substr(uscc, 1, 17) || CASE WHEN substr(uscc, 18) = '0' "
+                          "THEN '1' ELSE '0' END, updated_at = ? WHERE rowid % 100 < ?",
+                          (updated_at, round(share * 100)))
+        con.commit()
+        return cur.rowcount
+    finally:
+        con.close()
