@@ -301,7 +301,7 @@ def quality_score(as_json: Annotated[bool, typer.Option("--json", help="Print on
 
 def _personal_columns(table: str) -> dict[str, Any]:
     """Column → mask function for the personal data elements a lake table carries."""
-    from pipelines.quality.consistency import PERSONAL, mask
+    from pipelines.quality.consistency import PERSONAL, mask, mask_identifiers
     from pipelines.quality.gate import load_config
 
     try:
@@ -318,7 +318,10 @@ def _personal_columns(table: str) -> dict[str, Any]:
                     elements[ref.column] = e
     elif name in contracts:
         elements = {c.name: standards.element(c.element) for c in contracts[name].columns}
-    return {col: (lambda v, e=e: mask(v, e)) for col, e in elements.items() if e.sensitivity in PERSONAL}
+    masks = {col: (lambda v, e=e: mask(v, e)) for col, e in elements.items() if e.sensitivity in PERSONAL}
+    if ns == "meta":  # keys of conflicts and the like: identifiers inside composite text
+        masks["key"] = mask_identifiers
+    return masks
 
 
 def _cell(v: Any) -> str:

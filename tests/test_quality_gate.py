@@ -130,6 +130,11 @@ def test_masks() -> None:
     assert mask("张三丰", s.element("person_name")) == "张**"
     assert mask("34010419900101123X", s.element("resident_id")) == "340104********123X"
     assert mask("合肥ABC科技有限公司", s.element("enterprise_name")) == "合肥ABC科技有限公司"
+    from pipelines.quality.consistency import mask_identifiers
+
+    assert mask_identifiers("340102197003210109|410") == "340102********0109|410"
+    assert mask_identifiers("13812345678") == "138****5678" and mask_identifiers(None) is None
+    assert mask_identifiers("91340100MA2N00000X|HF123456789012") == "91340100MA2N00000X|HF123456789012"
 
 
 def test_gx_result_json_lists_every_failing_key_masked(city: Settings) -> None:
@@ -167,3 +172,8 @@ def test_lake_show_masks_personal_values_unless_asked(city: Settings) -> None:
     clear = subprocess.run([sys.executable, "-m", "pipelines.cli", "lake", "show", "std.person", "--limit", "5",
                             "--unmasked"], capture_output=True, text=True, check=True).stdout
     assert "********" not in clear
+    run_quality("insured", settings=city, reference_date=REF)
+    run_consistency(settings=city)
+    conflicts = subprocess.run([sys.executable, "-m", "pipelines.cli", "lake", "show", "meta.conflicts"],
+                               capture_output=True, text=True, check=True).stdout
+    assert re.search(r"\d{6}\*{8}\d{3}[\dX]\|", conflicts) and not re.search(r"\d{17}[\dX]", conflicts)

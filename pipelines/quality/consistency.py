@@ -7,6 +7,7 @@ difference is not a conflict. Every disagreeing key is recorded in ``meta.confli
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,16 @@ def mask(value: Any, element: DataElement) -> str | None:
         cut = max(text.find("区"), text.find("县"))
         return text[:cut + 1] + "***" if cut > 0 else text[:6] + "***"  # generalised to the district
     return text[:1] + "*" * max(1, len(text) - 1)
+
+
+_IDENTIFIERS = re.compile(r"(?<![0-9A-Za-z])(\d{6})\d{8}(\d{3}[\dXx])(?![0-9A-Za-z])|(?<!\d)(1[3-9]\d)\d{4}(\d{4})(?!\d)")
+
+
+def mask_identifiers(text: Any) -> str | None:
+    """Mask resident IDs and mobile numbers inside free text (e.g. a composite key ``id|type``)."""
+    if text is None:
+        return None
+    return _IDENTIFIERS.sub(lambda m: f"{m[1]}********{m[2]}" if m[1] else f"{m[3]}****{m[4]}", str(text))
 
 
 @dataclass(frozen=True)
