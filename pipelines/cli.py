@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import date, datetime
+from functools import partial
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -318,7 +320,8 @@ def _personal_columns(table: str) -> dict[str, Any]:
                     elements[ref.column] = e
     elif name in contracts:
         elements = {c.name: standards.element(c.element) for c in contracts[name].columns}
-    masks = {col: (lambda v, e=e: mask(v, e)) for col, e in elements.items() if e.sensitivity in PERSONAL}
+    masks: dict[str, Callable[[Any], str | None]] = {
+        col: partial(mask, element=e) for col, e in elements.items() if e.sensitivity in PERSONAL}
     if ns == "meta":  # keys of conflicts and the like: identifiers inside composite text
         masks["key"] = mask_identifiers
     return masks
