@@ -29,6 +29,7 @@ test: install lint
 bench: install
 	$(UV) pip install -q --compile-bytecode --python $(PY) -e '.[dev,bench]'
 	$(PY) benchmarks/ingest_postgres.py
+	$(PY) benchmarks/validate_resident.py
 
 # The Airflow UI on the same DAGs (project-local AIRFLOW_HOME, SQLite): http://localhost:8080
 airflow-ui: install
