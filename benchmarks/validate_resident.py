@@ -139,9 +139,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--gx-rows", type=int, default=None, help="rows for plain GX (default: --rows)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="citylake-validate-"))
+    with tempfile.TemporaryDirectory(prefix="citylake-validate-") as tmp:
+        report(measure(Path(tmp), args.rows, args.gx_rows or args.rows))
+
+
+def measure(work: Path, rows_citylake: int, rows_gx: int) -> dict:
     results = {}
-    for kind, rows in (("citylake", args.rows), ("plain GX (pandas)", args.gx_rows or args.rows)):
+    for kind, rows in (("citylake", rows_citylake), ("plain GX (pandas)", rows_gx)):
         path = work / f"person_{rows}.parquet"
         if not path.exists():
             make_table(path, rows)
@@ -154,6 +158,10 @@ def main() -> None:
             continue
         out = json.loads(done.stdout.strip().splitlines()[-1])
         results[kind] = {"rows": rows, "wall": wall, **out}
+    return results
+
+
+def report(results: dict) -> None:
     print(f"\n{'engine':<20} {'rows':>11} {'validate s':>11} {'process s':>10} {'rows/s':>12} {'peak RSS MB':>12}")
     for kind, r in results.items():
         print(f"{kind:<20} {r['rows']:>11,} {r['seconds']:>11.2f} {r['wall']:>10.2f} "
