@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
+# Scripts and styles GX Data Docs would load from public CDNs, vendored so the pages work offline.
+ASSETS := $(VENV)/share/citylake/datadocs-assets/.citylake-assets.json
 
 .PHONY: install demo test lint bench clean airflow-ui
 
@@ -14,7 +16,10 @@ $(STAMP): pyproject.toml
 	$(UV) pip install -q --compile-bytecode --python $(PY) -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(ASSETS): $(STAMP) pipelines/quality/docs_assets.py
+	$(VENV)/bin/citylake quality docs-assets && touch $@ || echo "warning: Data Docs will load scripts from public CDNs"
+
+install: $(STAMP) $(ASSETS)
 
 demo: install
 	$(VENV)/bin/citylake demo

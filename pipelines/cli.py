@@ -270,7 +270,23 @@ def quality_docs() -> None:
     except CitylakeError as exc:
         _fail(str(exc))
     out.print(f"GX Data Docs: {built.suites} suites, {built.total_results} validation results "
-              f"({built.new_results} new) → {built.index}")
+              f"({built.new_results} new) → {built.index}"
+              + ("" if built.vendored else " (pages load scripts from public CDNs: run `citylake quality docs-assets`)"))
+
+
+@quality_app.command("docs-assets")
+def quality_docs_assets(
+    registry: Annotated[str | None, typer.Option(help="npm registry or mirror (default: $NPM_CONFIG_REGISTRY or "
+                                                      "registry.npmjs.org).")] = None,
+) -> None:
+    """Fetch the scripts and styles GX Data Docs load from CDNs (pinned, sha512-checked) so the pages work offline."""
+    from pipelines.quality.docs_assets import fetch_assets
+
+    try:
+        where = fetch_assets(registry=registry)
+    except CitylakeError as exc:
+        _fail(str(exc))
+    out.print(f"Data Docs assets ready in {where}")
 
 
 @quality_app.command("suites")

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from datetime import date, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -155,13 +156,61 @@ def test_gx_result_json_lists_every_failing_key_masked(city: Settings) -> None:
     built = build_data_docs(city)
     assert built.suites == 9 and built.new_results == built.total_results == 1
     pages = [p.read_text(encoding="utf-8") for p in built.index.parent.rglob("*.html")]
-    validation = next(p for p in pages if "valid_resident_id_check_digit" in p and "Unexpected" in p)
+    validation = next(p for p in pages if "valid GB 11643 check character" in p and "Unexpected" in p)
     first = check["result"]["unexpected_index_list"][0]["resident_id"]
     assert first in validation  # the failing keys are listed, masked
     raw = get_catalog(city).load_table("raw.population__person").scan(selected_fields=("resident_id",)).to_arrow()
     shown = {m for page in pages for m in re.findall(r"\d{17}[\dXx]", page)}
     assert not shown & set(raw["resident_id"].to_pylist())
+    # the page names the std table and the run time (GX shows __none__ without them)
+    assert re.search(r"Validations / person / std\.person / manual__2026-11-20T02:00:00\+08:00__person / \d{4}-", validation)
+
+    # Nothing loads from another host (the bureau's network has no internet; GX's logo is a beacon) and
+    # every script and stylesheet a page names exists in the site.
+    from pipelines.quality.docs_assets import external_references
+
+    assert built.vendored
+    for page in built.index.parent.rglob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        assert external_references(html) == [], page
+        local = re.findall(r'<(?:script|link)\b[^>]*\b(?:src|href)="([^"]+)"', html)
+        assert any("static/vendor/jquery-3.7.1/dist/jquery.min.js" in x for x in local)
+        assert all((page.parent / x).resolve().is_file() for x in local), page
     assert build_data_docs(city).new_results == 0  # incremental: already in the GX store
+
+
+def test_data_docs_assets_are_checked_against_their_pinned_hash(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from pipelines.quality.docs_assets import fetch_assets, localize_page
+
+    # A mirror that serves a tampered jquery: refused, and nothing half-written is left behind.
+    tgz = tmp_path / "registry" / "jquery" / "-" / "jquery-3.7.1.tgz"
+    tgz.parent.mkdir(parents=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"alert('not jquery')"
+        info = tarfile.TarInfo("package/dist/jquery.min.js")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    tgz.write_bytes(buf.getvalue())
+    with pytest.raises(CitylakeError, match="jquery-3.7.1.tgz does not match its pinned sha512"):
+        fetch_assets(tmp_path / "assets", registry=(tmp_path / "registry").as_uri())
+    assert not (tmp_path / "assets").exists()
+
+    # Without vendored copies the pages keep GX's CDN links but still drop the logo beacon.
+    site = tmp_path / "site"
+    page = site / "validations" / "person" / "run" / "time" / "std.person.html"
+    page.parent.mkdir(parents=True)
+    page.write_text('<img src="https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png'
+                    '?d=20261126T012021Z&dataContextId=122d11c9"><script src="https://code.jquery.com/jquery-3.7.1.min.js"'
+                    ' integrity="sha384-x" crossorigin="anonymous"></script>', encoding="utf-8")
+    assert localize_page(page, site, vendored=False)
+    assert page.read_text(encoding="utf-8").startswith('<img src="../../../../static/images/logo-long.png">')
+    assert localize_page(page, site, vendored=True)
+    assert page.read_text(encoding="utf-8").endswith(
+        '<script src="../../../../static/vendor/jquery-3.7.1/dist/jquery.min.js"></script>')
 
 
 def test_lake_show_masks_personal_values_unless_asked(city: Settings) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from pipelines.errors import CitylakeError
 from pipelines.settings import Settings, load_settings
@@ -28,6 +30,8 @@ class DocsBuild:
     suites: int
     new_results: int
     total_results: int
+    vendored: bool
+    """True when the pages load only the site's own files (no CDN)."""
 
 
 def _suite_documents(directory: Path) -> dict[str, list[dict[str, Any]]]:
@@ -45,8 +49,41 @@ def _run_identifier(doc: dict[str, Any], path: Path) -> Any:
 
     meta = doc.get("meta", {})
     run_time = meta.get("validation_time")
-    return RunIdentifier(run_name=meta.get("run_id", path.stem),
-                         run_time=datetime.fromisoformat(run_time) if run_time else None)
+    run = meta.get("run_id", path.stem)
+    if isinstance(run, dict):  # GX's shape; older citylake results kept the bare run name
+        run_time = run.get("run_time") or run_time
+        run = run.get("run_name", path.stem)
+    return RunIdentifier(run_name=run, run_time=datetime.fromisoformat(run_time) if run_time else None)
+
+
+def _prepare_context(context: Any) -> None:
+    """No usage analytics and no how-to buttons that link to GX's website: these pages serve engineers
+    on the bureau's network."""
+    if context.variables.analytics_enabled is not False:
+        context.enable_analytics(False)
+    site = dict(context.variables.data_docs_sites["local_site"])
+    if site.get("show_how_to_buttons", True):
+        site["show_how_to_buttons"] = False
+        context.update_data_docs_site("local_site", site)
+
+
+def _localize(site: Path, since: float) -> bool:
+    """Rewrite the pages rendered since ``since`` (every page when the vendored copies are new to the site)
+    to load nothing from other hosts; False when no vendored copies exist (the pages keep GX's CDN links)."""
+    from pipelines.quality import docs_assets
+
+    assets = docs_assets.default_assets_dir()
+    vendored = docs_assets.assets_ready(assets)
+    if vendored:
+        if docs_assets.install_into_site(site, assets):
+            since = 0.0
+    else:
+        log.warning("Data Docs: no vendored scripts in %s, pages load Bootstrap and jQuery from public CDNs "
+                    "(run `citylake quality docs-assets` where the npm registry is reachable)", assets)
+    for page in site.rglob("*.html"):
+        if page.relative_to(site).parts[0] != "static" and page.stat().st_mtime >= since:
+            docs_assets.localize_page(page, site, vendored)
+    return vendored
 
 
 def build_data_docs(settings: Settings | None = None) -> DocsBuild:
@@ -62,6 +99,7 @@ def build_data_docs(settings: Settings | None = None) -> DocsBuild:
     import pipelines.quality.gx_expectations  # noqa: F401 - registers the custom expectation types to render
 
     context = gx.get_context(mode="file", project_root_dir=settings.lake_dir)
+    _prepare_context(context)
     suites = _suite_documents(settings.root / "expectations")
     for name, expectations in suites.items():
         suite = gx.ExpectationSuite(name=name, meta={"citylake": "generated from schemas/ by `citylake quality suites`"})
@@ -94,6 +132,8 @@ def build_data_docs(settings: Settings | None = None) -> DocsBuild:
         except Exception as exc:  # noqa: BLE001 - one unreadable result must not hide the others
             raise CitylakeError(f"{path}: cannot load as a GX validation result: {exc}") from exc
     suite_keys = [ExpectationSuiteIdentifier(name) for name in suites]
+    started = time.time() - 1  # coarse file-system clocks
     sites = context.build_data_docs(resource_identifiers=[*suite_keys, *new])
-    index = Path(sites["local_site"].removeprefix("file://"))
-    return DocsBuild(index, len(suites), len(new), len(files))
+    index = Path(unquote(sites["local_site"].removeprefix("file://")))
+    vendored = _localize(index.parent, started)
+    return DocsBuild(index, len(suites), len(new), len(files), vendored)

@@ -23,7 +23,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +317,12 @@ def _record_batches(catalog: Any, contract: DatasetContract, result: GateResult,
     _append(catalog, "meta.batches", pa.Table.from_pylist(rows, schema=BATCHES_SCHEMA))
 
 
+def _gx_version() -> str:
+    from importlib.metadata import version
+
+    return version("great_expectations")
+
+
 def write_gx_result(settings: Settings, contract: DatasetContract, standards: Any, table: pa.Table,
                     results: list[RuleResult], run_id: str, reference_date: date) -> Path:
     """Keep the run's result in GX's ExpectationSuiteValidationResult JSON shape, every failing key listed
@@ -353,12 +359,17 @@ def write_gx_result(settings: Settings, contract: DatasetContract, standards: An
                                "exception_traceback": None},
         })
     passed = [r.failed == 0 for r in results]
+    now = datetime.now(TZ)
     doc = {"success": all(r.failed == 0 for r in results if r.rule.severity == "critical"),
            "suite_name": contract.dataset, "results": entries,
            "statistics": {"evaluated_expectations": len(results), "successful_expectations": sum(passed),
                           "unsuccessful_expectations": len(results) - sum(passed)},
-           "meta": {"run_id": run_id, "reference_date": reference_date.isoformat(), "std_table": contract.std_table,
-                    "validation_time": datetime.now(TZ).isoformat(timespec="seconds"),
+           # GX prints run_time with a literal "Z" whatever its zone: give it UTC
+           "meta": {"run_id": {"run_name": run_id, "run_time": now.astimezone(UTC).isoformat(timespec="seconds")},
+                    "validation_time": now.isoformat(timespec="seconds"),
+                    "great_expectations_version": _gx_version(),
+                    "batch_spec": {"data_asset_name": contract.std_table, "engine": "citylake vectorised (Arrow/numpy)"},
+                    "reference_date": reference_date.isoformat(), "std_table": contract.std_table,
                     "unexpected_index_column_names": keys, "masked": True}}
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
     path = settings.lake_dir / "gx" / "validations" / contract.dataset / f"{safe}.json"

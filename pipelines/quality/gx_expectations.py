@@ -20,6 +20,9 @@ from great_expectations.expectations.metrics.map_metric_provider import (
     column_condition_partial,
     column_pair_condition_partial,
 )
+from great_expectations.render import LegacyRendererType, RenderedStringTemplateContent
+from great_expectations.render.renderer.renderer import renderer
+from great_expectations.render.util import num_to_str
 
 from pipelines.quality import validators as v
 
@@ -118,14 +121,64 @@ class InHefei(ColumnPairMapMetricProvider):
         return _series(v.in_bounds(_arrow(column_A), _arrow(column_B)), column_A.index)
 
 
-class ExpectColumnValuesToHaveValidResidentIdCheckDigit(ColumnMapExpectation):
+# What each rule demands, in GX's prescriptive wording, for Data Docs (without it GX prints the bare
+# type and kwargs); the rule's Chinese description from the suite follows in brackets.
+_TEMPLATES = {
+    "expect_column_values_to_have_valid_resident_id_check_digit":
+        "values must end in a valid GB 11643 check character (ISO 7064 MOD 11-2)",
+    "expect_column_values_to_have_real_resident_id_birth_date":
+        "values must embed a real birth date not after $reference_date",
+    "expect_column_values_to_have_known_resident_id_region":
+        "values must start with a division code of GB/T 2260 (historical codes count)",
+    "expect_column_values_to_be_valid_uscc":
+        "values must be GB 32100 unified social credit codes with a valid check character",
+    "expect_column_values_to_have_valid_uscc_org_code":
+        "values must embed a GB 11714 organisation code with a valid check character",
+    "expect_column_values_to_be_valid_mobile_number": "values must be 11-digit mainland mobile numbers (13x to 19x)",
+    "expect_column_values_to_not_be_in_the_future": "values must not be later than $reference_date",
+    "expect_column_pair_values_sex_code_to_agree_with_resident_id":
+        "$column_B must agree with the sex digit (the 17th) of $column_A",
+    "expect_column_pair_values_birth_date_to_agree_with_resident_id":
+        "$column_B must be the birth date embedded in $column_A",
+    "expect_column_pair_values_to_be_inside_hefei": "($column_A, $column_B) must lie inside Hefei's administrative extent",
+}
+
+
+class _Prescriptive:
+    """Renders the rule for Data Docs from ``_TEMPLATES``, like GX's built-in expectations do."""
+
+    @classmethod
+    @renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)
+    def _prescriptive_renderer(cls, configuration: Any = None, result: Any = None,
+                               runtime_configuration: dict[str, Any] | None = None,
+                               **_: Any) -> list[RenderedStringTemplateContent]:
+        runtime_configuration = runtime_configuration or {}
+        config: Any = configuration or (result.expectation_config if result is not None else None)
+        params = {k: v.get("$PARAMETER", v) if isinstance(v, dict) else v for k, v in dict(config.kwargs).items()}
+        template = _TEMPLATES[config.type]
+        if "column" in params and runtime_configuration.get("include_column_name") is not False:
+            template = f"$column {template}"
+        mostly = params.get("mostly")
+        if isinstance(mostly, int | float) and mostly < 1:
+            params["mostly_pct"] = num_to_str(mostly * 100, no_scientific=True)
+            template += ", at least $mostly_pct % of the time"
+        description = (config.meta or {}).get("description")
+        if description:  # plain text, not a parameter badge
+            template += f" ({description.replace('$', '$$')})"
+        return [RenderedStringTemplateContent(
+            content_block_type="string_template",
+            string_template={"template": f"{template}.", "params": params,
+                             "styling": runtime_configuration.get("styling")})]
+
+
+class ExpectColumnValuesToHaveValidResidentIdCheckDigit(_Prescriptive, ColumnMapExpectation):
     """GB 11643 / ISO 7064 MOD 11-2 check character of a resident ID."""
 
     map_metric = "column_values.citylake.resident_id_check_digit"
     success_keys: ClassVar[tuple[str, ...]] = ("mostly",)
 
 
-class ExpectColumnValuesToHaveRealResidentIdBirthDate(ColumnMapExpectation):
+class ExpectColumnValuesToHaveRealResidentIdBirthDate(_Prescriptive, ColumnMapExpectation):
     """The resident ID's birth date is a real date, not after the run's reference date."""
 
     reference_date: str | SuiteParameterDict  # {"$PARAMETER": "reference_date"}: the run's today
@@ -133,35 +186,35 @@ class ExpectColumnValuesToHaveRealResidentIdBirthDate(ColumnMapExpectation):
     success_keys: ClassVar[tuple[str, ...]] = ("reference_date", "mostly")
 
 
-class ExpectColumnValuesToHaveKnownResidentIdRegion(ColumnMapExpectation):
+class ExpectColumnValuesToHaveKnownResidentIdRegion(_Prescriptive, ColumnMapExpectation):
     """The resident ID's address code is in the GB/T 2260 table (historical codes count)."""
 
     map_metric = "column_values.citylake.resident_id_region"
     success_keys: ClassVar[tuple[str, ...]] = ("mostly",)
 
 
-class ExpectColumnValuesToBeValidUscc(ColumnMapExpectation):
+class ExpectColumnValuesToBeValidUscc(_Prescriptive, ColumnMapExpectation):
     """GB 32100 unified social credit code: charset and check character."""
 
     map_metric = "column_values.citylake.uscc"
     success_keys: ClassVar[tuple[str, ...]] = ("mostly",)
 
 
-class ExpectColumnValuesToHaveValidUsccOrgCode(ColumnMapExpectation):
+class ExpectColumnValuesToHaveValidUsccOrgCode(_Prescriptive, ColumnMapExpectation):
     """The GB 11714 organisation code embedded in a USCC (positions 9–17) has a valid check character."""
 
     map_metric = "column_values.citylake.uscc_org_code"
     success_keys: ClassVar[tuple[str, ...]] = ("mostly",)
 
 
-class ExpectColumnValuesToBeValidMobileNumber(ColumnMapExpectation):
+class ExpectColumnValuesToBeValidMobileNumber(_Prescriptive, ColumnMapExpectation):
     """Mainland mobile number ``^1[3-9]\\d{9}$``."""
 
     map_metric = "column_values.citylake.mobile"
     success_keys: ClassVar[tuple[str, ...]] = ("mostly",)
 
 
-class ExpectColumnValuesToNotBeInTheFuture(ColumnMapExpectation):
+class ExpectColumnValuesToNotBeInTheFuture(_Prescriptive, ColumnMapExpectation):
     """A date or time not after the run's reference date (Asia/Shanghai)."""
 
     reference_date: str | SuiteParameterDict  # {"$PARAMETER": "reference_date"}: the run's today
@@ -169,7 +222,7 @@ class ExpectColumnValuesToNotBeInTheFuture(ColumnMapExpectation):
     success_keys: ClassVar[tuple[str, ...]] = ("reference_date", "mostly")
 
 
-class ExpectColumnPairValuesSexCodeToAgreeWithResidentId(ColumnPairMapExpectation):
+class ExpectColumnPairValuesSexCodeToAgreeWithResidentId(_Prescriptive, ColumnPairMapExpectation):
     """GB/T 2261.1 sex code (column_B) agrees with the resident ID's 17th digit (column_A)."""
 
     map_metric = "column_pair_values.citylake.sex_agrees_with_resident_id"
@@ -177,7 +230,7 @@ class ExpectColumnPairValuesSexCodeToAgreeWithResidentId(ColumnPairMapExpectatio
     success_keys: ClassVar[tuple[str, ...]] = ("column_A", "column_B", "ignore_row_if", "mostly")
 
 
-class ExpectColumnPairValuesBirthDateToAgreeWithResidentId(ColumnPairMapExpectation):
+class ExpectColumnPairValuesBirthDateToAgreeWithResidentId(_Prescriptive, ColumnPairMapExpectation):
     """The birth date (column_B) is the one embedded in the resident ID (column_A)."""
 
     map_metric = "column_pair_values.citylake.birth_date_agrees_with_resident_id"
@@ -185,7 +238,7 @@ class ExpectColumnPairValuesBirthDateToAgreeWithResidentId(ColumnPairMapExpectat
     success_keys: ClassVar[tuple[str, ...]] = ("column_A", "column_B", "ignore_row_if", "mostly")
 
 
-class ExpectColumnPairValuesToBeInsideHefei(ColumnPairMapExpectation):
+class ExpectColumnPairValuesToBeInsideHefei(_Prescriptive, ColumnPairMapExpectation):
     """Longitude (column_A) and latitude (column_B) inside Hefei's administrative extent."""
 
     map_metric = "column_pair_values.citylake.in_hefei"
