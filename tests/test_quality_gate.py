@@ -226,3 +226,41 @@ def test_lake_show_masks_personal_values_unless_asked(city: Settings) -> None:
     conflicts = subprocess.run([sys.executable, "-m", "pipelines.cli", "lake", "show", "meta.conflicts"],
                                capture_output=True, text=True, check=True).stdout
     assert re.search(r"\d{6}\*{8}\d{3}[\dX]\|", conflicts) and not re.search(r"\d{17}[\dX]", conflicts)
+
+
+def test_publish_replaces_keys_copy_on_write_and_drops_source_deletions(lake_settings: Settings) -> None:
+    """std holds the current state by key: composite keys updated in place, deletions dropped, untouched
+    data files kept as they are."""
+    from types import SimpleNamespace
+
+    from pyiceberg.expressions import EqualTo
+
+    from pipelines.quality.gate import _publish
+
+    catalog = get_catalog(lake_settings)
+    catalog.create_namespace_if_not_exists("std")
+    contract = SimpleNamespace(std_table="std.t", columns=[SimpleNamespace(name="line", source="线路"),
+                                                          SimpleNamespace(name="hour", source="小时"),
+                                                          SimpleNamespace(name="riders", source="人数")])
+    keys = ["line", "hour"]
+
+    def rows(*values: tuple[str, int, int]) -> pa.Table:
+        return pa.table({"line": [v[0] for v in values], "hour": pa.array([v[1] for v in values], pa.int32()),
+                         "riders": pa.array([v[2] for v in values], pa.int64())})
+
+    nothing = pa.table({"线路": pa.array([], pa.string()), "小时": pa.array([], pa.int64())})
+    _publish(catalog, contract, rows(("L1", 7, 10), ("L1", 8, 20), ("L2", 7, 30)), nothing, keys, "r1")
+    _publish(catalog, contract, rows(("L9", 7, 1)), nothing, keys, "r2")  # a second file, never touched
+    std = catalog.load_table("std.t")
+    untouched = {f.file.file_path for f in std.scan(row_filter=EqualTo("line", "L9")).plan_files()}
+
+    gone = pa.table({"线路": ["L2"], "小时": pa.array([7], pa.int64())})  # raw types differ from std's
+    snap = _publish(catalog, contract, rows(("L1", 8, 25), ("L3", 7, 5)), gone, keys, "r3")
+    std = catalog.load_table("std.t")
+    assert std.current_snapshot().snapshot_id == snap
+    got = sorted(tuple(r.values()) for r in std.scan().to_arrow().to_pylist())
+    assert got == [("L1", 7, 10), ("L1", 8, 25), ("L3", 7, 5), ("L9", 7, 1)]
+    assert untouched <= {f.file.file_path for f in std.scan().plan_files()}
+    # r3 rewrote the file holding its keys (overwrite) and appended its rows, in one transaction
+    ops = {s.summary.operation.value for s in std.snapshots() if s.summary.get("citylake.run-id") == "r3"}
+    assert ops == {"overwrite", "append"}
