@@ -5,6 +5,11 @@
 Both run the committed suite expectations/person.json (about 20 rules incl. check digits) on the same
 Parquet file; each side runs in its own process, timed whole with peak RSS. citylake streams 1 M-row
 batches through two threads; plain GX loads the file into pandas (its documented pandas path).
+
+A third row runs the product path on the same people: the rows land as a raw batch of
+``raw.population__person`` in a temporary lake (source column names, 男/女 sex, not timed), then the
+write-audit-publish gate (``run_quality``: standardize, deduplicate, validate, publish std, quarantine,
+meta tables, GX result JSON) runs in its own process.
 """
 
 from __future__ import annotations
@@ -124,9 +129,53 @@ def run_gx(path: str) -> dict:
     return {r.expectation_config.meta["rule_id"]: r.result.get("unexpected_count", 0) for r in result.results}
 
 
+def land_raw(path: Path, lake: Path) -> None:
+    """The standardized rows as the population registry delivers them, added as one raw batch."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    os.environ["CITYLAKE_LAKE_DIR"] = str(lake)
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.settings import load_settings
+
+    names = {"resident_id": "resident_id", "person_name": "name", "sex_code": "sex", "birth_date": "birth_date",
+             "residence_district_code": "district_code", "residence_address": "address", "mobile_phone": "phone",
+             "person_updated_at": "updated_at"}
+    raw_path = lake / "person_raw.parquet"
+    lake.mkdir(parents=True, exist_ok=True)
+    writer = None
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 20):
+        n = batch.num_rows
+        cols = {names[c]: batch.column(c) for c in names}
+        cols["sex"] = pc.if_else(pc.equal(cols["sex"], "1"), "男", "女")  # the source's own code, mapped by std
+        table = pa.table({**cols, "_batch_id": pa.repeat(pa.scalar("bench"), n),
+                          "_extracted_at": cols["updated_at"], "_source_system": pa.repeat(pa.scalar("population"), n),
+                          "_source_file": pa.nulls(n, pa.string()), "_deleted": pa.repeat(pa.scalar(False), n)})
+        writer = writer or pq.ParquetWriter(raw_path, table.schema, compression="zstd")
+        writer.write_table(table, row_group_size=100_000)
+    assert writer is not None
+    writer.close()
+    catalog = get_catalog(load_settings())
+    catalog.create_namespace_if_not_exists("raw")
+    table = catalog.create_table("raw.population__person", schema=pq.read_schema(raw_path))
+    table.add_files([str(raw_path)])
+
+
+def run_gate() -> dict:
+    from datetime import date
+
+    from pipelines.quality.gate import run_quality
+
+    r = run_quality("person", reference_date=date(2026, 11, 20), run_id="bench")
+    return {"published": r.published, "quarantined": r.quarantined, "status": r.status}
+
+
 def child(kind: str, path: str) -> None:
     started = time.perf_counter()
-    counts = run_citylake(path) if kind == "citylake" else run_gx(path)
+    if kind == "gate":
+        os.environ["CITYLAKE_LAKE_DIR"] = path
+    counts = run_citylake(path) if kind == "citylake" else run_gate() if kind == "gate" else run_gx(path)
     print(json.dumps({"seconds": time.perf_counter() - started, "counts": counts,
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -134,6 +183,9 @@ def child(kind: str, path: str) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--land":
+        land_raw(Path(sys.argv[2]), Path(sys.argv[3]))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=10_000_000)
@@ -145,13 +197,18 @@ def main() -> None:
 
 def measure(work: Path, rows_citylake: int, rows_gx: int) -> dict:
     results = {}
-    for kind, rows in (("citylake", rows_citylake), ("plain GX (pandas)", rows_gx)):
+    for kind, rows in (("citylake", rows_citylake), ("plain GX (pandas)", rows_gx), (GATE, rows_citylake)):
         path = work / f"person_{rows}.parquet"
         if not path.exists():
             make_table(path, rows)
+        target = str(path)
+        if kind == GATE:
+            target = str(work / "lake")
+            subprocess.run([sys.executable, __file__, "--land", str(path), target], check=True)
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, __file__, "--child", "citylake" if kind == "citylake" else "gx",
-                               str(path)], capture_output=True, text=True, env={**os.environ})
+        code = {"citylake": "citylake", GATE: "gate"}.get(kind, "gx")
+        done = subprocess.run([sys.executable, __file__, "--child", code, target], capture_output=True, text=True,
+                              env={**os.environ})
         wall = time.perf_counter() - started
         if done.returncode:
             print(f"{kind}: FAILED {done.stderr.strip().splitlines()[-1:]}")
@@ -161,12 +218,19 @@ def measure(work: Path, rows_citylake: int, rows_gx: int) -> dict:
     return results
 
 
+GATE = "citylake gate raw→std"
+
+
 def report(results: dict) -> None:
-    print(f"\n{'engine':<20} {'rows':>11} {'validate s':>11} {'process s':>10} {'rows/s':>12} {'peak RSS MB':>12}")
+    print(f"\n{'engine':<22} {'rows':>11} {'validate s':>11} {'process s':>10} {'rows/s':>12} {'peak RSS MB':>12}")
     for kind, r in results.items():
-        print(f"{kind:<20} {r['rows']:>11,} {r['seconds']:>11.2f} {r['wall']:>10.2f} "
+        print(f"{kind:<22} {r['rows']:>11,} {r['seconds']:>11.2f} {r['wall']:>10.2f} "
               f"{r['rows'] / r['wall']:>12,.0f} {r['rss_mb']:>12,.0f}")
-    if len(results) == 2:
+    if GATE in results:
+        g = results[GATE]["counts"]
+        print(f"\n{GATE}: standardize → deduplicate → validate → publish std; {g['published']:,} published, "
+              f"{g['quarantined']:,} quarantined (extra copies of colliding synthetic IDs included), {g['status']}")
+    if "citylake" in results and "plain GX (pandas)" in results:
         a, b = results["citylake"], results["plain GX (pandas)"]
         speedup = (a["rows"] / a["wall"]) / (b["rows"] / b["wall"])
         same = a["counts"] == b["counts"] if a["rows"] == b["rows"] else "n/a (different row counts)"

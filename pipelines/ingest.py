@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,7 +25,7 @@ from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan, NotEqualTo
 
 from pipelines.errors import CitylakeError, FileRejected, SchemaDriftError
 from pipelines.lake.catalog import get_catalog
-from pipelines.lake.raw import LINEAGE_NAMES, RawWriter, TableState, open_table, row_hash
+from pipelines.lake.raw import LINEAGE_NAMES, RawWriter, TableState, open_table, row_hash, stream_scan
 from pipelines.registry import DropTable, SourceSystem, SqlTable
 from pipelines.settings import TZ, Settings, load_settings
 
@@ -138,8 +138,8 @@ def _existing(table: Any, keys: list[str], columns: list[pa.Field], cursor: str 
         expr = And(expr, LessThan(cursor, _iceberg_literal(until)))
     present = set(table.schema().column_names)
     fields = [c.name for c in columns if c.name in present]
-    reader = table.scan(row_filter=expr, selected_fields=tuple(dict.fromkeys(
-        [*keys, *fields, "_deleted", "_extracted_at"]))).to_arrow_batch_reader()
+    reader = stream_scan(table.scan(row_filter=expr, selected_fields=tuple(dict.fromkeys(
+        [*keys, *fields, "_deleted", "_extracted_at"]))))
     parts = []
     for batch in reader:
         data = [batch.column(c.name).cast(c.type) if c.name in present else pa.nulls(batch.num_rows, c.type)
@@ -188,6 +188,9 @@ def ingest_table(system: SourceSystem, table_code: str, *, settings: Settings | 
                  batch_id: str | None = None, extracted_at: datetime | None = None) -> LoadResult:
     """Load one table of one system into ``raw.<system>__<table>`` in one Iceberg commit."""
     settings = settings or load_settings()
+    if mode not in get_args(Mode):  # a typo must not quietly run an incremental load
+        raise CitylakeError(f"{system.system}.{table_code}: unknown ingest mode {mode!r} "
+                            f"(one of {', '.join(get_args(Mode))})")
     spec = system.table(table_code)
     extracted_at = (extracted_at or datetime.now(TZ)).astimezone(TZ)
     batch_id = make_batch_id(batch_id or f"{mode}_{extracted_at:%Y%m%dT%H%M%S%z}")

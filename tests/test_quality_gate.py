@@ -39,7 +39,11 @@ def city(lake_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return settings
 
 
-def test_city_publishes_quarantines_exactly_and_scores_perfectly(city: Settings) -> None:
+@pytest.mark.parametrize("chunk_rows", [None, 97])
+def test_city_publishes_quarantines_exactly_and_scores_perfectly(city: Settings, chunk_rows: int | None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    if chunk_rows:  # many chunks: duplicate keys and rule counts must still be found across chunk borders
+        monkeypatch.setattr("pipelines.quality.gate.CHUNK_ROWS", chunk_rows)
     _standards, _systems, contracts = load_config(city)
     for name in contracts:
         r = run_quality(name, settings=city, reference_date=REF)
@@ -228,7 +232,8 @@ def test_lake_show_masks_personal_values_unless_asked(city: Settings) -> None:
     assert re.search(r"\d{6}\*{8}\d{3}[\dX]\|", conflicts) and not re.search(r"\d{17}[\dX]", conflicts)
 
 
-def test_publish_replaces_keys_copy_on_write_and_drops_source_deletions(lake_settings: Settings) -> None:
+def test_publish_replaces_keys_copy_on_write_and_drops_source_deletions(lake_settings: Settings,
+                                                                        tmp_path: Path) -> None:
     """std holds the current state by key: composite keys updated in place, deletions dropped, untouched
     data files kept as they are."""
     from types import SimpleNamespace
@@ -244,9 +249,13 @@ def test_publish_replaces_keys_copy_on_write_and_drops_source_deletions(lake_set
                                                           SimpleNamespace(name="riders", source="人数")])
     keys = ["line", "hour"]
 
-    def rows(*values: tuple[str, int, int]) -> pa.Table:
-        return pa.table({"line": [v[0] for v in values], "hour": pa.array([v[1] for v in values], pa.int32()),
-                         "riders": pa.array([v[2] for v in values], pa.int64())})
+    def rows(*values: tuple[str, int, int]) -> Path:  # the gate stages passing rows as Parquet
+        import pyarrow.parquet as pq
+
+        path = tmp_path / f"good-{len(list(tmp_path.glob('good-*')))}.parquet"
+        pq.write_table(pa.table({"line": [v[0] for v in values], "hour": pa.array([v[1] for v in values], pa.int32()),
+                                 "riders": pa.array([v[2] for v in values], pa.int64())}), path)
+        return path
 
     nothing = pa.table({"线路": pa.array([], pa.string()), "小时": pa.array([], pa.int64())})
     _publish(catalog, contract, rows(("L1", 7, 10), ("L1", 8, 20), ("L2", 7, 30)), nothing, keys, "r1")
@@ -264,3 +273,28 @@ def test_publish_replaces_keys_copy_on_write_and_drops_source_deletions(lake_set
     # r3 rewrote the file holding its keys (overwrite) and appended its rows, in one transaction
     ops = {s.summary.operation.value for s in std.snapshots() if s.summary.get("citylake.run-id") == "r3"}
     assert ops == {"overwrite", "append"}
+
+
+def test_rows_deleted_at_the_source_leave_std_and_count_as_published(city: Settings) -> None:
+    import sqlite3
+
+    first = run_quality("person", settings=city, reference_date=REF)
+    std = get_catalog(city).load_table("std.person")
+    published = set(std.scan(selected_fields=("resident_id",)).to_arrow()["resident_id"].to_pylist())
+    con = sqlite3.connect(city.data_dir / "sources" / "population.db")
+    gone = [r for (r,) in con.execute("SELECT resident_id FROM person ORDER BY rowid LIMIT 400")
+            if r in published][:2]
+    con.executemany("DELETE FROM person WHERE resident_id = ?", [(g,) for g in gone])
+    con.execute("UPDATE person SET address = '安徽省合肥市蜀山区新地址1号' WHERE resident_id = ?",
+                (next(iter(published - set(gone))),))
+    con.commit()
+    con.close()
+    systems, _ = load_registry(city.registry_dir)
+    ingest_table(systems["population"], "person", settings=city, mode="full", batch_id="refresh",
+                 extracted_at=datetime(2026, 11, 20, 4, tzinfo=TZ))
+    r = run_quality("person", settings=city, reference_date=REF)
+    assert r.status == "published" and r.deleted == 2 and r.extracted == r.published + r.quarantined
+    after = get_catalog(city).load_table("std.person").scan().to_arrow()
+    keys = after["resident_id"].to_pylist()
+    assert len(keys) == len(set(keys)) == first.published - 2 and not set(gone) & set(keys)
+    assert "安徽省合肥市蜀山区新地址1号" in after["residence_address"].to_pylist()

@@ -21,21 +21,25 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyiceberg.expressions import EqualTo, In
 
 from pipelines.contracts import DatasetContract, load_contracts
 from pipelines.errors import CitylakeError
 from pipelines.lake.catalog import get_catalog
-from pipelines.lake.raw import open_table
-from pipelines.quality.rules import RuleResult, evaluate
+from pipelines.lake.raw import arrow_schema, open_table, stream_scan
+from pipelines.quality.rules import Rule, evaluate
 from pipelines.quality.standardize import standardize
 from pipelines.quality.suites import load_suite
 from pipelines.registry import load_registry
@@ -44,7 +48,9 @@ from pipelines.standards import load_standards
 
 PROPS = {"format-version": "2", "write.parquet.compression-codec": "zstd"}
 # std files are rewritten whole when one of their keys changes: keep them moderate (128 MB in memory).
-STD_PROPS = {**PROPS, "write.target-file-size-bytes": str(128 << 20)}
+STD_PROPS = {**PROPS, "write.target-file-size-bytes": str(64 << 20)}
+CHUNK_ROWS = 128 * 1024
+"""Rows standardized, validated and split at a time: the gate's memory follows this, not the batch size."""
 RESULTS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("dataset", pa.string()), ("rule", pa.string()), ("tag", pa.string()),
     ("dimension", pa.string()), ("element", pa.string()), ("column", pa.string()), ("evaluated", pa.int64()),
@@ -91,17 +97,27 @@ def load_config(settings: Settings) -> tuple[Any, dict[str, Any], dict[str, Data
     return standards, systems, load_contracts(settings.root / "schemas" / "datasets", standards, systems)
 
 
-def _append(catalog: Any, name: str, data: pa.Table, props: dict[str, str] | None = None) -> None:
-    """Append to a meta/quarantine table, creating it from the data's schema the first time."""
-    if data.num_rows == 0:
-        return
+def _append(catalog: Any, name: str, data: pa.Table | Path, props: dict[str, str] | None = None) -> None:
+    """Append to a meta/quarantine/std table, creating it from the data's schema the first time; a staged
+    Parquet file is streamed (bounded memory)."""
+    rows: pa.Table | pa.RecordBatchReader
+    if isinstance(data, Path):
+        if not data.exists() or pq.ParquetFile(data).metadata.num_rows == 0:
+            return
+        source = pq.ParquetFile(data)
+        schema = source.schema_arrow
+        rows = pa.RecordBatchReader.from_batches(schema, source.iter_batches(batch_size=CHUNK_ROWS))
+    else:
+        if data.num_rows == 0:
+            return
+        schema, rows = data.schema, data
     table = open_table(catalog, name)
     if table is None:
-        table = catalog.create_table(name, schema=data.schema, properties=PROPS)
-    elif set(data.schema.names) - set(table.schema().column_names):
+        table = catalog.create_table(name, schema=schema, properties=PROPS)
+    elif set(schema.names) - set(table.schema().column_names):
         with table.update_schema() as update:  # a column added in a later release (older lakes lack it)
-            update.union_by_name(data.schema)
-    table.append(data, snapshot_properties=props or {})
+            update.union_by_name(schema)
+    table.append(rows, snapshot_properties=props or {})
 
 
 def batch_status(catalog: Any, dataset: str) -> dict[str, dict[str, Any]]:
@@ -123,47 +139,240 @@ def _new_batches(catalog: Any, contract: DatasetContract, run_id: str, retry_hel
     raw = open_table(catalog, contract.raw_table)
     if raw is None or raw.current_snapshot() is None:
         return []
-    seen = pa.table({"b": raw.scan(selected_fields=("_batch_id",)).to_arrow()["_batch_id"]})
-    batches = set(pc.unique(seen["b"]).to_pylist())
+    batches: set[str] = set()
+    for part in stream_scan(raw.scan(selected_fields=("_batch_id",))):  # raw keeps all history
+        batches.update(pc.unique(part.column(0)).to_pylist())
     for batch, row in batch_status(catalog, contract.dataset).items():
         if not (row["status"] == "held" and (retry_held or row["run_id"] == run_id)):
             batches.discard(batch)
     return sorted(b for b in batches if b)
 
 
-def _latest(table: pa.Table, keys: list[str], order: str) -> tuple[pa.Table, pa.Table]:
-    """(the latest row of each key, the extra copies). Ties keep one row (by position)."""
+@dataclass
+class RuleTally:
+    """One rule over a whole validation (the kept rows of its batches): counts and every failing key."""
+
+    rule: Rule
+    evaluated: int = 0
+    failed: int = 0
+    error: str | None = None
+    index: list[dict[str, Any]] = field(default_factory=list)
+    """GX ``unexpected_index_list``: each failing row's masked key (and the rule column's masked value)."""
+    partial: list[Any] = field(default_factory=list)
+    counts: Counter[Any] = field(default_factory=Counter)
+
+    def add(self, failing: pa.Table, masker: _Masker) -> None:
+        self.failed += failing.num_rows
+        index, values = masker.rows(failing, self.rule.column)
+        self.index.extend(index)
+        self.partial.extend(values[: max(0, 20 - len(self.partial))])
+        if self.rule.column not in masker.keys:
+            self.counts.update(values)
+
+    def example_keys(self, keys: list[str], n: int = 3) -> list[Any]:
+        return [row[keys[0]] if len(keys) == 1 else [row[k] for k in keys] for row in self.index[:n]]
+
+
+class _Masker:
+    """Masks personal values as a person may read them (keys and rule values in results and summaries)."""
+
+    def __init__(self, contract: DatasetContract, standards: Any) -> None:
+        from pipelines.quality.consistency import mask
+
+        self._mask = mask
+        self.element_of = {c.name: standards.element(c.element) for c in contract.columns}
+        self.keys = contract.primary_key
+
+    def column(self, table: pa.Table, name: str) -> list[Any]:
+        return [self._mask(v, self.element_of[name]) for v in table.column(name).to_pylist()]
+
+    def rows(self, table: pa.Table, column: str) -> tuple[list[dict[str, Any]], list[Any]]:
+        masked = {k: self.column(table, k) for k in self.keys}
+        index = [dict(zip(self.keys, row, strict=True)) for row in zip(*masked.values(), strict=True)]
+        if column not in self.element_of:
+            return index, []
+        values = masked.get(column) or self.column(table, column)
+        if column not in self.keys:  # GX's count-and-index table groups by the failing value
+            for row, value in zip(index, values, strict=True):
+                row[column] = value
+        return index, values
+
+
+def _duplicate_rule(contract: DatasetContract) -> Rule:
+    keys = contract.primary_key
+    rule_id = f"{contract.dataset}.{'+'.join(keys)}.unique"
+    meta = {"rule_id": rule_id, "dimension": "一致性", "element": keys[0], "tag": "duplicate_key",
+            "description": "主键唯一: 同一主键保留最新一条, 其余副本隔离"}
+    expectation = {"type": "expect_column_values_to_be_unique", "kwargs": {"column": keys[0]}} if len(keys) == 1 \
+        else {"type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": keys}}
+    # Counted as SQL counts them: the extra copies fail, the kept (latest) copy passes.
+    return Rule(rule_id, contract.dataset, keys[0], keys[0], "一致性", "critical", "duplicate_key",
+                meta["description"], lambda t: pa.repeat(pa.scalar(True), t.num_rows),
+                expectation={**expectation, "severity": "critical", "meta": meta})
+
+
+def _summary(contract: DatasetContract, blocking: list[RuleTally]) -> str:
+    parts = [f"{t.rule.id} ({t.rule.description}): {t.failed}/{t.evaluated} rows fail "
+             f"(threshold {t.rule.threshold:.0%}), e.g. {t.example_keys(contract.primary_key)}" for t in blocking]
+    return f"{contract.std_table} held at its previous snapshot: " + "; ".join(parts)
+
+
+def _rule_lists(table: pa.Table, flags: list[int], rules: list[Rule]) -> pa.Array:
+    """For each row, the ids of the rules (among ``flags``) it broke, in rule order; vectorised (a per-row
+    Python loop cost seconds per million rows)."""
+    rows = [np.flatnonzero(table.column(f"_f{i}").to_numpy(zero_copy_only=False)) for i in flags]
+    row = np.concatenate([np.empty(0, np.int64), *rows])
+    rule = np.concatenate([np.empty(0, np.int32), *[np.full(len(r), i, np.int32) for i, r in zip(flags, rows, strict=True)]])
+    order = np.lexsort((rule, row))
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=table.num_rows))]).astype(np.int32)
+    ids = pa.array([r.id for r in rules], pa.string())
+    return pa.ListArray.from_arrays(pa.array(offsets), ids.take(pa.array(rule[order], pa.int32())))
+
+
+def _any(table: pa.Table, flags: list[int]) -> pa.Array:
+    out = pa.repeat(pa.scalar(False), table.num_rows)
+    for i in flags:
+        out = pc.or_(out, table.column(f"_f{i}"))
+    return out
+
+
+def _chunks(reader: pa.RecordBatchReader, rows: int = 0) -> Iterator[pa.Table]:
+    rows = rows or CHUNK_ROWS
+    pending: list[pa.RecordBatch] = []
+    n = 0
+    for batch in reader:
+        pending.append(batch)
+        n += batch.num_rows
+        if n >= rows:
+            yield pa.Table.from_batches(pending, reader.schema)
+            pending, n = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending, reader.schema)
+
+
+@dataclass
+class _Staged:
+    """Pass 1's output: standardized rows with one failure flag column per rule, on local disk."""
+
+    path: Path
+    rows: int
+    extracted: int
+    gone: pa.Table
+    changes: dict[tuple[str, str], int]
+    errors: dict[int, str]
+
+
+def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: Any, crs: str | None,
+           rules: list[Rule], path: Path) -> _Staged:
+    """Pass 1, a chunk at a time: standardize, evaluate every rule (all are row-wise), and stage the rows
+    with their position and failure flags. Tombstones (rows deleted at the source) keep only their key."""
+    source_keys = [next(c.source for c in contract.columns if c.name == k) for k in contract.primary_key]
+    writer: pq.ParquetWriter | None = None
+    pos = extracted = 0
+    gone: list[pa.Table] = []
+    changes: dict[tuple[str, str], int] = {}
+    errors: dict[int, str] = {}
+    try:
+        for chunk in _chunks(reader):
+            extracted += chunk.num_rows
+            tomb = pc.fill_null(chunk["_deleted"], False)
+            if pc.any(tomb).as_py():
+                gone.append(chunk.filter(tomb).select(source_keys))
+                chunk = chunk.filter(pc.invert(tomb))
+            if not chunk.num_rows:
+                continue
+            std, log = standardize(chunk, contract, standards, crs=crs)
+            for c in log:
+                changes[(c.column, c.transformation)] = changes.get((c.column, c.transformation), 0) + c.rows_changed
+            std = (std.append_column("_batch_id", chunk["_batch_id"]).append_column("_extracted_at", chunk["_extracted_at"])
+                   .append_column("_pos", pa.array(np.arange(pos, pos + chunk.num_rows, dtype=np.int64))))
+            for i, r in enumerate(evaluate(std, rules)):
+                if r.error:
+                    errors.setdefault(i, r.error)
+                std = std.append_column(f"_f{i}", r.failed_mask)
+            if writer is None:
+                writer = pq.ParquetWriter(path, std.schema, compression="lz4")
+            writer.write_table(std.cast(writer.schema))
+            pos += chunk.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    empty = pa.schema([(k, reader.schema.field(k).type) for k in source_keys])
+    return _Staged(path, pos, extracted, pa.concat_tables(gone) if gone else empty.empty_table(), changes, errors)
+
+
+def _extra_copies(staged: _Staged, keys: list[str], order: str, tmp: Path) -> pa.Array:
+    """Positions of every copy of a key but its latest (by cursor; ties: the later row), found by DuckDB
+    over the staged file so that the batch need not fit in memory (it spills to ``tmp``)."""
     import duckdb
 
-    indexed = table.append_column("_pos", pa.array(range(table.num_rows), pa.int64()))
-    con = duckdb.connect()
-    con.register("t", indexed)
+    if not staged.rows:
+        return pa.array([], pa.int64())
+    con = duckdb.connect(config={"memory_limit": "512MB", "temp_directory": str(tmp), "threads": 2})
     key_list = ", ".join(f'"{k}"' for k in keys)
-    ranked = con.sql(f'SELECT _pos, row_number() OVER (PARTITION BY {key_list} ORDER BY "{order}" DESC NULLS LAST, '
-                     f"_pos DESC) AS rn FROM t").to_arrow_table()
-    keep = pc.equal(ranked["rn"], 1)
-    pos_keep = pc.filter(ranked["_pos"], keep)
-    pos_extra = pc.filter(ranked["_pos"], pc.invert(keep))
-    return table.take(pos_keep), table.take(pos_extra)
+    source = str(staged.path).replace("'", "''")
+    extras = con.sql(f'SELECT _pos FROM (SELECT _pos, row_number() OVER (PARTITION BY {key_list} ORDER BY "{order}" '
+                     f"DESC NULLS LAST, _pos DESC) AS rn FROM read_parquet('{source}')) WHERE rn > 1").to_arrow_table()
+    con.close()
+    return extras.column(0).combine_chunks()
 
 
-def _masked_keys(table: pa.Table, contract: DatasetContract, standards: Any) -> list[Any]:
-    """The rows' keys as a person may read them (personal elements masked)."""
-    from pipelines.quality.consistency import mask
-
-    element_of = {c.name: standards.element(c.element) for c in contract.columns}
-    keys = contract.primary_key
-    cols = [[mask(v, element_of[k]) for v in table.column(k).to_pylist()] for k in keys]
-    return [c[0] if len(keys) == 1 else list(c) for c in zip(*cols, strict=True)]
+@dataclass
+class _Split:
+    published: int = 0
+    quarantined: int = 0
+    warned: int = 0
 
 
-def _summary(contract: DatasetContract, standards: Any, blocking: list[RuleResult], table: pa.Table) -> str:
-    parts = []
-    for r in blocking:
-        examples = _masked_keys(table.filter(r.failed_mask).slice(0, 3), contract, standards)
-        parts.append(f"{r.rule.id} ({r.rule.description}): {r.failed}/{r.evaluated} rows fail "
-                     f"(threshold {r.rule.threshold:.0%}), e.g. {examples}")
-    return f"{contract.std_table} held at its previous snapshot: " + "; ".join(parts)
+def _split(staged: _Staged, extras: pa.Array, rules: list[Rule], tallies: list[RuleTally], dup: RuleTally,
+           masker: _Masker, run_id: str, good_path: Path | None, quarantine_path: Path | None) -> _Split:
+    """Pass 2, a chunk at a time: count every rule over the kept rows (extra copies excluded) and, when
+    publishing, stage the passing rows (with the warning rules they broke) and the quarantined ones (with
+    the critical rules they broke, or the duplicate rule)."""
+    critical = [i for i, r in enumerate(rules) if r.severity == "critical"]
+    warning = [i for i, r in enumerate(rules) if r.severity == "warning"]
+    out = _Split()
+    if not staged.rows:
+        return out
+    source = pq.ParquetFile(staged.path)
+    data = [n for n in source.schema_arrow.names if n != "_pos" and not re.fullmatch(r"_f\d+", n)]
+    writers: dict[str, pq.ParquetWriter] = {}
+
+    def write(name: str, path: Path | None, table: pa.Table) -> None:
+        if path is None or not table.num_rows:
+            return
+        if name not in writers:
+            writers[name] = pq.ParquetWriter(path, table.schema, compression="lz4")
+        writers[name].write_table(table.cast(writers[name].schema))
+
+    try:
+        for batch in source.iter_batches(batch_size=CHUNK_ROWS):
+            chunk = pa.Table.from_batches([batch])
+            is_extra = pc.is_in(chunk["_pos"], value_set=extras) if len(extras) else \
+                pa.repeat(pa.scalar(False), chunk.num_rows)
+            kept, extra = chunk.filter(pc.invert(is_extra)), chunk.filter(is_extra)
+            for i, t in enumerate(tallies):
+                t.evaluated += kept.num_rows
+                failing = kept.filter(kept.column(f"_f{i}"))
+                if failing.num_rows:
+                    t.add(failing, masker)
+            dup.evaluated += chunk.num_rows
+            if extra.num_rows:
+                dup.add(extra, masker)
+            failed_any = _any(kept, critical)
+            bad, good = kept.filter(failed_any), kept.filter(pc.invert(failed_any))
+            out.warned += int(pc.sum(_any(good, warning)).as_py() or 0)
+            out.published += good.num_rows
+            out.quarantined += bad.num_rows + extra.num_rows
+            write("good", good_path, good.select(data).append_column("_warnings", _rule_lists(good, warning, rules)))
+            dup_rules = pa.array([[dup.rule.id]] * extra.num_rows, pa.list_(pa.string()))
+            for part, broken in ((bad, _rule_lists(bad, critical, rules)), (extra, dup_rules)):
+                q = part.select(data).append_column("_rules", broken)
+                write("quarantine", quarantine_path, q.append_column("_run_id", pa.repeat(pa.scalar(run_id), q.num_rows)))
+    finally:
+        for w in writers.values():
+            w.close()
+    return out
 
 
 def run_quality(dataset: str, *, settings: Settings | None = None, reference_date: date | None = None,
@@ -191,101 +400,46 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
     result = GateResult(dataset, run_id, batches, "nothing_new", reason=release)
     if not batches:
         return result
-    raw = catalog.load_table(contract.raw_table).scan(row_filter=In("_batch_id", batches)).to_arrow()
     source = systems[contract.source["system"]].table(contract.source["table"])
-    result.extracted = raw.num_rows
-    live = raw.filter(pc.invert(pc.fill_null(raw["_deleted"], False)))
-    deleted = raw.filter(pc.fill_null(raw["_deleted"], False))
-    std, changes = standardize(live, contract, standards, crs=source.crs)
-    std = std.append_column("_batch_id", live["_batch_id"]).append_column("_extracted_at", live["_extracted_at"])
-    keys = contract.primary_key
-    kept, extra = _latest(std, keys, contract.cursor or "_extracted_at")
     rules = load_suite(settings.root / "expectations", contract, standards, reference_date)
-    results = evaluate(kept, rules)
-    critical = [r for r in results if r.rule.severity == "critical"]
-    over = [r for r in critical if r.evaluated and r.failed / r.evaluated > r.rule.threshold]
-    blocking = [] if release is not None else over
-    dup = _duplicate_result(contract, extra, kept.num_rows)
-    _record_results(catalog, run_id, contract, [*results, dup], standards)
-    write_gx_result(settings, contract, standards, kept, [*results, dup], run_id, reference_date)
-    _append(catalog, "meta.standardization_log", pa.Table.from_pylist(
-        [{**c.to_dict(), "run_id": run_id} for c in changes],
-        schema=pa.schema([("dataset", pa.string()), ("column", pa.string()), ("transformation", pa.string()),
-                          ("rows_changed", pa.int64()), ("run_id", pa.string())])))
-    if blocking:
-        result.status, result.held = "held", result.extracted
-        result.failures = [{"rule": r.rule.id, "failed": r.failed, "evaluated": r.evaluated} for r in blocking]
-        _record_batches(catalog, contract, result, None)
-        raise QualityGateError(_summary(contract, standards, blocking, kept))
-
-    failed_any = pa.repeat(pa.scalar(False), kept.num_rows)
-    for r in critical:
-        failed_any = pc.or_(failed_any, r.failed_mask)
-    warned_any = pa.repeat(pa.scalar(False), kept.num_rows)
-    warnings = [r for r in results if r.rule.severity == "warning"]
-    for r in warnings:
-        warned_any = pc.or_(warned_any, r.failed_mask)
-    bad = kept.filter(failed_any)
-    good = kept.filter(pc.invert(failed_any))
-    good = good.append_column("_warnings", _rules_per_row(warnings, pc.invert(failed_any), good.num_rows))
-    quarantine = _quarantine_rows(contract, bad, extra, critical, failed_any, run_id)
-    result.quarantined = quarantine.num_rows
-    result.published = good.num_rows
-    result.deleted = deleted.num_rows
-    result.warned = int(pc.sum(pc.and_(warned_any, pc.invert(failed_any))).as_py() or 0)
-    # extracted = published + quarantined (+ held when blocked): deletion rows count as published
-    result.published += deleted.num_rows
-    assert result.extracted == result.published + result.quarantined + result.held, result
-    result.std_snapshot = _publish(catalog, contract, good, deleted, keys, run_id)
-    _append(catalog, f"quarantine.{dataset}", quarantine)
+    keys = contract.primary_key
+    reader = stream_scan(catalog.load_table(contract.raw_table).scan(row_filter=In("_batch_id", batches)))
+    with tempfile.TemporaryDirectory(prefix=f"citylake-gate-{dataset}-") as tmp_name:
+        tmp = Path(tmp_name)
+        staged = _stage(reader, contract, standards, source.crs, rules, tmp / "staged.parquet")
+        extras = _extra_copies(staged, keys, contract.cursor or "_extracted_at", tmp)
+        tallies = [RuleTally(r, error=staged.errors.get(i)) for i, r in enumerate(rules)]
+        dup = RuleTally(_duplicate_rule(contract))
+        masker = _Masker(contract, standards)
+        good_path, quarantine_path = tmp / "good.parquet", tmp / "quarantine.parquet"
+        split = _split(staged, extras, rules, tallies, dup, masker, run_id, good_path, quarantine_path)
+        result.extracted = staged.extracted
+        over = [t for t in tallies
+                if t.rule.severity == "critical" and t.evaluated and t.failed / t.evaluated > t.rule.threshold]
+        blocking = [] if release is not None else over
+        _record_results(catalog, run_id, contract, [*tallies, dup])
+        write_gx_result(settings, contract, [*tallies, dup], run_id, reference_date)
+        _append(catalog, "meta.standardization_log", pa.Table.from_pylist(
+            [{"dataset": dataset, "column": c, "transformation": t, "rows_changed": n, "run_id": run_id}
+             for (c, t), n in staged.changes.items()],
+            schema=pa.schema([("dataset", pa.string()), ("column", pa.string()), ("transformation", pa.string()),
+                              ("rows_changed", pa.int64()), ("run_id", pa.string())])))
+        result.failures = [{"rule": t.rule.id, "failed": t.failed, "evaluated": t.evaluated} for t in over]
+        if blocking:
+            result.status, result.held = "held", result.extracted
+            _record_batches(catalog, contract, result, None)
+            raise QualityGateError(_summary(contract, blocking))
+        result.quarantined = split.quarantined
+        result.warned = split.warned
+        result.deleted = staged.gone.num_rows
+        # extracted = published + quarantined (+ held when blocked): deletion rows count as published
+        result.published = split.published + staged.gone.num_rows
+        assert result.extracted == result.published + result.quarantined + result.held, result
+        result.std_snapshot = _publish(catalog, contract, good_path, staged.gone, keys, run_id)
+        _append(catalog, f"quarantine.{dataset}", quarantine_path)
     result.status = "published" if release is None else "released"
-    result.failures = [{"rule": r.rule.id, "failed": r.failed, "evaluated": r.evaluated} for r in over]
     _record_batches(catalog, contract, result, result.std_snapshot)
     return result
-
-
-def _duplicate_result(contract: DatasetContract, extra: pa.Table, kept_rows: int) -> RuleResult:
-    from pipelines.quality.rules import Rule
-
-    keys = contract.primary_key
-    rule_id = f"{contract.dataset}.{'+'.join(keys)}.unique"
-    meta = {"rule_id": rule_id, "dimension": "一致性", "element": keys[0], "tag": "duplicate_key",
-            "description": "主键唯一: 同一主键保留最新一条, 其余副本隔离"}
-    expectation = {"type": "expect_column_values_to_be_unique", "kwargs": {"column": keys[0]}} if len(keys) == 1 \
-        else {"type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": keys}}
-    rule = Rule(rule_id, contract.dataset, keys[0], keys[0], "一致性", "critical", "duplicate_key",
-                meta["description"], lambda t: pa.repeat(pa.scalar(True), t.num_rows),
-                expectation={**expectation, "severity": "critical", "meta": meta})
-    # Counted as SQL counts them: the extra copies fail, the kept (latest) copy passes.
-    return RuleResult(rule, kept_rows + extra.num_rows, pa.repeat(pa.scalar(True), extra.num_rows))
-
-
-def _rules_per_row(results: list[RuleResult], keep: pa.Array, n: int) -> pa.Array:
-    """For each kept row (``keep`` true), the ids of the rules it broke, in rule order (vectorised: the
-    per-row Python loop cost seconds per million rows)."""
-    import numpy as np
-
-    rows, names = [], []
-    for i, r in enumerate(results):
-        hit = np.flatnonzero(pc.filter(r.failed_mask, keep).to_numpy(zero_copy_only=False))
-        rows.append(hit)
-        names.append(np.full(len(hit), i, dtype=np.int32))
-    row = np.concatenate(rows) if rows else np.empty(0, np.int64)
-    rule = np.concatenate(names) if names else np.empty(0, np.int32)
-    order = np.lexsort((rule, row))
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n))]).astype(np.int32)
-    ids = pa.array([r.rule.id for r in results], pa.string())
-    return pa.ListArray.from_arrays(pa.array(offsets), ids.take(pa.array(rule[order])))
-
-
-def _quarantine_rows(contract: DatasetContract, bad: pa.Table, extra: pa.Table, critical: list[RuleResult],
-                     failed_any: pa.Array, run_id: str) -> pa.Table:
-    broken = _rules_per_row(critical, failed_any, bad.num_rows)
-    dup_rule = f"{contract.dataset}.{'+'.join(contract.primary_key)}.unique"
-    rows = bad.append_column("_rules", broken)
-    dups = extra.append_column("_rules", pa.array([[dup_rule]] * extra.num_rows, pa.list_(pa.string())))
-    both = pa.concat_tables([rows, dups.cast(rows.schema)]) if dups.num_rows else rows
-    return both.append_column("_run_id", pa.repeat(pa.scalar(run_id), both.num_rows))
 
 
 def _key_strings(table: pa.Table, keys: list[str]) -> pa.Array:
@@ -335,34 +489,44 @@ def _drop_keys(tx: Any, table: Any, keys: list[str], replace: pa.Array, props: d
                     overwrite.append_data_file(f)
 
 
-def _publish(catalog: Any, contract: DatasetContract, good: pa.Table, deleted: pa.Table, keys: list[str],
+def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table, keys: list[str],
              run_id: str) -> int | None:
     """One commit: replace the std rows of every key the batch carries (upsert) and drop the keys deleted
-    at the source. A first publish only appends."""
+    at the source; the passing rows stream in from their staged file. A first publish only appends."""
     name = contract.std_table
-    table = open_table(catalog, name) or catalog.create_table(name, schema=good.schema, properties=STD_PROPS)
-    if set(good.schema.names) - set(table.schema().column_names):
+    rows = pq.ParquetFile(good) if good.exists() else None
+    table = open_table(catalog, name)
+    if table is None:
+        if rows is None:
+            return None
+        table = catalog.create_table(name, schema=rows.schema_arrow, properties=STD_PROPS)
+    elif rows is not None and set(rows.schema_arrow.names) - set(table.schema().column_names):
         with table.update_schema() as update:  # a column added in a later release
-            update.union_by_name(good.schema)
+            update.union_by_name(rows.schema_arrow)
     props = {"citylake.run-id": run_id}
     source_of = {c.name: c.source for c in contract.columns}
-    gone = pa.table({k: pc.cast(deleted.column(source_of[k]), good.schema.field(k).type) for k in keys})
-    replace = pc.unique(pa.concat_arrays([_key_strings(good, keys), _key_strings(gone, keys)]))
+    types = arrow_schema(table)
+    gone_keys = pa.table({k: pc.cast(gone.column(source_of[k]), types.field(k).type) for k in keys})
     with table.transaction() as tx:
-        if table.current_snapshot() is not None and len(replace):
-            _drop_keys(tx, table, keys, replace, props)
-        if good.num_rows:
-            tx.append(good, snapshot_properties=props)
+        if table.current_snapshot() is not None:  # a first publish has nothing to replace
+            parts = [_key_strings(gone_keys, keys)]
+            if rows is not None:
+                parts.append(_key_strings(pq.read_table(good, columns=keys), keys))
+            replace = pc.unique(pa.concat_arrays(parts))
+            if len(replace):
+                _drop_keys(tx, table, keys, replace, props)
+        if rows is not None:
+            tx.append(pa.RecordBatchReader.from_batches(rows.schema_arrow, rows.iter_batches(batch_size=CHUNK_ROWS)),
+                      snapshot_properties=props)
     snap = catalog.load_table(name).current_snapshot()
     return snap.snapshot_id if snap else None
 
 
-def _record_results(catalog: Any, run_id: str, contract: DatasetContract, results: list[RuleResult],
-                    standards: Any) -> None:
-    rows = [{"run_id": run_id, "dataset": contract.dataset, "rule": r.rule.id, "tag": r.rule.tag,
-             "dimension": r.rule.dimension, "element": r.rule.element, "column": r.rule.column,
-             "evaluated": r.evaluated, "failed": r.failed, "severity": r.rule.severity,
-             "passed": r.failed == 0, "error": r.error} for r in results]
+def _record_results(catalog: Any, run_id: str, contract: DatasetContract, tallies: list[RuleTally]) -> None:
+    rows = [{"run_id": run_id, "dataset": contract.dataset, "rule": t.rule.id, "tag": t.rule.tag,
+             "dimension": t.rule.dimension, "element": t.rule.element, "column": t.rule.column,
+             "evaluated": t.evaluated, "failed": t.failed, "severity": t.rule.severity,
+             "passed": t.failed == 0, "error": t.error} for t in tallies]
     _append(catalog, "meta.quality_results", pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA))
 
 
@@ -381,32 +545,21 @@ def _gx_version() -> str:
     return version("great_expectations")
 
 
-def write_gx_result(settings: Settings, contract: DatasetContract, standards: Any, table: pa.Table,
-                    results: list[RuleResult], run_id: str, reference_date: date) -> Path:
+def write_gx_result(settings: Settings, contract: DatasetContract, results: list[RuleTally], run_id: str,
+                    reference_date: date) -> Path:
     """Keep the run's result in GX's ExpectationSuiteValidationResult JSON shape, every failing key listed
     (personal values masked), under ``<lake>/gx/validations/<dataset>/<run_id>.json``."""
-    from pipelines.quality.consistency import mask
-
     keys = contract.primary_key
-    element_of = {c.name: standards.element(c.element) for c in contract.columns}
     entries = []
     for r in results:
-        failing = table.filter(r.failed_mask) if len(r.failed_mask) == table.num_rows else table.slice(0, 0)
-        masked = {k: [mask(v, element_of[k]) for v in failing.column(k).to_pylist()] for k in keys}
-        index = [dict(zip(keys, row, strict=True)) for row in zip(*masked.values(), strict=True)]
         result: dict[str, Any] = {
             "element_count": r.evaluated, "unexpected_count": r.failed,
             "unexpected_percent": round(100 * r.failed / r.evaluated, 6) if r.evaluated else 0.0,
-            "unexpected_index_list": index, "unexpected_index_column_names": keys}
-        if r.rule.column in element_of and failing.num_rows:
-            values = masked.get(r.rule.column) or [mask(v, element_of[r.rule.column])
-                                                  for v in failing.column(r.rule.column).to_pylist()]
-            result["partial_unexpected_list"] = values[:20]
-            if r.rule.column not in keys:  # GX's count-and-index table groups by the failing value
-                for row, value in zip(index, values, strict=True):
-                    row[r.rule.column] = value
-                counts = Counter(values).most_common(20)
-                result["partial_unexpected_counts"] = [{"value": v, "count": n} for v, n in counts]
+            "unexpected_index_list": r.index, "unexpected_index_column_names": keys}
+        if r.partial:
+            result["partial_unexpected_list"] = r.partial
+        if r.counts:
+            result["partial_unexpected_counts"] = [{"value": v, "count": n} for v, n in r.counts.most_common(20)]
         entries.append({
             "success": r.failed == 0,
             "expectation_config": {"type": r.rule.expectation["type"], "kwargs": r.rule.expectation["kwargs"],
