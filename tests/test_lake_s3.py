@@ -47,6 +47,14 @@ def test_sql_source_into_s3_warehouse(s3_lake: Settings, tmp_path: Path) -> None
     data = table.scan().to_arrow()
     assert data.num_rows == 500 and str(data.schema.field("amount").type) == "decimal128(10, 2)"
     assert {r["table"]: r["rows"] for r in list_tables(s3_lake)}["raw.biz__t"] == 500
+    # the streamed reader (gate, change detection) reads S3 data files and applies the row filter
+    from pyiceberg.expressions import LessThan
+
+    from pipelines.lake.raw import stream_scan
+
+    streamed = stream_scan(table.scan(row_filter=LessThan("id", 10), selected_fields=("name",))).read_all()
+    assert streamed.column_names == ["name"] and sorted(streamed["name"].to_pylist()) == \
+        sorted(f"企业{i}" for i in range(10))
 
 
 def test_s3_drop_lands_and_rejects_into_bucket(s3_lake: Settings, moto_endpoint: str) -> None:
