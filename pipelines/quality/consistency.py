@@ -8,6 +8,7 @@ difference is not a conflict. Every disagreeing key is recorded in ``meta.confli
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import pyarrow.compute as pc
 
 from pipelines.contracts import DatasetContract
 from pipelines.lake.catalog import get_catalog
-from pipelines.lake.raw import open_table
+from pipelines.lake.raw import open_table, stream_scan
 from pipelines.quality.gate import RESULTS_SCHEMA, _append, load_config
 from pipelines.settings import Settings, load_settings
 from pipelines.standards import DataElement
@@ -101,21 +102,32 @@ def run_consistency(*, settings: Settings | None = None, run_id: str = "consiste
         auth_t, copy_t = open_table(catalog, p.authority.std_table), open_table(catalog, p.copy.std_table)
         if auth_t is None or copy_t is None:
             continue
-        a = auth_t.scan(selected_fields=tuple({k for k, _ in p.join} | {p.auth_column})).to_arrow()
-        c = copy_t.scan(selected_fields=tuple({*p.copy.primary_key, *(j for _, j in p.join), p.copy_column})).to_arrow()
-        con = duckdb.connect()
+        # Both sides stream into DuckDB (it spills its join past the memory limit); only the differing
+        # rows come back, so memory does not follow the size of the registries.
+        a = stream_scan(auth_t.scan(selected_fields=tuple({k for k, _ in p.join} | {p.auth_column})))
+        c = stream_scan(copy_t.scan(selected_fields=tuple({*p.copy.primary_key, *(j for _, j in p.join),
+                                                           p.copy_column})))
+        con = duckdb.connect(config={"memory_limit": "256MB", "temp_directory": tempfile.gettempdir(), "threads": 2})
         con.register("a", a)
         con.register("c", c)
         on = " AND ".join(f'a."{x}" = c."{y}"' for x, y in p.join)
         keys = ", ".join(f'c."{k}" AS "k_{k}"' for k in p.copy.primary_key)
-        joined = con.sql(f'SELECT {keys}, a."{p.auth_column}" AS auth_value, c."{p.copy_column}" AS copy_value '
-                         f"FROM c JOIN a ON {on}").to_arrow_table()
-        differ = pc.fill_null(pc.not_equal(joined["auth_value"], joined["copy_value"]), False)
-        bad = joined.filter(differ)
-        rate = bad.num_rows / joined.num_rows if joined.num_rows else 0.0
+        # a missing value on either side is not a conflict (completeness rules report it)
+        result = con.sql(f'SELECT {keys}, a."{p.auth_column}" AS auth_value, c."{p.copy_column}" AS copy_value, '
+                         f'coalesce(a."{p.auth_column}" <> c."{p.copy_column}", false) AS differ '
+                         f"FROM c JOIN a ON {on}").fetch_record_batch(64 * 1024)
+        compared, parts = 0, []
+        for batch in result:
+            compared += batch.num_rows
+            differing = pa.Table.from_batches([batch]).filter(pc.field("differ"))
+            if differing.num_rows:
+                parts.append(differing)
+        con.close()
+        bad = pa.concat_tables(parts) if parts else result.schema.empty_table()
+        rate = bad.num_rows / compared if compared else 0.0
         summaries.append({"element": p.element.code, "authoritative_system": p.authority.source["system"],
                           "other_system": p.copy.source["system"], "other_table": p.copy.source["table"],
-                          "compared": joined.num_rows, "conflicts": bad.num_rows, "rate": round(rate, 6)})
+                          "compared": compared, "conflicts": bad.num_rows, "rate": round(rate, 6)})
         key_cols = [f"k_{k}" for k in p.copy.primary_key]
         for row in bad.to_pylist():
             key = [row[k] for k in key_cols]
