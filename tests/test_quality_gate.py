@@ -257,13 +257,13 @@ def test_publish_replaces_keys_copy_on_write_and_drops_source_deletions(lake_set
                                  "riders": pa.array([v[2] for v in values], pa.int64())}), path)
         return path
 
-    nothing = pa.table({"线路": pa.array([], pa.string()), "小时": pa.array([], pa.int64())})
+    nothing = pa.table({"line": pa.array([], pa.string()), "hour": pa.array([], pa.int64())})
     _publish(catalog, contract, rows(("L1", 7, 10), ("L1", 8, 20), ("L2", 7, 30)), nothing, keys, "r1")
     _publish(catalog, contract, rows(("L9", 7, 1)), nothing, keys, "r2")  # a second file, never touched
     std = catalog.load_table("std.t")
     untouched = {f.file.file_path for f in std.scan(row_filter=EqualTo("line", "L9")).plan_files()}
 
-    gone = pa.table({"线路": ["L2"], "小时": pa.array([7], pa.int64())})  # raw types differ from std's
+    gone = pa.table({"line": ["L2"], "hour": pa.array([7], pa.int64())})  # types differ from std's
     snap = _publish(catalog, contract, rows(("L1", 8, 25), ("L3", 7, 5)), gone, keys, "r3")
     std = catalog.load_table("std.t")
     assert std.current_snapshot().snapshot_id == snap
@@ -284,17 +284,25 @@ def test_rows_deleted_at_the_source_leave_std_and_count_as_published(city: Setti
     con = sqlite3.connect(city.data_dir / "sources" / "population.db")
     gone = [r for (r,) in con.execute("SELECT resident_id FROM person ORDER BY rowid LIMIT 400")
             if r in published][:2]
-    con.executemany("DELETE FROM person WHERE resident_id = ?", [(g,) for g in gone])
+    # a key the source writes in lower case: std holds it as 3401…X, the tombstone must still find it
+    lower = next(r for r in published if r.endswith("X") and r not in gone)
+    con.execute("UPDATE person SET resident_id = ? WHERE resident_id = ?", (lower.lower(), lower))
+    con.commit()
+    systems, _ = load_registry(city.registry_dir)
+    ingest_table(systems["population"], "person", settings=city, mode="full", batch_id="lower",
+                 extracted_at=datetime(2026, 11, 20, 3, tzinfo=TZ))
+    assert run_quality("person", settings=city, reference_date=REF).status == "published"
+    gone.append(lower)
+    con.executemany("DELETE FROM person WHERE resident_id = ?", [(g,) for g in gone[:2]] + [(lower.lower(),)])
     con.execute("UPDATE person SET address = '安徽省合肥市蜀山区新地址1号' WHERE resident_id = ?",
                 (next(iter(published - set(gone))),))
     con.commit()
     con.close()
-    systems, _ = load_registry(city.registry_dir)
     ingest_table(systems["population"], "person", settings=city, mode="full", batch_id="refresh",
                  extracted_at=datetime(2026, 11, 20, 4, tzinfo=TZ))
     r = run_quality("person", settings=city, reference_date=REF)
-    assert r.status == "published" and r.deleted == 2 and r.extracted == r.published + r.quarantined
+    assert r.status == "published" and r.deleted == 3 and r.extracted == r.published + r.quarantined
     after = get_catalog(city).load_table("std.person").scan().to_arrow()
     keys = after["resident_id"].to_pylist()
-    assert len(keys) == len(set(keys)) == first.published - 2 and not set(gone) & set(keys)
+    assert len(keys) == len(set(keys)) == first.published - 3 and not set(gone) & set(keys)
     assert "安徽省合肥市蜀山区新地址1号" in after["residence_address"].to_pylist()

@@ -258,6 +258,7 @@ class _Staged:
     rows: int
     extracted: int
     gone: pa.Table
+    """Keys deleted at the source (tombstones), standardized, std column names."""
     changes: dict[tuple[str, str], int]
     errors: dict[int, str]
 
@@ -282,8 +283,9 @@ def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: A
            rules: list[Rule], path: Path) -> _Staged:
     """Pass 1, a chunk at a time (two in parallel): standardize, evaluate every rule (all are row-wise),
     and stage the rows with their position and failure flags. Tombstones (rows deleted at the source) keep
-    only their key."""
-    source_keys = [next(c.source for c in contract.columns if c.name == k) for k in contract.primary_key]
+    only their standardized key."""
+    keys = contract.primary_key
+    source_keys = [next(c.source for c in contract.columns if c.name == k) for k in keys]
 
     def numbered() -> Iterator[tuple[int, pa.Table]]:
         pos = 0
@@ -296,7 +298,8 @@ def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: A
         n, tomb = chunk.num_rows, pc.fill_null(chunk["_deleted"], False)
         gone = None
         if pc.any(tomb).as_py():
-            gone = chunk.filter(tomb).select(source_keys)
+            # a tombstone carries the key as the source wrote it: standardize it like std's keys (3401…x → X)
+            gone = standardize(chunk.filter(tomb).select(source_keys), contract, standards)[0].select(keys)
             chunk = chunk.filter(pc.invert(tomb))
         if not chunk.num_rows:
             return n, None, gone, [], {}
@@ -335,8 +338,10 @@ def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: A
     finally:
         if writer is not None:
             writer.close()
-    empty = pa.schema([(k, reader.schema.field(k).type) for k in source_keys])
-    return _Staged(path, rows, extracted, pa.concat_tables(gone) if gone else empty.empty_table(), changes, errors)
+    if not gone:
+        empty = reader.schema.empty_table().select(source_keys)
+        gone = [standardize(empty, contract, standards)[0].select(keys)]
+    return _Staged(path, rows, extracted, pa.concat_tables(gone), changes, errors)
 
 
 def _extra_copies(staged: _Staged, keys: list[str], order: str, tmp: Path) -> pa.Array:
@@ -582,9 +587,8 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
         with table.update_schema() as update:  # a column added in a later release
             update.union_by_name(rows.schema_arrow)
     props = {"citylake.run-id": run_id}
-    source_of = {c.name: c.source for c in contract.columns}
     types = arrow_schema(table)
-    gone_keys = pa.table({k: pc.cast(gone.column(source_of[k]), types.field(k).type) for k in keys})
+    gone_keys = pa.table({k: pc.cast(gone.column(k), types.field(k).type) for k in keys})
     with table.transaction() as tx:
         if table.current_snapshot() is not None:  # a first publish has nothing to replace
             parts = [_key_strings(gone_keys, keys)]
