@@ -263,8 +263,20 @@ class _Staged:
     errors: dict[int, str]
 
 
+def _release_memory() -> None:
+    """Give freed memory back to the OS between passes. Arrow's pool (mimalloc) and glibc keep freed
+    pages, so each pass started above the previous one's peak (2 M rows: 873 → 721 MB peak)."""
+    import ctypes
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _ordered_map(fn: Any, items: Iterator[Any], workers: int = 2) -> Iterator[Any]:
-    """``fn`` over ``items`` on ``workers`` threads, results in order, at most ``workers + 1`` in flight
+    """``fn`` over ``items`` on ``workers`` threads, results in order, at most ``workers`` in flight
     (pyarrow compute and numpy release the GIL, so two chunks standardize and validate at once)."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -273,7 +285,7 @@ def _ordered_map(fn: Any, items: Iterator[Any], workers: int = 2) -> Iterator[An
         pending: deque[Any] = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
-            if len(pending) > workers:
+            if len(pending) >= workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
@@ -461,12 +473,15 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
     with tempfile.TemporaryDirectory(prefix=f"citylake-gate-{dataset}-") as tmp_name:
         tmp = Path(tmp_name)
         staged = _stage(reader, contract, standards, source.crs, rules, tmp / "staged.parquet")
+        _release_memory()
         extras = _extra_copies(staged, keys, contract.cursor or "_extracted_at", tmp)
+        _release_memory()
         tallies = [RuleTally(r, error=staged.errors.get(i)) for i, r in enumerate(rules)]
         dup = RuleTally(_duplicate_rule(contract))
         masker = _Masker(contract, standards)
         good_path, quarantine_path = tmp / "good.parquet", tmp / "quarantine.parquet"
         split = _split(staged, extras, rules, tallies, dup, masker, run_id, good_path, quarantine_path)
+        _release_memory()
         result.extracted = staged.extracted
         over = [t for t in tallies
                 if t.rule.severity == "critical" and t.evaluated and t.failed / t.evaluated > t.rule.threshold]
