@@ -73,6 +73,7 @@ def test_plain_gx_agrees_with_the_vectorised_engine(tmp_path: Path) -> None:
     assert ours["person.person_name.length"] == 1 and ours["person.person_name.format"] == 1
     assert ours["person.residence_address.format"] == 1 and ours["person.birth_date.range"] == 1
     assert ours["person.birth_date.agrees_with_id"] >= 2 and len(ours) == 20
+    assert ours["person.residence_district_code.known_division"] > 0  # the custom division-table expectation
 
 
 def test_a_suite_with_an_unknown_column_names_file_and_rule(tmp_path: Path) -> None:

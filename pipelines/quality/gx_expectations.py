@@ -78,6 +78,15 @@ class UsccOrgCode(ColumnMapMetricProvider):
         return _series(v.uscc_org_code_valid(_arrow(column)), column.index)
 
 
+class DivisionCodeValid(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.citylake.division_code"
+    condition_value_keys = ("code_list",)
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, code_list: str, **_: Any) -> pd.Series:
+        return _series(v.division_code_valid(_arrow(column), code_list), column.index)
+
+
 class MobileValid(ColumnMapMetricProvider):
     condition_metric_name = "column_values.citylake.mobile"
 
@@ -135,6 +144,8 @@ _TEMPLATES = {
     "expect_column_values_to_have_valid_uscc_org_code":
         "values must embed a GB 11714 organisation code with a valid check character",
     "expect_column_values_to_be_valid_mobile_number": "values must be 11-digit mainland mobile numbers (13x to 19x)",
+    "expect_column_values_to_be_valid_division_code":
+        "values must be administrative division codes of GB/T 2260 (code list $code_list)",
     "expect_column_values_to_not_be_in_the_future": "values must not be later than $reference_date",
     "expect_column_pair_values_sex_code_to_agree_with_resident_id":
         "$column_B must agree with the sex digit (the 17th) of $column_A",
@@ -205,6 +216,15 @@ class ExpectColumnValuesToHaveValidUsccOrgCode(_Prescriptive, ColumnMapExpectati
 
     map_metric = "column_values.citylake.uscc_org_code"
     success_keys: ClassVar[tuple[str, ...]] = ("mostly",)
+
+
+class ExpectColumnValuesToBeValidDivisionCode(_Prescriptive, ColumnMapExpectation):
+    """A GB/T 2260 administrative division code of the named code list (``schemas/standards/code_lists``:
+    Anhui's table plus Hefei's development zones)."""
+
+    code_list: str
+    map_metric = "column_values.citylake.division_code"
+    success_keys: ClassVar[tuple[str, ...]] = ("code_list", "mostly")
 
 
 class ExpectColumnValuesToBeValidMobileNumber(_Prescriptive, ColumnMapExpectation):

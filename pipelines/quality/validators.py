@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date, datetime, time
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import TypeAlias
 
 import numpy as np
@@ -229,9 +229,6 @@ def uscc_org_code_valid(arr: pa.StringArray) -> pa.BooleanArray:
     return _result(ok, arr)
 
 
-def division_code_valid(arr: Array, codes: Iterable[str]) -> pa.BooleanArray:
-    """A GB/T 2260 code present in the table (a pattern is not enough)."""
-    return pc.is_in(_strings(arr), value_set=_set(codes))
 
 
 def mobile_valid(arr: Array, prefixes: Iterable[str] | None = None) -> pa.BooleanArray:
@@ -285,3 +282,21 @@ def division_codes(extension: tuple[tuple[str, str], ...] = tuple(DEV_ZONES.item
              for _n, province, _hi, _p, counties in numdb.get("cn/loc").prefixes
              for _m, county, _chi, _cp, _c in counties}
     return frozenset(codes | {code for code, _ in extension})
+
+
+@cache
+def code_table(name: str) -> pa.Array:
+    """The codes of ``schemas/standards/code_lists/<name>.csv`` (the division table: GB/T 2260 for Anhui
+    plus the configured development zones), as a value set for ``pc.is_in``."""
+    from pipelines.settings import load_settings
+    from pipelines.standards import load_code_list
+
+    path = load_settings().root / "schemas" / "standards" / "code_lists" / f"{name}.csv"
+    return pa.array(sorted(load_code_list(path).codes), pa.string())
+
+
+def division_code_valid(arr: Array, code_list: str) -> pa.BooleanArray:
+    """A GB/T 2260 code present in the standard's table (a pattern is not enough); null stays unjudged."""
+    values = _strings(arr)
+    return pc.if_else(pc.is_valid(values), pc.is_in(values, value_set=code_table(code_list)),
+                      pa.scalar(None, pa.bool_()))
