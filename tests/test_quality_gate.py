@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -126,6 +127,18 @@ def test_a_raising_validator_fails_rows_not_the_batch() -> None:
     rule = Rule("x.y.z", "x", "y", "y", "准确性", "critical", "t", "d", boom)
     (result,) = evaluate(pa.table({"y": [1, 2, 3]}), [rule])
     assert result.failed == 3 and "cannot judge" in result.error
+
+    def picky(t: pa.Table) -> pa.Array:  # raises on one value, judges the others
+        values = t.column("y").to_pylist()
+        if 14 in values:
+            raise ValueError("14 cannot be judged")
+        return pa.array([v % 2 == 0 for v in values])
+
+    rule = Rule("x.y.even", "x", "y", "y", "准确性", "critical", "t", "d", picky)
+    (result,) = evaluate(pa.table({"y": list(range(10, 10_010))}), [rule])
+    failed = pa.table({"y": list(range(10, 10_010))}).filter(result.failed_mask)["y"].to_pylist()
+    assert 14 in failed and "14 cannot be judged" in result.error  # the row it raised on fails, and the odd
+    assert result.failed == 5_000 + 1 and all(v % 2 or v == 14 for v in failed)  # ones; no other even one
 
 
 def test_masks() -> None:
@@ -249,30 +262,45 @@ def test_publish_replaces_keys_copy_on_write_and_drops_source_deletions(lake_set
                                                           SimpleNamespace(name="riders", source="人数")])
     keys = ["line", "hour"]
 
-    def rows(*values: tuple[str, int, int]) -> Path:  # the gate stages passing rows as Parquet
+    at = pa.timestamp("us", tz="UTC")
+
+    def rows(*values: tuple[Any, ...], day: int = 1) -> Path:  # the gate stages passing rows as Parquet
         import pyarrow.parquet as pq
 
         path = tmp_path / f"good-{len(list(tmp_path.glob('good-*')))}.parquet"
         pq.write_table(pa.table({"line": [v[0] for v in values], "hour": pa.array([v[1] for v in values], pa.int32()),
-                                 "riders": pa.array([v[2] for v in values], pa.int64())}), path)
+                                 "riders": pa.array([v[2] for v in values], pa.int64()),
+                                 "_extracted_at": pa.array([datetime(2026, 11, v[3] if len(v) > 3 else day)
+                                                            for v in values], at)}), path)
         return path
 
-    nothing = pa.table({"line": pa.array([], pa.string()), "hour": pa.array([], pa.int64())})
+    def deleted(*values: tuple[str, int], day: int) -> pa.Table:  # tombstones: standardized key + extraction
+        return pa.table({"line": [v[0] for v in values], "hour": pa.array([v[1] for v in values], pa.int64()),
+                         "_extracted_at": pa.array([datetime(2026, 11, day)] * len(values), at)})
+
+    nothing = deleted(day=1)
     _publish(catalog, contract, rows(("L1", 7, 10), ("L1", 8, 20), ("L2", 7, 30)), nothing, keys, "r1")
     _publish(catalog, contract, rows(("L9", 7, 1)), nothing, keys, "r2")  # a second file, never touched
     std = catalog.load_table("std.t")
     untouched = {f.file.file_path for f in std.scan(row_filter=EqualTo("line", "L9")).plan_files()}
 
-    gone = pa.table({"line": ["L2"], "hour": pa.array([7], pa.int64())})  # types differ from std's
-    snap = _publish(catalog, contract, rows(("L1", 8, 25), ("L3", 7, 5)), gone, keys, "r3")
+    gone = deleted(("L2", 7), day=2)  # types differ from std's
+    snap = _publish(catalog, contract, rows(("L1", 8, 25), ("L3", 7, 5), day=2), gone, keys, "r3")
     std = catalog.load_table("std.t")
     assert std.current_snapshot().snapshot_id == snap
-    got = sorted(tuple(r.values()) for r in std.scan().to_arrow().to_pylist())
+    got = sorted(tuple(r.values())[:3] for r in std.scan().to_arrow().to_pylist())
     assert got == [("L1", 7, 10), ("L1", 8, 25), ("L3", 7, 5), ("L9", 7, 1)]
     assert untouched <= {f.file.file_path for f in std.scan().plan_files()}
     # r3 rewrote the file holding its keys (overwrite) and appended its rows, in one transaction
     ops = {s.summary.operation.value for s in std.snapshots() if s.summary.get("citylake.run-id") == "r3"}
     assert ops == {"overwrite", "append"}
+
+    # One run, several batches: the latest event per key wins. L1/8 updated on the 3rd and deleted on the
+    # 4th stays deleted; L3/7 deleted on the 3rd and back on the 4th stays.
+    _publish(catalog, contract, rows(("L3", 7, 7, 4), ("L1", 8, 26, 3)),
+             pa.concat_tables([deleted(("L3", 7), day=3), deleted(("L1", 8), day=4)]), keys, "r4")
+    got = sorted(tuple(r.values())[:3] for r in catalog.load_table("std.t").scan().to_arrow().to_pylist())
+    assert got == [("L1", 7, 10), ("L3", 7, 7), ("L9", 7, 1)]
 
 
 def test_rows_deleted_at_the_source_leave_std_and_count_as_published(city: Settings) -> None:

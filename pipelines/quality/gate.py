@@ -258,7 +258,7 @@ class _Staged:
     rows: int
     extracted: int
     gone: pa.Table
-    """Keys deleted at the source (tombstones), standardized, std column names."""
+    """Keys deleted at the source (tombstones), standardized, std column names, with ``_extracted_at``."""
     changes: dict[tuple[str, str], int]
     errors: dict[int, str]
 
@@ -311,7 +311,9 @@ def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: A
         gone = None
         if pc.any(tomb).as_py():
             # a tombstone carries the key as the source wrote it: standardize it like std's keys (3401…x → X)
-            gone = standardize(chunk.filter(tomb).select(source_keys), contract, standards)[0].select(keys)
+            dead = chunk.filter(tomb)
+            gone = standardize(dead.select(source_keys), contract, standards)[0].select(keys) \
+                .append_column("_extracted_at", dead["_extracted_at"])
             chunk = chunk.filter(pc.invert(tomb))
         if not chunk.num_rows:
             return n, None, gone, [], {}
@@ -351,13 +353,15 @@ def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: A
         if writer is not None:
             writer.close()
     if not gone:
-        empty = reader.schema.empty_table().select(source_keys)
-        gone = [standardize(empty, contract, standards)[0].select(keys)]
+        empty = reader.schema.empty_table()
+        gone = [standardize(empty.select(source_keys), contract, standards)[0].select(keys)
+                .append_column("_extracted_at", empty["_extracted_at"])]
     return _Staged(path, rows, extracted, pa.concat_tables(gone), changes, errors)
 
 
 def _extra_copies(staged: _Staged, keys: list[str], order: str, tmp: Path) -> pa.Array:
-    """Positions of every copy of a key but its latest (by cursor; ties: the later row), found by DuckDB
+    """Positions of every copy of a key but its latest (by cursor; ties: the later extraction, then the
+    later row), found by DuckDB
     over the staged file so that the batch need not fit in memory (it spills to ``tmp``)."""
     import duckdb
 
@@ -367,7 +371,8 @@ def _extra_copies(staged: _Staged, keys: list[str], order: str, tmp: Path) -> pa
     key_list = ", ".join(f'"{k}"' for k in keys)
     source = str(staged.path).replace("'", "''")
     extras = con.sql(f'SELECT _pos FROM (SELECT _pos, row_number() OVER (PARTITION BY {key_list} ORDER BY "{order}" '
-                     f"DESC NULLS LAST, _pos DESC) AS rn FROM read_parquet('{source}')) WHERE rn > 1").to_arrow_table()
+                     f'DESC NULLS LAST, "_extracted_at" DESC NULLS LAST, _pos DESC) AS rn '
+                     f"FROM read_parquet('{source}')) WHERE rn > 1").to_arrow_table()
     con.close()
     return extras.column(0).combine_chunks()
 
@@ -558,7 +563,23 @@ def _drop_keys(tx: Any, table: Any, keys: list[str], replace: pa.Array, props: d
                     overwrite.append_data_file(f)
 
 
-def _append_staged(tx: Any, table: Any, rows: pq.ParquetFile, props: dict[str, str]) -> None:
+def _deleted_since(gone_keys: pa.Table, gone: pa.Table, keys: list[str]) -> pa.Table:
+    """key string → the latest time it was found deleted at the source (runs can span several batches)."""
+    return pa.table({"key": _key_strings(gone_keys, keys), "at": gone["_extracted_at"]}) \
+        .group_by("key").aggregate([("at", "max")])
+
+
+def _still_alive(batch: pa.RecordBatch, keys: list[str], deleted: pa.Table) -> pa.Array:
+    """False for a row whose key a later batch of the same run deleted at the source."""
+    if not deleted.num_rows:
+        return pa.repeat(pa.scalar(True), batch.num_rows)
+    idx = pc.index_in(_key_strings(pa.Table.from_batches([batch]), keys), value_set=deleted["key"])
+    died = pc.take(deleted["at_max"], idx)
+    return pc.fill_null(pc.less_equal(died, batch.column("_extracted_at")), True)
+
+
+def _append_staged(tx: Any, table: Any, rows: pq.ParquetFile, props: dict[str, str],
+                   deleted: pa.Table | None = None, keys: list[str] | None = None) -> None:
     """One append snapshot of the staged file, written a file's worth of rows at a time.
 
     ``Transaction.append`` of a ``RecordBatchReader`` hands every target-sized bin to an executor at once
@@ -577,6 +598,8 @@ def _append_staged(tx: Any, table: Any, rows: pq.ParquetFile, props: dict[str, s
         pending: list[pa.RecordBatch] = []
         size = 0
         for batch in itertools.chain(rows.iter_batches(batch_size=CHUNK_ROWS), [None]):
+            if batch is not None and deleted is not None and keys:
+                batch = batch.filter(_still_alive(batch, keys, deleted))
             if batch is not None:
                 pending.append(batch)
                 size += batch.nbytes
@@ -590,7 +613,9 @@ def _append_staged(tx: Any, table: Any, rows: pq.ParquetFile, props: dict[str, s
 def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table, keys: list[str],
              run_id: str) -> int | None:
     """One commit: replace the std rows of every key the batch carries (upsert) and drop the keys deleted
-    at the source; the passing rows stream in from their staged file. A first publish only appends."""
+    at the source; the passing rows stream in from their staged file. A first publish only appends. When
+    a run validates several batches, a key's latest event wins: a row extracted before the batch that
+    found its key deleted is not appended (it still counts as published: it passed, then was deleted)."""
     name = contract.std_table
     rows = pq.ParquetFile(good) if good.exists() else None
     table = open_table(catalog, name)
@@ -613,7 +638,7 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
             if len(replace):
                 _drop_keys(tx, table, keys, replace, props)
         if rows is not None:
-            _append_staged(tx, table, rows, props)
+            _append_staged(tx, table, rows, props, _deleted_since(gone_keys, gone, keys), keys)
     snap = catalog.load_table(name).current_snapshot()
     return snap.snapshot_id if snap else None
 

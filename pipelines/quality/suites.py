@@ -60,7 +60,7 @@ def load_suite(directory: Path, contract: DatasetContract, standards: Standards,
             if element and element not in standards.elements:
                 raise ConfigError(f"{where}: unknown data element {element!r}")
             try:
-                rules.append(compile_rule(contract.dataset, e, reference_date))
+                rules.append(compile_rule(contract.dataset, e, reference_date, standards))
             except KeyError as exc:
                 raise ConfigError(f"{where}: citylake cannot run expectation type {e.get('type')!r} "
                                   f"(missing {exc})") from None

@@ -295,8 +295,9 @@ def code_table(name: str) -> pa.Array:
     return pa.array(sorted(load_code_list(path).codes), pa.string())
 
 
-def division_code_valid(arr: Array, code_list: str) -> pa.BooleanArray:
-    """A GB/T 2260 code present in the standard's table (a pattern is not enough); null stays unjudged."""
+def division_code_valid(arr: Array, code_list: str, codes: Iterable[str] | None = None) -> pa.BooleanArray:
+    """A GB/T 2260 code present in the standard's table (a pattern is not enough); null stays unjudged.
+    ``codes`` is the list as the caller's standards hold it; GX's own run reads it by name."""
     values = _strings(arr)
-    return pc.if_else(pc.is_valid(values), pc.is_in(values, value_set=code_table(code_list)),
-                      pa.scalar(None, pa.bool_()))
+    table = _set(codes) if codes is not None else code_table(code_list)
+    return pc.if_else(pc.is_valid(values), pc.is_in(values, value_set=table), pa.scalar(None, pa.bool_()))
