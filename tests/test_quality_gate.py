@@ -179,6 +179,8 @@ def test_gx_result_json_lists_every_failing_key_masked(city: Settings) -> None:
     raw = get_catalog(city).load_table("raw.population__person").scan(selected_fields=("resident_id",)).to_arrow()
     shown = {m for page in pages for m in re.findall(r"\d{17}[\dXx]", page)}
     assert not shown & set(raw["resident_id"].to_pylist())
+    # the index's Batch ID is the raw batch validated (city fixture: "seed"), to trace a page to meta.batches
+    assert any(p.name == "seed.html" for p in (built.index.parent / "validations" / "person").rglob("*.html"))
     # the page names the std table and the run time (GX shows __none__ without them)
     assert re.search(r"Validations / person / std\.person / manual__2026-11-20T02:00:00\+08:00__person / \d{4}-", validation)
 

@@ -56,6 +56,16 @@ def _run_identifier(doc: dict[str, Any], path: Path) -> Any:
     return RunIdentifier(run_name=run, run_time=datetime.fromisoformat(run_time) if run_time else None)
 
 
+def _batch_identifier(doc: dict[str, Any]) -> str:
+    """The index's "Batch ID": the raw batch the run validated (the first and how many more), so an
+    engineer can go from a page to ``meta.batches`` and the raw table; the std table for older results."""
+    meta = doc.get("meta", {})
+    batches = meta.get("batch_spec", {}).get("raw_batches") or []
+    if not batches:
+        return str(meta.get("std_table", "std"))
+    return batches[0] if len(batches) == 1 else f"{batches[0]}+{len(batches) - 1}"
+
+
 def _prepare_context(context: Any) -> None:
     """No usage analytics and no how-to buttons that link to GX's website: these pages serve engineers
     on the bureau's network."""
@@ -124,7 +134,7 @@ def build_data_docs(settings: Settings | None = None) -> DocsBuild:
                 log.warning("%s: skipped, unknown expectation types %s", path, sorted(unknown))
                 continue
             key = ValidationResultIdentifier(ExpectationSuiteIdentifier(doc["suite_name"]),
-                                             _run_identifier(doc, path), doc.get("meta", {}).get("std_table", "std"))
+                                             _run_identifier(doc, path), _batch_identifier(doc))
             if store.has_key(key):
                 continue
             store.set(key, expectationSuiteValidationResultSchema.load(doc))

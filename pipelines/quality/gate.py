@@ -492,7 +492,7 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
                 if t.rule.severity == "critical" and t.evaluated and t.failed / t.evaluated > t.rule.threshold]
         blocking = [] if release is not None else over
         _record_results(catalog, run_id, contract, [*tallies, dup])
-        write_gx_result(settings, contract, [*tallies, dup], run_id, reference_date)
+        write_gx_result(settings, contract, [*tallies, dup], run_id, reference_date, batches)
         _append(catalog, "meta.standardization_log", pa.Table.from_pylist(
             [{"dataset": dataset, "column": c, "transformation": t, "rows_changed": n, "run_id": run_id}
              for (c, t), n in staged.changes.items()],
@@ -667,7 +667,7 @@ def _gx_version() -> str:
 
 
 def write_gx_result(settings: Settings, contract: DatasetContract, results: list[RuleTally], run_id: str,
-                    reference_date: date) -> Path:
+                    reference_date: date, raw_batches: list[str] | None = None) -> Path:
     """Keep the run's result in GX's ExpectationSuiteValidationResult JSON shape, every failing key listed
     (personal values masked), under ``<lake>/gx/validations/<dataset>/<run_id>.json``."""
     keys = contract.primary_key
@@ -700,7 +700,8 @@ def write_gx_result(settings: Settings, contract: DatasetContract, results: list
            "meta": {"run_id": {"run_name": run_id, "run_time": now.astimezone(UTC).isoformat(timespec="seconds")},
                     "validation_time": now.isoformat(timespec="seconds"),
                     "great_expectations_version": _gx_version(),
-                    "batch_spec": {"data_asset_name": contract.std_table, "engine": "citylake vectorised (Arrow/numpy)"},
+                    "batch_spec": {"data_asset_name": contract.std_table, "raw_table": contract.raw_table,
+                                   "raw_batches": raw_batches or [], "engine": "citylake vectorised (Arrow/numpy)"},
                     "reference_date": reference_date.isoformat(), "std_table": contract.std_table,
                     "unexpected_index_column_names": keys, "masked": True}}
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
