@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Scripts and styles GX Data Docs would load from public CDNs, vendored so the pages work offline.
 ASSETS := $(VENV)/share/citylake/datadocs-assets/.citylake-assets.json
 
-.PHONY: install demo test lint bench clean airflow-ui
+.PHONY: install demo test lint bench clean airflow-ui browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (citylake needs Python 3.11)"; exit 1; }
@@ -21,6 +21,12 @@ $(ASSETS): $(STAMP) pipelines/quality/docs_assets.py
 
 install: $(STAMP) $(ASSETS)
 
+# Headless Chromium for the Data Docs browser test (Debian's package; needs root, as CI has).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; } || \
+	  echo "warning: could not install chromium; the browser test skips (and fails under CI=true)"
+
 demo: install
 	$(VENV)/bin/citylake demo
 
@@ -28,7 +34,7 @@ lint: install
 	$(VENV)/bin/ruff check pipelines dags tests benchmarks
 	$(VENV)/bin/mypy pipelines
 
-test: install lint
+test: install lint browser
 	$(PY) -m pytest -q
 
 bench: install

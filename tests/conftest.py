@@ -28,6 +28,19 @@ def require_service(name: str, host: str, port: int) -> None:
         pytest.skip(message)
 
 
+def require_binary(name: str) -> str:
+    """The path of a program the test drives (Chromium): skip locally, fail under CI=true, when missing."""
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    message = f"{name} is not installed (make test installs it from Debian's packages)"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message}")
+    pytest.skip(message)
+
+
 @contextmanager
 def scoped_env(env: dict[str, str]) -> Iterator[None]:
     """Set environment variables for a module-scoped fixture and restore them afterwards."""

@@ -198,6 +198,23 @@ def test_gx_result_json_lists_every_failing_key_masked(city: Settings) -> None:
     assert build_data_docs(city).new_results == 0  # incremental: already in the GX store
 
 
+def test_data_docs_index_renders_in_a_browser_without_internet(city: Settings) -> None:
+    """The index's tables are drawn by bootstrap-table from the vendored scripts: with GX's CDN links and
+    no internet they stay empty. Headless Chromium, network off for other hosts, must draw the run's row."""
+    from conftest import require_binary
+
+    from pipelines.quality.docs import build_data_docs
+
+    chromium = require_binary("chromium")
+    run_quality("person", settings=city, reference_date=REF, run_id="manual__2026-11-20T02:00:00+08:00__person")
+    built = build_data_docs(city)
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--virtual-time-budget=5000", "--dump-dom", built.index.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert 'data-index="0"' in dom, dom[-2000:]  # rows drawn by bootstrap-table, i.e. its script ran
+    assert "manual__2026-11-20T02:00:00+08:00__person" in dom and "std.person" in dom
+
+
 def test_data_docs_assets_are_checked_against_their_pinned_hash(tmp_path: Path) -> None:
     import io
     import tarfile
