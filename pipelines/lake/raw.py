@@ -236,8 +236,8 @@ def stream_scan(scan: Any, batch_rows: int = 64 * 1024) -> pa.RecordBatchReader:
         bound = bind(table_schema, scan.row_filter, scan.case_sensitive)
         keep = expression_to_pyarrow(bound, table_schema)
         filter_ids = extract_field_ids(bound)
-    fields = [*projected.fields, *(f for f in table_schema.fields
-                                   if f.field_id in filter_ids and f.field_id not in {p.field_id for p in projected.fields})]
+    selected = {f.field_id for f in projected.fields}
+    fields = [*projected.fields, *(f for f in table_schema.fields if f.field_id in filter_ids - selected)]
     types = {f.name: a.type for f, a in zip(fields, schema_to_pyarrow(type(table_schema)(*fields)), strict=True)}
     mapping = json.loads(scan.table_metadata.properties.get("schema.name-mapping.default", "[]"))
     name_mapping = {m["field-id"]: m.get("names", []) for m in mapping if "field-id" in m}

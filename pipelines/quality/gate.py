@@ -19,9 +19,11 @@ A held batch stays parked (later batches publish without it) until someone acts 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -97,27 +99,34 @@ def load_config(settings: Settings) -> tuple[Any, dict[str, Any], dict[str, Data
     return standards, systems, load_contracts(settings.root / "schemas" / "datasets", standards, systems)
 
 
-def _append(catalog: Any, name: str, data: pa.Table | Path, props: dict[str, str] | None = None) -> None:
-    """Append to a meta/quarantine/std table, creating it from the data's schema the first time; a staged
-    Parquet file is streamed (bounded memory)."""
-    rows: pa.Table | pa.RecordBatchReader
-    if isinstance(data, Path):
-        if not data.exists() or pq.ParquetFile(data).metadata.num_rows == 0:
-            return
-        source = pq.ParquetFile(data)
-        schema = source.schema_arrow
-        rows = pa.RecordBatchReader.from_batches(schema, source.iter_batches(batch_size=CHUNK_ROWS))
-    else:
-        if data.num_rows == 0:
-            return
-        schema, rows = data.schema, data
+def _table_for(catalog: Any, name: str, schema: pa.Schema, properties: dict[str, str]) -> Any:
+    """The table, created from ``schema`` the first time, evolved when ``schema`` brings new columns (a
+    column added in a later release: older lakes lack it)."""
     table = open_table(catalog, name)
     if table is None:
-        table = catalog.create_table(name, schema=schema, properties=PROPS)
-    elif set(schema.names) - set(table.schema().column_names):
-        with table.update_schema() as update:  # a column added in a later release (older lakes lack it)
+        return catalog.create_table(name, schema=schema, properties=properties)
+    if set(schema.names) - set(table.schema().column_names):
+        with table.update_schema() as update:
             update.union_by_name(schema)
-    table.append(rows, snapshot_properties=props or {})
+        table = catalog.load_table(name)
+    return table
+
+
+def _append(catalog: Any, name: str, data: pa.Table | Path, props: dict[str, str] | None = None) -> None:
+    """Append to a meta/quarantine table, creating it from the data's schema the first time; a staged
+    Parquet file is appended a data file's worth at a time (bounded memory)."""
+    if isinstance(data, Path):
+        if not data.exists():
+            return
+        staged = pq.ParquetFile(data)
+        if staged.metadata.num_rows == 0:
+            return
+        table = _table_for(catalog, name, staged.schema_arrow, PROPS)
+        with table.transaction() as tx:
+            _append_staged(tx, table, staged, props or {})
+        return
+    if data.num_rows:
+        _table_for(catalog, name, data.schema, PROPS).append(data, snapshot_properties=props or {})
 
 
 def batch_status(catalog: Any, dataset: str) -> dict[str, dict[str, Any]]:
@@ -361,8 +370,8 @@ def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: A
 
 def _extra_copies(staged: _Staged, keys: list[str], order: str, tmp: Path) -> pa.Array:
     """Positions of every copy of a key but its latest (by cursor; ties: the later extraction, then the
-    later row), found by DuckDB
-    over the staged file so that the batch need not fit in memory (it spills to ``tmp``)."""
+    later row), found by DuckDB over the staged file so that the batch need not fit in memory (it spills
+    to ``tmp``)."""
     import duckdb
 
     if not staged.rows:
@@ -385,10 +394,10 @@ class _Split:
 
 
 def _split(staged: _Staged, extras: pa.Array, rules: list[Rule], tallies: list[RuleTally], dup: RuleTally,
-           masker: _Masker, run_id: str, good_path: Path | None, quarantine_path: Path | None) -> _Split:
-    """Pass 2, a chunk at a time: count every rule over the kept rows (extra copies excluded) and, when
-    publishing, stage the passing rows (with the warning rules they broke) and the quarantined ones (with
-    the critical rules they broke, or the duplicate rule)."""
+           masker: _Masker, run_id: str, good_path: Path, quarantine_path: Path) -> _Split:
+    """Pass 2, a chunk at a time: count every rule over the kept rows (extra copies excluded) and stage
+    the passing rows (with the warning rules they broke) and the quarantined ones (with the critical rules
+    they broke, or the duplicate rule); a held batch leaves them unused."""
     critical = [i for i, r in enumerate(rules) if r.severity == "critical"]
     warning = [i for i, r in enumerate(rules) if r.severity == "warning"]
     out = _Split()
@@ -396,14 +405,14 @@ def _split(staged: _Staged, extras: pa.Array, rules: list[Rule], tallies: list[R
         return out
     source = pq.ParquetFile(staged.path)
     data = [n for n in source.schema_arrow.names if n != "_pos" and not re.fullmatch(r"_f\d+", n)]
-    writers: dict[str, pq.ParquetWriter] = {}
+    writers: dict[Path, pq.ParquetWriter] = {}
 
-    def write(name: str, path: Path | None, table: pa.Table) -> None:
-        if path is None or not table.num_rows:
+    def write(path: Path, table: pa.Table) -> None:
+        if not table.num_rows:
             return
-        if name not in writers:
-            writers[name] = pq.ParquetWriter(path, table.schema, compression="lz4")
-        writers[name].write_table(table.cast(writers[name].schema))
+        if path not in writers:
+            writers[path] = pq.ParquetWriter(path, table.schema, compression="lz4")
+        writers[path].write_table(table.cast(writers[path].schema))
 
     def work(batch: pa.RecordBatch) -> tuple[int, int, list[pa.Table | None], pa.Table, pa.Table, pa.Table, int]:
         chunk = pa.Table.from_batches([batch])
@@ -438,8 +447,8 @@ def _split(staged: _Staged, extras: pa.Array, rules: list[Rule], tallies: list[R
             out.warned += warned
             out.published += good.num_rows
             out.quarantined += quarantined.num_rows
-            write("good", good_path, good)
-            write("quarantine", quarantine_path, quarantined)
+            write(good_path, good)
+            write(quarantine_path, quarantined)
     finally:
         for w in writers.values():
             w.close()
@@ -529,9 +538,6 @@ def _drop_keys(tx: Any, table: Any, keys: list[str], replace: pa.Array, props: d
     This is what pyiceberg's ``Transaction.delete`` does, with a hashed key-set test instead of an
     expression: its ``upsert`` builds ``In(key, [...])`` (or an ``Or`` of ``And`` per composite key) with a
     literal per key, which took 13 s for 0.5 M keys. Only files holding a replaced key are read whole."""
-    import itertools
-    import uuid
-
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files  # pyiceberg is pinned (0.12.0)
 
@@ -585,8 +591,6 @@ def _append_staged(tx: Any, table: Any, rows: pq.ParquetFile, props: dict[str, s
     ``Transaction.append`` of a ``RecordBatchReader`` hands every target-sized bin to an executor at once
     (``executor.map`` submits eagerly), so the whole stream is read ahead of the writers; this is the same
     append, fed one bin at a time."""
-    import itertools
-
     from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
 
     meta = tx.table_metadata
@@ -618,14 +622,9 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
     found its key deleted is not appended (it still counts as published: it passed, then was deleted)."""
     name = contract.std_table
     rows = pq.ParquetFile(good) if good.exists() else None
-    table = open_table(catalog, name)
+    table = _table_for(catalog, name, rows.schema_arrow, STD_PROPS) if rows is not None else open_table(catalog, name)
     if table is None:
-        if rows is None:
-            return None
-        table = catalog.create_table(name, schema=rows.schema_arrow, properties=STD_PROPS)
-    elif rows is not None and set(rows.schema_arrow.names) - set(table.schema().column_names):
-        with table.update_schema() as update:  # a column added in a later release
-            update.union_by_name(rows.schema_arrow)
+        return None
     props = {"citylake.run-id": run_id}
     types = arrow_schema(table)
     gone_keys = pa.table({k: pc.cast(gone.column(k), types.field(k).type) for k in keys})

@@ -84,7 +84,7 @@ class DivisionCodeValid(ColumnMapMetricProvider):
 
     @column_condition_partial(engine=PandasExecutionEngine)
     def _pandas(cls, column: pd.Series, code_list: str, **_: Any) -> pd.Series:
-        return _series(v.division_code_valid(_arrow(column), code_list), column.index)
+        return _series(v.division_code_valid(_arrow(column), v.code_table(code_list)), column.index)
 
 
 class MobileValid(ColumnMapMetricProvider):

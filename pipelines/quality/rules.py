@@ -130,6 +130,13 @@ def _between(values: pa.Array, low: Any, high: Any) -> pa.Array:
     return ok
 
 
+def _division_check(kw: dict[str, Any], standards: Standards | None) -> Check:
+    """The code table resolved once per rule (not per chunk): the caller's standards, else the project's."""
+    codes = pa.array(sorted(standards.code_list(kw["code_list"])), pa.string()) if standards \
+        else v.code_table(kw["code_list"])
+    return lambda t: v.division_code_valid(_col(kw["column"])(t), codes)
+
+
 def _checks(reference_date: date, standards: Standards | None = None) -> dict[str, Callable[[dict[str, Any]], Check]]:
     """Expectation type → vectorised check, given the expectation's kwargs."""
     return {
@@ -138,8 +145,7 @@ def _checks(reference_date: date, standards: Standards | None = None) -> dict[st
             _col(k["column"])(t).cast(pa.string()), k["regex"]),
         "expect_column_values_to_be_in_set": lambda k: lambda t: pc.is_in(
             _col(k["column"])(t).cast(pa.string()), value_set=pa.array([str(x) for x in k["value_set"]])),
-        "expect_column_values_to_be_valid_division_code": lambda k: lambda t: v.division_code_valid(
-            _col(k["column"])(t), k["code_list"], standards.code_list(k["code_list"]) if standards else None),
+        "expect_column_values_to_be_valid_division_code": lambda k: _division_check(k, standards),
         "expect_column_values_to_have_valid_resident_id_check_digit": lambda k: lambda t: v.resident_id_check_digit(
             _col(k["column"])(t)),
         "expect_column_values_to_have_real_resident_id_birth_date": lambda k: lambda t: v.resident_id_birth_date(

@@ -229,8 +229,6 @@ def uscc_org_code_valid(arr: pa.StringArray) -> pa.BooleanArray:
     return _result(ok, arr)
 
 
-
-
 def mobile_valid(arr: Array, prefixes: Iterable[str] | None = None) -> pa.BooleanArray:
     """Loose ``^1[3-9]\\d{9}$``; with ``prefixes`` (from config) also a known 3-digit prefix."""
     s = _strings(arr)
@@ -295,9 +293,7 @@ def code_table(name: str) -> pa.Array:
     return pa.array(sorted(load_code_list(path).codes), pa.string())
 
 
-def division_code_valid(arr: Array, code_list: str, codes: Iterable[str] | None = None) -> pa.BooleanArray:
-    """A GB/T 2260 code present in the standard's table (a pattern is not enough); null stays unjudged.
-    ``codes`` is the list as the caller's standards hold it; GX's own run reads it by name."""
+def division_code_valid(arr: Array, codes: Iterable[str]) -> pa.BooleanArray:
+    """A GB/T 2260 code present in the table (a pattern is not enough); null stays unjudged."""
     values = _strings(arr)
-    table = _set(codes) if codes is not None else code_table(code_list)
-    return pc.if_else(pc.is_valid(values), pc.is_in(values, value_set=table), pa.scalar(None, pa.bool_()))
+    return pc.if_else(pc.is_valid(values), pc.is_in(values, value_set=_set(codes)), pa.scalar(None, pa.bool_()))
