@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipelines.code_lists import DEV_ZONES, CodeList, load_code_list
 from pipelines.errors import ConfigError
 from pipelines.registry import check_code, parse_yaml_model
 
@@ -78,14 +79,6 @@ class ElementFile(BaseModel):
 
 
 @dataclass(frozen=True)
-class CodeList:
-    name: str
-    codes: dict[str, str]
-    aliases: dict[str, str]
-    """Source value → standard code (e.g. '男' → '1'), the map standardization applies."""
-
-
-@dataclass(frozen=True)
 class Standards:
     elements: dict[str, DataElement]
     code_lists: dict[str, CodeList]
@@ -117,27 +110,6 @@ def _line_of_element(path: Path, code: str) -> int:
         if re.match(rf"^\s*(-\s*)?code:\s*{re.escape(code)}\s*$", line):
             return n
     return 1
-
-
-def load_code_list(path: Path) -> CodeList:
-    codes: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    aliases: dict[str, str] = {}
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"code", "name"} <= set(reader.fieldnames):
-            raise ConfigError(f"{path}:1: a code list needs the columns code,name")
-        for row in reader:
-            line = reader.line_num
-            code = (row["code"] or "").strip()
-            if not code:
-                raise ConfigError(f"{path}:{line}: empty code")
-            if code in codes:
-                raise ConfigError(f"{path}:{line}: code {code} repeats line {first_line[code]}; codes must be unique")
-            codes[code], first_line[code] = row["name"], line
-            for alias in filter(None, (row.get("aliases") or "").split("|")):
-                aliases[alias] = code
-    return CodeList(path.stem, codes, aliases)
 
 
 def load_standards(directory: Path) -> Standards:
@@ -174,8 +146,6 @@ def build_division_csv(path: Path, province: str = "34",
     the history goes to ``note``, years to valid_from/valid_to. Returns the number of codes.
     """
     from stdnum import numdb
-
-    from pipelines.quality.validators import DEV_ZONES
 
     extension = DEV_ZONES if extension is None else extension
     rows = []

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.code_lists import DEV_ZONES, load_code_list
 from pipelines.settings import TZ
 
 RIC_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int32)
@@ -24,7 +25,6 @@ RIC_CHECK = np.frombuffer(b"10X98765432", dtype=np.uint8)
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 USCC_WEIGHTS = np.array([1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28], dtype=np.int32)
 ORG_WEIGHTS = np.array([3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int32)
-DEV_ZONES = {"340171": "高新区", "340172": "经开区", "340173": "新站区"}
 # Hefei's administrative extent incl. 庐江县 and 巢湖市 (GCJ-02/WGS-84 differ by < 1 km, inside the margin).
 HEFEI_BBOX = (116.68, 30.93, 117.98, 32.55)
 _CHUNK = 1 << 18  # rows per validator pass: keeps temporary matrices ~20 MB
@@ -287,7 +287,6 @@ def code_table(name: str) -> pa.Array:
     """The codes of ``schemas/standards/code_lists/<name>.csv`` (the division table: GB/T 2260 for Anhui
     plus the configured development zones), as a value set for ``pc.is_in``."""
     from pipelines.settings import load_settings
-    from pipelines.standards import load_code_list
 
     path = load_settings().root / "schemas" / "standards" / "code_lists" / f"{name}.csv"
     return pa.array(sorted(load_code_list(path).codes), pa.string())
