@@ -306,7 +306,7 @@ def _deleted_keys(existing: pa.Table, seen: list[pa.Table], keys: list[str]) -> 
 
 def _load_drop(system: SourceSystem, spec: DropTable, settings: Settings, result: LoadResult,
                extracted_at: datetime) -> None:
-    from pipelines.extract.files import list_drop_files, read_drop_file, reject_file
+    from pipelines.extract.drops import list_drop_files, read_drop_file, reject_file
 
     assert system.drop is not None
     catalog = get_catalog(settings)

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.errors import ConfigError, FileRejected
-from pipelines.extract import files
-from pipelines.extract.files import DropFile, list_drop_files, read_drop_file, reject_file, s3_client
+from pipelines.extract.drops import DropFile, list_drop_files, read_drop_file, reject_file, s3_client
+from pipelines.extract.drops import opening as files
 from pipelines.registry import DropTable, FileDrop
 from pipelines.settings import Settings
 
@@ -364,7 +364,7 @@ def test_abandoned_transcoding_read_does_not_crash_the_interpreter_at_exit(tmp_p
     path = tmp_path / "gbk.csv"
     _big_csv(path, 20 << 20, "gbk")
     script = f"""
-from pipelines.extract.files import DropFile, read_drop_file
+from pipelines.extract.drops import DropFile, read_drop_file
 from pipelines.registry import DropTable
 from pipelines.settings import load_settings
 t = DropTable(code="t", primary_key=["id"], glob="*.csv", format="csv", encoding="gbk")

@@ -1,0 +1,150 @@
+"""CSV drops: Arrow's streaming CSV reader over every column as text; an error-path rescan finds the line."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from pipelines.errors import FileRejected
+from pipelines.extract.drops import opening
+from pipelines.extract.drops.encoding import Utf8Stream
+from pipelines.extract.drops.listing import DropFile
+from pipelines.extract.drops.opening import _arrow_reason, _arrow_source, _peek_head, _raise_stream_error
+from pipelines.extract.drops.reject import _one_line
+from pipelines.extract.drops.typing import _typed, _Typer
+from pipelines.registry import DropTable
+from pipelines.settings import Settings
+
+
+def _csv_header(head: bytes, whole: bool, f: DropFile, delimiter: str) -> list[str] | None:
+    """Header names (the first non-empty record) parsed from the head of the file; None if no rows."""
+    text = head.decode("utf-8", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        for record in reader:
+            if record:
+                if not whole and text.count("\n") < reader.line_num:
+                    raise FileRejected(f.name, "表头超过 1 MiB 或没有换行 (header line too long)", 1)
+                return [name.strip() for name in record]
+    except csv.Error as exc:
+        line = reader.line_num
+        raise FileRejected(f.name, f"第 {line} 行: 表头无法解析 ({_one_line(str(exc))})", line) from None
+    return None
+
+
+def _csv_scan(
+    f: DropFile, table: DropTable, settings: Settings, stop_at_row: int | None = None
+) -> tuple[int, str | None] | None:
+    """Error path: walk the file in Python. Returns (line, reason) of the first problem (bad bytes,
+    wrong field count) or, with ``stop_at_row``, (line, None) of that data row; None if nothing found."""
+    csv.field_size_limit(max(csv.field_size_limit(), opening.BLOCK_BYTES))
+    with opening._open_binary(f, settings) as raw:
+        stream = Utf8Stream(raw, table.encoding, f.name, validate=True, chunk_bytes=opening.READ_CHUNK_BYTES)
+        text = io.TextIOWrapper(io.BufferedReader(stream, opening.READ_CHUNK_BYTES), encoding="utf-8", newline="")
+        reader = csv.reader(text, delimiter=table.delimiter)
+        width: int | None = None
+        row = 0
+        previous = 0
+        try:
+            for record in reader:
+                start, previous = previous + 1, reader.line_num
+                if not record:
+                    continue
+                block = opening.BLOCK_BYTES
+                if sum(map(len, record)) * 3 >= block and _row_bytes(record, table.delimiter) >= block:
+                    return start, f"第 {start} 行: {_arrow_reason('CSV', ValueError('straddling'))}"
+                if width is None:
+                    width = len(record)
+                    continue
+                if len(record) != width:
+                    reason = (
+                        f"第 {start} 行: 字段数 {len(record)}, 表头 {width} "
+                        f"(wrong field count: {len(record)} fields, header has {width})"
+                    )
+                    return start, reason
+                if stop_at_row is not None and row == stop_at_row:
+                    return start, None
+                row += 1
+        except csv.Error as exc:
+            return reader.line_num, f"第 {reader.line_num} 行: CSV 无法解析 ({_one_line(str(exc))})"
+    return None
+
+
+def _row_bytes(record: list[str], delimiter: str) -> int:
+    return len(delimiter.join(record).encode("utf-8"))
+
+
+def _read_csv(f: DropFile, table: DropTable, settings: Settings, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    header = _csv_header(*_peek_head(f, table, settings), f, table.delimiter)
+    if header is None:
+        raise FileRejected(f.name, "空文件, 没有表头 (empty file: no header)", None)
+    width = len(header)
+    slots = [f"c{i}" for i in range(width)]  # the header row is read as data, then cut off
+    string = pa.string()
+    typer = _Typer(f, table, header, lambda row: _locate_row(f, table, settings, row))
+    with _arrow_source(f, table, settings) as (source, stream):
+
+        def open_reader() -> Any:
+            return pacsv.open_csv(
+                source,
+                read_options=pacsv.ReadOptions(
+                    column_names=slots, block_size=opening.BLOCK_BYTES, use_threads=opening.USE_THREADS
+                ),
+                parse_options=pacsv.ParseOptions(delimiter=table.delimiter, newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={slot: string for slot in slots},
+                    null_values=[""],
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=True,
+                ),
+            )
+
+        def data() -> Iterator[pa.RecordBatch]:
+            header_skipped = False
+            for batch in _guard_csv(open_reader, stream, f, table, settings):
+                if not header_skipped and batch.num_rows:
+                    batch, header_skipped = batch.slice(1), True
+                yield batch
+
+        empty = pa.RecordBatch.from_arrays([pa.array([], string)] * width, names=slots)
+        yield from _typed(data(), typer, batch_rows, empty=empty)
+
+
+def _locate_row(f: DropFile, table: DropTable, settings: Settings, row: int) -> int | None:
+    found = _csv_scan(f, table, settings, stop_at_row=row)
+    if found and found[1] is not None:  # an earlier structural problem: report that one instead
+        raise FileRejected(f.name, found[1], found[0])
+    return found[0] if found else None
+
+
+def _guard_csv(
+    open_reader: Callable[[], Any], stream: Utf8Stream | None, f: DropFile, table: DropTable, settings: Settings
+) -> Iterator[pa.RecordBatch]:
+    """Batches of the Arrow reader; a parse failure becomes a FileRejected with the line found by rescan."""
+    reader = None
+    while True:
+        try:
+            if reader is None:  # opening already parses the first block
+                reader = open_reader()
+            batch = reader.read_next_batch()
+        except StopIteration:
+            _raise_stream_error(stream)
+            return
+        except FileRejected:
+            raise
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            _raise_stream_error(stream)
+            found = _csv_scan(f, table, settings)
+            if found and found[1]:
+                raise FileRejected(f.name, found[1], found[0]) from None
+            raise FileRejected(f.name, _arrow_reason("CSV", exc), None) from None
+        except Exception:
+            _raise_stream_error(stream)
+            raise
+        _raise_stream_error(stream)
+        yield batch

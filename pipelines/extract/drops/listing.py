@@ -1,0 +1,115 @@
+"""Listing a drop (local folder or S3 prefix): which files match a table's glob. Reads nothing but the listing."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import SourceError
+from pipelines.extract.drops.s3 import _s3_error, _split_s3, s3_client
+from pipelines.registry import DropTable, FileDrop
+from pipelines.settings import Settings
+
+
+@dataclass(frozen=True)
+class DropFile:
+    """One file of a drop, as listed."""
+
+    uri: str
+    """Absolute local path or ``s3://bucket/key``."""
+    name: str
+    """Path relative to the drop location (posix separators): lineage ``_source_file`` and ledger key."""
+    size: int
+    fingerprint: str
+    """ETag on S3, ``f"{size}-{mtime_ns}"`` locally: a changed file gets a new fingerprint."""
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Glob over posix relative paths: ``*``/``?``/``[..]`` stay within one folder, ``**`` crosses."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : end]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _hidden(name: str) -> bool:
+    """Dot files and Office lock files (``~$report.xlsx``) are never data."""
+    return any(part.startswith((".", "~$")) for part in name.split("/"))
+
+
+def list_drop_files(drop: FileDrop, table: DropTable, settings: Settings) -> list[DropFile]:
+    """The files of ``drop`` matching ``table.glob``, sorted by name. Reads nothing but the listing."""
+    matcher = _glob_regex(table.glob)
+    recursive = "/" in table.glob or "**" in table.glob
+    location = settings.resolve(drop.location)
+    if location.startswith("s3://"):
+        files = _list_s3(location, matcher, recursive, settings)
+    else:
+        base = Path(location)
+        files = _list_local(base, matcher, recursive)
+    return sorted(files, key=lambda f: f.name)
+
+
+def _list_local(base: Path, matcher: re.Pattern[str], recursive: bool) -> list[DropFile]:
+    if not base.is_dir():
+        raise SourceError(f"drop folder {base} does not exist or is not a folder")
+    found: list[DropFile] = []
+    for folder, dirs, names in os.walk(base):
+        if not recursive:
+            dirs.clear()
+        dirs[:] = [d for d in dirs if not _hidden(d)]
+        for file_name in names:
+            path = Path(folder) / file_name
+            name = path.relative_to(base).as_posix()
+            if _hidden(name) or not matcher.match(name) or not path.is_file():
+                continue
+            st = path.stat()
+            found.append(DropFile(str(path.resolve()), name, st.st_size, f"{st.st_size}-{st.st_mtime_ns}"))
+    return found
+
+
+def _list_s3(location: str, matcher: re.Pattern[str], recursive: bool, settings: Settings) -> list[DropFile]:
+    bucket, prefix = _split_s3(location)
+    prefix = prefix.strip("/")
+    list_prefix = f"{prefix}/" if prefix else ""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": list_prefix}
+    if not recursive:
+        kwargs["Delimiter"] = "/"
+    found: list[DropFile] = []
+    try:
+        for page in s3_client(settings).get_paginator("list_objects_v2").paginate(**kwargs):
+            for obj in page.get("Contents", []):
+                key: str = obj["Key"]
+                name = key[len(list_prefix) :]
+                if not name or key.endswith("/") or _hidden(name) or not matcher.match(name):
+                    continue
+                etag = str(obj.get("ETag", "")).strip('"')
+                found.append(DropFile(f"s3://{bucket}/{key}", name, int(obj["Size"]), etag))
+    except Exception as exc:  # botocore errors: name the location, never the credentials
+        if type(exc).__module__.startswith(("botocore", "boto3")):
+            raise SourceError(f"cannot list {location}: {_s3_error(exc)}") from None
+        raise
+    return found
