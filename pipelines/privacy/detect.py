@@ -1,0 +1,249 @@
+"""What a value is, by its content: resident IDs, mobile numbers, bank cards, personal names, addresses.
+
+Every detector works on a whole Arrow array (RE2 regexes in pyarrow's kernels, check digits in numpy
+over the strings' bytes), so a column scan or a leak scan costs one pass, and gives one boolean per
+value (null → False). Precision matters as much as recall: a lake full of order numbers and codes
+must not read as personal, so every number-shaped kind carries a check:
+
+- resident ID (GB 11643): 18 characters, a province code, a real-looking birth date and the
+  ISO 7064 MOD 11-2 check character (the arithmetic of python-stdnum's ``cn.ric``; tests hold the two
+  equal); a 15-digit pre-1999 ID by province code and a YYMMDD birth date (it has no check digit).
+- mobile: ``1[3-9]`` + 9 digits, optionally ``+86`` / ``0086`` / ``86``, spaces and dashes ignored.
+- bank card: 16–19 digits, a known issuer prefix (``CARD_PREFIXES``) AND the Luhn check (Luhn alone
+  passes one random number in ten).
+- personal name: 2–4 Han characters (or a ``·`` minority name) starting with a Chinese surname
+  (Faker's zh_CN table of 399, which covers nearly everyone) and not ending like a place or an org.
+- address: Han text naming an administrative unit and a street, building or house number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import cache
+from typing import TypeAlias
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+Array: TypeAlias = pa.Array | pa.ChunkedArray
+
+RESIDENT_ID, MOBILE, BANK_CARD, PERSON_NAME, ADDRESS = "resident_id", "mobile", "bank_card", "person_name", "address"
+KINDS = (RESIDENT_ID, MOBILE, BANK_CARD, PERSON_NAME, ADDRESS)
+
+# GB/T 2260 province-level codes (the first two digits of every resident ID): 11–15, 21–23, 31–37,
+# 41–46, 50–54, 61–65, Taiwan 71, Hong Kong 81, Macao 82 (residence permits), 83 (Taiwan residents).
+PROVINCES = frozenset({11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46,
+                       50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82, 83})
+
+# Hand-written: no maintained Python library ships an issuer (BIN/IIN) table (python-stdnum has Luhn but
+# no card networks). The networks China's banks issue on, plus the domestic pre-UnionPay debit prefixes
+# still in circulation. Ranges are inclusive on prefixes of equal length.
+CARD_PREFIXES: tuple[tuple[str, str, str], ...] = (
+    ("62", "62", "UnionPay 银联"),
+    ("81", "81", "UnionPay 银联 (8-series)"),
+    ("4", "4", "Visa"),
+    ("51", "55", "Mastercard"),
+    ("2221", "2720", "Mastercard (2-series)"),
+    ("3528", "3589", "JCB"),
+    ("6011", "6011", "Discover"),
+    ("644", "649", "Discover"),
+    ("65", "65", "Discover"),
+    ("9558", "9558", "ICBC 工商银行 (legacy debit)"),
+    ("95599", "95599", "ABC 农业银行 (legacy debit)"),
+    ("601428", "601428", "Bank of Communications 交通银行 (legacy debit)"),
+)
+
+_RIC_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int64)
+_RIC_CHECK = np.frombuffer(b"10X98765432", dtype=np.uint8)
+_NOT_A_NAME_END = "区县市省州盟旗乡镇村路街巷道站店院馆园场厂所司行部队局委办处科室组团社校"
+
+
+def _strings(arr: Array) -> pa.StringArray:
+    """A flat string array, NFKC-normalised (full-width digits and ＋ become ASCII)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.string())
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type):
+        arr = arr.cast(pa.string())
+    elif pa.types.is_integer(arr.type) or pa.types.is_decimal(arr.type):
+        arr = arr.cast(pa.string())  # a mobile or card stored as a number is still one
+    elif not pa.types.is_string(arr.type):
+        return pa.nulls(len(arr), pa.string())  # dates, floats, booleans, binary: not these kinds
+    return pc.utf8_normalize(arr, "NFKC")
+
+
+def _bool(result: pa.Array) -> np.ndarray:
+    return result.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _matrix(arr: pa.StringArray, rows: np.ndarray, width: int) -> np.ndarray:
+    """The bytes of ``arr[rows]`` (all exactly ``width`` bytes long) as an (n, width) uint8 matrix."""
+    if not len(rows):
+        return np.zeros((0, width), np.uint8)
+    taken = arr.take(pa.array(rows))
+    offsets = np.frombuffer(taken.buffers()[1], dtype=np.int32, count=taken.offset + len(taken) + 1)[taken.offset:]
+    raw = np.frombuffer(taken.buffers()[2], dtype=np.uint8)
+    return raw[offsets[0]: offsets[0] + len(rows) * width].reshape(len(rows), width)
+
+
+def _numbers(m: np.ndarray) -> np.ndarray:
+    """Digits of a byte matrix read as one integer per row."""
+    d = m.astype(np.int64) - 48
+    return d @ (10 ** np.arange(m.shape[1] - 1, -1, -1, dtype=np.int64))
+
+
+def _plausible_date(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+    return (month >= 1) & (month <= 12) & (day >= 1) & (day <= 31) & (year >= 1880) & (year <= 2099)
+
+
+def _province(m: np.ndarray) -> np.ndarray:
+    return np.isin(_numbers(m[:, :2]), np.array(sorted(PROVINCES)))
+
+
+def resident_ids(arr: Array) -> np.ndarray:
+    """GB 11643 resident IDs (18 characters with a valid check character, or the old 15 digits)."""
+    s = _strings(arr)
+    out = np.zeros(len(s), dtype=bool)
+    upper = pc.utf8_upper(s)
+    rows = np.flatnonzero(_bool(pc.match_substring_regex(upper, r"^\d{17}[\dX]$")))
+    m = _matrix(upper, rows, 18)
+    body = m[:, :17].astype(np.int64) - 48
+    check = _RIC_CHECK[(body @ _RIC_WEIGHTS) % 11] == m[:, 17]
+    birth = _numbers(m[:, 6:14])
+    ok = check & _province(m) & _plausible_date(birth // 10_000, birth // 100 % 100, birth % 100)
+    out[rows[ok]] = True
+    rows = np.flatnonzero(_bool(pc.match_substring_regex(s, r"^\d{15}$")))
+    m = _matrix(s, rows, 15)
+    birth = _numbers(m[:, 6:12])
+    out[rows[_province(m) & _plausible_date(1900 + birth // 10_000, birth // 100 % 100, birth % 100)]] = True
+    return out
+
+
+def mobiles(arr: Array) -> np.ndarray:
+    """Mainland mobile numbers, with or without +86 / 0086 / 86, spaces and dashes ignored."""
+    s = pc.replace_substring_regex(_strings(arr), r"[\s\-]", "")
+    return _bool(pc.match_substring_regex(s, r"^(?:\+?86|0086)?1[3-9]\d{9}$"))
+
+
+@cache
+def _prefix_lookup() -> dict[int, list[tuple[int, int]]]:
+    """Prefix length → inclusive (low, high) ranges."""
+    table: dict[int, list[tuple[int, int]]] = {}
+    for low, high, _name in CARD_PREFIXES:
+        table.setdefault(len(low), []).append((int(low), int(high)))
+    return table
+
+
+def known_card_prefix(m: np.ndarray) -> np.ndarray:
+    """Rows of a digit matrix whose leading digits are a known issuer's prefix."""
+    ok = np.zeros(len(m), dtype=bool)
+    for length, ranges in _prefix_lookup().items():
+        lead = _numbers(m[:, :length])
+        for low, high in ranges:
+            ok |= (lead >= low) & (lead <= high)
+    return ok
+
+
+def luhn_ok(m: np.ndarray) -> np.ndarray:
+    """The Luhn check over each row of a digit matrix (every second digit from the right doubled)."""
+    d = m.astype(np.int64) - 48
+    doubled = d[:, -2::-2] * 2
+    total = d[:, -1::-2].sum(axis=1) + (doubled - 9 * (doubled > 9)).sum(axis=1)
+    return total % 10 == 0
+
+
+def bank_cards(arr: Array) -> np.ndarray:
+    """16–19 digits (spaces and dashes ignored) with a known issuer prefix and a valid Luhn check."""
+    s = pc.replace_substring_regex(_strings(arr), r"[\s\-]", "")
+    out = np.zeros(len(s), dtype=bool)
+    lengths = _bool(pc.match_substring_regex(s, r"^\d{16,19}$")) * pc.utf8_length(s).fill_null(0).to_numpy(
+        zero_copy_only=False)
+    for width in range(16, 20):
+        rows = np.flatnonzero(lengths == width)
+        m = _matrix(s, rows, width)
+        out[rows[known_card_prefix(m) & luhn_ok(m)]] = True
+    return out
+
+
+@cache
+def surnames() -> tuple[frozenset[str], frozenset[str]]:
+    """(single-character, two-character) Chinese surnames from Faker's zh_CN table."""
+    from faker.providers.person.zh_CN import Provider
+
+    names = set(Provider.last_names)
+    return frozenset(n for n in names if len(n) == 1), frozenset(n for n in names if len(n) == 2)
+
+
+def person_names(arr: Array) -> np.ndarray:
+    """2–4 Han characters (or Han·Han) beginning with a Chinese surname, not ending like a place or org."""
+    s = pc.utf8_trim_whitespace(_strings(arr))
+    shape = _bool(pc.match_substring_regex(s, r"^(?:\p{Han}{2,4}|\p{Han}{1,6}·\p{Han}{1,8})$"))
+    shape &= ~_bool(pc.match_substring_regex(s, f"[{_NOT_A_NAME_END}]$"))
+    single, double = surnames()
+    first = _bool(pc.is_in(pc.utf8_slice_codeunits(s, 0, 1), value_set=pa.array(sorted(single))))
+    first2 = _bool(pc.is_in(pc.utf8_slice_codeunits(s, 0, 2), value_set=pa.array(sorted(double))))
+    return shape & (first | first2 | _bool(pc.match_substring(s, "·")))
+
+
+_ADDRESS = (r"\p{Han}.*(?:省|市|区|县|旗|镇|乡|街道).*(?:路|街|巷|弄|大道|村|组|号|栋|幢|单元|室|小区|苑|花园|公寓)"
+            r"|\p{Han}.*\d+\s*(?:号|栋|幢|单元|室|弄)")
+
+
+def addresses(arr: Array) -> np.ndarray:
+    """Han text naming an administrative unit and a street/village/building, or a house number."""
+    s = _strings(arr)
+    return _bool(pc.match_substring_regex(s, _ADDRESS)) & (_bool(pc.greater_equal(pc.utf8_length(s), 6)))
+
+
+DETECTORS: dict[str, Callable[[Array], np.ndarray]] = {
+    RESIDENT_ID: resident_ids, MOBILE: mobiles, BANK_CARD: bank_cards, PERSON_NAME: person_names,
+    ADDRESS: addresses}
+
+
+def detect(arr: Array, kinds: Iterable[str] = KINDS) -> dict[str, np.ndarray]:
+    """Kind → one boolean per value (True: the value is that kind)."""
+    return {k: DETECTORS[k](arr) for k in kinds}
+
+
+def value_kinds(arr: Array) -> list[str | None]:
+    """The kind of each value, or None (the first matching kind, numbers before text)."""
+    found = detect(arr)
+    out: list[str | None] = [None] * len(arr)
+    for kind in reversed(KINDS):
+        for i in np.flatnonzero(found[kind]):
+            out[i] = kind
+    return out
+
+
+def column_kind(arr: Array, *, sample: int = 1000, threshold: float = 0.5) -> str | None:
+    """The personal kind most values of a column are (of its first ``sample`` non-null values), or None."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], arr.type)
+    values = arr.drop_null().slice(0, sample)
+    if not len(values):
+        return None
+    shares = {k: float(v.mean()) for k, v in detect(values).items()}
+    kind = max(shares, key=lambda k: shares[k])
+    return kind if shares[kind] >= threshold else None
+
+
+def is_resident_id(text: str) -> bool:
+    """One value: python-stdnum's check character (``calc_check_digit`` wants the check character
+    included and drops it) plus the same province and birth-date plausibility as ``resident_ids``."""
+    from stdnum.cn import ric
+
+    t = text.strip().upper()
+    if len(t) == 18 and t[:17].isdigit() and t[17] in "0123456789X":
+        return ric.calc_check_digit(t) == t[17] and bool(resident_ids(pa.array([t]))[0])
+    return bool(resident_ids(pa.array([t]))[0])
+
+
+def is_bank_card(text: str) -> bool:
+    """One value: python-stdnum's Luhn plus a known issuer prefix and length."""
+    from stdnum import luhn
+
+    digits = "".join(text.split()).replace("-", "")
+    return 16 <= len(digits) <= 19 and digits.isdigit() and luhn.is_valid(digits) and \
+        bool(known_card_prefix(np.frombuffer(digits.encode(), np.uint8)[None, :])[0])

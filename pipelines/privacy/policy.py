@@ -1,0 +1,128 @@
+"""Which columns of a lake table a person may read in clear: by declaration, by detection, fail-closed.
+
+A column is masked when its declared data element is personal, OR when most of a sample of its values
+are a personal kind (``detect.column_kind``), so a new system's IDs, mobiles and names are masked
+before anyone declares them. Any other text column of an undeclared table has the identifiers inside
+its values masked (``mask_text``). When the standards, registry or contracts cannot be read, nothing
+is trusted: every detected value is masked and every free-text column is hidden (``mask_free_text``);
+only code-like values (no space, no Han, short) stay readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.contracts import DatasetContract
+from pipelines.privacy.detect import column_kind
+from pipelines.privacy.mask import is_personal, mask, mask_free_text, mask_kind, mask_text
+from pipelines.settings import Settings
+from pipelines.standards import DataElement, Standards
+
+Mask = Callable[[Any], Any]
+_CODE_LIKE = r"^[0-9A-Za-z_.:/+|=@#\-]{0,64}$"
+
+
+@dataclass(frozen=True)
+class Declarations:
+    """The standards and contracts: what each lake column carries, where it is declared."""
+
+    standards: Standards
+    contracts: dict[str, DatasetContract]
+
+    def columns_of(self, table: str) -> dict[str, DataElement]:
+        """Column → data element for ``raw.<system>__<table>``, ``std.<ds>`` and ``quarantine.<ds>``."""
+        ns, _, name = table.partition(".")
+        if ns == "raw" and "__" in name:
+            system, _, code = name.partition("__")
+            out = {}
+            for e in self.standards.elements.values():
+                for ref in [*e.authoritative, *e.copies]:
+                    if (ref.system, ref.table) == (system, code):
+                        out[ref.column] = e
+            return out
+        if ns in ("std", "quarantine", "curated") and name in self.contracts:
+            return {c.name: self.standards.element(c.element) for c in self.contracts[name].columns}
+        return {}
+
+
+def load_declarations(settings: Settings) -> tuple[Declarations | None, str | None]:
+    """(declarations, None), or (None, why) when any of the config cannot be read: masking then fails
+    closed. Any exception counts — a config that crashes the loader must not switch masking off."""
+    from pipelines.contracts import load_contracts
+    from pipelines.registry import load_registry
+    from pipelines.standards import load_standards
+
+    try:
+        standards = load_standards(settings.root / "schemas" / "standards")
+        systems, errors = load_registry(settings.registry_dir)
+        if errors:
+            raise next(iter(errors.values()))
+        contracts = load_contracts(settings.root / "schemas" / "datasets", standards, systems)
+    except Exception as exc:  # noqa: BLE001 - fail closed on anything
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return Declarations(standards, contracts), None
+
+
+def _is_text(arr: pa.ChunkedArray | pa.Array) -> bool:
+    return pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or (
+        pa.types.is_dictionary(arr.type) and pa.types.is_string(arr.type.value_type))
+
+
+def _code_like(arr: pa.ChunkedArray | pa.Array, sample: int = 1000) -> bool:
+    values = arr.drop_null().slice(0, sample)
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    return bool(pc.all(pc.match_substring_regex(values, _CODE_LIKE)).as_py() is not False)
+
+
+def column_masks(data: pa.Table, declared: Mapping[str, DataElement] | None) -> dict[str, Mask]:
+    """Column → mask for every column of ``data`` a person may not read in clear. ``declared`` is the
+    column's data elements (``Declarations.columns_of``); None means the config is unreadable (fail closed)."""
+    masks: dict[str, Mask] = {}
+    for name in data.column_names:
+        arr = data.column(name)
+        element = declared.get(name) if declared is not None else None
+        if element is not None and is_personal(element):
+            masks[name] = partial(mask, element=element)
+            continue
+        kind = column_kind(arr)
+        if kind is not None:
+            masks[name] = partial(mask_kind, kind=kind)
+        elif not _is_text(arr) or (element is not None and declared is not None):
+            continue  # a declared non-personal column (a USCC, a code) stays readable
+        elif declared is None and not name.startswith("_") and not _code_like(arr):
+            masks[name] = mask_free_text
+        else:
+            masks[name] = mask_text
+    return masks
+
+
+def _conflict_value(row: dict[str, Any], column: str, decl: Declarations | None) -> Any:
+    element = decl.standards.elements.get(row.get("element") or "") if decl is not None else None
+    value = row[column]
+    if element is not None:
+        return mask(value, element)
+    kind = column_kind(pa.array([value], pa.string())) if value is not None else None
+    return mask_kind(value, kind) if kind else mask_free_text(value)
+
+
+def masked_rows(table: str, data: pa.Table, decl: Declarations | None) -> list[dict[str, Any]]:
+    """The rows of lake table ``table`` as a person may read them (every rendering goes through here)."""
+    masks = column_masks(data, decl.columns_of(table) if decl is not None else None)
+    if table.startswith("meta.") and "key" in data.column_names:
+        masks["key"] = mask_text  # keys of conflicts and the like: identifiers inside composite text
+    rows = []
+    for row in data.to_pylist():
+        out = {k: masks[k](v) if k in masks else v for k, v in row.items()}
+        if table == "meta.conflicts":  # values of any element: masked by the row's element
+            for col in ("authoritative_value", "other_value"):
+                if col in row:
+                    out[col] = _conflict_value(row, col, decl)
+        rows.append(out)
+    return rows
