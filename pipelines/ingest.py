@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan, NotEqualTo
 
+from pipelines.contracts import contracts_of_table
 from pipelines.errors import CitylakeError, FileRejected, SchemaDriftError
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.raw import LINEAGE_NAMES, RawWriter, TableState, open_table, row_hash, stream_scan
@@ -225,6 +226,9 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             if k not in cols.schema.names:
                 raise CitylakeError(f"system {system.system}, table {spec.source!r}: column {k!r} "
                                     f"from the registry is not at the source (columns: {cols.schema.names})")
+        # a contract column the source lacks would publish all-null: fail before anything is written
+        for contract in contracts_of_table(settings.root / "schemas" / "datasets", system.system, spec.code):
+            contract.check_sources(cols.schema.names, f"system {system.system}, table {spec.code}")
         table = open_table(catalog, result.identifier)
         state = TableState.of(table) if table is not None else TableState()
         rerun = result.batch_id in state.windows

@@ -210,8 +210,8 @@ def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
     return 1
 
 
-def parse_yaml_model(path: Path, model: type[BaseModel]) -> Any:
-    """Parse one YAML file into ``model``; raise ConfigError naming file, line and fix."""
+def load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """The parsed YAML of ``path`` and the line of every key path in it (``("columns", 2, "source")``)."""
     text = path.read_text(encoding="utf-8")
     try:
         node = yaml.compose(text)
@@ -220,23 +220,45 @@ def parse_yaml_model(path: Path, model: type[BaseModel]) -> Any:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1
         raise ConfigError(f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict) or node is None:
-        raise ConfigError(f"{path}:1: expected a mapping of fields (system, name, department, ...)")
     lines: dict[tuple[Any, ...], int] = {}
-    _line_index(node, (), lines)
+    if node is not None:
+        _line_index(node, (), lines)
+    return data, lines
+
+
+def line_of(lines: dict[tuple[Any, ...], int], *loc: Any) -> int:
+    """The line of a key path, or of its nearest parent the file spells out."""
+    return _line_of(lines, loc)
+
+
+def parse_yaml_model(path: Path, model: type[BaseModel], context: dict[str, Any] | None = None,
+                     lines: dict[tuple[Any, ...], int] | None = None) -> Any:
+    """Parse one YAML file into ``model``; raise ConfigError naming file, line and fix of every problem.
+
+    ``context`` reaches the model's validators (what other files declare: systems, elements, code
+    lists), so a wrong reference is reported with its own line among the others. ``lines``, when given,
+    receives the line of every key path."""
+    data, found = load_yaml(path)
+    if lines is not None:
+        lines.update(found)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: expected a mapping of fields ({', '.join(list(model.model_fields)[:3])}, ...)")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        where = ".".join(str(p) for p in loc) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown field; allowed fields: {', '.join(_allowed(model, loc[:-1]))}"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise ConfigError(f"{path}:{_line_of(lines, loc)}: {where}: {msg}{more}") from None
+        raise ConfigError(*(_problem(path, found, model, err) for err in exc.errors())) from None
+
+
+def _problem(path: Path, lines: dict[tuple[Any, ...], int], model: type[BaseModel], err: Any) -> str:
+    """One pydantic error as ``file:line: field.path: message``."""
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown field; allowed fields: {', '.join(_allowed(model, loc[:-1]))}"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    return f"{path}:{_line_of(lines, loc)}: {where}: {msg}"
 
 
 def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -7,7 +7,6 @@ difference is not a conflict. Every disagreeing key is recorded in ``meta.confli
 
 from __future__ import annotations
 
-import re
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -17,41 +16,12 @@ import pyarrow.compute as pc
 
 from pipelines.contracts import DatasetContract
 from pipelines.lake.catalog import get_catalog
+from pipelines.lake.meta import new_run_id, replace_run
 from pipelines.lake.raw import open_table, stream_scan
-from pipelines.quality.gate import RESULTS_SCHEMA, _append, load_config
+from pipelines.privacy import mask
+from pipelines.quality.gate import load_config
 from pipelines.settings import Settings, load_settings
 from pipelines.standards import DataElement
-
-PERSONAL = ("个人信息", "敏感个人信息")
-
-
-def mask(value: Any, element: DataElement) -> str | None:
-    """Display mask for personal values (张** / 340104********1234 / 138****1234)."""
-    if value is None:
-        return None
-    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
-    if element.sensitivity not in PERSONAL or element.code_list:
-        return text  # code values (sex 1/2, district codes) identify nobody on their own
-    if element.validator == "resident_id" and len(text) == 18:
-        return text[:6] + "*" * 8 + text[-4:]
-    if element.validator == "mobile" and len(text) == 11:
-        return text[:3] + "****" + text[-4:]
-    if element.type in ("date", "timestamp"):
-        return text[:4] + "-**-**"  # generalised to the year (GB/T 35273)
-    if "address" in element.code:
-        cut = max(text.find("区"), text.find("县"))
-        return text[:cut + 1] + "***" if cut > 0 else text[:6] + "***"  # generalised to the district
-    return text[:1] + "*" * max(1, len(text) - 1)
-
-
-_IDENTIFIERS = re.compile(r"(?<![0-9A-Za-z])(\d{6})\d{8}(\d{3}[\dXx])(?![0-9A-Za-z])|(?<!\d)(1[3-9]\d)\d{4}(\d{4})(?!\d)")
-
-
-def mask_identifiers(text: Any) -> str | None:
-    """Mask resident IDs and mobile numbers inside free text (e.g. a composite key ``id|type``)."""
-    if text is None:
-        return None
-    return _IDENTIFIERS.sub(lambda m: f"{m[1]}********{m[2]}" if m[1] else f"{m[3]}****{m[4]}", str(text))
 
 
 @dataclass(frozen=True)
@@ -90,11 +60,15 @@ def pairs(standards: Any, contracts: dict[str, DatasetContract]) -> list[Pair]:
     return out
 
 
-def run_consistency(*, settings: Settings | None = None, run_id: str = "consistency") -> list[dict[str, Any]]:
-    """Compare every copy with its authority; record conflicts and rates. Returns one summary per pair."""
+def run_consistency(*, settings: Settings | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Compare every copy with its authority; record conflicts and rates. Returns one summary per pair.
+
+    A run replaces what an earlier attempt of the same ``run_id`` recorded; without one (a CLI call) the
+    run gets its own id, so two runs are told apart rather than piled under one name."""
     import duckdb
 
     settings = settings or load_settings()
+    run_id = run_id or new_run_id()
     standards, _systems, contracts = load_config(settings)
     catalog = get_catalog(settings)
     summaries, conflicts = [], []
@@ -126,6 +100,7 @@ def run_consistency(*, settings: Settings | None = None, run_id: str = "consiste
         bad = pa.concat_tables(parts) if parts else result.schema.empty_table()
         rate = bad.num_rows / compared if compared else 0.0
         summaries.append({"element": p.element.code, "authoritative_system": p.authority.source["system"],
+                          "department": p.copy.owner,
                           "other_system": p.copy.source["system"], "other_table": p.copy.source["table"],
                           "compared": compared, "conflicts": bad.num_rows, "rate": round(rate, 6)})
         key_cols = [f"k_{k}" for k in p.copy.primary_key]
@@ -138,13 +113,10 @@ def run_consistency(*, settings: Settings | None = None, run_id: str = "consiste
                 "key": key[0] if len(key) == 1 else "|".join(map(str, key)),
                 "authoritative_value": mask(row["auth_value"], p.element),
                 "other_value": mask(row["copy_value"], p.element)})
-    _append(catalog, "meta.conflicts", pa.Table.from_pylist(conflicts, schema=pa.schema(
-        [(n, pa.string()) for n in ("run_id", "element", "element_name", "authoritative_system", "other_system",
-                                    "other_table", "other_column", "key", "authoritative_value", "other_value")])))
-    _append(catalog, "meta.quality_results", pa.Table.from_pylist([
-        {"run_id": run_id, "dataset": f"{s['other_system']}.{s['other_table']}",
+    replace_run(catalog, "meta.conflicts", run_id, conflicts)
+    replace_run(catalog, "meta.quality_results", run_id, [
+        {"run_id": run_id, "dataset": f"{s['other_system']}.{s['other_table']}", "department": s["department"],
          "rule": f"{s['element']}.consistency.{s['other_system']}", "tag": "source_conflict", "dimension": "一致性",
          "element": s["element"], "column": s["element"], "evaluated": s["compared"], "failed": s["conflicts"],
-         "severity": "warning", "passed": s["conflicts"] == 0, "error": None} for s in summaries],
-        schema=RESULTS_SCHEMA))
+         "severity": "warning", "passed": s["conflicts"] == 0, "error": None} for s in summaries])
     return summaries

@@ -6,8 +6,9 @@ quarantined as ``duplicate_key``), evaluate every rule, then either
   the task fails with a readable summary (rule, count, three example keys); or
 - publish: passing rows upsert into std by primary key in one commit, rows failing a critical rule go to
   ``quarantine.<dataset>`` with every rule they broke, warning-only rows are published and flagged.
-Every batch records extracted = published + quarantined + held in ``meta.batches``; every rule result
-lands in ``meta.quality_results`` and every standardization change in ``meta.standardization_log``.
+Every raw batch records its own extracted = published + quarantined + held in ``meta.batches``; every rule
+result lands in ``meta.quality_results`` and every standardization change in ``meta.standardization_log``,
+replaced (not repeated) when the same run id runs again (``pipelines.lake.meta``).
 
 A held batch stays parked (later batches publish without it) until someone acts on it:
 - rerunning the run that held it (clearing the Airflow task) validates it again, e.g. after a code-list fix;
@@ -38,9 +39,13 @@ import pyarrow.parquet as pq
 from pyiceberg.expressions import EqualTo, In
 
 from pipelines.contracts import DatasetContract, load_contracts
-from pipelines.errors import CitylakeError
+from pipelines.errors import CitylakeError, ConfigError
 from pipelines.lake.catalog import get_catalog
+from pipelines.lake.changes import raw_batch_ids
+from pipelines.lake.meta import append_events, new_run_id, replace_run
 from pipelines.lake.raw import arrow_schema, open_table, stream_scan
+from pipelines.lake.tables import PROPS, append, append_staged, table_for
+from pipelines.privacy import column_kind, is_personal, mask, mask_kind
 from pipelines.quality.rules import Rule, evaluate
 from pipelines.quality.standardize import standardize
 from pipelines.quality.suites import load_suite
@@ -48,23 +53,12 @@ from pipelines.registry import load_registry
 from pipelines.settings import TZ, Settings, load_settings
 from pipelines.standards import load_standards
 
-PROPS = {"format-version": "2", "write.parquet.compression-codec": "zstd"}
 # std files are rewritten whole when one of their keys changes: keep them moderate (64 MB in memory).
 STD_PROPS = {**PROPS, "write.target-file-size-bytes": str(64 << 20)}
+# exact bounds on the batch id: a retry's replace finds the earlier attempt's files by their statistics
+QUARANTINE_PROPS = {**PROPS, "write.metadata.metrics.column._batch_id": "full"}
 CHUNK_ROWS = 128 * 1024
 """Rows standardized, validated and split at a time: the gate's memory follows this, not the batch size."""
-RESULTS_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("dataset", pa.string()), ("rule", pa.string()), ("tag", pa.string()),
-    ("dimension", pa.string()), ("element", pa.string()), ("column", pa.string()), ("evaluated", pa.int64()),
-    ("failed", pa.int64()), ("severity", pa.string()), ("passed", pa.bool_()), ("error", pa.string())])
-
-
-# One row per (batch, validation); counts are per validation run, the same for each of its batches.
-BATCHES_SCHEMA = pa.schema([
-    ("dataset", pa.string()), ("raw_batch_id", pa.string()), ("run_id", pa.string()), ("status", pa.string()),
-    ("extracted", pa.int64()), ("published", pa.int64()), ("quarantined", pa.int64()), ("held", pa.int64()),
-    ("std_snapshot_id", pa.int64()), ("detail", pa.string()), ("reason", pa.string()),
-    ("recorded_at", pa.timestamp("us", tz="UTC"))])
 
 
 class QualityGateError(CitylakeError):
@@ -86,47 +80,19 @@ class GateResult:
     std_snapshot: int | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
     reason: str | None = None
+    batch_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    """raw batch id → its own extracted / published / quarantined / held."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def load_config(settings: Settings) -> tuple[Any, dict[str, Any], dict[str, DatasetContract]]:
-    standards = load_standards(settings.root / "schemas" / "standards")
     systems, errors = load_registry(settings.registry_dir)
     if errors:
-        raise CitylakeError("; ".join(str(e) for e in errors.values()))
+        raise ConfigError(*(p for e in errors.values() for p in e.problems))
+    standards = load_standards(settings.root / "schemas" / "standards", systems)
     return standards, systems, load_contracts(settings.root / "schemas" / "datasets", standards, systems)
-
-
-def _table_for(catalog: Any, name: str, schema: pa.Schema, properties: dict[str, str]) -> Any:
-    """The table, created from ``schema`` the first time, evolved when ``schema`` brings new columns (a
-    column added in a later release: older lakes lack it)."""
-    table = open_table(catalog, name)
-    if table is None:
-        return catalog.create_table(name, schema=schema, properties=properties)
-    if set(schema.names) - set(table.schema().column_names):
-        with table.update_schema() as update:
-            update.union_by_name(schema)
-        table = catalog.load_table(name)
-    return table
-
-
-def _append(catalog: Any, name: str, data: pa.Table | Path, props: dict[str, str] | None = None) -> None:
-    """Append to a meta/quarantine table, creating it from the data's schema the first time; a staged
-    Parquet file is appended a data file's worth at a time (bounded memory)."""
-    if isinstance(data, Path):
-        if not data.exists():
-            return
-        staged = pq.ParquetFile(data)
-        if staged.metadata.num_rows == 0:
-            return
-        table = _table_for(catalog, name, staged.schema_arrow, PROPS)
-        with table.transaction() as tx:
-            _append_staged(tx, table, staged, props or {})
-        return
-    if data.num_rows:
-        _table_for(catalog, name, data.schema, PROPS).append(data, snapshot_properties=props or {})
 
 
 def batch_status(catalog: Any, dataset: str) -> dict[str, dict[str, Any]]:
@@ -148,9 +114,7 @@ def _new_batches(catalog: Any, contract: DatasetContract, run_id: str, retry_hel
     raw = open_table(catalog, contract.raw_table)
     if raw is None or raw.current_snapshot() is None:
         return []
-    batches: set[str] = set()
-    for part in stream_scan(raw.scan(selected_fields=("_batch_id",))):  # raw keeps all history
-        batches.update(pc.unique(part.column(0)).to_pylist())
+    batches = raw_batch_ids(raw)  # from snapshot metadata: raw keeps all history, a scan would follow it
     for batch, row in batch_status(catalog, contract.dataset).items():
         if not (row["status"] == "held" and (retry_held or row["run_id"] == run_id)):
             batches.discard(batch)
@@ -186,14 +150,16 @@ class _Masker:
     """Masks personal values as a person may read them (keys and rule values in results and summaries)."""
 
     def __init__(self, contract: DatasetContract, standards: Any) -> None:
-        from pipelines.quality.consistency import mask
-
-        self._mask = mask
         self.element_of = {c.name: standards.element(c.element) for c in contract.columns}
         self.keys = contract.primary_key
 
     def column(self, table: pa.Table, name: str) -> list[Any]:
-        return [self._mask(v, self.element_of[name]) for v in table.column(name).to_pylist()]
+        """Masked by the declared element; a column declared non-personal is still masked when its
+        values are mostly a personal kind (a mis-declared element must not leak them)."""
+        element, values = self.element_of[name], table.column(name)
+        if not is_personal(element) and (kind := column_kind(values)) is not None:
+            return [mask_kind(v, kind) for v in values.to_pylist()]
+        return [mask(v, element) for v in values.to_pylist()]
 
     def rows(self, table: pa.Table, column: str) -> tuple[list[dict[str, Any]], list[Any]]:
         masked = {k: self.column(table, k) for k in self.keys}
@@ -270,6 +236,15 @@ class _Staged:
     """Keys deleted at the source (tombstones), standardized, std column names, with ``_extracted_at``."""
     changes: dict[tuple[str, str], int]
     errors: dict[int, str]
+    extracted_by_batch: Counter[str] = field(default_factory=Counter)
+    """Rows read per raw batch (tombstones included): ``meta.batches`` records each batch's own counts."""
+    gone_by_batch: Counter[str] = field(default_factory=Counter)
+
+
+def _count_batches(counter: Counter[str], batch_ids: pa.ChunkedArray | pa.Array) -> None:
+    """Add the rows of each raw batch id (a handful of distinct values per chunk: memory stays small)."""
+    for item in pc.value_counts(batch_ids).to_pylist():
+        counter[item["values"]] += item["counts"]
 
 
 def _release_memory() -> None:
@@ -322,7 +297,8 @@ def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: A
             # a tombstone carries the key as the source wrote it: standardize it like std's keys (3401…x → X)
             dead = chunk.filter(tomb)
             gone = standardize(dead.select(source_keys), contract, standards)[0].select(keys) \
-                .append_column("_extracted_at", dead["_extracted_at"])
+                .append_column("_extracted_at", dead["_extracted_at"]).append_column("_batch_id", dead["_batch_id"]) \
+                .append_column("_load_seq", load_seqs(dead))
             chunk = chunk.filter(pc.invert(tomb))
         if not chunk.num_rows:
             return n, None, gone, [], {}
@@ -330,7 +306,7 @@ def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: A
         # positions number the rows as read (tombstones included): unique, and ordered for ties
         live = np.flatnonzero(~tomb.to_numpy(zero_copy_only=False)) + pos
         std = (std.append_column("_batch_id", chunk["_batch_id"]).append_column("_extracted_at", chunk["_extracted_at"])
-               .append_column("_pos", pa.array(live.astype(np.int64))))
+               .append_column("_load_seq", load_seqs(chunk)).append_column("_pos", pa.array(live.astype(np.int64))))
         errors = {}
         for i, r in enumerate(evaluate(std, rules)):
             if r.error:
@@ -343,11 +319,16 @@ def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: A
     gone: list[pa.Table] = []
     changes: dict[tuple[str, str], int] = {}
     errors: dict[int, str] = {}
+    by_batch: Counter[str] = Counter()
+    gone_by_batch: Counter[str] = Counter()
     try:
         for n, std, dead, log, errs in _ordered_map(work, numbered()):
             extracted += n
             if dead is not None:
                 gone.append(dead)
+                _count_batches(gone_by_batch, dead["_batch_id"])
+            if std is not None:
+                _count_batches(by_batch, std["_batch_id"])
             for c in log:
                 changes[(c.column, c.transformation)] = changes.get((c.column, c.transformation), 0) + c.rows_changed
             for i, e in errs.items():
@@ -364,14 +345,17 @@ def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: A
     if not gone:
         empty = reader.schema.empty_table()
         gone = [standardize(empty.select(source_keys), contract, standards)[0].select(keys)
-                .append_column("_extracted_at", empty["_extracted_at"])]
-    return _Staged(path, rows, extracted, pa.concat_tables(gone), changes, errors)
+                .append_column("_extracted_at", empty["_extracted_at"]).append_column("_batch_id", empty["_batch_id"])
+                .append_column("_load_seq", load_seqs(empty))]
+    return _Staged(path, rows, extracted, pa.concat_tables(gone), changes, errors, by_batch + gone_by_batch,
+                   gone_by_batch)
 
 
-def _extra_copies(staged: _Staged, keys: list[str], order: str, tmp: Path) -> pa.Array:
-    """Positions of every copy of a key but its latest (by cursor; ties: the later extraction, then the
-    later row), found by DuckDB over the staged file so that the batch need not fit in memory (it spills
-    to ``tmp``)."""
+def _extra_copies(staged: _Staged, keys: list[str], order: str | None, tmp: Path) -> pa.Array:
+    """Positions of every copy of a key but its latest (by the contract's cursor ``order``; ties: the later
+    load by ``_load_seq``, then the later extraction, then the later row), found by DuckDB over the staged
+    file so that the batch need not fit in memory (it spills to ``tmp``). The load sequence comes before
+    ``_extracted_at``: a CLI run stamps the wall clock, an Airflow run its data-interval end."""
     import duckdb
 
     if not staged.rows:
@@ -379,9 +363,10 @@ def _extra_copies(staged: _Staged, keys: list[str], order: str, tmp: Path) -> pa
     con = duckdb.connect(config={"memory_limit": "256MB", "temp_directory": str(tmp), "threads": 2})
     key_list = ", ".join(f'"{k}"' for k in keys)
     source = str(staged.path).replace("'", "''")
-    extras = con.sql(f'SELECT _pos FROM (SELECT _pos, row_number() OVER (PARTITION BY {key_list} ORDER BY "{order}" '
-                     f'DESC NULLS LAST, "_extracted_at" DESC NULLS LAST, _pos DESC) AS rn '
-                     f"FROM read_parquet('{source}')) WHERE rn > 1").to_arrow_table()
+    ordering = ", ".join(f'"{c}" DESC NULLS LAST' for c in dict.fromkeys(
+        [*([order] if order and order != "_extracted_at" else []), "_load_seq", "_extracted_at"]))
+    extras = con.sql(f"SELECT _pos FROM (SELECT _pos, row_number() OVER (PARTITION BY {key_list} ORDER BY "
+                     f"{ordering}, _pos DESC) AS rn FROM read_parquet('{source}')) WHERE rn > 1").to_arrow_table()
     con.close()
     return extras.column(0).combine_chunks()
 
@@ -391,6 +376,8 @@ class _Split:
     published: int = 0
     quarantined: int = 0
     warned: int = 0
+    published_by_batch: Counter[str] = field(default_factory=Counter)
+    quarantined_by_batch: Counter[str] = field(default_factory=Counter)
 
 
 def _split(staged: _Staged, extras: pa.Array, rules: list[Rule], tallies: list[RuleTally], dup: RuleTally,
@@ -447,6 +434,8 @@ def _split(staged: _Staged, extras: pa.Array, rules: list[Rule], tallies: list[R
             out.warned += warned
             out.published += good.num_rows
             out.quarantined += quarantined.num_rows
+            _count_batches(out.published_by_batch, good["_batch_id"])
+            _count_batches(out.quarantined_by_batch, quarantined["_batch_id"])
             write(good_path, good)
             write(quarantine_path, quarantined)
     finally:
@@ -467,8 +456,11 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
         raise CitylakeError(f"no dataset contract {dataset!r} (known: {', '.join(sorted(contracts))})")
     contract = contracts[dataset]
     reference_date = reference_date or datetime.now(TZ).date()
-    run_id = run_id or f"quality_{dataset}_{reference_date.isoformat()}"
+    run_id = run_id or new_run_id()  # a CLI call: its own run; Airflow passes its dag run's
     catalog = get_catalog(settings)
+    raw = open_table(catalog, contract.raw_table)
+    if raw is not None:  # a source column the raw table lacks would publish an all-null column
+        contract.check_sources(raw.schema().column_names, contract.raw_table)
     if release is not None and not release.strip():
         raise CitylakeError(f"release of {dataset}: give a reason (it is recorded in meta.batches)")
     batches = _new_batches(catalog, contract, run_id, retry_held or release is not None)
@@ -488,7 +480,7 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
         tmp = Path(tmp_name)
         staged = _stage(reader, contract, standards, source.crs, rules, tmp / "staged.parquet")
         _release_memory()
-        extras = _extra_copies(staged, keys, contract.cursor or "_extracted_at", tmp)
+        extras = _extra_copies(staged, keys, contract.cursor, tmp)
         _release_memory()
         tallies = [RuleTally(r, error=staged.errors.get(i)) for i, r in enumerate(rules)]
         dup = RuleTally(_duplicate_rule(contract))
@@ -502,14 +494,14 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
         blocking = [] if release is not None else over
         _record_results(catalog, run_id, contract, [*tallies, dup])
         write_gx_result(settings, contract, [*tallies, dup], run_id, reference_date, batches)
-        _append(catalog, "meta.standardization_log", pa.Table.from_pylist(
-            [{"dataset": dataset, "column": c, "transformation": t, "rows_changed": n, "run_id": run_id}
-             for (c, t), n in staged.changes.items()],
-            schema=pa.schema([("dataset", pa.string()), ("column", pa.string()), ("transformation", pa.string()),
-                              ("rows_changed", pa.int64()), ("run_id", pa.string())])))
+        replace_run(catalog, "meta.standardization_log", run_id,
+                    [{"dataset": dataset, "column": c, "transformation": t, "rows_changed": n, "run_id": run_id}
+                     for (c, t), n in staged.changes.items()], datasets=[dataset])
         result.failures = [{"rule": t.rule.id, "failed": t.failed, "evaluated": t.evaluated} for t in over]
         if blocking:
             result.status, result.held = "held", result.extracted
+            result.batch_counts = {b: {"extracted": staged.extracted_by_batch[b], "published": 0, "quarantined": 0,
+                                       "held": staged.extracted_by_batch[b]} for b in batches}
             _record_batches(catalog, contract, result, None)
             raise QualityGateError(_summary(contract, blocking))
         result.quarantined = split.quarantined
@@ -518,8 +510,15 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
         # extracted = published + quarantined (+ held when blocked): deletion rows count as published
         result.published = split.published + staged.gone.num_rows
         assert result.extracted == result.published + result.quarantined + result.held, result
+        result.batch_counts = {b: {"extracted": staged.extracted_by_batch[b],
+                                   "published": split.published_by_batch[b] + staged.gone_by_batch[b],
+                                   "quarantined": split.quarantined_by_batch[b], "held": 0} for b in batches}
+        for b, n in result.batch_counts.items():  # the invariant holds per raw batch, not only in total
+            assert n["extracted"] == n["published"] + n["quarantined"], (b, n)
         result.std_snapshot = _publish(catalog, contract, good_path, staged.gone, keys, run_id)
-        _append(catalog, f"quarantine.{dataset}", quarantine_path)
+        # a retry (its batches not yet recorded) replaces the rows an earlier attempt quarantined
+        append(catalog, f"quarantine.{dataset}", quarantine_path, props={"citylake.run-id": run_id},
+               properties=QUARANTINE_PROPS, replace=In("_batch_id", batches))
     result.status = "published" if release is None else "released"
     _record_batches(catalog, contract, result, result.std_snapshot)
     return result
@@ -569,49 +568,31 @@ def _drop_keys(tx: Any, table: Any, keys: list[str], replace: pa.Array, props: d
                     overwrite.append_data_file(f)
 
 
+def load_seqs(table: pa.Table | pa.RecordBatch) -> pa.Array | pa.ChunkedArray:
+    """The rows' ``_load_seq``; null for rows of raw tables written before it existed (they order first)."""
+    if "_load_seq" in table.schema.names:
+        return table.column("_load_seq")
+    return pa.nulls(table.num_rows, pa.int64())
+
+
 def _deleted_since(gone_keys: pa.Table, gone: pa.Table, keys: list[str]) -> pa.Table:
-    """key string → the latest time it was found deleted at the source (runs can span several batches)."""
-    return pa.table({"key": _key_strings(gone_keys, keys), "at": gone["_extracted_at"]}) \
-        .group_by("key").aggregate([("at", "max")])
+    """key string → the latest load (``_load_seq``, then ``_extracted_at``) that found it deleted at the
+    source (runs can span several batches)."""
+    events = pa.table({"key": _key_strings(gone_keys, keys), "seq": pc.fill_null(load_seqs(gone), -1),
+                       "at": gone["_extracted_at"]}).sort_by([("seq", "ascending"), ("at", "ascending")])
+    return events.group_by("key", use_threads=False).aggregate([("seq", "last"), ("at", "last")])
 
 
 def _still_alive(batch: pa.RecordBatch, keys: list[str], deleted: pa.Table) -> pa.Array:
-    """False for a row whose key a later batch of the same run deleted at the source."""
+    """False for a row whose key a later load of the same run deleted at the source."""
     if not deleted.num_rows:
         return pa.repeat(pa.scalar(True), batch.num_rows)
     idx = pc.index_in(_key_strings(pa.Table.from_batches([batch]), keys), value_set=deleted["key"])
-    died = pc.take(deleted["at_max"], idx)
-    return pc.fill_null(pc.less_equal(died, batch.column("_extracted_at")), True)
-
-
-def _append_staged(tx: Any, table: Any, rows: pq.ParquetFile, props: dict[str, str],
-                   deleted: pa.Table | None = None, keys: list[str] | None = None) -> None:
-    """One append snapshot of the staged file, written a file's worth of rows at a time.
-
-    ``Transaction.append`` of a ``RecordBatchReader`` hands every target-sized bin to an executor at once
-    (``executor.map`` submits eagerly), so the whole stream is read ahead of the writers; this is the same
-    append, fed one bin at a time."""
-    from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
-
-    meta = tx.table_metadata
-    _check_pyarrow_schema_compatible(meta.schema(), provided_schema=rows.schema_arrow,
-                                     format_version=meta.format_version)
-    target = int(meta.properties.get("write.target-file-size-bytes", 512 << 20))
-    counter = itertools.count(0)
-    with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
-        pending: list[pa.RecordBatch] = []
-        size = 0
-        for batch in itertools.chain(rows.iter_batches(batch_size=CHUNK_ROWS), [None]):
-            if batch is not None and deleted is not None and keys:
-                batch = batch.filter(_still_alive(batch, keys, deleted))
-            if batch is not None:
-                pending.append(batch)
-                size += batch.nbytes
-            if pending and (batch is None or size >= target):
-                for f in _dataframe_to_data_files(table_metadata=meta, df=pa.Table.from_batches(pending), io=table.io,
-                                                  write_uuid=append.commit_uuid, counter=counter):
-                    append.append_data_file(f)
-                pending, size = [], 0
+    died_seq, died_at = pc.take(deleted["seq_last"], idx), pc.take(deleted["at_last"], idx)
+    seq = pc.fill_null(load_seqs(batch), -1)
+    later = pc.or_(pc.greater(seq, died_seq),
+                   pc.and_(pc.equal(seq, died_seq), pc.less_equal(died_at, batch.column("_extracted_at"))))
+    return pc.fill_null(later, True)
 
 
 def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table, keys: list[str],
@@ -622,7 +603,7 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
     found its key deleted is not appended (it still counts as published: it passed, then was deleted)."""
     name = contract.std_table
     rows = pq.ParquetFile(good) if good.exists() else None
-    table = _table_for(catalog, name, rows.schema_arrow, STD_PROPS) if rows is not None else open_table(catalog, name)
+    table = table_for(catalog, name, rows.schema_arrow, STD_PROPS) if rows is not None else open_table(catalog, name)
     if table is None:
         return None
     props = {"citylake.run-id": run_id}
@@ -637,26 +618,26 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
             if len(replace):
                 _drop_keys(tx, table, keys, replace, props)
         if rows is not None:
-            _append_staged(tx, table, rows, props, _deleted_since(gone_keys, gone, keys), keys)
+            deleted = _deleted_since(gone_keys, gone, keys)
+            append_staged(tx, table, rows, props, lambda b: _still_alive(b, keys, deleted), CHUNK_ROWS)
     snap = catalog.load_table(name).current_snapshot()
     return snap.snapshot_id if snap else None
 
 
 def _record_results(catalog: Any, run_id: str, contract: DatasetContract, tallies: list[RuleTally]) -> None:
-    rows = [{"run_id": run_id, "dataset": contract.dataset, "rule": t.rule.id, "tag": t.rule.tag,
+    rows = [{"run_id": run_id, "dataset": contract.dataset, "department": contract.owner, "rule": t.rule.id, "tag": t.rule.tag,
              "dimension": t.rule.dimension, "element": t.rule.element, "column": t.rule.column,
              "evaluated": t.evaluated, "failed": t.failed, "severity": t.rule.severity,
              "passed": t.failed == 0, "error": t.error} for t in tallies]
-    _append(catalog, "meta.quality_results", pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA))
+    replace_run(catalog, "meta.quality_results", run_id, rows, datasets=[contract.dataset])
 
 
 def _record_batches(catalog: Any, contract: DatasetContract, result: GateResult, snapshot: int | None) -> None:
     rows = [{"dataset": contract.dataset, "raw_batch_id": b, "run_id": result.run_id, "status": result.status,
-             "extracted": result.extracted, "published": result.published, "quarantined": result.quarantined,
-             "held": result.held, "std_snapshot_id": snapshot, "detail": json.dumps(result.failures, ensure_ascii=False),
-             "reason": result.reason, "recorded_at": datetime.now(TZ)}
+             **result.batch_counts[b], "std_snapshot_id": snapshot,
+             "detail": json.dumps(result.failures, ensure_ascii=False), "reason": result.reason}
             for b in result.batches]
-    _append(catalog, "meta.batches", pa.Table.from_pylist(rows, schema=BATCHES_SCHEMA))
+    append_events(catalog, rows)
 
 
 def _gx_version() -> str:

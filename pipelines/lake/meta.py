@@ -1,0 +1,114 @@
+"""Every ``meta.*`` table: its schema and its idempotent write.
+
+Two kinds of table:
+- per-run tables (``quality_results``, ``standardization_log``, ``conflicts``): what one run found. A rerun
+  of the same run id (an Airflow retry, a held batch validated again by the run that held it) replaces
+  that run's rows in one commit (delete + append in one transaction) instead of adding them again;
+  ``quality_results`` and ``standardization_log`` are replaced per dataset, so two datasets validated
+  under one run id do not erase each other.
+- ``batches``: an append-only log of status events per raw batch (held → released, or published) with that
+  batch's own counts. The latest row of a batch (``recorded_at``) is its status; a rerun of the same run
+  id that reaches the same status for a batch replaces its earlier event rather than repeating it.
+Every row carries ``recorded_at`` (UTC). Old lakes lack the newer columns: the tables evolve on write.
+
+Run ids: an Airflow task uses its dag run id (plus the mapped dataset), so a retry reuses it; every CLI
+invocation gets its own (``new_run_id``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from pyiceberg.expressions import And, BooleanExpression, EqualTo, In, Or
+
+from pipelines.lake.tables import PROPS, append
+
+RECORDED_AT = ("recorded_at", pa.timestamp("us", tz="UTC"))
+
+QUALITY_RESULTS = pa.schema([
+    ("run_id", pa.string()), ("dataset", pa.string()), ("department", pa.string()), ("rule", pa.string()),
+    ("tag", pa.string()), ("dimension", pa.string()), ("element", pa.string()), ("column", pa.string()),
+    ("evaluated", pa.int64()), ("failed", pa.int64()), ("severity", pa.string()), ("passed", pa.bool_()),
+    ("error", pa.string()), RECORDED_AT])
+
+STANDARDIZATION_LOG = pa.schema([
+    ("dataset", pa.string()), ("column", pa.string()), ("transformation", pa.string()),
+    ("rows_changed", pa.int64()), ("run_id", pa.string()), RECORDED_AT])
+
+CONFLICTS = pa.schema([
+    *[(n, pa.string()) for n in ("run_id", "element", "element_name", "authoritative_system", "other_system",
+                                 "other_table", "other_column", "key", "authoritative_value", "other_value")],
+    RECORDED_AT])
+
+# One row per (raw batch, status event); the counts are that batch's own.
+BATCHES = pa.schema([
+    ("dataset", pa.string()), ("raw_batch_id", pa.string()), ("run_id", pa.string()), ("status", pa.string()),
+    ("extracted", pa.int64()), ("published", pa.int64()), ("quarantined", pa.int64()), ("held", pa.int64()),
+    ("std_snapshot_id", pa.int64()), ("detail", pa.string()), ("reason", pa.string()), RECORDED_AT])
+
+SCHEMAS = {"meta.quality_results": QUALITY_RESULTS, "meta.standardization_log": STANDARDIZATION_LOG,
+           "meta.conflicts": CONFLICTS, "meta.batches": BATCHES}
+PER_DATASET = {"meta.quality_results", "meta.standardization_log"}
+"""Per-run tables replaced per (run id, dataset): several datasets share one CLI run id."""
+
+# Exact (not 16-character truncated) column bounds for the columns a replace filters on, so that a
+# rerun's delete skips other runs' files by their statistics instead of reading them.
+META_PROPS = {**PROPS, **{f"write.metadata.metrics.column.{c}": "full"
+                          for c in ("run_id", "dataset", "raw_batch_id", "status")}}
+
+
+def new_run_id(prefix: str = "cli") -> str:
+    """A run id of its own for one invocation (UTC time to the microsecond, plus a short random tail)."""
+    return f"{prefix}__{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}__{uuid.uuid4().hex[:6]}"
+
+
+def _rows(name: str, rows: list[dict[str, Any]]) -> pa.Table:
+    schema = SCHEMAS[name]
+    unknown = {k for r in rows for k in r} - set(schema.names)
+    if unknown:  # from_pylist would drop them silently: a new column belongs in the schema above
+        raise ValueError(f"{name}: columns {sorted(unknown)} are not in its schema (pipelines/lake/meta.py)")
+    now = datetime.now(UTC)
+    return pa.Table.from_pylist([{**r, "recorded_at": now} for r in rows], schema=schema)
+
+
+def replace_run(catalog: Any, name: str, run_id: str, rows: list[dict[str, Any]],
+                datasets: Iterable[str] | None = None) -> None:
+    """Replace run ``run_id``'s rows of a per-run meta table with ``rows``, in one commit.
+
+    For ``quality_results`` and ``standardization_log`` only the run's rows of ``datasets`` (default: the
+    datasets in ``rows``) are replaced; ``conflicts`` are replaced by run id."""
+    if name not in SCHEMAS or name == "meta.batches":
+        raise ValueError(f"{name}: not a per-run meta table")
+    scope: BooleanExpression = EqualTo("run_id", run_id)
+    if name in PER_DATASET:
+        names = sorted(set(datasets if datasets is not None else (r["dataset"] for r in rows)))
+        if not names:
+            return
+        scope = And(scope, In("dataset", names))
+    append(catalog, name, _rows(name, rows), props={"citylake.run-id": run_id}, properties=META_PROPS,
+           replace=scope)
+
+
+def append_events(catalog: Any, rows: list[dict[str, Any]]) -> None:
+    """Record batch status events in ``meta.batches``; a repeated event (same dataset, raw batch, run id and
+    status: a retry) replaces the earlier one, so the log holds each transition once."""
+    if not rows:
+        return
+    replace: BooleanExpression | None = None
+    for (dataset, run_id, status), batches in _group(rows).items():
+        one = And(And(EqualTo("dataset", dataset), EqualTo("run_id", run_id)),
+                  And(EqualTo("status", status), In("raw_batch_id", batches)))
+        replace = one if replace is None else Or(replace, one)
+    append(catalog, "meta.batches", _rows("meta.batches", rows), properties=META_PROPS, replace=replace)
+
+
+def _group(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[str]]:
+    out: dict[tuple[str, str, str], list[str]] = {}
+    for r in rows:
+        out.setdefault((r["dataset"], r["run_id"], r["status"]), []).append(r["raw_batch_id"])
+    return out
+
