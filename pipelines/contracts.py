@@ -8,13 +8,15 @@ Sharing rules follow STANDARDS.md: 无条件共享 → 共享条件 "无条件";
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from pipelines.errors import ConfigError
-from pipelines.registry import SourceSystem, check_code, parse_yaml_model
+from pipelines.registry import SourceSystem, check_code, line_of, parse_yaml_model
 from pipelines.standards import Standards
 
 SharingType = Literal["无条件共享", "有条件共享", "不予共享"]
@@ -41,6 +43,14 @@ class ColumnSpec(_Model):
     @classmethod
     def _codes(cls, v: str) -> str:
         return check_code(v, "column code")
+
+    @field_validator("element")
+    @classmethod
+    def _known_element(cls, v: str, info: ValidationInfo) -> str:
+        standards = (info.context or {}).get("standards")
+        if standards is not None and v not in standards.elements:
+            raise ValueError(f"unknown data element {v!r} (not in schemas/standards/elements.yml)")
+        return v
 
 
 class Classification(_Model):
@@ -102,11 +112,29 @@ class DatasetContract(_Model):
     open: Opening
     update_cycle: Literal["实时", "每小时", "每日", "每周", "每月", "每季度", "每半年", "每年"]
     format: Literal["电子文件", "电子表格", "数据库", "图形图像", "流媒体", "自描述格式", "服务接口"] = "数据库"
+    _file: Path | None = PrivateAttr(default=None)
+    _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)
 
     @field_validator("dataset")
     @classmethod
     def _code(cls, v: str) -> str:
         return check_code(v, "dataset code")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if set(v) != {"system", "table"}:
+            raise ValueError("source needs exactly system and table")
+        systems = (info.context or {}).get("systems")
+        if systems is None:
+            return v
+        system = systems.get(v["system"])
+        if system is None:
+            raise ValueError(f"source system {v['system']!r} is not in the registry (known: {', '.join(sorted(systems))})")
+        tables = [t.code for t in system.all_tables]
+        if v["table"] not in tables:
+            raise ValueError(f"system {v['system']} has no table {v['table']!r} (known: {', '.join(tables)})")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetContract:
@@ -116,8 +144,6 @@ class DatasetContract(_Model):
         for k in [*self.primary_key, *([self.cursor] if self.cursor else [])]:
             if k not in names:
                 raise ValueError(f"{k!r} (primary key/cursor) is not one of the columns")
-        if set(self.source) != {"system", "table"}:
-            raise ValueError("source needs exactly system and table")
         level = _STRICTEST.get(self.classification.level)
         if level is not None and (self.sharing.type != "不予共享" or self.open.type != "不予开放"):
             raise ValueError(f"{self.classification.level}: 不予共享 and 不予开放 (GB/T 43697 default tiers)")
@@ -135,21 +161,67 @@ class DatasetContract(_Model):
     def std_table(self) -> str:
         return f"std.{self.dataset}"
 
+    def where(self, *loc: Any) -> str:
+        """``file:line`` of a key path of this contract, e.g. ``where("columns", 3, "source")``."""
+        return f"{self._file}:{line_of(self._lines, *loc)}" if self._file else f"dataset {self.dataset}"
+
+    def check_sources(self, present: Iterable[str], where: str) -> None:
+        """Every column's ``source`` is one of ``present`` (the columns ``where`` has), else one ConfigError
+        listing each missing one with its file and line: a missing source would publish an all-null column."""
+        have = sorted(c for c in present if not c.startswith("_"))
+        problems = []
+        for i, col in enumerate(self.columns):
+            if col.source not in have:
+                near = difflib.get_close_matches(col.source, have, n=1)
+                hint = f"did you mean {near[0]!r}?" if near else f"columns: {', '.join(have)}"
+                problems.append(f"{self.where('columns', i, 'source')}: columns.{i}.source: column {col.name}: source column "
+                                f"{col.source!r} is not in {where} ({hint})")
+        if problems:
+            raise ConfigError(*problems)
+
+
+def _read(path: Path, context: dict[str, Any] | None) -> DatasetContract:
+    lines: dict[tuple[Any, ...], int] = {}
+    contract: DatasetContract = parse_yaml_model(path, DatasetContract, context, lines)
+    contract._file, contract._lines = path, lines
+    return contract
+
 
 def load_contracts(directory: Path, standards: Standards,
                    systems: dict[str, SourceSystem]) -> dict[str, DatasetContract]:
-    """Every contract, cross-checked with the standards (elements exist) and the registry (source exists)."""
+    """Every contract, cross-checked with the standards (elements exist) and the registry (source system and
+    table exist; a column source is not a name the registry renames). Every problem of every file is
+    reported together, each with its file and line."""
     out: dict[str, DatasetContract] = {}
+    problems: list[str] = []
     for path in sorted(directory.glob("*.yml")):
-        c: DatasetContract = parse_yaml_model(path, DatasetContract)
+        try:
+            c = _read(path, {"standards": standards, "systems": systems})
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
         if c.dataset != path.stem:
-            raise ConfigError(f"{path}:1: dataset {c.dataset!r} must equal the file name {path.stem!r}")
-        system = systems.get(c.source["system"])
-        if system is None:
-            raise ConfigError(f"{path}: source system {c.source['system']!r} is not in the registry")
-        system.table(c.source["table"])
-        for col in c.columns:
-            if col.element not in standards.elements:
-                raise ConfigError(f"{path}: column {col.name}: unknown data element {col.element!r}")
+            problems.append(f"{c.where('dataset')}: dataset {c.dataset!r} must equal the file name {path.stem!r}")
+        renamed = systems[c.source["system"]].table(c.source["table"]).columns
+        for i, col in enumerate(c.columns):
+            if col.source in renamed and col.source not in renamed.values():  # the source's name, not the raw's
+                problems.append(f"{c.where('columns', i, 'source')}: columns.{i}.source: column {col.name}: source {col.source!r} is "
+                                f"renamed by the registry; the raw column is {renamed[col.source]!r}")
         out[c.dataset] = c
+    if problems:
+        raise ConfigError(*problems)
     return out
+
+
+def contracts_of_table(directory: Path, system: str, table: str) -> list[DatasetContract]:
+    """The contracts built from ``raw.<system>__<table>``, read on their own (ingest checks their columns
+    against the source; a contract that does not parse is reported by the gate, not by ingest)."""
+    found = []
+    for path in sorted(directory.glob("*.yml")):
+        try:
+            c = _read(path, None)
+        except ConfigError:
+            continue
+        if c.source == {"system": system, "table": table}:
+            found.append(c)
+    return found

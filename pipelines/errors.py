@@ -8,7 +8,17 @@ class CitylakeError(Exception):
 
 
 class ConfigError(CitylakeError):
-    """A config file is invalid: the message names the file, the line and the fix."""
+    """A config file is invalid: the message names the file, the line and the fix.
+
+    One load reports every problem it found, one line each (``problems``), so a fix-and-retry loop does
+    not uncover them one at a time."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__(*problems)
+        self.problems = list(problems)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
 
 
 class SourceError(CitylakeError):

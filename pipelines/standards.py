@@ -12,13 +12,13 @@ import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pipelines.code_lists import DEV_ZONES, CodeList, load_code_list
 from pipelines.errors import ConfigError
-from pipelines.registry import check_code, parse_yaml_model
+from pipelines.registry import SourceSystem, check_code, line_of, parse_yaml_model
 
 DIMENSIONS = ("规范性", "完整性", "准确性", "一致性", "时效性", "可访问性")
 
@@ -31,6 +31,25 @@ class SourceRef(BaseModel):
 
     def key(self) -> tuple[str, str, str]:
         return (self.system, self.table, self.column)
+
+    @model_validator(mode="after")
+    def _in_registry(self, info: ValidationInfo) -> SourceRef:
+        """System and table exist (when the registry is given); the column is not a source name the
+        registry renames. Other columns only the source knows: ingest and the gate check those."""
+        systems = (info.context or {}).get("systems")
+        if systems is None:
+            return self
+        system = systems.get(self.system)
+        if system is None:
+            raise ValueError(f"system {self.system!r} is not in the registry (known: {', '.join(sorted(systems))})")
+        tables = {t.code: t for t in system.all_tables}
+        if self.table not in tables:
+            raise ValueError(f"system {self.system} has no table {self.table!r} (known: {', '.join(tables)})")
+        renamed = tables[self.table].columns
+        if self.column in renamed and self.column not in renamed.values():
+            raise ValueError(f"column {self.column!r} is the source's name; the registry maps it to "
+                             f"{renamed[self.column]!r}")
+        return self
 
     def __str__(self) -> str:
         return f"{self.system}.{self.table}.{self.column}"
@@ -72,6 +91,15 @@ class DataElement(BaseModel):
     def _code(cls, v: str) -> str:
         return check_code(v, "element code")
 
+    @field_validator("code_list")
+    @classmethod
+    def _known_list(cls, v: str | None, info: ValidationInfo) -> str | None:
+        lists = (info.context or {}).get("code_lists")
+        if v is not None and lists is not None and v not in lists:
+            raise ValueError(f"element {info.data.get('code')} ({info.data.get('name_zh')}): unknown code list "
+                             f"{v!r} (have: {', '.join(sorted(lists))})")
+        return v
+
 
 class ElementFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -105,36 +133,43 @@ class Standards:
         return self.code_lists[name].aliases
 
 
-def _line_of_element(path: Path, code: str) -> int:
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if re.match(rf"^\s*(-\s*)?code:\s*{re.escape(code)}\s*$", line):
-            return n
-    return 1
-
-
-def load_standards(directory: Path) -> Standards:
-    """Every element and code list, checked: one authority per element, unique ids/codes, known lists."""
-    lists = {p.stem: load_code_list(p) for p in sorted((directory / "code_lists").glob("*.csv"))}
+def load_standards(directory: Path, systems: dict[str, SourceSystem] | None = None) -> Standards:
+    """Every element and code list, checked: one authority per element, unique ids/codes, known lists and,
+    given the registry, that each authoritative/copy system and table exists. Every problem is reported
+    together, each with its file and line."""
+    problems: list[str] = []
+    lists: dict[str, CodeList] = {}
+    for p in sorted((directory / "code_lists").glob("*.csv")):
+        try:
+            lists[p.stem] = load_code_list(p)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     path = directory / "elements.yml"
-    parsed: ElementFile = parse_yaml_model(path, ElementFile)
+    lines: dict[tuple[Any, ...], int] = {}
+    try:
+        # a list that failed to load is still a known name: its own lines say what is wrong with it
+        known = {p.stem for p in (directory / "code_lists").glob("*.csv")}
+        parsed: ElementFile = parse_yaml_model(path, ElementFile, {"code_lists": known, "systems": systems}, lines)
+    except ConfigError as exc:
+        raise ConfigError(*problems, *exc.problems) from None
     elements: dict[str, DataElement] = {}
     ids: dict[str, str] = {}
     authority: dict[tuple[str, str, str], str] = {}
-    for e in parsed.elements:
-        line = _line_of_element(path, e.code)
-        where = f"{path}:{line}: element {e.code} ({e.name_zh})"
+    for i, e in enumerate(parsed.elements):
+        where = f"{path}:{line_of(lines, 'elements', i, 'code')}: element {e.code} ({e.name_zh})"
         if e.code in elements or e.id in ids:
-            raise ConfigError(f"{where}: id {e.id} or code {e.code} is used twice")
+            problems.append(f"{where}: id {e.id} or code {e.code} is used twice")
+            continue
         if len(e.authoritative) != 1:
-            raise ConfigError(f"{where}: needs exactly one authoritative source (一数一源), has "
-                              f"{len(e.authoritative)}: {', '.join(map(str, e.authoritative)) or 'none'}")
-        key = e.authoritative[0].key()
-        if key in authority:
-            raise ConfigError(f"{where}: {e.authoritative[0]} is already the authority of element {authority[key]}")
-        if e.code_list and e.code_list not in lists:
-            raise ConfigError(f"{where}: unknown code list {e.code_list!r} (have: {', '.join(sorted(lists))})")
-        authority[key] = e.code
+            problems.append(f"{where}: needs exactly one authoritative source (一数一源), has "
+                            f"{len(e.authoritative)}: {', '.join(map(str, e.authoritative)) or 'none'}")
+        elif (key := e.authoritative[0].key()) in authority:
+            problems.append(f"{where}: {e.authoritative[0]} is already the authority of element {authority[key]}")
+        else:
+            authority[key] = e.code
         elements[e.code], ids[e.id] = e, e.code
+    if problems:
+        raise ConfigError(*problems)
     return Standards(elements, lists)
 
 

@@ -84,5 +84,5 @@ def test_duplicate_codes_and_unknown_list(tmp_path: Path) -> None:
         load_standards(d)
     d2 = _copy(tmp_path / "b")
     _edit(d2 / "elements.yml", "code_list: sex", "code_list: gender")
-    with pytest.raises(ConfigError, match=r"elements\.yml:\d+: element sex_code .*unknown code list 'gender'"):
+    with pytest.raises(ConfigError, match=r"elements\.yml:\d+: elements\.2\.code_list: element sex_code .*unknown code list 'gender'"):
         load_standards(d2)
