@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from datetime import date, datetime
-from functools import partial
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -172,17 +170,18 @@ def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__pe
     """The first rows of a lake table (personal values masked unless --unmasked)."""
     from pyiceberg.exceptions import NoSuchTableError
 
-    from pipelines.lake.inspect import head
+    from pipelines.lake.inspect import show
 
     try:
-        data = head(table, limit, load_settings())
+        columns, rows, warning = show(table, limit, load_settings(), unmasked=unmasked)
     except NoSuchTableError:
         _fail(f"no table {table!r} in the lake (see `citylake lake ls`)")
-    masks = {} if unmasked else _personal_columns(table)
-    t = Table(*data.column_names)
-    for row in data.to_pylist():
-        t.add_row(*[_cell(masks[k](v) if k in masks else v) for k, v in row.items()])
-    _print_wide(t, len(data.column_names))
+    if warning:
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    t = Table(*columns)
+    for row in rows:
+        t.add_row(*[_cell(row[c]) for c in columns])
+    _print_wide(t, len(columns))
 
 
 @quality_app.command("run")
@@ -315,32 +314,6 @@ def quality_score(as_json: Annotated[bool, typer.Option("--json", help="Print on
         t.add_row(r["defect"], str(r["truth"]), str(r["found"]), f"{r['recall']:.1%}", f"{r['precision']:.1%}")
     out.print(t)
     out.print(f"benign variants flagged: {len(result['benign_flagged'])}")
-
-
-def _personal_columns(table: str) -> dict[str, Any]:
-    """Column → mask function for the personal data elements a lake table carries."""
-    from pipelines.quality.consistency import PERSONAL, mask, mask_identifiers
-    from pipelines.quality.gate import load_config
-
-    try:
-        standards, _systems, contracts = load_config(load_settings())
-    except CitylakeError:
-        return {}
-    ns, _, name = table.partition(".")
-    elements: dict[str, Any] = {}
-    if ns == "raw" and "__" in name:
-        system, _, code = name.partition("__")
-        for e in standards.elements.values():
-            for ref in [*e.authoritative, *e.copies]:
-                if (ref.system, ref.table) == (system, code):
-                    elements[ref.column] = e
-    elif name in contracts:
-        elements = {c.name: standards.element(c.element) for c in contracts[name].columns}
-    masks: dict[str, Callable[[Any], str | None]] = {
-        col: partial(mask, element=e) for col, e in elements.items() if e.sensitivity in PERSONAL}
-    if ns == "meta":  # keys of conflicts and the like: identifiers inside composite text
-        masks["key"] = mask_identifiers
-    return masks
 
 
 def _cell(v: Any) -> str:

@@ -15,7 +15,8 @@ import pytest
 from pipelines.errors import CitylakeError
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
-from pipelines.quality.consistency import mask, run_consistency
+from pipelines.privacy import mask
+from pipelines.quality.consistency import run_consistency
 from pipelines.quality.gate import QualityGateError, load_config, run_quality
 from pipelines.quality.rules import Rule, evaluate
 from pipelines.quality.score import score
@@ -148,7 +149,7 @@ def test_masks() -> None:
     assert mask("张三丰", s.element("person_name")) == "张**"
     assert mask("34010419900101123X", s.element("resident_id")) == "340104********123X"
     assert mask("合肥ABC科技有限公司", s.element("enterprise_name")) == "合肥ABC科技有限公司"
-    from pipelines.quality.consistency import mask_identifiers
+    from pipelines.privacy import mask_identifiers
 
     assert mask_identifiers("340102197003210109|410") == "340102********0109|410"
     assert mask_identifiers("13812345678") == "138****5678" and mask_identifiers(None) is None

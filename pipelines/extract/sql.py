@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from pipelines.connections import describe, scrub
 from pipelines.errors import SourceError
+from pipelines.privacy import quote
 from pipelines.registry import SqlTable
 from pipelines.settings import TZ
 
@@ -182,7 +183,7 @@ def _coerce(values: tuple[Any, ...], f: pa.Field, where: str) -> pa.Array:
         except Exception:
             pass
     bad = next((v for v in values if v is not None and _bad(v, f.type)), None)
-    raise SourceError(f"{where}: column {f.name}: value {bad!r} is not {f.type}")
+    raise SourceError(f"{where}: column {f.name}: value {quote(bad)} is not {f.type}")  # masked: logs, XCom
 
 
 def _bad(value: Any, t: pa.DataType) -> bool:

@@ -42,3 +42,20 @@ def head(name: str, limit: int = 20, settings: Settings | None = None) -> pa.Tab
     """The first ``limit`` rows of a lake table."""
     catalog = get_catalog(settings)
     return catalog.load_table(name).scan(limit=limit).to_arrow()
+
+
+def show(name: str, limit: int = 20, settings: Settings | None = None, *,
+         unmasked: bool = False) -> tuple[list[str], list[dict[str, Any]], str | None]:
+    """(columns, rows, warning): the first rows of a lake table as a person may read them. Personal values
+    are masked by declaration and by detection (``pipelines.privacy``) unless ``unmasked``; when the config
+    cannot be read, masking fails closed and ``warning`` says why."""
+    from pipelines.privacy import load_declarations, masked_rows
+    from pipelines.settings import load_settings
+
+    settings = settings or load_settings()
+    data = head(name, limit, settings)
+    if unmasked:
+        return data.column_names, data.to_pylist(), None
+    declarations, why = load_declarations(settings)
+    warning = f"config unreadable ({why}): every value that looks personal and all free text masked" if why else None
+    return data.column_names, masked_rows(name, data, declarations), warning

@@ -5,11 +5,20 @@ later the report, exports and the leak gate), so a new kind of identifier is tau
 """
 
 from pipelines.privacy.detect import KINDS, column_kind, detect, is_bank_card, is_resident_id, value_kinds
-from pipelines.privacy.mask import PERSONAL, is_personal, mask, mask_free_text, mask_identifiers, mask_kind, mask_text
+from pipelines.privacy.mask import (
+    PERSONAL,
+    is_personal,
+    mask,
+    mask_free_text,
+    mask_identifiers,
+    mask_kind,
+    mask_text,
+    quote,
+)
 from pipelines.privacy.policy import Declarations, column_masks, load_declarations, masked_rows
 
 __all__ = [
     "KINDS", "PERSONAL", "Declarations", "column_kind", "column_masks", "detect", "is_bank_card", "is_personal",
     "is_resident_id", "load_declarations", "mask", "mask_free_text", "mask_identifiers", "mask_kind", "mask_text",
-    "masked_rows", "value_kinds",
+    "masked_rows", "quote", "value_kinds",
 ]

@@ -96,7 +96,7 @@ _IDENTIFIERS = re.compile(
     _NOT_BEFORE + "(?:"
     r"(?P<card>(?:62|81|4|5[1-5]|2[2-7]|35|6011|64[4-9]|65|9558|601428)\d{14,17}(?!\d))"
     r"|(?P<card_spaced>\d{4}(?:[ -]\d{4}){3}(?:[ -]?\d{1,3})?)"
-    r"|(?P<ric>\d{17}[\dXx])"
+    r"|(?P<ric>\d{17}[\dA-Za-z]?)"  # a wrong check character or a lost one is still that person's ID
     r"|(?P<old_ric>\d{15})"
     r"|(?P<mobile>(?:\+?86[ -]?|0086[ -]?)?1[3-9]\d[ -]?\d{4}[ -]?\d{4})"
     ")" + _NOT_AFTER)
@@ -122,3 +122,16 @@ def mask_text(text: Any) -> str | None:
 
 
 mask_identifiers = mask_text  # the name consistency/gate callers used before the privacy module
+
+
+_WORDS = re.compile(r"[^\x00-\x7f]|[A-Za-z]+\s+[A-Za-z]+")
+
+
+def quote(value: Any) -> str:
+    """A cell value as an error message or log line may show it (``repr``-like): identifiers masked,
+    text with Han characters or words (a name, an address) hidden but its first character; numbers,
+    dates and short codes clear, since they are what the reader needs to see what went wrong."""
+    if value is None:
+        return "None"
+    text = mask_text(_text(value)) or ""
+    return repr(mask_free_text(text) if _WORDS.search(text) else text)
