@@ -66,7 +66,10 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
         doc_md=_doc(system),
     )
     def ingest_dag() -> None:
-        @task(pool=f"source__{system.system}", outlets=[alias], map_index_template="{{ task.op_kwargs['table'] }}")
+        # max_connections is a hard cap: a load opens up to connections_per_load connections at once
+        # (parallel ranges sharing one snapshot), so it takes that many slots of the system's pool.
+        @task(pool=f"source__{system.system}", pool_slots=system.connections_per_load, outlets=[alias],
+              map_index_template="{{ task.op_kwargs['table'] }}")
         def load_table(table: str, **context: object) -> dict:
             from pipelines.ingest import ingest_table
             from pipelines.registry import get_system

@@ -17,6 +17,7 @@ from pipelines.errors import ConfigError
 
 CODE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 CRS = Literal["WGS-84", "CGCS2000", "GCJ-02", "BD-09"]
+EXTRACT_RANGES = 2  # parallel ctid ranges of a PostgreSQL table load (two streams saturate one writer)
 
 
 def check_code(value: str, what: str = "code") -> str:
@@ -133,7 +134,9 @@ class SourceSystem(_Model):
     schedule: str = "0 2 * * *"
     """Cron expression, Asia/Shanghai."""
     max_connections: int = Field(default=2, ge=1, le=32)
-    """Airflow pool size for the system: caps concurrent connections to it."""
+    """Hard cap on concurrent connections to the system, counted across all its table loads: the size of
+    the Airflow pool ``source__<system>``. Each table load holds ``connections_per_load`` slots (the
+    PostgreSQL fast path's parallel ctid ranges, the first of which also holds the shared snapshot)."""
     lookback_hours: float = Field(default=24.0, ge=0)
     tables: list[SqlTable] = Field(default_factory=list)
     drop: FileDrop | None = None
@@ -173,6 +176,12 @@ class SourceSystem(_Model):
         if dupes:
             raise ValueError(f"table codes repeated: {sorted(dupes)}")
         return self
+
+    @property
+    def connections_per_load(self) -> int:
+        """Connections one table load opens at once, so the pool slots its task takes: ``EXTRACT_RANGES``
+        parallel ranges, at most ``max_connections`` (one range needs no exported snapshot)."""
+        return min(EXTRACT_RANGES, self.max_connections) if self.tables else 1
 
     @property
     def all_tables(self) -> list[SqlTable | DropTable]:

@@ -92,6 +92,7 @@ def test_policy_retries_backoff_owner_tags_doc(airflow_home: Path) -> None:
     for t in dag.tasks:
         assert t.retries == 3 and t.retry_exponential_backoff and t.owner == "测试局"
         assert t.pool == "source__alpha"
+        assert t.pool_slots == 2  # max_connections (2) is the system's total: a load's two ranges take both
 
 
 def test_parse_time_for_fifty_systems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

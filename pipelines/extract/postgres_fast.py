@@ -4,6 +4,13 @@ ADBC's PostgreSQL driver runs ``COPY … TO STDOUT (FORMAT binary)`` and decodes
 off the GIL. Large tables are split into ctid page ranges, one connection each, so the server's scans
 and the decoding run in parallel and overlap the Parquet writer downstream. Types stay exact:
 numeric arrives as text and is cast to decimal128(p, s) (never float), dates stay date32.
+
+The ranges read one snapshot, as ``pg_dump -j`` does: the first range's connection opens a REPEATABLE
+READ transaction and exports its snapshot (``pg_export_snapshot()``), every other range imports it
+(``SET TRANSACTION SNAPSHOT``) before any COPY starts, and the exporter stays open until its own range
+is read. Without it, a row an UPDATE moves to another page between two ranges' starts is read twice or
+not at all (and a full refresh then writes a deletion row for a live key). ``parallel`` ranges use
+exactly ``parallel`` connections.
 """
 
 from __future__ import annotations
@@ -110,6 +117,40 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 
 
 _END = object()
+_READ_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+
+def _snapshot_connections(url: str, n: int) -> list[Any]:
+    """``n`` connections whose transactions read one snapshot (n = 1: a single COPY is consistent alone).
+
+    ADBC connections start with autocommit off, so each is in a fresh transaction whose isolation can
+    still be set. All imports finish before any COPY starts, so the exporting transaction (which must
+    stay open until then) is never the one that ends first by accident.
+    """
+    conns: list[Any] = []
+    try:
+        conns.append(_connect(url))
+        if n == 1:
+            return conns
+        cur = conns[0].cursor()
+        cur.execute(_READ_SNAPSHOT)
+        cur.execute("SELECT pg_export_snapshot()")
+        snapshot = cur.fetchone()[0]
+        cur.close()
+        for _ in range(n - 1):
+            conns.append(_connect(url))
+            cur = conns[-1].cursor()
+            cur.execute(_READ_SNAPSHOT)
+            cur.execute(f"SET TRANSACTION SNAPSHOT {_literal(snapshot)}")
+            cur.close()
+        return conns
+    except BaseException:
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+        raise
 
 
 def iter_pg_batches(url: str, schema: str | None, table: str, columns: list[str], where: str | None = None,
@@ -139,12 +180,16 @@ def iter_pg_batches(url: str, schema: str | None, table: str, columns: list[str]
         cond = f" WHERE {' AND '.join(parts)}" if parts else ""
         queries.append(f"SELECT {select} FROM {_relation(schema, table)}{cond}")
 
+    try:
+        conns = _snapshot_connections(url, len(queries))
+    except Exception as exc:
+        raise SourceError(f"table {table!r}: {str(exc).strip().splitlines()[0]}") from None
     out: queue.Queue[Any] = queue.Queue(maxsize=len(queries) + 1)
     stop = threading.Event()
 
-    def scan(query: str) -> None:
+    def scan(conn: Any, query: str) -> None:
         try:
-            with _connect(url) as conn:
+            with conn:
                 cur = conn.cursor()
                 cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(4 << 20)})
                 cur.execute(query)
@@ -157,8 +202,8 @@ def iter_pg_batches(url: str, schema: str | None, table: str, columns: list[str]
         finally:
             out.put(_END)
 
-    threads = [threading.Thread(target=scan, args=(q,), daemon=True, name=f"pg-scan-{i}") for i, q in
-               enumerate(queries)]
+    threads = [threading.Thread(target=scan, args=(c, q), daemon=True, name=f"pg-scan-{i}") for i, (c, q) in
+               enumerate(zip(conns, queries, strict=True))]
     for t in threads:
         t.start()
     done = 0

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from pipelines.connections import describe, scrub
 from pipelines.errors import SourceError
 from pipelines.privacy import quote
-from pipelines.registry import SqlTable
+from pipelines.registry import EXTRACT_RANGES, SqlTable
 from pipelines.settings import TZ
 
 
@@ -77,12 +77,16 @@ def _cursor_param(value: Any, sa_type: Any, dialect: str) -> Any:
 class SqlSource:
     """One relational source system: an engine with a pool capped at the system's connections."""
 
+    pooled = True  # keep idle connections between uses (one table load uses one at a time)
+
     def __init__(self, system_code: str, url: str, max_connections: int = 2):
         self.system = system_code
         self.url = url
+        self.max_connections = max_connections
         kw: dict[str, Any] = {}
         if not url.startswith("sqlite"):
-            kw = {"pool_size": max_connections, "max_overflow": 0, "pool_pre_ping": True}
+            kw = {"pool_size": max_connections, "max_overflow": 0, "pool_pre_ping": True} if self.pooled else \
+                {"poolclass": sa.pool.NullPool}
             kw["connect_args"] = {"connect_timeout": 10}
         self.engine: Engine = sa.create_engine(url, **kw)
         self.dialect = self.engine.dialect.name
@@ -199,7 +203,11 @@ class PostgresSource(SqlSource):
 
     Reflection and error handling stay SQLAlchemy's; rows stream through parallel range scans
     decoded straight into Arrow, so numeric stays decimal and dates stay dates without per-value Python.
+    Reflection connections are closed after use (no pool): while the ranges stream, the load holds exactly
+    its ``connections_per_load`` connections, the pool slots its Airflow task took.
     """
+
+    pooled = False
 
     def _libpq_url(self) -> str:
         return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -234,9 +242,12 @@ class PostgresSource(SqlSource):
         try:
             for batch in iter_pg_batches(self._libpq_url(), table.source_schema, table.source, cols.source_names,
                                          where=" AND ".join(clauses) or None, params=params or None,
-                                         parallel=2, batch_rows=table.batch_rows):
+                                         parallel=min(EXTRACT_RANGES, self.max_connections),
+                                         batch_rows=table.batch_rows):
                 yield pa.RecordBatch.from_arrays(batch.columns, schema=cols.schema)
         except GeneratorExit:
             raise
+        except SourceError as exc:  # already names the table
+            raise self._fail(table, SourceError(str(exc).removeprefix(f"table {table.source!r}: "))) from None
         except Exception as exc:
             raise self._fail(table, exc) from None

@@ -1,0 +1,230 @@
+"""The parallel PostgreSQL extract reads one snapshot, and a killed source connection commits nothing.
+
+The table really splits (more pages than ``_MIN_PAGES_TO_SPLIT``, ANALYZEd) and rows really move between
+ranges while it is read: an indexed column is updated (no HOT update), fillfactor is 100 and the only
+free space is in the first pages, so each updated row of the table's tail gets a new version in the
+first range's pages. A second range's connection is made slow to start, as on a busy server, so updates
+commit between the two ranges' starts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from pipelines.errors import SourceError
+from pipelines.extract import postgres_fast
+from pipelines.ingest import ingest_table
+from pipelines.lake.catalog import get_catalog
+from pipelines.registry import SourceSystem
+from pipelines.settings import TZ, Settings
+
+ROWS = 80_000
+
+
+def _fill(url: str, rows: int = ROWS) -> set[int]:
+    """A table past the split threshold whose only free space is in its first pages; its live ids."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE moving (id int PRIMARY KEY, v int NOT NULL, pad text) WITH (fillfactor = 100)")
+        conn.execute("CREATE INDEX ON moving (v)")  # updating v is never a HOT update
+        conn.execute(f"INSERT INTO moving SELECT g, 0, repeat('x', 200) FROM generate_series(1, {rows}) g")
+        conn.execute(f"DELETE FROM moving WHERE id <= {rows // 10} AND id % 2 = 0")
+        conn.execute("VACUUM ANALYZE moving")  # free space map: only the first pages have room
+        return {r[0] for r in conn.execute("SELECT id FROM moving")}
+
+
+class Mover:
+    """Updates the table's tail rows (moving them into the first range's pages) until stopped."""
+
+    def __init__(self, url: str, rows: int = ROWS) -> None:
+        self.url, self.rows = url, rows
+        self.go, self.stop = threading.Event(), threading.Event()
+        self.updated, self.pid = 0, 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.go.wait(30)
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                self.pid = conn.info.backend_pid
+                hi = self.rows
+                while not self.stop.is_set() and hi > self.rows // 2:
+                    conn.execute("UPDATE moving SET v = v + 1 WHERE id > %s AND id <= %s", (hi - 20, hi))
+                    self.updated += 20
+                    hi -= 20
+        except BaseException as exc:  # noqa: BLE001 - reported by finish()
+            self.error = exc
+
+    def finish(self) -> int:
+        self.stop.set()
+        self.go.set()
+        self.thread.join(30)
+        assert self.error is None, self.error
+        return self.updated
+
+
+@pytest.fixture
+def pg(pg_url: str) -> str:
+    return pg_url.replace("postgresql+psycopg://", "postgresql://")
+
+
+class Movers(list[Mover]):
+    sessions: list[int]  # sessions on the database (movers aside) once each extract's ranges are open
+
+
+@pytest.fixture
+def slow_second_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[Movers]:
+    """Each two-range extract's second connection takes 0.4 s to open; its first one starts the movers."""
+    movers = Movers()
+    movers.sessions = []
+    real = postgres_fast._connect
+    opened = [0]
+
+    def connect(url: str) -> Any:
+        opened[0] += 1
+        if opened[0] % 2:
+            for m in movers:
+                m.go.set()
+            return real(url)
+        time.sleep(0.4)
+        conn = real(url)
+        movers.sessions.append(_other_sessions(url, *(m.pid for m in movers)))
+        return conn
+
+    monkeypatch.setattr(postgres_fast, "_connect", connect)
+    yield movers
+    for m in movers:
+        m.finish()
+    assert opened[0] >= 2, "the extract did not open two range connections"
+
+
+def test_plan_really_splits(pg: str) -> None:
+    _fill(pg)
+    _, pages, _ = postgres_fast._catalog(pg, None, "moving")
+    assert pages >= postgres_fast._MIN_PAGES_TO_SPLIT
+    assert len(postgres_fast._ranges(pages, 2)) == 2
+
+
+def test_ranges_read_one_snapshot_while_rows_move(pg: str, slow_second_connection: Movers) -> None:
+    live = _fill(pg)
+    mover = Mover(pg)
+    slow_second_connection.append(mover)
+    ids: list[int] = []
+    for batch in postgres_fast.iter_pg_batches(pg, None, "moving", ["id", "v"], parallel=2, batch_rows=5000):
+        ids.extend(batch.column("id").to_pylist())
+        time.sleep(0.005)  # a slow consumer: updates keep committing while the ranges stream
+    assert mover.finish() > 0
+    twice = [k for k, n in Counter(ids).items() if n > 1]
+    assert not twice, f"{len(twice)} keys read twice"
+    missing = live - set(ids)
+    assert not missing, f"{len(missing)} live keys not read"
+    assert len(ids) == len(live)  # the count at the snapshot: updates neither add nor remove rows
+
+
+def _system(code: str = "moving_src") -> SourceSystem:
+    return SourceSystem.model_validate({
+        "system": code, "name": "移动表", "department": "市数据资源局", "connection": f"src_{code}",
+        "tables": [{"code": "moving", "source": "moving", "primary_key": ["id"], "batch_rows": 5000}],
+    })
+
+
+def test_full_refresh_writes_no_deletion_row_for_a_live_key(
+        pg: str, lake_settings: Settings, monkeypatch: pytest.MonkeyPatch, slow_second_connection: Movers) -> None:
+    live = _fill(pg)
+    monkeypatch.setenv("CITYLAKE_CONN_SRC_MOVING_SRC", pg)
+    system = _system()
+    first = ingest_table(system, "moving", settings=lake_settings, batch_id="b1",
+                         extracted_at=datetime(2026, 11, 1, tzinfo=TZ))
+    assert first.rows_written == len(live)
+    mover = Mover(pg)
+    slow_second_connection.append(mover)
+    second = ingest_table(system, "moving", settings=lake_settings, mode="full", batch_id="b2",
+                          extracted_at=datetime(2026, 11, 2, tzinfo=TZ))
+    assert mover.finish() > 0
+    raw = get_catalog(lake_settings).load_table("raw.moving_src__moving").scan().to_arrow()
+    gone = raw.filter(pc.fill_null(raw["_deleted"], False))
+    assert gone.num_rows == 0 and second.rows_deleted == 0, f"{gone.num_rows} live keys got a deletion row"
+    b2 = raw.filter(pc.equal(raw["_batch_id"], "b2"))["id"].to_pylist()
+    assert len(b2) == len(set(b2)), "a key was read twice"
+    assert second.rows_extracted == len(live)
+    # While the ranges stream, the load holds its two range connections and nothing else (no idle
+    # reflection connection): max_connections is a real cap.
+    assert slow_second_connection.sessions[-1] == system.connections_per_load == 2
+
+
+def _other_sessions(url: str, *besides: int) -> int:
+    with psycopg.connect(url) as conn:
+        got = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND pid <> pg_backend_pid() AND NOT pid = ANY(%s)", (list(besides),)).fetchone()
+    return int(got[0]) if got else 0
+
+
+# --- fault: the source connection is killed mid-extract -----------------------------------------
+
+
+def _terminate_extract(url: str) -> int:
+    """pg_terminate_backend every other session on the scratch database (the extract's COPYs)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        killed = conn.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                              "AND query ILIKE 'COPY%'").fetchone()
+    return int(killed[0]) if killed else 0
+
+
+def test_source_killed_mid_extract_commits_nothing_and_rerun_completes(
+        pg: str, lake_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = 300_000  # several times what the range threads and their queue read ahead of the consumer
+    _fill(pg, rows)
+    monkeypatch.setenv("CITYLAKE_CONN_SRC_MOVING_SRC", pg)
+    system = _system()
+    ingest_table(system, "moving", settings=lake_settings, batch_id="b1", extracted_at=datetime(2026, 11, 1, tzinfo=TZ))
+    with psycopg.connect(pg, autocommit=True) as conn:
+        conn.execute("UPDATE moving SET v = 7 WHERE id % 1000 = 1")
+        conn.execute(f"INSERT INTO moving SELECT g, 1, 'new' FROM generate_series({rows + 1}, {rows + 500}) g")
+    catalog = get_catalog(lake_settings)
+    before = catalog.load_table("raw.moving_src__moving").current_snapshot().snapshot_id
+
+    real_conform = postgres_fast._conform
+    killed: list[int] = []
+
+    def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+        if not killed:  # the first batch reached the consumer: the COPYs are still streaming
+            killed.append(_terminate_extract(pg))
+        return real_conform(batch, schema)
+
+    monkeypatch.setattr(postgres_fast, "_conform", conform)
+    with pytest.raises(SourceError) as info:
+        ingest_table(system, "moving", settings=lake_settings, mode="full", batch_id="b2",
+                     extracted_at=datetime(2026, 11, 2, tzinfo=TZ))
+    assert killed and killed[0] >= 1
+    message = str(info.value)
+    assert "\n" not in message and "moving_src" in message and "'moving'" in message, message
+    table = catalog.load_table("raw.moving_src__moving")
+    assert table.current_snapshot().snapshot_id == before  # nothing committed, no partial batch
+    assert table.scan().to_arrow().num_rows == rows - rows // 20
+
+    monkeypatch.setattr(postgres_fast, "_conform", real_conform)
+    rerun = ingest_table(system, "moving", settings=lake_settings, mode="full", batch_id="b2",
+                         extracted_at=datetime(2026, 11, 2, tzinfo=TZ))
+    assert rerun.rows_deleted == 0
+    raw = catalog.load_table("raw.moving_src__moving").scan().to_arrow()
+    b2 = raw.filter(pc.equal(raw["_batch_id"], "b2"))["id"].to_pylist()
+    assert len(b2) == len(set(b2)) == rerun.rows_written
+    with psycopg.connect(pg) as conn:
+        source = dict(conn.execute("SELECT id, v FROM moving").fetchall())
+    latest: dict[int, int] = {}
+    for batch in ("b1", "b2"):  # b2's versions win
+        part = raw.filter(pc.equal(raw["_batch_id"], batch))
+        latest.update(zip(part["id"].to_pylist(), part["v"].to_pylist(), strict=True))
+    assert latest == source  # lake = source: nothing lost, nothing doubled
