@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pyiceberg.catalog.sql import SqlCatalog
+from sqlalchemy.exc import DBAPIError
 
 from pipelines.settings import Settings, load_settings
 
@@ -18,10 +19,18 @@ def _catalog(uri: str, warehouse: str, props: tuple[tuple[str, str], ...]) -> Sq
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if warehouse.startswith("file://"):
         Path(warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-    catalog = SqlCatalog("citylake", **dict(props))
-    for ns in NAMESPACES:
-        catalog.create_namespace_if_not_exists(ns)
-    return catalog
+    for attempt in range(3):
+        try:
+            catalog = SqlCatalog("citylake", **dict(props))
+            for ns in NAMESPACES:
+                catalog.create_namespace_if_not_exists(ns)
+            return catalog
+        except DBAPIError:
+            # Two processes initialising a fresh catalog at once (two Airflow tasks, a CLI run beside
+            # the DAG): the loser's CREATE/INSERT hits the winner's row; what it wanted now exists.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def get_catalog(settings: Settings | None = None) -> SqlCatalog:
