@@ -31,6 +31,10 @@ def _print_wide(table: Table, columns: int) -> None:
     (out if out.is_terminal else Console(width=max(160, 24 * columns))).print(table)
 
 
+EXIT_FILES_REJECTED = 3
+"""`citylake ingest` exit code when the load landed but rejected some drop files (1: a table failed)."""
+
+
 def _fail(message: str) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
@@ -81,7 +85,10 @@ def ingest(system: Annotated[str, typer.Argument(help="System code, e.g. populat
            since: Annotated[str | None, typer.Option(help="Backfill from this cursor value (inclusive).")] = None,
            until: Annotated[str | None, typer.Option(help="Backfill up to this cursor value (exclusive).")] = None,
            batch_id: Annotated[str | None, typer.Option(help="Batch id (re-running one replaces it).")] = None) -> None:
-    """Load a source system's tables into the raw zone (what the ingest DAG runs)."""
+    """Load a source system's tables into the raw zone (what the ingest DAG runs).
+
+    Exit code 1 when a table failed, 3 when drop files were rejected (they are listed and copied aside).
+    """
     from pipelines.ingest import ingest_system
     from pipelines.registry import get_system
 
@@ -97,6 +104,7 @@ def ingest(system: Annotated[str, typer.Argument(help="System code, e.g. populat
     mode = "full" if full_refresh else ("backfill" if since else "incremental")
     codes = table or [t.code for t in spec.all_tables]
     failures: list[str] = []
+    rejected: list[str] = []
     t = Table("table", "mode", "extracted", "written", "unchanged", "deleted", "watermark", "seconds",
               title=f"ingest {system}")
     with _progress() as progress:
@@ -112,10 +120,19 @@ def ingest(system: Annotated[str, typer.Argument(help="System code, e.g. populat
             t.add_row(res.identifier, res.mode, f"{res.rows_extracted:,}", f"{res.rows_written:,}",
                       f"{res.rows_unchanged:,}", f"{res.rows_deleted:,}", res.watermark or "", f"{res.seconds:.1f}")
             for rej in res.files_rejected:
-                err.print(f"[yellow]rejected:[/] {rej['file']}: {rej['reason']} → {rej['copied_to']}", highlight=False)
+                rejected.append(rej["file"])
+                err.print(f"[yellow]rejected:[/] {res.identifier} {rej['file']}: {rej['reason']} → {rej['copied_to']}",
+                          highlight=False, soft_wrap=True)
+            for rep in res.files_repeated:
+                err.print(f"repeat: {res.identifier} {rep['file']} has the same bytes as {rep['of']}; not loaded",
+                          highlight=False, soft_wrap=True)
     out.print(t)
     if failures:
         raise typer.Exit(1)
+    if rejected:
+        err.print(f"{len(rejected)} file(s) rejected (copied aside with their reasons): {', '.join(rejected)}",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FILES_REJECTED)
 
 
 @app.command()
@@ -189,19 +206,24 @@ def quality_run(dataset: Annotated[str, typer.Argument(help="Dataset code, or 'a
                 reference_date: Annotated[str | None, typer.Option(help="The run's today (default: today).")] = None,
                 retry_held: Annotated[bool, typer.Option("--retry-held",
                                                          help="Validate the held batches again too.")] = False,
+                run_id: Annotated[str | None, typer.Option(help="Run again as this run id, replacing what it "
+                                                                "recorded (default: a new run id).")] = None,
                 ) -> None:
     """Standardize → validate → publish the new raw batches of a dataset (what the DAG runs)."""
+    from pipelines.lake.meta import new_run_id
     from pipelines.quality.consistency import run_consistency
     from pipelines.quality.gate import QualityGateError, load_config, run_quality
 
     settings = load_settings()
     ref = date.fromisoformat(reference_date) if reference_date else None
     names = sorted(load_config(settings)[2]) if dataset == "all" else [dataset]
-    t = Table("dataset", "status", "extracted", "published", "quarantined", "held", "warned", title="quality")
+    run_id = run_id or new_run_id()  # one per invocation: its meta rows are told apart from any other run's
+    t = Table("dataset", "status", "extracted", "published", "quarantined", "held", "warned",
+              title=f"quality (run {run_id})")
     failed = False
     for name in names:
         try:
-            r = run_quality(name, settings=settings, reference_date=ref, retry_held=retry_held)
+            r = run_quality(name, settings=settings, reference_date=ref, retry_held=retry_held, run_id=run_id)
             t.add_row(name, r.status, f"{r.extracted:,}", f"{r.published:,}", f"{r.quarantined:,}", f"{r.held:,}",
                       f"{r.warned:,}")
         except QualityGateError as exc:
@@ -213,7 +235,7 @@ def quality_run(dataset: Annotated[str, typer.Argument(help="Dataset code, or 'a
     out.print(t)
     if dataset == "all":
         c = Table("element", "authority", "copy", "compared", "conflicts", "rate", title="一数一源 consistency")
-        for s in run_consistency(settings=settings):
+        for s in run_consistency(settings=settings, run_id=run_id):
             c.add_row(s["element"], s["authoritative_system"], f"{s['other_system']}.{s['other_table']}",
                       f"{s['compared']:,}", f"{s['conflicts']:,}", f"{s['rate']:.2%}")
         out.print(c)
@@ -256,7 +278,7 @@ def quality_release(dataset: Annotated[str, typer.Argument(help="Dataset code.")
     except CitylakeError as exc:
         _fail(str(exc))
     out.print(f"released {len(r.batches)} batch(es) of {dataset}: {r.published:,} published, "
-              f"{r.quarantined:,} quarantined (std snapshot {r.std_snapshot})")
+              f"{r.quarantined:,} quarantined (std snapshot {r.std_snapshot}, run {r.run_id})")
 
 
 @quality_app.command("docs")

@@ -126,6 +126,12 @@ def build_data_docs(settings: Settings | None = None) -> DocsBuild:
     store = context.validation_results_store
     new: list[Any] = []
     files = sorted((settings.lake_dir / "gx" / "validations").glob("*/*.json"))
+    # (suite, run name) → its keys in the store: a rerun of a run id rewrites its one result file, and the
+    # entry of the earlier attempt must leave the store (GX then drops its page from the site and index)
+    by_run: dict[tuple[str, str], list[Any]] = {}
+    stored: Any
+    for stored in store.list_keys():  # ValidationResultIdentifier (typed as its base class)
+        by_run.setdefault((stored.expectation_suite_identifier.name, stored.run_id.run_name), []).append(stored)
     for path in files:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
@@ -137,6 +143,8 @@ def build_data_docs(settings: Settings | None = None) -> DocsBuild:
                                              _run_identifier(doc, path), _batch_identifier(doc))
             if store.has_key(key):
                 continue
+            for earlier in by_run.pop((key.expectation_suite_identifier.name, key.run_id.run_name), []):
+                store.remove_key(earlier)
             store.set(key, expectationSuiteValidationResultSchema.load(doc))
             new.append(key)
         except Exception as exc:  # noqa: BLE001 - one unreadable result must not hide the others

@@ -677,7 +677,7 @@ def write_gx_result(settings: Settings, contract: DatasetContract, results: list
            "statistics": {"evaluated_expectations": len(results), "successful_expectations": sum(passed),
                           "unsuccessful_expectations": len(results) - sum(passed)},
            # GX prints run_time with a literal "Z" whatever its zone: give it UTC
-           "meta": {"run_id": {"run_name": run_id, "run_time": now.astimezone(UTC).isoformat(timespec="seconds")},
+           "meta": {"run_id": {"run_name": run_id, "run_time": now.astimezone(UTC).isoformat(timespec="microseconds")},
                     "validation_time": now.isoformat(timespec="seconds"),
                     "great_expectations_version": _gx_version(),
                     "batch_spec": {"data_asset_name": contract.std_table, "raw_table": contract.raw_table,
