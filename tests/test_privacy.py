@@ -17,7 +17,7 @@ from stdnum import luhn
 from stdnum.cn import ric
 from typer.testing import CliRunner
 
-from pipelines.privacy import column_kind, detect, is_bank_card, is_resident_id, mask_text, quote
+from pipelines.privacy import column_kind, detect_kinds, is_bank_card, is_resident_id, mask_text, quote
 from pipelines.settings import PROJECT_ROOT, Settings, load_settings
 
 RNG = random.Random(20261130)
@@ -37,21 +37,21 @@ def _card(prefix: str, length: int, rng: random.Random = RNG) -> str:
 
 def test_resident_ids_by_check_digit_not_by_shape() -> None:
     valid = [_resident_id() for _ in range(5000)]
-    assert detect(pa.array(valid), ["resident_id"])["resident_id"].all()
+    assert detect_kinds(pa.array(valid), ["resident_id"])["resident_id"].all()
     assert all(is_resident_id(v) for v in valid[:200])  # the scalar path is stdnum's own check character
     wrong = []
     for v in valid:
         other = RNG.choice([c for c in "0123456789X" if c != v[-1]])
         wrong.append(v[:-1] + other)
-    assert not detect(pa.array(wrong), ["resident_id"])["resident_id"].any()
+    assert not detect_kinds(pa.array(wrong), ["resident_id"])["resident_id"].any()
     # random 18-digit strings: only those whose check digit happens to be right AND that read as a
     # province and a birth date are flagged; stdnum agrees on each one's check character
     noise = ["".join(RNG.choice("0123456789") for _ in range(18)) for _ in range(20_000)]
-    flagged = detect(pa.array(noise), ["resident_id"])["resident_id"]
+    flagged = detect_kinds(pa.array(noise), ["resident_id"])["resident_id"]
     assert flagged.sum() < 20_000 * 0.002, flagged.sum()
     assert all(ric.calc_check_digit(n) == n[-1] for n, f in zip(noise, flagged, strict=True) if f)
     # old 15-digit IDs: province + YYMMDD
-    assert detect(pa.array(["340104900101123", "990104900101123", "340104901301123"]))["resident_id"].tolist() == \
+    assert detect_kinds(pa.array(["340104900101123", "990104900101123", "340104901301123"]))["resident_id"].tolist() == \
         [True, False, False]
     # a column is personal when most of its values are
     assert column_kind(pa.array(valid[:90] + wrong[:10])) == "resident_id"
@@ -64,37 +64,37 @@ def test_bank_cards_need_a_known_issuer_prefix_and_luhn() -> None:
             _card("62", 16), _card("601428", 19)]
     real = [r for r in real if luhn.is_valid(r)]
     assert len(real) >= 10
-    assert detect(pa.array(real), ["bank_card"])["bank_card"].all()
+    assert detect_kinds(pa.array(real), ["bank_card"])["bank_card"].all()
     assert all(is_bank_card(r) for r in real)
     spaced = " ".join(real[0][i:i + 4] for i in range(0, 16, 4))
-    assert detect(pa.array([spaced]), ["bank_card"])["bank_card"].all()  # spaces are ignored
+    assert detect_kinds(pa.array([spaced]), ["bank_card"])["bank_card"].all()  # spaces are ignored
     # Luhn alone passes one random number in ten; no issuer starts with 0, 1, 7 or 3 but 35/36/38
     no_issuer = [_card(RNG.choice("017") + "".join(RNG.choice("0123456789") for _ in range(5)), RNG.choice(
         [16, 17, 18, 19])) for _ in range(5000)]
     assert all(luhn.is_valid(n) for n in no_issuer)
-    assert not detect(pa.array(no_issuer), ["bank_card"])["bank_card"].any()
+    assert not detect_kinds(pa.array(no_issuer), ["bank_card"])["bank_card"].any()
     random16 = ["".join(RNG.choice("0123456789") for _ in range(16)) for _ in range(10_000)]
     luhn_share = sum(luhn.is_valid(n) for n in random16) / len(random16)
-    card_share = detect(pa.array(random16), ["bank_card"])["bank_card"].mean()
+    card_share = detect_kinds(pa.array(random16), ["bank_card"])["bank_card"].mean()
     assert 0.08 < luhn_share < 0.12 and card_share < luhn_share / 2
     wrong_luhn = [r[:-1] + str((int(r[-1]) + 1) % 10) for r in real]
-    assert not detect(pa.array(wrong_luhn), ["bank_card"])["bank_card"].any()
+    assert not detect_kinds(pa.array(wrong_luhn), ["bank_card"])["bank_card"].any()
 
 
 def test_mobiles_names_and_addresses() -> None:
-    found = detect(pa.array(["13812345678", "+86 138 1234 5678", "0086-13912345678", "12812345678", "1381234567",
+    found = detect_kinds(pa.array(["13812345678", "+86 138 1234 5678", "0086-13912345678", "12812345678", "1381234567",
                              "138123456789"]), ["mobile"])["mobile"]
     assert found.tolist() == [True, True, True, False, False, False]
     fake = Faker("zh_CN")
     fake.seed_instance(7)
     names = [fake.name() for _ in range(2000)]
-    assert detect(pa.array(names), ["person_name"])["person_name"].mean() > 0.97
+    assert detect_kinds(pa.array(names), ["person_name"])["person_name"].mean() > 0.97
     not_names = ["蜀山区", "包河区", "庐江县", "巢湖市", "合肥公交集团", "餐饮", "学校", "长江中路", "合肥ABC科技有限公司",
                  "有限责任公司", "正常", "注销", "吊销"]
-    assert not detect(pa.array(not_names), ["person_name"])["person_name"].any()
+    assert not detect_kinds(pa.array(not_names), ["person_name"])["person_name"].any()
     addresses = [f"安徽省合肥市蜀山区{fake.street_address()}" for _ in range(500)]
-    assert detect(pa.array(addresses), ["address"])["address"].mean() > 0.97
-    assert not detect(pa.array(not_names), ["address"])["address"].any()
+    assert detect_kinds(pa.array(addresses), ["address"])["address"].mean() > 0.97
+    assert not detect_kinds(pa.array(not_names), ["address"])["address"].any()
 
 
 def test_mask_text_masks_identifiers_a_message_quotes() -> None:

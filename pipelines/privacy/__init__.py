@@ -4,7 +4,7 @@ One module for every output path (``lake show``, gate results and messages, conf
 later the report, exports and the leak gate), so a new kind of identifier is taught once.
 """
 
-from pipelines.privacy.detect import KINDS, column_kind, detect, is_bank_card, is_resident_id, value_kinds
+from pipelines.privacy.detect import KINDS, column_kind, detect_kinds, is_bank_card, is_resident_id, value_kinds
 from pipelines.privacy.mask import (
     PERSONAL,
     is_personal,
@@ -18,7 +18,7 @@ from pipelines.privacy.mask import (
 from pipelines.privacy.policy import Declarations, column_masks, load_declarations, masked_rows
 
 __all__ = [
-    "KINDS", "PERSONAL", "Declarations", "column_kind", "column_masks", "detect", "is_bank_card", "is_personal",
+    "KINDS", "PERSONAL", "Declarations", "column_kind", "column_masks", "detect_kinds", "is_bank_card", "is_personal",
     "is_resident_id", "load_declarations", "mask", "mask_free_text", "mask_identifiers", "mask_kind", "mask_text",
     "masked_rows", "quote", "value_kinds",
 ]

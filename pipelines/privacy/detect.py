@@ -54,7 +54,7 @@ CARD_PREFIXES: tuple[tuple[str, str, str], ...] = (
     ("601428", "601428", "Bank of Communications 交通银行 (legacy debit)"),
 )
 
-_RIC_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int64)
+_RIC_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int32)
 _RIC_CHECK = np.frombuffer(b"10X98765432", dtype=np.uint8)
 _NOT_A_NAME_END = "区县市省州盟旗乡镇村路街巷道站店院馆园场厂所司行部队局委办处科室组团社校"
 
@@ -90,8 +90,7 @@ def _matrix(arr: pa.StringArray, rows: np.ndarray, width: int) -> np.ndarray:
 
 def _numbers(m: np.ndarray) -> np.ndarray:
     """Digits of a byte matrix read as one integer per row."""
-    d = m.astype(np.int64) - 48
-    return d @ (10 ** np.arange(m.shape[1] - 1, -1, -1, dtype=np.int64))
+    return (m.astype(np.int64) - 48) @ (10 ** np.arange(m.shape[1] - 1, -1, -1, dtype=np.int64))
 
 
 def _plausible_date(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
@@ -106,11 +105,10 @@ def resident_ids(arr: Array) -> np.ndarray:
     """GB 11643 resident IDs (18 characters with a valid check character, or the old 15 digits)."""
     s = _strings(arr)
     out = np.zeros(len(s), dtype=bool)
-    upper = pc.utf8_upper(s)
-    rows = np.flatnonzero(_bool(pc.match_substring_regex(upper, r"^\d{17}[\dX]$")))
-    m = _matrix(upper, rows, 18)
-    body = m[:, :17].astype(np.int64) - 48
-    check = _RIC_CHECK[(body @ _RIC_WEIGHTS) % 11] == m[:, 17]
+    rows = np.flatnonzero(_bool(pc.match_substring_regex(s, r"^\d{17}[\dXx]$")))
+    m = _matrix(s, rows, 18)
+    weighted = (m[:, :17].astype(np.int32) - 48) @ _RIC_WEIGHTS
+    check = _RIC_CHECK[weighted % 11] == np.where(m[:, 17] == ord("x"), ord("X"), m[:, 17])
     birth = _numbers(m[:, 6:14])
     ok = check & _province(m) & _plausible_date(birth // 10_000, birth // 100 % 100, birth % 100)
     out[rows[ok]] = True
@@ -148,7 +146,7 @@ def known_card_prefix(m: np.ndarray) -> np.ndarray:
 
 def luhn_ok(m: np.ndarray) -> np.ndarray:
     """The Luhn check over each row of a digit matrix (every second digit from the right doubled)."""
-    d = m.astype(np.int64) - 48
+    d = m.astype(np.int16) - 48
     doubled = d[:, -2::-2] * 2
     total = d[:, -1::-2].sum(axis=1) + (doubled - 9 * (doubled > 9)).sum(axis=1)
     return total % 10 == 0
@@ -202,14 +200,14 @@ DETECTORS: dict[str, Callable[[Array], np.ndarray]] = {
     ADDRESS: addresses}
 
 
-def detect(arr: Array, kinds: Iterable[str] = KINDS) -> dict[str, np.ndarray]:
+def detect_kinds(arr: Array, kinds: Iterable[str] = KINDS) -> dict[str, np.ndarray]:
     """Kind → one boolean per value (True: the value is that kind)."""
     return {k: DETECTORS[k](arr) for k in kinds}
 
 
 def value_kinds(arr: Array) -> list[str | None]:
     """The kind of each value, or None (the first matching kind, numbers before text)."""
-    found = detect(arr)
+    found = detect_kinds(arr)
     out: list[str | None] = [None] * len(arr)
     for kind in reversed(KINDS):
         for i in np.flatnonzero(found[kind]):
@@ -224,7 +222,7 @@ def column_kind(arr: Array, *, sample: int = 1000, threshold: float = 0.5) -> st
     values = arr.drop_null().slice(0, sample)
     if not len(values):
         return None
-    shares = {k: float(v.mean()) for k, v in detect(values).items()}
+    shares = {k: float(v.mean()) for k, v in detect_kinds(values).items()}
     kind = max(shares, key=lambda k: shares[k])
     return kind if shares[kind] >= threshold else None
 
