@@ -91,7 +91,14 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
                 table_asset(result.identifier),
                 extra={"snapshot_id": result.snapshot_id, "rows": result.rows_written},
             )
-            return result.to_dict()
+            # Rejected drop files were copied aside and the good ones landed: the task succeeds, and says so.
+            rejected = len(result.files_rejected)
+            log.info("%s: %d file(s) loaded, %d repeated, %d rejected", result.identifier,
+                     len(result.files_loaded), len(result.files_repeated), rejected)
+            if rejected:
+                log.warning("%s: rejected %s", result.identifier,
+                            "; ".join(f"{r['file']} ({r['copied_to']})" for r in result.files_rejected))
+            return {**result.to_dict(), "files_rejected_count": rejected}
 
         loads = load_table.expand(table=[t.code for t in system.all_tables])
 
@@ -105,6 +112,8 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
                 from pipelines.quality.gate import QualityGateError, run_quality
 
                 end = context["data_interval_end"]
+                # The run id is the dag run's and this mapped task's (its dataset): a retry or a cleared task
+                # reuses it, so the gate replaces that run's meta rows instead of adding them again.
                 try:
                     return run_quality(dataset, reference_date=end.astimezone(TZ).date(),  # type: ignore[attr-defined]
                                        run_id=f"{context['dag_run'].run_id}__{dataset}").to_dict()  # type: ignore[attr-defined]
