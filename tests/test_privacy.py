@@ -185,6 +185,18 @@ def test_lake_show_masks_an_undeclared_systems_ids_names_and_mobiles(project_con
     assert len(_clear_values(clear)) == 24
 
 
+def test_lake_show_masks_declared_elements_detection_would_miss(project_config: Settings) -> None:
+    """Declaration still counts: a birth date generalised to the year, a name that does not look like one."""
+    _table(project_config, "raw.population__person", {
+        "resident_id": PEOPLE_IDS[:2], "name": ["Alice Wang", "欧阳某某某某"], "birth_date": ["1990-05-17", "1985-11-02"],
+        "sex": ["2", "1"], "district_code": ["340104", "340111"]})
+    shown, warned = _show("raw.population__person")
+    assert not warned
+    for v in [*PEOPLE_IDS[:2], "Alice Wang", "欧阳某某某某", "1990-05-17", "1985-11-02"]:
+        assert v not in shown, v
+    assert "1990-**-**" in shown and "A*********" in shown and re.search(r"│ 2\s+│ 340104", shown)
+
+
 def test_lake_show_fails_closed_when_the_config_cannot_be_read(lake_settings: Settings, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "root"

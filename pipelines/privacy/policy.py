@@ -41,6 +41,9 @@ class Declarations:
         if ns == "raw" and "__" in name:
             system, _, code = name.partition("__")
             out = {}
+            for c in self.contracts.values():  # a contract maps the raw table's source columns to elements
+                if (c.source["system"], c.source["table"]) == (system, code):
+                    out.update({col.source: self.standards.element(col.element) for col in c.columns})
             for e in self.standards.elements.values():
                 for ref in [*e.authoritative, *e.copies]:
                     if (ref.system, ref.table) == (system, code):
