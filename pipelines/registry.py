@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import ConfigError
+from pipelines.sql_filter import check_filter
 
 CODE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 CRS = Literal["WGS-84", "CGCS2000", "GCJ-02", "BD-09"]
@@ -83,17 +84,18 @@ class SqlTable(_TableBase):
     cursor: str | None = None
     """Incremental cursor column code (e.g. ``updated_at``); None means full refresh every run."""
     filter: str | None = None
-    """Optional SQL predicate over source columns, written by the data engineer (trusted config)."""
+    """Optional row filter: one boolean SQL expression over the table's own source columns (comparisons,
+    AND/OR/NOT, IN-lists, LIKE, IS NULL, casts and a few pure functions; see ``pipelines.sql_filter``).
+    Parsed with sqlglot when the config loads; its columns are checked against the source at ingest."""
     lookback_hours: float | None = None
     """Late-row lookback window; defaults to the system's ``lookback_hours``."""
     batch_rows: int = Field(default=100_000, ge=1000)
     """Rows per Arrow record batch while streaming."""
 
-    @model_validator(mode="after")
-    def _cursor_not_in_key_only(self) -> SqlTable:
-        if self.filter and ";" in self.filter:
-            raise ValueError("filter must be a single predicate (no ';')")
-        return self
+    @field_validator("filter")
+    @classmethod
+    def _filter(cls, v: str | None) -> str | None:
+        return check_filter(v) if v is not None else None
 
 
 class DropTable(_TableBase):

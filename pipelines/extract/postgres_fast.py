@@ -84,7 +84,8 @@ def pg_arrow_schema(url: str, schema: str | None, table: str) -> pa.Schema:
     return pa.schema([pa.field(name, _arrow_type(t, m)) for name, t, m in cols])
 
 
-def _literal(value: Any) -> str:
+def sql_literal(value: Any) -> str:
+    """A value as a quoted PostgreSQL literal (psycopg's quoting)."""
     from psycopg import sql
 
     return sql.Literal(value).as_string(None)
@@ -95,7 +96,7 @@ def _render(where: str | None, params: dict[str, Any] | None) -> str | None:
     if where is None:
         return None
     for name, value in (params or {}).items():
-        where = where.replace(f"%({name})s", _literal(value))
+        where = where.replace(f"%({name})s", sql_literal(value))
     return where
 
 
@@ -141,7 +142,7 @@ def _snapshot_connections(url: str, n: int) -> list[Any]:
             conns.append(_connect(url))
             cur = conns[-1].cursor()
             cur.execute(_READ_SNAPSHOT)
-            cur.execute(f"SET TRANSACTION SNAPSHOT {_literal(snapshot)}")
+            cur.execute(f"SET TRANSACTION SNAPSHOT {sql_literal(snapshot)}")
             cur.close()
         return conns
     except BaseException:
@@ -158,8 +159,9 @@ def iter_pg_batches(url: str, schema: str | None, table: str, columns: list[str]
                     batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
     """Stream ``columns`` of a table as record batches of exact types, ``parallel`` ctid ranges at once.
 
-    Memory is bounded by a small queue of batches whatever the table size. ``where`` is a trusted
-    predicate from the registry; ``%(name)s`` placeholders take ``params`` as quoted literals.
+    Memory is bounded by a small queue of batches whatever the table size. ``where`` is built by the
+    caller from checked parts (the registry filter as ``pipelines.sql_filter`` rendered it, quoted
+    literals); ``%(name)s`` placeholders take ``params`` as quoted literals.
     """
     cols, pages, relkind = _catalog(url, schema, table)
     types = {name: (t, m) for name, t, m in cols}

@@ -23,6 +23,7 @@ from pipelines.errors import SourceError
 from pipelines.privacy import quote
 from pipelines.registry import EXTRACT_RANGES, SqlTable
 from pipelines.settings import TZ
+from pipelines.sql_filter import dialect_of, render_filter
 
 
 def arrow_type(satype: Any, dialect: str) -> pa.DataType:
@@ -118,11 +119,24 @@ class SqlSource:
         fields = [pa.field(table.column_code(c.name), arrow_type(c.type, self.dialect)) for c in t.columns]
         return SourceColumns(names, pa.schema(fields))
 
+    def filter_sql(self, table: SqlTable, t: sa.Table) -> str | None:
+        """The registry filter checked against the source's columns (a missing one is a one-line
+        ConfigError naming system, table and column) and rendered by sqlglot for this source's dialect."""
+        if not table.filter:
+            return None
+        return render_filter(table.filter, dialect_of(self.dialect), [c.name for c in t.columns],
+                             f"system {self.system}, table {table.source!r}")
+
+    def _filter_clause(self, table: SqlTable, t: sa.Table) -> Any:
+        rendered = self.filter_sql(table, t)
+        # text() would read ':name' inside a string literal as a bind parameter; '\:' is a literal colon.
+        return None if rendered is None else sa.text("(" + rendered.replace(":", "\\:") + ")")
+
     def predicate(self, table: SqlTable, t: sa.Table, cols: SourceColumns,
                   since: Any = None, until: Any = None) -> list[Any]:
         clauses: list[Any] = []
         if table.filter:
-            clauses.append(sa.text(f"({table.filter})"))
+            clauses.append(self._filter_clause(table, t))
         if table.cursor and (since is not None or until is not None):
             src = cols.source_names[cols.schema.names.index(table.cursor)]
             col = t.c[src]
@@ -158,7 +172,7 @@ class SqlSource:
         t = self.reflect(table)
         stmt = sa.select(sa.func.count()).select_from(t)
         if table.filter:
-            stmt = stmt.where(sa.text(f"({table.filter})"))
+            stmt = stmt.where(self._filter_clause(table, t))
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 
@@ -227,21 +241,21 @@ class PostgresSource(SqlSource):
 
     def batches(self, table: SqlTable, *, since: Any = None, until: Any = None,
                 reflected: sa.Table | None = None) -> Iterator[pa.RecordBatch]:
-        from pipelines.extract.postgres_fast import iter_pg_batches
+        from pipelines.extract.postgres_fast import iter_pg_batches, sql_literal
 
         t = reflected if reflected is not None else self.reflect(table)
         cols = self.columns(table, t)
-        clauses, params = ([f"({table.filter})"] if table.filter else []), {}
+        rendered = self.filter_sql(table, t)
+        clauses = [f"({rendered})"] if rendered else []
         if table.cursor and (since is not None or until is not None):
             src = cols.source_names[cols.schema.names.index(table.cursor)]
             quoted = '"' + src.replace('"', '""') + '"'
-            for name, op, value in (("since", ">=", since), ("until", "<", until)):
-                if value is not None:
-                    clauses.append(f"{quoted} {op} %({name})s")
-                    params[name] = _cursor_param(value, t.c[src].type, self.dialect)
+            for op, value in ((">=", since), ("<", until)):
+                if value is not None:  # inlined here, so no placeholder is looked for inside the filter's text
+                    clauses.append(f"{quoted} {op} {sql_literal(_cursor_param(value, t.c[src].type, self.dialect))}")
         try:
             for batch in iter_pg_batches(self._libpq_url(), table.source_schema, table.source, cols.source_names,
-                                         where=" AND ".join(clauses) or None, params=params or None,
+                                         where=" AND ".join(clauses) or None,
                                          parallel=min(EXTRACT_RANGES, self.max_connections),
                                          batch_rows=table.batch_rows):
                 yield pa.RecordBatch.from_arrays(batch.columns, schema=cols.schema)

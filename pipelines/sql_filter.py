@@ -1,0 +1,152 @@
+"""The registry's table ``filter``: one boolean expression over the table's own columns, nothing else.
+
+The filter is parsed with sqlglot, never pasted: it must be a single predicate built from columns,
+literals, comparisons, AND/OR/NOT, IN-lists, BETWEEN, LIKE, IS [NOT] NULL, arithmetic, CASE, casts and a
+small allowlist of side-effect-free functions. Subqueries, other functions (``pg_sleep``), comments,
+parameters, several statements, DDL/DML and set operations are refused when the config loads. At
+ingest the columns it names are checked against the source and the checked tree is rendered for the
+source's dialect with every column quoted as the source spells it, so ``1=1) OR (1=1`` cannot escape
+the parentheses it is wrapped in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+from pipelines.errors import ConfigError
+
+_STRUCTURE: tuple[type[exp.Expression], ...] = (
+    exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null, exp.Paren, exp.Tuple, exp.Neg,
+    exp.Not, exp.And, exp.Or, exp.Xor, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ,
+    exp.NullSafeNEQ, exp.Is, exp.In, exp.Between, exp.Like, exp.ILike, exp.Escape, exp.Add, exp.Sub,
+    exp.Mul, exp.Div, exp.Mod, exp.DPipe, exp.Case, exp.If, exp.Cast, exp.TryCast, exp.DataType,
+    exp.DataTypeParam, exp.Interval, exp.Var,
+)
+_FUNCTIONS: tuple[type[exp.Expression], ...] = (
+    exp.Coalesce, exp.Nullif, exp.Lower, exp.Upper, exp.Trim, exp.Length, exp.Substring, exp.Concat,
+    exp.Abs, exp.Round, exp.CurrentDate, exp.CurrentTimestamp, exp.CurrentTime, exp.Date, exp.TsOrDsToDate,
+    exp.Extract, exp.DateTrunc, exp.TimestampTrunc,
+)
+_ANONYMOUS = {"now", "char_length", "btrim"}  # functions sqlglot does not model in every dialect
+ALLOWED_FUNCTIONS = ["coalesce", "nullif", "lower", "upper", "trim", "btrim", "length", "char_length", "substring",
+                     "concat", "abs", "round", "cast", "date", "extract", "date_trunc", "now", "current_date",
+                     "current_time", "current_timestamp"]
+
+_DIALECTS = {"postgresql": "postgres", "postgres": "postgres", "mysql": "mysql", "mariadb": "mysql",
+             "sqlite": "sqlite"}
+
+
+def dialect_of(name: str | None) -> str | None:
+    """sqlglot's dialect for a SQLAlchemy dialect name (None: sqlglot's generic SQL)."""
+    return _DIALECTS.get((name or "").lower())
+
+
+def _parse(text: str, dialect: str | None) -> exp.Expr:
+    """The one checked boolean expression of ``text``; ValueError says what is not allowed."""
+    d = sqlglot.Dialect.get_or_raise(dialect)
+    try:
+        tokens = d.tokenize(text)
+    except SqlglotError as exc:
+        raise ValueError(f"filter is not valid SQL: {str(exc).splitlines()[0]}") from None
+    if any(t.comments for t in tokens):
+        raise ValueError("filter must not contain comments")
+    if any(t.token_type == sqlglot.TokenType.SEMICOLON for t in tokens):
+        raise ValueError("filter must be a single predicate (no ';')")
+    try:
+        trees = [t for t in d.parse(text) if t is not None]
+    except SqlglotError as exc:
+        raise ValueError(f"filter is not one SQL expression: {str(exc).splitlines()[0]}") from None
+    if len(trees) != 1:
+        raise ValueError("filter must be a single predicate")
+    root = trees[0]
+    for node in root.walk():
+        _check_node(node)
+    if not _is_boolean(root):
+        raise ValueError(f"filter must be a boolean expression (a comparison, IN, LIKE, IS NULL, AND/OR/NOT), "
+                         f"not {root.key}")
+    return root
+
+
+def _check_node(node: exp.Expr) -> None:
+    if node.comments:
+        raise ValueError("filter must not contain comments")
+    if isinstance(node, exp.Anonymous):
+        if node.name.lower() not in _ANONYMOUS:
+            raise ValueError(f"function {node.name}() is not allowed in a filter "
+                             f"(allowed: {', '.join(ALLOWED_FUNCTIONS)})")
+        return
+    if isinstance(node, exp.Column):
+        if node.table or node.args.get("db") or node.args.get("catalog"):
+            raise ValueError(f"filter column {node.sql()} must be a column of the table itself, unqualified")
+        return
+    if isinstance(node, exp.In) and (node.args.get("query") or node.args.get("unnest") or node.args.get("field")):
+        raise ValueError("filter must not contain a subquery (IN takes a list of values)")
+    if isinstance(node, _STRUCTURE + _FUNCTIONS):
+        return
+    if isinstance(node, exp.Query | exp.Subquery | exp.Exists | exp.DDL | exp.DML | exp.Command):
+        raise ValueError(f"filter must not contain a statement or subquery ({node.key})")
+    if isinstance(node, exp.Func):
+        raise ValueError(f"function {node.sql_name().lower()}() is not allowed in a filter "
+                         f"(allowed: {', '.join(ALLOWED_FUNCTIONS)})")
+    raise ValueError(f"filter must not contain {node.key} ({node.sql()[:40]})")
+
+
+def _is_boolean(node: exp.Expr) -> bool:
+    if isinstance(node, exp.Paren | exp.Not):
+        return _is_boolean(node.this)
+    # A bare column or CASE may be boolean: the source's type check decides (the filter cannot do harm).
+    return isinstance(node, exp.Predicate | exp.Connector | exp.Boolean | exp.Column | exp.Xor | exp.Case)
+
+
+def check_filter(text: str) -> str:
+    """Config-load check (the source's dialect is not known yet): accept what sqlglot's generic SQL, or
+    PostgreSQL's or MySQL's syntax, parses into an allowed predicate; the generic error otherwise."""
+    first: ValueError | None = None
+    for dialect in (None, "postgres", "mysql"):
+        try:
+            _parse(text, dialect)
+            return text
+        except ValueError as exc:
+            if first is None:
+                first = exc
+            if "not valid SQL" not in str(exc) and "not one SQL expression" not in str(exc):
+                raise  # it parsed and broke a rule: another dialect does not make it allowed
+    assert first is not None
+    raise first
+
+
+def filter_columns(text: str, dialect: str | None) -> list[tuple[str, bool]]:
+    """(name, quoted) of every column the filter names."""
+    return [(c.name, bool(c.this.args.get("quoted"))) for c in _parse(text, dialect).find_all(exp.Column)]
+
+
+def render_filter(text: str, dialect: str | None, source_columns: list[str], where: str) -> str:
+    """The checked filter as SQL for ``dialect``, each column quoted as the source spells it.
+
+    ``where`` names system and table; a column the source does not have is a one-line ConfigError.
+    """
+    try:
+        root = _parse(text, dialect)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    for col in list(root.find_all(exp.Column)):
+        name, quoted = col.name, bool(col.this.args.get("quoted"))
+        found = _resolve(name, quoted, source_columns)
+        if found is None:
+            raise ConfigError(f"{where}: filter column {name!r} is not at the source "
+                              f"(columns: {', '.join(source_columns)})")
+        col.set("this", exp.to_identifier(found, quoted=True))
+    return root.sql(dialect=dialect)
+
+
+def _resolve(name: str, quoted: bool, source_columns: list[str]) -> str | None:
+    if name in source_columns:
+        return name
+    if quoted:
+        return None
+    folded: Any = [c for c in source_columns if c.lower() == name.lower()]
+    return folded[0] if len(folded) == 1 else None
