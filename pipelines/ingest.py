@@ -26,7 +26,8 @@ from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan, NotEqualTo
 from pipelines.contracts import contracts_of_table
 from pipelines.errors import CitylakeError, FileRejected, SchemaDriftError
 from pipelines.lake.catalog import get_catalog
-from pipelines.lake.raw import LINEAGE_NAMES, RawWriter, TableState, open_table, row_hash, stream_scan
+from pipelines.lake.changes import LakeCompare
+from pipelines.lake.raw import LINEAGE_NAMES, RawWriter, TableState, open_table, plan_schema, row_hash, stream_scan
 from pipelines.registry import DropTable, SourceSystem, SqlTable
 from pipelines.settings import TZ, Settings, load_settings
 
@@ -52,6 +53,8 @@ class LoadResult:
     schema_changes: list[str] = field(default_factory=list)
     files_loaded: list[str] = field(default_factory=list)
     files_rejected: list[dict[str, Any]] = field(default_factory=list)
+    files_repeated: list[dict[str, str]] = field(default_factory=list)
+    """Files whose bytes the table already had (``of``: the earlier file's name): nothing loaded."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,11 +129,12 @@ def _iceberg_literal(value: Any) -> Any:
 
 
 def _existing(table: Any, keys: list[str], columns: list[pa.Field], cursor: str | None, since: Any,
-              until: Any, batch_id: str, latest_only: bool) -> pa.Table:
-    """(key..., _h[, _deleted]) of lake rows in the window, excluding the batch being replaced.
+              until: Any, batch_id: str) -> pa.Table:
+    """(key..., _h) of lake rows in an incremental load's cursor window, excluding the batch being replaced.
 
     Rows are hashed as they stream back (over ``columns``, the load's data columns; columns the lake
-    does not have yet hash as nulls), so only keys and hashes are held in memory.
+    does not have yet hash as nulls), so only keys and hashes are held in memory: the window's, not the
+    table's (a full refresh compares through ``LakeCompare`` instead).
     """
     expr: Any = NotEqualTo("_batch_id", batch_id)
     if cursor and since is not None:
@@ -140,31 +144,19 @@ def _existing(table: Any, keys: list[str], columns: list[pa.Field], cursor: str 
     present = set(table.schema().column_names)
     fields = [c.name for c in columns if c.name in present]
     reader = stream_scan(table.scan(row_filter=expr, selected_fields=tuple(dict.fromkeys(
-        [*keys, *fields, "_deleted", "_extracted_at"]))))
+        [*keys, *fields, "_deleted"]))))
+    key_types = {c.name: c.type for c in columns}
     parts = []
     for batch in reader:
         data = [batch.column(c.name).cast(c.type) if c.name in present else pa.nulls(batch.num_rows, c.type)
                 for c in columns]
         hashed = row_hash(pa.RecordBatch.from_arrays(data, names=[c.name for c in columns]),
                           [c.name for c in columns])
-        key_types = {c.name: c.type for c in columns}
-        parts.append(pa.table([*(batch.column(k).cast(key_types[k]) for k in keys), hashed, batch.column("_deleted"),
-                               batch.column("_extracted_at")], names=[*keys, "_h", "_deleted", "_extracted_at"]))
+        parts.append(pa.table([*(batch.column(k).cast(key_types[k]) for k in keys), hashed, batch.column("_deleted")],
+                              names=[*keys, "_h", "_deleted"]))
     if not parts:
         return pa.table({k: [] for k in [*keys, "_h"]})
-    got = pa.concat_tables(parts)
-    if not latest_only:
-        return got.select([*keys, "_h"])
-    import duckdb
-
-    key_list = ", ".join(_q(k) for k in keys)
-    con = duckdb.connect()
-    con.register("got", got)
-    # Every version of a key from its latest extraction: the state a full refresh compares against.
-    return con.sql(
-        f"SELECT {key_list}, _h, _deleted FROM got "
-        f"QUALIFY _extracted_at = max(_extracted_at) OVER (PARTITION BY {key_list})"
-    ).to_arrow_table()
+    return pa.concat_tables(parts)
 
 
 def _q(name: str) -> str:
@@ -243,38 +235,50 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             since = _minus_lookback(low, lookback) if low is not None else None
         window = [_to_text(since if mode == "backfill" else low), None]
 
+        # The version order of the table (allocated now, committed with the rows): a load that starts
+        # later is newer, whatever its _extracted_at (CLI wall clock vs an Airflow data interval).
+        load_seq = state.next_load_seq()
         writer = RawWriter(catalog, result.identifier, cols.schema, batch_id=result.batch_id,
-                           extracted_at=extracted_at, system=system.system)
+                           extracted_at=extracted_at, system=system.system, load_seq=load_seq)
         result.schema_changes = writer.changes
         data_fields = [f for f in writer.target if f.name not in LINEAGE_NAMES]
+        data_names = [f.name for f in data_fields]
+        has_rows = table is not None and table.current_snapshot() is not None
         existing = None
-        if table is not None and table.current_snapshot() is not None:
-            existing = _existing(table, spec.primary_key, data_fields, None if full else spec.cursor,
-                                 None if full else since, None if full else until,
-                                 result.batch_id, latest_only=full)
-        compare = existing is not None and existing.num_rows > 0
+        compare: LakeCompare | None = None
         high = None
-        seen_keys: list[pa.Table] = []
         try:
+            if full and has_rows:
+                # Full refresh: both sides through a spilling DuckDB, not held in memory (cost follows a batch).
+                compare = LakeCompare(spec.primary_key)
+                if not compare.load_lake(table, data_fields, exclude_batch=result.batch_id):
+                    compare.close()
+                    compare = None
+            elif has_rows:
+                existing = _existing(table, spec.primary_key, data_fields, spec.cursor, since, until,
+                                     result.batch_id)
+                existing = existing if existing.num_rows else None
             for batch in source.batches(spec, since=None if full else since, until=None if full else until,
                                         reflected=reflected):
                 result.rows_extracted += batch.num_rows
                 if spec.cursor:
                     high = _later(high, _max(batch.column(spec.cursor)))
                 shaped = writer.shape(batch)
-                if compare:  # a first load has nothing to compare with: no hashing at all
-                    if full:
-                        seen_keys.append(pa.Table.from_batches([shaped]).select(spec.primary_key))
-                    fresh = _new_rows(shaped, row_hash(shaped, [f.name for f in data_fields]), existing,
-                                      spec.primary_key)
+                if compare is not None:
+                    compare.add(shaped, data_names)
+                elif existing is not None:  # a first load has nothing to compare with: no hashing at all
+                    fresh = _new_rows(shaped, row_hash(shaped, data_names), existing, spec.primary_key)
                     result.rows_unchanged += shaped.num_rows - fresh.num_rows
                     writer.write_shaped(fresh)
                 else:
                     writer.write_shaped(shaped)
-            if full and compare:
-                gone = _deleted_keys(existing, seen_keys, spec.primary_key)
-                result.rows_deleted = gone.num_rows
-                writer.write(gone, deleted=True)
+            if compare is not None:
+                for fresh_batch in compare.changed():
+                    writer.write_shaped(fresh_batch)
+                result.rows_unchanged = result.rows_extracted - writer.rows
+                for gone in compare.gone():
+                    result.rows_deleted += gone.num_rows
+                    writer.write(gone, deleted=True)
             result.rows_written = writer.rows
             old_wm = _from_text(state.watermark, cursor_type) if state.watermark else None
             new_wm = _later(old_wm, high) if spec.cursor else None
@@ -295,75 +299,149 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
         except BaseException:
             writer.abort()
             raise
+        finally:
+            if compare is not None:
+                compare.close()
     finally:
         source.dispose()
 
 
-def _deleted_keys(existing: pa.Table, seen: list[pa.Table], keys: list[str]) -> pa.Table:
-    live = existing.filter(pc.invert(pc.fill_null(existing["_deleted"], False))).select(keys)
-    if not seen:
-        return live.group_by(keys).aggregate([])
-    extracted = pa.concat_tables(seen)
-    gone = live.join(extracted.group_by(keys).aggregate([]), keys=keys, join_type="left anti")
-    return gone.group_by(keys).aggregate([]).select(keys)
+class _DropSink:
+    """Where one drop load's rows go. A first load writes them as read; once the table has rows, they are
+    staged through ``LakeCompare`` and only rows whose (key, row hash) is not the latest version of their
+    key land (as a full refresh compares, without deletions: a file holds some keys, not all)."""
+
+    def __init__(self, catalog: Any, table: Any, result: LoadResult, spec: DropTable, system: str,
+                 extracted_at: datetime, state: TableState) -> None:
+        self.catalog, self.table, self.result, self.spec = catalog, table, result, spec
+        self.system, self.extracted_at, self.state = system, extracted_at, state
+        self.comparing = table is not None and table.current_snapshot() is not None
+        self.writer: RawWriter | None = None
+        self.compare: LakeCompare | None = None
+        self.rejected: set[str] = set()
+        self.written: dict[str, int] = {}
+
+    def mark(self) -> int:
+        return self.writer.flush() if self.writer is not None and not self.comparing else 0
+
+    def write(self, batch: pa.RecordBatch, source_file: str) -> None:
+        if self.writer is None:
+            self.writer = RawWriter(self.catalog, self.result.identifier, batch.schema,
+                                    batch_id=self.result.batch_id, extracted_at=self.extracted_at,
+                                    system=self.system, load_seq=self.state.next_load_seq())
+        else:
+            target, _ = plan_schema(self.result.identifier, self.writer.target, batch.schema)  # drift raises
+            if target != self.writer.target:
+                self._drain()  # staged rows have the old schema: land them before the table evolves
+                self.writer.extend(batch.schema)
+        shaped = self.writer.shape(batch, source_file=source_file)
+        if not self.comparing:
+            self.writer.write_shaped(shaped)
+            self.written[source_file] = self.written.get(source_file, 0) + shaped.num_rows
+            return
+        if self.compare is None:
+            data_fields = [f for f in self.writer.target if f.name not in LINEAGE_NAMES]
+            self.compare = LakeCompare(self.spec.primary_key)
+            self.compare.load_lake(self.table, data_fields, exclude_batch=self.result.batch_id)
+        self.compare.add(shaped, self.writer.data_columns)
+
+    def reject(self, source_file: str, mark: int) -> None:
+        """Forget a file's rows (it was rejected part way through)."""
+        if self.comparing:
+            self.rejected.add(source_file)  # its staged rows are skipped when the compare drains
+        elif self.writer is not None and self.written.get(source_file):
+            self.writer.rollback(mark, self.written.pop(source_file))
+
+    def _drain(self) -> None:
+        if self.compare is None or self.writer is None:
+            return
+        for batch in self.compare.changed():
+            if self.rejected:
+                batch = batch.filter(pc.invert(pc.is_in(batch.column("_source_file"),
+                                                        pa.array(sorted(self.rejected), pa.string()))))
+            for count in pc.value_counts(batch.column("_source_file")).to_pylist():
+                self.written[count["values"]] = self.written.get(count["values"], 0) + count["counts"]
+            self.writer.write_shaped(batch)
+        self.compare.close()
+        self.compare = None
+
+    def finish(self) -> None:
+        self._drain()
+
+    def close(self) -> None:
+        if self.compare is not None:
+            self.compare.close()
+            self.compare = None
 
 
 def _load_drop(system: SourceSystem, spec: DropTable, settings: Settings, result: LoadResult,
                extracted_at: datetime) -> None:
-    from pipelines.extract.drops import list_drop_files, read_drop_file, reject_file
+    """Land the drop's new files in one commit. A file is known by its content: the same bytes again,
+    under any name, are a repeat and land nothing; new bytes land only rows that are not already the
+    latest version of their key (see ``_DropSink``). A bad file is copied aside with its reason (personal
+    values masked) and recorded; the other files land."""
+    from pipelines.extract.drops import DropLedger, content_id, list_drop_files, read_drop_file, reject_file
+    from pipelines.privacy import mask_text
 
     assert system.drop is not None
     catalog = get_catalog(settings)
     table = open_table(catalog, result.identifier)
     state = TableState.of(table) if table is not None else TableState()
-    rerun = any(v.get("batch") == result.batch_id for v in state.ledger.values())
-    todo = [f for f in list_drop_files(system.drop, spec, settings)
-            if f.name not in state.ledger or state.ledger[f.name]["fp"] != f.fingerprint
-            or state.ledger[f.name].get("batch") == result.batch_id]
-    writer: RawWriter | None = None
+    ledger = DropLedger(state.ledger, result.batch_id)
+    sink = _DropSink(catalog, table, result, spec, system.system, extracted_at, state)
+    landed: list[tuple[Any, str, int]] = []
     try:
-        for f in todo:
-            mark, rows = (writer.flush() if writer else 0), 0
+        for f in list_drop_files(system.drop, spec, settings):
+            if ledger.unchanged(f):
+                continue
+            content = content_id(f, settings)
+            earlier = ledger.known(content)
+            if earlier is not None:
+                ledger.repeat(f, content, earlier)
+                result.files_repeated.append({"file": f.name, "of": earlier})
+                continue
+            mark, rows = sink.mark(), 0
             try:
                 for batch in read_drop_file(f, spec, settings):
-                    if writer is None:
-                        writer = RawWriter(catalog, result.identifier, batch.schema, batch_id=result.batch_id,
-                                           extracted_at=extracted_at, system=system.system)
-                    else:
-                        writer.extend(batch.schema)
-                    writer.write(batch, source_file=f.name)
+                    sink.write(batch, f.name)
                     rows += batch.num_rows
             except (FileRejected, SchemaDriftError) as exc:
-                if writer is not None and rows:
-                    writer.rollback(mark, rows)
-                reason = exc.reason if isinstance(exc, FileRejected) else str(exc)
+                sink.reject(f.name, mark)
+                reason = mask_text(exc.reason if isinstance(exc, FileRejected) else str(exc)) or ""
                 line = exc.line if isinstance(exc, FileRejected) else None
                 where = reject_file(f, reason, settings, system.system, spec.code, result.batch_id, line=line)
-                state.ledger[f.name] = {"fp": f.fingerprint, "batch": result.batch_id, "status": "rejected",
-                                        "reason": reason, "line": line}
+                ledger.rejected(f, content, reason, line)
                 result.files_rejected.append({"file": f.name, "reason": reason, "line": line, "copied_to": where})
                 continue
             result.rows_extracted += rows
-            state.ledger[f.name] = {"fp": f.fingerprint, "batch": result.batch_id, "status": "loaded", "rows": rows}
+            landed.append((f, content, rows))
+            ledger.loaded(f, content, rows, rows)  # written is known after the compare (below)
+        sink.finish()
+        for f, content, rows in landed:
+            ledger.loaded(f, content, rows, sink.written.get(f.name, 0))
             result.files_loaded.append(f.name)
+        writer = sink.writer
         result.rows_written = writer.rows if writer else 0
+        result.rows_unchanged = result.rows_extracted - result.rows_written
         state.batch_id = result.batch_id
-        if writer is None and not result.files_rejected and not rerun:
-            return
         if writer is None:
-            # Only rejections: the ledger still commits so the files are not retried unchanged.
+            if not (result.files_rejected or result.files_repeated or ledger.rerun):
+                return
+            # No rows (only rejections or repeats): the ledger still commits, so they are not retried.
             table = table or _empty_drop_table(catalog, result.identifier)
             with table.transaction() as tx:
                 tx.set_properties({"citylake.state": state.to_property()})
             return
         summary = {"citylake.batch-id": result.batch_id, "citylake.mode": "files",
                    "citylake.files": str(len(result.files_loaded))}
-        result.snapshot_id = writer.commit(state, summary, replace_batch=rerun)
+        result.snapshot_id = writer.commit(state, summary, replace_batch=ledger.rerun)
         result.schema_changes = writer.changes
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        if sink.writer is not None:
+            sink.writer.abort()
         raise
+    finally:
+        sink.close()
 
 
 def _empty_drop_table(catalog: Any, identifier: str) -> Any:

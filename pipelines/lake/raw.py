@@ -11,23 +11,30 @@ from __future__ import annotations
 
 import json
 import queue
+import random
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import Field
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, TableAlreadyExistsError, ValidationException
 from pyiceberg.expressions import EqualTo
 from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.manifest import ManifestEntryStatus
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import ancestors_of
+from pyiceberg.table.update import ValidatableTableRequirement
 from pyiceberg.types import DecimalType, DoubleType, LongType
 
-from pipelines.errors import SchemaDriftError
+from pipelines.errors import CitylakeError, CommitStateUnknown, SchemaDriftError
 
 LINEAGE = pa.schema(
     [
@@ -36,13 +43,18 @@ LINEAGE = pa.schema(
         pa.field("_source_system", pa.string()),
         pa.field("_source_file", pa.string()),
         pa.field("_deleted", pa.bool_()),
+        # the table's load sequence when this row's extract started: orders versions whoever ran the load
+        pa.field("_load_seq", pa.int64()),
     ]
 )
 LINEAGE_NAMES = frozenset(LINEAGE.names)
 STATE_PROPERTY = "citylake.state"
+# Full (not 16-character) bounds for _batch_id: a publish reading its new batches skips every other file.
+BATCH_METRICS = {"write.metadata.metrics.column._batch_id": "full"}
 TABLE_PROPERTIES = {
     "format-version": "2",
     "write.parquet.compression-codec": "zstd",
+    **BATCH_METRICS,
 }
 _ROWS_PER_FILE = 4_000_000
 _ROW_GROUP_ROWS = 256 * 1024
@@ -174,19 +186,65 @@ class TableState:
     batch_id: str | None = None
     windows: dict[str, list[str | None]] = field(default_factory=dict)
     ledger: dict[str, dict[str, Any]] = field(default_factory=dict)
+    load_seq: int = 0
+    """The last load sequence allocated (``next_load_seq``); never moves back, survives snapshot expiry."""
+
+    def next_load_seq(self) -> int:
+        """Allocate this load's sequence number (at extract start; committed with the rows)."""
+        self.load_seq += 1
+        return self.load_seq
+
+    loaded: str | None = field(default=None, repr=False, compare=False)
+    """The property text this state was read from: what a commit checks is still there (not stored)."""
 
     @classmethod
     def of(cls, table: Table) -> TableState:
         raw = table.properties.get(STATE_PROPERTY)
-        return cls(**json.loads(raw)) if raw else cls()
+        return cls(**json.loads(raw), loaded=raw) if raw else cls()
+
+    def knows(self, batch_id: str) -> bool:
+        """Whether a batch id has committed into this state (its commit must replace, not add)."""
+        return batch_id in self.windows or any(e.get("batch") == batch_id for e in self.ledger.values())
+
+    def merge(self, committed: TableState) -> TableState:
+        """This load's state on top of ``committed``, the state another writer committed after this load
+        read ``loaded``: each writer's own windows and ledger entries (what it changed) are kept, the
+        watermark and the load sequence are the larger of the two. The result's base is ``committed``."""
+        base = json.loads(self.loaded) if self.loaded else {}
+
+        def own(mine: dict[str, Any], theirs: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+            changed = {k: v for k, v in mine.items() if k not in old or json.dumps(old[k]) != json.dumps(v)}
+            return {**{k: v for k, v in theirs.items() if k not in changed}, **changed}
+
+        return TableState(
+            cursor=self.cursor or committed.cursor,
+            watermark=_later_text(self.watermark, committed.watermark),
+            batch_id=self.batch_id or committed.batch_id,
+            windows=own(self.windows, committed.windows, base.get("windows", {})),
+            ledger=own(self.ledger, committed.ledger, base.get("ledger", {})),
+            load_seq=max(self.load_seq, committed.load_seq),
+            loaded=committed.loaded,
+        )
 
     def to_property(self) -> str:
         windows = dict(list(self.windows.items())[-_KEEP_WINDOWS:])
         return json.dumps(
             {"cursor": self.cursor, "watermark": self.watermark, "batch_id": self.batch_id,
-             "windows": windows, "ledger": self.ledger},
+             "windows": windows, "ledger": self.ledger, "load_seq": self.load_seq},
             ensure_ascii=False, separators=(",", ":"),
         )
+
+
+def _later_text(a: str | None, b: str | None) -> str | None:
+    """The later of two watermarks as stored (ISO times and dates in one zone, integers, decimals, text)."""
+    if a is None or b is None:
+        return a if b is None else b
+    for parse in (int, Decimal, datetime.fromisoformat):
+        try:
+            return a if parse(a) >= parse(b) else b  # type: ignore[operator]
+        except (ValueError, ArithmeticError, TypeError):
+            continue
+    return max(a, b)
 
 
 def open_table(catalog: Catalog, identifier: str) -> Table | None:
@@ -274,6 +332,57 @@ def arrow_schema(table: Table) -> pa.Schema:
 
 
 _DONE = object()
+COMMIT_UUID = "citylake.commit-uuid"
+COMMIT_ATTEMPTS = 10
+
+
+def conflict_pause(attempt: int) -> float:
+    """Seconds to wait before retrying a commit another writer beat (jittered, doubling up to 2 s)."""
+    return random.uniform(0, min(2.0, 0.05 * 2 ** attempt))
+
+
+class _AssertState(ValidatableTableRequirement):
+    """The table's ``citylake.state`` is still the one this commit merged into. Checked by the SQL catalog
+    inside its compare-and-swap, so a writer can never overwrite a state it did not read."""
+
+    type: Literal["assert-citylake-state"] = Field(default="assert-citylake-state")
+    expected: str | None = None
+
+    def validate(self, base_metadata: Any) -> None:
+        if base_metadata is None or base_metadata.properties.get(STATE_PROPERTY) != self.expected:
+            raise CommitFailedException(f"{STATE_PROPERTY} changed since it was read")
+
+
+def _stage_state(tx: Any, state: TableState) -> str:
+    text = state.to_property()
+    tx._stage((), (_AssertState(expected=state.loaded),))  # pyiceberg has no public requirement API
+    tx.set_properties({STATE_PROPERTY: text})
+    return text
+
+
+def _single_attempt(table: Table) -> Table:
+    """The table with pyiceberg's commit retry off (in memory only: the commit sends updates, not these
+    properties). Its retry rebuilds the snapshot but re-applies the staged properties, so the state it
+    writes would be the one read before the other writer's commit; ``RawWriter.commit`` retries instead."""
+    props = {**table.metadata.properties, "commit.retry.num-retries": "0"}
+    table.metadata = table.metadata.model_copy(update={"properties": props})
+    return table
+
+
+def commit_state(catalog: Catalog, identifier: str, state: TableState) -> None:
+    """Commit the table state alone (a drop load that landed no rows), merged like a load's commit."""
+    for attempt in range(COMMIT_ATTEMPTS):
+        table = catalog.load_table(identifier)
+        if table.properties.get(STATE_PROPERTY) != state.loaded:
+            state = state.merge(TableState.of(table))
+        tx = _single_attempt(table).transaction()
+        _stage_state(tx, state)
+        try:
+            tx.commit_transaction()
+            return
+        except CommitFailedException:
+            time.sleep(conflict_pause(attempt))
+    raise CitylakeError(f"{identifier}: state commit refused {COMMIT_ATTEMPTS} times by concurrent writers")
 
 
 def dictionary_columns(batch: pa.RecordBatch) -> list[str]:
@@ -291,19 +400,34 @@ class RawWriter:
     """Streams batches of one load into Parquet files and commits them as one Iceberg snapshot."""
 
     def __init__(self, catalog: Catalog, identifier: str, source_schema: pa.Schema, *,
-                 batch_id: str, extracted_at: datetime, system: str):
+                 batch_id: str, extracted_at: datetime, system: str, load_seq: int | None = None,
+                 base: Table | None = None):
         self.catalog = catalog
         self.identifier = identifier
         self.batch_id = batch_id
         self.system = system
         self.extracted_at = pa.scalar(extracted_at, pa.timestamp("us", tz="UTC"))
+        self.load_seq = pa.scalar(load_seq, pa.int64())
         table = open_table(catalog, identifier)
         current = arrow_schema(table) if table is not None else pa.schema([])
         self.target, self.changes = plan_schema(identifier, current, source_schema)
         if table is None:
-            table = catalog.create_table(identifier, schema=self.target, properties=TABLE_PROPERTIES)
-            self.changes = []
+            try:
+                table = catalog.create_table(identifier, schema=self.target, properties=TABLE_PROPERTIES)
+                self.changes = []
+            except TableAlreadyExistsError:  # another writer created it first: plan against its schema
+                table = catalog.load_table(identifier)
+                self.target, self.changes = plan_schema(identifier, arrow_schema(table), source_schema)
+        elif any(table.properties.get(k) != v for k, v in BATCH_METRICS.items()):
+            with table.transaction() as tx:  # tables created before BATCH_METRICS: stats of new files only
+                tx.set_properties(BATCH_METRICS)
+            table = catalog.load_table(identifier)
         self.table: Table = table
+        # What this load compared with the lake against: rows other loads land after it are checked at commit.
+        head = (base or table).current_snapshot()
+        self._compared_at = head.snapshot_id if head else None
+        self.commit_uuid = uuid.uuid4().hex  # in the snapshot summary: finds this commit when its outcome is unknown
+        self._sent = False  # a commit attempt reached the catalog and was not refused: never delete the files
         self.files: list[str] = []
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
@@ -368,6 +492,8 @@ class RawWriter:
                 cols.append(pa.repeat(pa.scalar(source_file, pa.string()), n))
             elif f.name == "_deleted":
                 cols.append(pa.repeat(pa.scalar(deleted), n))
+            elif f.name == "_load_seq":
+                cols.append(pa.repeat(self.load_seq, n))
             elif f.name in batch.schema.names:
                 col = batch.column(f.name)
                 cols.append(normalize_array(col, f.type))
@@ -432,21 +558,120 @@ class RawWriter:
         if self._error is not None:
             raise self._error
 
-    def commit(self, state: TableState, summary: dict[str, str], *, replace_batch: bool) -> int | None:
-        """One Iceberg commit: schema evolution, delete of this batch id, new files, state. Returns snapshot id."""
+    def commit(self, state: TableState, summary: dict[str, str], *, replace_batch: bool,
+               keys: list[str] | None = None) -> int | None:
+        """One Iceberg commit: schema evolution, delete of this batch id, new files, state. Returns snapshot id.
+
+        Another writer's commit in between (the catalog refuses ours: nothing landed) is retried on the
+        reloaded table: the state is merged (``TableState.merge``), this batch id is replaced if the other
+        writer committed it, and with ``keys`` the versions other loads landed since this one compared
+        are dropped from its files. pyiceberg's own retry is off: it re-applies the stale state.
+        A commit whose outcome is unknown (connection lost after it was sent) is looked for in the
+        table; not found, it raises ``CommitStateUnknown`` and the files stay (never deleted: they may be
+        the table's); a rerun of the batch replaces it either way.
+        """
         self._finish()
-        table = self.catalog.load_table(self.identifier)
-        with table.transaction() as tx:
+        summary = {**summary, COMMIT_UUID: self.commit_uuid}
+        for attempt in range(COMMIT_ATTEMPTS):
+            table = self.catalog.load_table(self.identifier)
+            if table.properties.get(STATE_PROPERTY) != state.loaded:
+                committed = TableState.of(table)
+                replace_batch = replace_batch or committed.knows(self.batch_id)
+                state = state.merge(committed)
+            if keys:
+                self._drop_landed(table, keys)
+            tx = _single_attempt(table).transaction()
             if arrow_schema(table) != self.target:
                 self._evolve(tx, table)
             if replace_batch:
                 tx.delete(EqualTo("_batch_id", self.batch_id), snapshot_properties=summary)
             if self.files:
                 tx.add_files(self.files, snapshot_properties=summary, check_duplicate_files=False)
-            tx.set_properties({STATE_PROPERTY: state.to_property()})
-        table = self.catalog.load_table(self.identifier)
-        snap = table.current_snapshot()
-        return snap.snapshot_id if snap else None
+            sent_state = _stage_state(tx, state)
+            try:
+                self._sent = True
+                table = tx.commit_transaction()
+            except (CommitFailedException, ValidationException):
+                self._sent = False  # refused by the catalog: nothing landed, the files are still only ours
+                time.sleep(conflict_pause(attempt))
+                continue
+            except Exception as exc:
+                found = self._landed(sent_state)
+                if found is None:
+                    raise CommitStateUnknown(
+                        f"{self.identifier}: the catalog commit of batch {self.batch_id} has an unknown outcome "
+                        f"({type(exc).__name__}); its data files are kept; rerun the load (it replaces the batch)"
+                    ) from exc
+                return found or None
+            snap = table.current_snapshot()
+            return snap.snapshot_id if snap else None
+        raise CitylakeError(f"{self.identifier}: commit of batch {self.batch_id} refused {COMMIT_ATTEMPTS} times "
+                            "by concurrent writers; nothing landed, rerun the load")
+
+    def _landed(self, sent_state: str) -> int | None:
+        """After an unknown commit outcome: the snapshot id of this commit if the table has it (0 for a
+        commit of state only), None if it is not found or the catalog cannot be asked."""
+        try:
+            table = self.catalog.load_table(self.identifier)
+        except Exception:
+            return None
+        for snap in ancestors_of(table.current_snapshot(), table.metadata):
+            if snap.summary is not None and snap.summary.get(COMMIT_UUID) == self.commit_uuid:
+                return snap.snapshot_id
+        return 0 if table.properties.get(STATE_PROPERTY) == sent_state else None
+
+    def _drop_landed(self, table: Table, keys: list[str]) -> None:
+        """Drop from this load's files the versions (key, row hash) that other loads landed after this one
+        compared with the lake: two loads of one window (a CLI run beside the DAG) must not both add them."""
+        head = table.current_snapshot()
+        if head is None or head.snapshot_id == self._compared_at:
+            return
+        landed: list[str] = []
+        for snap in ancestors_of(head, table.metadata):
+            if snap.snapshot_id == self._compared_at:
+                break
+            batch = snap.summary.get("citylake.batch-id") if snap.summary is not None else None
+            if batch is None or batch == self.batch_id:  # maintenance, or the batch this commit replaces
+                continue
+            for manifest in snap.manifests(table.io):
+                if manifest.added_snapshot_id == snap.snapshot_id:
+                    landed += [e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io)
+                               if e.status == ManifestEntryStatus.ADDED]
+        self._compared_at = head.snapshot_id
+        if not landed or not self.files:
+            return
+        columns = [*self.data_columns, "_deleted"]
+        seen = pa.concat_tables([self._hashed(pq.ParquetFile(table.io.new_input(p).open()).read(), keys, columns)
+                                 for p in landed])
+        files = []
+        for path in self.files:
+            files.append(self._without(path, seen, keys, columns))
+        self.files = files
+
+    def _hashed(self, data: pa.Table, keys: list[str], columns: list[str]) -> pa.Table:
+        types = {f.name: f.type for f in self.target}
+        cols = {c: data.column(c).cast(types[c]) if c in data.column_names else pa.nulls(data.num_rows, types[c])
+                for c in dict.fromkeys([*keys, *columns])}
+        shaped = pa.table(cols)
+        return pa.table([*(shaped.column(k) for k in keys), row_hash(shaped, columns)], names=[*keys, "_h"])
+
+    def _without(self, path: str, seen: pa.Table, keys: list[str], columns: list[str]) -> str:
+        """``path`` rewritten without the rows in ``seen`` (the same path when it has none)."""
+        out = f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet"
+        dropped = 0
+        with self.table.io.new_input(path).open() as f, self.table.io.new_output(out).create(overwrite=True) as o:
+            writer = pq.ParquetWriter(o, self.target, compression="zstd", compression_level=1)
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=_ROW_GROUP_ROWS):
+                part = pa.Table.from_batches([batch]).append_column("_h", self._hashed(
+                    pa.Table.from_batches([batch]), keys, columns).column("_h"))
+                kept = part.join(seen, keys=[*keys, "_h"], join_type="left anti").drop_columns(["_h"])
+                dropped += batch.num_rows - kept.num_rows
+                writer.write_table(kept.select(self.target.names).cast(self.target))
+            writer.close()
+        keep, gone = (path, out) if dropped == 0 else (out, path)
+        self.table.io.delete(gone)  # never committed: every earlier attempt was refused
+        self.rows -= dropped
+        return keep
 
     def _evolve(self, tx: Any, table: Table) -> None:
         current = {f.name: f.type for f in arrow_schema(table)}
@@ -459,11 +684,16 @@ class RawWriter:
                 upd.union_by_name(pa.schema(new))
 
     def abort(self) -> None:
-        """Stop writing and delete the files of this load (they were never committed)."""
+        """Stop writing and delete the files of this load, unless a commit of them was sent and not
+        refused: then they may be the table's (Iceberg's "commit state unknown" rule) and stay for orphan
+        cleanup."""
         try:
             self._finish()
         except BaseException:
             pass
+        if self._sent:
+            self.files = []
+            return
         for path in self.files:
             try:
                 self.table.io.delete(path)

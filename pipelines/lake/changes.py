@@ -1,0 +1,227 @@
+"""Which extracted rows are new or changed, and which keys are gone: compared in DuckDB, on local disk.
+
+A full refresh compares every row of the source with the latest version of every key in the lake. Holding
+both sides' keys and hashes in Python (5 M keys: ~1 GB) made memory follow the table; here both sides go
+into a DuckDB database file under ``$TMPDIR`` with a memory limit (it spills beyond it), the extracted rows
+are staged in a local Parquet file while they stream in, and only the positions of the new/changed rows
+come back to pick them out of that file. Memory follows a record batch, not the table.
+
+"Latest version of a key" is the lake's order of versions: ``_load_seq`` (the table's load sequence), then
+``_extracted_at``; rows written before ``_load_seq`` existed read null and order first. Every row of that
+latest load counts (a source without a unique key has several).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyiceberg.expressions import NotEqualTo
+
+from pipelines.lake.raw import row_hash, stream_scan
+
+MEMORY_LIMIT = "256MB"
+"""DuckDB's buffer limit for a compare; beyond it DuckDB spills to the compare's folder."""
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class LakeCompare:
+    """One table's compare: ``load_lake`` (the lake side), ``add`` per extracted batch, then ``changed``
+    and ``gone``. ``hashed=False`` compares keys only (the key-only deletion check). Use as a context
+    manager: the folder (database, spill files, staged rows) is removed on exit."""
+
+    def __init__(self, keys: list[str], *, hashed: bool = True, stage: bool = True,
+                 memory_limit: str = MEMORY_LIMIT) -> None:
+        import duckdb
+
+        self.keys = keys
+        self.hashed = hashed
+        self.stage = stage and hashed
+        self.dir = Path(tempfile.mkdtemp(prefix="citylake-compare-"))
+        self.con = duckdb.connect(str(self.dir / "compare.duckdb"), config={
+            "memory_limit": memory_limit, "temp_directory": str(self.dir / "spill"), "threads": 2,
+            "preserve_insertion_order": False})
+        self.lake_rows = 0
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._key_list = ", ".join(_q(k) for k in keys)
+        self._tables: set[str] = set()
+
+    def __enter__(self) -> LakeCompare:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.con.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _insert(self, name: str, table: pa.Table) -> None:
+        self.con.register("_part", table)
+        try:
+            if name in self._tables:
+                self.con.execute(f"INSERT INTO {name} SELECT * FROM _part")
+            else:
+                self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM _part")
+                self._tables.add(name)
+        finally:
+            self.con.unregister("_part")
+
+    # --- the lake's side ------------------------------------------------------------------------------
+
+    def load_lake(self, table: Any, columns: list[pa.Field], exclude_batch: str | None = None) -> int:
+        """Stream the lake's (key, hash, _deleted, _load_seq, _extracted_at) into DuckDB; returns the rows.
+
+        Rows are hashed as they stream back (over ``columns``, the load's data columns, cast to the load's
+        types; columns the lake lacks hash as nulls), excluding the batch being replaced."""
+        present = set(table.schema().column_names)
+        types = {c.name: c.type for c in columns}
+        wanted = [c.name for c in columns if c.name in present] if self.hashed else []
+        lineage = [c for c in ("_deleted", "_load_seq", "_extracted_at") if c in present]
+        expr = NotEqualTo("_batch_id", exclude_batch) if exclude_batch else None
+        scan = table.scan(selected_fields=tuple(dict.fromkeys([*self.keys, *wanted, *lineage])),
+                          **({"row_filter": expr} if expr is not None else {}))
+        for batch in stream_scan(scan):
+            n = batch.num_rows
+            names = batch.schema.names
+            h = pa.repeat(pa.scalar(0, pa.int64()), n)
+            if self.hashed:
+                data = [batch.column(c.name).cast(c.type) if c.name in names else pa.nulls(n, c.type)
+                        for c in columns]
+                h = row_hash(pa.RecordBatch.from_arrays(data, names=[c.name for c in columns]),
+                             [c.name for c in columns])
+
+            def col(name: str, t: pa.DataType, batch: pa.RecordBatch = batch, n: int = n) -> Any:
+                return batch.column(name).cast(t) if name in batch.schema.names else pa.nulls(n, t)
+
+            self._insert("lake", pa.table(
+                [*(batch.column(k).cast(types[k]) for k in self.keys), h, col("_deleted", pa.bool_()),
+                 col("_load_seq", pa.int64()), col("_extracted_at", pa.timestamp("us", tz="UTC"))],
+                names=[*self.keys, "_h", "_deleted", "_load_seq", "_extracted_at"]))
+            self.lake_rows += n
+        if self.lake_rows:
+            # Every row of each key's latest load that is not a deletion row: what the source is compared with.
+            self.con.execute(
+                f"CREATE TABLE live AS SELECT {self._key_list}, _h FROM ("
+                f"SELECT *, rank() OVER (PARTITION BY {self._key_list} ORDER BY _load_seq DESC NULLS LAST, "
+                f"_extracted_at DESC NULLS LAST) AS _r FROM lake) WHERE _r = 1 AND NOT coalesce(_deleted, false)")
+            self.con.execute("DROP TABLE lake")
+            self._tables.add("live")
+        return self.lake_rows
+
+    # --- the source's side ----------------------------------------------------------------------------
+
+    def add(self, shaped: pa.RecordBatch, data_columns: list[str] | None = None) -> None:
+        """One extracted batch (in the table's schema): its keys and hashes go to DuckDB, the rows to the
+        staged file (when staging)."""
+        n = shaped.num_rows
+        if not n:
+            return
+        h = row_hash(shaped, data_columns or []) if self.hashed else pa.repeat(pa.scalar(0, pa.int64()), n)
+        pos = pa.array(np.arange(self.rows, self.rows + n, dtype=np.int64))
+        self._insert("src", pa.table([*(shaped.column(k) for k in self.keys), h, pos],
+                                     names=[*self.keys, "_h", "_pos"]))
+        if self.stage:
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self.dir / "staged.parquet", shaped.schema, compression="lz4")
+            self._writer.write_batch(shaped)
+        self.rows += n
+
+    def _has(self, name: str) -> bool:
+        return name in self._tables
+
+    def _on(self, left: str, right: str) -> str:
+        return " AND ".join(f"{left}.{_q(k)} IS NOT DISTINCT FROM {right}.{_q(k)}" for k in self.keys)
+
+    def changed(self, batch_rows: int = 64 * 1024) -> Iterator[pa.RecordBatch]:
+        """The staged rows whose (key, hash) is not live in the lake, in extraction order."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if not self.rows:
+            return
+        if self.lake_rows and self._has("live"):
+            found = self.con.execute(
+                f"SELECT s._pos FROM src s ANTI JOIN live l ON {self._on('s', 'l')} AND s._h = l._h "
+                "ORDER BY s._pos").fetchnumpy()["_pos"]
+            positions = np.asarray(found, dtype=np.int64)
+        else:
+            positions = np.arange(self.rows, dtype=np.int64)
+        if not len(positions):
+            return
+        staged = pq.ParquetFile(self.dir / "staged.parquet")
+        start = 0
+        for batch in staged.iter_batches(batch_size=batch_rows):
+            lo, hi = np.searchsorted(positions, [start, start + batch.num_rows])
+            if hi > lo:
+                yield batch.take(pa.array(positions[lo:hi] - start))
+            start += batch.num_rows
+
+    def gone(self, batch_rows: int = 64 * 1024) -> Iterator[pa.Table]:
+        """Keys live in the lake that the source no longer has (each once)."""
+        if not self.lake_rows or not self._has("live"):
+            return
+        source = "src" if self._has("src") else f"(SELECT {self._key_list} FROM live LIMIT 0)"
+        reader = self.con.sql(
+            f"SELECT DISTINCT {', '.join('l.' + _q(k) for k in self.keys)} FROM live l "
+            f"ANTI JOIN {source} s ON {self._on('l', 's')}").to_arrow_reader(batch_rows)
+        for batch in reader:
+            if batch.num_rows:
+                yield pa.Table.from_batches([batch])
+
+
+# --- which batches a raw table holds --------------------------------------------------------------
+
+_RAW_FILE = re.compile(r"^(?P<batch>.+)-[0-9a-f]{32}\.parquet$")
+BATCH_PROPERTY = "citylake.batch-id"
+
+
+def raw_batch_ids(table: Any) -> set[str]:
+    """Every batch id in a raw table, from metadata rather than a scan of ``_batch_id``.
+
+    Each load's snapshots carry ``citylake.batch-id`` in their summary (``RawWriter.commit``). Expired
+    snapshots take their summaries with them, but the data files they added stay: those are found in the
+    manifests, and their batch is the writer's file-name prefix (``<batch>-<uuid hex>.parquet``, one batch
+    per file) or, for a file named otherwise (rewritten by maintenance), its ``_batch_id`` column."""
+    current = table.current_snapshot()
+    if current is None:
+        return set()
+    by_id = {s.snapshot_id: s for s in table.metadata.snapshots}
+    known: dict[int, str] = {}  # ancestor snapshot → the batch it loaded
+    snap = current
+    while snap is not None:
+        batch = snap.summary.get(BATCH_PROPERTY) if snap.summary is not None else None
+        if batch:
+            known[snap.snapshot_id] = batch
+        snap = by_id.get(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+    found = set(known.values())
+    for manifest in current.manifests(table.io):
+        if manifest.added_snapshot_id in known and not manifest.has_existing_files():
+            continue  # every entry was added by a load whose summary we have: not even read
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            if entry.snapshot_id in known:
+                continue
+            path = entry.data_file.file_path
+            named = _RAW_FILE.match(path.rsplit("/", 1)[-1])
+            if named:
+                found.add(named.group("batch"))
+                continue
+            with table.io.new_input(path).open() as f:
+                ids = pq.ParquetFile(f).read(columns=["_batch_id"]).column(0)
+            found.update(v for v in pc.unique(ids).to_pylist() if v)
+    return {str(b) for b in found}

@@ -1,0 +1,162 @@
+"""The order of a key's versions follows the table's load sequence, not who ran the load (CLI wall clock
+vs an Airflow data-interval end); new raw batches are found from metadata, also after snapshot expiry."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pipelines.ingest import ingest_table
+from pipelines.lake.catalog import get_catalog
+from pipelines.lake.raw import TableState
+from pipelines.quality.gate import run_quality
+from pipelines.registry import get_system
+from pipelines.settings import PROJECT_ROOT, TZ, Settings, load_settings
+
+POI_COLUMNS = '"编号" TEXT, "名称" TEXT, "类别" TEXT, "经度" {real}, "纬度" {real}, "区划代码" TEXT, "更新时间" {ts}'
+POIS = [(f"POI{i:06d}", f"{street}街{kind}", kind, 117.2 + i / 100, 31.8 + i / 100, "340104", "2026-11-01 08:00:00")
+        for i, (street, kind) in enumerate([("长江", "图书馆"), ("芜湖", "医院"), ("徽州", "公园"), ("宿州", "学校"),
+                                            ("合作化", "体育场馆")])]
+
+
+class Poi:
+    """The poi source (no cursor: every run is a full refresh) in SQLite or PostgreSQL."""
+
+    def __init__(self, kind: str, settings: Settings, pg_url: str | None) -> None:
+        self.kind, self.pg_url = kind, pg_url
+        self.db = settings.data_dir / "sources" / "poi.db"
+        if kind == "sqlite":
+            self.db.parent.mkdir(parents=True, exist_ok=True)
+            self.run(f'CREATE TABLE "兴趣点" ({POI_COLUMNS.format(real="REAL", ts="DATETIME")})')
+        else:
+            self.run(f'CREATE TABLE "兴趣点" ({POI_COLUMNS.format(real="double precision", ts="timestamp")})')
+        for row in POIS:
+            self.run('INSERT INTO "兴趣点" VALUES (?, ?, ?, ?, ?, ?, ?)', row)
+
+    def run(self, sql: str, params: tuple = ()) -> None:
+        if self.kind == "sqlite":
+            con = sqlite3.connect(self.db)
+            con.execute(sql, params)
+            con.commit()
+            con.close()
+            return
+        import psycopg
+
+        assert self.pg_url
+        with psycopg.connect(self.pg_url.replace("+psycopg", ""), autocommit=True) as con:
+            con.execute(sql.replace("?", "%s"), params)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def poi(request: pytest.FixtureRequest, lake_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Poi:
+    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(PROJECT_ROOT / "schemas" / "sources"))
+    pg_url = None
+    if request.param == "postgresql":
+        pg_url = request.getfixturevalue("pg_url")
+        monkeypatch.setenv("CITYLAKE_CONN_SRC_POI", pg_url)
+    return Poi(request.param, load_settings(), pg_url)
+
+
+_CLI_RUNS = iter(range(1_000_000))
+
+
+def _load(at: datetime | None, batch: str | None = None, mode: str = "incremental") -> int:
+    """``at=None`` is the CLI (wall clock); otherwise an Airflow run ending at ``at``. Two CLI runs in one
+    second would share the default batch id (the second replacing the first), so each gets its own."""
+    settings = load_settings()
+    batch = batch or f"cli_{next(_CLI_RUNS)}"
+    system = get_system(settings.registry_dir, "poi")
+    return ingest_table(system, "poi", settings=settings, mode=mode,  # type: ignore[arg-type]
+                        batch_id=batch, extracted_at=at).rows_written
+
+
+def _std() -> dict[str, str]:
+    rows = get_catalog(load_settings()).load_table("std.poi").scan().to_arrow().to_pylist()
+    return {r["poi_id"]: r["poi_name"] for r in rows}
+
+
+@pytest.mark.parametrize("order", ["cli_then_earlier_airflow", "later_airflow_then_cli"])
+def test_latest_version_is_the_latest_load_whoever_ran_it(poi: Poi, order: str) -> None:
+    now = datetime.now(TZ)
+    earlier, later = now - timedelta(days=10), now + timedelta(days=1)
+    first, second = ((None, (earlier, "scheduled__earlier__poi")) if order == "cli_then_earlier_airflow"
+                     else ((later, "scheduled__later__poi"), None))
+    assert (_load(None) if first is None else _load(*first)) == len(POIS)
+    poi.run('UPDATE "兴趣点" SET "名称" = ? WHERE "编号" = ?', ("长江路图书馆(新馆)", "POI000000"))
+    poi.run('DELETE FROM "兴趣点" WHERE "编号" = ?', ("POI000001",))
+    # The second load's _extracted_at is older than the first's: only the load sequence says it is newer.
+    assert (_load(None) if second is None else _load(*second)) == 2  # one changed row, one deletion row
+    raw = get_catalog(load_settings()).load_table("raw.poi__poi")
+    assert TableState.of(raw).load_seq == 2
+    assert sorted(raw.scan().to_arrow()["_load_seq"].to_pylist()) == [1] * len(POIS) + [2, 2]
+
+    result = run_quality("poi", reference_date=now.date())
+    assert result.status == "published"
+    std = _std()
+    assert std["POI000000"] == "长江路图书馆(新馆)"   # the source's current value
+    assert "POI000001" not in std                     # deleted by the later load
+    assert _load(None, mode="full") == 0               # an unchanged source writes nothing
+    assert _load(earlier - timedelta(days=5), "scheduled__earliest__poi") == 0
+
+
+def test_rows_from_before_the_load_sequence_order_first(poi: Poi) -> None:
+    """A raw table written before ``_load_seq`` existed: its rows read null and are older than any load."""
+    from pyiceberg.expressions import AlwaysTrue
+
+    _load(datetime.now(TZ) + timedelta(days=30), "old__poi")  # far in the future, as a stale clock might
+    raw = get_catalog(load_settings()).load_table("raw.poi__poi")
+    rows = raw.scan().to_arrow()
+    # stand in for an old table: same rows, _load_seq null, state without a counter
+    with raw.transaction() as tx:
+        tx.delete(AlwaysTrue())
+        tx.append(rows.set_column(rows.schema.get_field_index("_load_seq"), "_load_seq",
+                                  __import__("pyarrow").nulls(rows.num_rows, "int64")))
+        tx.set_properties({"citylake.state": '{"cursor":null,"watermark":null,"batch_id":"old__poi","windows":{}}'})
+    poi.run('UPDATE "兴趣点" SET "名称" = ? WHERE "编号" = ?', ("新名称", "POI000003"))
+    assert _load(None) == 1
+    assert _load(None) == 0  # the new version is the latest even though the old rows look newer by clock
+    assert _std_after_publish()["POI000003"] == "新名称"
+
+
+def _std_after_publish() -> dict[str, str]:
+    run_quality("poi", reference_date=datetime.now(TZ).date())
+    return _std()
+
+
+def test_new_batches_come_from_metadata_and_survive_snapshot_expiry(tmp_path: Path, lake_settings: Settings,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """raw_batch_ids reads snapshot summaries, and for files of expired snapshots their names: no data scan."""
+    import pipelines.lake.changes as changes
+    from pipelines.lake.changes import raw_batch_ids
+
+    db = tmp_path / "src.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (id INTEGER, v TEXT, updated_at DATETIME)")
+    con.commit()
+    from pipelines.registry import SourceSystem
+
+    system = SourceSystem.model_validate({
+        "system": "s", "name": "测试", "department": "测试局", "connection": "src_s", "default_url": f"sqlite:///{db}",
+        "tables": [{"code": "t", "source": "t", "primary_key": ["id"], "cursor": "updated_at"}]})
+    for day in range(1, 5):
+        con.execute("INSERT INTO t VALUES (?, 'x', ?)", (day, f"2026-11-0{day} 08:00:00"))
+        con.commit()
+        ingest_table(system, "t", settings=lake_settings, batch_id=f"scheduled__2026-11-0{day}T02:00:00+08:00__t",
+                     extracted_at=datetime(2026, 11, day, 2, tzinfo=TZ))
+    table = get_catalog(lake_settings).load_table("raw.s__t")
+    expected = {f"scheduled__2026-11-0{d}T02_00_00_08_00__t" for d in range(1, 5)}
+
+    def no_data_reads(*a: object, **k: object) -> None:
+        raise AssertionError("raw_batch_ids read a data file")
+
+    monkeypatch.setattr(changes.pq, "ParquetFile", no_data_reads)
+    assert raw_batch_ids(table) == expected
+    keep = table.current_snapshot().snapshot_id
+    table.maintenance.expire_snapshots().by_ids(
+        [s.snapshot_id for s in table.snapshots() if s.snapshot_id != keep]).commit()
+    table = get_catalog(lake_settings).load_table("raw.s__t")
+    assert len(table.snapshots()) == 1
+    assert raw_batch_ids(table) == expected
