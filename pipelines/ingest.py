@@ -28,6 +28,7 @@ from pipelines.errors import CitylakeError, FileRejected, SchemaDriftError
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.changes import LakeCompare
 from pipelines.lake.raw import LINEAGE_NAMES, RawWriter, TableState, open_table, plan_schema, row_hash, stream_scan
+from pipelines.privacy import mask_message
 from pipelines.registry import DropTable, SourceSystem, SqlTable
 from pipelines.settings import TZ, Settings, load_settings
 
@@ -462,5 +463,6 @@ def ingest_system(system: SourceSystem, tables: Iterable[str] | None = None, **k
         except CitylakeError as exc:
             yield code, exc
         except Exception as exc:  # an unexpected failure of one table still lets the others land
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             yield code, CitylakeError(f"system {system.system}, table {code}: {type(exc).__name__}: "
-                                      f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+                                      f"{mask_message(first)}")  # a library's message may quote values

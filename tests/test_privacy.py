@@ -121,11 +121,20 @@ def test_messages_that_quote_values_are_masked() -> None:
     assert "13812345678" not in str(exc.value) and "138****5678" in str(exc.value)
 
     def boom(t: pa.Table) -> pa.Array:
-        raise ValueError(f"cannot parse {t.column('id')[0].as_py()!r}")
+        raise ValueError(f"cannot parse {t.column('id')[0].as_py()!r} of {t.column('name')[0].as_py()!r}")
 
     rule = Rule("d.id.x", "d", "id", "resident_id", "规范性", "critical", "t", "x", boom)
-    (result,) = evaluate(pa.table({"id": ["340104199001011234"]}), [rule])
+    (result,) = evaluate(pa.table({"id": ["340104199001011234"], "name": ["张伟"]}), [rule])
     assert result.error is not None and "340104199001011234" not in result.error and "340104********1234" in result.error
+    assert "张伟" not in result.error and "'张*'" in result.error
+
+    from pipelines.extract.sql import SqlSource
+
+    driver = ValueError('invalid input syntax for type bigint: "王秀英"; Key (id)=(340104199001011234) already exists; '
+                        'column "姓名" of relation "人口"')
+    message = str(SqlSource("s", "sqlite://")._fail(None, driver))
+    assert "王秀英" not in message and "340104199001011234" not in message
+    assert '"姓名"' in message and '"人口"' in message  # what the reader needs to fix the load stays
 
 
 def test_gate_masker_masks_a_misdeclared_column_by_its_values() -> None:

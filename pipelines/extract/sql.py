@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from pipelines.connections import describe, scrub
 from pipelines.errors import SourceError
-from pipelines.privacy import quote
+from pipelines.privacy import mask_message, quote
 from pipelines.registry import EXTRACT_RANGES, SqlTable
 from pipelines.settings import TZ
 from pipelines.sql_filter import dialect_of, render_filter
@@ -97,6 +97,7 @@ class SqlSource:
         if table is not None:
             where += f", table {table.source!r}"
         first = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, self.url)
+        first = mask_message(first) or ""  # a driver's message may quote a row's values
         return SourceError(f"{where}: {first}")
 
     def reflect(self, table: SqlTable) -> sa.Table:

@@ -12,6 +12,7 @@ from pipelines.privacy.mask import (
     mask_free_text,
     mask_identifiers,
     mask_kind,
+    mask_message,
     mask_text,
     quote,
 )
@@ -19,6 +20,6 @@ from pipelines.privacy.policy import Declarations, column_masks, load_declaratio
 
 __all__ = [
     "KINDS", "PERSONAL", "Declarations", "column_kind", "column_masks", "detect_kinds", "is_bank_card", "is_personal",
-    "is_resident_id", "load_declarations", "mask", "mask_free_text", "mask_identifiers", "mask_kind", "mask_text",
+    "is_resident_id", "load_declarations", "mask", "mask_free_text", "mask_identifiers", "mask_kind", "mask_message", "mask_text",
     "masked_rows", "quote", "value_kinds",
 ]

@@ -135,3 +135,26 @@ def quote(value: Any) -> str:
         return "None"
     text = mask_text(_text(value)) or ""
     return repr(mask_free_text(text) if _WORDS.search(text) else text)
+
+
+_QUOTED = re.compile(r"""'([^'\n]{1,200})'|"([^"\n]{1,200})"|“([^”\n]{1,200})”""")
+
+
+def mask_message(text: Any) -> str | None:
+    """An exception's text from a driver or library, made fit for a log line or XCom: ``mask_text``, and
+    every quoted segment that is a personal name or an address (the detectors) hidden. Quoted column
+    names and codes stay readable, since they are what the reader needs to fix the load."""
+    if text is None:
+        return None
+    masked = mask_text(text) or ""
+    segments = [m.group(1) or m.group(2) or m.group(3) for m in _QUOTED.finditer(masked)]
+    if not segments:
+        return masked
+    import pyarrow as pa
+
+    from pipelines.privacy.detect import addresses, person_names
+
+    values = pa.array(segments, pa.string())
+    personal = {s for s, n, a in zip(segments, person_names(values), addresses(values), strict=True) if n or a}
+    return _QUOTED.sub(lambda m: m.group(0).replace(s, mask_free_text(s) or "") if (
+        s := m.group(1) or m.group(2) or m.group(3)) in personal else m.group(0), masked)

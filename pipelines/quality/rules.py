@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.contracts import DatasetContract
-from pipelines.privacy import mask_text
+from pipelines.privacy import mask_message
 from pipelines.quality import validators as v
 from pipelines.standards import Standards
 
@@ -235,5 +235,5 @@ def evaluate(table: pa.Table, rules: list[Rule]) -> list[RuleResult]:
             out.append(RuleResult(rule, table.num_rows, _failed(rule, table)))
         except Exception as exc:  # noqa: BLE001 - contract: a failing validator fails rows, never the batch
             out.append(RuleResult(rule, table.num_rows, _isolate(rule, table, [_BISECT_BUDGET]),
-                                  f"{type(exc).__name__}: {mask_text(exc)}"))  # may quote a value
+                                  f"{type(exc).__name__}: {mask_message(exc)}"))  # may quote a value
     return out
