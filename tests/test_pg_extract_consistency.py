@@ -188,33 +188,43 @@ def test_source_killed_mid_extract_commits_nothing_and_rerun_completes(
     _fill(pg, rows)
     monkeypatch.setenv("CITYLAKE_CONN_SRC_MOVING_SRC", pg)
     system = _system()
+    catalog = get_catalog(lake_settings)
+    real_conform = postgres_fast._conform
+
+    def killed_load(batch_id: str, day: int) -> str:
+        killed: list[int] = []
+
+        def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+            if not killed:  # the first batch reached the consumer: the COPYs are still streaming
+                killed.append(_terminate_extract(pg))
+            return real_conform(batch, schema)
+
+        monkeypatch.setattr(postgres_fast, "_conform", conform)
+        try:
+            with pytest.raises(SourceError) as info:
+                ingest_table(system, "moving", settings=lake_settings, mode="full", batch_id=batch_id,
+                             extracted_at=datetime(2026, 11, day, tzinfo=TZ))
+        finally:
+            monkeypatch.setattr(postgres_fast, "_conform", real_conform)
+        assert killed and killed[0] >= 1
+        message = str(info.value)
+        assert "\n" not in message and message.startswith("system moving_src ("), message
+        assert message.count("table 'moving'") == 1 and "terminating connection" in message, message
+        return message
+
+    killed_load("b1", 1)  # a first load killed: no snapshot, no rows
+    first = catalog.load_table("raw.moving_src__moving") if catalog.table_exists("raw.moving_src__moving") else None
+    assert first is None or first.current_snapshot() is None
     ingest_table(system, "moving", settings=lake_settings, batch_id="b1", extracted_at=datetime(2026, 11, 1, tzinfo=TZ))
     with psycopg.connect(pg, autocommit=True) as conn:
         conn.execute("UPDATE moving SET v = 7 WHERE id % 1000 = 1")
         conn.execute(f"INSERT INTO moving SELECT g, 1, 'new' FROM generate_series({rows + 1}, {rows + 500}) g")
-    catalog = get_catalog(lake_settings)
     before = catalog.load_table("raw.moving_src__moving").current_snapshot().snapshot_id
 
-    real_conform = postgres_fast._conform
-    killed: list[int] = []
-
-    def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-        if not killed:  # the first batch reached the consumer: the COPYs are still streaming
-            killed.append(_terminate_extract(pg))
-        return real_conform(batch, schema)
-
-    monkeypatch.setattr(postgres_fast, "_conform", conform)
-    with pytest.raises(SourceError) as info:
-        ingest_table(system, "moving", settings=lake_settings, mode="full", batch_id="b2",
-                     extracted_at=datetime(2026, 11, 2, tzinfo=TZ))
-    assert killed and killed[0] >= 1
-    message = str(info.value)
-    assert "\n" not in message and "moving_src" in message and "'moving'" in message, message
+    killed_load("b2", 2)
     table = catalog.load_table("raw.moving_src__moving")
     assert table.current_snapshot().snapshot_id == before  # nothing committed, no partial batch
     assert table.scan().to_arrow().num_rows == rows - rows // 20
-
-    monkeypatch.setattr(postgres_fast, "_conform", real_conform)
     rerun = ingest_table(system, "moving", settings=lake_settings, mode="full", batch_id="b2",
                          extracted_at=datetime(2026, 11, 2, tzinfo=TZ))
     assert rerun.rows_deleted == 0
