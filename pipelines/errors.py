@@ -25,6 +25,10 @@ class SourceError(CitylakeError):
     """A source system or table cannot be read (unreachable, missing table)."""
 
 
+class CommitStateUnknown(CitylakeError):
+    """A catalog commit was sent and its outcome is unknown (connection lost): its files are kept."""
+
+
 class SchemaDriftError(CitylakeError):
     """A source column was dropped or retyped incompatibly; the lake table is left unchanged."""
 

@@ -27,7 +27,16 @@ from pipelines.contracts import contracts_of_table
 from pipelines.errors import CitylakeError, FileRejected, SchemaDriftError
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.changes import LakeCompare
-from pipelines.lake.raw import LINEAGE_NAMES, RawWriter, TableState, open_table, plan_schema, row_hash, stream_scan
+from pipelines.lake.raw import (
+    LINEAGE_NAMES,
+    RawWriter,
+    TableState,
+    commit_state,
+    open_table,
+    plan_schema,
+    row_hash,
+    stream_scan,
+)
 from pipelines.privacy import mask_message
 from pipelines.registry import DropTable, SourceSystem, SqlTable
 from pipelines.settings import TZ, Settings, load_settings
@@ -240,7 +249,7 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
         # later is newer, whatever its _extracted_at (CLI wall clock vs an Airflow data interval).
         load_seq = state.next_load_seq()
         writer = RawWriter(catalog, result.identifier, cols.schema, batch_id=result.batch_id,
-                           extracted_at=extracted_at, system=system.system, load_seq=load_seq)
+                           extracted_at=extracted_at, system=system.system, load_seq=load_seq, base=table)
         result.schema_changes = writer.changes
         data_fields = [f for f in writer.target if f.name not in LINEAGE_NAMES]
         data_names = [f.name for f in data_fields]
@@ -296,7 +305,9 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             summary = {"citylake.batch-id": result.batch_id, "citylake.mode": result.mode,
                        "citylake.rows-extracted": str(result.rows_extracted),
                        "citylake.watermark": state.watermark or ""}
-            result.snapshot_id = writer.commit(state, summary, replace_batch=rerun)
+            # A commit another writer beat is merged and retried; rows it landed meanwhile are not added again.
+            result.snapshot_id = writer.commit(state, summary, replace_batch=rerun, keys=spec.primary_key)
+            result.rows_written = writer.rows
         except BaseException:
             writer.abort()
             raise
@@ -329,7 +340,7 @@ class _DropSink:
         if self.writer is None:
             self.writer = RawWriter(self.catalog, self.result.identifier, batch.schema,
                                     batch_id=self.result.batch_id, extracted_at=self.extracted_at,
-                                    system=self.system, load_seq=self.state.next_load_seq())
+                                    system=self.system, load_seq=self.state.next_load_seq(), base=self.table)
         else:
             target, _ = plan_schema(self.result.identifier, self.writer.target, batch.schema)  # drift raises
             if target != self.writer.target:
@@ -430,12 +441,12 @@ def _load_drop(system: SourceSystem, spec: DropTable, settings: Settings, result
                 return
             # No rows (only rejections or repeats): the ledger still commits, so they are not retried.
             table = table or _empty_drop_table(catalog, result.identifier)
-            with table.transaction() as tx:
-                tx.set_properties({"citylake.state": state.to_property()})
+            commit_state(catalog, result.identifier, state)  # merged with a concurrent writer's, like a load
             return
         summary = {"citylake.batch-id": result.batch_id, "citylake.mode": "files",
                    "citylake.files": str(len(result.files_loaded))}
-        result.snapshot_id = writer.commit(state, summary, replace_batch=ledger.rerun)
+        result.snapshot_id = writer.commit(state, summary, replace_batch=ledger.rerun, keys=spec.primary_key or None)
+        result.rows_written = writer.rows
         result.schema_changes = writer.changes
     except BaseException:
         if sink.writer is not None:
@@ -446,9 +457,14 @@ def _load_drop(system: SourceSystem, spec: DropTable, settings: Settings, result
 
 
 def _empty_drop_table(catalog: Any, identifier: str) -> Any:
+    from pyiceberg.exceptions import TableAlreadyExistsError
+
     from pipelines.lake.raw import LINEAGE, TABLE_PROPERTIES
 
-    return catalog.create_table(identifier, schema=LINEAGE, properties=TABLE_PROPERTIES)
+    try:
+        return catalog.create_table(identifier, schema=LINEAGE, properties=TABLE_PROPERTIES)
+    except TableAlreadyExistsError:  # a concurrent load created it first
+        return catalog.load_table(identifier)
 
 
 # --- a whole system -------------------------------------------------------------------------------

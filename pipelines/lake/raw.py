@@ -641,12 +641,14 @@ class RawWriter:
         if not landed or not self.files:
             return
         columns = [*self.data_columns, "_deleted"]
-        seen = pa.concat_tables([self._hashed(pq.ParquetFile(table.io.new_input(p).open()).read(), keys, columns)
-                                 for p in landed])
-        files = []
-        for path in self.files:
-            files.append(self._without(path, seen, keys, columns))
-        self.files = files
+        parts = []
+        for path in landed:
+            with table.io.new_input(path).open() as f:
+                other = pq.ParquetFile(f)
+                names = [c for c in dict.fromkeys([*keys, *columns]) if c in other.schema_arrow.names]
+                parts.append(self._hashed(other.read(columns=names), keys, columns))
+        seen = pa.concat_tables(parts)
+        self.files = [self._without(path, seen, keys, columns) for path in self.files]
 
     def _hashed(self, data: pa.Table, keys: list[str], columns: list[str]) -> pa.Table:
         types = {f.name: f.type for f in self.target}
@@ -660,13 +662,14 @@ class RawWriter:
         out = f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet"
         dropped = 0
         with self.table.io.new_input(path).open() as f, self.table.io.new_output(out).create(overwrite=True) as o:
-            writer = pq.ParquetWriter(o, self.target, compression="zstd", compression_level=1)
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=_ROW_GROUP_ROWS):
-                part = pa.Table.from_batches([batch]).append_column("_h", self._hashed(
-                    pa.Table.from_batches([batch]), keys, columns).column("_h"))
-                kept = part.join(seen, keys=[*keys, "_h"], join_type="left anti").drop_columns(["_h"])
-                dropped += batch.num_rows - kept.num_rows
-                writer.write_table(kept.select(self.target.names).cast(self.target))
+            mine = pq.ParquetFile(f)  # its schema may predate a later file's added column (``extend``)
+            writer = pq.ParquetWriter(o, mine.schema_arrow, compression="zstd", compression_level=1)
+            for batch in mine.iter_batches(batch_size=_ROW_GROUP_ROWS):
+                part = pa.Table.from_batches([batch])
+                probe = self._hashed(part, keys, columns).append_column("_i", pa.array(range(part.num_rows)))
+                kept = probe.join(seen, keys=[*keys, "_h"], join_type="left anti").column("_i")
+                dropped += part.num_rows - len(kept)
+                writer.write_table(part.take(pc.take(kept, pc.sort_indices(kept))))
             writer.close()
         keep, gone = (path, out) if dropped == 0 else (out, path)
         self.table.io.delete(gone)  # never committed: every earlier attempt was refused

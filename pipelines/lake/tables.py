@@ -6,15 +6,19 @@ one implementation (no stage imports another's private helper).
 
 from __future__ import annotations
 
+import functools
 import itertools
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError, ValidationException
 
-from pipelines.lake.raw import open_table
+from pipelines.errors import CitylakeError
+from pipelines.lake.raw import COMMIT_ATTEMPTS, conflict_pause, open_table
 
 PROPS = {"format-version": "2", "write.parquet.compression-codec": "zstd"}
 STAGED_BATCH_ROWS = 128 * 1024
@@ -25,7 +29,10 @@ def table_for(catalog: Any, name: str, schema: pa.Schema, properties: dict[str, 
     column added in a later release: older lakes lack it) or ``properties`` a key the table lacks."""
     table = open_table(catalog, name)
     if table is None:
-        return catalog.create_table(name, schema=schema, properties=properties)
+        try:
+            return catalog.create_table(name, schema=schema, properties=properties)
+        except TableAlreadyExistsError:  # another process created it first
+            table = catalog.load_table(name)
     missing = {k: v for k, v in properties.items() if k not in table.properties}
     new_columns = set(schema.names) - set(table.schema().column_names)
     if new_columns or missing:
@@ -70,6 +77,24 @@ def append_staged(tx: Any, table: Any, rows: pq.ParquetFile, props: dict[str, st
                 pending, size = [], 0
 
 
+def _retried(write: Callable[..., None]) -> Callable[..., None]:
+    """Redo a whole write (create-or-evolve, delete, append) on the reloaded table when a concurrent writer's
+    commit beat it (two Airflow tasks appending to one meta or quarantine table): pyiceberg retries a plain
+    append only 4 times, and not a first create, a schema change or a delete that now conflicts."""
+
+    @functools.wraps(write)
+    def run(catalog: Any, name: str, *args: Any, **kwargs: Any) -> None:
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                return write(catalog, name, *args, **kwargs)
+            except (CommitFailedException, ValidationException):
+                time.sleep(conflict_pause(attempt))
+        raise CitylakeError(f"{name}: write refused {COMMIT_ATTEMPTS} times by concurrent writers; nothing landed")
+
+    return run
+
+
+@_retried
 def append(catalog: Any, name: str, data: pa.Table | Path, props: dict[str, str] | None = None,
            properties: dict[str, str] | None = None, replace: Any = None) -> None:
     """Append to a table, creating it from the data's schema the first time; a staged Parquet file is
