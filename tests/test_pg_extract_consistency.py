@@ -166,7 +166,8 @@ def test_full_refresh_writes_no_deletion_row_for_a_live_key(
 def _other_sessions(url: str, *besides: int) -> int:
     with psycopg.connect(url) as conn:
         got = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                           "AND pid <> pg_backend_pid() AND NOT pid = ANY(%s)", (list(besides),)).fetchone()
+                           "AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND NOT pid = ANY(%s)",
+                           (list(besides),)).fetchone()
     return int(got[0]) if got else 0
 
 
