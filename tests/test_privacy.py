@@ -3,6 +3,7 @@ masking fails closed. Detectors are measured for precision as well as recall."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -185,9 +186,12 @@ def _clear_values(shown: str) -> list[str]:
 
 
 def test_lake_show_masks_an_undeclared_systems_ids_names_and_mobiles(project_config: Settings) -> None:
-    _table(project_config, "raw.newsys__people", PEOPLE)
+    detail = [json.dumps({"姓名": n, "手机": m}, ensure_ascii=False) for n, m in zip(PEOPLE["xm"], PEOPLE["sjhm"],
+                                                                                     strict=True)]
+    _table(project_config, "raw.newsys__people", {**PEOPLE, "detail": detail})
     shown, warned = _show("raw.newsys__people")
     assert _clear_values(shown) == [] and not warned
+    assert '{"姓名": "张*", "手机": "138****5678"}' in shown  # inside JSON text too
     assert "340104" in shown and "张*" in shown and "138****5678" in shown and "安徽省合肥市蜀山区***" in shown
     assert re.search(r"│ 1\s+│ 340104", shown)  # codes stay readable
     clear, _ = _show("raw.newsys__people", "--unmasked")

@@ -3,7 +3,7 @@
 A column is masked when its declared data element is personal, OR when most of a sample of its values
 are a personal kind (``detect.column_kind``), so a new system's IDs, mobiles and names are masked
 before anyone declares them. Any other text column of an undeclared table has the identifiers inside
-its values masked (``mask_text``). When the standards, registry or contracts cannot be read, nothing
+its values masked, and the quoted names and addresses inside them (JSON text) too (``mask_message``). When the standards, registry or contracts cannot be read, nothing
 is trusted: every detected value is masked and every free-text column is hidden (``mask_free_text``);
 only code-like values (no space, no Han, short) stay readable.
 """
@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from pipelines.contracts import DatasetContract
 from pipelines.privacy.detect import column_kind
-from pipelines.privacy.mask import is_personal, mask, mask_free_text, mask_kind, mask_text
+from pipelines.privacy.mask import is_personal, mask, mask_free_text, mask_kind, mask_message, mask_text
 from pipelines.settings import Settings
 from pipelines.standards import DataElement, Standards
 
@@ -102,7 +102,7 @@ def column_masks(data: pa.Table, declared: Mapping[str, DataElement] | None) -> 
         elif declared is None and not name.startswith("_") and not _code_like(arr):
             masks[name] = mask_free_text
         else:
-            masks[name] = mask_text
+            masks[name] = mask_message  # identifiers anywhere, names and addresses quoted inside (JSON)
     return masks
 
 
