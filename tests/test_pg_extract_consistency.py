@@ -239,3 +239,17 @@ def test_source_killed_mid_extract_commits_nothing_and_rerun_completes(
         part = raw.filter(pc.equal(raw["_batch_id"], batch))
         latest.update(zip(part["id"].to_pylist(), part["v"].to_pylist(), strict=True))
     assert latest == source  # lake = source: nothing lost, nothing doubled
+
+
+def test_one_connection_system_reads_with_one_connection(pg: str, lake_settings: Settings,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    live = _fill(pg)
+    monkeypatch.setenv("CITYLAKE_CONN_SRC_MOVING_SRC", pg)
+    spec = _system().model_dump()
+    system = SourceSystem.model_validate({**spec, "max_connections": 1})
+    assert system.connections_per_load == 1
+    real, opened = postgres_fast._connect, []
+    monkeypatch.setattr(postgres_fast, "_connect", lambda url: opened.append(url) or real(url))
+    got = ingest_table(system, "moving", settings=lake_settings, batch_id="b1",
+                       extracted_at=datetime(2026, 11, 1, tzinfo=TZ))
+    assert got.rows_written == len(live) and len(opened) == 1  # no split, no snapshot export: one COPY
