@@ -208,9 +208,29 @@ def load_contracts(directory: Path, standards: Standards,
                 problems.append(f"{c.where('columns', i, 'source')}: columns.{i}.source: column {col.name}: source {col.source!r} is "
                                 f"renamed by the registry; the raw column is {renamed[col.source]!r}")
         out[c.dataset] = c
+    problems += _unmapped_references(standards, out)
     if problems:
         raise ConfigError(*problems)
     return out
+
+
+def _unmapped_references(standards: Standards, contracts: dict[str, DatasetContract]) -> list[str]:
+    """An element's authority or copy on a table a contract is built from must be one of that contract's
+    column sources: otherwise the item never reaches std and the consistency check cannot compare it."""
+    by_table = {(c.source["system"], c.source["table"]): c for c in contracts.values()}
+    problems = []
+    for e in standards.elements.values():
+        for kind, refs in (("authoritative", e.authoritative), ("copies", e.copies)):
+            for j, ref in enumerate(refs):
+                c = by_table.get((ref.system, ref.table))
+                if c is not None and ref.column not in {col.source for col in c.columns}:
+                    where = standards.places.get((e.code, kind, j), f"element {e.code}")
+                    mapped = [(i, col) for i, col in enumerate(c.columns) if col.element == e.code]
+                    there = (f"{c.where('columns', mapped[0][0], 'source')} maps it from {mapped[0][1].source!r}"
+                             if mapped else c.where("columns"))
+                    problems.append(f"{where}: element {e.code}: column {ref.column!r} is no column source of "
+                                    f"contract {c.dataset} ({there})")
+    return problems
 
 
 def contracts_of_table(directory: Path, system: str, table: str) -> list[DatasetContract]:

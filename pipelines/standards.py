@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,6 +110,8 @@ class ElementFile(BaseModel):
 class Standards:
     elements: dict[str, DataElement]
     code_lists: dict[str, CodeList]
+    places: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    """(element, "authoritative"/"copies", index) → ``file:line: field.path`` of that reference."""
 
     def element(self, code: str) -> DataElement:
         if code not in self.elements:
@@ -155,8 +157,12 @@ def load_standards(directory: Path, systems: dict[str, SourceSystem] | None = No
     elements: dict[str, DataElement] = {}
     ids: dict[str, str] = {}
     authority: dict[tuple[str, str, str], str] = {}
+    places: dict[tuple[str, str, int], str] = {}
     for i, e in enumerate(parsed.elements):
         where = f"{path}:{line_of(lines, 'elements', i, 'code')}: element {e.code} ({e.name_zh})"
+        for kind in ("authoritative", "copies"):
+            for j, _ref in enumerate(getattr(e, kind)):
+                places[(e.code, kind, j)] = f"{path}:{line_of(lines, 'elements', i, kind, j)}: elements.{i}.{kind}.{j}"
         if e.code in elements or e.id in ids:
             problems.append(f"{where}: id {e.id} or code {e.code} is used twice")
             continue
@@ -170,7 +176,7 @@ def load_standards(directory: Path, systems: dict[str, SourceSystem] | None = No
         elements[e.code], ids[e.id] = e, e.code
     if problems:
         raise ConfigError(*problems)
-    return Standards(elements, lists)
+    return Standards(elements, lists, places)
 
 
 def build_division_csv(path: Path, province: str = "34",

@@ -84,6 +84,17 @@ def test_source_name_the_registry_renames_fails_at_load(tmp_path: Path) -> None:
         _load_all(schemas)
 
 
+def test_element_column_no_contract_maps_fails_at_load(tmp_path: Path) -> None:
+    """A typo in an element's copy column: the item would never reach std, and consistency could not compare it."""
+    schemas = _schemas(tmp_path)
+    line = _edit(schemas / "standards" / "elements.yml", "    - {system: housing_fund, table: account, column: name}\n",
+                 "    - {system: housing_fund, table: account, column: nam}\n")
+    with pytest.raises(ConfigError, match=rf"elements\.yml:{line}: elements\.1\.copies\.1: element person_name: "
+                                          r"column 'nam' is no column source of contract housing_fund_account "
+                                          r"\(.*housing_fund_account\.yml:\d+ maps it from 'name'\)"):
+        _load_all(schemas)
+
+
 def test_every_problem_of_a_file_is_listed(tmp_path: Path) -> None:
     schemas = _schemas(tmp_path)
     contract = schemas / "datasets" / "insured.yml"
@@ -140,21 +151,29 @@ def small_city(lake_settings: Settings, tmp_path: Path, monkeypatch: pytest.Monk
     return settings
 
 
-def test_missing_source_column_fails_at_ingest_and_at_publish(small_city: Settings) -> None:
-    contract = small_city.root / "schemas" / "datasets" / "person.yml"
+def test_missing_source_column_fails_at_load_ingest_and_publish(small_city: Settings) -> None:
+    schemas = small_city.root / "schemas"
+    contract, elements = schemas / "datasets" / "person.yml", schemas / "standards" / "elements.yml"
     line = _edit(contract, "source: phone,", "source: phon,")
     expected = (rf"{contract}:{line}: columns\.6\.source: column mobile_phone: source column 'phon' is not in "
                 r"{where} \(did you mean 'phone'\?\)")
     population = get_system(small_city.registry_dir, "population")
     catalog = get_catalog(small_city)
 
+    # the element still names population.person.phone: the contract disagrees with it, found at load
+    with pytest.raises(ConfigError, match=rf"elements\.yml:\d+: elements\.6\.authoritative\.0: element "
+                                          rf"mobile_phone: column 'phone' .*{contract}:{line} maps it from 'phon'"):
+        _load_all(schemas)
+    # ingest reads the source: the column is not there, nothing is written
     with pytest.raises(ConfigError, match=expected.format(where="system population, table person")):
         ingest_table(population, "person", settings=small_city, batch_id="b1")
-    assert open_table(catalog, "raw.population__person") is None  # failed before writing anything
+    assert open_table(catalog, "raw.population__person") is None
 
     _edit(contract, "source: phon,", "source: phone,")
     assert ingest_table(population, "person", settings=small_city, batch_id="b1").rows_written == 3
+    # the same typo in the contract and the element: the YAML agrees with itself, only the raw schema tells
     _edit(contract, "source: phone,", "source: phon,")
+    _edit(elements, "{system: population, table: person, column: phone}", "{system: population, table: person, column: phon}")
     with pytest.raises(ConfigError, match=expected.format(where=r"raw\.population__person")):
         run_quality("person", settings=small_city)
     assert open_table(catalog, "std.person") is None and open_table(catalog, "meta.batches") is None
