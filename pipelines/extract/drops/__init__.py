@@ -3,7 +3,8 @@ record batches with bounded memory, and copy an unparseable file aside with its 
 
 One module per concern: ``listing`` (local, S3), ``opening`` (streams, tunables), ``encoding``
 (GBK/GB18030 → UTF-8), one reader per format (``csv``, ``jsonl``, ``parquet``, ``xlsx``), ``typing``
-(declared types) and ``reject``; this module is the public face.
+(declared types), ``reject``, ``identity`` (content ids) and ``ledger`` (what each file delivered);
+this module is the public face.
 
 Drops are read-only to the lake: nothing here moves, deletes or writes a file in a drop location.
 
@@ -36,7 +37,9 @@ import pyarrow as pa
 from pipelines.errors import ConfigError
 from pipelines.extract.drops.csv import _read_csv
 from pipelines.extract.drops.encoding import Utf8Stream
+from pipelines.extract.drops.identity import content_id
 from pipelines.extract.drops.jsonl import _read_jsonl
+from pipelines.extract.drops.ledger import DropLedger
 from pipelines.extract.drops.listing import DropFile, list_drop_files
 from pipelines.extract.drops.opening import _LIVE_READS
 from pipelines.extract.drops.parquet import _read_parquet
@@ -48,8 +51,8 @@ from pipelines.registry import DropTable
 from pipelines.settings import Settings
 
 __all__ = [
-    "TIMESTAMP", "DropFile", "Utf8Stream", "arrow_type", "list_drop_files", "read_drop_file", "reject_file",
-    "s3_client",
+    "TIMESTAMP", "DropFile", "DropLedger", "Utf8Stream", "arrow_type", "content_id", "list_drop_files",
+    "read_drop_file", "reject_file", "s3_client",
 ]
 
 _READERS: dict[str, Callable[[DropFile, DropTable, Settings, int], Iterator[pa.RecordBatch]]] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,16 +21,35 @@ from pipelines.extract.drops.typing import _typed, _Typer
 from pipelines.registry import DropTable
 from pipelines.settings import Settings
 
+_BAD_BYTES = re.compile("[\udc80-\udcff]")
+
+
+def _header_not_utf8(f: DropFile, record: list[str], line: int) -> FileRejected:
+    """A header that is not UTF-8 (only UTF-8 heads get here undecoded): the file's encoding was not
+    declared. Rejected like any bad file, naming the encoding, instead of a garbled unmapped-column error."""
+    raw = ",".join(record).encode("utf-8", errors="surrogateescape")
+    try:
+        raw.decode("gb18030")
+        hint = ", 像是 GBK/GB18030 编码, 请在登记中声明 encoding: gb18030"
+        hint_en = "it decodes as GBK/GB18030: declare encoding: gb18030"
+    except UnicodeDecodeError:
+        hint, hint_en = ", 请在登记中声明文件的编码 (encoding)", "declare the file's encoding"
+    return FileRejected(
+        f.name, f"第 {line} 行: 表头不是有效的 UTF-8 编码{hint} (header is not valid UTF-8; {hint_en})", line
+    )
+
 
 def _csv_header(head: bytes, whole: bool, f: DropFile, delimiter: str) -> list[str] | None:
     """Header names (the first non-empty record) parsed from the head of the file; None if no rows."""
-    text = head.decode("utf-8", errors="replace")
+    text = head.decode("utf-8", errors="surrogateescape")  # bad bytes stay visible as lone surrogates
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         for record in reader:
             if record:
                 if not whole and text.count("\n") < reader.line_num:
                     raise FileRejected(f.name, "表头超过 1 MiB 或没有换行 (header line too long)", 1)
+                if _BAD_BYTES.search("".join(record)):
+                    raise _header_not_utf8(f, record, reader.line_num)
                 return [name.strip() for name in record]
     except csv.Error as exc:
         line = reader.line_num

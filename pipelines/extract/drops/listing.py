@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from pipelines.errors import SourceError
 from pipelines.extract.drops.s3 import _s3_error, _split_s3, s3_client
 from pipelines.registry import DropTable, FileDrop
 from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,9 @@ class DropFile:
     """Path relative to the drop location (posix separators): lineage ``_source_file`` and ledger key."""
     size: int
     fingerprint: str
-    """ETag on S3, ``f"{size}-{mtime_ns}"`` locally: a changed file gets a new fingerprint."""
+    """What says the bytes did not change since they were last hashed: the ETag on S3; locally
+    ``size-mtime_ns-ctime_ns-inode`` (a rewrite changes ctime even when size and mtime are kept). Not
+    the file's identity: that is its content (:func:`pipelines.extract.drops.identity.content_id`)."""
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -74,8 +79,12 @@ def list_drop_files(drop: FileDrop, table: DropTable, settings: Settings) -> lis
 
 
 def _list_local(base: Path, matcher: re.Pattern[str], recursive: bool) -> list[DropFile]:
+    """Regular files under ``base``. A symlinked file is listed only if it resolves inside the drop
+    folder (so a link cannot make the lake read, or copy to ``rejected/``, a file from elsewhere);
+    symlinked folders are not descended (``os.walk`` default)."""
     if not base.is_dir():
         raise SourceError(f"drop folder {base} does not exist or is not a folder")
+    root = base.resolve()
     found: list[DropFile] = []
     for folder, dirs, names in os.walk(base):
         if not recursive:
@@ -86,8 +95,13 @@ def _list_local(base: Path, matcher: re.Pattern[str], recursive: bool) -> list[D
             name = path.relative_to(base).as_posix()
             if _hidden(name) or not matcher.match(name) or not path.is_file():
                 continue
-            st = path.stat()
-            found.append(DropFile(str(path.resolve()), name, st.st_size, f"{st.st_size}-{st.st_mtime_ns}"))
+            target = path.resolve()
+            if not target.is_relative_to(root):
+                log.warning("drop %s: %s is a symlink to a file outside the drop folder; not listed", base, name)
+                continue
+            st = target.stat()
+            fingerprint = f"{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}-{st.st_ino}"
+            found.append(DropFile(str(target), name, st.st_size, fingerprint))
     return found
 
 

@@ -1,0 +1,226 @@
+"""File drops are known by their content: a repeat delivery lands nothing, a re-sent file lands only its
+changed rows, a file whose header is not in the declared encoding is rejected (the others land), the CLI
+says so with exit code 3, and listing never follows a symlink out of the drop folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import boto3
+
+from pipelines.extract.drops import list_drop_files
+from pipelines.ingest import ingest_table
+from pipelines.lake.catalog import get_catalog
+from pipelines.lake.raw import TableState
+from pipelines.registry import SourceSystem
+from pipelines.settings import TZ, Settings, load_settings
+
+AT = datetime(2026, 11, 20, 4, tzinfo=TZ)
+HEADER = "站点编码,监测时间,PM2.5\n"
+REGISTRY = """\
+system: air
+name: 空气质量
+department: 市生态环境局
+connection: drop_air
+drop:
+  location: {drop}
+  tables:
+    - code: hourly
+      glob: "aq_*.csv"
+      format: csv
+      primary_key: [station_id, observed_at]
+      columns: {{站点编码: station_id, 监测时间: observed_at, PM2.5: pm25}}
+      types: {{pm25: float64, observed_at: timestamp}}
+"""
+
+
+def _system(location: str, encoding: str = "utf-8", glob: str = "aq_*.csv") -> SourceSystem:
+    return SourceSystem.model_validate({
+        "system": "air", "name": "空气质量", "department": "市生态环境局", "connection": "drop_air",
+        "drop": {"location": location, "tables": [{
+            "code": "hourly", "glob": glob, "format": "csv", "encoding": encoding,
+            "primary_key": ["station_id", "observed_at"],
+            "columns": {"站点编码": "station_id", "监测时间": "observed_at", "PM2.5": "pm25"},
+            "types": {"pm25": "float64", "observed_at": "timestamp"},
+        }]},
+    })
+
+
+def _csv(rows: list[tuple[str, int, float]]) -> bytes:
+    return (HEADER + "".join(f"{s},2026-11-20 {h:02d}:00:00,{v}\n" for s, h, v in rows)).encode("utf-8")
+
+
+def _rows(settings: Settings) -> list[dict]:
+    return get_catalog(settings).load_table("raw.air__hourly").scan().to_arrow().to_pylist()
+
+
+def _ledger(settings: Settings) -> dict:
+    return TableState.of(get_catalog(settings).load_table("raw.air__hourly")).ledger
+
+
+ROWS = [(f"S{i:02d}", h, 30.0 + i + h) for i in range(10) for h in range(5)]  # 50 rows
+
+
+def test_same_bytes_again_is_a_repeat_not_a_second_load(lake_settings: Settings, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "aq_01.csv").write_bytes(_csv(ROWS))
+    system = _system(str(drop))
+    first = ingest_table(system, "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert first.rows_written == 50 and len(_rows(lake_settings)) == 50
+
+    # The department delivers the same bytes again: copied over the same name (new mtime) ...
+    (drop / "aq_01.csv").write_bytes(_csv(ROWS))
+    os.utime(drop / "aq_01.csv", ns=(10**18, 10**18))
+    # ... and under a new name.
+    shutil.copyfile(drop / "aq_01.csv", drop / "aq_01_resent.csv")
+    again = ingest_table(system, "hourly", settings=lake_settings, batch_id="b2", extracted_at=AT)
+    assert again.files_loaded == [] and again.rows_written == 0
+    assert again.files_repeated == [{"file": "aq_01.csv", "of": "aq_01.csv"},
+                                    {"file": "aq_01_resent.csv", "of": "aq_01.csv"}]
+    assert len(_rows(lake_settings)) == 50
+    ledger = _ledger(lake_settings)
+    assert ledger["aq_01_resent.csv"]["status"] == "repeat" and ledger["aq_01_resent.csv"]["of"] == "aq_01.csv"
+    assert ledger["aq_01.csv"]["status"] == "loaded" and ledger["aq_01.csv"]["repeats"] == ["b2"]
+    assert ledger["aq_01.csv"]["content"].startswith("sha256:")
+
+    # Nothing new: no file is read or recorded again.
+    quiet = ingest_table(system, "hourly", settings=lake_settings, batch_id="b3", extracted_at=AT)
+    assert quiet.files_loaded == quiet.files_repeated == [] and len(_rows(lake_settings)) == 50
+
+
+def test_resent_file_lands_only_its_changed_rows(lake_settings: Settings, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "aq_01.csv").write_bytes(_csv(ROWS))
+    original = (drop / "aq_01.csv").read_bytes()
+    system = _system(str(drop))
+    ingest_table(system, "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
+
+    changed = list(ROWS)
+    for i in (3, 17, 41):
+        s, h, v = changed[i]
+        changed[i] = (s, h, v + 0.5)
+    (drop / "aq_01.csv").write_bytes(_csv(changed))
+    res = ingest_table(system, "hourly", settings=lake_settings, batch_id="b2", extracted_at=AT)
+    assert res.files_loaded == ["aq_01.csv"]
+    assert (res.rows_extracted, res.rows_written, res.rows_unchanged) == (50, 3, 47)
+    new = [r for r in _rows(lake_settings) if r["_batch_id"] == "b2"]
+    assert sorted((r["station_id"], r["pm25"]) for r in new) == sorted((s, v) for s, _h, v in
+                                                                          (changed[i] for i in (3, 17, 41)))
+    entry = _ledger(lake_settings)["aq_01.csv"]
+    assert (entry["status"], entry["rows"], entry["written"], entry["batch"]) == ("loaded", 50, 3, "b2")
+
+    # A stale copy of the first version sent later is a repeat, not a newer version of those keys.
+    (drop / "aq_01_old.csv").write_bytes(original)
+    stale = ingest_table(system, "hourly", settings=lake_settings, batch_id="b3", extracted_at=AT)
+    assert stale.files_repeated == [{"file": "aq_01_old.csv", "of": "aq_01.csv"}] and stale.rows_written == 0
+    assert len(_rows(lake_settings)) == 53
+
+    # Rerunning b2 replaces its 3 rows (compared without them), not more.
+    rerun = ingest_table(system, "hourly", settings=lake_settings, batch_id="b2", extracted_at=AT)
+    assert rerun.rows_written == 3 and len(_rows(lake_settings)) == 53
+
+
+def test_undeclared_gbk_header_is_rejected_and_the_good_file_lands(lake_settings: Settings, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "aq_01.csv").write_bytes(_csv(ROWS[:5]))
+    gbk = (HEADER + "S01,2026-11-20 01:00:00,35\n").encode("gbk")
+    (drop / "aq_02.csv").write_bytes(gbk)
+    res = ingest_table(_system(str(drop)), "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert res.files_loaded == ["aq_01.csv"] and len(_rows(lake_settings)) == 5
+    (rejected,) = res.files_rejected
+    assert rejected["file"] == "aq_02.csv" and rejected["line"] == 1
+    assert "UTF-8" in rejected["reason"] and "gb18030" in rejected["reason"]
+    copied = Path(rejected["copied_to"])
+    assert copied.read_bytes() == gbk and copied.parent.name == "b1"
+    recorded = json.loads(copied.with_name(copied.name + ".reason.json").read_text(encoding="utf-8"))
+    assert recorded["file"] == "aq_02.csv" and "UTF-8" in recorded["reason"]
+    assert _ledger(lake_settings)["aq_02.csv"]["status"] == "rejected"
+
+
+def test_rejection_reason_masks_the_cell_it_quotes(lake_settings: Settings, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    # a resident ID pasted into the PM2.5 column: the reason quotes the cell, masked
+    (drop / "aq_01.csv").write_text(HEADER + "S01,2026-11-20 01:00:00,34010419900101123X\n", encoding="utf-8")
+    res = ingest_table(_system(str(drop)), "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    (rejected,) = res.files_rejected
+    assert "34010419900101123X" not in json.dumps(res.to_dict(), ensure_ascii=False)
+    assert "340104********123X" in rejected["reason"]
+    copied = Path(rejected["copied_to"])
+    assert "34010419900101123X" not in copied.with_name(copied.name + ".reason.json").read_text(encoding="utf-8")
+
+
+def test_cli_exits_3_and_lists_rejected_files(lake_settings: Settings, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "aq_01.csv").write_bytes(_csv(ROWS[:5]))
+    (drop / "aq_02.csv").write_bytes((HEADER + "S01,2026-11-20 01:00:00,35\n").encode("gbk"))
+    (lake_settings.registry_dir / "air.yml").write_text(REGISTRY.format(drop=drop), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "ingest", "air"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert "aq_02.csv" in done.stderr and "1 file(s) rejected" in done.stderr
+    assert len(_rows(load_settings())) == 5
+    clean = subprocess.run([sys.executable, "-m", "pipelines.cli", "ingest", "air"], capture_output=True, text=True,
+                           timeout=120)
+    assert clean.returncode == 0, clean.stderr  # nothing new, nothing rejected this time
+
+
+def test_listing_does_not_follow_symlinks_out_of_the_drop(lake_settings: Settings, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    (drop / "sub").mkdir(parents=True)
+    outside = tmp_path / "secret.csv"
+    outside.write_bytes(_csv(ROWS[:1]))
+    (drop / "aq_01.csv").write_bytes(_csv(ROWS[:2]))
+    (drop / "aq_evil.csv").symlink_to(outside)
+    (drop / "aq_dotdot.csv").symlink_to(Path("..") / "secret.csv")
+    (drop / "aq_inside.csv").symlink_to(drop / "aq_01.csv")  # inside the drop: listed (a repeat by content)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "aq_9.csv").write_bytes(_csv(ROWS[:1]))
+    (drop / "sub" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    system = _system(str(drop), glob="**/aq_*.csv")
+    assert system.drop is not None
+    names = [f.name for f in list_drop_files(system.drop, system.drop.tables[0], lake_settings)]
+    assert names == ["aq_01.csv", "aq_inside.csv"]
+    res = ingest_table(system, "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert res.files_loaded == ["aq_01.csv"] and res.files_repeated == [{"file": "aq_inside.csv", "of": "aq_01.csv"}]
+    assert {r["_source_file"] for r in _rows(lake_settings)} == {"aq_01.csv"}
+
+
+def test_s3_content_identity(lake_settings: Settings, moto_endpoint: str, aws_env: None) -> None:
+    import dataclasses
+
+    settings = dataclasses.replace(lake_settings, s3_endpoint=moto_endpoint)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    s3.create_bucket(Bucket="identity-drops")
+    body = _csv(ROWS)
+    s3.put_object(Bucket="identity-drops", Key="air/aq_01.csv", Body=body)
+    system = _system("s3://identity-drops/air")
+    first = ingest_table(system, "hourly", settings=settings, batch_id="b1", extracted_at=AT)
+    assert first.rows_written == 50
+    assert _ledger(settings)["aq_01.csv"]["content"].startswith("md5:")  # one-part ETag: the MD5, no read
+
+    # The same bytes under another key (one-part ETag again): a repeat, recognised without reading it.
+    s3.put_object(Bucket="identity-drops", Key="air/aq_02.csv", Body=body)
+    # The same bytes uploaded in parts: the ETag is not a content hash, so the object is hashed (sha256);
+    # it is a new content id, and the key + row-hash compare lands none of its rows.
+    where = {"Bucket": "identity-drops", "Key": "air/aq_03.csv"}
+    up = s3.create_multipart_upload(**where)
+    part = s3.upload_part(**where, UploadId=up["UploadId"], PartNumber=1, Body=body)
+    s3.complete_multipart_upload(**where, UploadId=up["UploadId"],
+                                 MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+    again = ingest_table(system, "hourly", settings=settings, batch_id="b2", extracted_at=AT)
+    assert again.files_repeated == [{"file": "aq_02.csv", "of": "aq_01.csv"}]
+    assert again.files_loaded == ["aq_03.csv"] and again.rows_written == 0
+    ledger = _ledger(settings)
+    assert ledger["aq_03.csv"]["content"].startswith("sha256:") and ledger["aq_03.csv"]["written"] == 0
+    assert len(_rows(settings)) == 50
