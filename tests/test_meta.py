@@ -164,3 +164,26 @@ def test_concurrent_tasks_replace_only_their_own_rows(lake_settings: Settings) -
     assert results == {(run, d): 5 for run in ("run0", "run1", "run2") for d in ("seed", "person", "enterprise")}
     events = Counter((r["dataset"], r["raw_batch_id"]) for r in _rows(lake_settings, "meta.batches"))
     assert events == {(d, f"b_{run}"): 1 for run in ("run0", "run1", "run2") for d in ("seed", "person", "enterprise")}
+
+
+def test_an_older_lake_gains_the_new_columns(lake_settings: Settings) -> None:
+    """meta.quality_results written before ``department``/``recorded_at`` existed: the next run evolves the
+    table (older rows read null) and replaces by run id as usual."""
+    import pyarrow as pa
+
+    from pipelines.lake.meta import QUALITY_RESULTS, replace_run
+
+    catalog = get_catalog(lake_settings)
+    old = pa.schema([f for f in QUALITY_RESULTS if f.name not in ("department", "recorded_at")])
+    catalog.create_table("meta.quality_results", schema=old, properties={"format-version": "2"}) \
+        .append(pa.Table.from_pylist([{"run_id": "quality_person_2026-11-20", "dataset": "person", "rule": "r"}],
+                                     schema=old))
+    for _ in range(2):
+        replace_run(catalog, "meta.quality_results", "night1",
+                    [{"run_id": "night1", "dataset": "person", "department": "市公安局", "rule": "r"}])
+    table = catalog.load_table("meta.quality_results")
+    assert {"department", "recorded_at"} <= set(table.schema().column_names)
+    assert table.properties["write.metadata.metrics.column.run_id"] == "full"
+    rows = sorted(table.scan().to_arrow().to_pylist(), key=lambda r: r["run_id"])
+    assert [(r["run_id"], r["department"], r["recorded_at"] is None) for r in rows] == [
+        ("night1", "市公安局", False), ("quality_person_2026-11-20", None, True)]

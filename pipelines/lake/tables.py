@@ -33,7 +33,8 @@ def table_for(catalog: Any, name: str, schema: pa.Schema, properties: dict[str, 
             return catalog.create_table(name, schema=schema, properties=properties)
         except TableAlreadyExistsError:  # another process created it first
             table = catalog.load_table(name)
-    missing = {k: v for k, v in properties.items() if k not in table.properties}
+    # format-version is the table's format, not a settable property (pyiceberg consumes it at creation)
+    missing = {k: v for k, v in properties.items() if k not in table.properties and k != "format-version"}
     new_columns = set(schema.names) - set(table.schema().column_names)
     if new_columns or missing:
         with table.transaction() as tx:
