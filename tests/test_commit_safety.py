@@ -1,0 +1,200 @@
+"""A commit that may have happened is never undone, and two writers on one table both land (issue 8, items 1
+and 8): an unknown commit outcome keeps the files; a conflicting commit re-reads and merges the state."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pytest
+from pyiceberg.catalog.sql import SqlCatalog
+
+from pipelines.errors import CommitStateUnknown
+from pipelines.ingest import ingest_table
+from pipelines.lake.catalog import get_catalog
+from pipelines.lake.raw import TableState
+from pipelines.settings import TZ, Settings, load_settings
+from tests.test_ingest_drops import _system as _drop_system
+from tests.test_ingest_drops import _write as _write_drop
+from tests.test_ingest_semantics import _exec, _system
+
+AT = datetime(2026, 11, 20, 2, tzinfo=TZ)
+
+
+def _rows(settings: Settings, identifier: str = "raw.hr__staff") -> Any:
+    # A fresh catalog object: reads every data file the current snapshot references (a deleted one raises).
+    return get_catalog(settings).load_table(identifier).scan().to_arrow()
+
+
+def _staff(db: Path, start: int, stop: int, day: int) -> None:
+    _exec(db, "CREATE TABLE IF NOT EXISTS staff (id INTEGER, name TEXT, salary NUMERIC(10,2), updated_at DATETIME)",
+          *[f"INSERT INTO staff VALUES ({i}, '员工{i}', {1000 + i}.50, '2026-11-{day:02d} 08:00:00')"
+            for i in range(start, stop)])
+
+
+def _response_lost(monkeypatch: pytest.MonkeyPatch, *, then_unreachable: bool) -> None:
+    """The catalog commits, then the connection is lost before the answer arrives (and, optionally, the
+    catalog stays unreachable, so the writer cannot look its commit up)."""
+    real_commit, real_load = SqlCatalog.commit_table, SqlCatalog.load_table
+    down = {"now": False}
+
+    def commit_table(self: SqlCatalog, *args: Any, **kwargs: Any) -> Any:
+        real_commit(self, *args, **kwargs)
+        down["now"] = then_unreachable
+        raise ConnectionResetError("server closed the connection unexpectedly")
+
+    def load_table(self: SqlCatalog, *args: Any, **kwargs: Any) -> Any:
+        if down["now"]:
+            raise ConnectionRefusedError("catalog unreachable")
+        return real_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlCatalog, "commit_table", commit_table)
+    monkeypatch.setattr(SqlCatalog, "load_table", load_table)
+
+
+def test_lost_commit_response_is_found_and_the_load_succeeds(tmp_path: Path, lake_settings: Settings,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "hr.db"
+    _staff(db, 0, 30, 1)
+    system = _system(db)
+    ingest_table(system, "staff", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    _staff(db, 30, 50, 2)
+    with monkeypatch.context() as m:
+        _response_lost(m, then_unreachable=False)
+        res = ingest_table(system, "staff", settings=lake_settings, batch_id="b2", extracted_at=AT + timedelta(1))
+    table = get_catalog(lake_settings).load_table("raw.hr__staff")
+    assert res.snapshot_id == table.current_snapshot().snapshot_id
+    assert table.current_snapshot().summary["citylake.batch-id"] == "b2"
+    assert _rows(lake_settings).num_rows == 50  # every data file of the snapshot is still there
+
+
+def test_unknown_commit_outcome_keeps_the_files_and_the_rerun_replaces(tmp_path: Path, lake_settings: Settings,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "hr.db"
+    _staff(db, 0, 30, 1)
+    system = _system(db)
+    ingest_table(system, "staff", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    _staff(db, 30, 50, 2)
+    with monkeypatch.context() as m:
+        _response_lost(m, then_unreachable=True)
+        with pytest.raises(CommitStateUnknown, match=r"raw\.hr__staff.*batch b2.*unknown outcome"):
+            ingest_table(system, "staff", settings=lake_settings, batch_id="b2", extracted_at=AT + timedelta(1))
+    assert _rows(lake_settings).num_rows == 50  # it had landed: the table is intact, nothing deleted
+    # The retry of the same interval (same batch id) replaces the batch: nothing doubled.
+    ingest_table(system, "staff", settings=lake_settings, batch_id="b2", extracted_at=AT + timedelta(1))
+    ids = _rows(lake_settings).column("id")
+    assert len(ids) == 50 and pc.count_distinct(ids).as_py() == 50
+
+
+# --- two writers, two processes, PostgreSQL catalog ----------------------------------------------
+
+
+def _writer(env: dict[str, str], barrier: Any, run: Any) -> None:
+    """A child process: load as told, committing only when the other child is about to commit too."""
+    os.environ.update(env)
+    from pyiceberg.exceptions import CommitFailedException
+    from pyiceberg.table import Table
+
+    real, real_commit = Table.transaction, SqlCatalog.commit_table
+    waited = []
+
+    def transaction(self: Table, *args: Any, **kwargs: Any) -> Any:
+        if not waited:  # the first commit of the load: both children have read the same table state
+            waited.append(barrier.wait(timeout=60))
+        return real(self, *args, **kwargs)
+
+    def commit_table(self: SqlCatalog, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return real_commit(self, *args, **kwargs)
+        except CommitFailedException:  # the test must see that the commits really conflicted
+            with open(env["TEST_CONFLICTS"], "a") as f:
+                f.write("refused\n")
+            raise
+
+    Table.transaction = transaction  # type: ignore[method-assign]
+    SqlCatalog.commit_table = commit_table  # type: ignore[method-assign]
+    run()
+
+
+def _two_processes(*runs: Any, envs: list[dict[str, str]], tmp: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(runs))
+    conflicts = tmp / "conflicts.txt"
+    procs = [ctx.Process(target=_writer, args=({**env, "TEST_CONFLICTS": str(conflicts)}, barrier, run))
+             for env, run in zip(envs, runs, strict=True)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+    assert conflicts.exists(), "the two commits did not conflict"
+
+
+def _load_drop(batch: str) -> None:
+    settings = load_settings()
+    system = _drop_system(Path(os.environ["TEST_DROP"]))
+    ingest_table(system, "hourly", settings=settings, batch_id=batch, extracted_at=AT)
+
+
+def _load_sql(batch: str) -> None:
+    system = _system(Path(os.environ["TEST_DB"]))
+    at = AT + timedelta(hours=int(batch.removeprefix("b")))
+    ingest_table(system, "staff", settings=load_settings(), batch_id=batch, extracted_at=at)
+
+
+@pytest.fixture
+def pg_lake(lake_settings: Settings, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("CITYLAKE_CATALOG_URI", pg_url)
+    return load_settings()
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {"CITYLAKE_LAKE_DIR": str(settings.lake_dir), "CITYLAKE_CATALOG_URI": settings.catalog_uri, **extra}
+
+
+def test_two_drop_loads_commit_at_once_both_land_with_both_ledgers(tmp_path: Path, pg_lake: Settings) -> None:
+    first, one, two = tmp_path / "d0", tmp_path / "d1", tmp_path / "d2"
+    for folder, hour in ((first, 0), (one, 1), (two, 2)):
+        folder.mkdir()
+        _write_drop(folder / f"aq_{hour}.csv", [f"S{s:03d},2026-11-20 {hour:02d}:00:00,{s}.5" for s in range(40)],
+                    encoding="gb18030")
+    ingest_table(_drop_system(first), "hourly", settings=pg_lake, batch_id="b0", extracted_at=AT)
+
+    from functools import partial
+
+    _two_processes(partial(_load_drop, "b1"), partial(_load_drop, "b2"),
+                   envs=[_env(pg_lake, TEST_DROP=str(one)), _env(pg_lake, TEST_DROP=str(two))], tmp=tmp_path)
+
+    table = get_catalog(pg_lake).load_table("raw.air__hourly")
+    data = table.scan().to_arrow()
+    assert data.num_rows == 120
+    assert len(set(zip(data["station_id"].to_pylist(), data["observed_at"].to_pylist(), strict=True))) == 120
+    ledger = TableState.of(table).ledger
+    assert {name: entry["batch"] for name, entry in ledger.items()} == {"aq_0.csv": "b0", "aq_1.csv": "b1",
+                                                                          "aq_2.csv": "b2"}
+
+
+def test_two_sql_loads_of_one_window_land_it_once_with_both_windows(tmp_path: Path, pg_lake: Settings) -> None:
+    db = tmp_path / "hr.db"
+    _staff(db, 0, 30, 1)
+    ingest_table(_system(db), "staff", settings=pg_lake, batch_id="b0", extracted_at=AT)
+    _staff(db, 30, 60, 2)
+    _exec(db, "UPDATE staff SET name = '改名', updated_at = '2026-11-03 08:00:00' WHERE id < 5")
+
+    from functools import partial
+
+    _two_processes(partial(_load_sql, "b1"), partial(_load_sql, "b2"),
+                   envs=[_env(pg_lake, TEST_DB=str(db))] * 2, tmp=tmp_path)
+
+    table = get_catalog(pg_lake).load_table("raw.hr__staff")
+    data = table.scan().to_arrow()
+    # 30 first versions, 30 new keys, 5 changed keys: once each, whichever load landed them
+    assert data.num_rows == 65
+    assert len(set(zip(data["id"].to_pylist(), data["name"].to_pylist(), strict=True))) == 65
+    state = TableState.of(table)
+    assert set(state.windows) == {"b0", "b1", "b2"}
+    assert state.watermark is not None and state.watermark.startswith("2026-11-03T08:00:00")
