@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import boto3
+import pytest
 
 from pipelines.extract.drops import list_drop_files
 from pipelines.ingest import ingest_table
@@ -224,3 +225,32 @@ def test_s3_content_identity(lake_settings: Settings, moto_endpoint: str, aws_en
     ledger = _ledger(settings)
     assert ledger["aq_03.csv"]["content"].startswith("sha256:") and ledger["aq_03.csv"]["written"] == 0
     assert len(_rows(settings)) == 50
+
+
+def test_dag_load_task_records_the_rejected_count(lake_settings: Settings, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "aq_01.csv").write_bytes(_csv(ROWS[:5]))
+    (drop / "aq_02.csv").write_bytes((HEADER + "S01,2026-11-20 01:00:00,35\n").encode("gbk"))
+    (lake_settings.registry_dir / "air.yml").write_text(REGISTRY.format(drop=drop), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("ingest_factory_under_test",
+                                                  Path(__file__).resolve().parent.parent / "dags" / "ingest_factory.py")
+    assert spec is not None and spec.loader is not None
+    factory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(factory)
+    dag = factory.build_ingest_dag(_system(str(drop)))
+    load_table = dag.get_task("load_table").python_callable  # the task's own code, without a scheduler
+    events: defaultdict[object, SimpleNamespace] = defaultdict(lambda: SimpleNamespace(add=lambda *a, **k: None))
+    with caplog.at_level("INFO"):
+        out = load_table(table="hourly", dag_run=SimpleNamespace(run_id="scheduled__2026-11-20T03:00:00+08:00",
+                                                                 run_type="scheduled"),
+                         data_interval_start=AT, data_interval_end=AT, outlet_events=events)
+    assert out["files_rejected_count"] == 1 and out["files_loaded"] == ["aq_01.csv"]
+    logged = caplog.text + capsys.readouterr().out  # Airflow's structlog may print instead of propagating
+    assert "1 rejected" in logged and "rejected aq_02.csv" in logged
