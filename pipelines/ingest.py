@@ -393,7 +393,6 @@ def _load_drop(system: SourceSystem, spec: DropTable, settings: Settings, result
     latest version of their key (see ``_DropSink``). A bad file is copied aside with its reason (personal
     values masked) and recorded; the other files land."""
     from pipelines.extract.drops import DropLedger, content_id, list_drop_files, read_drop_file, reject_file
-    from pipelines.privacy import mask_text
 
     assert system.drop is not None
     catalog = get_catalog(settings)
@@ -419,7 +418,8 @@ def _load_drop(system: SourceSystem, spec: DropTable, settings: Settings, result
                     rows += batch.num_rows
             except (FileRejected, SchemaDriftError) as exc:
                 sink.reject(f.name, mark)
-                reason = mask_text(exc.reason if isinstance(exc, FileRejected) else str(exc)) or ""
+                # reasons reach XCom and task logs: quoted cells and library text masked
+                reason = mask_message(exc.reason if isinstance(exc, FileRejected) else str(exc)) or ""
                 line = exc.line if isinstance(exc, FileRejected) else None
                 where = reject_file(f, reason, settings, system.system, spec.code, result.batch_id, line=line)
                 ledger.rejected(f, content, reason, line)
