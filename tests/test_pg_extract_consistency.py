@@ -185,7 +185,7 @@ def _terminate_extract(url: str) -> int:
 
 def test_source_killed_mid_extract_commits_nothing_and_rerun_completes(
         pg: str, lake_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = 300_000  # several times what the range threads and their queue read ahead of the consumer
+    rows = 200_000  # twice what the range threads and their queue can read ahead of the consumer (~24 MB)
     _fill(pg, rows)
     monkeypatch.setenv("CITYLAKE_CONN_SRC_MOVING_SRC", pg)
     system = _system()
@@ -210,7 +210,8 @@ def test_source_killed_mid_extract_commits_nothing_and_rerun_completes(
         assert killed and killed[0] >= 1
         message = str(info.value)
         assert "\n" not in message and message.startswith("system moving_src ("), message
-        assert message.count("table 'moving'") == 1 and "terminating connection" in message, message
+        assert message.count("table 'moving'") == 1, message
+        assert "terminating connection" in message or "closed the connection" in message, message
         return message
 
     killed_load("b1", 1)  # a first load killed: no snapshot, no rows
