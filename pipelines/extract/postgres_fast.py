@@ -125,8 +125,8 @@ def _snapshot_connections(url: str, n: int) -> list[Any]:
     """``n`` connections whose transactions read one snapshot (n = 1: a single COPY is consistent alone).
 
     ADBC connections start with autocommit off, so each is in a fresh transaction whose isolation can
-    still be set. All imports finish before any COPY starts, so the exporting transaction (which must
-    stay open until then) is never the one that ends first by accident.
+    still be set. A snapshot can only be imported while its exporting transaction is open: every import
+    runs here, before any COPY starts (the exporter's own COPY included), so it always is.
     """
     conns: list[Any] = []
     try:
