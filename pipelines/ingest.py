@@ -12,6 +12,7 @@ Re-running a batch id replaces that batch (delete by batch id and append in one 
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,7 @@ from typing import Any, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan, NotEqualTo
+from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan, LessThanOrEqual, NotEqualTo
 
 from pipelines.contracts import contracts_of_table
 from pipelines.errors import CitylakeError, FileRejected, SchemaDriftError
@@ -321,7 +322,9 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
 class _DropSink:
     """Where one drop load's rows go. A first load writes them as read; once the table has rows, they are
     staged through ``LakeCompare`` and only rows whose (key, row hash) is not the latest version of their
-    key land (as a full refresh compares, without deletions: a file holds some keys, not all)."""
+    key land (as a full refresh compares, without deletions: a file holds some keys, not all). The lake
+    side is read after the files, narrowed to the files' key ranges, so a drop of new keys (a new hour of
+    readings) reads only the data files whose key statistics overlap them, not the whole table."""
 
     def __init__(self, catalog: Any, table: Any, result: LoadResult, spec: DropTable, system: str,
                  extracted_at: datetime, state: TableState) -> None:
@@ -332,6 +335,8 @@ class _DropSink:
         self.compare: LakeCompare | None = None
         self.rejected: set[str] = set()
         self.written: dict[str, int] = {}
+        self.key_ranges: dict[str, tuple[Any, Any]] = {}
+        self.null_keys: set[str] = set()
 
     def mark(self) -> int:
         return self.writer.flush() if self.writer is not None and not self.comparing else 0
@@ -352,10 +357,16 @@ class _DropSink:
             self.written[source_file] = self.written.get(source_file, 0) + shaped.num_rows
             return
         if self.compare is None:
-            data_fields = [f for f in self.writer.target if f.name not in LINEAGE_NAMES]
             self.compare = LakeCompare(self.spec.primary_key)
-            self.compare.load_lake(self.table, data_fields, exclude_batch=self.result.batch_id)
         self.compare.add(shaped, self.writer.data_columns)
+        for k in self.spec.primary_key:
+            column = shaped.column(k)
+            if column.null_count:
+                self.null_keys.add(k)
+            low, high = (pc.min_max(column).as_py() or {}).values()
+            if low is not None:
+                old = self.key_ranges.get(k)
+                self.key_ranges[k] = (min(old[0], low), max(old[1], high)) if old else (low, high)
 
     def reject(self, source_file: str, mark: int) -> None:
         """Forget a file's rows (it was rejected part way through)."""
@@ -367,6 +378,9 @@ class _DropSink:
     def _drain(self) -> None:
         if self.compare is None or self.writer is None:
             return
+        data_fields = [f for f in self.writer.target if f.name not in LINEAGE_NAMES]
+        self.compare.load_lake(self.table, data_fields, exclude_batch=self.result.batch_id,
+                               row_filter=self._key_filter())
         for batch in self.compare.changed():
             if self.rejected:
                 batch = batch.filter(pc.invert(pc.is_in(batch.column("_source_file"),
@@ -376,6 +390,13 @@ class _DropSink:
             self.writer.write_shaped(batch)
         self.compare.close()
         self.compare = None
+        self.key_ranges, self.null_keys = {}, set()
+
+    def _key_filter(self) -> Any:
+        """Each key column within the range the files hold (a key column with nulls is not narrowed)."""
+        ranged = [And(GreaterThanOrEqual(k, _iceberg_literal(low)), LessThanOrEqual(k, _iceberg_literal(high)))
+                  for k, (low, high) in self.key_ranges.items() if k not in self.null_keys]
+        return functools.reduce(And, ranged) if ranged else None
 
     def finish(self) -> None:
         self._drain()

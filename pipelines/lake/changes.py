@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyiceberg.expressions import NotEqualTo
+from pyiceberg.expressions import And, NotEqualTo
 
 from pipelines.lake.raw import row_hash, stream_scan
 
@@ -84,16 +84,21 @@ class LakeCompare:
 
     # --- the lake's side ------------------------------------------------------------------------------
 
-    def load_lake(self, table: Any, columns: list[pa.Field], exclude_batch: str | None = None) -> int:
+    def load_lake(self, table: Any, columns: list[pa.Field], exclude_batch: str | None = None,
+                  row_filter: Any = None) -> int:
         """Stream the lake's (key, hash, _deleted, _load_seq, _extracted_at) into DuckDB; returns the rows.
 
         Rows are hashed as they stream back (over ``columns``, the load's data columns, cast to the load's
-        types; columns the lake lacks hash as nulls), excluding the batch being replaced."""
+        types; columns the lake lacks hash as nulls), excluding the batch being replaced. ``row_filter``
+        (a pyiceberg expression over key columns, e.g. the key ranges of a file drop) narrows the read to
+        the data files that can hold those keys; it must keep every version of a key it keeps."""
         present = set(table.schema().column_names)
         types = {c.name: c.type for c in columns}
         wanted = [c.name for c in columns if c.name in present] if self.hashed else []
         lineage = [c for c in ("_deleted", "_load_seq", "_extracted_at") if c in present]
         expr = NotEqualTo("_batch_id", exclude_batch) if exclude_batch else None
+        if row_filter is not None:
+            expr = And(expr, row_filter) if expr is not None else row_filter
         scan = table.scan(selected_fields=tuple(dict.fromkeys([*self.keys, *wanted, *lineage])),
                           **({"row_filter": expr} if expr is not None else {}))
         for batch in stream_scan(scan):
