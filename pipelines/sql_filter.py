@@ -58,6 +58,7 @@ def dialect_of(name: str | None) -> str | None:
 def _parse(text: str, dialect: str | None) -> exp.Expr:
     """The one checked boolean expression of ``text``; ValueError says what is not allowed."""
     import sqlglot
+    from sqlglot import exp
     from sqlglot.errors import SqlglotError
 
     d = sqlglot.Dialect.get_or_raise(dialect)
@@ -78,6 +79,9 @@ def _parse(text: str, dialect: str | None) -> exp.Expr:
     root = trees[0]
     for node in root.walk():
         _check_node(node)
+    if root.find(exp.Column) is None:  # e.g. MySQL reads "name" as a string: the filter would be constant
+        raise ValueError("filter must name at least one column of the table (MySQL quotes names with `...`, "
+                         "not \"...\")")
     if not _is_boolean(root):
         raise ValueError(f"filter must be a boolean expression (a comparison, IN, LIKE, IS NULL, AND/OR/NOT), "
                          f"not {root.key}")

@@ -55,7 +55,8 @@ REJECTED = [
     ("DROP TABLE staff", "drop"),
     ("staff.id = 1", "unqualified"),
     ("id = %(since)s", "placeholder"),
-    ("1 + 1", "boolean expression"),
+    ("1 + 1", "at least one column"),
+    ("1 = 1", "at least one column"),
 ]
 
 
@@ -89,6 +90,8 @@ def test_rendered_for_the_dialect_with_source_spelling() -> None:
     sql = render_filter("NAME like 'a:b%' AND \"姓名\" <> '' AND id::int > 3", "postgres", ["name", "姓名", "id"], "w")
     assert sql == "\"name\" LIKE 'a:b%' AND \"姓名\" <> '' AND CAST(\"id\" AS INT) > 3"
     assert render_filter("`姓名` = 'x'", "mysql", ["姓名"], "w") == "`姓名` = 'x'"
+    with pytest.raises(ConfigError, match="at least one column"):  # MySQL: "姓名" is a string, not a column
+        render_filter("\"姓名\" = 'x'", "mysql", ["姓名"], "system s, table 't'")
 
 
 def _sqlite_system(db: Path, filter_sql: str) -> SourceSystem:
