@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,9 @@ def test_unknown_commit_outcome_keeps_the_files_and_the_rerun_replaces(tmp_path:
 # --- two writers, two processes, PostgreSQL catalog ----------------------------------------------
 
 
-def _writer(env: dict[str, str], barrier: Any, run: Any) -> None:
-    """A child process: load as told, committing only when the other child is about to commit too."""
+def _writer(env: dict[str, str], barrier: Any, run: Any, every_commit: bool = False) -> None:
+    """A child process: load as told, committing only when the other child is about to commit too (its
+    first commit, or each one with ``every_commit``)."""
     os.environ.update(env)
     from pyiceberg.exceptions import CommitFailedException
     from pyiceberg.table import Table
@@ -103,8 +105,12 @@ def _writer(env: dict[str, str], barrier: Any, run: Any) -> None:
     waited = []
 
     def transaction(self: Table, *args: Any, **kwargs: Any) -> Any:
-        if not waited:  # the first commit of the load: both children have read the same table state
-            waited.append(barrier.wait(timeout=60))
+        if not waited or every_commit:  # both children have read the same table state
+            try:
+                waited.append(barrier.wait(timeout=10 if every_commit else 60))
+            except threading.BrokenBarrierError:
+                if not every_commit:
+                    raise  # with every_commit, a child's redone write leaves the other one commit ahead
         return real(self, *args, **kwargs)
 
     def commit_table(self: SqlCatalog, *args: Any, **kwargs: Any) -> Any:
@@ -120,11 +126,11 @@ def _writer(env: dict[str, str], barrier: Any, run: Any) -> None:
     run()
 
 
-def _two_processes(*runs: Any, envs: list[dict[str, str]], tmp: Path) -> None:
+def _two_processes(*runs: Any, envs: list[dict[str, str]], tmp: Path, every_commit: bool = False) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(len(runs))
     conflicts = tmp / "conflicts.txt"
-    procs = [ctx.Process(target=_writer, args=({**env, "TEST_CONFLICTS": str(conflicts)}, barrier, run))
+    procs = [ctx.Process(target=_writer, args=({**env, "TEST_CONFLICTS": str(conflicts)}, barrier, run, every_commit))
              for env, run in zip(envs, runs, strict=True)]
     for p in procs:
         p.start()
@@ -198,3 +204,22 @@ def test_two_sql_loads_of_one_window_land_it_once_with_both_windows(tmp_path: Pa
     state = TableState.of(table)
     assert set(state.windows) == {"b0", "b1", "b2"}
     assert state.watermark is not None and state.watermark.startswith("2026-11-03T08:00:00")
+
+
+def _append_events(writer: int) -> None:
+    import pyarrow as pa
+
+    from pipelines.lake.tables import append
+
+    catalog = get_catalog(load_settings())
+    for n in range(4):  # the first creates the table (both at once), the others append at the same moment
+        append(catalog, "meta.events", pa.table({"writer": [writer], "n": [n]}))
+
+
+def test_two_processes_appending_to_one_meta_table_both_land(tmp_path: Path, pg_lake: Settings) -> None:
+    from functools import partial
+
+    _two_processes(partial(_append_events, 1), partial(_append_events, 2), envs=[_env(pg_lake)] * 2, tmp=tmp_path,
+                   every_commit=True)
+    rows = get_catalog(pg_lake).load_table("meta.events").scan().to_arrow().to_pylist()
+    assert sorted((r["writer"], r["n"]) for r in rows) == [(w, n) for w in (1, 2) for n in range(4)]
