@@ -201,6 +201,7 @@ def test_two_sql_loads_of_one_window_land_it_once_with_both_windows(tmp_path: Pa
     # 30 first versions, 30 new keys, 5 changed keys: once each, whichever load landed them
     assert data.num_rows == 65
     assert len(set(zip(data["id"].to_pylist(), data["name"].to_pylist(), strict=True))) == 65
+    assert all(task.file.record_count for task in table.scan().plan_files())  # the later load added no empty file
     state = TableState.of(table)
     assert set(state.windows) == {"b0", "b1", "b2"}
     assert state.watermark is not None and state.watermark.startswith("2026-11-03T08:00:00")

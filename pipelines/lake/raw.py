@@ -648,7 +648,7 @@ class RawWriter:
                 names = [c for c in dict.fromkeys([*keys, *columns]) if c in other.schema_arrow.names]
                 parts.append(self._hashed(other.read(columns=names), keys, columns))
         seen = pa.concat_tables(parts)
-        self.files = [self._without(path, seen, keys, columns) for path in self.files]
+        self.files = [p for p in (self._without(path, seen, keys, columns) for path in self.files) if p]
 
     def _hashed(self, data: pa.Table, keys: list[str], columns: list[str]) -> pa.Table:
         types = {f.name: f.type for f in self.target}
@@ -657,10 +657,11 @@ class RawWriter:
         shaped = pa.table(cols)
         return pa.table([*(shaped.column(k) for k in keys), row_hash(shaped, columns)], names=[*keys, "_h"])
 
-    def _without(self, path: str, seen: pa.Table, keys: list[str], columns: list[str]) -> str:
-        """``path`` rewritten without the rows in ``seen`` (the same path when it has none)."""
+    def _without(self, path: str, seen: pa.Table, keys: list[str], columns: list[str]) -> str | None:
+        """``path`` rewritten without the rows in ``seen`` (the same path when it has none, None when it
+        has nothing else)."""
         out = f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet"
-        dropped = 0
+        dropped = total = 0
         with self.table.io.new_input(path).open() as f, self.table.io.new_output(out).create(overwrite=True) as o:
             mine = pq.ParquetFile(f)  # its schema may predate a later file's added column (``extend``)
             writer = pq.ParquetWriter(o, mine.schema_arrow, compression="zstd", compression_level=1)
@@ -669,10 +670,13 @@ class RawWriter:
                 probe = self._hashed(part, keys, columns).append_column("_i", pa.array(range(part.num_rows)))
                 kept = probe.join(seen, keys=[*keys, "_h"], join_type="left anti").column("_i")
                 dropped += part.num_rows - len(kept)
+                total += part.num_rows
                 writer.write_table(part.take(pc.take(kept, pc.sort_indices(kept))))
             writer.close()
-        keep, gone = (path, out) if dropped == 0 else (out, path)
-        self.table.io.delete(gone)  # never committed: every earlier attempt was refused
+        keep: str | None = path if dropped == 0 else out if dropped < total else None
+        gone = [p for p in (path, out) if p != keep]
+        for p in gone:
+            self.table.io.delete(p)  # never committed: every earlier attempt was refused
         self.rows -= dropped
         return keep
 
