@@ -91,6 +91,24 @@ def test_unknown_commit_outcome_keeps_the_files_and_the_rerun_replaces(tmp_path:
     assert len(ids) == 50 and pc.count_distinct(ids).as_py() == 50
 
 
+def test_unknown_commit_outcome_of_a_drop_load_keeps_its_files(tmp_path: Path, lake_settings: Settings,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    system = _drop_system(drop)
+    _write_drop(drop / "aq_0.csv", [f"S{s:03d},2026-11-20 00:00:00,{s}.5" for s in range(40)], encoding="gb18030")
+    ingest_table(system, "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    _write_drop(drop / "aq_1.csv", [f"S{s:03d},2026-11-20 01:00:00,{s}.5" for s in range(40)], encoding="gb18030")
+    with monkeypatch.context() as m:
+        _response_lost(m, then_unreachable=True)
+        with pytest.raises(CommitStateUnknown, match=r"raw\.air__hourly"):
+            ingest_table(system, "hourly", settings=lake_settings, batch_id="b2", extracted_at=AT + timedelta(1))
+    assert _rows(lake_settings, "raw.air__hourly").num_rows == 80
+    ingest_table(system, "hourly", settings=lake_settings, batch_id="b2", extracted_at=AT + timedelta(1))
+    data = _rows(lake_settings, "raw.air__hourly")
+    assert data.num_rows == 80 and set(data["_batch_id"].to_pylist()) == {"b1", "b2"}
+
+
 # --- two writers, two processes, PostgreSQL catalog ----------------------------------------------
 
 
