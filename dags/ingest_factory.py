@@ -101,6 +101,41 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
             return {**result.to_dict(), "files_rejected_count": rejected}
 
         loads = load_table.expand(table=[t.code for t in system.all_tables])
+        after_loads = [loads]
+
+        checked = [t.code for t in system.tables if t.deletions is not None]
+        if checked:
+            # The key-only deletion check of a cursor table, after its load, in the run whose data interval
+            # holds a fire time of the table's ``deletions.schedule`` (skipped in the other runs).
+            @task(pool=f"source__{system.system}", pool_slots=system.connections_per_load, outlets=[alias],
+                  map_index_template="{{ task.op_kwargs['table'] }}")
+            def check_deletions(table: str, **context: object) -> dict:
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                from pipelines.ingest import ingest_table
+                from pipelines.registry import SqlTable, get_system
+
+                spec = get_system(load_settings().registry_dir, system.system)
+                sql = spec.table(table)
+                check = sql.deletions if isinstance(sql, SqlTable) else None
+                dag_run = context["dag_run"]
+                start, end = context["data_interval_start"], context["data_interval_end"]
+                if check is None or str(getattr(dag_run, "run_type", "")).lower().endswith("backfill") \
+                        or not check.due(start, end):  # type: ignore[arg-type]
+                    raise AirflowSkipException(f"{table}: deletion check not due in this data interval")
+                result = ingest_table(spec, table, mode="deletions", batch_id=f"{dag_run.run_id}__{table}__deletions",  # type: ignore[attr-defined]
+                                      extracted_at=end)  # type: ignore[arg-type]
+                if result.rows_written:
+                    context["outlet_events"][alias].add(  # type: ignore[index]
+                        table_asset(result.identifier),
+                        extra={"snapshot_id": result.snapshot_id, "rows": result.rows_written})
+                log.info("%s: %d key(s) read, %d deleted at the source", result.identifier,
+                         result.rows_extracted, result.rows_deleted)
+                return result.to_dict()
+
+            deletions = check_deletions.expand(table=checked)
+            loads >> deletions
+            after_loads.append(deletions)
 
         datasets = DATASETS_BY_SYSTEM.get(system.system, [])
         if datasets:
@@ -121,7 +156,7 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
                     # A held batch is a data verdict: retrying re-reads the same rows, so fail at once.
                     raise AirflowFailException(str(exc)) from exc
 
-            loads >> publish_std.expand(dataset=datasets)
+            after_loads >> publish_std.expand(dataset=datasets)
 
     return ingest_dag()
 

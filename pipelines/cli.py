@@ -84,25 +84,33 @@ def ingest(system: Annotated[str, typer.Argument(help="System code, e.g. populat
            full_refresh: Annotated[bool, typer.Option("--full-refresh", help="Reload everything; record deletions.")] = False,
            since: Annotated[str | None, typer.Option(help="Backfill from this cursor value (inclusive).")] = None,
            until: Annotated[str | None, typer.Option(help="Backfill up to this cursor value (exclusive).")] = None,
-           batch_id: Annotated[str | None, typer.Option(help="Batch id (re-running one replaces it).")] = None) -> None:
+           batch_id: Annotated[str | None, typer.Option(help="Batch id (re-running one replaces it).")] = None,
+           deletions: Annotated[bool, typer.Option(
+               "--deletions", help="Key-only deletion check: read only primary keys, record keys gone.")] = False,
+           ) -> None:
     """Load a source system's tables into the raw zone (what the ingest DAG runs).
 
     Exit code 1 when a table failed, 3 when drop files were rejected (they are listed and copied aside).
     """
     from pipelines.ingest import ingest_system
-    from pipelines.registry import get_system
+    from pipelines.registry import SqlTable, get_system
 
     if (since is None) != (until is None):
         _fail("--since and --until go together (a backfill window)")
     if full_refresh and since:
         _fail("--full-refresh and --since/--until exclude each other")
+    if deletions and (full_refresh or since):
+        _fail("--deletions runs alone (not with --full-refresh or --since/--until)")
     settings = load_settings()
     try:
         spec = get_system(settings.registry_dir, system)
     except CitylakeError as exc:
         _fail(str(exc))
-    mode = "full" if full_refresh else ("backfill" if since else "incremental")
-    codes = table or [t.code for t in spec.all_tables]
+    mode = "deletions" if deletions else "full" if full_refresh else ("backfill" if since else "incremental")
+    # --deletions without --table: the SQL tables (a file drop has no whole key set to compare with)
+    codes = table or [t.code for t in spec.all_tables if not deletions or isinstance(t, SqlTable)]
+    if not codes:
+        _fail(f"system {system}: --deletions needs SQL tables; {system} is a file drop")
     failures: list[str] = []
     rejected: list[str] = []
     t = Table("table", "mode", "extracted", "written", "unchanged", "deleted", "watermark", "seconds",

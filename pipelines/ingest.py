@@ -7,6 +7,9 @@ Modes:
 - full: the whole table; unchanged rows are skipped, changed rows appended, and keys gone from the
   source recorded as deletion rows (``_deleted = true``).
 - backfill: ``since <= cursor < until``, deduplicated the same way; the watermark never moves back.
+- deletions: the key-only check: only the primary-key columns are read from the source; keys live in the
+  lake that the source no longer has get deletion rows (a cursor table sees deletions no other way).
+Versions of a key are ordered by the table's load sequence (``_load_seq``, allocated when a load starts).
 Re-running a batch id replaces that batch (delete by batch id and append in one commit).
 """
 
@@ -33,6 +36,7 @@ from pipelines.lake.raw import (
     RawWriter,
     TableState,
     commit_state,
+    normalize_array,
     open_table,
     plan_schema,
     row_hash,
@@ -42,7 +46,7 @@ from pipelines.privacy import mask_message
 from pipelines.registry import DropTable, SourceSystem, SqlTable
 from pipelines.settings import TZ, Settings, load_settings
 
-Mode = Literal["incremental", "full", "backfill"]
+Mode = Literal["incremental", "full", "backfill", "deletions"]
 
 
 @dataclass
@@ -196,6 +200,9 @@ def ingest_table(system: SourceSystem, table_code: str, *, settings: Settings | 
         raise CitylakeError(f"{system.system}.{table_code}: unknown ingest mode {mode!r} "
                             f"(one of {', '.join(get_args(Mode))})")
     spec = system.table(table_code)
+    if mode == "deletions" and not isinstance(spec, SqlTable):
+        raise CitylakeError(f"{system.system}.{table_code}: the key-only deletion check is for SQL tables "
+                            "(a file drop delivers rows, not the source's whole key set)")
     extracted_at = (extracted_at or datetime.now(TZ)).astimezone(TZ)
     batch_id = make_batch_id(batch_id or f"{mode}_{extracted_at:%Y%m%dT%H%M%S%z}")
     result = LoadResult(system.system, spec.code, system.raw_table(spec.code), mode, batch_id)
@@ -235,8 +242,11 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
         table = open_table(catalog, result.identifier)
         state = TableState.of(table) if table is not None else TableState()
         rerun = result.batch_id in state.windows
-        full = mode == "full" or spec.cursor is None
+        keys_only = mode == "deletions"  # the key-only deletion check: reads the primary key, writes deletions
+        full = not keys_only and (mode == "full" or spec.cursor is None)
         result.mode = "full" if full else mode
+        if keys_only and (table is None or table.current_snapshot() is None):
+            return  # nothing in the lake yet, so nothing that could have been deleted
         lookback = spec.lookback_hours if spec.lookback_hours is not None else system.lookback_hours
         cursor_type = cols.schema.field(spec.cursor).type if spec.cursor else None
         low = None
@@ -259,7 +269,11 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
         compare: LakeCompare | None = None
         high = None
         try:
-            if full and has_rows:
+            if keys_only:
+                compare = LakeCompare(spec.primary_key, hashed=False)
+                compare.load_lake(table, [f for f in data_fields if f.name in spec.primary_key],
+                                  exclude_batch=result.batch_id)
+            elif full and has_rows:
                 # Full refresh: both sides through a spilling DuckDB, not held in memory (cost follows a batch).
                 compare = LakeCompare(spec.primary_key)
                 if not compare.load_lake(table, data_fields, exclude_batch=result.batch_id):
@@ -269,9 +283,16 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
                 existing = _existing(table, spec.primary_key, data_fields, spec.cursor, since, until,
                                      result.batch_id)
                 existing = existing if existing.num_rows else None
-            for batch in source.batches(spec, since=None if full else since, until=None if full else until,
-                                        reflected=reflected):
+            whole = full or keys_only
+            for batch in source.batches(spec, since=None if whole else since, until=None if whole else until,
+                                        reflected=reflected, only=spec.primary_key if keys_only else None):
                 result.rows_extracted += batch.num_rows
+                if keys_only:
+                    assert compare is not None
+                    compare.add(pa.RecordBatch.from_arrays(
+                        [normalize_array(batch.column(k), writer.target.field(k).type) for k in spec.primary_key],
+                        names=spec.primary_key))
+                    continue
                 if spec.cursor:
                     high = _later(high, _max(batch.column(spec.cursor)))
                 shaped = writer.shape(batch)
@@ -284,7 +305,7 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
                 else:
                     writer.write_shaped(shaped)
             if compare is not None:
-                for fresh_batch in compare.changed():
+                for fresh_batch in compare.changed() if not keys_only else ():
                     writer.write_shaped(fresh_batch)
                 result.rows_unchanged = result.rows_extracted - writer.rows
                 for gone in compare.gone():

@@ -7,6 +7,7 @@ line and what to fix; one bad file never hides the others (``load_registry`` col
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,6 +75,35 @@ class _TableBase(_Model):
         )
 
 
+class DeletionCheck(_Model):
+    """A scheduled key-only comparison with the source: keys live in the lake that the source no longer has
+    get deletion rows (``_deleted``), without a full refresh. Only the primary-key columns are read."""
+
+    check: Literal["key_only"] = "key_only"
+    """How the source is compared: ``key_only`` reads its primary-key columns and nothing else."""
+    schedule: str
+    """Cron expression (5 fields, Asia/Shanghai) or @preset, e.g. ``"0 3 * * 0"`` (weekly): the ingest run
+    whose data interval holds a fire time runs the check after the table's load."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(v):
+            raise ValueError(f"schedule {v!r} must be a 5-field cron expression or an @preset")
+        return v
+
+    def due(self, start: datetime, end: datetime) -> bool:
+        """Whether the schedule fires in the data interval ``(start, end]`` (times in Asia/Shanghai)."""
+        from croniter import croniter
+
+        from pipelines.settings import TZ
+
+        fire = croniter(self.schedule, start.astimezone(TZ)).get_next(datetime)
+        return bool(fire <= end.astimezone(TZ))
+
+
 class SqlTable(_TableBase):
     """A table (or view) of a relational source."""
 
@@ -91,6 +121,16 @@ class SqlTable(_TableBase):
     """Late-row lookback window; defaults to the system's ``lookback_hours``."""
     batch_rows: int = Field(default=100_000, ge=1000)
     """Rows per Arrow record batch while streaming."""
+    deletions: DeletionCheck | None = None
+    """A cursor table sees rows deleted at the source only on a full refresh; this schedules a cheap
+    key-only check that records them (``citylake ingest <system> --deletions`` runs it by hand)."""
+
+    @model_validator(mode="after")
+    def _deletions_need_a_cursor(self) -> SqlTable:
+        if self.deletions is not None and self.cursor is None:
+            raise ValueError("deletions: a table without a cursor is fully refreshed on every run, which "
+                             "records deletions already; remove 'deletions' or give a 'cursor'")
+        return self
 
     @field_validator("filter")
     @classmethod

@@ -61,6 +61,13 @@ class SourceColumns:
     def code_of(self, source_name: str) -> str:
         return self.schema.names[self.source_names.index(source_name)]
 
+    def select(self, codes: list[str] | None) -> SourceColumns:
+        """Only these column codes, in the given order (None: all)."""
+        if codes is None:
+            return self
+        at = [self.schema.names.index(c) for c in codes]
+        return SourceColumns([self.source_names[i] for i in at], pa.schema([self.schema.field(i) for i in at]))
+
 
 def _cursor_param(value: Any, sa_type: Any, dialect: str) -> Any:
     """Bind a watermark so equality with stored values holds (SQLite compares DATETIME as text)."""
@@ -152,18 +159,20 @@ class SqlSource:
         return sa.literal(v, type_=sa.String) if isinstance(v, str) else v
 
     def batches(self, table: SqlTable, *, since: Any = None, until: Any = None,
-                reflected: sa.Table | None = None) -> Iterator[pa.RecordBatch]:
-        """Stream the table (or its cursor window) as record batches named by column code."""
+                reflected: sa.Table | None = None, only: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream the table (or its cursor window) as record batches named by column code; ``only``: just
+        these column codes (the key-only deletion check reads the primary key alone)."""
         t = reflected if reflected is not None else self.reflect(table)
         cols = self.columns(table, t)
-        stmt = sa.select(*[t.c[n] for n in cols.source_names])
+        picked = cols.select(only)
+        stmt = sa.select(*[t.c[n] for n in picked.source_names])
         for clause in self.predicate(table, t, cols, since, until):
             stmt = stmt.where(clause)
         try:
             with self.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=table.batch_rows).execute(stmt)
                 for rows in result.partitions(table.batch_rows):
-                    yield _to_batch(rows, cols.schema, f"system {self.system}, table {table.source!r}")
+                    yield _to_batch(rows, picked.schema, f"system {self.system}, table {table.source!r}")
         except (SourceError, GeneratorExit):
             raise
         except sa.exc.SQLAlchemyError as exc:
@@ -241,11 +250,12 @@ class PostgresSource(SqlSource):
         return SourceColumns(names, pa.schema(fields))
 
     def batches(self, table: SqlTable, *, since: Any = None, until: Any = None,
-                reflected: sa.Table | None = None) -> Iterator[pa.RecordBatch]:
+                reflected: sa.Table | None = None, only: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         from pipelines.extract.postgres_fast import iter_pg_batches, sql_literal
 
         t = reflected if reflected is not None else self.reflect(table)
         cols = self.columns(table, t)
+        picked = cols.select(only)
         rendered = self.filter_sql(table, t)
         clauses = [f"({rendered})"] if rendered else []
         if table.cursor and (since is not None or until is not None):
@@ -255,11 +265,11 @@ class PostgresSource(SqlSource):
                 if value is not None:  # inlined here, so no placeholder is looked for inside the filter's text
                     clauses.append(f"{quoted} {op} {sql_literal(_cursor_param(value, t.c[src].type, self.dialect))}")
         try:
-            for batch in iter_pg_batches(self._libpq_url(), table.source_schema, table.source, cols.source_names,
+            for batch in iter_pg_batches(self._libpq_url(), table.source_schema, table.source, picked.source_names,
                                          where=" AND ".join(clauses) or None,
                                          parallel=min(EXTRACT_RANGES, self.max_connections),
                                          batch_rows=table.batch_rows):
-                yield pa.RecordBatch.from_arrays(batch.columns, schema=cols.schema)
+                yield pa.RecordBatch.from_arrays(batch.columns, schema=picked.schema)
         except GeneratorExit:
             raise
         except SourceError as exc:  # already names the table

@@ -26,9 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.expressions import And, NotEqualTo
 
-from pipelines.lake.raw import row_hash, stream_scan
+from pipelines.lake.raw import file_batches, stream_scan
 
-MEMORY_LIMIT = "256MB"
+MEMORY_LIMIT = "96MB"
 """DuckDB's buffer limit for a compare; beyond it DuckDB spills to the compare's folder."""
 
 
@@ -50,7 +50,7 @@ class LakeCompare:
         self.stage = stage and hashed
         self.dir = Path(tempfile.mkdtemp(prefix="citylake-compare-"))
         self.con = duckdb.connect(str(self.dir / "compare.duckdb"), config={
-            "memory_limit": memory_limit, "temp_directory": str(self.dir / "spill"), "threads": 2,
+            "memory_limit": memory_limit, "temp_directory": str(self.dir / "spill"), "threads": 1,
             "preserve_insertion_order": False})
         self.lake_rows = 0
         self.rows = 0
@@ -71,16 +71,23 @@ class LakeCompare:
         self.con.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _insert(self, name: str, table: pa.Table) -> None:
+    def _insert(self, name: str, table: pa.Table, select: str = "*") -> None:
         self.con.register("_part", table)
         try:
             if name in self._tables:
-                self.con.execute(f"INSERT INTO {name} SELECT * FROM _part")
+                self.con.execute(f"INSERT INTO {name} SELECT {select} FROM _part")
             else:
-                self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM _part")
+                self.con.execute(f"CREATE TABLE {name} AS SELECT {select} FROM _part")
                 self._tables.add(name)
         finally:
             self.con.unregister("_part")
+
+    def _hash_sql(self, columns: list[str]) -> str:
+        """The row hash, computed by this compare's DuckDB for both sides (the same expression as
+        ``row_hash``; one connection, not a new database per batch, whose allocator arenas kept growing)."""
+        if not self.hashed or not columns:
+            return "0::BIGINT AS _h"
+        return f"(hash({', '.join(_q(c) for c in columns)}) >> 1)::BIGINT AS _h"
 
     # --- the lake's side ------------------------------------------------------------------------------
 
@@ -101,23 +108,19 @@ class LakeCompare:
             expr = And(expr, row_filter) if expr is not None else row_filter
         scan = table.scan(selected_fields=tuple(dict.fromkeys([*self.keys, *wanted, *lineage])),
                           **({"row_filter": expr} if expr is not None else {}))
+        hashed = [c.name for c in columns] if self.hashed else []
+        select = f"{self._key_list}, {self._hash_sql(hashed)}, _deleted, _load_seq, _extracted_at"
         for batch in stream_scan(scan):
             n = batch.num_rows
-            names = batch.schema.names
-            h = pa.repeat(pa.scalar(0, pa.int64()), n)
-            if self.hashed:
-                data = [batch.column(c.name).cast(c.type) if c.name in names else pa.nulls(n, c.type)
-                        for c in columns]
-                h = row_hash(pa.RecordBatch.from_arrays(data, names=[c.name for c in columns]),
-                             [c.name for c in columns])
 
             def col(name: str, t: pa.DataType, batch: pa.RecordBatch = batch, n: int = n) -> Any:
                 return batch.column(name).cast(t) if name in batch.schema.names else pa.nulls(n, t)
 
-            self._insert("lake", pa.table(
-                [*(batch.column(k).cast(types[k]) for k in self.keys), h, col("_deleted", pa.bool_()),
-                 col("_load_seq", pa.int64()), col("_extracted_at", pa.timestamp("us", tz="UTC"))],
-                names=[*self.keys, "_h", "_deleted", "_load_seq", "_extracted_at"]))
+            data = {name: col(name, types[name]) for name in dict.fromkeys([*self.keys, *hashed])}
+            self._insert("lake", pa.table({**data, "_deleted": col("_deleted", pa.bool_()),
+                                           "_load_seq": col("_load_seq", pa.int64()),
+                                           "_extracted_at": col("_extracted_at", pa.timestamp("us", tz="UTC"))}),
+                         select)
             self.lake_rows += n
         if self.lake_rows:
             # Every row of each key's latest load that is not a deletion row: what the source is compared with.
@@ -137,10 +140,9 @@ class LakeCompare:
         n = shaped.num_rows
         if not n:
             return
-        h = row_hash(shaped, data_columns or []) if self.hashed else pa.repeat(pa.scalar(0, pa.int64()), n)
-        pos = pa.array(np.arange(self.rows, self.rows + n, dtype=np.int64))
-        self._insert("src", pa.table([*(shaped.column(k) for k in self.keys), h, pos],
-                                     names=[*self.keys, "_h", "_pos"]))
+        part = pa.Table.from_batches([shaped]).append_column(
+            "_pos", pa.array(np.arange(self.rows, self.rows + n, dtype=np.int64)))
+        self._insert("src", part, f"{self._key_list}, {self._hash_sql(data_columns or [])}, _pos")
         if self.stage:
             if self._writer is None:
                 self._writer = pq.ParquetWriter(self.dir / "staged.parquet", shaped.schema, compression="lz4")
@@ -171,7 +173,7 @@ class LakeCompare:
             return
         staged = pq.ParquetFile(self.dir / "staged.parquet")
         start = 0
-        for batch in staged.iter_batches(batch_size=batch_rows):
+        for batch in file_batches(staged, batch_rows):
             lo, hi = np.searchsorted(positions, [start, start + batch.num_rows])
             if hi > lo:
                 yield batch.take(pa.array(positions[lo:hi] - start))

@@ -1,0 +1,172 @@
+"""Full refresh cost: a first load of a 5 M-row PostgreSQL table, then, in the same run, a full refresh after
+1 % of its rows changed (plus a few deleted and inserted). Each step is a `citylake ingest` process, timed
+as a whole (imports and the Iceberg commit included), its peak RSS that of the process tree polled every
+20 ms. The full refresh compares source and lake through a spilling DuckDB (`pipelines/lake/changes.py`).
+Usage:
+    .venv/bin/python benchmarks/full_refresh.py [--rows 5000000] [--keep-data] [--baseline <git rev>]
+``--baseline`` runs the same two steps with the ingest code of another revision (e.g. 6f6c509, which
+held every key and hash in memory) into its own lake, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest_postgres import measure, psql  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DB = "citylake_bench_refresh"
+URL = f"postgresql://postgres@127.0.0.1:5432/{DB}"
+
+# 12 columns of values that do not repeat: random names from a few hundred characters, random addresses,
+# phones and IDs (setseed makes the table the same on every run).
+CREATE = """
+SELECT setseed(0.42);
+CREATE TABLE resident (
+  id bigint PRIMARY KEY, resident_id varchar(18), name text, sex text, birth_date date, district_code varchar(6),
+  address text, phone varchar(11), monthly_income numeric(12,2), registered_at timestamp, status smallint,
+  updated_at timestamp);
+WITH c AS (SELECT '赵钱孙李周吴郑王冯陈褚卫蒋沈韩杨朱秦尤许何吕施张孔曹严华金魏陶姜戚谢邹喻柏水窦章云苏潘葛奚范彭郎鲁韦昌马苗凤花方俞任袁柳酆鲍史唐费廉岑薛雷贺倪汤滕殷罗毕郝邬安常乐于时傅皮卞齐康伍余元卜顾孟平黄和穆萧尹'::text AS surnames,
+                  '伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰萍红建国志文斌辉宇浩然子轩梓涵一诺欣怡雨桐思远佳琪俊杰晨阳博文雅婷嘉怡梦琪若曦天佑瑞泽奕辰'::text AS given,
+                  '长江西黄山望江徽州芜湖宿州合作化金寨马鞍山淮河寿春蒙城阜阳亳州六安桐城潜山安庆繁华习友翡翠天鹅湖祁门休宁'::text AS roads)
+INSERT INTO resident
+SELECT g,
+  (array['340102','340103','340104','340111','340121','340122','340123','340124','340181'])[1 + floor(random() * 9)::int]
+    || to_char(date '1940-01-01' + floor(random() * 30000)::int, 'YYYYMMDD') || lpad(floor(random() * 1000)::text, 3, '0')
+    || substr('0123456789X', 1 + floor(random() * 11)::int, 1),
+  substr(c.surnames, 1 + floor(random() * length(c.surnames))::int, 1)
+    || substr(c.given, 1 + floor(random() * length(c.given))::int, 1)
+    || CASE WHEN random() < 0.6 THEN substr(c.given, 1 + floor(random() * length(c.given))::int, 1) ELSE '' END,
+  (array['男','女'])[1 + floor(random() * 2)::int], date '1940-01-01' + floor(random() * 30000)::int,
+  (array['340102','340103','340104','340111','340121','340122','340123','340124','340181'])[1 + floor(random() * 9)::int],
+  '安徽省合肥市' || (array['瑶海区','庐阳区','蜀山区','包河区','长丰县','肥东县','肥西县','庐江县','巢湖市'])[1 + floor(random() * 9)::int]
+    || substr(c.roads, 1 + floor(random() * (length(c.roads) - 1))::int, 2) || '路' || floor(random() * 2000)::int || '号'
+    || floor(random() * 40)::int || '栋' || floor(random() * 3000)::int || '室',
+  '1' || (array['3','5','7','8','9'])[1 + floor(random() * 5)::int] || lpad(floor(random() * 1e9)::bigint::text, 9, '0'),
+  round((random() * 50000)::numeric, 2), timestamp '2000-01-01' + random() * interval '9000 days',
+  floor(random() * 3)::smallint, timestamp '2026-01-01' + random() * interval '300 days'
+FROM generate_series(1, {rows}) g, c;
+VACUUM ANALYZE resident;
+"""
+
+# 1 % of the rows change (address and income), 0.01 % are deleted and as many inserted.
+CHANGE = """
+UPDATE resident SET address = address || '(迁)', monthly_income = monthly_income + 1 WHERE id % 100 = 37;
+DELETE FROM resident WHERE id % 10000 = 5;
+INSERT INTO resident SELECT id + {rows}, resident_id, name, sex, birth_date, district_code, address, phone,
+  monthly_income, registered_at, status, updated_at FROM resident WHERE id % 10000 = 6;
+VACUUM ANALYZE resident;
+"""
+
+REGISTRY = """\
+system: bench_refresh
+name: 基准测试
+department: 测试
+connection: src_bench_refresh
+tables:
+  - code: resident
+    source: resident
+    primary_key: [id]
+"""
+
+
+def prepare(rows: int) -> None:
+    psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    psql(f"CREATE DATABASE {DB}")
+    psql(CREATE.format(rows=rows), DB)
+
+
+def _checkout(rev: str, work: Path) -> Path:
+    """The project at ``rev`` (git archive: no checkout of the shared work tree)."""
+    out = work / f"rev-{rev}"
+    out.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+def run(rows: int, work: Path, label: str, code_root: Path) -> list[dict]:
+    lake, reg = work / f"lake-{label}", work / f"registry-{label}"
+    reg.mkdir(parents=True)
+    (reg / "bench_refresh.yml").write_text(REGISTRY, encoding="utf-8")
+    env = {"CITYLAKE_REGISTRY_DIR": str(reg), "CITYLAKE_LAKE_DIR": str(lake), "CITYLAKE_CONN_SRC_BENCH_REFRESH": URL,
+           "PYTHONPATH": str(code_root)}
+    script = ("import sys; sys.argv = ['citylake', 'ingest', 'bench_refresh']; from pipelines.cli import app; "
+              "app(standalone_mode=False)")
+    cmd = [sys.executable, "-c", script]
+    results = []
+    for step in ("first load", "full refresh (1 % changed)"):
+        if step.startswith("full"):
+            psql(CHANGE.format(rows=rows), DB)
+        seconds, rss, rc, err = measure(cmd, env)
+        results.append({"code": label, "step": step, "rows": rows, "seconds": round(seconds, 2),
+                        "rows_per_s": round(rows / seconds), "peak_rss_mb": round(rss), "ok": rc == 0,
+                        "error": err if rc else "", "written": _written(lake)})
+        print(f"  {label:<10} {step:<28} {seconds:7.2f}s  {'ok' if rc == 0 else 'FAILED: ' + err}", flush=True)
+    return results
+
+
+def _written(lake: Path) -> int | None:
+    """Rows the last load wrote, from its snapshot summary."""
+    try:
+        from pyiceberg.catalog.sql import SqlCatalog
+
+        catalog = SqlCatalog("citylake", uri=f"sqlite:///{lake}/catalog.db", warehouse=f"file://{lake}/warehouse")
+        snap = catalog.load_table("raw.bench_refresh__resident").current_snapshot()
+        return int(snap.summary.get("added-records", 0)) if snap else None
+    except Exception:  # noqa: BLE001 - a figure for the table, not a check
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=5_000_000)
+    ap.add_argument("--keep-data", action="store_true", help="reuse the source table if it has --rows rows")
+    ap.add_argument("--baseline", default="", help="git revision to compare with (e.g. 6f6c509)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="citylake-bench-refresh-"))
+    results: list[dict] = []
+    try:
+        codes = [("current", ROOT)]
+        if args.baseline:
+            codes.append((re.sub(r"\W", "", args.baseline)[:12], _checkout(args.baseline, work)))
+        for label, code_root in codes:
+            t = time.perf_counter()
+            if not (args.keep_data and _has_rows(args.rows)) or label != "current":
+                prepare(args.rows)  # each code starts from the same unchanged source
+            print(f"source: {args.rows:,} rows × 12 columns in PostgreSQL ({time.perf_counter() - t:.0f}s to build)",
+                  flush=True)
+            results += run(args.rows, work, label, code_root)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{'code':<10} {'step':<28} {'rows':>10} {'seconds':>8} {'rows/s':>11} {'peak RSS MB':>12} {'written':>9}")
+    for r in results:
+        written = f"{r['written']:,}" if r["written"] is not None else "-"
+        print(f"{r['code']:<10} {r['step']:<28} {r['rows']:>10,} {r['seconds']:>8.2f} {r['rows_per_s']:>11,} "
+              f"{r['peak_rss_mb']:>12,} {written:>9}")
+    refresh = next((r for r in results if r["code"] == "current" and r["step"].startswith("full")), None)
+    if refresh:
+        print(f"\nfull refresh peak RSS {refresh['peak_rss_mb']} MB (≤ 512)")
+    out = ROOT / "benchmarks" / "out"
+    out.mkdir(exist_ok=True)
+    (out / "full_refresh.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def _has_rows(rows: int) -> bool:
+    done = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", DB, "-tAc",
+                           f"SELECT count(*) = {rows} AND max(id) <= {rows} FROM resident"],
+                          capture_output=True, text=True)
+    return done.returncode == 0 and done.stdout.strip() == "t"
+
+
+if __name__ == "__main__":
+    main()
