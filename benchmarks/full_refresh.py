@@ -32,14 +32,14 @@ URL = f"postgresql://postgres@127.0.0.1:5432/{DB}"
 CREATE = """
 SELECT setseed(0.42);
 CREATE TABLE resident (
-  id bigint PRIMARY KEY, resident_id varchar(18), name text, sex text, birth_date date, district_code varchar(6),
+  id varchar(14) PRIMARY KEY, resident_id varchar(18), name text, sex text, birth_date date, district_code varchar(6),
   address text, phone varchar(11), monthly_income numeric(12,2), registered_at timestamp, status smallint,
   updated_at timestamp);
 WITH c AS (SELECT '赵钱孙李周吴郑王冯陈褚卫蒋沈韩杨朱秦尤许何吕施张孔曹严华金魏陶姜戚谢邹喻柏水窦章云苏潘葛奚范彭郎鲁韦昌马苗凤花方俞任袁柳酆鲍史唐费廉岑薛雷贺倪汤滕殷罗毕郝邬安常乐于时傅皮卞齐康伍余元卜顾孟平黄和穆萧尹'::text AS surnames,
                   '伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰萍红建国志文斌辉宇浩然子轩梓涵一诺欣怡雨桐思远佳琪俊杰晨阳博文雅婷嘉怡梦琪若曦天佑瑞泽奕辰'::text AS given,
                   '长江西黄山望江徽州芜湖宿州合作化金寨马鞍山淮河寿春蒙城阜阳亳州六安桐城潜山安庆繁华习友翡翠天鹅湖祁门休宁'::text AS roads)
 INSERT INTO resident
-SELECT g,
+SELECT 'HF' || lpad(g::text, 12, '0'),
   (array['340102','340103','340104','340111','340121','340122','340123','340124','340181'])[1 + floor(random() * 9)::int]
     || to_char(date '1940-01-01' + floor(random() * 30000)::int, 'YYYYMMDD') || lpad(floor(random() * 1000)::text, 3, '0')
     || substr('0123456789X', 1 + floor(random() * 11)::int, 1),
@@ -58,12 +58,13 @@ FROM generate_series(1, {rows}) g, c;
 VACUUM ANALYZE resident;
 """
 
-# 1 % of the rows change (address and income), 0.01 % are deleted and as many inserted.
+# 1 % of the rows change (address and income), 0.01 % are deleted and as many inserted. The key is text,
+# as the city's identifiers are (a full refresh used to hold every one of them in memory).
 CHANGE = """
-UPDATE resident SET address = address || '(迁)', monthly_income = monthly_income + 1 WHERE id % 100 = 37;
-DELETE FROM resident WHERE id % 10000 = 5;
-INSERT INTO resident SELECT id + {rows}, resident_id, name, sex, birth_date, district_code, address, phone,
-  monthly_income, registered_at, status, updated_at FROM resident WHERE id % 10000 = 6;
+UPDATE resident SET address = address || '(迁)', monthly_income = monthly_income + 1 WHERE right(id, 2) = '37';
+DELETE FROM resident WHERE right(id, 4) = '0005';
+INSERT INTO resident SELECT 'HX' || substr(id, 3), resident_id, name, sex, birth_date, district_code, address, phone,
+  monthly_income, registered_at, status, updated_at FROM resident WHERE right(id, 4) = '0006';
 VACUUM ANALYZE resident;
 """
 
@@ -163,7 +164,7 @@ def main() -> None:
 
 def _has_rows(rows: int) -> bool:
     done = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", DB, "-tAc",
-                           f"SELECT count(*) = {rows} AND max(id) <= {rows} FROM resident"],
+                           f"SELECT count(*) = {rows} AND count(*) FILTER (WHERE id LIKE 'HX%') = 0 FROM resident"],
                           capture_output=True, text=True)
     return done.returncode == 0 and done.stdout.strip() == "t"
 

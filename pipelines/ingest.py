@@ -174,10 +174,6 @@ def _existing(table: Any, keys: list[str], columns: list[pa.Field], cursor: str 
     return pa.concat_tables(parts)
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _new_rows(shaped: pa.RecordBatch, hashes: pa.Array, existing: pa.Table, keys: list[str]) -> pa.Table:
     """The shaped rows whose (key, hash) is not live in the lake already."""
     live = existing

@@ -28,7 +28,7 @@ from pyiceberg.expressions import And, NotEqualTo
 
 from pipelines.lake.raw import file_batches, stream_scan
 
-MEMORY_LIMIT = "96MB"
+MEMORY_LIMIT = "48MB"
 """DuckDB's buffer limit for a compare; beyond it DuckDB spills to the compare's folder."""
 
 
@@ -130,6 +130,7 @@ class LakeCompare:
                 f"_extracted_at DESC NULLS LAST) AS _r FROM lake) WHERE _r = 1 AND NOT coalesce(_deleted, false)")
             self.con.execute("DROP TABLE lake")
             self._tables.add("live")
+        release_memory()
         return self.lake_rows
 
     # --- the source's side ----------------------------------------------------------------------------
@@ -160,6 +161,7 @@ class LakeCompare:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        release_memory()
         if not self.rows:
             return
         if self.lake_rows and self._has("live"):
@@ -190,6 +192,18 @@ class LakeCompare:
         for batch in reader:
             if batch.num_rows:
                 yield pa.Table.from_batches([batch])
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the OS between phases: Arrow's pool (mimalloc) and glibc keep freed pages,
+    so each phase would start from the previous one's peak."""
+    import ctypes
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 # --- which batches a raw table holds --------------------------------------------------------------

@@ -720,13 +720,28 @@ class RawWriter:
 def row_hash(batch: pa.RecordBatch | pa.Table, columns: list[str]) -> pa.Array:
     """A 63-bit hash of each row's ``columns`` (DuckDB's hash). Only ever compared within one run:
     the lake's rows are hashed when read back, so a DuckDB upgrade cannot make stale hashes disagree."""
-    import duckdb
-
     if batch.num_rows == 0:
         return pa.array([], pa.int64())
-    con = duckdb.connect()
+    con = _hash_connection()
     tbl = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
     con.register("tbl", tbl)
-    out = con.sql(f"SELECT (hash({cols}) >> 1)::BIGINT AS h FROM tbl").to_arrow_table()
+    try:
+        out = con.sql(f"SELECT (hash({cols}) >> 1)::BIGINT AS h FROM tbl").to_arrow_table()
+    finally:
+        con.unregister("tbl")
     return out.column("h").combine_chunks()
+
+
+_HASHING = threading.local()
+
+
+def _hash_connection() -> Any:
+    """One small DuckDB per thread for ``row_hash``: a new database per batch cost a buffer pool and
+    allocator arenas each time (RSS grew with the number of batches)."""
+    con = getattr(_HASHING, "con", None)
+    if con is None:
+        import duckdb
+
+        con = _HASHING.con = duckdb.connect()
+    return con
