@@ -160,3 +160,39 @@ def test_new_batches_come_from_metadata_and_survive_snapshot_expiry(tmp_path: Pa
     table = get_catalog(lake_settings).load_table("raw.s__t")
     assert len(table.snapshots()) == 1
     assert raw_batch_ids(table) == expected
+
+
+def test_a_release_of_an_older_load_does_not_overwrite_a_newer_std_row(tmp_path: Path,
+                                                                      lake_settings: Settings) -> None:
+    """A held batch released after newer loads were published: its rows (and tombstones) lose to std's."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.quality.gate import _publish
+
+    catalog = get_catalog(lake_settings)
+    contract = SimpleNamespace(std_table="std.t")
+    at = pa.timestamp("us", tz="UTC")
+
+    def rows(*values: tuple[str, int, int]) -> Path:  # (key, value, load sequence)
+        path = tmp_path / f"good-{len(list(tmp_path.glob('good-*')))}.parquet"
+        pq.write_table(pa.table({"k": [v[0] for v in values], "v": pa.array([v[1] for v in values], pa.int64()),
+                                 "_extracted_at": pa.array([datetime(2026, 11, 1)] * len(values), at),
+                                 "_load_seq": pa.array([v[2] for v in values], pa.int64())}), path)
+        return path
+
+    def tombstones(*values: tuple[str, int]) -> pa.Table:
+        return pa.table({"k": [v[0] for v in values], "_extracted_at": pa.array([datetime(2026, 11, 1)] * len(values), at),
+                         "_load_seq": pa.array([v[1] for v in values], pa.int64())})
+
+    _publish(catalog, contract, rows(("a", 1, 1), ("b", 1, 1), ("c", 1, 1)), tombstones(), ["k"], "r1")
+    _publish(catalog, contract, rows(("a", 3, 3)), tombstones(("c", 3)), ["k"], "r3")  # the newer load
+    # the older load, released late: b is newer here than in std, a and c are not
+    _publish(catalog, contract, rows(("a", 2, 2), ("b", 2, 2)), tombstones(("c", 2)), ["k"], "r2")
+    got = {r["k"]: (r["v"], r["_load_seq"]) for r in catalog.load_table("std.t").scan().to_arrow().to_pylist()}
+    assert got == {"a": (3, 3), "b": (2, 2)}
+    _publish(catalog, contract, rows(("c", 9, 9)), tombstones(("a", 9)), ["k"], "r9")  # a later load wins again
+    got = {r["k"]: r["v"] for r in catalog.load_table("std.t").scan().to_arrow().to_pylist()}
+    assert got == {"b": 2, "c": 9}

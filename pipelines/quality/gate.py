@@ -595,12 +595,38 @@ def _still_alive(batch: pa.RecordBatch, keys: list[str], deleted: pa.Table) -> p
     return pc.fill_null(later, True)
 
 
+def _stale_keys(table: Any, keys: list[str], good: Path, gone_keys: pa.Table, gone: pa.Table) -> pa.Array:
+    """Keys whose std row came from a later load (``_load_seq``) than every row and tombstone this run
+    carries for them: a held batch released after newer ones were published must not bring an older
+    value back. std rows without a load sequence (published before it existed) are never protected."""
+    empty = pa.array([], pa.string())
+    if table.current_snapshot() is None or "_load_seq" not in table.schema().column_names:
+        return empty
+    incoming = [pa.table({"key": _key_strings(gone_keys, keys), "seq": pc.fill_null(load_seqs(gone), -1)})]
+    if good.exists():
+        names = pq.ParquetFile(good).schema_arrow.names
+        rows = pq.read_table(good, columns=[*keys, *(["_load_seq"] if "_load_seq" in names else [])])
+        incoming.append(pa.table({"key": _key_strings(rows, keys), "seq": pc.fill_null(load_seqs(rows), -1)}))
+    latest = pa.concat_tables(incoming).group_by("key").aggregate([("seq", "max")])
+    if not latest.num_rows:
+        return empty
+    stale: list[pa.Array] = []
+    for batch in stream_scan(table.scan(selected_fields=(*keys, "_load_seq"))):
+        part = pa.Table.from_batches([batch])
+        idx = pc.index_in(_key_strings(part, keys), value_set=latest["key"])
+        newer = pc.fill_null(pc.greater(part["_load_seq"], pc.take(latest["seq_max"], idx)), False)
+        if pc.any(newer).as_py():
+            stale.append(_key_strings(part.filter(newer), keys))
+    return pc.unique(pa.concat_arrays(stale)) if stale else empty
+
+
 def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table, keys: list[str],
              run_id: str) -> int | None:
     """One commit: replace the std rows of every key the batch carries (upsert) and drop the keys deleted
     at the source; the passing rows stream in from their staged file. A first publish only appends. When
     a run validates several batches, a key's latest event wins: a row extracted before the batch that
-    found its key deleted is not appended (it still counts as published: it passed, then was deleted)."""
+    found its key deleted is not appended (it still counts as published: it passed, then was deleted).
+    Across runs too: a key whose std row a later load wrote is left as it is (``_stale_keys``)."""
     name = contract.std_table
     rows = pq.ParquetFile(good) if good.exists() else None
     table = table_for(catalog, name, rows.schema_arrow, STD_PROPS) if rows is not None else open_table(catalog, name)
@@ -609,17 +635,28 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
     props = {"citylake.run-id": run_id}
     types = arrow_schema(table)
     gone_keys = pa.table({k: pc.cast(gone.column(k), types.field(k).type) for k in keys})
+    stale = _stale_keys(table, keys, good, gone_keys, gone)
     with table.transaction() as tx:
         if table.current_snapshot() is not None:  # a first publish has nothing to replace
             parts = [_key_strings(gone_keys, keys)]
             if rows is not None:
                 parts.append(_key_strings(pq.read_table(good, columns=keys), keys))
             replace = pc.unique(pa.concat_arrays(parts))
+            if len(stale):
+                replace = replace.filter(pc.invert(pc.is_in(replace, value_set=stale)))
             if len(replace):
                 _drop_keys(tx, table, keys, replace, props)
         if rows is not None:
             deleted = _deleted_since(gone_keys, gone, keys)
-            append_staged(tx, table, rows, props, lambda b: _still_alive(b, keys, deleted), CHUNK_ROWS)
+
+            def keep(b: pa.RecordBatch) -> pa.Array:
+                alive = _still_alive(b, keys, deleted)
+                if not len(stale):
+                    return alive
+                fresh = pc.invert(pc.is_in(_key_strings(pa.Table.from_batches([b]), keys), value_set=stale))
+                return pc.and_(alive, fresh)
+
+            append_staged(tx, table, rows, props, keep, CHUNK_ROWS)
     snap = catalog.load_table(name).current_snapshot()
     return snap.snapshot_id if snap else None
 
