@@ -101,8 +101,7 @@ def run(rows: int, work: Path, label: str, code_root: Path) -> list[dict]:
     (reg / "bench_refresh.yml").write_text(REGISTRY, encoding="utf-8")
     env = {"CITYLAKE_REGISTRY_DIR": str(reg), "CITYLAKE_LAKE_DIR": str(lake), "CITYLAKE_CONN_SRC_BENCH_REFRESH": URL,
            "PYTHONPATH": str(code_root)}
-    script = ("import sys; sys.argv = ['citylake', 'ingest', 'bench_refresh']; from pipelines.cli import app; "
-              "app(standalone_mode=False)")
+    script = "import sys; sys.argv = ['citylake', 'ingest', 'bench_refresh']; from pipelines.cli import main; main()"
     cmd = [sys.executable, "-c", script]
     results = []
     for step in ("first load", "full refresh (1 % changed)"):

@@ -30,6 +30,8 @@ from pipelines.lake.raw import file_batches, stream_scan
 
 MEMORY_LIMIT = "48MB"
 """DuckDB's buffer limit for a compare; beyond it DuckDB spills to the compare's folder."""
+ROWS_PER_BUCKET = 4_000_000
+"""Lake rows per bucket: what one bucket's window and joins handle within ``MEMORY_LIMIT``."""
 
 
 def _q(name: str) -> str:
@@ -57,6 +59,9 @@ class LakeCompare:
         self._writer: pq.ParquetWriter | None = None
         self._key_list = ", ".join(_q(k) for k in keys)
         self._tables: set[str] = set()
+        self.buckets = 1
+        """Each side is split by a hash of the key into buckets of about ``ROWS_PER_BUCKET`` lake rows,
+        compared one at a time: DuckDB's window and joins failed to pin blocks on 20 M keys at this limit."""
 
     def __enter__(self) -> LakeCompare:
         return self
@@ -72,15 +77,26 @@ class LakeCompare:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _insert(self, name: str, table: pa.Table, select: str = "*") -> None:
+        """Append ``SELECT select FROM table`` to ``name``: with several buckets, to ``name_<bucket>`` by a
+        hash of the key (the first call creates every bucket's table)."""
         self.con.register("_part", table)
         try:
-            if name in self._tables:
-                self.con.execute(f"INSERT INTO {name} SELECT {select} FROM _part")
-            else:
-                self.con.execute(f"CREATE TABLE {name} AS SELECT {select} FROM _part")
-                self._tables.add(name)
+            if self.buckets == 1:
+                self._append(f"{name}_0", f"SELECT {select} FROM _part")
+                return
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE _bucketed AS SELECT {select}, "
+                             f"(hash({self._key_list}) % {self.buckets})::INTEGER AS _bucket FROM _part")
+            for i in range(self.buckets):
+                self._append(f"{name}_{i}", f"SELECT * EXCLUDE (_bucket) FROM _bucketed WHERE _bucket = {i}")
         finally:
             self.con.unregister("_part")
+
+    def _append(self, name: str, query: str) -> None:
+        if name in self._tables:
+            self.con.execute(f"INSERT INTO {name} {query}")
+        else:
+            self.con.execute(f"CREATE TABLE {name} AS {query}")
+            self._tables.add(name)
 
     def _hash_sql(self, columns: list[str]) -> str:
         """The row hash, computed by this compare's DuckDB for both sides (the same expression as
@@ -110,6 +126,9 @@ class LakeCompare:
                           **({"row_filter": expr} if expr is not None else {}))
         hashed = [c.name for c in columns] if self.hashed else []
         select = f"{self._key_list}, {self._hash_sql(hashed)}, _deleted, _load_seq, _extracted_at"
+        snap = table.current_snapshot()
+        total = int((snap.summary.get("total-records") if snap is not None and snap.summary else None) or 0)
+        self.buckets = max(1, -(-total // ROWS_PER_BUCKET))
         for batch in stream_scan(scan):
             n = batch.num_rows
 
@@ -122,14 +141,14 @@ class LakeCompare:
                                            "_extracted_at": col("_extracted_at", pa.timestamp("us", tz="UTC"))}),
                          select)
             self.lake_rows += n
-        if self.lake_rows:
+        for i in range(self.buckets) if self.lake_rows else ():
             # Every row of each key's latest load that is not a deletion row: what the source is compared with.
             self.con.execute(
-                f"CREATE TABLE live AS SELECT {self._key_list}, _h FROM ("
+                f"CREATE TABLE live_{i} AS SELECT {self._key_list}, _h FROM ("
                 f"SELECT *, rank() OVER (PARTITION BY {self._key_list} ORDER BY _load_seq DESC NULLS LAST, "
-                f"_extracted_at DESC NULLS LAST) AS _r FROM lake) WHERE _r = 1 AND NOT coalesce(_deleted, false)")
-            self.con.execute("DROP TABLE lake")
-            self._tables.add("live")
+                f"_extracted_at DESC NULLS LAST) AS _r FROM lake_{i}) WHERE _r = 1 AND NOT coalesce(_deleted, false)")
+            self.con.execute(f"DROP TABLE lake_{i}")
+            self._tables.add(f"live_{i}")
         release_memory()
         return self.lake_rows
 
@@ -150,48 +169,57 @@ class LakeCompare:
             self._writer.write_batch(shaped)
         self.rows += n
 
-    def _has(self, name: str) -> bool:
-        return name in self._tables
-
-    def _on(self, left: str, right: str) -> str:
-        return " AND ".join(f"{left}.{_q(k)} IS NOT DISTINCT FROM {right}.{_q(k)}" for k in self.keys)
-
     def changed(self, batch_rows: int = 64 * 1024) -> Iterator[pa.RecordBatch]:
-        """The staged rows whose (key, hash) is not live in the lake, in extraction order."""
+        """The staged rows whose (key, hash) is not live in the lake, in extraction order. Their positions
+        come sorted from DuckDB in chunks, merged with the staged file as it is read (every row of a table
+        can have changed: a column added at the source changes every hash)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         release_memory()
         if not self.rows:
             return
-        if self.lake_rows and self._has("live"):
-            found = self.con.execute(
-                f"SELECT s._pos FROM src s ANTI JOIN live l ON {self._on('s', 'l')} AND s._h = l._h "
-                "ORDER BY s._pos").fetchnumpy()["_pos"]
-            positions = np.asarray(found, dtype=np.int64)
-        else:
-            positions = np.arange(self.rows, dtype=np.int64)
-        if not len(positions):
-            return
         staged = pq.ParquetFile(self.dir / "staged.parquet")
-        start = 0
+        if not (self.lake_rows and self._has("live_0")):
+            yield from file_batches(staged, batch_rows)
+            return
+        for i in range(self.buckets):
+            self._append("changed", f"SELECT s._pos FROM src_{i} s ANTI JOIN live_{i} l "
+                                    f"ON {self._on('s', 'l')} AND s._h = l._h")
+        reader = iter(self.con.sql("SELECT _pos FROM changed ORDER BY _pos").to_arrow_reader(batch_rows))
+        pending, done, start = np.empty(0, np.int64), False, 0
         for batch in file_batches(staged, batch_rows):
-            lo, hi = np.searchsorted(positions, [start, start + batch.num_rows])
-            if hi > lo:
-                yield batch.take(pa.array(positions[lo:hi] - start))
-            start += batch.num_rows
+            end = start + batch.num_rows
+            while not done and (not len(pending) or pending[-1] < end):
+                chunk = next(reader, None)
+                if chunk is None:
+                    done = True
+                else:
+                    pending = np.concatenate([pending, chunk.column(0).to_numpy().astype(np.int64)])
+            cut = int(np.searchsorted(pending, end))
+            if cut:
+                yield batch.take(pa.array(pending[:cut] - start))
+                pending = pending[cut:]
+            start = end
+
+    def _has(self, name: str) -> bool:
+        return name in self._tables
+
+    def _on(self, left: str, right: str) -> str:
+        return " AND ".join(f"{left}.{_q(k)} IS NOT DISTINCT FROM {right}.{_q(k)}" for k in self.keys)
 
     def gone(self, batch_rows: int = 64 * 1024) -> Iterator[pa.Table]:
         """Keys live in the lake that the source no longer has (each once)."""
-        if not self.lake_rows or not self._has("live"):
-            return
-        source = "src" if self._has("src") else f"(SELECT {self._key_list} FROM live LIMIT 0)"
-        reader = self.con.sql(
-            f"SELECT DISTINCT {', '.join('l.' + _q(k) for k in self.keys)} FROM live l "
-            f"ANTI JOIN {source} s ON {self._on('l', 's')}").to_arrow_reader(batch_rows)
-        for batch in reader:
-            if batch.num_rows:
-                yield pa.Table.from_batches([batch])
+        for i in range(self.buckets):
+            if not self.lake_rows or not self._has(f"live_{i}"):
+                return
+            source = f"src_{i}" if self._has(f"src_{i}") else f"(SELECT {self._key_list} FROM live_{i} LIMIT 0)"
+            reader = self.con.sql(
+                f"SELECT DISTINCT {', '.join('l.' + _q(k) for k in self.keys)} FROM live_{i} l "
+                f"ANTI JOIN {source} s ON {self._on('l', 's')}").to_arrow_reader(batch_rows)
+            for batch in reader:
+                if batch.num_rows:
+                    yield pa.Table.from_batches([batch])
 
 
 def release_memory() -> None:
