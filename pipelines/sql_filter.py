@@ -1,8 +1,10 @@
 """The registry's table ``filter``: one boolean expression over the table's own columns, nothing else.
 
 The filter is parsed with sqlglot, never pasted: it must be a single predicate built from columns,
-literals, comparisons, AND/OR/NOT, IN-lists, BETWEEN, LIKE, IS [NOT] NULL, arithmetic, CASE, casts and a
-small allowlist of side-effect-free functions. Subqueries, other functions (``pg_sleep``), comments,
+literals, comparisons, AND/OR/NOT, IN-lists, BETWEEN, LIKE, IS [NOT] NULL, arithmetic, CASE, casts to
+built-in scalar types and a small allowlist of side-effect-free functions. A cast to any other type
+(``regclass``, ``regprocedure``, a domain or user-defined type) is refused: in PostgreSQL those casts run
+lookups or user functions. Subqueries, other functions (``pg_sleep``), comments,
 parameters, several statements, DDL/DML and set operations are refused when the config loads. At
 ingest the columns it names are checked against the source and the checked tree is rendered for the
 source's dialect with every column quoted as the source spells it, so ``1=1) OR (1=1`` cannot escape
@@ -39,6 +41,24 @@ def _allowed_nodes() -> tuple[type, ...]:
     from sqlglot import exp
 
     return tuple(getattr(exp, name) for name in _STRUCTURE + _FUNCTIONS)
+
+
+# Casts only to these sqlglot type kinds: PostgreSQL's built-in scalar types (and MySQL's spellings of
+# them), whose input functions are pure; reg* types, domains and user-defined types can run functions.
+_CAST_TYPES = (
+    "SMALLINT", "TINYINT", "INT", "BIGINT", "UINT", "UBIGINT", "DECIMAL", "FLOAT", "DOUBLE", "TEXT", "VARCHAR",
+    "NVARCHAR", "CHAR", "NCHAR", "BPCHAR", "DATE", "TIME", "TIMESTAMP", "TIMESTAMPTZ", "DATETIME", "BOOLEAN",
+    "INTERVAL",
+)
+ALLOWED_CAST_TYPES = ["smallint", "integer", "bigint", "numeric/decimal", "real", "double precision", "text",
+                      "varchar", "char", "date", "time", "timestamp", "timestamptz", "boolean", "interval"]
+
+
+@cache
+def _cast_kinds() -> frozenset[Any]:
+    from sqlglot import exp
+
+    return frozenset(getattr(exp.DataType.Type, name) for name in _CAST_TYPES)
 
 
 _ANONYMOUS = {"now", "char_length", "btrim"}  # functions sqlglot does not model in every dialect
@@ -102,6 +122,10 @@ def _check_node(node: exp.Expr) -> None:
         if node.table or node.args.get("db") or node.args.get("catalog"):
             raise ValueError(f"filter column {node.sql()} must be a column of the table itself, unqualified")
         return
+    if isinstance(node, exp.DataType) and node.this not in _cast_kinds():
+        kind = node.this.value if isinstance(node.this, exp.DataType.Type) else str(node.this)
+        raise ValueError(f"cast to {node.sql()[:40] if kind == 'USER-DEFINED' else kind.lower()} is not allowed in "
+                         f"a filter (allowed types: {', '.join(ALLOWED_CAST_TYPES)})")
     if isinstance(node, exp.In) and (node.args.get("query") or node.args.get("unnest") or node.args.get("field")):
         raise ValueError("filter must not contain a subquery (IN takes a list of values)")
     if isinstance(node, _allowed_nodes()):

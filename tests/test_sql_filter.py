@@ -38,6 +38,8 @@ ACCEPTED = [
     "cast(id AS int) > 3",
     "id::int > 3",
     "`id` > 3",
+    "cast(salary AS numeric(10, 2)) > 0 AND hired::timestamptz < now() AND flag::boolean",
+    "cast(code AS varchar(10)) = 'x' AND cast(born AS date) > '1990-01-01' AND cast(id AS bigint) > 0",
 ]
 
 REJECTED = [
@@ -57,6 +59,14 @@ REJECTED = [
     ("id = %(since)s", "placeholder"),
     ("1 + 1", "at least one column"),
     ("1 = 1", "at least one column"),
+    # Casts run the target type's input function: reg* types look up catalogs, domains and
+    # user-defined types (and user-defined casts) run functions.
+    ("CAST(id AS regclass) IS NOT NULL", "cast to regclass is not allowed"),
+    ("id::regprocedure IS NULL", "cast to regprocedure is not allowed"),
+    ("CAST(id AS \"pg_sleep\") IS NULL", "cast to pg_sleep is not allowed"),
+    ("CAST(id AS my_domain) = 1", "cast to my_domain is not allowed"),
+    ("CAST(id AS int[]) IS NULL", "cast to array is not allowed"),
+    ("CAST(note AS json) IS NULL", "cast to json is not allowed"),
 ]
 
 
@@ -84,6 +94,14 @@ def test_rejected_at_config_load_with_file_and_line(tmp_path: Path, filter_sql: 
     message = str(info.value)
     assert message.startswith(f"{path}:9: tables.0.filter: "), message  # the line of `filter:`
     assert reason in message, message
+
+
+@pytest.mark.parametrize("filter_sql", ["id::regclass IS NOT NULL", "CAST(id AS regprocedure) IS NULL",
+                                        "CAST(id AS \"pg_sleep\") IS NULL"])
+def test_cast_to_other_types_refused_when_rendered_for_postgres(filter_sql: str) -> None:
+    # PostgreSQL's dialect parses reg* types as named types, not as user-defined: refused all the same.
+    with pytest.raises(ConfigError, match=r"^hr\.staff: cast to \S+ is not allowed"):
+        render_filter(filter_sql, "postgres", ["id"], "hr.staff")
 
 
 def test_rendered_for_the_dialect_with_source_spelling() -> None:
