@@ -35,7 +35,7 @@ def make_table(path: Path, rows: int) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipelines.quality.validators import RIC_CHECK, RIC_WEIGHTS
+    from pipelines.identifiers import RIC_CHECK, RIC_WEIGHTS
 
     rng = np.random.default_rng(7)
     districts = np.array([b"340102", b"340103", b"340104", b"340111", b"340121", b"340171"])

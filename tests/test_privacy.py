@@ -107,7 +107,7 @@ def test_mask_text_masks_identifiers_a_message_quotes() -> None:
     assert "1234 5678" not in masked and "138****5678" in masked
     assert "6228480402564890018" not in masked and "622848*********0018" in masked
     assert "340102********0109|410" in masked and "91340100MA2N00000X" in masked
-    assert quote("张三丰") == "'张**'" and quote("2023-13-45") == "'2023-13-45'" and quote(None) == "None"
+    assert quote("张三丰") == "'张**' (3 chars)" and quote("2023-13-45") == "'2023-13-45'" and quote(None) == "None"
 
 
 def test_messages_that_quote_values_are_masked() -> None:
@@ -241,3 +241,127 @@ def test_conflicts_keep_clear_keys_but_render_masked_unless_unmasked(project_con
     assert "张*" in shown and "138****5678" in shown and ids[0][:6] + "********" in shown
     clear, _ = _show("meta.conflicts", "--unmasked")
     assert all(v in clear for v in [*ids, "张伟", "张玮", "13812345679"])
+
+
+# --- review fixes: quote's free text, every known card in messages, nested and closed lake show, one home ---
+
+FREE_TEXT = ["张三丰(户主)", "王小明同学", "欧阳某某某某", "Alice Wang", "Alice"]
+
+
+def test_quote_shows_free_text_only_by_its_shape() -> None:
+    for value in FREE_TEXT:
+        shown = quote(value)
+        assert value not in shown and value[1:3] not in shown, shown
+        assert shown == f"'{value[0]}**' ({len(value)} chars)"
+    # what the reader needs to see what went wrong stays: numbers, dates, missing-value words, masked IDs
+    assert [quote(v) for v in ["12.5", "2024-01-05 02:00:00", "n/a", 7, "34010419900101123X", "13812345678"]] == [
+        "'12.5'", "'2024-01-05 02:00:00'", "'n/a'", "'7'", "'340104********123X'", "'138****5678'"]
+
+
+def test_drop_rejection_reasons_quote_cells_through_privacy_quote(lake_settings: Settings, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.errors import FileRejected
+    from pipelines.extract.drops import DropFile, opening, read_drop_file, reject
+    from pipelines.registry import DropTable
+
+    assert not hasattr(reject, "_show")  # one way to quote a cell: privacy.quote
+
+    def reason(name: str, text: str, **kw: object) -> str:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        table = DropTable(code="t", primary_key=["id"], glob=f"*{path.suffix}", **kw)  # type: ignore[arg-type]
+        with pytest.raises(FileRejected) as info:
+            list(read_drop_file(DropFile(str(path), name, path.stat().st_size, "v"), table, lake_settings))
+        return info.value.reason
+
+    for i, value in enumerate(FREE_TEXT):  # a name typed into an amount column (typing.py)
+        why = reason(f"a{i}.csv", f"id,amount\n1,1.00\n2,{value}\n", format="csv", types={"amount": "decimal(12,2)"})
+        assert "第 3 行" in why and value not in why and f"'{value[0]}**' ({len(value)} chars)" in why, why
+    monkeypatch.setattr(opening, "BLOCK_BYTES", 64)  # the odd value shows up after the first block (jsonl.py)
+    rows = "".join(f'{{"id": {i}, "n": {i}}}\n' for i in range(20))
+    why = reason("late.jsonl", rows + '{"id": 20, "n": "Alice Wang"}\n', format="jsonl")
+    assert "第 21 行" in why and "Alice Wang" not in why and "'A**' (10 chars)" in why, why
+
+
+def test_messages_mask_every_card_the_detector_knows() -> None:
+    from pipelines.privacy.detect import CARD_PREFIXES
+
+    cards = ["6011000990139424", _card("95599", 19), _card("601428", 19), _card("4", 19), _card("9558", 19)]
+    assert detect_kinds(pa.array(cards), ["bank_card"])["bank_card"].all()
+    for low, high, _ in CARD_PREFIXES:  # every prefix of the one table, every card length
+        for prefix in {low, high}:
+            cards += [_card(prefix, n) for n in range(16, 20)]
+    for card in cards:
+        masked = mask_text(f"第 2 行: 卡号 {card} 不能转换")
+        assert masked is not None and card not in masked and f"{card[:6]}{'*' * (len(card) - 10)}{card[-4:]}" in masked
+        assert card not in quote(card)
+    assert mask_text("订单 1234567890123456 已付") == "订单 1234567890123456 已付"  # no issuer: not a card
+
+
+def _element(code: str, sensitivity: str, **kw: object) -> object:
+    from pipelines.standards import DataElement
+
+    return DataElement(id="DE9998", code=code, name_zh="x", name_en="x", definition="x", type="string",
+                       sensitivity=sensitivity, **kw)  # type: ignore[arg-type]
+
+
+def test_a_declared_non_personal_text_column_still_has_identifiers_masked() -> None:
+    from pipelines.privacy import column_masks
+    from pipelines.quality.gate import _Masker
+
+    remark, code = _element("remark", "公开"), _element("status", "公开", code_list="status")
+    data = pa.table({"remark": ["联系人电话 13812345678, 身份证 " + PEOPLE_IDS[0], "正常"], "status": ["1", "2"]})
+    masks = column_masks(data, {"remark": remark, "status": code})  # type: ignore[dict-item]
+    assert set(masks) == {"remark"}  # code-list values stay clear
+    shown = masks["remark"](data.column("remark")[0].as_py())
+    assert "13812345678" not in shown and PEOPLE_IDS[0] not in shown and "138****5678" in shown
+    # the gate masks failing rows by the same policy
+    contract = SimpleNamespace(columns=[SimpleNamespace(name="remark", element="remark"),
+                                        SimpleNamespace(name="status", element="status")], primary_key=["status"])
+    elements = {"remark": remark, "status": code}
+    masker = _Masker(contract, SimpleNamespace(element=elements.__getitem__))  # type: ignore[arg-type]
+    assert masker.column(data, "remark")[0] == shown and masker.column(data, "status") == ["1", "2"]
+
+
+def test_lake_show_masks_structs_and_lists_and_fails_closed_on_dates(lake_settings: Settings, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    data = pa.table({
+        "id": ["a1", "a2"],
+        "person": [{"name": "张三", "sfzh": PEOPLE_IDS[0], "phones": ["13812345678"]},
+                   {"name": "李四", "sfzh": PEOPLE_IDS[1], "phones": ["13912345679", "15012345670"]}],
+        "born": pa.array([date(1990, 5, 17), date(1985, 11, 2)]), "born_text": ["1990-05-17", "1985-11-02"],
+        "tags": [["住户反映噪音"], None]})
+    clear = [PEOPLE_IDS[0], PEOPLE_IDS[1], "13812345678", "13912345679", "15012345670", "'张三'", "'李四'"]
+    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(PROJECT_ROOT / "schemas" / "sources"))
+    _table(load_settings(), "raw.newsys__nested", data.drop_columns(["born", "born_text", "tags"]))
+    shown, warned = _show("raw.newsys__nested")
+    assert not warned and [v for v in clear if v in shown] == [] and "138****5678" in shown and "张*" in shown
+    assert PEOPLE_IDS[1][:6] + "********" + PEOPLE_IDS[1][-4:] in shown
+    # failing closed: the same nested values, dates kept to the year, free text inside a list hidden
+    root = tmp_path / "root"
+    shutil.copytree(PROJECT_ROOT / "schemas", root / "schemas")
+    (root / "schemas" / "standards" / "elements.yml").write_text("elements: [\n", encoding="utf-8")
+    monkeypatch.setenv("CITYLAKE_ROOT", str(root))
+    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(root / "schemas" / "sources"))
+    _table(load_settings(), "raw.population__nested", data)
+    shown, warned = _show("raw.population__nested")
+    assert "config unreadable" in warned
+    for v in [*clear, "1990-05-17", "1985-11-02", "05-17", "11-02", "住户反映噪音"]:
+        assert v not in shown, v
+    assert "1990-**-**" in shown and "a1" in shown and PEOPLE_IDS[0][:6] + "********" in shown and "住*" in shown
+
+
+def test_resident_id_check_arithmetic_has_one_home() -> None:
+    """privacy (detection) and quality (validation) share one check-character computation, one floor
+    below both, so neither imports the other (a module imports downward)."""
+    from pipelines.identifiers import ric_check_characters
+    from pipelines.quality.validators import resident_id_check_digit
+
+    homes = [p.relative_to(PROJECT_ROOT).as_posix() for p in (PROJECT_ROOT / "pipelines").rglob("*.py")
+             if "10X98765432" in p.read_text(encoding="utf-8")]
+    assert homes == ["pipelines/identifiers.py"]
+    ids = [_resident_id(random.Random(i)) for i in range(200)]
+    body = pa.array(ids).to_numpy(zero_copy_only=False).astype("S18").view("u1").reshape(-1, 18)[:, :17] - 48
+    assert bytes(ric_check_characters(body)).decode() == "".join(i[-1] for i in ids)
+    assert resident_id_check_digit(pa.array(ids)).to_pylist() == [True] * 200
+    assert detect_kinds(pa.array(ids), ["resident_id"])["resident_id"].all()

@@ -16,10 +16,10 @@ from pipelines.privacy.mask import (
     mask_text,
     quote,
 )
-from pipelines.privacy.policy import Declarations, column_masks, load_declarations, masked_rows
+from pipelines.privacy.policy import Declarations, column_masks, load_declarations, masked_rows, value_mask
 
 __all__ = [
     "KINDS", "PERSONAL", "Declarations", "column_kind", "column_masks", "detect_kinds", "is_bank_card", "is_personal",
     "is_resident_id", "load_declarations", "mask", "mask_free_text", "mask_identifiers", "mask_kind", "mask_message", "mask_text",
-    "masked_rows", "quote", "value_kinds",
+    "masked_rows", "quote", "value_kinds", "value_mask",
 ]

@@ -26,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.identifiers import ric_check_characters
+
 Array: TypeAlias = pa.Array | pa.ChunkedArray
 
 RESIDENT_ID, MOBILE, BANK_CARD, PERSON_NAME, ADDRESS = "resident_id", "mobile", "bank_card", "person_name", "address"
@@ -54,8 +56,6 @@ CARD_PREFIXES: tuple[tuple[str, str, str], ...] = (
     ("601428", "601428", "Bank of Communications 交通银行 (legacy debit)"),
 )
 
-_RIC_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int32)
-_RIC_CHECK = np.frombuffer(b"10X98765432", dtype=np.uint8)
 _NOT_A_NAME_END = "区县市省州盟旗乡镇村路街巷道站店院馆园场厂所司行部队局委办处科室组团社校"
 
 
@@ -107,8 +107,7 @@ def resident_ids(arr: Array) -> np.ndarray:
     out = np.zeros(len(s), dtype=bool)
     rows = np.flatnonzero(_bool(pc.match_substring_regex(s, r"^\d{17}[\dXx]$")))
     m = _matrix(s, rows, 18)
-    weighted = (m[:, :17].astype(np.int32) - 48) @ _RIC_WEIGHTS
-    check = _RIC_CHECK[weighted % 11] == np.where(m[:, 17] == ord("x"), ord("X"), m[:, 17])
+    check = ric_check_characters(m[:, :17].astype(np.int32) - 48) == np.where(m[:, 17] == ord("x"), ord("X"), m[:, 17])
     birth = _numbers(m[:, 6:14])
     ok = check & _province(m) & _plausible_date(birth // 10_000, birth // 100 % 100, birth % 100)
     out[rows[ok]] = True
@@ -142,6 +141,11 @@ def known_card_prefix(m: np.ndarray) -> np.ndarray:
         for low, high in ranges:
             ok |= (lead >= low) & (lead <= high)
     return ok
+
+
+def has_card_prefix(digits: str) -> bool:
+    """One digit string: does it start with a known issuer's prefix (``CARD_PREFIXES``)?"""
+    return digits.isdigit() and bool(known_card_prefix(np.frombuffer(digits.encode(), np.uint8)[None, :])[0])
 
 
 def luhn_ok(m: np.ndarray) -> np.ndarray:
@@ -243,5 +247,4 @@ def is_bank_card(text: str) -> bool:
     from stdnum import luhn
 
     digits = "".join(text.split()).replace("-", "")
-    return 16 <= len(digits) <= 19 and digits.isdigit() and luhn.is_valid(digits) and \
-        bool(known_card_prefix(np.frombuffer(digits.encode(), np.uint8)[None, :])[0])
+    return 16 <= len(digits) <= 19 and digits.isdigit() and luhn.is_valid(digits) and has_card_prefix(digits)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pipelines.privacy.detect import ADDRESS, BANK_CARD, MOBILE, PERSON_NAME, RESIDENT_ID
+from pipelines.privacy.detect import ADDRESS, BANK_CARD, MOBILE, PERSON_NAME, RESIDENT_ID, has_card_prefix
 from pipelines.standards import DataElement
 
 PERSONAL = ("个人信息", "敏感个人信息")
@@ -90,14 +90,13 @@ def mask_free_text(value: Any) -> str | None:
 
 
 _NOT_BEFORE, _NOT_AFTER = r"(?<![0-9A-Za-z])", r"(?![0-9A-Za-z])"
-# Shapes, not checks: a rejection reason quotes exactly the IDs whose check digit or date is wrong, and
-# those are as personal as valid ones. Longest first, so a card is not read as an ID plus digits.
+# Shapes, not checks: a rejection reason quotes exactly the IDs whose check digit or date is wrong (and
+# the cards whose Luhn digit is), and those are as personal as valid ones. A digit run is judged whole in
+# ``_sub``: 16-19 digits with an issuer prefix from detect's one table are a card, 17-18 an ID, 15 an old ID.
 _IDENTIFIERS = re.compile(
     _NOT_BEFORE + "(?:"
-    r"(?P<card>(?:62|81|4|5[1-5]|2[2-7]|35|6011|64[4-9]|65|9558|601428)\d{14,17}(?!\d))"
+    r"(?P<run>\d{15,19})(?P<tail>[A-Za-z]?)"  # an ID's check character may be a letter (or the wrong one)
     r"|(?P<card_spaced>\d{4}(?:[ -]\d{4}){3}(?:[ -]?\d{1,3})?)"
-    r"|(?P<ric>\d{17}[\dA-Za-z]?)"  # a wrong check character or a lost one is still that person's ID
-    r"|(?P<old_ric>\d{15})"
     r"|(?P<mobile>(?:\+?86[ -]?|0086[ -]?)?1[3-9]\d[ -]?\d{4}[ -]?\d{4})"
     ")" + _NOT_AFTER)
 
@@ -106,6 +105,11 @@ def _sub(m: re.Match[str]) -> str:
     text = m.group(0)
     if m["mobile"]:
         return _mobile(text)
+    if m["run"]:
+        run, tail = m["run"], m["tail"]
+        card = not tail and len(run) >= 16 and has_card_prefix(run)
+        resident_id = len(run) == 17 or (len(run) in (15, 18) and not tail)
+        return _keep(text, 6, 4) if card or resident_id else text
     return _keep(text, 6, 4)
 
 
@@ -124,17 +128,34 @@ def mask_text(text: Any) -> str | None:
 mask_identifiers = mask_text  # the name consistency/gate callers used before the privacy module
 
 
-_WORDS = re.compile(r"[^\x00-\x7f]|[A-Za-z]+\s+[A-Za-z]+")
+# What a cell may show in clear in a message: numbers, dates and times, and the few words that say a
+# value is missing. Anything else could be a name or free text (张三丰(户主), Alice Wang, a one-word
+# English name), and a detector cannot prove otherwise, so only its shape is shown.
+_HARMLESS = re.compile(
+    r"[+-]?(?:\d[\d,_]*)?(?:\.\d+)?(?:[eE][+-]?\d+)?%?"  # numbers
+    r"|\d{2,4}(?:[-/.年]\d{1,2}(?:[-/.月]\d{1,2}日?)?)?(?:[ T]\d{1,2}(?::\d{1,2}){1,2}(?:\.\d+)?)?"  # dates
+    r"(?:Z|[+-]\d{2}:?\d{2})?"
+    r"|\d{1,2}(?::\d{1,2}){1,2}(?:\.\d+)?"  # times
+    r"|(?i:true|false|yes|no|null|none|nan|n/?a|inf|-inf|-+|/|\?+)")
+_IDENTIFIER_MASKED = re.compile(r"[0-9A-Za-z+ ]*\*+[0-9A-Za-z ]*")
 
 
 def quote(value: Any) -> str:
-    """A cell value as an error message or log line may show it (``repr``-like): identifiers masked,
-    text with Han characters or words (a name, an address) hidden but its first character; numbers,
-    dates and short codes clear, since they are what the reader needs to see what went wrong."""
+    """A cell value as an error message, a rejection reason or a log line may show it (``repr``-like):
+    numbers, dates and missing-value words clear, since they are what the reader needs to see what went
+    wrong; an identifier masked (``mask_text``); anything else only by its shape, ``'张**' (6 chars)``:
+    the first character and the length, never the text (a name or a remark cannot be told from a code)."""
     if value is None:
         return "None"
-    text = mask_text(_text(value)) or ""
-    return repr(mask_free_text(text) if _WORDS.search(text) else text)
+    text = _text(value)
+    masked = mask_text(text) or ""
+    if masked != text and _IDENTIFIER_MASKED.fullmatch(masked):
+        return repr(masked)  # the whole value is an identifier: its masked form says which kind it is
+    if masked == text and len(text) <= 40 and _HARMLESS.fullmatch(text.strip()):
+        return repr(text)
+    if len(text) <= 1:
+        return "'*' (1 char)"
+    return f"{text.strip()[:1] + '**'!r} ({len(text)} chars)"
 
 
 _QUOTED = re.compile(r"""'([^'\n]{1,200})'|"([^"\n]{1,200})"|“([^”\n]{1,200})”""")

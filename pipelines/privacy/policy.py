@@ -3,9 +3,11 @@
 A column is masked when its declared data element is personal, OR when most of a sample of its values
 are a personal kind (``detect.column_kind``), so a new system's IDs, mobiles and names are masked
 before anyone declares them. Any other text column of an undeclared table has the identifiers inside
-its values masked, and the quoted names and addresses inside them (JSON text) too (``mask_message``). When the standards, registry or contracts cannot be read, nothing
-is trusted: every detected value is masked and every free-text column is hidden (``mask_free_text``);
-only code-like values (no space, no Han, short) stay readable.
+its values masked, and the quoted names and addresses inside them (JSON text) too (``mask_message``);
+so does a declared non-personal text column unless its element has a code list. Structs, lists and maps
+are masked field by field. When the standards, registry or contracts cannot be read, nothing is trusted:
+every detected value is masked, every free-text column is hidden (``mask_free_text``) and dates are kept
+to the year; only code-like values (no space, no Han, short) stay readable.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pipelines.standards import DataElement, Standards
 
 Mask = Callable[[Any], Any]
 _CODE_LIKE = r"^[0-9A-Za-z_.:/+|=@#\-]{0,64}$"
+_DATE_LIKE = r"^\d{4}[-/.年]\d{1,2}[-/.月]\d{1,2}"
 
 
 @dataclass(frozen=True)
@@ -84,25 +87,78 @@ def _code_like(arr: pa.ChunkedArray | pa.Array, sample: int = 1000) -> bool:
     return bool(pc.all(pc.match_substring_regex(values, _CODE_LIKE)).as_py() is not False)
 
 
+def _date_like(arr: pa.Array) -> bool:
+    if pa.types.is_date(arr.type) or pa.types.is_timestamp(arr.type):
+        return True
+    if not _is_text(arr):
+        return False
+    values = arr.drop_null().slice(0, 1000)
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    return len(values) > 0 and bool(pc.all(pc.match_substring_regex(values, _DATE_LIKE)).as_py())
+
+
+def _to_year(value: Any) -> Any:
+    return None if value is None else str(value)[:4] + "-**-**"
+
+
+def _each(child: Mask, value: Any) -> Any:
+    return None if value is None else [child(v) for v in value]
+
+
+def _fields(children: dict[str, Mask], value: Any) -> Any:
+    return None if value is None else {k: children[k](v) if k in children else v for k, v in value.items()}
+
+
+def _entries(keys: Mask | None, items: Mask | None, value: Any) -> Any:
+    return None if value is None else [(keys(k) if keys else k, items(v) if items else v) for k, v in value]
+
+
+def value_mask(values: pa.ChunkedArray | pa.Array, element: DataElement | None, *, closed: bool = False,
+               internal: bool = False) -> Mask | None:
+    """The mask for one column's values, or None when they may be read in clear. ``element`` is the
+    column's declared data element (None: undeclared); ``closed``: the config is unreadable (fail closed);
+    ``internal``: a citylake bookkeeping column (``_batch_id``, ``_ingested_at``), readable in any mode.
+
+    Structs, lists and maps are masked field by field, by the same rules applied to each field's values
+    (a JSONL ``{"person": {"name": …, "sfzh": …}}`` lands as a struct). Text is never shown raw unless it is
+    a declared code-list value: identifiers and quoted names inside it are masked (``mask_message``),
+    and when failing closed free text is hidden and dates are kept to the year."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_struct(arr.type):
+        flat = arr.flatten()  # the parent's nulls applied to each field
+        children = {arr.type.field(i).name: value_mask(flat[i], element, closed=closed) for i in range(len(flat))}
+        masked = {k: m for k, m in children.items() if m is not None}
+        return partial(_fields, masked) if masked else None
+    if pa.types.is_map(arr.type):
+        keys, items = value_mask(arr.keys, element, closed=closed), value_mask(arr.items, element, closed=closed)
+        return partial(_entries, keys, items) if keys or items else None
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        child = value_mask(pc.list_flatten(arr), element, closed=closed)
+        return partial(_each, child) if child else None
+    if element is not None and is_personal(element):
+        return partial(mask, element=element)
+    kind = column_kind(arr)
+    if kind is not None:
+        return partial(mask_kind, kind=kind)  # a mis-declared element (公开 on an ID column) does not leak
+    if closed and not internal and _date_like(arr):
+        return _to_year  # a birth date, generalised to the year (GB/T 35273)
+    if not _is_text(arr) or (element is not None and element.code_list):
+        return None  # numbers and code values (sex 1/2, district codes) identify nobody on their own
+    if closed and not internal and not _code_like(arr):
+        return mask_free_text
+    return mask_message  # identifiers anywhere, names and addresses quoted inside (JSON)
+
+
 def column_masks(data: pa.Table, declared: Mapping[str, DataElement] | None) -> dict[str, Mask]:
     """Column → mask for every column of ``data`` a person may not read in clear. ``declared`` is the
     column's data elements (``Declarations.columns_of``); None means the config is unreadable (fail closed)."""
     masks: dict[str, Mask] = {}
     for name in data.column_names:
-        arr = data.column(name)
         element = declared.get(name) if declared is not None else None
-        if element is not None and is_personal(element):
-            masks[name] = partial(mask, element=element)
-            continue
-        kind = column_kind(arr)
-        if kind is not None:
-            masks[name] = partial(mask_kind, kind=kind)
-        elif not _is_text(arr) or (element is not None and declared is not None):
-            continue  # a declared non-personal column (a USCC, a code) stays readable
-        elif declared is None and not name.startswith("_") and not _code_like(arr):
-            masks[name] = mask_free_text
-        else:
-            masks[name] = mask_message  # identifiers anywhere, names and addresses quoted inside (JSON)
+        fn = value_mask(data.column(name), element, closed=declared is None, internal=name.startswith("_"))
+        if fn is not None:
+            masks[name] = fn
     return masks
 
 

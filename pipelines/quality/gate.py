@@ -45,7 +45,7 @@ from pipelines.lake.changes import raw_batch_ids
 from pipelines.lake.meta import append_events, new_run_id, replace_run
 from pipelines.lake.raw import arrow_schema, open_table, stream_scan
 from pipelines.lake.tables import PROPS, append, append_staged, table_for
-from pipelines.privacy import column_kind, is_personal, mask, mask_kind
+from pipelines.privacy import mask, value_mask
 from pipelines.quality.rules import Rule, evaluate
 from pipelines.quality.standardize import standardize
 from pipelines.quality.suites import load_suite
@@ -154,11 +154,11 @@ class _Masker:
         self.keys = contract.primary_key
 
     def column(self, table: pa.Table, name: str) -> list[Any]:
-        """Masked by the declared element; a column declared non-personal is still masked when its
-        values are mostly a personal kind (a mis-declared element must not leak them)."""
+        """Masked as ``lake show`` masks it (``privacy.value_mask``: the declared element, the values'
+        detected kind, identifiers inside text); values left clear are shown as text (``mask``)."""
         element, values = self.element_of[name], table.column(name)
-        if not is_personal(element) and (kind := column_kind(values)) is not None:
-            return [mask_kind(v, kind) for v in values.to_pylist()]
+        if (fn := value_mask(values, element)) is not None:
+            return [fn(v) for v in values.to_pylist()]
         return [mask(v, element) for v in values.to_pylist()]
 
     def rows(self, table: pa.Table, column: str) -> tuple[list[dict[str, Any]], list[Any]]:

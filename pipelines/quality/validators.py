@@ -18,10 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.code_lists import DEV_ZONES, load_code_list
+from pipelines.identifiers import ric_check_characters
 from pipelines.settings import TZ
 
-RIC_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int32)
-RIC_CHECK = np.frombuffer(b"10X98765432", dtype=np.uint8)
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 USCC_WEIGHTS = np.array([1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28], dtype=np.int32)
 ORG_WEIGHTS = np.array([3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int32)
@@ -81,7 +80,7 @@ def resident_id_check_digit(arr: pa.StringArray) -> pa.BooleanArray:
     mat, pos = _fixed_width(arr, 18)
     digits = mat[:, :17].astype(np.int32) - 48
     is_digit = ((digits >= 0) & (digits <= 9)).all(axis=1)
-    expected = RIC_CHECK[(np.clip(digits, 0, 9) @ RIC_WEIGHTS) % 11]
+    expected = ric_check_characters(np.clip(digits, 0, 9))
     ok[pos] = is_digit & (mat[:, 17] == expected)
     return _result(ok, arr)
 

@@ -15,8 +15,9 @@ from pipelines.extract.drops import opening
 from pipelines.extract.drops.encoding import Utf8Stream
 from pipelines.extract.drops.listing import DropFile
 from pipelines.extract.drops.opening import _arrow_reason, _arrow_source, _peek_head, _raise_stream_error
-from pipelines.extract.drops.reject import _one_line, _show
+from pipelines.extract.drops.reject import _one_line
 from pipelines.extract.drops.typing import TIMESTAMP, _declared_types, _typed, _Typer
+from pipelines.privacy import quote
 from pipelines.registry import DropTable
 from pipelines.settings import Settings
 
@@ -69,7 +70,7 @@ def _jsonl_scan(
                         )
                     if not _json_kind_fits(value, fields[key]):
                         return line_no, (
-                            f"第 {line_no} 行: 字段 {key!r} 的值 {_show(value)} 与前面推断的类型 {fields[key]} 不一致 "
+                            f"第 {line_no} 行: 字段 {key!r} 的值 {quote(value)} 与前面推断的类型 {fields[key]} 不一致 "
                             f"(value does not fit the inferred type; declare it under types:)"
                         )
             if stop_at_row is not None and row == stop_at_row:

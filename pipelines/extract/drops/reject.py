@@ -6,9 +6,6 @@ import json
 import re
 import shutil
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import pyarrow as pa
 
 from pipelines.extract.drops.listing import DropFile
 from pipelines.extract.drops.s3 import _split_s3, s3_client
@@ -87,15 +84,3 @@ def reject_file(
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:300]
-
-
-def _show(value: Any) -> str:
-    """A cell quoted in a reason, which reaches XCom and task logs: a personal value is masked by what it
-    is (resident ID, mobile, bank card, name, address), and identifiers inside any other text too."""
-    from pipelines.privacy import mask_kind, mask_text, value_kinds
-
-    text = value if isinstance(value, str) else str(value)
-    (kind,) = value_kinds(pa.array([text], pa.string()))
-    text = (mask_kind(text, kind) if kind else mask_text(text)) or ""
-    text = text if len(text) <= 32 else text[:32] + "…"
-    return json.dumps(text, ensure_ascii=False)

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from pipelines.errors import ConfigError, FileRejected
 from pipelines.extract.drops.listing import DropFile
-from pipelines.extract.drops.reject import _show
+from pipelines.privacy import quote
 from pipelines.registry import DropTable
 from pipelines.settings import TZ
 
@@ -255,7 +255,7 @@ class _Typer:
         name = self.source_names[col]
         where = f"第 {line} 行" if line else f"第 {row + 1} 条记录"
         reason = (
-            f"{where}, 列 {name}: 值 {_show(value)} 不能转换为 {spec} (column {self.codes[col]}: cannot cast to {spec})"
+            f"{where}, 列 {name}: 值 {quote(value)} 不能转换为 {spec} (column {self.codes[col]}: cannot cast to {spec})"
         )
         raise FileRejected(self.f.name, reason, line)
 
