@@ -77,17 +77,11 @@ class LakeCompare:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _insert(self, name: str, table: pa.Table, select: str = "*") -> None:
-        """Append ``SELECT select FROM table`` to ``name``: with several buckets, to ``name_<bucket>`` by a
-        hash of the key (the first call creates every bucket's table)."""
+        """Append ``SELECT select FROM table`` to ``name``, with the row's bucket (a hash of the key)."""
+        bucket = f"(hash({self._key_list}) % {self.buckets})::INTEGER" if self.buckets > 1 else "0"
         self.con.register("_part", table)
         try:
-            if self.buckets == 1:
-                self._append(f"{name}_0", f"SELECT {select} FROM _part")
-                return
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE _bucketed AS SELECT {select}, "
-                             f"(hash({self._key_list}) % {self.buckets})::INTEGER AS _bucket FROM _part")
-            for i in range(self.buckets):
-                self._append(f"{name}_{i}", f"SELECT * EXCLUDE (_bucket) FROM _bucketed WHERE _bucket = {i}")
+            self._append(name, f"SELECT {select}, {bucket} AS _bucket FROM _part")
         finally:
             self.con.unregister("_part")
 
@@ -146,9 +140,11 @@ class LakeCompare:
             self.con.execute(
                 f"CREATE TABLE live_{i} AS SELECT {self._key_list}, _h FROM ("
                 f"SELECT *, rank() OVER (PARTITION BY {self._key_list} ORDER BY _load_seq DESC NULLS LAST, "
-                f"_extracted_at DESC NULLS LAST) AS _r FROM lake_{i}) WHERE _r = 1 AND NOT coalesce(_deleted, false)")
-            self.con.execute(f"DROP TABLE lake_{i}")
+                f"_extracted_at DESC NULLS LAST) AS _r FROM lake WHERE _bucket = {i}) "
+                "WHERE _r = 1 AND NOT coalesce(_deleted, false)")
             self._tables.add(f"live_{i}")
+        if self._has("lake"):
+            self.con.execute("DROP TABLE lake")
         release_memory()
         return self.lake_rows
 
@@ -184,8 +180,8 @@ class LakeCompare:
             yield from file_batches(staged, batch_rows)
             return
         for i in range(self.buckets):
-            self._append("changed", f"SELECT s._pos FROM src_{i} s ANTI JOIN live_{i} l "
-                                    f"ON {self._on('s', 'l')} AND s._h = l._h")
+            self._append("changed", f"SELECT s._pos FROM (SELECT * FROM src WHERE _bucket = {i}) s "
+                                    f"ANTI JOIN live_{i} l ON {self._on('s', 'l')} AND s._h = l._h")
         reader = iter(self.con.sql("SELECT _pos FROM changed ORDER BY _pos").to_arrow_reader(batch_rows))
         pending, done, start = np.empty(0, np.int64), False, 0
         for batch in file_batches(staged, batch_rows):
@@ -213,7 +209,8 @@ class LakeCompare:
         for i in range(self.buckets):
             if not self.lake_rows or not self._has(f"live_{i}"):
                 return
-            source = f"src_{i}" if self._has(f"src_{i}") else f"(SELECT {self._key_list} FROM live_{i} LIMIT 0)"
+            source = (f"(SELECT {self._key_list} FROM src WHERE _bucket = {i})" if self._has("src")
+                      else f"(SELECT {self._key_list} FROM live_{i} LIMIT 0)")
             reader = self.con.sql(
                 f"SELECT DISTINCT {', '.join('l.' + _q(k) for k in self.keys)} FROM live_{i} l "
                 f"ANTI JOIN {source} s ON {self._on('l', 's')}").to_arrow_reader(batch_rows)
