@@ -25,7 +25,7 @@ from typing import Any, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan, LessThanOrEqual, NotEqualTo
+from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThan, LessThanOrEqual, NotEqualTo
 
 from pipelines.contracts import contracts_of_table
 from pipelines.errors import CitylakeError, FileRejected, SchemaDriftError
@@ -35,6 +35,7 @@ from pipelines.lake.raw import (
     LINEAGE_NAMES,
     RawWriter,
     TableState,
+    arrow_schema,
     commit_state,
     normalize_array,
     open_table,
@@ -430,20 +431,24 @@ def _load_drop(system: SourceSystem, spec: DropTable, settings: Settings, result
     under any name, are a repeat and land nothing; new bytes land only rows that are not already the
     latest version of their key (see ``_DropSink``). A bad file is copied aside with its reason (personal
     values masked) and recorded; the other files land."""
-    from pipelines.extract.drops import DropLedger, content_id, list_drop_files, read_drop_file, reject_file
+    from pipelines.extract.drops import DropLedger, content_id, list_drop_files, read_drop_file, reject_file, spec_id
 
     assert system.drop is not None
     catalog = get_catalog(settings)
     table = open_table(catalog, result.identifier)
     state = TableState.of(table) if table is not None else TableState()
-    ledger = DropLedger(state.ledger, result.batch_id)
+    ledger = DropLedger(state.ledger, result.batch_id, spec_id(spec))
     sink = _DropSink(catalog, table, result, spec, system.system, extracted_at, state)
     landed: list[tuple[Any, str, int]] = []
+    reread: list[str] = []  # the files this run looked at: all that a rerun of the batch replaces
     try:
         for f in list_drop_files(system.drop, spec, settings):
             if ledger.unchanged(f):
                 continue
             content = content_id(f, settings)
+            if ledger.still_rejected(f, content):
+                continue
+            reread.append(f.name)
             earlier = ledger.known(content)
             if earlier is not None:
                 ledger.repeat(f, content, earlier)
@@ -471,6 +476,12 @@ def _load_drop(system: SourceSystem, spec: DropTable, settings: Settings, result
             ledger.loaded(f, content, rows, sink.written.get(f.name, 0))
             result.files_loaded.append(f.name)
         writer = sink.writer
+        if writer is None and ledger.rerun and reread and table is not None and table.current_snapshot() is not None:
+            # The rerun re-read files of its batch and none landed (rejected or repeats now): what the earlier
+            # attempt landed of them goes, as their ledger entries now say.
+            data = pa.schema([f for f in arrow_schema(table) if f.name not in LINEAGE_NAMES])
+            writer = sink.writer = RawWriter(catalog, result.identifier, data, batch_id=result.batch_id,
+                                             extracted_at=extracted_at, system=system.system, base=table)
         result.rows_written = writer.rows if writer else 0
         result.rows_unchanged = result.rows_extracted - result.rows_written
         state.batch_id = result.batch_id
@@ -483,7 +494,10 @@ def _load_drop(system: SourceSystem, spec: DropTable, settings: Settings, result
             return
         summary = {"citylake.batch-id": result.batch_id, "citylake.mode": "files",
                    "citylake.files": str(len(result.files_loaded))}
-        result.snapshot_id = writer.commit(state, summary, replace_batch=ledger.rerun, keys=spec.primary_key or None)
+        # A rerun replaces only the rows of the files it re-read: a file of the batch that is gone from the
+        # drop, or whose newer bytes a later batch loaded, keeps its rows (its ledger entry still says loaded).
+        result.snapshot_id = writer.commit(state, summary, replace_batch=ledger.rerun, keys=spec.primary_key or None,
+                                           batch_rows=In("_source_file", reread))
         result.rows_written = writer.rows
         result.schema_changes = writer.changes
     except BaseException:

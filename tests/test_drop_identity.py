@@ -118,15 +118,16 @@ def test_resent_file_lands_only_its_changed_rows(lake_settings: Settings, tmp_pa
     entry = _ledger(lake_settings)["aq_01.csv"]
     assert (entry["status"], entry["rows"], entry["written"], entry["batch"]) == ("loaded", 50, 3, "b2")
 
-    # A stale copy of the first version sent later is a repeat, not a newer version of those keys.
-    (drop / "aq_01_old.csv").write_bytes(original)
-    stale = ingest_table(system, "hourly", settings=lake_settings, batch_id="b3", extracted_at=AT)
-    assert stale.files_repeated == [{"file": "aq_01_old.csv", "of": "aq_01.csv"}] and stale.rows_written == 0
-    assert len(_rows(lake_settings)) == 53
-
     # Rerunning b2 replaces its 3 rows (compared without them), not more.
     rerun = ingest_table(system, "hourly", settings=lake_settings, batch_id="b2", extracted_at=AT)
     assert rerun.rows_written == 3 and len(_rows(lake_settings)) == 53
+
+    # The first version sent again (under another name) is not any file's current content: it is what the
+    # department sends now, so it lands, and only its 3 rows that differ from the latest versions.
+    (drop / "aq_01_old.csv").write_bytes(original)
+    older = ingest_table(system, "hourly", settings=lake_settings, batch_id="b3", extracted_at=AT)
+    assert older.files_loaded == ["aq_01_old.csv"] and older.files_repeated == [] and older.rows_written == 3
+    assert len(_rows(lake_settings)) == 56
 
 
 def test_undeclared_gbk_header_is_rejected_and_the_good_file_lands(lake_settings: Settings, tmp_path: Path) -> None:
@@ -254,3 +255,166 @@ def test_dag_load_task_records_the_rejected_count(lake_settings: Settings, tmp_p
     assert out["files_rejected_count"] == 1 and out["files_loaded"] == ["aq_01.csv"]
     logged = caplog.text + capsys.readouterr().out  # Airflow's structlog may print instead of propagating
     assert "1 rejected" in logged and "rejected aq_02.csv" in logged
+
+
+def _latest(settings: Settings) -> dict[tuple[str, int], float]:
+    """Each key's (station, hour of 2026-11-20 in Shanghai) value in its latest version (by load sequence)."""
+    latest: dict[tuple[str, int], tuple[int, float]] = {}
+    for r in _rows(settings):
+        key = (r["station_id"], r["observed_at"].astimezone(TZ).hour)
+        if key not in latest or r["_load_seq"] > latest[key][0]:
+            latest[key] = (r["_load_seq"], r["pm25"])
+    return {k: v for k, (_seq, v) in latest.items()}
+
+
+def test_rejected_file_is_retried_once_the_spec_changes(lake_settings: Settings, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "aq_01.csv").write_bytes(_csv(ROWS[:5]))
+    gbk = (HEADER + "S01,2026-11-20 01:00:00,35\n").encode("gbk")
+    (drop / "aq_02.csv").write_bytes(gbk)
+    first = ingest_table(_system(str(drop)), "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert [r["file"] for r in first.files_rejected] == ["aq_02.csv"] and "gb18030" in first.files_rejected[0]["reason"]
+
+    # Touched, and copied under another name, before the config is fixed: rejected bytes never landed, so
+    # they are no one's content to repeat; the same bytes under the same spec are not read again.
+    os.utime(drop / "aq_02.csv", ns=(10**18, 10**18))
+    shutil.copyfile(drop / "aq_02.csv", drop / "aq_03.csv")
+    same = ingest_table(_system(str(drop)), "hourly", settings=lake_settings, batch_id="b2", extracted_at=AT)
+    assert same.files_repeated == [] and [r["file"] for r in same.files_rejected] == ["aq_03.csv"]
+    assert _ledger(lake_settings)["aq_02.csv"]["status"] == "rejected"
+
+    # The operator declares the encoding the reason asked for: both files are read again and land.
+    fixed = ingest_table(_system(str(drop), encoding="gb18030"), "hourly", settings=lake_settings, batch_id="b3",
+                         extracted_at=AT)
+    assert fixed.files_loaded == ["aq_02.csv"] and fixed.files_rejected == [] and fixed.rows_written == 1
+    assert fixed.files_repeated == [{"file": "aq_03.csv", "of": "aq_02.csv"}]  # aq_02's content now
+    assert _latest(lake_settings)[("S01", 1)] == 35.0
+    assert _ledger(lake_settings)["aq_02.csv"]["status"] == "loaded"
+
+
+def test_rerun_replaces_only_the_files_it_reread(lake_settings: Settings, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    files = {n: [(f"{n[3:5]}S{i}", h, 10.0 + i + h) for i in range(3) for h in range(2)] for n in
+             ("aq_01.csv", "aq_02.csv", "aq_03.csv")}  # 6 rows each, keys of their own
+    for name, rows in files.items():
+        (drop / name).write_bytes(_csv(rows))
+    system = _system(str(drop))
+    ingest_table(system, "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert len(_rows(lake_settings)) == 18
+
+    # aq_02 is archived (gone from the drop); aq_03 is re-sent with one row changed, which b2 loads.
+    (drop / "aq_02.csv").unlink()
+    changed = list(files["aq_03.csv"])
+    changed[0] = (changed[0][0], changed[0][1], 99.0)
+    (drop / "aq_03.csv").write_bytes(_csv(changed))
+    assert ingest_table(system, "hourly", settings=lake_settings, batch_id="b2", extracted_at=AT).rows_written == 1
+
+    # b1 is retried: it re-reads only aq_01. aq_02's rows and aq_03's unchanged rows (still the latest
+    # versions of their keys, the ledger still says loaded) must stay.
+    rerun = ingest_table(system, "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert rerun.files_loaded == ["aq_01.csv"] and rerun.rows_written == 6
+    rows = _rows(lake_settings)
+    assert len(rows) == 19
+    by_file = {n: sum(1 for r in rows if r["_source_file"] == n and r["_batch_id"] == "b1") for n in files}
+    assert by_file == {"aq_01.csv": 6, "aq_02.csv": 6, "aq_03.csv": 6}
+    assert len(_latest(lake_settings)) == 18 and _latest(lake_settings)[("03S0", 0)] == 99.0
+
+
+def test_a_revert_to_an_older_content_lands(lake_settings: Settings, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    system = _system(str(drop))
+    a = _csv(ROWS)
+    b_rows = [(s, h, v + 1.0) if i in (2, 9) else (s, h, v) for i, (s, h, v) in enumerate(ROWS)]
+    for batch, body in (("b1", a), ("b2", _csv(b_rows))):
+        (drop / "aq_01.csv").write_bytes(body)
+        ingest_table(system, "hourly", settings=lake_settings, batch_id=batch, extracted_at=AT)
+    assert _latest(lake_settings)[ROWS[2][:2]] == ROWS[2][2] + 1.0
+
+    # The department takes version B back: a.csv delivers the bytes of A again.
+    (drop / "aq_01.csv").write_bytes(a)
+    back = ingest_table(system, "hourly", settings=lake_settings, batch_id="b3", extracted_at=AT)
+    assert back.files_repeated == [] and back.files_loaded == ["aq_01.csv"] and back.rows_written == 2
+    latest = _latest(lake_settings)
+    assert all(latest[(s, h)] == v for s, h, v in ROWS)
+
+    # Touched again now: that is its current content, so a repeat.
+    os.utime(drop / "aq_01.csv", ns=(10**18, 10**18))
+    again = ingest_table(system, "hourly", settings=lake_settings, batch_id="b4", extracted_at=AT)
+    assert again.files_repeated == [{"file": "aq_01.csv", "of": "aq_01.csv"}] and again.rows_written == 0
+
+
+def test_a_file_swapped_for_a_link_after_listing_is_not_read(lake_settings: Settings, tmp_path: Path) -> None:
+    from pipelines.errors import SourceError
+    from pipelines.extract.drops import content_id, read_drop_file, reject_file
+
+    drop = tmp_path / "drop"
+    (drop / "sub").mkdir(parents=True)
+    (drop / "aq_01.csv").write_bytes(_csv(ROWS[:2]))
+    (drop / "sub" / "aq_02.csv").write_bytes(_csv(ROWS[:2]))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "aq_01.csv").write_bytes(_csv(ROWS[:1]))
+    (outside / "aq_02.csv").write_bytes(_csv(ROWS[:1]))
+    system = _system(str(drop), glob="**/aq_*.csv")
+    assert system.drop is not None
+    spec = system.drop.tables[0]
+    top, nested = list_drop_files(system.drop, spec, lake_settings)
+
+    # After listing: the file becomes a link out of the drop, and a folder is swapped for a linked one.
+    (drop / "aq_01.csv").unlink()
+    (drop / "aq_01.csv").symlink_to(outside / "aq_01.csv")
+    (drop / "sub").rename(drop / "sub_old")
+    (drop / "sub").symlink_to(outside, target_is_directory=True)
+    for f in (top, nested):
+        with pytest.raises(SourceError, match=f.name):
+            list(read_drop_file(f, spec, lake_settings))
+        with pytest.raises(SourceError, match=f.name):
+            content_id(f, lake_settings)
+        with pytest.raises(SourceError, match=f.name):
+            reject_file(f, "bad", lake_settings, "air", "hourly", "b1")
+
+
+def test_drops_modules_import_no_private_helpers() -> None:
+    import ast
+
+    import pipelines.extract.drops as drops
+
+    offenders = []
+    for path in sorted(Path(drops.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        modules = set()  # names bound to sibling modules (``from pipelines.extract.drops import opening``)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipelines.extract.drops"):
+                for alias in node.names:
+                    if alias.name.startswith("_"):
+                        offenders.append(f"{path.name}: imports {node.module}.{alias.name}")
+                    if node.module == "pipelines.extract.drops":
+                        modules.add(alias.asname or alias.name)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                    and node.attr.startswith("_")):
+                offenders.append(f"{path.name}: uses {node.value.id}.{node.attr}")
+    assert offenders == []
+
+
+def test_rerun_that_now_rejects_its_file_removes_the_earlier_attempts_rows(lake_settings: Settings,
+                                                                          tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    system = _system(str(drop))
+    (drop / "aq_01.csv").write_bytes(_csv(ROWS[:5]))
+    ingest_table(system, "hourly", settings=lake_settings, batch_id="b0", extracted_at=AT)
+    (drop / "aq_02.csv").write_bytes(_csv(ROWS[5:10]))
+    ingest_table(system, "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert len(_rows(lake_settings)) == 10
+
+    # b1 is retried after aq_02 was overwritten with a bad version: rejected now, so the ledger and the rows
+    # agree that b1 landed nothing of it; aq_01 (b0) is untouched.
+    (drop / "aq_02.csv").write_text(HEADER + "S01,2026-11-20 01:00:00,not a number\n", encoding="utf-8")
+    rerun = ingest_table(system, "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert [r["file"] for r in rerun.files_rejected] == ["aq_02.csv"] and rerun.files_loaded == []
+    assert _ledger(lake_settings)["aq_02.csv"]["status"] == "rejected"
+    assert {r["_source_file"] for r in _rows(lake_settings)} == {"aq_01.csv"} and len(_rows(lake_settings)) == 5

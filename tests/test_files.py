@@ -299,7 +299,7 @@ class CountingReader(io.RawIOBase):
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[CountingReader]:
     opened: list[CountingReader] = []
-    original = files._open_binary
+    original = files.open_binary
 
     @contextlib.contextmanager
     def counting(f: DropFile, settings: Settings) -> Iterator[Any]:
@@ -307,7 +307,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[CountingReader]:
             opened.append(CountingReader(raw))
             yield opened[-1]
 
-    monkeypatch.setattr(files, "_open_binary", counting)
+    monkeypatch.setattr(files, "open_binary", counting)
     return opened
 
 

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, TableAlreadyExistsError, ValidationException
-from pyiceberg.expressions import EqualTo
+from pyiceberg.expressions import And, BooleanExpression, EqualTo
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.manifest import ManifestEntryStatus
 from pyiceberg.table import Table
@@ -567,7 +567,7 @@ class RawWriter:
             raise self._error
 
     def commit(self, state: TableState, summary: dict[str, str], *, replace_batch: bool,
-               keys: list[str] | None = None) -> int | None:
+               keys: list[str] | None = None, batch_rows: BooleanExpression | None = None) -> int | None:
         """One Iceberg commit: schema evolution, delete of this batch id, new files, state. Returns snapshot id.
 
         Another writer's commit in between (the catalog refuses ours: nothing landed) is retried on the
@@ -577,6 +577,9 @@ class RawWriter:
         A commit whose outcome is unknown (connection lost after it was sent) is looked for in the
         table; not found, it raises ``CommitStateUnknown`` and the files stay (never deleted: they may be
         the table's); a rerun of the batch replaces it either way.
+        ``batch_rows`` narrows what replacing the batch deletes (a drop rerun: only the files it re-read,
+        so a file of the batch that is gone or was loaded again later keeps its rows); the conflict retry
+        replaces with the same narrowed expression.
         """
         self._finish()
         summary = {**summary, COMMIT_UUID: self.commit_uuid}
@@ -592,7 +595,9 @@ class RawWriter:
             if arrow_schema(table) != self.target:
                 self._evolve(tx, table)
             if replace_batch:
-                tx.delete(EqualTo("_batch_id", self.batch_id), snapshot_properties=summary)
+                this_batch = EqualTo("_batch_id", self.batch_id)
+                tx.delete(this_batch if batch_rows is None else And(this_batch, batch_rows),
+                          snapshot_properties=summary)
             if self.files:
                 tx.add_files(self.files, snapshot_properties=summary, check_duplicate_files=False)
             sent_state = _stage_state(tx, state)

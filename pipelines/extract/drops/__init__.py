@@ -35,31 +35,31 @@ from collections.abc import Callable, Iterator
 import pyarrow as pa
 
 from pipelines.errors import ConfigError
-from pipelines.extract.drops.csv import _read_csv
+from pipelines.extract.drops.csv import read_csv
 from pipelines.extract.drops.encoding import Utf8Stream
 from pipelines.extract.drops.identity import content_id
-from pipelines.extract.drops.jsonl import _read_jsonl
-from pipelines.extract.drops.ledger import DropLedger
+from pipelines.extract.drops.jsonl import read_jsonl
+from pipelines.extract.drops.ledger import DropLedger, spec_id
 from pipelines.extract.drops.listing import DropFile, list_drop_files
-from pipelines.extract.drops.opening import _LIVE_READS
-from pipelines.extract.drops.parquet import _read_parquet
+from pipelines.extract.drops.opening import LIVE_READS
+from pipelines.extract.drops.parquet import read_parquet
 from pipelines.extract.drops.reject import reject_file
 from pipelines.extract.drops.s3 import s3_client
 from pipelines.extract.drops.typing import TIMESTAMP, arrow_type
-from pipelines.extract.drops.xlsx import _read_xlsx
+from pipelines.extract.drops.xlsx import read_xlsx
 from pipelines.registry import DropTable
 from pipelines.settings import Settings
 
 __all__ = [
     "TIMESTAMP", "DropFile", "DropLedger", "Utf8Stream", "arrow_type", "content_id", "list_drop_files",
-    "read_drop_file", "reject_file", "s3_client",
+    "read_drop_file", "reject_file", "s3_client", "spec_id",
 ]
 
 _READERS: dict[str, Callable[[DropFile, DropTable, Settings, int], Iterator[pa.RecordBatch]]] = {
-    "csv": _read_csv,
-    "jsonl": _read_jsonl,
-    "parquet": _read_parquet,
-    "xlsx": _read_xlsx,
+    "csv": read_csv,
+    "jsonl": read_jsonl,
+    "parquet": read_parquet,
+    "xlsx": read_xlsx,
 }
 
 
@@ -75,5 +75,5 @@ def read_drop_file(
     if table.format in ("csv",) and len(table.delimiter) != 1:
         raise ConfigError(f"table {table.code}: delimiter must be one character, got {table.delimiter!r}")
     batches = _READERS[table.format](f, table, settings, batch_rows)
-    _LIVE_READS.add(batches)
+    LIVE_READS.add(batches)
     return batches

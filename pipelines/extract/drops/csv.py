@@ -15,9 +15,9 @@ from pipelines.errors import FileRejected
 from pipelines.extract.drops import opening
 from pipelines.extract.drops.encoding import Utf8Stream
 from pipelines.extract.drops.listing import DropFile
-from pipelines.extract.drops.opening import _arrow_reason, _arrow_source, _peek_head, _raise_stream_error
-from pipelines.extract.drops.reject import _one_line
-from pipelines.extract.drops.typing import _typed, _Typer
+from pipelines.extract.drops.opening import arrow_reason, arrow_source, peek_head, raise_stream_error
+from pipelines.extract.drops.reject import one_line
+from pipelines.extract.drops.typing import Typer, typed
 from pipelines.registry import DropTable
 from pipelines.settings import Settings
 
@@ -53,7 +53,7 @@ def _csv_header(head: bytes, whole: bool, f: DropFile, delimiter: str) -> list[s
                 return [name.strip() for name in record]
     except csv.Error as exc:
         line = reader.line_num
-        raise FileRejected(f.name, f"第 {line} 行: 表头无法解析 ({_one_line(str(exc))})", line) from None
+        raise FileRejected(f.name, f"第 {line} 行: 表头无法解析 ({one_line(str(exc))})", line) from None
     return None
 
 
@@ -63,7 +63,7 @@ def _csv_scan(
     """Error path: walk the file in Python. Returns (line, reason) of the first problem (bad bytes,
     wrong field count) or, with ``stop_at_row``, (line, None) of that data row; None if nothing found."""
     csv.field_size_limit(max(csv.field_size_limit(), opening.BLOCK_BYTES))
-    with opening._open_binary(f, settings) as raw:
+    with opening.open_binary(f, settings) as raw:
         stream = Utf8Stream(raw, table.encoding, f.name, validate=True, chunk_bytes=opening.READ_CHUNK_BYTES)
         text = io.TextIOWrapper(io.BufferedReader(stream, opening.READ_CHUNK_BYTES), encoding="utf-8", newline="")
         reader = csv.reader(text, delimiter=table.delimiter)
@@ -77,7 +77,7 @@ def _csv_scan(
                     continue
                 block = opening.BLOCK_BYTES
                 if sum(map(len, record)) * 3 >= block and _row_bytes(record, table.delimiter) >= block:
-                    return start, f"第 {start} 行: {_arrow_reason('CSV', ValueError('straddling'))}"
+                    return start, f"第 {start} 行: {arrow_reason('CSV', ValueError('straddling'))}"
                 if width is None:
                     width = len(record)
                     continue
@@ -91,7 +91,7 @@ def _csv_scan(
                     return start, None
                 row += 1
         except csv.Error as exc:
-            return reader.line_num, f"第 {reader.line_num} 行: CSV 无法解析 ({_one_line(str(exc))})"
+            return reader.line_num, f"第 {reader.line_num} 行: CSV 无法解析 ({one_line(str(exc))})"
     return None
 
 
@@ -99,15 +99,15 @@ def _row_bytes(record: list[str], delimiter: str) -> int:
     return len(delimiter.join(record).encode("utf-8"))
 
 
-def _read_csv(f: DropFile, table: DropTable, settings: Settings, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    header = _csv_header(*_peek_head(f, table, settings), f, table.delimiter)
+def read_csv(f: DropFile, table: DropTable, settings: Settings, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    header = _csv_header(*peek_head(f, table, settings), f, table.delimiter)
     if header is None:
         raise FileRejected(f.name, "空文件, 没有表头 (empty file: no header)", None)
     width = len(header)
     slots = [f"c{i}" for i in range(width)]  # the header row is read as data, then cut off
     string = pa.string()
-    typer = _Typer(f, table, header, lambda row: _locate_row(f, table, settings, row))
-    with _arrow_source(f, table, settings) as (source, stream):
+    typer = Typer(f, table, header, lambda row: _locate_row(f, table, settings, row))
+    with arrow_source(f, table, settings) as (source, stream):
 
         def open_reader() -> Any:
             return pacsv.open_csv(
@@ -132,7 +132,7 @@ def _read_csv(f: DropFile, table: DropTable, settings: Settings, batch_rows: int
                 yield batch
 
         empty = pa.RecordBatch.from_arrays([pa.array([], string)] * width, names=slots)
-        yield from _typed(data(), typer, batch_rows, empty=empty)
+        yield from typed(data(), typer, batch_rows, empty=empty)
 
 
 def _locate_row(f: DropFile, table: DropTable, settings: Settings, row: int) -> int | None:
@@ -153,18 +153,18 @@ def _guard_csv(
                 reader = open_reader()
             batch = reader.read_next_batch()
         except StopIteration:
-            _raise_stream_error(stream)
+            raise_stream_error(stream)
             return
         except FileRejected:
             raise
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            _raise_stream_error(stream)
+            raise_stream_error(stream)
             found = _csv_scan(f, table, settings)
             if found and found[1]:
                 raise FileRejected(f.name, found[1], found[0]) from None
-            raise FileRejected(f.name, _arrow_reason("CSV", exc), None) from None
+            raise FileRejected(f.name, arrow_reason("CSV", exc), None) from None
         except Exception:
-            _raise_stream_error(stream)
+            raise_stream_error(stream)
             raise
-        _raise_stream_error(stream)
+        raise_stream_error(stream)
         yield batch

@@ -28,7 +28,7 @@ def content_id(f: DropFile, settings: Settings) -> str:
         if _SINGLE_PART_ETAG.match(etag):
             return f"md5:{etag}"
     digest = hashlib.sha256()
-    with opening._open_binary(f, settings) as raw:
+    with opening.open_binary(f, settings) as raw:
         while chunk := raw.read(opening.READ_CHUNK_BYTES):
             digest.update(chunk)
     return f"sha256:{digest.hexdigest()}"

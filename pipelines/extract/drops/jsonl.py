@@ -14,9 +14,9 @@ from pipelines.errors import FileRejected
 from pipelines.extract.drops import opening
 from pipelines.extract.drops.encoding import Utf8Stream
 from pipelines.extract.drops.listing import DropFile
-from pipelines.extract.drops.opening import _arrow_reason, _arrow_source, _peek_head, _raise_stream_error
-from pipelines.extract.drops.reject import _one_line
-from pipelines.extract.drops.typing import TIMESTAMP, _declared_types, _typed, _Typer
+from pipelines.extract.drops.opening import arrow_reason, arrow_source, peek_head, raise_stream_error
+from pipelines.extract.drops.reject import one_line
+from pipelines.extract.drops.typing import TIMESTAMP, Typer, declared_types, typed
 from pipelines.privacy import quote
 from pipelines.registry import DropTable
 from pipelines.settings import Settings
@@ -46,7 +46,7 @@ def _jsonl_scan(
     """Error path for JSON lines: (line, reason) of the first bad line, or (line, None) of data row
     ``stop_at_row``; None if nothing found."""
     fields = {field.name: field.type for field in schema} if schema is not None else None
-    with opening._open_binary(f, settings) as raw:
+    with opening.open_binary(f, settings) as raw:
         stream = Utf8Stream(raw, table.encoding, f.name, validate=True, chunk_bytes=opening.READ_CHUNK_BYTES)
         text = io.TextIOWrapper(io.BufferedReader(stream, opening.READ_CHUNK_BYTES), encoding="utf-8", newline="\n")
         row = 0
@@ -54,11 +54,11 @@ def _jsonl_scan(
             if not line.strip():
                 continue
             if len(line) * 3 >= opening.BLOCK_BYTES and len(line.encode("utf-8")) >= opening.BLOCK_BYTES:
-                return line_no, f"第 {line_no} 行: {_arrow_reason('JSON', ValueError('straddling'))}"
+                return line_no, f"第 {line_no} 行: {arrow_reason('JSON', ValueError('straddling'))}"
             try:
                 record = json.loads(line)
             except ValueError as exc:
-                return line_no, f"第 {line_no} 行: 不是有效的 JSON ({_one_line(str(exc))})"
+                return line_no, f"第 {line_no} 行: 不是有效的 JSON ({one_line(str(exc))})"
             if not isinstance(record, dict):
                 return line_no, f"第 {line_no} 行: 不是 JSON 对象 (each line must be a JSON object)"
             if fields is not None:
@@ -97,7 +97,7 @@ def _explicit_json_schema(table: DropTable, present: set[str]) -> pa.Schema | No
     Only fields seen at the head of the file, so a declared type never invents a missing column."""
     source_of = {code: source for source, code in table.columns.items()}
     fields = []
-    for code, (_spec, target) in _declared_types(table).items():
+    for code, (_spec, target) in declared_types(table).items():
         name = source_of.get(code, code)
         if name not in present:
             continue
@@ -110,14 +110,14 @@ def _explicit_json_schema(table: DropTable, present: set[str]) -> pa.Schema | No
     return pa.schema(fields) if fields else None
 
 
-def _read_jsonl(f: DropFile, table: DropTable, settings: Settings, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    head, whole = _peek_head(f, table, settings)
+def read_jsonl(f: DropFile, table: DropTable, settings: Settings, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    head, whole = peek_head(f, table, settings)
     if whole and not head.endswith(b"\n"):
         head += b"\n"
     if not head.strip():
         raise FileRejected(f.name, "空文件 (empty file)", None)
     explicit = _explicit_json_schema(table, _head_keys(head))
-    with _arrow_source(f, table, settings) as (source, stream):
+    with arrow_source(f, table, settings) as (source, stream):
         schema: pa.Schema | None = None
         try:
             reader = pajson.open_json(
@@ -132,9 +132,9 @@ def _read_jsonl(f: DropFile, table: DropTable, settings: Settings, batch_rows: i
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
             raise _json_rejection(f, table, settings, stream, None, exc) from None
         except Exception:
-            _raise_stream_error(stream)
+            raise_stream_error(stream)
             raise
-        typer = _Typer(f, table, names, lambda row: _jsonl_line(f, table, settings, schema, row))
+        typer = Typer(f, table, names, lambda row: _jsonl_line(f, table, settings, schema, row))
 
         def data() -> Iterator[pa.RecordBatch]:
             while True:
@@ -143,19 +143,19 @@ def _read_jsonl(f: DropFile, table: DropTable, settings: Settings, batch_rows: i
                     if stream is None:
                         batch.validate(full=True)  # Arrow's JSON reader does not check UTF-8 itself
                 except StopIteration:
-                    _raise_stream_error(stream)
+                    raise_stream_error(stream)
                     return
                 except FileRejected:
                     raise
                 except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
                     raise _json_rejection(f, table, settings, stream, schema, exc) from None
                 except Exception:
-                    _raise_stream_error(stream)
+                    raise_stream_error(stream)
                     raise
-                _raise_stream_error(stream)
+                raise_stream_error(stream)
                 yield batch
 
-        yield from _typed(data(), typer, batch_rows, empty=pa.RecordBatch.from_pylist([], schema=schema))
+        yield from typed(data(), typer, batch_rows, empty=pa.RecordBatch.from_pylist([], schema=schema))
 
 
 def _jsonl_line(f: DropFile, table: DropTable, settings: Settings, schema: pa.Schema, row: int) -> int | None:
@@ -178,4 +178,4 @@ def _json_rejection(
     found = _jsonl_scan(f, table, settings, schema)
     if found and found[1]:
         return FileRejected(f.name, found[1], found[0])
-    return FileRejected(f.name, _arrow_reason("JSON lines", exc), None)
+    return FileRejected(f.name, arrow_reason("JSON lines", exc), None)

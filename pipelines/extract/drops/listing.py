@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines.errors import SourceError
-from pipelines.extract.drops.s3 import _s3_error, _split_s3, s3_client
+from pipelines.extract.drops.s3 import s3_client, s3_error, split_s3
 from pipelines.registry import DropTable, FileDrop
 from pipelines.settings import Settings
 
@@ -30,6 +33,9 @@ class DropFile:
     """What says the bytes did not change since they were last hashed: the ETag on S3; locally
     ``size-mtime_ns-ctime_ns-inode`` (a rewrite changes ctime even when size and mtime are kept). Not
     the file's identity: that is its content (:func:`pipelines.extract.drops.identity.content_id`)."""
+    inode: tuple[int, int] | None = None
+    """Local files: ``(st_dev, st_ino)`` of the file the listing checked; every open must find that same
+    file (:func:`open_listed`), so a symlink swapped in after listing is never read."""
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -99,14 +105,39 @@ def _list_local(base: Path, matcher: re.Pattern[str], recursive: bool) -> list[D
             if not target.is_relative_to(root):
                 log.warning("drop %s: %s is a symlink to a file outside the drop folder; not listed", base, name)
                 continue
-            st = target.stat()
+            try:
+                st = os.stat(target, follow_symlinks=False)  # what was resolved, not a link swapped in since
+            except FileNotFoundError:
+                continue  # removed while listing
+            if not stat.S_ISREG(st.st_mode):
+                continue
             fingerprint = f"{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}-{st.st_ino}"
-            found.append(DropFile(str(target), name, st.st_size, fingerprint))
+            found.append(DropFile(str(target), name, st.st_size, fingerprint, (st.st_dev, st.st_ino)))
     return found
 
 
+@contextmanager
+def open_listed(f: DropFile) -> Iterator[int]:
+    """A read-only descriptor of the local file the listing saw: the path's last component is not
+    followed if it is a link (``O_NOFOLLOW``), and the opened file must be the listed inode, so a file or
+    folder replaced by a link out of the drop after listing is refused, not read."""
+    try:
+        fd = os.open(f.uri, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if os.path.islink(f.uri):
+            raise SourceError(f"drop file {f.name}: became a symlink after listing; not read") from None
+        raise SourceError(f"drop file {f.name}: cannot open ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if f.inode is not None and (st.st_dev, st.st_ino) != f.inode:
+            raise SourceError(f"drop file {f.name}: not the file that was listed (replaced since); not read")
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def _list_s3(location: str, matcher: re.Pattern[str], recursive: bool, settings: Settings) -> list[DropFile]:
-    bucket, prefix = _split_s3(location)
+    bucket, prefix = split_s3(location)
     prefix = prefix.strip("/")
     list_prefix = f"{prefix}/" if prefix else ""
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": list_prefix}
@@ -124,6 +155,6 @@ def _list_s3(location: str, matcher: re.Pattern[str], recursive: bool, settings:
                 found.append(DropFile(f"s3://{bucket}/{key}", name, int(obj["Size"]), etag))
     except Exception as exc:  # botocore errors: name the location, never the credentials
         if type(exc).__module__.startswith(("botocore", "boto3")):
-            raise SourceError(f"cannot list {location}: {_s3_error(exc)}") from None
+            raise SourceError(f"cannot list {location}: {s3_error(exc)}") from None
         raise
     return found

@@ -6,6 +6,7 @@ The tunables live here, read as ``opening.NAME`` at call time, so tests can chan
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 import weakref
@@ -19,9 +20,9 @@ import pyarrow as pa
 import pyarrow.fs  # noqa: F401  (its S3 finalizer registers before ours: ours runs first at exit)
 
 from pipelines.extract.drops.encoding import Utf8Stream
-from pipelines.extract.drops.listing import DropFile
-from pipelines.extract.drops.reject import _one_line
-from pipelines.extract.drops.s3 import _s3_filesystem, _split_s3
+from pipelines.extract.drops.listing import DropFile, open_listed
+from pipelines.extract.drops.reject import one_line
+from pipelines.extract.drops.s3 import s3_filesystem, split_s3
 from pipelines.registry import DropTable
 from pipelines.settings import Settings
 
@@ -39,31 +40,43 @@ USE_THREADS = True
 
 
 @contextmanager
-def _open_binary(f: DropFile, settings: Settings) -> Iterator[Any]:
+def open_binary(f: DropFile, settings: Settings) -> Iterator[Any]:
     """A sequential, read-only pyarrow stream of the file (S3: ranged reads through pyarrow's filesystem).
     Native, so Arrow's read-ahead thread never has to call back into Python."""
     if f.uri.startswith("s3://"):
-        bucket, key = _split_s3(f.uri)
+        bucket, key = split_s3(f.uri)
         path = f"{bucket}/{key}"
-        with _s3_filesystem(settings, bucket).open_input_stream(
+        with s3_filesystem(settings, bucket).open_input_stream(
             path, compression=None, buffer_size=READ_CHUNK_BYTES
         ) as stream:
             yield stream
     else:
-        with pa.OSFile(f.uri, "rb") as handle:
+        with open_listed(f) as fd, _fd_file(fd) as handle:
+            yield handle
+
+
+@contextmanager
+def _fd_file(fd: int) -> Iterator[Any]:
+    """A native pyarrow file over an open descriptor: ``/proc/self/fd/N`` re-opens that very file (not
+    the path, which may have changed since), so reads stay native; a Python file elsewhere."""
+    if os.path.isdir("/proc/self/fd"):
+        with pa.OSFile(f"/proc/self/fd/{fd}", "rb") as handle:
+            yield handle
+    else:
+        with pa.PythonFile(os.fdopen(os.dup(fd), "rb"), mode="r") as handle:
             yield handle
 
 
 _LIVE_STREAMS: weakref.WeakSet[Utf8Stream] = weakref.WeakSet()
-_LIVE_READS: weakref.WeakSet[Any] = weakref.WeakSet()
+LIVE_READS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 @contextmanager
-def _arrow_source(f: DropFile, table: DropTable, settings: Settings) -> Iterator[tuple[Any, Utf8Stream | None]]:
+def arrow_source(f: DropFile, table: DropTable, settings: Settings) -> Iterator[tuple[Any, Utf8Stream | None]]:
     """What Arrow's CSV/JSON readers pull from: UTF-8 files natively; GBK/GB18030 through a
     ``PythonFile`` over the transcoding :class:`Utf8Stream` (closed afterwards, so any late read-ahead
     call sees end-of-file)."""
-    with _open_binary(f, settings) as raw:
+    with open_binary(f, settings) as raw:
         if table.encoding in ("utf-8", "utf-8-sig"):
             yield raw, None
             return
@@ -79,7 +92,7 @@ def _arrow_source(f: DropFile, table: DropTable, settings: Settings) -> Iterator
 def _close_abandoned_reads() -> None:
     """A generator left unfinished at interpreter exit would let Arrow's read-ahead thread call into
     a finalizing interpreter (a hard crash): close them first and let transcoding reads drain."""
-    for gen in list(_LIVE_READS):
+    for gen in list(LIVE_READS):
         with suppress(Exception):
             gen.close()
     deadline = monotonic() + 2.0
@@ -88,45 +101,46 @@ def _close_abandoned_reads() -> None:
     sleep(0.05)
 
 
-def _peek_head(f: DropFile, table: DropTable, settings: Settings) -> tuple[bytes, bool]:
+def peek_head(f: DropFile, table: DropTable, settings: Settings) -> tuple[bytes, bool]:
     """Up to ``HEADER_MAX_BYTES`` leading UTF-8 bytes (BOM dropped) and whether that is the whole file."""
-    with _open_binary(f, settings) as raw:
+    with open_binary(f, settings) as raw:
         return Utf8Stream(raw, table.encoding, f.name, chunk_bytes=READ_CHUNK_BYTES).peek_head(HEADER_MAX_BYTES)
 
 
 @contextmanager
-def _open_random_access(f: DropFile, settings: Settings) -> Iterator[Any]:
+def open_random_access(f: DropFile, settings: Settings) -> Iterator[Any]:
     """A seekable source for Parquet: a local path or pyarrow's S3 random-access file."""
     if f.uri.startswith("s3://"):
-        bucket, key = _split_s3(f.uri)
-        with _s3_filesystem(settings, bucket).open_input_file(f"{bucket}/{key}") as handle:
+        bucket, key = split_s3(f.uri)
+        with s3_filesystem(settings, bucket).open_input_file(f"{bucket}/{key}") as handle:
             yield handle
     else:
-        with pa.OSFile(f.uri, "rb") as handle:
+        with open_listed(f) as fd, _fd_file(fd) as handle:
             yield handle
 
 
 @contextmanager
-def _local_copy(f: DropFile, settings: Settings) -> Iterator[str]:
+def local_copy(f: DropFile, settings: Settings) -> Iterator[str]:
     """A local path of the file (S3 objects are spooled to a temporary file, deleted afterwards)."""
-    if not f.uri.startswith("s3://"):
-        yield f.uri
-        return
     suffix = PurePosixPath(f.name).suffix
+    if not f.uri.startswith("s3://") and os.path.isdir("/proc/self/fd"):
+        with open_listed(f) as fd:
+            yield f"/proc/self/fd/{fd}"  # the listed file itself, whatever its path points to now
+        return
     with tempfile.TemporaryDirectory(prefix="citylake-drop-") as tmp:
         path = Path(tmp) / f"file{suffix}"
-        with _open_binary(f, settings) as src, open(path, "wb") as dst:
+        with open_binary(f, settings) as src, open(path, "wb") as dst:
             shutil.copyfileobj(src, dst, READ_CHUNK_BYTES)
         yield str(path)
 
 
-def _raise_stream_error(stream: Utf8Stream | None) -> None:
+def raise_stream_error(stream: Utf8Stream | None) -> None:
     if stream is not None and stream.error is not None:
         raise stream.error from None
 
 
-def _arrow_reason(what: str, exc: Exception) -> str:
+def arrow_reason(what: str, exc: Exception) -> str:
     if "straddl" in str(exc):
         size = f"{BLOCK_BYTES // (1 << 20)} MiB" if BLOCK_BYTES >= 1 << 20 else f"{BLOCK_BYTES} bytes"
         return f"有一行超过 {size}, 无法分块读取 (a row is longer than the {size} read block)"
-    return f"{what} 无法解析 ({_one_line(str(exc))})"
+    return f"{what} 无法解析 ({one_line(str(exc))})"

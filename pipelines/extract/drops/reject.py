@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path, PurePosixPath
 
-from pipelines.extract.drops.listing import DropFile
-from pipelines.extract.drops.s3 import _split_s3, s3_client
+from pipelines.extract.drops.listing import DropFile, open_listed
+from pipelines.extract.drops.s3 import s3_client, split_s3
 from pipelines.registry import check_code
 from pipelines.settings import Settings
 
@@ -45,7 +46,7 @@ def reject_file(
         line = int(m.group(1))
     record = {
         "file": f.name,
-        "reason": _one_line(reason) if "\n" in reason else reason,
+        "reason": one_line(reason) if "\n" in reason else reason,
         "line": line,
         "batch_id": batch_id,
         "system": system,
@@ -58,14 +59,15 @@ def reject_file(
     relative = f"{system}/{table}/{batch_id}/{name}"
     target_root = settings.rejected_dir
     if target_root.startswith("s3://"):
-        bucket, prefix = _split_s3(target_root)
+        bucket, prefix = split_s3(target_root)
         key = f"{prefix.strip('/')}/{relative}" if prefix.strip("/") else relative
         client = s3_client(settings)
         if f.uri.startswith("s3://"):
-            src_bucket, src_key = _split_s3(f.uri)
+            src_bucket, src_key = split_s3(f.uri)
             client.copy({"Bucket": src_bucket, "Key": src_key}, bucket, key)
         else:
-            client.upload_file(f.uri, bucket, key)
+            with open_listed(f) as fd, os.fdopen(os.dup(fd), "rb") as src:  # the listed file, never a link
+                client.upload_fileobj(src, bucket, key)
         client.put_object(Bucket=bucket, Key=f"{key}.reason.json", Body=payload, ContentType="application/json")
         return f"s3://{bucket}/{key}"
     root = Path(target_root)
@@ -74,13 +76,14 @@ def reject_file(
     target = root / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     if f.uri.startswith("s3://"):
-        src_bucket, src_key = _split_s3(f.uri)
+        src_bucket, src_key = split_s3(f.uri)
         s3_client(settings).download_file(src_bucket, src_key, str(target))
     else:
-        shutil.copyfile(f.uri, target)
+        with open_listed(f) as fd, os.fdopen(os.dup(fd), "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
     Path(f"{target}.reason.json").write_bytes(payload)
     return str(target)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(str(text).split())[:300]

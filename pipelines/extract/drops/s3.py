@@ -24,7 +24,7 @@ def s3_client(settings: Settings) -> Any:
     return boto3.client("s3", config=config, **kwargs)
 
 
-def _s3_filesystem(settings: Settings, bucket: str) -> Any:
+def s3_filesystem(settings: Settings, bucket: str) -> Any:
     """pyarrow's S3 filesystem (random access for Parquet); credentials come from the AWS chain."""
     from pyarrow import fs
 
@@ -43,7 +43,7 @@ def _s3_filesystem(settings: Settings, bucket: str) -> Any:
     return fs.S3FileSystem(region=region or fs.resolve_s3_region(bucket))
 
 
-def _split_s3(uri: str) -> tuple[str, str]:
+def split_s3(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/key`` → (``bucket``, ``some/key``)."""
     rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
@@ -52,7 +52,7 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _s3_error(exc: Exception) -> str:
+def s3_error(exc: Exception) -> str:
     """A short, credential-free description of a botocore error."""
     response = getattr(exc, "response", None) or {}
     code = (response.get("Error") or {}).get("Code")

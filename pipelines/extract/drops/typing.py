@@ -50,7 +50,7 @@ def arrow_type(spec: str) -> pa.DataType:
     )
 
 
-def _declared_types(table: DropTable) -> dict[str, tuple[str, pa.DataType]]:
+def declared_types(table: DropTable) -> dict[str, tuple[str, pa.DataType]]:
     out: dict[str, tuple[str, pa.DataType]] = {}
     for code, spec in table.types.items():
         try:
@@ -211,7 +211,7 @@ def _convert(arr: pa.Array, target: pa.DataType) -> tuple[pa.Array | None, int |
     return _cast_or_locate(arr, lambda a: pc.cast(a, target))
 
 
-class _Typer:
+class Typer:
     """Renames columns to codes and applies declared types batch by batch, keeping one schema."""
 
     def __init__(
@@ -224,7 +224,7 @@ class _Typer:
         self.f = f
         self.source_names = source_names
         self.codes = _column_codes(f, table, source_names)
-        self.types = _declared_types(table)
+        self.types = declared_types(table)
         self.locate = locate
         self.rows_done = 0
         self.schema: pa.Schema | None = None
@@ -305,8 +305,8 @@ def _rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Record
         yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
 
 
-def _typed(
-    batches: Iterable[pa.RecordBatch], typer: _Typer, batch_rows: int, empty: pa.RecordBatch
+def typed(
+    batches: Iterable[pa.RecordBatch], typer: Typer, batch_rows: int, empty: pa.RecordBatch
 ) -> Iterator[pa.RecordBatch]:
     produced = False
     for batch in _rebatch(batches, batch_rows):

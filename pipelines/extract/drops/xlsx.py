@@ -10,9 +10,9 @@ import pyarrow as pa
 
 from pipelines.errors import FileRejected
 from pipelines.extract.drops.listing import DropFile
-from pipelines.extract.drops.opening import _local_copy
-from pipelines.extract.drops.reject import _one_line
-from pipelines.extract.drops.typing import _Typer
+from pipelines.extract.drops.opening import local_copy
+from pipelines.extract.drops.reject import one_line
+from pipelines.extract.drops.typing import Typer
 from pipelines.registry import DropTable
 from pipelines.settings import Settings
 
@@ -34,14 +34,14 @@ def _cell_text(value: Any) -> str | None:
     return str(value)
 
 
-def _read_xlsx(f: DropFile, table: DropTable, settings: Settings, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def read_xlsx(f: DropFile, table: DropTable, settings: Settings, batch_rows: int) -> Iterator[pa.RecordBatch]:
     from python_calamine import CalamineError, CalamineWorkbook, WorksheetNotFound
 
-    with _local_copy(f, settings) as path:
+    with local_copy(f, settings) as path:
         try:
             workbook = CalamineWorkbook.from_path(path)
         except (CalamineError, OSError, ValueError) as exc:
-            raise FileRejected(f.name, f"不是有效的 XLSX 文件 ({_one_line(str(exc))})", None) from None
+            raise FileRejected(f.name, f"不是有效的 XLSX 文件 ({one_line(str(exc))})", None) from None
         try:
             try:
                 sheet = workbook.get_sheet_by_name(table.sheet) if table.sheet else workbook.get_sheet_by_index(0)
@@ -51,7 +51,7 @@ def _read_xlsx(f: DropFile, table: DropTable, settings: Settings, batch_rows: in
                     f.name, f"没有工作表 {table.sheet!r}, 现有: {names} (sheet not found)", None
                 ) from None
             except CalamineError as exc:
-                raise FileRejected(f.name, f"工作表无法读取 ({_one_line(str(exc))})", None) from None
+                raise FileRejected(f.name, f"工作表无法读取 ({one_line(str(exc))})", None) from None
             yield from _xlsx_batches(f, table, sheet, batch_rows)
         finally:
             workbook.close()
@@ -73,7 +73,7 @@ def _xlsx_batches(f: DropFile, table: DropTable, sheet: Any, batch_rows: int) ->
         raise FileRejected(f.name, "工作表为空, 没有表头 (empty sheet: no header)", None)
     width = len(header)
     state: dict[str, Any] = {"lines": []}
-    typer = _Typer(f, table, header, lambda row: _xlsx_line(state, typer, row))
+    typer = Typer(f, table, header, lambda row: _xlsx_line(state, typer, row))
     columns: list[list[str | None]] = [[] for _ in range(width)]
     lines: list[int] = []
     produced = False
@@ -101,7 +101,7 @@ def _xlsx_batches(f: DropFile, table: DropTable, sheet: Any, batch_rows: int) ->
 
 
 def _xlsx_batch(
-    typer: _Typer, state: dict[str, Any], columns: list[list[str | None]], lines: list[int]
+    typer: Typer, state: dict[str, Any], columns: list[list[str | None]], lines: list[int]
 ) -> pa.RecordBatch:
     state["lines"] = lines
     batch = pa.RecordBatch.from_arrays(
@@ -110,7 +110,7 @@ def _xlsx_batch(
     return typer.apply(batch)
 
 
-def _xlsx_line(state: dict[str, Any], typer: _Typer, row: int) -> int | None:
+def _xlsx_line(state: dict[str, Any], typer: Typer, row: int) -> int | None:
     index = row - typer.rows_done
     lines: list[int] = state["lines"]
     return lines[index] if 0 <= index < len(lines) else None
