@@ -130,6 +130,32 @@ def test_resent_file_lands_only_its_changed_rows(lake_settings: Settings, tmp_pa
     assert len(_rows(lake_settings)) == 56
 
 
+@pytest.mark.parametrize("rows_per_bucket", [3, 4_000_000])
+def test_resent_drop_is_compared_in_the_right_buckets(lake_settings: Settings, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, rows_per_bucket: int) -> None:
+    """A drop's rows are added before the lake side knows the bucket count; with many buckets (50 lake
+    rows, 3 per bucket) unchanged rows must still find their lake version: 0 written, not most of them."""
+    monkeypatch.setattr("pipelines.lake.changes.ROWS_PER_BUCKET", rows_per_bucket)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "aq_01.csv").write_bytes(_csv(ROWS))
+    system = _system(str(drop))
+    ingest_table(system, "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
+
+    # The same rows in another order: new bytes, no new values.
+    (drop / "aq_02.csv").write_bytes(_csv(list(reversed(ROWS))))
+    same = ingest_table(system, "hourly", settings=lake_settings, batch_id="b2", extracted_at=AT)
+    assert same.files_loaded == ["aq_02.csv"]
+    assert (same.rows_extracted, same.rows_written, same.rows_unchanged) == (50, 0, 50)
+    assert len(_rows(lake_settings)) == 50
+
+    changed = [(s, h, v + 0.5) if (s, h) in {("S00", 0), ("S04", 2), ("S09", 4)} else (s, h, v) for s, h, v in ROWS]
+    (drop / "aq_03.csv").write_bytes(_csv(changed))
+    res = ingest_table(system, "hourly", settings=lake_settings, batch_id="b3", extracted_at=AT)
+    assert (res.rows_written, res.rows_unchanged) == (3, 47)
+    assert _ledger(lake_settings)["aq_03.csv"]["written"] == 3
+
+
 def test_undeclared_gbk_header_is_rejected_and_the_good_file_lands(lake_settings: Settings, tmp_path: Path) -> None:
     drop = tmp_path / "drop"
     drop.mkdir()

@@ -40,19 +40,17 @@ def _q(name: str) -> str:
 
 class LakeCompare:
     """One table's compare: ``load_lake`` (the lake side), ``add`` per extracted batch, then ``changed``
-    and ``gone``. ``hashed=False`` compares keys only (the key-only deletion check). Use as a context
-    manager: the folder (database, spill files, staged rows) is removed on exit."""
+    and ``gone``. ``hashed=False`` compares keys only (the key-only deletion check; nothing is staged).
+    ``close`` removes the folder (database, spill files, staged rows)."""
 
-    def __init__(self, keys: list[str], *, hashed: bool = True, stage: bool = True,
-                 memory_limit: str = MEMORY_LIMIT) -> None:
+    def __init__(self, keys: list[str], *, hashed: bool = True) -> None:
         import duckdb
 
         self.keys = keys
         self.hashed = hashed
-        self.stage = stage and hashed
         self.dir = Path(tempfile.mkdtemp(prefix="citylake-compare-"))
         self.con = duckdb.connect(str(self.dir / "compare.duckdb"), config={
-            "memory_limit": memory_limit, "temp_directory": str(self.dir / "spill"), "threads": 1,
+            "memory_limit": MEMORY_LIMIT, "temp_directory": str(self.dir / "spill"), "threads": 1,
             "preserve_insertion_order": False})
         self.lake_rows = 0
         self.rows = 0
@@ -61,13 +59,9 @@ class LakeCompare:
         self._tables: set[str] = set()
         self.buckets = 1
         """Each side is split by a hash of the key into buckets of about ``ROWS_PER_BUCKET`` lake rows,
-        compared one at a time: DuckDB's window and joins failed to pin blocks on 20 M keys at this limit."""
-
-    def __enter__(self) -> LakeCompare:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        compared one at a time: DuckDB's window and joins failed to pin blocks on 20 M keys at this limit.
+        Rows keep their key hash (``_kh``), not a bucket number: a file drop adds its rows before
+        ``load_lake`` knows the count, so the bucket is worked out per query from the one count."""
 
     def close(self) -> None:
         if self._writer is not None:
@@ -77,13 +71,16 @@ class LakeCompare:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _insert(self, name: str, table: pa.Table, select: str = "*") -> None:
-        """Append ``SELECT select FROM table`` to ``name``, with the row's bucket (a hash of the key)."""
-        bucket = f"(hash({self._key_list}) % {self.buckets})::INTEGER" if self.buckets > 1 else "0"
+        """Append ``SELECT select FROM table`` to ``name``, with the row's key hash (``_kh``)."""
         self.con.register("_part", table)
         try:
-            self._append(name, f"SELECT {select}, {bucket} AS _bucket FROM _part")
+            self._append(name, f"SELECT {select}, hash({self._key_list}) AS _kh FROM _part")
         finally:
             self.con.unregister("_part")
+
+    def _in_bucket(self, i: int) -> str:
+        """The rows of bucket ``i`` of ``self.buckets`` (a predicate on ``_kh``)."""
+        return f"_kh % {self.buckets} = {i}" if self.buckets > 1 else "true"
 
     def _append(self, name: str, query: str) -> None:
         if name in self._tables:
@@ -140,7 +137,7 @@ class LakeCompare:
             self.con.execute(
                 f"CREATE TABLE live_{i} AS SELECT {self._key_list}, _h FROM ("
                 f"SELECT *, rank() OVER (PARTITION BY {self._key_list} ORDER BY _load_seq DESC NULLS LAST, "
-                f"_extracted_at DESC NULLS LAST) AS _r FROM lake WHERE _bucket = {i}) "
+                f"_extracted_at DESC NULLS LAST) AS _r FROM lake WHERE {self._in_bucket(i)}) "
                 "WHERE _r = 1 AND NOT coalesce(_deleted, false)")
             self._tables.add(f"live_{i}")
         if self._has("lake"):
@@ -152,14 +149,14 @@ class LakeCompare:
 
     def add(self, shaped: pa.RecordBatch, data_columns: list[str] | None = None) -> None:
         """One extracted batch (in the table's schema): its keys and hashes go to DuckDB, the rows to the
-        staged file (when staging)."""
+        staged file (when hashed)."""
         n = shaped.num_rows
         if not n:
             return
         part = pa.Table.from_batches([shaped]).append_column(
             "_pos", pa.array(np.arange(self.rows, self.rows + n, dtype=np.int64)))
         self._insert("src", part, f"{self._key_list}, {self._hash_sql(data_columns or [])}, _pos")
-        if self.stage:
+        if self.hashed:
             if self._writer is None:
                 self._writer = pq.ParquetWriter(self.dir / "staged.parquet", shaped.schema, compression="lz4")
             self._writer.write_batch(shaped)
@@ -180,7 +177,7 @@ class LakeCompare:
             yield from file_batches(staged, batch_rows)
             return
         for i in range(self.buckets):
-            self._append("changed", f"SELECT s._pos FROM (SELECT * FROM src WHERE _bucket = {i}) s "
+            self._append("changed", f"SELECT s._pos FROM (SELECT * FROM src WHERE {self._in_bucket(i)}) s "
                                     f"ANTI JOIN live_{i} l ON {self._on('s', 'l')} AND s._h = l._h")
         reader = iter(self.con.sql("SELECT _pos FROM changed ORDER BY _pos").to_arrow_reader(batch_rows))
         pending, done, start = np.empty(0, np.int64), False, 0
@@ -209,7 +206,7 @@ class LakeCompare:
         for i in range(self.buckets):
             if not self.lake_rows or not self._has(f"live_{i}"):
                 return
-            source = (f"(SELECT {self._key_list} FROM src WHERE _bucket = {i})" if self._has("src")
+            source = (f"(SELECT {self._key_list} FROM src WHERE {self._in_bucket(i)})" if self._has("src")
                       else f"(SELECT {self._key_list} FROM live_{i} LIMIT 0)")
             reader = self.con.sql(
                 f"SELECT DISTINCT {', '.join('l.' + _q(k) for k in self.keys)} FROM live_{i} l "

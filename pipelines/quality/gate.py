@@ -42,6 +42,7 @@ from pipelines.contracts import DatasetContract, load_contracts
 from pipelines.errors import CitylakeError, ConfigError
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.changes import raw_batch_ids
+from pipelines.lake.changes import release_memory as _release_memory  # between passes: each started at the last peak
 from pipelines.lake.meta import append_events, new_run_id, replace_run
 from pipelines.lake.raw import arrow_schema, open_table, stream_scan
 from pipelines.lake.tables import PROPS, append, append_staged, table_for
@@ -245,18 +246,6 @@ def _count_batches(counter: Counter[str], batch_ids: pa.ChunkedArray | pa.Array)
     """Add the rows of each raw batch id (a handful of distinct values per chunk: memory stays small)."""
     for item in pc.value_counts(batch_ids).to_pylist():
         counter[item["values"]] += item["counts"]
-
-
-def _release_memory() -> None:
-    """Give freed memory back to the OS between passes. Arrow's pool (mimalloc) and glibc keep freed
-    pages, so each pass started above the previous one's peak (2 M rows: 873 → 721 MB peak)."""
-    import ctypes
-
-    pa.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _ordered_map(fn: Any, items: Iterator[Any], workers: int = 2) -> Iterator[Any]:
