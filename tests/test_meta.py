@@ -187,3 +187,21 @@ def test_an_older_lake_gains_the_new_columns(lake_settings: Settings) -> None:
     rows = sorted(table.scan().to_arrow().to_pylist(), key=lambda r: r["run_id"])
     assert [(r["run_id"], r["department"], r["recorded_at"] is None) for r in rows] == [
         ("night1", "市公安局", False), ("quality_person_2026-11-20", None, True)]
+
+
+def test_a_rerun_with_no_rows_still_replaces_the_run(lake_settings: Settings) -> None:
+    """A consistency rerun that compared no pair erases what its earlier attempt recorded, and only its
+    own tagged rows: the gate's results under the same CLI run id stay."""
+    from pipelines.lake.meta import replace_run
+
+    catalog = get_catalog(lake_settings)
+    gate_row = {"run_id": "cli1", "dataset": "person", "rule": "r", "tag": "format"}
+    replace_run(catalog, "meta.quality_results", "cli1", [gate_row])
+    replace_run(catalog, "meta.quality_results", "cli1",
+                [{"run_id": "cli1", "dataset": "hr.people", "rule": "c", "tag": "source_conflict"}],
+                tag="source_conflict")
+    replace_run(catalog, "meta.conflicts", "cli1", [{"run_id": "cli1", "key": "k"}])
+    replace_run(catalog, "meta.quality_results", "cli1", [], tag="source_conflict")  # the rerun: nothing found
+    replace_run(catalog, "meta.conflicts", "cli1", [])
+    assert [(r["dataset"], r["rule"]) for r in _rows(lake_settings, "meta.quality_results")] == [("person", "r")]
+    assert _rows(lake_settings, "meta.conflicts") == []

@@ -76,19 +76,22 @@ def _rows(name: str, rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def replace_run(catalog: Any, name: str, run_id: str, rows: list[dict[str, Any]],
-                datasets: Iterable[str] | None = None) -> None:
+                datasets: Iterable[str] | None = None, tag: str | None = None) -> None:
     """Replace run ``run_id``'s rows of a per-run meta table with ``rows``, in one commit.
 
     For ``quality_results`` and ``standardization_log`` only the run's rows of ``datasets`` (default: the
-    datasets in ``rows``) are replaced; ``conflicts`` are replaced by run id."""
+    datasets in ``rows``) are replaced; ``conflicts`` are replaced by run id. ``tag`` narrows the replace to
+    the run's ``quality_results`` rows with that tag (the consistency check beside the gate's rules under one
+    CLI run id). No rows still replaces: a rerun that found nothing erases the earlier attempt's rows."""
     if name not in SCHEMAS or name == "meta.batches":
         raise ValueError(f"{name}: not a per-run meta table")
     scope: BooleanExpression = EqualTo("run_id", run_id)
+    if tag is not None:
+        scope = And(scope, EqualTo("tag", tag))
     if name in PER_DATASET:
         names = sorted(set(datasets if datasets is not None else (r["dataset"] for r in rows)))
-        if not names:
-            return
-        scope = And(scope, In("dataset", names))
+        if names:  # none (no rows, no datasets): the scope above alone, every dataset of the run (and tag)
+            scope = And(scope, In("dataset", names))
     append(catalog, name, _rows(name, rows), props={"citylake.run-id": run_id}, properties=META_PROPS,
            replace=scope)
 

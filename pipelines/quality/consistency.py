@@ -118,5 +118,6 @@ def run_consistency(*, settings: Settings | None = None, run_id: str | None = No
         {"run_id": run_id, "dataset": f"{s['other_system']}.{s['other_table']}", "department": s["department"],
          "rule": f"{s['element']}.consistency.{s['other_system']}", "tag": "source_conflict", "dimension": "一致性",
          "element": s["element"], "column": s["element"], "evaluated": s["compared"], "failed": s["conflicts"],
-         "severity": "warning", "passed": s["conflicts"] == 0, "error": None} for s in summaries])
+         "severity": "warning", "passed": s["conflicts"] == 0, "error": None} for s in summaries],
+        tag="source_conflict")  # its own rows only: a CLI run id also carries the gate's results
     return summaries
