@@ -25,7 +25,7 @@ from typing import Any, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThan, LessThanOrEqual, NotEqualTo
+from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, In, LessThan, LessThanOrEqual, NotEqualTo
 
 from pipelines.contracts import contracts_of_table
 from pipelines.errors import CitylakeError, FileRejected, SchemaDriftError
@@ -146,11 +146,15 @@ def _iceberg_literal(value: Any) -> Any:
 
 def _existing(table: Any, keys: list[str], columns: list[pa.Field], cursor: str | None, since: Any,
               until: Any, batch_id: str) -> pa.Table:
-    """(key..., _h) of lake rows in an incremental load's cursor window, excluding the batch being replaced.
+    """(key..., _h, _deleted) of the latest version of each key in an incremental load's cursor window,
+    excluding the batch being replaced.
 
     Rows are hashed as they stream back (over ``columns``, the load's data columns; columns the lake
     does not have yet hash as nulls), so only keys and hashes are held in memory: the window's, not the
-    table's (a full refresh compares through ``LakeCompare`` instead).
+    table's (a full refresh compares through ``LakeCompare`` instead). A key's older versions in the
+    window do not count, and neither does a version a later deletion row superseded: deletion rows have
+    no cursor, so the window never holds them; they are read for the window's keys and ranked with it
+    (else a key restored at the source with its old values would match its old row and stay deleted).
     """
     expr: Any = NotEqualTo("_batch_id", batch_id)
     if cursor and since is not None:
@@ -159,8 +163,9 @@ def _existing(table: Any, keys: list[str], columns: list[pa.Field], cursor: str 
         expr = And(expr, LessThan(cursor, _iceberg_literal(until)))
     present = set(table.schema().column_names)
     fields = [c.name for c in columns if c.name in present]
+    lineage = [c for c in _ORDER if c in present]
     reader = stream_scan(table.scan(row_filter=expr, selected_fields=tuple(dict.fromkeys(
-        [*keys, *fields, "_deleted"]))))
+        [*keys, *fields, "_deleted", *lineage]))))
     key_types = {c.name: c.type for c in columns}
     parts = []
     for batch in reader:
@@ -168,11 +173,61 @@ def _existing(table: Any, keys: list[str], columns: list[pa.Field], cursor: str 
                 for c in columns]
         hashed = row_hash(pa.RecordBatch.from_arrays(data, names=[c.name for c in columns]),
                           [c.name for c in columns])
-        parts.append(pa.table([*(batch.column(k).cast(key_types[k]) for k in keys), hashed, batch.column("_deleted")],
-                              names=[*keys, "_h", "_deleted"]))
+        parts.append(_versions(batch, keys, key_types, hashed))
     if not parts:
         return pa.table({k: [] for k in [*keys, "_h"]})
-    return pa.concat_tables(parts)
+    window = pa.concat_tables(parts)
+    return _latest(pa.concat_tables([window, *_deletion_rows(table, keys, key_types, window, batch_id)]), keys)
+
+
+_ORDER = {"_load_seq": pa.int64(), "_extracted_at": pa.timestamp("us", tz="UTC")}
+"""The lake's order of a key's versions: ``_load_seq``, then ``_extracted_at`` (as ``LakeCompare``)."""
+
+
+def _versions(batch: pa.RecordBatch, keys: list[str], key_types: dict[str, pa.DataType],
+              hashed: pa.Array) -> pa.Table:
+    """(key..., _h, _deleted, _load_seq, _extracted_at) of lake rows (lineage a table lacks reads null)."""
+    n = batch.num_rows
+    order = [batch.column(c).cast(t) if c in batch.schema.names else pa.nulls(n, t) for c, t in _ORDER.items()]
+    return pa.table([*(batch.column(k).cast(key_types[k]) for k in keys), hashed,
+                     batch.column("_deleted").cast(pa.bool_()), *order],
+                    names=[*keys, "_h", "_deleted", *_ORDER])
+
+
+def _deletion_rows(table: Any, keys: list[str], key_types: dict[str, pa.DataType], window: pa.Table,
+                   batch_id: str) -> Iterator[pa.Table]:
+    """The deletion rows of the window's keys (read within the window's key ranges, then matched)."""
+    if "_deleted" not in table.schema().column_names:
+        return
+    expr: Any = And(NotEqualTo("_batch_id", batch_id), EqualTo("_deleted", True))
+    for k in keys:
+        low, high = pc.min_max(window[k]).as_py().values()
+        if low is not None and not window[k].null_count:
+            expr = And(expr, And(GreaterThanOrEqual(k, _iceberg_literal(low)),
+                                 LessThanOrEqual(k, _iceberg_literal(high))))
+    present = set(table.schema().column_names)
+    wanted = window.select(keys).group_by(keys).aggregate([])
+    for batch in stream_scan(table.scan(row_filter=expr, selected_fields=tuple(dict.fromkeys(
+            [*keys, "_deleted", *(c for c in _ORDER if c in present)])))):
+        rows = _versions(batch, keys, key_types, pa.nulls(batch.num_rows, pa.int64()))
+        rows = rows.join(wanted, keys=keys, join_type="left semi")
+        if rows.num_rows:
+            yield rows.select(window.column_names)
+
+
+def _latest(versions: pa.Table, keys: list[str]) -> pa.Table:
+    """Every row of each key's latest load (a source without a unique key has several per load)."""
+    import duckdb
+
+    con = duckdb.connect(config={"threads": 1})
+    try:
+        con.register("v", versions)
+        on = ", ".join('"' + k.replace('"', '""') + '"' for k in keys)
+        return con.sql(f"SELECT * EXCLUDE (_r) FROM (SELECT *, rank() OVER (PARTITION BY {on} ORDER BY "
+                       "_load_seq DESC NULLS LAST, _extracted_at DESC NULLS LAST) AS _r FROM v) WHERE _r = 1"
+                       ).to_arrow_table()
+    finally:
+        con.close()
 
 
 def _new_rows(shaped: pa.RecordBatch, hashes: pa.Array, existing: pa.Table, keys: list[str]) -> pa.Table:

@@ -110,11 +110,60 @@ def test_deletions_reach_std_through_the_gate(lake_settings: Settings, monkeypat
     con.commit()
     res = ingest_table(system, "person", settings=settings, mode="deletions", batch_id="d1",
                        extracted_at=AT + timedelta(days=1))
-    assert res.rows_deleted >= 3
+    assert res.rows_deleted == 3
+    raw = get_catalog(settings).load_table(res.identifier).scan(
+        selected_fields=("resident_id", "_deleted", "_batch_id")).to_arrow()
+    marked = raw.filter(pc.fill_null(raw["_deleted"], False))
+    assert sorted(marked["resident_id"].to_pylist()) == sorted(gone)  # exactly the gone keys, each once
+    live = {r for (r,) in con.execute("SELECT resident_id FROM person")}
+    assert not live & set(marked["resident_id"].to_pylist())  # no key still at the source got one
     run_quality("person", settings=settings, reference_date=AT.date(), run_id="after_check")
     left = set(get_catalog(settings).load_table("std.person").scan(selected_fields=("resident_id",))
                .to_arrow()["resident_id"].to_pylist())
     assert not set(gone) & left and len(left) == len(set(published)) - len(gone)
+
+
+def test_key_restored_with_identical_values_is_live_again(lake_settings: Settings,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deleted key that comes back at the source unchanged (same cursor, inside the lookback) is a new
+    version: its deletion row (null cursor) is newer than the old live row the window scan finds."""
+    from pipelines.quality.gate import run_quality
+    from pipelines.seed import seed_city
+
+    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(PROJECT_ROOT / "schemas" / "sources"))
+    settings = load_settings()
+    seed_city(settings.data_dir, scale=0.01)
+    system = get_system(settings.registry_dir, "population")
+    ingest_table(system, "person", settings=settings, batch_id="b1", extracted_at=AT)
+    run_quality("person", settings=settings, reference_date=AT.date(), run_id="first")
+
+    def std_keys() -> set[str]:
+        return set(get_catalog(settings).load_table("std.person").scan(selected_fields=("resident_id",))
+                   .to_arrow()["resident_id"].to_pylist())
+
+    published = std_keys()
+    con = sqlite3.connect(settings.data_dir / "sources" / "population.db")
+    names = [d[0] for d in con.execute("SELECT * FROM person LIMIT 0").description]
+    # The newest published row: inside the incremental window's lookback.
+    row = next(r for r in con.execute("SELECT * FROM person ORDER BY updated_at DESC, rowid")
+               if r[names.index("resident_id")] in published)
+    key = row[names.index("resident_id")]
+    con.execute("DELETE FROM person WHERE resident_id = ?", (key,))
+    con.commit()
+    assert ingest_table(system, "person", settings=settings, mode="deletions", batch_id="d1",
+                        extracted_at=AT + timedelta(hours=1)).rows_deleted == 1
+    run_quality("person", settings=settings, reference_date=AT.date(), run_id="deleted")
+    assert key not in std_keys()
+
+    con.execute(f"INSERT INTO person VALUES ({', '.join('?' * len(names))})", row)
+    con.commit()
+    back = ingest_table(system, "person", settings=settings, batch_id="b2", extracted_at=AT + timedelta(hours=2))
+    assert back.rows_written == 1  # only the restored key; every other row in the window is unchanged
+    raw = get_catalog(settings).load_table(back.identifier).scan(
+        selected_fields=("resident_id", "_batch_id")).to_arrow()
+    assert raw.filter(pc.equal(raw["_batch_id"], "b2"))["resident_id"].to_pylist() == [key]
+    run_quality("person", settings=settings, reference_date=AT.date(), run_id="restored")
+    assert std_keys() == published
 
 
 def test_registry_setting_is_validated_and_scheduled(tmp_path: Path) -> None:
