@@ -3,16 +3,17 @@
 The table really splits (more pages than ``_MIN_PAGES_TO_SPLIT``, ANALYZEd) and rows really move between
 ranges while it is read: an indexed column is updated (no HOT update), fillfactor is 100 and the only
 free space is in the first pages, so each updated row of the table's tail gets a new version in the
-first range's pages. A second range's connection is made slow to start, as on a busy server, so updates
-commit between the two ranges' starts.
+first range's pages. The second range's COPY is made slow to start (after its snapshot import), as on a
+busy server, so updates commit between the two ranges' COPYs.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -86,26 +87,76 @@ class Movers(list[Mover]):
     sessions: list[int]  # sessions on the database (movers aside) once each extract's ranges are open
 
 
-@pytest.fixture
-def slow_second_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[Movers]:
-    """Each two-range extract's second connection takes 0.4 s to open; its first one starts the movers."""
-    movers = Movers()
-    movers.sessions = []
+class _Cursor:
+    """An ADBC cursor whose range query first calls ``before_copy(range_start_page)``."""
+
+    def __init__(self, real: Any, before_copy: Callable[[int], None]) -> None:
+        self._real, self._before_copy = real, before_copy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        if " FROM " in query:  # a range's COPY, not a snapshot or SET statement
+            start = re.search(r"ctid >= '\((\d+),0\)'", query)
+            self._before_copy(int(start.group(1)) if start else 0)
+        return self._real.execute(query, *args, **kwargs)
+
+
+class _Conn:
+    def __init__(self, real: Any, before_copy: Callable[[int], None]) -> None:
+        self._real, self._before_copy = real, before_copy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def cursor(self) -> _Cursor:
+        return _Cursor(self._real.cursor(), self._before_copy)
+
+    def __enter__(self) -> _Conn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._real.close()
+
+
+def hook_copies(monkeypatch: pytest.MonkeyPatch, before_copy: Callable[[int], None],
+                on_connect: Callable[[str, int], None] = lambda url, n: None) -> list[int]:
+    """Call ``before_copy(start page)`` in each range's thread just before its COPY (all ranges have
+    imported the snapshot by then) and ``on_connect(url, n)`` after the n-th connection opens."""
     real = postgres_fast._connect
     opened = [0]
 
     def connect(url: str) -> Any:
-        opened[0] += 1
-        if opened[0] % 2:
-            for m in movers:
-                m.go.set()
-            return real(url)
-        time.sleep(0.4)
         conn = real(url)
-        movers.sessions.append(_other_sessions(url, *(m.pid for m in movers)))
-        return conn
+        opened[0] += 1
+        on_connect(url, opened[0])
+        return _Conn(conn, before_copy)
 
     monkeypatch.setattr(postgres_fast, "_connect", connect)
+    return opened
+
+
+@pytest.fixture
+def slow_second_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[Movers]:
+    """Each two-range extract's first connection starts the movers; its second range's COPY starts 0.4 s
+    after the first's, so the movers' updates commit between the two COPYs (only the shared snapshot
+    keeps the second range from seeing them)."""
+    movers = Movers()
+    movers.sessions = []
+
+    def on_connect(url: str, n: int) -> None:
+        if n % 2:
+            for m in movers:
+                m.go.set()
+        else:  # every range connection is open, no COPY has started
+            movers.sessions.append(_other_sessions(url, *(m.pid for m in movers)))
+
+    def before_copy(start_page: int) -> None:
+        if start_page:
+            time.sleep(0.4)
+
+    opened = hook_copies(monkeypatch, before_copy, on_connect)
     yield movers
     for m in movers:
         m.finish()
@@ -134,10 +185,10 @@ def test_ranges_read_one_snapshot_while_rows_move(pg: str, slow_second_connectio
     assert len(ids) == len(live)  # the count at the snapshot: updates neither add nor remove rows
 
 
-def _system(code: str = "moving_src") -> SourceSystem:
+def _system(code: str = "moving_src", **table: Any) -> SourceSystem:
     return SourceSystem.model_validate({
         "system": code, "name": "移动表", "department": "市数据资源局", "connection": f"src_{code}",
-        "tables": [{"code": "moving", "source": "moving", "primary_key": ["id"], "batch_rows": 5000}],
+        "tables": [{"code": "moving", "source": "moving", "primary_key": ["id"], "batch_rows": 5000, **table}],
     })
 
 
@@ -256,3 +307,91 @@ def test_one_connection_system_reads_with_one_connection(pg: str, lake_settings:
     got = ingest_table(system, "moving", settings=lake_settings, batch_id="b1",
                        extracted_at=datetime(2026, 11, 1, tzinfo=TZ))
     assert got.rows_written == len(live) and len(opened) == 1  # no split, no snapshot export: one COPY
+
+
+# --- fault: one range fails while another waits on a lock ---------------------------------------
+
+
+def _in_thread(run: Callable[[], Any], release: Callable[[], None]) -> BaseException | None:
+    """What ``run`` raised in a thread; a run still going after 60 s is a hang: ``release`` frees it
+    (so the test can clean up) and the test fails."""
+    raised: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            run()
+            raised.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():
+        release()
+        thread.join(30)
+        pytest.fail("the extract hung on a range waiting for a lock")
+    return raised[0]
+
+
+def test_failed_range_cancels_a_range_waiting_on_a_lock(pg: str, lake_settings: Settings,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first range fails (a bad cast on id 1, in its pages only); the second range's COPY queues behind
+    an ACCESS EXCLUSIVE lock (as behind VACUUM FULL) taken after the snapshot export. The load fails at
+    once with the first range's error and leaves no session open, though the lock is never released."""
+    _fill(pg)
+    monkeypatch.setenv("CITYLAKE_CONN_SRC_MOVING_SRC", pg)
+    monkeypatch.setenv(postgres_fast.LOCK_TIMEOUT_ENV, "3600")  # the cancel ends the wait, not lock_timeout
+    system = _system(filter="CAST(CASE WHEN id = 1 THEN pad ELSE '1' END AS int) > 0")
+    locker = psycopg.connect(pg)
+    locker_pid = locker.info.backend_pid
+    locked = threading.Event()
+
+    def before_copy(start_page: int) -> None:
+        if not start_page:
+            return
+        # The first range has failed and closed when it is the only other session left; then the lock is
+        # granted at once, and this range's COPY waits on it.
+        for _ in range(600):
+            if _other_sessions(pg, locker_pid) <= 1:
+                break
+            time.sleep(0.05)
+        locker.execute("LOCK TABLE moving IN ACCESS EXCLUSIVE MODE")
+        locked.set()
+
+    opened = hook_copies(monkeypatch, before_copy)
+    try:
+        error = _in_thread(lambda: ingest_table(system, "moving", settings=lake_settings, batch_id="b1",
+                                                extracted_at=datetime(2026, 11, 1, tzinfo=TZ)),
+                           locker.rollback)
+        assert opened[0] == 2 and locked.is_set()
+        assert isinstance(error, SourceError), repr(error)
+        message = str(error)
+        assert "\n" not in message and message.startswith("system moving_src ("), message
+        assert "invalid input syntax for type integer" in message, message  # the first error, not the cancel
+        assert _other_sessions(pg, locker_pid) == 0  # both range connections closed, the lock still held
+    finally:
+        locker.close()
+
+
+def test_range_waiting_on_a_lock_fails_after_lock_timeout(pg: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with psycopg.connect(pg, autocommit=True) as conn:
+        conn.execute("CREATE TABLE locked AS SELECT g AS id FROM generate_series(1, 10) g")
+    monkeypatch.setenv(postgres_fast.LOCK_TIMEOUT_ENV, "0.5")
+    locker = psycopg.connect(pg)
+    try:
+        locker.execute("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
+        error = _in_thread(lambda: list(postgres_fast.iter_pg_batches(pg, None, "locked", ["id"])),
+                           locker.rollback)
+        assert isinstance(error, SourceError) and "lock timeout" in str(error), repr(error)
+        assert _other_sessions(pg, locker.info.backend_pid) == 0
+    finally:
+        locker.close()
+
+
+def test_lock_timeout_setting_must_be_seconds(pg: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(postgres_fast.LOCK_TIMEOUT_ENV, "10min")
+    with psycopg.connect(pg, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t AS SELECT 1 AS id")
+    with pytest.raises(SourceError, match=postgres_fast.LOCK_TIMEOUT_ENV):
+        list(postgres_fast.iter_pg_batches(pg, None, "t", ["id"]))

@@ -11,21 +11,39 @@ READ transaction and exports its snapshot (``pg_export_snapshot()``), every othe
 is read. Without it, a row an UPDATE moves to another page between two ranges' starts is read twice or
 not at all (and a full refresh then writes a deletion row for a live key). ``parallel`` ranges use
 exactly ``parallel`` connections.
+
+An extract that stops early (a range failed, or the consumer stopped reading) cancels the other ranges'
+statements (``adbc_cancel``) rather than waiting for them: a range queued behind a lock (``VACUUM FULL``,
+``ALTER TABLE``) would otherwise keep the load, and the snapshot-holding transaction, open for as long as
+the lock is held. Every range connection also sets ``lock_timeout`` (``CITYLAKE_PG_LOCK_TIMEOUT_S``,
+default 600 s, 0 = wait forever), so a range blocked while the others still stream fails the load instead
+of holding the source's connections indefinitely.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.errors import SourceError
+from pipelines.errors import ConfigError, SourceError
+
+log = logging.getLogger(__name__)
 
 _MIN_PAGES_TO_SPLIT = 2048  # below ~16 MB one stream is as fast as two
+LOCK_TIMEOUT_ENV = "CITYLAKE_PG_LOCK_TIMEOUT_S"
+# Long enough to ride out a short ALTER TABLE or a small table's VACUUM FULL, short enough that a load
+# stuck behind a long one fails (and Airflow retries it) well within its schedule.
+_LOCK_TIMEOUT_S = 600.0
+_STOP_GRACE_S = 30.0  # how long a stopping extract waits for cancelled ranges to end
+_CANCEL_EVERY_S = 0.5  # a cancel that reached a range between statements is lost: send it again
 _UNCONSTRAINED_NUMERIC = pa.decimal128(38, 10)
 
 _TYPES: dict[str, pa.DataType] = {
@@ -117,6 +135,17 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+def _lock_timeout_ms() -> int:
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(raw) if raw else _LOCK_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise ConfigError(f"{LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds (0 = no lock timeout)")
+    return int(seconds * 1000)
+
+
 _END = object()
 _READ_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
@@ -126,23 +155,26 @@ def _snapshot_connections(url: str, n: int) -> list[Any]:
 
     ADBC connections start with autocommit off, so each is in a fresh transaction whose isolation can
     still be set. A snapshot can only be imported while its exporting transaction is open: every import
-    runs here, before any COPY starts (the exporter's own COPY included), so it always is.
+    runs here, before any COPY starts (the exporter's own COPY included), so it always is. Each
+    connection's ``lock_timeout`` is set after its snapshot statements (they must come first).
     """
+    lock_timeout = f"SET lock_timeout = {_lock_timeout_ms()}"
     conns: list[Any] = []
     try:
         conns.append(_connect(url))
-        if n == 1:
-            return conns
         cur = conns[0].cursor()
-        cur.execute(_READ_SNAPSHOT)
-        cur.execute("SELECT pg_export_snapshot()")
-        snapshot = cur.fetchone()[0]
+        if n > 1:
+            cur.execute(_READ_SNAPSHOT)
+            cur.execute("SELECT pg_export_snapshot()")
+            snapshot = cur.fetchone()[0]
+        cur.execute(lock_timeout)
         cur.close()
         for _ in range(n - 1):
             conns.append(_connect(url))
             cur = conns[-1].cursor()
             cur.execute(_READ_SNAPSHOT)
             cur.execute(f"SET TRANSACTION SNAPSHOT {sql_literal(snapshot)}")
+            cur.execute(lock_timeout)
             cur.close()
         return conns
     except BaseException:
@@ -152,6 +184,31 @@ def _snapshot_connections(url: str, n: int) -> list[Any]:
             except Exception:  # noqa: BLE001 - the first error is the one to report
                 pass
         raise
+
+
+class _Range:
+    """One range's connection: cancelled from the consumer's thread, closed by its own; the lock keeps a
+    cancel off a connection that is being (or has been) closed."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn, self.lock, self.closed = conn, threading.Lock(), False
+
+    def cancel(self) -> None:
+        with self.lock:
+            if not self.closed:
+                try:
+                    self.conn.adbc_cancel()
+                except Exception:  # noqa: BLE001 - the range may be between statements; cancel is retried
+                    pass
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                try:
+                    self.conn.close()
+                except Exception:  # noqa: BLE001 - closing a cancelled or broken connection
+                    pass
 
 
 def iter_pg_batches(url: str, schema: str | None, table: str, columns: list[str], where: str | None = None,
@@ -188,24 +245,27 @@ def iter_pg_batches(url: str, schema: str | None, table: str, columns: list[str]
         raise SourceError(f"table {table!r}: {str(exc).strip().splitlines()[0]}") from None
     out: queue.Queue[Any] = queue.Queue(maxsize=len(queries) + 1)
     stop = threading.Event()
+    ranges_ = [_Range(c) for c in conns]
 
-    def scan(conn: Any, query: str) -> None:
+    def scan(r: _Range, query: str) -> None:
         try:
-            with conn:
-                cur = conn.cursor()
-                cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(4 << 20)})
-                cur.execute(query)
-                for batch in cur.fetch_record_batch():
-                    if stop.is_set():
-                        break
-                    out.put(batch)
+            if stop.is_set():
+                return
+            cur = r.conn.cursor()
+            cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(4 << 20)})
+            cur.execute(query)
+            for batch in cur.fetch_record_batch():
+                if stop.is_set():
+                    break
+                out.put(batch)
         except BaseException as exc:  # surfaced by the consumer
             out.put(exc)
         finally:
+            r.close()  # ends the range's transaction: its locks (and the exported snapshot) go with it
             out.put(_END)
 
-    threads = [threading.Thread(target=scan, args=(c, q), daemon=True, name=f"pg-scan-{i}") for i, (c, q) in
-               enumerate(zip(conns, queries, strict=True))]
+    threads = [threading.Thread(target=scan, args=(r, q), daemon=True, name=f"pg-scan-{i}") for i, (r, q) in
+               enumerate(zip(ranges_, queries, strict=True))]
     for t in threads:
         t.start()
     done = 0
@@ -221,8 +281,26 @@ def iter_pg_batches(url: str, schema: str | None, table: str, columns: list[str]
                     yield _conform(item.slice(start, batch_rows), target)
     finally:
         stop.set()
-        while any(t.is_alive() for t in threads):  # unblock producers waiting on a full queue
-            try:
-                out.get(timeout=0.1)
-            except queue.Empty:
-                pass
+        _stop_ranges(ranges_, threads, out, table)
+
+
+def _stop_ranges(ranges: list[_Range], threads: list[threading.Thread], out: queue.Queue[Any], table: str) -> None:
+    """End every range still running: cancel its statement (a flag read between batches never reaches a
+    COPY waiting on a lock) and drain the queue so none blocks on a full one; bounded by _STOP_GRACE_S."""
+    deadline = time.monotonic() + _STOP_GRACE_S
+    next_cancel = 0.0
+    while any(t.is_alive() for t in threads):
+        now = time.monotonic()
+        if now >= deadline:
+            log.warning("table %r: %d source range(s) did not stop within %.0f s of being cancelled", table,
+                        sum(t.is_alive() for t in threads), _STOP_GRACE_S)
+            return
+        if now >= next_cancel:
+            for r, t in zip(ranges, threads, strict=True):
+                if t.is_alive():
+                    r.cancel()
+            next_cancel = now + _CANCEL_EVERY_S
+        try:
+            out.get(timeout=0.1)
+        except queue.Empty:
+            pass
