@@ -308,11 +308,16 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             since = _minus_lookback(low, lookback) if low is not None else None
         window = [_to_text(since if mode == "backfill" else low), None]
 
-        # The version order of the table (allocated now, committed with the rows): a load that starts
-        # later is newer, whatever its _extracted_at (CLI wall clock vs an Airflow data interval).
-        load_seq = state.next_load_seq()
         writer = RawWriter(catalog, result.identifier, cols.schema, batch_id=result.batch_id,
-                           extracted_at=extracted_at, system=system.system, load_seq=load_seq, base=table)
+                           extracted_at=extracted_at, system=system.system, base=table)
+        # The version order of the table, taken from it now by a compare-and-swap commit: a load that starts
+        # later is newer, whatever its _extracted_at (CLI wall clock vs an Airflow data interval), and two
+        # concurrent loads never share one. This load's commit merges it with the rest of the state.
+        try:
+            state.load_seq = writer.allocate_load_seq()
+        except BaseException:
+            writer.abort()
+            raise
         result.schema_changes = writer.changes
         data_fields = [f for f in writer.target if f.name not in LINEAGE_NAMES]
         data_names = [f.name for f in data_fields]
@@ -382,6 +387,11 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             # A commit another writer beat is merged and retried; rows it landed meanwhile are not added again.
             result.snapshot_id = writer.commit(state, summary, replace_batch=rerun, keys=spec.primary_key)
             result.rows_written = writer.rows
+            for (_, deleted), n in writer.dropped.items():  # another load landed these first: not ours
+                if deleted:
+                    result.rows_deleted -= n
+                else:
+                    result.rows_unchanged += n
         except BaseException:
             writer.abort()
             raise
@@ -418,7 +428,10 @@ class _DropSink:
         if self.writer is None:
             self.writer = RawWriter(self.catalog, self.result.identifier, batch.schema,
                                     batch_id=self.result.batch_id, extracted_at=self.extracted_at,
-                                    system=self.system, load_seq=self.state.next_load_seq(), base=self.table)
+                                    system=self.system, base=self.table)
+            # taken by a compare-and-swap commit (see _load_sql); the state read at the start stays this
+            # load's base, so the commit merges it with what others committed since
+            self.state.load_seq = self.writer.allocate_load_seq()
         else:
             target, _ = plan_schema(self.result.identifier, self.writer.target, batch.schema)  # drift raises
             if target != self.writer.target:
@@ -554,6 +567,7 @@ def _load_drop(system: SourceSystem, spec: DropTable, settings: Settings, result
         result.snapshot_id = writer.commit(state, summary, replace_batch=ledger.rerun, keys=spec.primary_key or None,
                                            batch_rows=In("_source_file", reread))
         result.rows_written = writer.rows
+        result.rows_unchanged = result.rows_extracted - result.rows_written  # rows another load landed first
         result.schema_changes = writer.changes
     except BaseException:
         if sink.writer is not None:

@@ -3,9 +3,12 @@ and 8): an unknown commit outcome keeps the files; a conflicting commit re-reads
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import sys
 import threading
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,11 @@ def _staff(db: Path, start: int, stop: int, day: int) -> None:
             for i in range(start, stop)])
 
 
+def adds_snapshot(updates: Any) -> bool:
+    """Whether a catalog commit's updates land rows (not the properties-only load-sequence commit)."""
+    return any(getattr(u, "action", None) == "add-snapshot" for u in updates)
+
+
 def _response_lost(monkeypatch: pytest.MonkeyPatch, *, then_unreachable: bool) -> None:
     """The catalog commits, then the connection is lost before the answer arrives (and, optionally, the
     catalog stays unreachable, so the writer cannot look its commit up)."""
@@ -44,6 +52,8 @@ def _response_lost(monkeypatch: pytest.MonkeyPatch, *, then_unreachable: bool) -
     down = {"now": False}
 
     def commit_table(self: SqlCatalog, *args: Any, **kwargs: Any) -> Any:
+        if not adds_snapshot(args[2]):  # the load-sequence commit at extract start goes through
+            return real_commit(self, *args, **kwargs)
         real_commit(self, *args, **kwargs)
         down["now"] = then_unreachable
         raise ConnectionResetError("server closed the connection unexpectedly")
@@ -123,6 +133,8 @@ def _writer(env: dict[str, str], barrier: Any, run: Any, every_commit: bool = Fa
     waited = []
 
     def transaction(self: Table, *args: Any, **kwargs: Any) -> Any:
+        if sys._getframe(1).f_code.co_name == "take_load_seq":  # the load-sequence commit at extract start
+            return real(self, *args, **kwargs)
         if not waited or every_commit:  # both children have read the same table state
             try:
                 waited.append(barrier.wait(timeout=10 if every_commit else 60))
@@ -164,10 +176,11 @@ def _load_drop(batch: str) -> None:
     ingest_table(system, "hourly", settings=settings, batch_id=batch, extracted_at=AT)
 
 
-def _load_sql(batch: str) -> None:
+def _load_sql(batch: str, until: datetime | None = None) -> None:
     system = _system(Path(os.environ["TEST_DB"]))
     at = AT + timedelta(hours=int(batch.removeprefix("b")))
-    ingest_table(system, "staff", settings=load_settings(), batch_id=batch, extracted_at=at)
+    res = ingest_table(system, "staff", settings=load_settings(), batch_id=batch, extracted_at=at, until=until)
+    Path(os.environ["TEST_RESULTS"], batch).write_text(json.dumps(res.to_dict(), default=str))
 
 
 @pytest.fixture
@@ -202,17 +215,22 @@ def test_two_drop_loads_commit_at_once_both_land_with_both_ledgers(tmp_path: Pat
                                                                           "aq_2.csv": "b2"}
 
 
-def test_two_sql_loads_of_one_window_land_it_once_with_both_windows(tmp_path: Path, pg_lake: Settings) -> None:
+@pytest.mark.parametrize("until", [None, datetime(2026, 11, 2, 12)], ids=["same_window", "different_watermarks"])
+def test_two_sql_loads_of_one_window_land_it_once_with_both_windows(until: datetime | None, tmp_path: Path,
+                                                                    pg_lake: Settings) -> None:
     db = tmp_path / "hr.db"
     _staff(db, 0, 30, 1)
     ingest_table(_system(db), "staff", settings=pg_lake, batch_id="b0", extracted_at=AT)
     _staff(db, 30, 60, 2)
     _exec(db, "UPDATE staff SET name = '改名', updated_at = '2026-11-03 08:00:00' WHERE id < 5")
+    results = tmp_path / "results"
+    results.mkdir()
 
     from functools import partial
 
-    _two_processes(partial(_load_sql, "b1"), partial(_load_sql, "b2"),
-                   envs=[_env(pg_lake, TEST_DB=str(db))] * 2, tmp=tmp_path)
+    # With ``until`` the first load stops before the changed rows: its watermark is day 2, the other's day 3.
+    _two_processes(partial(_load_sql, "b1", until), partial(_load_sql, "b2"),
+                   envs=[_env(pg_lake, TEST_DB=str(db), TEST_RESULTS=str(results))] * 2, tmp=tmp_path)
 
     table = get_catalog(pg_lake).load_table("raw.hr__staff")
     data = table.scan().to_arrow()
@@ -222,7 +240,20 @@ def test_two_sql_loads_of_one_window_land_it_once_with_both_windows(tmp_path: Pa
     assert all(task.file.record_count for task in table.scan().plan_files())  # the later load added no empty file
     state = TableState.of(table)
     assert set(state.windows) == {"b0", "b1", "b2"}
-    assert state.watermark is not None and state.watermark.startswith("2026-11-03T08:00:00")
+    assert state.watermark is not None and state.watermark.startswith("2026-11-03T08:00:00")  # the larger one
+    # Each load took its own load sequence at extract start (a compare-and-swap commit), not the same one.
+    assert state.load_seq == 3
+    seqs = {b: set(s) for b in ("b0", "b1", "b2")
+            if (s := data.filter(pc.equal(data["_batch_id"], b))["_load_seq"].to_pylist())}
+    assert seqs["b0"] == {1} and all(len(s) == 1 for s in seqs.values())
+    assert len({next(iter(s)) for s in seqs.values()}) == len(seqs)
+    # Counts add up after the commit dropped what the other load landed first: each row once.
+    res = {b: json.loads((results / b).read_text()) for b in ("b1", "b2")}
+    for r in res.values():
+        assert r["rows_written"] + r["rows_unchanged"] == r["rows_extracted"] and r["rows_deleted"] == 0
+    assert sum(r["rows_written"] for r in res.values()) == 35
+    landed = Counter(data["_batch_id"].to_pylist())
+    assert landed == {"b0": 30, **{b: r["rows_written"] for b, r in res.items() if r["rows_written"]}}
 
 
 def _append_events(writer: int) -> None:

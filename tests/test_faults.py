@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 import pyarrow.compute as pc
 import pytest
+import sqlalchemy.exc
 from pyiceberg.catalog.sql import SqlCatalog
 
 from pipelines.errors import CommitStateUnknown
@@ -25,7 +26,7 @@ from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.raw import RawWriter
 from pipelines.settings import Settings, load_settings
-from tests.test_commit_safety import AT, _staff
+from tests.test_commit_safety import AT, _staff, adds_snapshot
 from tests.test_ingest_semantics import _system
 
 
@@ -44,7 +45,11 @@ def _data_files(settings: Settings, prefix: str) -> set[str]:
 
 
 class _Proxy:
-    """A TCP proxy in front of PostgreSQL; ``cut()`` drops every connection and refuses new ones."""
+    """A TCP proxy in front of PostgreSQL; ``cut()`` drops every connection and refuses new ones.
+
+    ``arm()`` loses the answer to a commit instead: once a client has sent an ``UPDATE iceberg_tables``
+    (pyiceberg's compare-and-swap) and then ``COMMIT``, the server's reply to the COMMIT is swallowed, so the
+    server has committed when the proxy cuts every connection: the outcome is unknown to the client."""
 
     def __init__(self, port: int) -> None:
         self.target = ("127.0.0.1", port)
@@ -52,6 +57,9 @@ class _Proxy:
         self.port = self.listener.getsockname()[1]
         self.open: list[socket.socket] = []
         self.down = False
+        self.armed = False
+        self.committed = threading.Event()  # a COMMIT after the UPDATE went to the server
+        self.lost = threading.Event()  # its reply was swallowed and every connection cut
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -65,13 +73,25 @@ class _Proxy:
                 continue
             server = socket.create_connection(self.target)
             self.open += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            updated = {"sent": False}
+            threading.Thread(target=self._pipe, args=(client, server, updated, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, updated, False), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def arm(self) -> None:
+        self.armed = True
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, updated: dict[str, bool], upstream: bool) -> None:
         try:
             while data := src.recv(65536):
+                if self.armed and upstream:
+                    updated["sent"] = updated["sent"] or b"UPDATE iceberg_tables" in data
+                    if updated["sent"] and b"COMMIT" in data:
+                        self.committed.set()
+                elif self.armed and not upstream and self.committed.is_set() and updated["sent"]:
+                    # the server answered the COMMIT: it has committed; the client never hears it
+                    self.cut()
+                    self.lost.set()
+                    return
                 dst.sendall(data)
         except OSError:
             pass
@@ -123,23 +143,26 @@ def test_catalog_connection_dropped(when: str, tmp_path: Path, proxied: tuple[Se
             return real(self, *args, **kwargs)
 
         patch: tuple[Any, str, Any] = (RawWriter, "commit", commit)
-        raised: Any = Exception
-    else:  # the connection drops as the commit is sent: its outcome is unknown
+        raised: Any = sqlalchemy.exc.OperationalError  # the writer could not reach the catalog
+    else:  # PostgreSQL commits the load, then the connection drops before its answer: outcome unknown
         real_commit = SqlCatalog.commit_table
 
         def commit_table(self: SqlCatalog, *args: Any, **kwargs: Any) -> Any:
-            proxy.cut()
+            if adds_snapshot(args[2]):  # the load's commit, not the load-sequence one at extract start
+                proxy.arm()
             return real_commit(self, *args, **kwargs)
 
         patch = (SqlCatalog, "commit_table", commit_table)
-        raised = CommitStateUnknown
+        raised = CommitStateUnknown  # the writer cannot look its commit up: the catalog is unreachable
     with monkeypatch.context() as m, pytest.raises(raised):
         m.setattr(*patch)
         ingest_table(system, "staff", settings=settings, batch_id="b2", extracted_at=AT + timedelta(1))
+    assert proxy.lost.is_set() == (when == "at_commit")  # the COMMIT really reached the server
 
     monkeypatch.setenv("CITYLAKE_CATALOG_URI", pg_url)
     direct = load_settings()  # the catalog reached without the proxy
-    _exactly_source(direct, 30)  # nothing of b2 landed, nothing of b1 was lost
+    # before_commit: nothing of b2 landed; at_commit: b2 landed and its files were kept. Nothing of b1 lost.
+    _exactly_source(direct, 30 if when == "before_commit" else 50)
     # A commit refused before it was sent removes its files; an unknown one leaves them to orphan cleanup.
     assert bool(_data_files(direct, "b2")) == (when == "at_commit")
     ingest_table(system, "staff", settings=direct, batch_id="b2", extracted_at=AT + timedelta(1))

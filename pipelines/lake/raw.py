@@ -362,10 +362,27 @@ class _AssertState(ValidatableTableRequirement):
 
 
 def _stage_state(tx: Any, state: TableState) -> str:
+    """Stage ``state`` with the requirement that the table's state is still ``state.loaded``.
+
+    pyiceberg 0.12 has no public way to add a requirement: ``Transaction.set_properties`` stages none, and
+    the public ones (``AssertTableUUID``, ``AssertRefSnapshotId``) do not see a properties-only commit by
+    another writer (no new snapshot), which is exactly what a load-sequence allocation is. So the private
+    ``tx._stage`` carries ``_AssertState``, which the SQL catalog validates inside its compare-and-swap. A
+    REST catalog would not know the requirement type: it must be refused loudly, not retried into
+    ``CommitStateUnknown`` (see ``_require_sql_catalog``)."""
     text = state.to_property()
-    tx._stage((), (_AssertState(expected=state.loaded),))  # pyiceberg has no public requirement API
+    tx._stage((), (_AssertState(expected=state.loaded),))
     tx.set_properties({STATE_PROPERTY: text})
     return text
+
+
+def _require_sql_catalog(catalog: Catalog, identifier: str) -> None:
+    """The state requirement is validated client-side by pyiceberg's SQL catalog only (see ``_stage_state``)."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    if not isinstance(catalog, SqlCatalog):
+        raise CitylakeError(f"{identifier}: catalog {type(catalog).__name__} cannot check the citylake.state "
+                            "requirement (only the SQL catalog can); refusing to commit")
 
 
 def _single_attempt(table: Table) -> Table:
@@ -377,8 +394,39 @@ def _single_attempt(table: Table) -> Table:
     return table
 
 
+single_attempt = _single_attempt  # public name: std's publish commits the same way (quality/gate.py)
+
+
+def take_load_seq(catalog: Catalog, identifier: str) -> TableState:
+    """Allocate the table's next load sequence with a compare-and-swap state commit (properties only, no
+    snapshot), retried on the reloaded state when another writer committed first: two loads of one table
+    never share a ``_load_seq``, whose tie would fall back to ``_extracted_at`` (CLI clock vs data interval).
+    Returns the state as committed (``load_seq`` is this load's number; ``loaded`` the committed text)."""
+    _require_sql_catalog(catalog, identifier)
+    for attempt in range(COMMIT_ATTEMPTS):
+        table = catalog.load_table(identifier)
+        state = TableState.of(table)
+        state.next_load_seq()
+        tx = _single_attempt(table).transaction()
+        text = _stage_state(tx, state)
+        try:
+            tx.commit_transaction()
+        except Exception as exc:
+            # Refused (another writer was first), or an unknown outcome: taking a new number is safe either
+            # way, as a number that did land unused only leaves a gap in the order.
+            if attempt == COMMIT_ATTEMPTS - 1:
+                raise CitylakeError(f"{identifier}: load sequence not allocated after {COMMIT_ATTEMPTS} attempts "
+                                    f"({type(exc).__name__}); nothing was written, rerun the load") from exc
+            time.sleep(conflict_pause(attempt))
+            continue
+        state.loaded = text
+        return state
+    raise AssertionError("unreachable")
+
+
 def commit_state(catalog: Catalog, identifier: str, state: TableState) -> None:
     """Commit the table state alone (a drop load that landed no rows), merged like a load's commit."""
+    _require_sql_catalog(catalog, identifier)
     for attempt in range(COMMIT_ATTEMPTS):
         table = catalog.load_table(identifier)
         if table.properties.get(STATE_PROPERTY) != state.loaded:
@@ -438,6 +486,8 @@ class RawWriter:
         self._sent = False  # a commit attempt reached the catalog and was not refused: never delete the files
         self.files: list[str] = []
         self.rows = 0
+        self.dropped: dict[tuple[str | None, bool], int] = {}
+        """Rows ``_drop_landed`` took out, per (``_source_file``, ``_deleted``): the caller's counts follow."""
         self._writer: pq.ParquetWriter | None = None
         self._file_rows = 0
         self._dictionary: list[str] | None = None
@@ -445,6 +495,13 @@ class RawWriter:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, name=f"write-{identifier}", daemon=True)
         self._thread.start()
+
+    def allocate_load_seq(self) -> int:
+        """Take this load's sequence number from the table (``take_load_seq``; the table exists now) for
+        the rows it shapes from here on. Call before the first ``shape``."""
+        seq = take_load_seq(self.catalog, self.identifier).load_seq
+        self.load_seq = pa.scalar(seq, pa.int64())
+        return seq
 
     # The extraction thread only shapes batches; compression and I/O run here, overlapping it.
     def _drain(self) -> None:
@@ -582,6 +639,7 @@ class RawWriter:
         replaces with the same narrowed expression.
         """
         self._finish()
+        _require_sql_catalog(self.catalog, self.identifier)
         summary = {**summary, COMMIT_UUID: self.commit_uuid}
         for attempt in range(COMMIT_ATTEMPTS):
             table = self.catalog.load_table(self.identifier)
@@ -590,7 +648,13 @@ class RawWriter:
                 replace_batch = replace_batch or committed.knows(self.batch_id)
                 state = state.merge(committed)
             if keys:
-                self._drop_landed(table, keys)
+                for (name, deleted), n in self._drop_landed(table, keys).items():
+                    self.dropped[name, deleted] = self.dropped.get((name, deleted), 0) + n
+                    entry = state.ledger.get(name) if name is not None and not deleted else None
+                    if name is not None and entry is not None and entry.get("batch") == self.batch_id \
+                            and "written" in entry:
+                        # the ledger says what this load landed of the file: staged below with the rows
+                        state.ledger[name] = {**entry, "written": max(0, int(entry["written"]) - n)}
             tx = _single_attempt(table).transaction()
             if arrow_schema(table) != self.target:
                 self._evolve(tx, table)
@@ -633,12 +697,16 @@ class RawWriter:
                 return snap.snapshot_id
         return 0 if table.properties.get(STATE_PROPERTY) == sent_state else None
 
-    def _drop_landed(self, table: Table, keys: list[str]) -> None:
+    def _drop_landed(self, table: Table, keys: list[str]) -> dict[tuple[str | None, bool], int]:
         """Drop from this load's files the versions (key, row hash) that other loads landed after this one
-        compared with the lake: two loads of one window (a CLI run beside the DAG) must not both add them."""
+        compared with the lake: two loads of one window (a CLI run beside the DAG) must not both add them.
+        Returns the rows dropped per (``_source_file``, ``_deleted``), for the load's counts and ledger.
+
+        The other loads' files are read one row group at a time and only their (key, hash) are kept: memory
+        follows the other load's keys, not its rows (a spilling DuckDB join would bound even that)."""
         head = table.current_snapshot()
         if head is None or head.snapshot_id == self._compared_at:
-            return
+            return {}
         landed: list[str] = []
         for snap in ancestors_of(head, table.metadata):
             if snap.snapshot_id == self._compared_at:
@@ -652,16 +720,20 @@ class RawWriter:
                                if e.status == ManifestEntryStatus.ADDED]
         self._compared_at = head.snapshot_id
         if not landed or not self.files:
-            return
+            return {}
         columns = [*self.data_columns, "_deleted"]
         parts = []
         for path in landed:
             with table.io.new_input(path).open() as f:
                 other = pq.ParquetFile(f)
                 names = [c for c in dict.fromkeys([*keys, *columns]) if c in other.schema_arrow.names]
-                parts.append(self._hashed(other.read(columns=names), keys, columns))
-        seen = pa.concat_tables(parts)
-        self.files = [p for p in (self._without(path, seen, keys, columns) for path in self.files) if p]
+                parts += [self._hashed(pa.Table.from_batches([b]), keys, columns)
+                          for b in file_batches(other, _ROW_GROUP_ROWS, names)]
+        seen = pa.concat_tables(parts) if parts else None
+        dropped: dict[tuple[str | None, bool], int] = {}
+        if seen is not None and seen.num_rows:
+            self.files = [p for p in (self._without(path, seen, keys, columns, dropped) for path in self.files) if p]
+        return dropped
 
     def _hashed(self, data: pa.Table, keys: list[str], columns: list[str]) -> pa.Table:
         types = {f.name: f.type for f in self.target}
@@ -670,11 +742,12 @@ class RawWriter:
         shaped = pa.table(cols)
         return pa.table([*(shaped.column(k) for k in keys), row_hash(shaped, columns)], names=[*keys, "_h"])
 
-    def _without(self, path: str, seen: pa.Table, keys: list[str], columns: list[str]) -> str | None:
+    def _without(self, path: str, seen: pa.Table, keys: list[str], columns: list[str],
+                 dropped: dict[tuple[str | None, bool], int]) -> str | None:
         """``path`` rewritten without the rows in ``seen`` (the same path when it has none, None when it
-        has nothing else)."""
+        has nothing else); the rows it dropped are counted into ``dropped`` per (source file, deleted)."""
         out = f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet"
-        dropped = total = 0
+        count = total = 0
         with self.table.io.new_input(path).open() as f, self.table.io.new_output(out).create(overwrite=True) as o:
             mine = pq.ParquetFile(f)  # its schema may predate a later file's added column (``extend``)
             writer = pq.ParquetWriter(o, mine.schema_arrow, compression="zstd", compression_level=1)
@@ -682,15 +755,22 @@ class RawWriter:
                 part = pa.Table.from_batches([batch])
                 probe = self._hashed(part, keys, columns).append_column("_i", pa.array(range(part.num_rows)))
                 kept = probe.join(seen, keys=[*keys, "_h"], join_type="left anti").column("_i")
-                dropped += part.num_rows - len(kept)
+                if len(kept) < part.num_rows:
+                    gone = pc.invert(pc.is_in(pa.array(range(part.num_rows)), kept))
+                    lost = part.filter(gone).group_by(["_source_file", "_deleted"], use_threads=False).aggregate(
+                        [([], "count_all")])
+                    for row in lost.to_pylist():
+                        where = (row["_source_file"], bool(row["_deleted"]))
+                        dropped[where] = dropped.get(where, 0) + row["count_all"]
+                count += part.num_rows - len(kept)
                 total += part.num_rows
                 writer.write_table(part.take(pc.take(kept, pc.sort_indices(kept))))
             writer.close()
-        keep: str | None = path if dropped == 0 else out if dropped < total else None
-        gone = [p for p in (path, out) if p != keep]
-        for p in gone:
-            self.table.io.delete(p)  # never committed: every earlier attempt was refused
-        self.rows -= dropped
+        keep: str | None = path if count == 0 else out if count < total else None
+        for p in (path, out):
+            if p != keep:
+                self.table.io.delete(p)  # never committed: every earlier attempt was refused
+        self.rows -= count
         return keep
 
     def _evolve(self, tx: Any, table: Table) -> None:
