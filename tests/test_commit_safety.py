@@ -173,7 +173,9 @@ def _two_processes(*runs: Any, envs: list[dict[str, str]], tmp: Path, every_comm
 def _load_drop(batch: str) -> None:
     settings = load_settings()
     system = _drop_system(Path(os.environ["TEST_DROP"]))
-    ingest_table(system, "hourly", settings=settings, batch_id=batch, extracted_at=AT)
+    res = ingest_table(system, "hourly", settings=settings, batch_id=batch, extracted_at=AT)
+    if "TEST_RESULTS" in os.environ:
+        Path(os.environ["TEST_RESULTS"], batch).write_text(json.dumps(res.to_dict(), default=str))
 
 
 def _load_sql(batch: str, until: datetime | None = None) -> None:
@@ -213,6 +215,36 @@ def test_two_drop_loads_commit_at_once_both_land_with_both_ledgers(tmp_path: Pat
     ledger = TableState.of(table).ledger
     assert {name: entry["batch"] for name, entry in ledger.items()} == {"aq_0.csv": "b0", "aq_1.csv": "b1",
                                                                           "aq_2.csv": "b2"}
+
+
+def test_two_drop_loads_of_one_file_land_it_once_and_the_ledger_says_so(tmp_path: Path, pg_lake: Settings) -> None:
+    first, one, two, results = tmp_path / "d0", tmp_path / "d1", tmp_path / "d2", tmp_path / "results"
+    for folder in (first, one, two, results):
+        folder.mkdir()
+    _write_drop(first / "aq_0.csv", [f"S{s:03d},2026-11-20 00:00:00,{s}.5" for s in range(40)], encoding="gb18030")
+    ingest_table(_drop_system(first), "hourly", settings=pg_lake, batch_id="b0", extracted_at=AT)
+    for folder, own in ((one, 2), (two, 3)):  # the same file in both drops, beside one of each's own
+        _write_drop(folder / "aq_1.csv", [f"S{s:03d},2026-11-20 01:00:00,{s}.5" for s in range(40)],
+                    encoding="gb18030")
+        _write_drop(folder / f"aq_{own}.csv", [f"S{s:03d},2026-11-20 {own:02d}:00:00,{s}.5" for s in range(10)],
+                    encoding="gb18030")
+
+    from functools import partial
+
+    _two_processes(partial(_load_drop, "b1"), partial(_load_drop, "b2"), tmp=tmp_path,
+                   envs=[_env(pg_lake, TEST_DROP=str(d), TEST_RESULTS=str(results)) for d in (one, two)])
+
+    table = get_catalog(pg_lake).load_table("raw.air__hourly")
+    data = table.scan().to_arrow()
+    assert data.num_rows == 40 + 40 + 10 + 10  # aq_1.csv once, whichever load landed it first
+    landed = Counter(zip(data["_source_file"].to_pylist(), data["_batch_id"].to_pylist(), strict=True))
+    ledger = TableState.of(table).ledger
+    # Each file's entry says what its batch landed of it: the later load dropped aq_1.csv's rows at commit.
+    assert {name: e["written"] for name, e in ledger.items()} == {
+        name: landed[name, e["batch"]] for name, e in ledger.items()}
+    res = [json.loads((results / b).read_text()) for b in ("b1", "b2")]
+    assert all(r["rows_written"] + r["rows_unchanged"] == r["rows_extracted"] == 50 for r in res)
+    assert sum(r["rows_written"] for r in res) == 60
 
 
 @pytest.mark.parametrize("until", [None, datetime(2026, 11, 2, 12)], ids=["same_window", "different_watermarks"])
