@@ -3,6 +3,7 @@ vs an Airflow data-interval end); new raw batches are found from metadata, also 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -164,7 +165,8 @@ def test_new_batches_come_from_metadata_and_survive_snapshot_expiry(tmp_path: Pa
 
 def test_a_release_of_an_older_load_does_not_overwrite_a_newer_std_row(tmp_path: Path,
                                                                       lake_settings: Settings) -> None:
-    """A held batch released after newer loads were published: its rows (and tombstones) lose to std's."""
+    """A held batch released after newer loads: its rows (and tombstones) lose to every key a later raw
+    load wrote or deleted (raw's versions decide, deletion rows included: std has no row for a deleted key)."""
     from types import SimpleNamespace
 
     import pyarrow as pa
@@ -175,27 +177,42 @@ def test_a_release_of_an_older_load_does_not_overwrite_a_newer_std_row(tmp_path:
     catalog = get_catalog(lake_settings)
     contract = SimpleNamespace(std_table="std.t")
     at = pa.timestamp("us", tz="UTC")
+    raw: list[tuple[str, int]] = []  # every (key, load sequence) raw holds, deletion rows included
+    reads: list[int] = []
+
+    def later(after: int) -> list[pa.Table]:
+        reads.append(after)
+        return [pa.table({"k": [k for k, s in raw if s > after], "_load_seq": pa.array([s for _, s in raw if s > after],
+                                                                                       pa.int64())})]
 
     def rows(*values: tuple[str, int, int]) -> Path:  # (key, value, load sequence)
         path = tmp_path / f"good-{len(list(tmp_path.glob('good-*')))}.parquet"
         pq.write_table(pa.table({"k": [v[0] for v in values], "v": pa.array([v[1] for v in values], pa.int64()),
                                  "_extracted_at": pa.array([datetime(2026, 11, 1)] * len(values), at),
                                  "_load_seq": pa.array([v[2] for v in values], pa.int64())}), path)
+        raw.extend((v[0], v[2]) for v in values)
         return path
 
     def tombstones(*values: tuple[str, int]) -> pa.Table:
+        raw.extend(values)
         return pa.table({"k": [v[0] for v in values], "_extracted_at": pa.array([datetime(2026, 11, 1)] * len(values), at),
                          "_load_seq": pa.array([v[1] for v in values], pa.int64())})
 
-    _publish(catalog, contract, rows(("a", 1, 1), ("b", 1, 1), ("c", 1, 1)), tombstones(), ["k"], "r1")
-    _publish(catalog, contract, rows(("a", 3, 3)), tombstones(("c", 3)), ["k"], "r3")  # the newer load
-    # the older load, released late: b is newer here than in std, a and c are not
-    _publish(catalog, contract, rows(("a", 2, 2), ("b", 2, 2)), tombstones(("c", 2)), ["k"], "r2")
-    got = {r["k"]: (r["v"], r["_load_seq"]) for r in catalog.load_table("std.t").scan().to_arrow().to_pylist()}
-    assert got == {"a": (3, 3), "b": (2, 2)}
-    _publish(catalog, contract, rows(("c", 9, 9)), tombstones(("a", 9)), ["k"], "r9")  # a later load wins again
-    got = {r["k"]: r["v"] for r in catalog.load_table("std.t").scan().to_arrow().to_pylist()}
-    assert got == {"b": 2, "c": 9}
+    def publish(good: Path, gone: pa.Table, run: str) -> None:
+        _publish(catalog, contract, good, gone, ["k"], run, later=later)
+
+    def std() -> dict[str, int]:
+        return {r["k"]: r["v"] for r in catalog.load_table("std.t").scan().to_arrow().to_pylist()}
+
+    publish(rows(("a", 1, 1), ("b", 1, 1), ("c", 1, 1), ("d", 1, 1)), tombstones(), "r1")
+    held = rows(("a", 2, 2), ("b", 2, 2), ("d", 2, 2)), tombstones(("c", 2))  # loaded, then held
+    publish(rows(("a", 3, 3)), tombstones(("c", 3), ("d", 3)), "r3")  # the newer load deletes d
+    assert std() == {"a": 3, "b": 1}
+    publish(*held, "r2")  # released late: b is newer here than raw's later loads, a, c and d are not
+    assert std() == {"a": 3, "b": 2}  # d stays deleted
+    assert reads[-1] == 2  # raw is read only after the released load's sequence
+    publish(rows(("c", 9, 9)), tombstones(("a", 9)), "r9")  # a later load wins again
+    assert std() == {"b": 2, "c": 9}
 
 
 @pytest.mark.parametrize("rows_per_bucket", [7, 4_000_000])
@@ -231,3 +248,58 @@ def test_full_refresh_compare_is_exact_in_buckets(tmp_path: Path, lake_settings:
     b2 = raw.filter(pc.equal(raw["_batch_id"], "b2"))
     assert sorted(b2["id"].to_pylist()) == ["K0003", "K0010", "K0050", "K0077", "K0099", "K9999"]
     assert load("b3").rows_written == 0
+
+
+def _racing_publish(env: dict[str, str], barrier: object, run_id: str, out: str) -> None:
+    """A child process: one quality run whose std commit starts from the same std state as the other's."""
+    import json
+    import os
+
+    os.environ.update(env)
+    from pipelines.quality import gate
+
+    real = gate.single_attempt
+
+    def single_attempt(table: object) -> object:
+        if not hasattr(single_attempt, "waited"):  # the first attempt only: both read the same std snapshot
+            single_attempt.waited = barrier.wait(60)  # type: ignore[attr-defined]
+        return real(table)
+
+    gate.single_attempt = single_attempt  # type: ignore[assignment]
+    result = gate.run_quality("poi", run_id=run_id)
+    Path(out, run_id).write_text(json.dumps({"status": result.status, "batches": result.batches}))
+
+
+def test_two_publishes_at_once_append_new_keys_once(tmp_path: Path, poi: Poi, pg_url: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CLI quality run beside publish_std (or a retry beside a zombie run), on a PostgreSQL catalog: both
+    pick the same new batch; the std commit is one attempt, the loser decides again, finds the batch
+    published and publishes nothing: new keys land once, meta.batches holds one published event."""
+    import json
+    import multiprocessing
+
+    monkeypatch.setenv("CITYLAKE_CATALOG_URI", pg_url)
+    assert _load(None, "b1") == len(POIS)
+    assert run_quality("poi", run_id="first").status == "published"
+    for i in range(5, 8):  # new keys only: the publish is a fast append, nothing to overwrite
+        poi.run('INSERT INTO "兴趣点" VALUES (?, ?, ?, ?, ?, ?, ?)',
+                (f"POI{i:06d}", f"新街{i}", "公园", 117.0, 31.0, "340104", "2026-11-02 08:00:00"))
+    assert _load(None, "b2") == 3
+    env = {k: v for k, v in os.environ.items() if k.startswith("CITYLAKE_")}
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    out = tmp_path / "results"
+    out.mkdir()
+    procs = [ctx.Process(target=_racing_publish, args=(env, barrier, run, str(out))) for run in ("cli", "airflow")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    results = sorted(json.loads((out / run).read_text())["status"] for run in ("cli", "airflow"))
+    assert results == ["nothing_new", "published"]  # the loser's commit was refused, then found b2 published
+    catalog = get_catalog(load_settings())
+    ids = catalog.load_table("std.poi").scan().to_arrow()["poi_id"].to_pylist()
+    assert sorted(ids) == sorted({*ids}) and len(ids) == len(POIS) + 3
+    events = [(r["raw_batch_id"], r["status"]) for r in catalog.load_table("meta.batches").scan().to_arrow().to_pylist()]
+    assert sorted(events) == [("b1", "published"), ("b2", "published")]

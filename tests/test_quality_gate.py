@@ -305,7 +305,7 @@ def test_publish_replaces_keys_copy_on_write_and_drops_source_deletions(lake_set
     untouched = {f.file.file_path for f in std.scan(row_filter=EqualTo("line", "L9")).plan_files()}
 
     gone = deleted(("L2", 7), day=2)  # types differ from std's
-    snap = _publish(catalog, contract, rows(("L1", 8, 25), ("L3", 7, 5), day=2), gone, keys, "r3")
+    snap, _ = _publish(catalog, contract, rows(("L1", 8, 25), ("L3", 7, 5), day=2), gone, keys, "r3")
     std = catalog.load_table("std.t")
     assert std.current_snapshot().snapshot_id == snap
     got = sorted(tuple(r.values())[:3] for r in std.scan().to_arrow().to_pylist())

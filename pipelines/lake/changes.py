@@ -34,6 +34,17 @@ ROWS_PER_BUCKET = 4_000_000
 """Lake rows per bucket: what one bucket's window and joins handle within ``MEMORY_LIMIT``."""
 
 
+def latest_order(cursor: str | None = None) -> str:
+    """The one rule for "latest version of a key" (raw compares, the gate's dedup and its cross-run guard),
+    as SQL ``ORDER BY`` terms, latest first: ``_load_seq``, then the contract's ``cursor`` (it only orders
+    copies within one load: deletion rows have none), then ``_extracted_at``. The load sequence comes first
+    because it is the only order every version has (deletion rows, drops without a cursor) and the one a
+    later run sees: a late drop file loaded after a newer one wins, in one run or across runs."""
+    terms = ["_load_seq", *([cursor] if cursor and cursor not in ("_load_seq", "_extracted_at") else []),
+             "_extracted_at"]
+    return ", ".join(f'"{c}" DESC NULLS LAST' for c in terms)
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -136,8 +147,8 @@ class LakeCompare:
             # Every row of each key's latest load that is not a deletion row: what the source is compared with.
             self.con.execute(
                 f"CREATE TABLE live_{i} AS SELECT {self._key_list}, _h FROM ("
-                f"SELECT *, rank() OVER (PARTITION BY {self._key_list} ORDER BY _load_seq DESC NULLS LAST, "
-                f"_extracted_at DESC NULLS LAST) AS _r FROM lake WHERE {self._in_bucket(i)}) "
+                f"SELECT *, rank() OVER (PARTITION BY {self._key_list} ORDER BY {latest_order()}) AS _r "
+                f"FROM lake WHERE {self._in_bucket(i)}) "
                 "WHERE _r = 1 AND NOT coalesce(_deleted, false)")
             self._tables.add(f"live_{i}")
         if self._has("lake"):

@@ -24,9 +24,10 @@ import itertools
 import json
 import re
 import tempfile
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -36,15 +37,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyiceberg.expressions import EqualTo, In
+from pyiceberg.exceptions import CommitFailedException, ValidationException
+from pyiceberg.expressions import EqualTo, GreaterThan, In
 
 from pipelines.contracts import DatasetContract, load_contracts
 from pipelines.errors import CitylakeError, ConfigError
 from pipelines.lake.catalog import get_catalog
-from pipelines.lake.changes import raw_batch_ids
+from pipelines.lake.changes import latest_order, raw_batch_ids
 from pipelines.lake.changes import release_memory as _release_memory  # between passes: each started at the last peak
 from pipelines.lake.meta import append_events, new_run_id, replace_run
-from pipelines.lake.raw import arrow_schema, open_table, stream_scan
+from pipelines.lake.raw import COMMIT_ATTEMPTS, arrow_schema, conflict_pause, open_table, single_attempt, stream_scan
 from pipelines.lake.tables import PROPS, append, append_staged, table_for
 from pipelines.privacy import mask, value_mask
 from pipelines.quality.rules import Rule, evaluate
@@ -341,10 +343,10 @@ def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: A
 
 
 def _extra_copies(staged: _Staged, keys: list[str], order: str | None, tmp: Path) -> pa.Array:
-    """Positions of every copy of a key but its latest (by the contract's cursor ``order``; ties: the later
-    load by ``_load_seq``, then the later extraction, then the later row), found by DuckDB over the staged
-    file so that the batch need not fit in memory (it spills to ``tmp``). The load sequence comes before
-    ``_extracted_at``: a CLI run stamps the wall clock, an Airflow run its data-interval end."""
+    """Positions of every copy of a key but its latest (``latest_order``: the later load by ``_load_seq``,
+    then the contract's cursor ``order``, then the later extraction; ties: the later row), found by DuckDB
+    over the staged file so that the batch need not fit in memory (it spills to ``tmp``). The rule is the
+    raw compare's and the cross-run guard's: a copy from a later load wins within one run as across runs."""
     import duckdb
 
     if not staged.rows:
@@ -352,8 +354,7 @@ def _extra_copies(staged: _Staged, keys: list[str], order: str | None, tmp: Path
     con = duckdb.connect(config={"memory_limit": "256MB", "temp_directory": str(tmp), "threads": 2})
     key_list = ", ".join(f'"{k}"' for k in keys)
     source = str(staged.path).replace("'", "''")
-    ordering = ", ".join(f'"{c}" DESC NULLS LAST' for c in dict.fromkeys(
-        [*([order] if order and order != "_extracted_at" else []), "_load_seq", "_extracted_at"]))
+    ordering = latest_order(order)
     extras = con.sql(f"SELECT _pos FROM (SELECT _pos, row_number() OVER (PARTITION BY {key_list} ORDER BY "
                      f"{ordering}, _pos DESC) AS rn FROM read_parquet('{source}')) WHERE rn > 1").to_arrow_table()
     con.close()
@@ -504,9 +505,25 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
                                    "quarantined": split.quarantined_by_batch[b], "held": 0} for b in batches}
         for b, n in result.batch_counts.items():  # the invariant holds per raw batch, not only in total
             assert n["extracted"] == n["published"] + n["quarantined"], (b, n)
-        result.std_snapshot = _publish(catalog, contract, good_path, staged.gone, keys, run_id)
+        result.std_snapshot, done = _publish(catalog, contract, good_path, staged.gone, keys, run_id, batches,
+                                             _raw_versions(catalog, contract, standards))
+        if done:  # a concurrent run published these first: they are its to record, not this run's
+            batches = result.batches = [b for b in batches if b not in done]
+            for b in done:
+                n = result.batch_counts.pop(b)
+                result.extracted -= n["extracted"]
+                result.published -= n["published"]
+                result.quarantined -= n["quarantined"]
+            if not batches:
+                result.status, result.std_snapshot = "nothing_new", None
+                return result
         # a retry (its batches not yet recorded) replaces the rows an earlier attempt quarantined
-        append(catalog, f"quarantine.{dataset}", quarantine_path, props={"citylake.run-id": run_id},
+        kept = quarantine_path
+        if done and quarantine_path.exists():
+            kept = tmp / "quarantine-kept.parquet"
+            q = pq.read_table(quarantine_path)
+            pq.write_table(q.filter(pc.is_in(q["_batch_id"], value_set=pa.array(batches))), kept)
+        append(catalog, f"quarantine.{dataset}", kept, props={"citylake.run-id": run_id},
                properties=QUARANTINE_PROPS, replace=In("_batch_id", batches))
     result.status = "published" if release is None else "released"
     _record_batches(catalog, contract, result, result.std_snapshot)
@@ -584,24 +601,59 @@ def _still_alive(batch: pa.RecordBatch, keys: list[str], deleted: pa.Table) -> p
     return pc.fill_null(later, True)
 
 
-def _stale_keys(table: Any, keys: list[str], good: Path, gone_keys: pa.Table, gone: pa.Table) -> pa.Array:
-    """Keys whose std row came from a later load (``_load_seq``) than every row and tombstone this run
-    carries for them: a held batch released after newer ones were published must not bring an older
-    value back. std rows without a load sequence (published before it existed) are never protected."""
-    empty = pa.array([], pa.string())
-    if table.current_snapshot() is None or "_load_seq" not in table.schema().column_names:
-        return empty
-    incoming = [pa.table({"key": _key_strings(gone_keys, keys), "seq": pc.fill_null(load_seqs(gone), -1)})]
+def _incoming(good: Path, gone_keys: pa.Table, gone: pa.Table, keys: list[str], done: set[str]) -> pa.Table:
+    """(key string, load sequence) of every passing row and tombstone this publish carries, the batches in
+    ``done`` (another run published them) left out."""
+    parts = [pa.table({"key": _key_strings(gone_keys, keys), "seq": pc.fill_null(load_seqs(gone), -1)})
+             .filter(_not_done(gone, done))]
     if good.exists():
         names = pq.ParquetFile(good).schema_arrow.names
-        rows = pq.read_table(good, columns=[*keys, *(["_load_seq"] if "_load_seq" in names else [])])
-        incoming.append(pa.table({"key": _key_strings(rows, keys), "seq": pc.fill_null(load_seqs(rows), -1)}))
-    latest = pa.concat_tables(incoming).group_by("key").aggregate([("seq", "max")])
-    if not latest.num_rows:
+        rows = pq.read_table(good, columns=[*keys, *[c for c in ("_load_seq", "_batch_id") if c in names]])
+        parts.append(pa.table({"key": _key_strings(rows, keys), "seq": pc.fill_null(load_seqs(rows), -1)})
+                     .filter(_not_done(rows, done)))
+    return pa.concat_tables(parts)
+
+
+def _not_done(rows: pa.Table | pa.RecordBatch, done: set[str]) -> pa.Array:
+    if not done or "_batch_id" not in rows.schema.names:
+        return pa.repeat(pa.scalar(True), rows.num_rows)
+    return pc.invert(pc.fill_null(pc.is_in(rows.column("_batch_id"), value_set=pa.array(sorted(done))), False))
+
+
+Later = Callable[[int], Iterable[pa.Table]]
+"""Raw's versions (standardized key columns and ``_load_seq``) loaded after a load sequence."""
+
+
+def _raw_versions(catalog: Any, contract: DatasetContract, standards: Any) -> Later:
+    """Raw's rows, deletion rows included, with a load sequence above ``after``: the data files of later
+    loads only (their ``_load_seq`` bounds prune the rest), read a record batch at a time."""
+    keys = contract.primary_key
+    source_keys = [next(c.source for c in contract.columns if c.name == k) for k in keys]
+
+    def read(after: int) -> Iterator[pa.Table]:
+        raw = open_table(catalog, contract.raw_table)
+        if raw is None or raw.current_snapshot() is None or "_load_seq" not in raw.schema().column_names:
+            return
+        scan = raw.scan(row_filter=GreaterThan("_load_seq", after), selected_fields=(*source_keys, "_load_seq"))
+        for batch in stream_scan(scan):
+            part = pa.Table.from_batches([batch])
+            yield standardize(part.select(source_keys), contract, standards)[0].select(keys) \
+                .append_column("_load_seq", part["_load_seq"])
+
+    return read
+
+
+def _stale_keys(incoming: pa.Table, keys: list[str], later: Later | None) -> pa.Array:
+    """Keys a later load (by ``_load_seq``, ``latest_order``'s first term) than every row and tombstone this
+    publish carries for them wrote or deleted in raw: a held batch released after newer loads must not
+    bring an older value back, nor a key a later load deleted (std has no row left to compare with, so
+    raw's versions decide, deletion rows included). Only the loads after the oldest incoming one are read."""
+    empty = pa.array([], pa.string())
+    if later is None or not incoming.num_rows:
         return empty
+    latest = incoming.group_by("key").aggregate([("seq", "max")])
     stale: list[pa.Array] = []
-    for batch in stream_scan(table.scan(selected_fields=(*keys, "_load_seq"))):
-        part = pa.Table.from_batches([batch])
+    for part in later(int(pc.min(latest["seq_max"]).as_py())):
         idx = pc.index_in(_key_strings(part, keys), value_set=latest["key"])
         newer = pc.fill_null(pc.greater(part["_load_seq"], pc.take(latest["seq_max"], idx)), False)
         if pc.any(newer).as_py():
@@ -609,45 +661,76 @@ def _stale_keys(table: Any, keys: list[str], good: Path, gone_keys: pa.Table, go
     return pc.unique(pa.concat_arrays(stale)) if stale else empty
 
 
+PUBLISHED_BATCHES = "citylake.batches"
+"""std snapshot summary: the raw batches a publish carried (JSON list), so a concurrent run sees them."""
+
+
+def _published_elsewhere(table: Any, run_id: str) -> set[str]:
+    """Raw batches another run already published to std (from snapshot summaries, metadata only): their
+    ``meta.batches`` event may not be written yet, so ``_new_batches`` could not tell."""
+    out: set[str] = set()
+    for snap in table.metadata.snapshots:
+        summary = snap.summary
+        text = summary.get(PUBLISHED_BATCHES) if summary is not None else None
+        if text and summary.get("citylake.run-id") != run_id:
+            out.update(json.loads(text))
+    return out
+
+
 def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table, keys: list[str],
-             run_id: str) -> int | None:
+             run_id: str, batches: list[str] | None = None, later: Later | None = None) -> tuple[int | None, set[str]]:
     """One commit: replace the std rows of every key the batch carries (upsert) and drop the keys deleted
     at the source; the passing rows stream in from their staged file. A first publish only appends. When
     a run validates several batches, a key's latest event wins: a row extracted before the batch that
     found its key deleted is not appended (it still counts as published: it passed, then was deleted).
-    Across runs too: a key whose std row a later load wrote is left as it is (``_stale_keys``)."""
+    Across runs too: a key a later raw load wrote or deleted is left as it is (``_stale_keys``).
+
+    The commit is a single attempt (pyiceberg's retry would re-apply a fast append of keys another publish
+    just appended: two copies); refused, everything is decided again on the reloaded table, and the batches
+    another run published meanwhile are left out. Returns (std snapshot, those batches)."""
     name = contract.std_table
     rows = pq.ParquetFile(good) if good.exists() else None
-    table = table_for(catalog, name, rows.schema_arrow, STD_PROPS) if rows is not None else open_table(catalog, name)
-    if table is None:
-        return None
-    props = {"citylake.run-id": run_id}
-    types = arrow_schema(table)
-    gone_keys = pa.table({k: pc.cast(gone.column(k), types.field(k).type) for k in keys})
-    stale = _stale_keys(table, keys, good, gone_keys, gone)
-    with table.transaction() as tx:
+    for attempt in range(COMMIT_ATTEMPTS):
+        table = table_for(catalog, name, rows.schema_arrow, STD_PROPS) if rows is not None else open_table(catalog, name)
+        if table is None:
+            return None, set()
+        done = _published_elsewhere(table, run_id) & set(batches or ())
+        if batches and done >= set(batches):
+            return None, done
+        props = {"citylake.run-id": run_id, **({PUBLISHED_BATCHES: json.dumps(sorted(set(batches) - done))}
+                                               if batches else {})}
+        types = arrow_schema(table)
+        gone_keys = pa.table({k: pc.cast(gone.column(k), types.field(k).type) for k in keys})
+        incoming = _incoming(good, gone_keys, gone, keys, done)
+        stale = _stale_keys(incoming, keys, later)
+        tx = single_attempt(table).transaction()
         if table.current_snapshot() is not None:  # a first publish has nothing to replace
-            parts = [_key_strings(gone_keys, keys)]
-            if rows is not None:
-                parts.append(_key_strings(pq.read_table(good, columns=keys), keys))
-            replace = pc.unique(pa.concat_arrays(parts))
+            replace = pc.unique(incoming["key"].combine_chunks())
             if len(stale):
                 replace = replace.filter(pc.invert(pc.is_in(replace, value_set=stale)))
             if len(replace):
                 _drop_keys(tx, table, keys, replace, props)
         if rows is not None:
-            deleted = _deleted_since(gone_keys, gone, keys)
+            live_gone = gone.filter(_not_done(gone, done))
+            deleted = _deleted_since(gone_keys.filter(_not_done(gone, done)), live_gone, keys)
 
-            def keep(b: pa.RecordBatch) -> pa.Array:
-                alive = _still_alive(b, keys, deleted)
+            def keep(b: pa.RecordBatch, deleted: pa.Table = deleted, stale: pa.Array = stale,
+                     done: set[str] = done) -> pa.Array:
+                alive = pc.and_(_still_alive(b, keys, deleted), _not_done(b, done))
                 if not len(stale):
                     return alive
                 fresh = pc.invert(pc.is_in(_key_strings(pa.Table.from_batches([b]), keys), value_set=stale))
                 return pc.and_(alive, fresh)
 
             append_staged(tx, table, rows, props, keep, CHUNK_ROWS)
-    snap = catalog.load_table(name).current_snapshot()
-    return snap.snapshot_id if snap else None
+        try:
+            tx.commit_transaction()
+        except (CommitFailedException, ValidationException):  # refused: nothing landed; decide again
+            time.sleep(conflict_pause(attempt))
+            continue
+        snap = catalog.load_table(name).current_snapshot()
+        return (snap.snapshot_id if snap else None), done
+    raise CitylakeError(f"{name}: publish refused {COMMIT_ATTEMPTS} times by concurrent writers; nothing landed")
 
 
 def _record_results(catalog: Any, run_id: str, contract: DatasetContract, tallies: list[RuleTally]) -> None:
