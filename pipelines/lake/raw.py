@@ -26,9 +26,8 @@ import pyarrow.parquet as pq
 from pydantic import Field
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, TableAlreadyExistsError, ValidationException
-from pyiceberg.expressions import And, BooleanExpression, EqualTo
+from pyiceberg.expressions import And, BooleanExpression, EqualTo, In
 from pyiceberg.io.pyarrow import schema_to_pyarrow
-from pyiceberg.manifest import ManifestEntryStatus
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import ancestors_of
 from pyiceberg.table.update import ValidatableTableRequirement
@@ -702,76 +701,74 @@ class RawWriter:
         compared with the lake: two loads of one window (a CLI run beside the DAG) must not both add them.
         Returns the rows dropped per (``_source_file``, ``_deleted``), for the load's counts and ledger.
 
-        The other loads' files are read one row group at a time and only their (key, hash) are kept: memory
-        follows the other load's keys, not its rows (a spilling DuckDB join would bound even that)."""
+        Compared as a full refresh compares (``LakeCompare``: DuckDB on local disk, spilling): the other
+        loads' rows are streamed in as (key, hash), this load's files are staged and read back without the
+        rows that match the other loads' latest version of their key. Memory follows a record batch, not
+        the other load. A deletion row is never dropped (the compare's lake side holds live versions only):
+        two concurrent full refreshes may both record a key's deletion, which std applies once."""
+        from pipelines.lake.changes import LakeCompare  # changes imports this module
+
         head = table.current_snapshot()
         if head is None or head.snapshot_id == self._compared_at:
             return {}
-        landed: list[str] = []
+        others: set[str] = set()
         for snap in ancestors_of(head, table.metadata):
             if snap.snapshot_id == self._compared_at:
                 break
             batch = snap.summary.get("citylake.batch-id") if snap.summary is not None else None
-            if batch is None or batch == self.batch_id:  # maintenance, or the batch this commit replaces
-                continue
-            for manifest in snap.manifests(table.io):
-                if manifest.added_snapshot_id == snap.snapshot_id:
-                    landed += [e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io)
-                               if e.status == ManifestEntryStatus.ADDED]
+            if batch is not None and batch != self.batch_id:  # not maintenance, not the batch being replaced
+                others.add(batch)
         self._compared_at = head.snapshot_id
-        if not landed or not self.files:
+        if not others or not self.files:
             return {}
-        columns = [*self.data_columns, "_deleted"]
-        parts = []
-        for path in landed:
-            with table.io.new_input(path).open() as f:
-                other = pq.ParquetFile(f)
-                names = [c for c in dict.fromkeys([*keys, *columns]) if c in other.schema_arrow.names]
-                parts += [self._hashed(pa.Table.from_batches([b]), keys, columns)
-                          for b in file_batches(other, _ROW_GROUP_ROWS, names)]
-        seen = pa.concat_tables(parts) if parts else None
-        dropped: dict[tuple[str | None, bool], int] = {}
-        if seen is not None and seen.num_rows:
-            self.files = [p for p in (self._without(path, seen, keys, columns, dropped) for path in self.files) if p]
+        fields = [f for f in self.target if f.name not in LINEAGE_NAMES]
+        compare = LakeCompare(keys)
+        try:
+            if not compare.load_lake(table, fields, row_filter=In("_batch_id", sorted(others))):
+                return {}
+            read: dict[tuple[str | None, bool], int] = {}
+            for path in self.files:
+                with self.table.io.new_input(path).open() as f:
+                    # a file's schema may predate a later file's added column (``extend``): conform each batch
+                    for batch in file_batches(pq.ParquetFile(f), _ROW_GROUP_ROWS):
+                        shaped = self._conform(batch)
+                        _count(shaped, read)
+                        compare.add(shaped, self.data_columns)
+            kept: dict[tuple[str | None, bool], int] = {}
+            files: list[str] = []
+            out: Any = None
+            try:
+                for batch in compare.changed(_ROW_GROUP_ROWS):
+                    if out is None or out[2] >= _ROWS_PER_FILE:
+                        if out is not None:
+                            out[0].close()
+                            out[1].close()
+                        files.append(f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet")
+                        stream = self.table.io.new_output(files[-1]).create(overwrite=True)
+                        out = [pq.ParquetWriter(stream, self.target, compression="zstd", compression_level=1),
+                               stream, 0]
+                    out[0].write_batch(batch, row_group_size=_ROW_GROUP_ROWS)
+                    out[2] += batch.num_rows
+                    _count(batch, kept)
+            finally:
+                if out is not None:
+                    out[0].close()
+                    out[1].close()
+        finally:
+            compare.close()
+        dropped = {k: n - kept.get(k, 0) for k, n in read.items() if n > kept.get(k, 0)}
+        old, self.files = (files, self.files) if not dropped else (self.files, files)
+        for path in old:
+            self.table.io.delete(path)  # never committed: every earlier attempt was refused
+        self.rows -= sum(dropped.values())
         return dropped
 
-    def _hashed(self, data: pa.Table, keys: list[str], columns: list[str]) -> pa.Table:
-        types = {f.name: f.type for f in self.target}
-        cols = {c: data.column(c).cast(types[c]) if c in data.column_names else pa.nulls(data.num_rows, types[c])
-                for c in dict.fromkeys([*keys, *columns])}
-        shaped = pa.table(cols)
-        return pa.table([*(shaped.column(k) for k in keys), row_hash(shaped, columns)], names=[*keys, "_h"])
-
-    def _without(self, path: str, seen: pa.Table, keys: list[str], columns: list[str],
-                 dropped: dict[tuple[str | None, bool], int]) -> str | None:
-        """``path`` rewritten without the rows in ``seen`` (the same path when it has none, None when it
-        has nothing else); the rows it dropped are counted into ``dropped`` per (source file, deleted)."""
-        out = f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet"
-        count = total = 0
-        with self.table.io.new_input(path).open() as f, self.table.io.new_output(out).create(overwrite=True) as o:
-            mine = pq.ParquetFile(f)  # its schema may predate a later file's added column (``extend``)
-            writer = pq.ParquetWriter(o, mine.schema_arrow, compression="zstd", compression_level=1)
-            for batch in mine.iter_batches(batch_size=_ROW_GROUP_ROWS):
-                part = pa.Table.from_batches([batch])
-                probe = self._hashed(part, keys, columns).append_column("_i", pa.array(range(part.num_rows)))
-                kept = probe.join(seen, keys=[*keys, "_h"], join_type="left anti").column("_i")
-                if len(kept) < part.num_rows:
-                    gone = pc.invert(pc.is_in(pa.array(range(part.num_rows)), kept))
-                    lost = part.filter(gone).group_by(["_source_file", "_deleted"], use_threads=False).aggregate(
-                        [([], "count_all")])
-                    for row in lost.to_pylist():
-                        where = (row["_source_file"], bool(row["_deleted"]))
-                        dropped[where] = dropped.get(where, 0) + row["count_all"]
-                count += part.num_rows - len(kept)
-                total += part.num_rows
-                writer.write_table(part.take(pc.take(kept, pc.sort_indices(kept))))
-            writer.close()
-        keep: str | None = path if count == 0 else out if count < total else None
-        for p in (path, out):
-            if p != keep:
-                self.table.io.delete(p)  # never committed: every earlier attempt was refused
-        self.rows -= count
-        return keep
+    def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """One of this load's written batches in the current target schema (columns added since as nulls)."""
+        n = batch.num_rows
+        return pa.RecordBatch.from_arrays(
+            [batch.column(f.name).cast(f.type) if f.name in batch.schema.names else pa.nulls(n, f.type)
+             for f in self.target], schema=self.target)
 
     def _evolve(self, tx: Any, table: Table) -> None:
         current = {f.name: f.type for f in arrow_schema(table)}
@@ -800,6 +797,15 @@ class RawWriter:
             except OSError:
                 pass
         self.files = []
+
+
+def _count(batch: pa.RecordBatch, into: dict[tuple[str | None, bool], int]) -> None:
+    """Add a batch's rows per (``_source_file``, ``_deleted``) to ``into``."""
+    counts = pa.Table.from_batches([batch]).group_by(["_source_file", "_deleted"], use_threads=False).aggregate(
+        [([], "count_all")])
+    for row in counts.to_pylist():
+        where = (row["_source_file"], bool(row["_deleted"]))
+        into[where] = into.get(where, 0) + row["count_all"]
 
 
 def row_hash(batch: pa.RecordBatch | pa.Table, columns: list[str]) -> pa.Array:
