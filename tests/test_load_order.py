@@ -258,14 +258,15 @@ def _racing_publish(env: dict[str, str], barrier: object, run_id: str, out: str)
     os.environ.update(env)
     from pipelines.quality import gate
 
-    real = gate.single_attempt
+    real = gate.table_for
 
-    def single_attempt(table: object) -> object:
-        if not hasattr(single_attempt, "waited"):  # the first attempt only: both read the same std snapshot
-            single_attempt.waited = barrier.wait(60)  # type: ignore[attr-defined]
-        return real(table)
+    def table_for(*args: object, **kwargs: object) -> object:
+        table = real(*args, **kwargs)  # type: ignore[arg-type]
+        if not hasattr(table_for, "waited"):  # the first attempt only: both read the same std snapshot
+            table_for.waited = barrier.wait(60)  # type: ignore[attr-defined]
+        return table
 
-    gate.single_attempt = single_attempt  # type: ignore[assignment]
+    gate.table_for = table_for  # type: ignore[assignment]
     result = gate.run_quality("poi", run_id=run_id)
     Path(out, run_id).write_text(json.dumps({"status": result.status, "batches": result.batches}))
 
