@@ -133,8 +133,8 @@ def _writer(env: dict[str, str], barrier: Any, run: Any, every_commit: bool = Fa
     waited = []
 
     def transaction(self: Table, *args: Any, **kwargs: Any) -> Any:
-        if sys._getframe(1).f_code.co_name == "take_load_seq":  # the load-sequence commit at extract start
-            return real(self, *args, **kwargs)
+        if (sys._getframe(1).f_code.co_name == "take_load_seq") != ("TEST_SYNC_LOAD_SEQ" in env):
+            return real(self, *args, **kwargs)  # the load-sequence commit at extract start, or only it
         if not waited or every_commit:  # both children have read the same table state
             try:
                 waited.append(barrier.wait(timeout=10 if every_commit else 60))
@@ -154,6 +154,8 @@ def _writer(env: dict[str, str], barrier: Any, run: Any, every_commit: bool = Fa
     Table.transaction = transaction  # type: ignore[method-assign]
     SqlCatalog.commit_table = commit_table  # type: ignore[method-assign]
     run()
+    if every_commit:
+        barrier.abort()  # the other child's remaining commits need not wait for this one's
 
 
 def _two_processes(*runs: Any, envs: list[dict[str, str]], tmp: Path, every_commit: bool = False) -> None:
@@ -273,6 +275,7 @@ def test_two_sql_loads_of_one_window_land_it_once_with_both_windows(until: datet
     state = TableState.of(table)
     assert set(state.windows) == {"b0", "b1", "b2"}
     assert state.watermark is not None and state.watermark.startswith("2026-11-03T08:00:00")  # the larger one
+    assert str(state.windows["b1"][1]).startswith("2026-11-02T08:00:00" if until else "2026-11-03T08:00:00")
     # Each load took its own load sequence at extract start (a compare-and-swap commit), not the same one.
     assert state.load_seq == 3
     seqs = {b: set(s) for b in ("b0", "b1", "b2")
@@ -286,6 +289,31 @@ def test_two_sql_loads_of_one_window_land_it_once_with_both_windows(until: datet
     assert sum(r["rows_written"] for r in res.values()) == 35
     landed = Counter(data["_batch_id"].to_pylist())
     assert landed == {"b0": 30, **{b: r["rows_written"] for b, r in res.items() if r["rows_written"]}}
+
+
+def _take_load_seqs(writer: int) -> None:
+    from pipelines.lake.raw import take_load_seq
+
+    catalog = get_catalog(load_settings())
+    seqs = [take_load_seq(catalog, "raw.hr__staff").load_seq for _ in range(3)]
+    Path(os.environ["TEST_RESULTS"], str(writer)).write_text(json.dumps(seqs))
+
+
+def test_two_processes_taking_load_sequences_at_once_get_distinct_ones(tmp_path: Path, pg_lake: Settings) -> None:
+    db = tmp_path / "hr.db"
+    _staff(db, 0, 3, 1)
+    ingest_table(_system(db), "staff", settings=pg_lake, batch_id="b0", extracted_at=AT)  # load sequence 1
+    results = tmp_path / "results"
+    results.mkdir()
+
+    from functools import partial
+
+    # Both read the same state before each compare-and-swap: one is refused, re-reads and takes the next.
+    _two_processes(partial(_take_load_seqs, 1), partial(_take_load_seqs, 2), tmp=tmp_path, every_commit=True,
+                   envs=[_env(pg_lake, TEST_RESULTS=str(results), TEST_SYNC_LOAD_SEQ="1")] * 2)
+    taken = [n for w in (1, 2) for n in json.loads((results / str(w)).read_text())]
+    assert sorted(taken) == list(range(2, 8))
+    assert TableState.of(get_catalog(pg_lake).load_table("raw.hr__staff")).load_seq == 7
 
 
 def _append_events(writer: int) -> None:
