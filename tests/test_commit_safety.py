@@ -333,3 +333,16 @@ def test_two_processes_appending_to_one_meta_table_both_land(tmp_path: Path, pg_
                    every_commit=True)
     rows = get_catalog(pg_lake).load_table("meta.events").scan().to_arrow().to_pylist()
     assert sorted((r["writer"], r["n"]) for r in rows) == [(w, n) for w in (1, 2) for n in range(4)]
+
+
+def test_a_catalog_that_cannot_check_the_state_requirement_is_refused_clearly() -> None:
+    from pipelines.errors import CitylakeError
+    from pipelines.lake.raw import commit_state, take_load_seq
+
+    class RestLike:  # any catalog but pyiceberg's SQL one, which validates the custom requirement itself
+        pass
+
+    with pytest.raises(CitylakeError, match=r"raw\.hr__staff: catalog RestLike cannot check the citylake\.state"):
+        take_load_seq(RestLike(), "raw.hr__staff")  # type: ignore[arg-type]
+    with pytest.raises(CitylakeError, match=r"raw\.hr__staff: catalog RestLike"):
+        commit_state(RestLike(), "raw.hr__staff", TableState())  # type: ignore[arg-type]
