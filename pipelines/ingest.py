@@ -30,7 +30,7 @@ from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, In, LessThan
 from pipelines.contracts import contracts_of_table
 from pipelines.errors import CitylakeError, FileRejected, SchemaDriftError
 from pipelines.lake.catalog import get_catalog
-from pipelines.lake.changes import LakeCompare
+from pipelines.lake.changes import LakeCompare, latest_order
 from pipelines.lake.raw import (
     LINEAGE_NAMES,
     RawWriter,
@@ -224,8 +224,7 @@ def _latest(versions: pa.Table, keys: list[str]) -> pa.Table:
         con.register("v", versions)
         on = ", ".join('"' + k.replace('"', '""') + '"' for k in keys)
         return con.sql(f"SELECT * EXCLUDE (_r) FROM (SELECT *, rank() OVER (PARTITION BY {on} ORDER BY "
-                       "_load_seq DESC NULLS LAST, _extracted_at DESC NULLS LAST) AS _r FROM v) WHERE _r = 1"
-                       ).to_arrow_table()
+                       f"{latest_order()}) AS _r FROM v) WHERE _r = 1").to_arrow_table()
     finally:
         con.close()
 
