@@ -15,7 +15,12 @@ from pipelines.errors import FileRejected
 from pipelines.extract.drops import opening
 from pipelines.extract.drops.encoding import Utf8Stream
 from pipelines.extract.drops.listing import DropFile
-from pipelines.extract.drops.opening import arrow_reason, arrow_source, peek_head, raise_stream_error
+from pipelines.extract.drops.opening import (
+    arrow_reason,
+    arrow_source,
+    guarded_batches,
+    peek_head,
+)
 from pipelines.extract.drops.reject import one_line
 from pipelines.extract.drops.typing import Typer, typed
 from pipelines.registry import DropTable
@@ -147,24 +152,17 @@ def _guard_csv(
 ) -> Iterator[pa.RecordBatch]:
     """Batches of the Arrow reader; a parse failure becomes a FileRejected with the line found by rescan."""
     reader = None
-    while True:
-        try:
-            if reader is None:  # opening already parses the first block
-                reader = open_reader()
-            batch = reader.read_next_batch()
-        except StopIteration:
-            raise_stream_error(stream)
-            return
-        except FileRejected:
-            raise
-        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            raise_stream_error(stream)
-            found = _csv_scan(f, table, settings)
-            if found and found[1]:
-                raise FileRejected(f.name, found[1], found[0]) from None
-            raise FileRejected(f.name, arrow_reason("CSV", exc), None) from None
-        except Exception:
-            raise_stream_error(stream)
-            raise
-        raise_stream_error(stream)
-        yield batch
+
+    def read_next() -> pa.RecordBatch:
+        nonlocal reader
+        if reader is None:  # opening already parses the first block
+            reader = open_reader()
+        return reader.read_next_batch()
+
+    def rejection(exc: Exception) -> FileRejected:
+        found = _csv_scan(f, table, settings)
+        if found and found[1]:
+            return FileRejected(f.name, found[1], found[0])
+        return FileRejected(f.name, arrow_reason("CSV", exc), None)
+
+    return guarded_batches(read_next, stream, rejection)

@@ -14,7 +14,13 @@ from pipelines.errors import FileRejected
 from pipelines.extract.drops import opening
 from pipelines.extract.drops.encoding import Utf8Stream
 from pipelines.extract.drops.listing import DropFile
-from pipelines.extract.drops.opening import arrow_reason, arrow_source, peek_head, raise_stream_error
+from pipelines.extract.drops.opening import (
+    arrow_reason,
+    arrow_source,
+    guarded_batches,
+    peek_head,
+    raise_stream_error,
+)
 from pipelines.extract.drops.reject import one_line
 from pipelines.extract.drops.typing import TIMESTAMP, Typer, declared_types, typed
 from pipelines.privacy import quote
@@ -136,26 +142,15 @@ def read_jsonl(f: DropFile, table: DropTable, settings: Settings, batch_rows: in
             raise
         typer = Typer(f, table, names, lambda row: _jsonl_line(f, table, settings, schema, row))
 
-        def data() -> Iterator[pa.RecordBatch]:
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                    if stream is None:
-                        batch.validate(full=True)  # Arrow's JSON reader does not check UTF-8 itself
-                except StopIteration:
-                    raise_stream_error(stream)
-                    return
-                except FileRejected:
-                    raise
-                except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-                    raise _json_rejection(f, table, settings, stream, schema, exc) from None
-                except Exception:
-                    raise_stream_error(stream)
-                    raise
-                raise_stream_error(stream)
-                yield batch
+        def read_next() -> pa.RecordBatch:
+            batch = reader.read_next_batch()
+            if stream is None:
+                batch.validate(full=True)  # Arrow's JSON reader does not check UTF-8 itself
+            return batch
 
-        yield from typed(data(), typer, batch_rows, empty=pa.RecordBatch.from_pylist([], schema=schema))
+        data = guarded_batches(read_next, stream,
+                               lambda exc: _json_rejection(f, table, settings, stream, schema, exc))
+        yield from typed(data, typer, batch_rows, empty=pa.RecordBatch.from_pylist([], schema=schema))
 
 
 def _jsonl_line(f: DropFile, table: DropTable, settings: Settings, schema: pa.Schema, row: int) -> int | None:

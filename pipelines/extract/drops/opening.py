@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
 from time import monotonic, sleep
@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs  # noqa: F401  (its S3 finalizer registers before ours: ours runs first at exit)
 
+from pipelines.errors import FileRejected
 from pipelines.extract.drops.encoding import Utf8Stream
 from pipelines.extract.drops.listing import DropFile, open_listed
 from pipelines.extract.drops.reject import one_line
@@ -137,6 +138,29 @@ def local_copy(f: DropFile, settings: Settings) -> Iterator[str]:
 def raise_stream_error(stream: Utf8Stream | None) -> None:
     if stream is not None and stream.error is not None:
         raise stream.error from None
+
+
+def guarded_batches(read_next: Callable[[], pa.RecordBatch], stream: Utf8Stream | None,
+                    rejection: Callable[[Exception], FileRejected]) -> Iterator[pa.RecordBatch]:
+    """``read_next`` until StopIteration, as the text readers (CSV, JSON lines) need it: a decoding error the
+    UTF-8 stream recorded wins over whatever Arrow made of it, and an Arrow parse error becomes the file's
+    rejection (``rejection`` finds the line)."""
+    while True:
+        try:
+            batch = read_next()
+        except StopIteration:
+            raise_stream_error(stream)
+            return
+        except FileRejected:
+            raise
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise_stream_error(stream)
+            raise rejection(exc) from None
+        except Exception:
+            raise_stream_error(stream)
+            raise
+        raise_stream_error(stream)
+        yield batch
 
 
 def arrow_reason(what: str, exc: Exception) -> str:
