@@ -218,9 +218,10 @@ def quality_run(dataset: Annotated[str, typer.Argument(help="Dataset code, or 'a
                                                                 "recorded (default: a new run id).")] = None,
                 ) -> None:
     """Standardize → validate → publish the new raw batches of a dataset (what the DAG runs)."""
+    from pipelines.config import load_config
     from pipelines.lake.meta import new_run_id
     from pipelines.quality.consistency import run_consistency
-    from pipelines.quality.gate import QualityGateError, load_config, run_quality
+    from pipelines.quality.gate import QualityGateError, run_quality
 
     settings = load_settings()
     ref = date.fromisoformat(reference_date) if reference_date else None
@@ -254,8 +255,9 @@ def quality_run(dataset: Annotated[str, typer.Argument(help="Dataset code, or 'a
 @quality_app.command("held")
 def quality_held() -> None:
     """The held batches of every dataset: what blocked them, and how to act."""
+    from pipelines.config import load_config
     from pipelines.lake.catalog import get_catalog
-    from pipelines.quality.gate import batch_status, load_config
+    from pipelines.quality.gate import batch_status
 
     settings = load_settings()
     catalog = get_catalog(settings)
@@ -321,7 +323,7 @@ def quality_docs_assets(
 @quality_app.command("suites")
 def quality_suites() -> None:
     """Regenerate the GX suites (expectations/<dataset>.json) from the standards and contracts."""
-    from pipelines.quality.gate import load_config
+    from pipelines.config import load_config
     from pipelines.quality.suites import write_suites
 
     settings = load_settings()

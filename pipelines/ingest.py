@@ -200,11 +200,10 @@ def _deletion_rows(table: Any, keys: list[str], key_types: dict[str, pa.DataType
     if "_deleted" not in table.schema().column_names:
         return
     expr: Any = And(NotEqualTo("_batch_id", batch_id), EqualTo("_deleted", True))
-    for k in keys:
-        low, high = pc.min_max(window[k]).as_py().values()
-        if low is not None and not window[k].null_count:
-            expr = And(expr, And(GreaterThanOrEqual(k, _iceberg_literal(low)),
-                                 LessThanOrEqual(k, _iceberg_literal(high))))
+    narrowed = _key_ranges({k: tuple(pc.min_max(window[k]).as_py().values()) for k in keys
+                            if not window[k].null_count})
+    if narrowed is not None:
+        expr = And(expr, narrowed)
     present = set(table.schema().column_names)
     wanted = window.select(keys).group_by(keys).aggregate([])
     for batch in stream_scan(table.scan(row_filter=expr, selected_fields=tuple(dict.fromkeys(
@@ -213,6 +212,14 @@ def _deletion_rows(table: Any, keys: list[str], key_types: dict[str, pa.DataType
         rows = rows.join(wanted, keys=keys, join_type="left semi")
         if rows.num_rows:
             yield rows.select(window.column_names)
+
+
+def _key_ranges(ranges: dict[str, tuple[Any, ...]]) -> Any:
+    """A row filter keeping each key column within its (low, high) range (None: nothing to narrow), so a
+    scan reads only the data files whose key statistics overlap; a column without a range is not narrowed."""
+    ranged = [And(GreaterThanOrEqual(k, _iceberg_literal(low)), LessThanOrEqual(k, _iceberg_literal(high)))
+              for k, (low, high) in ranges.items() if low is not None]
+    return functools.reduce(And, ranged) if ranged else None
 
 
 def _latest(versions: pa.Table, keys: list[str]) -> pa.Table:
@@ -479,9 +486,7 @@ class _DropSink:
 
     def _key_filter(self) -> Any:
         """Each key column within the range the files hold (a key column with nulls is not narrowed)."""
-        ranged = [And(GreaterThanOrEqual(k, _iceberg_literal(low)), LessThanOrEqual(k, _iceberg_literal(high)))
-                  for k, (low, high) in self.key_ranges.items() if k not in self.null_keys]
-        return functools.reduce(And, ranged) if ranged else None
+        return _key_ranges({k: r for k, r in self.key_ranges.items() if k not in self.null_keys})
 
     def finish(self) -> None:
         self._drain()

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.expressions import And, NotEqualTo
 
-from pipelines.lake.raw import file_batches, stream_scan
+from pipelines.lake.raw import file_batches, hash_sql, stream_scan
 
 MEMORY_LIMIT = "48MB"
 """DuckDB's buffer limit for a compare; beyond it DuckDB spills to the compare's folder."""
@@ -105,7 +105,7 @@ class LakeCompare:
         ``row_hash``; one connection, not a new database per batch, whose allocator arenas kept growing)."""
         if not self.hashed or not columns:
             return "0::BIGINT AS _h"
-        return f"(hash({', '.join(_q(c) for c in columns)}) >> 1)::BIGINT AS _h"
+        return f"{hash_sql(columns)} AS _h"
 
     # --- the lake's side ------------------------------------------------------------------------------
 

@@ -15,10 +15,11 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -339,6 +340,7 @@ def arrow_schema(table: Table) -> pa.Schema:
 
 
 _DONE = object()
+T = TypeVar("T")
 COMMIT_UUID = "citylake.commit-uuid"
 COMMIT_ATTEMPTS = 10
 
@@ -384,7 +386,7 @@ def _require_sql_catalog(catalog: Catalog, identifier: str) -> None:
                             "requirement (only the SQL catalog can); refusing to commit")
 
 
-def _single_attempt(table: Table) -> Table:
+def single_attempt(table: Table) -> Table:
     """The table with pyiceberg's commit retry off (in memory only: the commit sends updates, not these
     properties). Its retry rebuilds the snapshot but re-applies the staged properties, so the state it
     writes would be the one read before the other writer's commit; ``RawWriter.commit`` retries instead."""
@@ -393,7 +395,15 @@ def _single_attempt(table: Table) -> Table:
     return table
 
 
-single_attempt = _single_attempt  # public name: std's publish commits the same way (quality/gate.py)
+def retry_conflicts(what: str, attempt: Callable[[], T]) -> T:
+    """Run ``attempt`` (one single-attempt commit, see ``single_attempt``) again while a concurrent writer's
+    commit makes the catalog refuse it; each attempt decides again on the table it reloads."""
+    for n in range(COMMIT_ATTEMPTS):
+        try:
+            return attempt()
+        except (CommitFailedException, ValidationException):
+            time.sleep(conflict_pause(n))
+    raise CitylakeError(f"{what}: refused {COMMIT_ATTEMPTS} times by concurrent writers; nothing landed, rerun it")
 
 
 def take_load_seq(catalog: Catalog, identifier: str) -> TableState:
@@ -406,7 +416,7 @@ def take_load_seq(catalog: Catalog, identifier: str) -> TableState:
         table = catalog.load_table(identifier)
         state = TableState.of(table)
         state.next_load_seq()
-        tx = _single_attempt(table).transaction()
+        tx = single_attempt(table).transaction()
         text = _stage_state(tx, state)
         try:
             tx.commit_transaction()
@@ -426,18 +436,17 @@ def take_load_seq(catalog: Catalog, identifier: str) -> TableState:
 def commit_state(catalog: Catalog, identifier: str, state: TableState) -> None:
     """Commit the table state alone (a drop load that landed no rows), merged like a load's commit."""
     _require_sql_catalog(catalog, identifier)
-    for attempt in range(COMMIT_ATTEMPTS):
+
+    def attempt() -> None:
+        nonlocal state
         table = catalog.load_table(identifier)
         if table.properties.get(STATE_PROPERTY) != state.loaded:
             state = state.merge(TableState.of(table))
-        tx = _single_attempt(table).transaction()
+        tx = single_attempt(table).transaction()
         _stage_state(tx, state)
-        try:
-            tx.commit_transaction()
-            return
-        except CommitFailedException:
-            time.sleep(conflict_pause(attempt))
-    raise CitylakeError(f"{identifier}: state commit refused {COMMIT_ATTEMPTS} times by concurrent writers")
+        tx.commit_transaction()
+
+    retry_conflicts(f"{identifier}: state commit", attempt)
 
 
 def dictionary_columns(batch: pa.RecordBatch) -> list[str]:
@@ -654,7 +663,7 @@ class RawWriter:
                             and "written" in entry:
                         # the ledger says what this load landed of the file: staged below with the rows
                         state.ledger[name] = {**entry, "written": max(0, int(entry["written"]) - n)}
-            tx = _single_attempt(table).transaction()
+            tx = single_attempt(table).transaction()
             if arrow_schema(table) != self.target:
                 self._evolve(tx, table)
             if replace_batch:
@@ -808,6 +817,16 @@ def _count(batch: pa.RecordBatch, into: dict[tuple[str | None, bool], int]) -> N
         into[where] = into.get(where, 0) + row["count_all"]
 
 
+def hash_sql(columns: list[str]) -> str:
+    """DuckDB's 63-bit row hash over ``columns`` as a SQL expression: ``row_hash`` and ``LakeCompare`` hash
+    both sides of a compare with this one expression."""
+    return f"(hash({', '.join(_quote(c) for c in columns)}) >> 1)::BIGINT"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def row_hash(batch: pa.RecordBatch | pa.Table, columns: list[str]) -> pa.Array:
     """A 63-bit hash of each row's ``columns`` (DuckDB's hash). Only ever compared within one run:
     the lake's rows are hashed when read back, so a DuckDB upgrade cannot make stale hashes disagree."""
@@ -815,10 +834,9 @@ def row_hash(batch: pa.RecordBatch | pa.Table, columns: list[str]) -> pa.Array:
         return pa.array([], pa.int64())
     con = _hash_connection()
     tbl = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-    cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
     con.register("tbl", tbl)
     try:
-        out = con.sql(f"SELECT (hash({cols}) >> 1)::BIGINT AS h FROM tbl").to_arrow_table()
+        out = con.sql(f"SELECT {hash_sql(columns)} AS h FROM tbl").to_arrow_table()
     finally:
         con.unregister("tbl")
     return out.column("h").combine_chunks()

@@ -6,19 +6,16 @@ one implementation (no stage imports another's private helper).
 
 from __future__ import annotations
 
-import functools
 import itertools
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError, ValidationException
+from pyiceberg.exceptions import TableAlreadyExistsError
 
-from pipelines.errors import CitylakeError
-from pipelines.lake.raw import COMMIT_ATTEMPTS, conflict_pause, open_table
+from pipelines.lake.raw import open_table, retry_conflicts
 
 PROPS = {"format-version": "2", "write.parquet.compression-codec": "zstd"}
 STAGED_BATCH_ROWS = 128 * 1024
@@ -78,48 +75,38 @@ def append_staged(tx: Any, table: Any, rows: pq.ParquetFile, props: dict[str, st
                 pending, size = [], 0
 
 
-def _retried(write: Callable[..., None]) -> Callable[..., None]:
-    """Redo a whole write (create-or-evolve, delete, append) on the reloaded table when a concurrent writer's
-    commit beat it (two Airflow tasks appending to one meta or quarantine table): pyiceberg retries a plain
-    append only 4 times, and not a first create, a schema change or a delete that now conflicts."""
-
-    @functools.wraps(write)
-    def run(catalog: Any, name: str, *args: Any, **kwargs: Any) -> None:
-        for attempt in range(COMMIT_ATTEMPTS):
-            try:
-                return write(catalog, name, *args, **kwargs)
-            except (CommitFailedException, ValidationException):
-                time.sleep(conflict_pause(attempt))
-        raise CitylakeError(f"{name}: write refused {COMMIT_ATTEMPTS} times by concurrent writers; nothing landed")
-
-    return run
-
-
-@_retried
 def append(catalog: Any, name: str, data: pa.Table | Path, props: dict[str, str] | None = None,
            properties: dict[str, str] | None = None, replace: Any = None) -> None:
     """Append to a table, creating it from the data's schema the first time; a staged Parquet file is
     appended a data file's worth at a time (bounded memory). ``replace`` (a pyiceberg row filter) deletes
-    the rows it matches in the same commit, so a rerun replaces what an earlier attempt wrote."""
+    the rows it matches in the same commit, so a rerun replaces what an earlier attempt wrote.
+
+    A concurrent writer's commit (two Airflow tasks appending to one meta or quarantine table) redoes the
+    whole write on the reloaded table: pyiceberg retries a plain append only 4 times, and not a first
+    create, a schema change or a delete that now conflicts."""
+    staged = rows = None
     if isinstance(data, Path):
-        if not data.exists() or pq.ParquetFile(data).metadata.num_rows == 0:
-            data = pa.table({})
-        else:
-            staged = pq.ParquetFile(data)
-            table = table_for(catalog, name, staged.schema_arrow, properties or PROPS)
-            with table.transaction() as tx:
-                _delete(tx, replace, props)
-                append_staged(tx, table, staged, props or {})
+        staged = pq.ParquetFile(data) if data.exists() else None
+        staged = staged if staged is not None and staged.metadata.num_rows else None
+    elif data.num_rows:
+        rows = data
+
+    def attempt() -> None:
+        if staged is None and rows is None:  # nothing to add: at most the replace's delete
+            if replace is not None and (table := open_table(catalog, name)) is not None:
+                with table.transaction() as tx:
+                    _delete(tx, replace, props)
             return
-    if not data.num_rows:
-        if replace is not None and (table := open_table(catalog, name)) is not None:
-            with table.transaction() as tx:
-                _delete(tx, replace, props)
-        return
-    table = table_for(catalog, name, data.schema, properties or PROPS)
-    with table.transaction() as tx:
-        _delete(tx, replace, props)
-        tx.append(data, snapshot_properties=props or {})
+        schema = staged.schema_arrow if staged is not None else rows.schema  # type: ignore[union-attr]
+        table = table_for(catalog, name, schema, properties or PROPS)
+        with table.transaction() as tx:
+            _delete(tx, replace, props)
+            if staged is not None:
+                append_staged(tx, table, staged, props or {})
+            else:
+                tx.append(rows, snapshot_properties=props or {})
+
+    retry_conflicts(f"{name}: write", attempt)
 
 
 def _delete(tx: Any, row_filter: Any, props: dict[str, str] | None) -> None:

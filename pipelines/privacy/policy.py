@@ -60,16 +60,10 @@ class Declarations:
 def load_declarations(settings: Settings) -> tuple[Declarations | None, str | None]:
     """(declarations, None), or (None, why) when any of the config cannot be read: masking then fails
     closed. Any exception counts — a config that crashes the loader must not switch masking off."""
-    from pipelines.contracts import load_contracts
-    from pipelines.registry import load_registry
-    from pipelines.standards import load_standards
+    from pipelines.config import load_config
 
     try:
-        standards = load_standards(settings.root / "schemas" / "standards")
-        systems, errors = load_registry(settings.registry_dir)
-        if errors:
-            raise next(iter(errors.values()))
-        contracts = load_contracts(settings.root / "schemas" / "datasets", standards, systems)
+        standards, _systems, contracts = load_config(settings)
     except Exception as exc:  # noqa: BLE001 - fail closed on anything
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return Declarations(standards, contracts), None

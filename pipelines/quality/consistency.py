@@ -14,12 +14,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.config import load_config
 from pipelines.contracts import DatasetContract
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.meta import new_run_id, replace_run
 from pipelines.lake.raw import open_table, stream_scan
 from pipelines.privacy import mask
-from pipelines.quality.gate import load_config
 from pipelines.settings import Settings, load_settings
 from pipelines.standards import DataElement
 

@@ -24,7 +24,6 @@ import itertools
 import json
 import re
 import tempfile
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -37,24 +36,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import EqualTo, GreaterThan, In
 
-from pipelines.contracts import DatasetContract, load_contracts
-from pipelines.errors import CitylakeError, ConfigError
+from pipelines.config import load_config
+from pipelines.contracts import DatasetContract
+from pipelines.errors import CitylakeError
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.changes import latest_order, raw_batch_ids
 from pipelines.lake.changes import release_memory as _release_memory  # between passes: each started at the last peak
 from pipelines.lake.meta import append_events, new_run_id, replace_run
-from pipelines.lake.raw import COMMIT_ATTEMPTS, arrow_schema, conflict_pause, open_table, single_attempt, stream_scan
+from pipelines.lake.raw import arrow_schema, open_table, retry_conflicts, single_attempt, stream_scan
 from pipelines.lake.tables import PROPS, append, append_staged, table_for
 from pipelines.privacy import mask, value_mask
 from pipelines.quality.rules import Rule, evaluate
 from pipelines.quality.standardize import standardize
 from pipelines.quality.suites import load_suite
-from pipelines.registry import load_registry
 from pipelines.settings import TZ, Settings, load_settings
-from pipelines.standards import load_standards
 
 # std files are rewritten whole when one of their keys changes: keep them moderate (64 MB in memory).
 STD_PROPS = {**PROPS, "write.target-file-size-bytes": str(64 << 20)}
@@ -88,14 +85,6 @@ class GateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def load_config(settings: Settings) -> tuple[Any, dict[str, Any], dict[str, DatasetContract]]:
-    systems, errors = load_registry(settings.registry_dir)
-    if errors:
-        raise ConfigError(*(p for e in errors.values() for p in e.problems))
-    standards = load_standards(settings.root / "schemas" / "standards", systems)
-    return standards, systems, load_contracts(settings.root / "schemas" / "datasets", standards, systems)
 
 
 def batch_status(catalog: Any, dataset: str) -> dict[str, dict[str, Any]]:
@@ -690,7 +679,8 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
     another run published meanwhile are left out. Returns (std snapshot, those batches)."""
     name = contract.std_table
     rows = pq.ParquetFile(good) if good.exists() else None
-    for attempt in range(COMMIT_ATTEMPTS):
+
+    def attempt() -> tuple[int | None, set[str]]:
         table = table_for(catalog, name, rows.schema_arrow, STD_PROPS) if rows is not None else open_table(catalog, name)
         if table is None:
             return None, set()
@@ -714,8 +704,7 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
             live_gone = gone.filter(_not_done(gone, done))
             deleted = _deleted_since(gone_keys.filter(_not_done(gone, done)), live_gone, keys)
 
-            def keep(b: pa.RecordBatch, deleted: pa.Table = deleted, stale: pa.Array = stale,
-                     done: set[str] = done) -> pa.Array:
+            def keep(b: pa.RecordBatch) -> pa.Array:
                 alive = pc.and_(_still_alive(b, keys, deleted), _not_done(b, done))
                 if not len(stale):
                     return alive
@@ -723,14 +712,11 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
                 return pc.and_(alive, fresh)
 
             append_staged(tx, table, rows, props, keep, CHUNK_ROWS)
-        try:
-            tx.commit_transaction()
-        except (CommitFailedException, ValidationException):  # refused: nothing landed; decide again
-            time.sleep(conflict_pause(attempt))
-            continue
+        tx.commit_transaction()  # refused (a concurrent publish): nothing landed, decided again
         snap = catalog.load_table(name).current_snapshot()
         return (snap.snapshot_id if snap else None), done
-    raise CitylakeError(f"{name}: publish refused {COMMIT_ATTEMPTS} times by concurrent writers; nothing landed")
+
+    return retry_conflicts(f"{name}: publish", attempt)
 
 
 def _record_results(catalog: Any, run_id: str, contract: DatasetContract, tallies: list[RuleTally]) -> None:

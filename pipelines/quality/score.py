@@ -12,9 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from pipelines.config import load_config
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.raw import TableState, open_table
-from pipelines.quality.gate import load_config
 from pipelines.settings import Settings, load_settings
 
 Found = dict[str, set[tuple[str, str, str]]]
