@@ -3,9 +3,11 @@
 as a whole (imports and the Iceberg commit included), its peak RSS that of the process tree polled every
 20 ms. The full refresh compares source and lake through a spilling DuckDB (`pipelines/lake/changes.py`).
 Usage:
-    .venv/bin/python benchmarks/full_refresh.py [--rows 5000000] [--keep-data] [--baseline <git rev>]
+    .venv/bin/python benchmarks/full_refresh.py [--rows 5000000] [--reps 3] [--keep-data] [--baseline <git rev>]
 ``--baseline`` runs the same two steps with the ingest code of another revision (e.g. 6f6c509, which
-held every key and hash in memory) into its own lake, for comparison.
+held every key and hash in memory), each into a fresh lake. Repetitions interleave the codes (current,
+baseline; then baseline, current; ...), each starting from the same source (the change is undone between
+them), and the table reports the median of each step with every repetition's figure beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +71,20 @@ INSERT INTO resident SELECT 'HX' || substr(id, 3), resident_id, name, sex, birth
 VACUUM ANALYZE resident;
 """
 
+# What CHANGE touches, saved once after the build, so that every repetition starts from the same source.
+SAVE = """
+DROP TABLE IF EXISTS bench_removed, bench_changed;
+CREATE TABLE bench_removed AS SELECT * FROM resident WHERE right(id, 4) = '0005';
+CREATE TABLE bench_changed AS SELECT id, address, monthly_income FROM resident WHERE right(id, 2) = '37';
+"""
+RESET = """
+DELETE FROM resident WHERE id LIKE 'HX%';
+INSERT INTO resident SELECT * FROM bench_removed ON CONFLICT (id) DO NOTHING;
+UPDATE resident r SET address = o.address, monthly_income = o.monthly_income FROM bench_changed o
+  WHERE r.id = o.id AND (r.address, r.monthly_income) IS DISTINCT FROM (o.address, o.monthly_income);
+VACUUM ANALYZE resident;
+"""
+
 REGISTRY = """\
 system: bench_refresh
 name: 基准测试
@@ -84,6 +101,7 @@ def prepare(rows: int) -> None:
     psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
     psql(f"CREATE DATABASE {DB}")
     psql(CREATE.format(rows=rows), DB)
+    psql(SAVE, DB)
 
 
 def _checkout(rev: str, work: Path) -> Path:
@@ -95,8 +113,10 @@ def _checkout(rev: str, work: Path) -> Path:
     return out
 
 
-def run(rows: int, work: Path, label: str, code_root: Path) -> list[dict]:
-    lake, reg = work / f"lake-{label}", work / f"registry-{label}"
+def run(rows: int, work: Path, label: str, code_root: Path, rep: int) -> list[dict]:
+    """One repetition of both steps for one code, into a fresh lake, from the unchanged source."""
+    psql(RESET, DB)
+    lake, reg = work / f"lake-{label}-{rep}", work / f"registry-{label}-{rep}"
     reg.mkdir(parents=True)
     (reg / "bench_refresh.yml").write_text(REGISTRY, encoding="utf-8")
     env = {"CITYLAKE_REGISTRY_DIR": str(reg), "CITYLAKE_LAKE_DIR": str(lake), "CITYLAKE_CONN_SRC_BENCH_REFRESH": URL,
@@ -108,10 +128,11 @@ def run(rows: int, work: Path, label: str, code_root: Path) -> list[dict]:
         if step.startswith("full"):
             psql(CHANGE.format(rows=rows), DB)
         seconds, rss, rc, err = measure(cmd, env)
-        results.append({"code": label, "step": step, "rows": rows, "seconds": round(seconds, 2),
+        results.append({"code": label, "rep": rep, "step": step, "rows": rows, "seconds": round(seconds, 2),
                         "rows_per_s": round(rows / seconds), "peak_rss_mb": round(rss), "ok": rc == 0,
                         "error": err if rc else "", "written": _written(lake)})
-        print(f"  {label:<10} {step:<28} {seconds:7.2f}s  {'ok' if rc == 0 else 'FAILED: ' + err}", flush=True)
+        print(f"  rep {rep} {label:<10} {step:<28} {seconds:7.2f}s {rss:5.0f} MB  "
+              f"{'ok' if rc == 0 else 'FAILED: ' + err}", flush=True)
     return results
 
 
@@ -132,6 +153,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--keep-data", action="store_true", help="reuse the source table if it has --rows rows")
     ap.add_argument("--baseline", default="", help="git revision to compare with (e.g. 6f6c509)")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per code (median reported)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="citylake-bench-refresh-"))
     results: list[dict] = []
@@ -139,23 +161,31 @@ def main() -> None:
         codes = [("current", ROOT)]
         if args.baseline:
             codes.append((re.sub(r"\W", "", args.baseline)[:12], _checkout(args.baseline, work)))
-        for label, code_root in codes:
-            t = time.perf_counter()
-            if not (args.keep_data and _has_rows(args.rows)) or label != "current":
-                prepare(args.rows)  # each code starts from the same unchanged source
-            print(f"source: {args.rows:,} rows × 12 columns in PostgreSQL ({time.perf_counter() - t:.0f}s to build)",
-                  flush=True)
-            results += run(args.rows, work, label, code_root)
+        t = time.perf_counter()
+        if not (args.keep_data and _has_rows(args.rows)):
+            prepare(args.rows)
+        print(f"source: {args.rows:,} rows × 12 columns in PostgreSQL ({time.perf_counter() - t:.0f}s to build)",
+              flush=True)
+        for rep in range(1, args.reps + 1):
+            for label, code_root in codes if rep % 2 else codes[::-1]:  # interleaved, alternating order
+                results += run(args.rows, work, label, code_root, rep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{'code':<10} {'step':<28} {'rows':>10} {'seconds':>8} {'rows/s':>11} {'peak RSS MB':>12} {'written':>9}")
-    for r in results:
-        written = f"{r['written']:,}" if r["written"] is not None else "-"
-        print(f"{r['code']:<10} {r['step']:<28} {r['rows']:>10,} {r['seconds']:>8.2f} {r['rows_per_s']:>11,} "
-              f"{r['peak_rss_mb']:>12,} {written:>9}")
-    refresh = next((r for r in results if r["code"] == "current" and r["step"].startswith("full")), None)
+    print(f"\nmedian of {args.reps} interleaved repetition(s); every repetition's seconds / peak RSS MB after it")
+    print(f"{'code':<10} {'step':<28} {'rows':>10} {'seconds':>8} {'rows/s':>9} {'peak RSS MB':>12} {'written':>9}  reps")
+    for label, _ in codes:
+        for step in dict.fromkeys(r["step"] for r in results):
+            mine = [r for r in results if r["code"] == label and r["step"] == step]
+            if not mine:
+                continue
+            sec, rss = statistics.median(r["seconds"] for r in mine), statistics.median(r["peak_rss_mb"] for r in mine)
+            written = mine[-1]["written"]
+            each = ", ".join(f"{r['seconds']:.1f}s/{r['peak_rss_mb']}" + ("" if r["ok"] else " FAILED") for r in mine)
+            print(f"{label:<10} {step:<28} {mine[0]['rows']:>10,} {sec:>8.2f} {round(mine[0]['rows'] / sec):>9,} "
+                  f"{rss:>12,.0f} {(f'{written:,}' if written is not None else '-'):>9}  {each}")
+    refresh = [r["peak_rss_mb"] for r in results if r["code"] == "current" and r["step"].startswith("full")]
     if refresh:
-        print(f"\nfull refresh peak RSS {refresh['peak_rss_mb']} MB (≤ 512)")
+        print(f"\nfull refresh peak RSS, worst repetition: {max(refresh)} MB (≤ 512)")
     out = ROOT / "benchmarks" / "out"
     out.mkdir(exist_ok=True)
     (out / "full_refresh.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -163,7 +193,8 @@ def main() -> None:
 
 def _has_rows(rows: int) -> bool:
     done = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", DB, "-tAc",
-                           f"SELECT count(*) = {rows} AND count(*) FILTER (WHERE id LIKE 'HX%') = 0 FROM resident"],
+                           f"SELECT (SELECT count(*) FROM resident WHERE id NOT LIKE 'HX%') + (SELECT count(*) "
+                           f"FROM bench_removed r WHERE NOT EXISTS (SELECT 1 FROM resident WHERE id = r.id)) = {rows}"],
                           capture_output=True, text=True)
     return done.returncode == 0 and done.stdout.strip() == "t"
 
