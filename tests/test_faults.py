@@ -88,9 +88,10 @@ class _Proxy:
                     if updated["sent"] and b"COMMIT" in data:
                         self.committed.set()
                 elif self.armed and not upstream and self.committed.is_set() and updated["sent"]:
-                    # the server answered the COMMIT: it has committed; the client never hears it
-                    self.cut()
+                    # the server answered the COMMIT: it has committed; the client never hears it (marked
+                    # before the cut: the client's error, and the test's check, follow the cut at once)
                     self.lost.set()
+                    self.cut()
                     return
                 dst.sendall(data)
         except OSError:
