@@ -21,11 +21,15 @@ $(ASSETS): $(STAMP) pipelines/quality/docs_assets.py
 
 install: $(STAMP) $(ASSETS)
 
-# Headless Chromium for the Data Docs browser test (Debian's package; needs root, as CI has).
+# Headless Chromium and a CJK font for the browser tests (Debian's packages; needs root, as CI has).
+# Without fonts-noto-cjk every Chinese glyph is drawn as an empty box. Installs only what is missing.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { apt-get install -y -q chromium >/dev/null 2>&1 || \
-	  { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; } || \
-	  echo "warning: could not install chromium; the browser test skips (and fails under CI=true)"
+	@pkgs=""; command -v chromium >/dev/null 2>&1 || pkgs="chromium"; \
+	  dpkg -s fonts-noto-cjk >/dev/null 2>&1 || pkgs="$$pkgs fonts-noto-cjk"; \
+	  [ -z "$$pkgs" ] || { export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q $$pkgs >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q $$pkgs >/dev/null; }; } || \
+	  echo "warning: could not install$$pkgs; the browser tests skip (and fail under CI=true)"
 
 demo: install
 	$(VENV)/bin/citylake demo

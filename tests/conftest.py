@@ -41,6 +41,23 @@ def require_binary(name: str) -> str:
     pytest.skip(message)
 
 
+def require_cjk_font() -> str:
+    """The family of an installed font with Chinese glyphs (fontconfig's view, which Chromium uses): skip
+    locally, fail under CI=true, when there is none, since every Chinese character would be an empty box."""
+    import shutil
+    import subprocess
+
+    fc_list = shutil.which("fc-list")
+    found = subprocess.run([fc_list, ":lang=zh", "family"], capture_output=True, text=True).stdout if fc_list else ""
+    families = sorted(f.split(",")[0].strip() for f in found.splitlines() if f.strip())
+    if families:
+        return families[0]
+    message = "no font with Chinese glyphs is installed (make test installs fonts-noto-cjk from Debian's packages)"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message}")
+    pytest.skip(message)
+
+
 @contextmanager
 def scoped_env(env: dict[str, str]) -> Iterator[None]:
     """Set environment variables for a module-scoped fixture and restore them afterwards."""
