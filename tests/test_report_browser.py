@@ -1,0 +1,396 @@
+"""The governance site in a real browser: headless Chromium (Debian's, driven by Playwright) opens every page
+from the file system with no network; no console error, no failed or external request, charts drawn, catalog
+search and filters hide rows, and Chinese text drawn with a CJK font (the platform font Chromium used,
+read over CDP; without a CJK font it is a Latin font drawing empty boxes)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require_binary, require_cjk_font, scoped_env
+from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playwright
+
+from pipelines.settings import PROJECT_ROOT, TZ, Settings
+
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+REF = date(2026, 11, 20)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# Families that hold Chinese glyphs; a Latin family named for Han characters means they were drawn as boxes.
+CJK_FAMILY = re.compile(r"CJK|Source Han|WenQuanYi|Droid Sans Fallback|YaHei|PingFang|Sim(Sun|Hei)|AR PL|"
+                        r"Noto (Sans|Serif) (SC|TC|HK|JP|KR)\b", re.IGNORECASE)
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+
+
+# ---------------------------------------------------------------- browser plumbing
+
+@dataclass
+class Visit:
+    """One page opened with its problems recorded: console errors, uncaught exceptions, failed requests
+    and requests for anything not on the file system (a CDN reference fails, the bureau has no internet)."""
+
+    page: Page
+    url: str
+    errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        return self.errors + self.requests
+
+
+def launch(playwright: Any, **kwargs: Any) -> Browser:
+    """Debian's Chromium, never a downloaded build (the machines reach no browser CDN)."""
+    return playwright.chromium.launch(executable_path=require_binary("chromium"), args=CHROMIUM_ARGS, **kwargs)
+
+
+def visit(context: BrowserContext, url: str, settle_ms: int = 300) -> Visit:
+    page = context.new_page()
+    seen = Visit(page, url)
+
+    def on_console(message: Any) -> None:
+        if message.type == "error":
+            where = message.location or {}
+            seen.errors.append(f"console error: {message.text} ({where.get('url', '')}:{where.get('lineNumber', '')})")
+
+    def on_route(route: Route) -> None:
+        if route.request.url.startswith(LOCAL_SCHEMES):
+            route.continue_()
+        else:
+            seen.requests.append(f"external request blocked: {route.request.url}")
+            route.abort("blockedbyclient")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: seen.errors.append(f"uncaught: {exc}"))
+    page.on("requestfailed", lambda r: seen.requests.append(f"request failed: {r.url} ({r.failure})"))
+    page.route("**/*", on_route)
+    page.goto(url, wait_until="load")
+    page.wait_for_timeout(settle_ms)  # late script errors and lazy requests (fonts, chart workers)
+    return seen
+
+
+def mark_chinese_node(page: Page, selector: str = "body") -> int:
+    """Mark the first element under `selector` whose own text holds Han characters with data-cjk-probe;
+    returns how many Han characters that text has (0: none found)."""
+    return page.evaluate("""(selector) => {
+        const han = /[\\u4e00-\\u9fff]/g;
+        const root = document.querySelector(selector) || document.body;
+        const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+        for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+            const el = n.parentElement;
+            if (!el || ['SCRIPT', 'STYLE', 'TITLE'].includes(el.tagName) || !el.getClientRects().length) continue;
+            const own = [...el.childNodes].filter(c => c.nodeType === 3).map(c => c.textContent).join('');
+            const count = (own.match(han) || []).length;
+            if (count) {
+                document.querySelectorAll('[data-cjk-probe]').forEach(e => e.removeAttribute('data-cjk-probe'));
+                el.setAttribute('data-cjk-probe', '1');
+                return count;
+            }
+        }
+        return 0;
+    }""", selector)
+
+
+def platform_fonts(context: BrowserContext, page: Page, selector: str) -> list[dict[str, Any]]:
+    """The fonts Chromium really drew a node's text with (CDP CSS.getPlatformFontsForNode)."""
+    cdp = context.new_cdp_session(page)
+    try:
+        root = cdp.send("DOM.getDocument", {"depth": 0})["root"]["nodeId"]
+        node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        assert node, f"{page.url}: no node matches {selector}"
+        cdp.send("CSS.enable")
+        return cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+    finally:
+        cdp.detach()
+
+
+def assert_chinese_drawn_with_cjk_font(context: BrowserContext, page: Page, selector: str = "body") -> str:
+    """The Han characters of a Chinese node are drawn by a CJK family, not a Latin one (boxes)."""
+    han = mark_chinese_node(page, selector)
+    assert han, f"{page.url}: no visible Chinese text under {selector}"
+    fonts = platform_fonts(context, page, "[data-cjk-probe]")
+    cjk = [f for f in fonts if CJK_FAMILY.search(f["familyName"])]
+    assert sum(f["glyphCount"] for f in cjk) >= han, f"{page.url}: {han} Han characters drawn with {fonts}"
+    return cjk[0]["familyName"]
+
+
+def assert_charts_drawn(page: Page, at_least: int = 0) -> int:
+    """Every chart says it was drawn (data-drawn="1") and really shows something: a canvas with a painted
+    pixel, or an svg with shapes."""
+    charts = page.locator("canvas.chart, svg.chart")
+    count = charts.count()
+    assert count >= at_least, f"{page.url}: {count} charts, expected at least {at_least}"
+    if count:
+        page.wait_for_function("""() => [...document.querySelectorAll('canvas.chart, svg.chart')]
+                                   .every(c => c.getAttribute('data-drawn') === '1')""", timeout=10_000)
+    blank = page.evaluate("""() => [...document.querySelectorAll('canvas.chart, svg.chart')].map((c, i) => {
+        if (c.tagName.toLowerCase() === 'svg')
+            return c.querySelectorAll('path, rect, circle, line, polyline, polygon, text').length ? null : i;
+        if (!c.width || !c.height) return i;
+        const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        for (let k = 3; k < data.length; k += 4) if (data[k]) return null;
+        return i;
+    }).filter(i => i !== null)""")
+    assert not blank, f"{page.url}: charts {blank} are blank"
+    return count
+
+
+def visible_rows(page: Page) -> int:
+    return page.locator("#catalog-table tbody tr:not([hidden])").count()
+
+
+def screenshot(page: Page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    require_binary("chromium")
+    require_cjk_font()
+    with sync_playwright() as p:
+        b = launch(p)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 900})
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Path]]:
+    """The seeded city (scale 0.05) through the gate: published batches with quarantined rows, conflicts
+    between copies, and a mostly-bad enterprise batch held; then the site built from that lake."""
+    base = tmp_path_factory.mktemp("report")
+    env = {"CITYLAKE_LAKE_DIR": str(base / "lake"), "CITYLAKE_DATA_DIR": str(base / "data"),
+           "CITYLAKE_REGISTRY_DIR": str(PROJECT_ROOT / "schemas" / "sources"), "CITYLAKE_ROOT": str(PROJECT_ROOT)}
+    with scoped_env(env):
+        from pipelines.ingest import ingest_table
+        from pipelines.quality.consistency import run_consistency
+        from pipelines.quality.gate import QualityGateError, load_config, run_quality
+        from pipelines.registry import load_registry
+        from pipelines.report import build_site
+        from pipelines.seed import corrupt_enterprise_uscc, seed_city
+        from pipelines.settings import load_settings
+
+        settings = load_settings()
+        seed_city(settings.data_dir, scale=0.05)
+        systems, _ = load_registry(settings.registry_dir)
+        for system in systems.values():
+            for table in system.all_tables:
+                ingest_table(system, table.code, settings=settings, batch_id="seed",
+                             extracted_at=datetime(2026, 11, 20, 2, tzinfo=TZ))
+        _standards, _systems, contracts = load_config(settings)
+        for name in contracts:
+            run_quality(name, settings=settings, reference_date=REF)
+        run_consistency(settings=settings)
+        assert corrupt_enterprise_uscc(settings.data_dir, "2026-11-20 01:00:00") > 100
+        ingest_table(systems["enterprise"], "enterprise", settings=settings, batch_id="bad",
+                     extracted_at=datetime(2026, 11, 20, 3, tzinfo=TZ))
+        with pytest.raises(QualityGateError):
+            run_quality("enterprise", settings=settings, reference_date=REF)
+        index = build_site(settings, out_dir=base / "report")
+        assert index.name == "index.html" and index.is_file()
+        yield settings, index.parent
+
+
+# ---------------------------------------------------------------- the check itself can fail
+
+def test_font_check_sees_boxes_when_no_cjk_font_is_installed(tmp_path: Path) -> None:
+    """The CDP check on a handwritten page: the CJK font with the machine's fonts, a Latin font (Chinese
+    drawn as boxes) when fontconfig only knows a Latin font, as on a machine without fonts-noto-cjk."""
+    require_binary("chromium")
+    require_cjk_font()
+    page_file = tmp_path / "zh.html"
+    page_file.write_text('<!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><style>body{font-family:'
+                         '"Microsoft YaHei","PingFang SC","Noto Sans CJK SC","Source Han Sans SC",sans-serif}'
+                         '</style></head><body><h1>合肥市数据质量报告</h1></body></html>', encoding="utf-8")
+    fc_list = shutil.which("fc-list")
+    assert fc_list
+    latin = next(f for f in subprocess.run([fc_list, ":lang=en", "file", "family"], capture_output=True, text=True,
+                                           check=True).stdout.splitlines()
+                 if f.strip() and not CJK_FAMILY.search(f) and re.search(r"\.(ttf|otf)\b", f))
+    fonts = tmp_path / "fonts"
+    fonts.mkdir()
+    shutil.copy(latin.split(":")[0], fonts)
+    conf = tmp_path / "fonts.conf"
+    conf.write_text(f'<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd"><fontconfig><dir>{fonts}</dir>'
+                    f'<cachedir>{tmp_path / "fc-cache"}</cachedir></fontconfig>', encoding="utf-8")
+    import os
+
+    with sync_playwright() as p:
+        for env, expect_cjk in (({}, True), ({"FONTCONFIG_FILE": str(conf)}, False)):
+            b = launch(p, env={**os.environ, **env})
+            try:
+                ctx = b.new_context()
+                seen = visit(ctx, page_file.as_uri(), settle_ms=0)
+                assert not seen.problems(), seen.problems()
+                if expect_cjk:
+                    assert CJK_FAMILY.search(assert_chinese_drawn_with_cjk_font(ctx, seen.page))
+                else:
+                    with pytest.raises(AssertionError, match="Han characters drawn with"):
+                        assert_chinese_drawn_with_cjk_font(ctx, seen.page)
+                    assert mark_chinese_node(seen.page) == len("合肥市数据质量报告")
+                    drawn = platform_fonts(ctx, seen.page, "[data-cjk-probe]")
+                    assert drawn and not any(CJK_FAMILY.search(f["familyName"]) for f in drawn), drawn
+            finally:
+                b.close()
+
+
+def test_visit_records_console_errors_and_external_requests(browser: Browser, tmp_path: Path) -> None:
+    """The recorder the site test trusts: a script error, a console.error, a CDN script and a missing local
+    file are all caught, and the CDN request never leaves the machine."""
+    page_file = tmp_path / "bad.html"
+    page_file.write_text('<!doctype html><html><head><script src="https://cdn.example.invalid/chart.js"></script>'
+                         '<script src="missing.js"></script></head><body><script>console.error("坏了");'
+                         'undefinedFunction();</script></body></html>', encoding="utf-8")
+    ctx = browser.new_context()
+    try:
+        seen = visit(ctx, page_file.as_uri())
+    finally:
+        ctx.close()
+    problems = "\n".join(seen.problems())
+    assert "external request blocked: https://cdn.example.invalid/chart.js" in problems
+    assert "missing.js" in problems and "坏了" in problems and "undefinedFunction" in problems
+
+
+# ---------------------------------------------------------------- the site
+
+def _pages(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.html"))
+
+
+def test_every_page_loads_without_errors_or_network(site: tuple[Settings, Path], context: BrowserContext) -> None:
+    settings, root = site
+    pages = _pages(root)
+    names = {p.relative_to(root).as_posix() for p in pages}
+    assert {"index.html", "conflicts.html", "catalog.html"} <= names, names
+    assert any(n.startswith("departments/") for n in names) and any(n.startswith("datasets/") for n in names)
+    assert any(n.startswith("catalog/") for n in names) and "datasets/enterprise.html" in names
+
+    from pipelines.lake.catalog import get_catalog
+
+    raw_ids = set(get_catalog(settings).load_table("raw.population__person").scan(
+        selected_fields=("resident_id",)).to_arrow()["resident_id"].to_pylist())
+    problems: list[str] = []
+    for path in pages:
+        seen = visit(context, path.as_uri())
+        problems += [f"{path.relative_to(root)}: {p}" for p in seen.problems()]
+        lang = seen.page.evaluate("document.documentElement.lang")
+        if lang != "zh-CN":
+            problems.append(f"{path.relative_to(root)}: <html lang={lang!r}>, expected zh-CN")
+        text = seen.page.inner_text("body")
+        shown = set(re.findall(r"\d{17}[\dX]", text)) & raw_ids
+        if shown:
+            problems.append(f"{path.relative_to(root)}: unmasked resident ids {sorted(shown)[:3]}")
+        # every local link points at a file of the site (or beside it: Data Docs)
+        for href in seen.page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)"):
+            if href.startswith("file:"):
+                target = Path(re.sub(r"[#?].*$", "", href.removeprefix("file://")))
+                from urllib.parse import unquote
+
+                if not Path(unquote(str(target))).exists():
+                    problems.append(f"{path.relative_to(root)}: broken link {href}")
+        seen.page.close()
+    assert not problems, "\n".join(problems)
+
+
+def _department_page(root: Path, context: BrowserContext) -> Path:
+    """A department with data (its page shows charts, not only the empty state)."""
+    for path in sorted((root / "departments").glob("*.html")):
+        seen = visit(context, path.as_uri(), settle_ms=0)
+        has_charts = seen.page.locator("canvas.chart, svg.chart").count() > 0
+        seen.page.close()
+        if has_charts:
+            return path
+    raise AssertionError(f"no department page under {root / 'departments'} shows a chart")
+
+
+@pytest.mark.parametrize("page_name", ["overview", "department", "dataset", "conflicts"])
+def test_key_pages_draw_charts_and_chinese_with_a_cjk_font(site: tuple[Settings, Path], context: BrowserContext,
+                                                           page_name: str) -> None:
+    _settings, root = site
+    path = {"overview": root / "index.html", "dataset": root / "datasets" / "enterprise.html",
+            "conflicts": root / "conflicts.html"}.get(page_name) or _department_page(root, context)
+    seen = visit(context, path.as_uri())
+    page = seen.page
+    assert not seen.problems(), seen.problems()
+    at_least = 1 if page_name in ("overview", "department") else 0
+    charts = assert_charts_drawn(page, at_least=at_least)
+    family = assert_chinese_drawn_with_cjk_font(context, page)
+    assert_chinese_drawn_with_cjk_font(context, page, "h1")
+    if page_name == "overview":
+        assert page.locator("#overall-score").inner_text().strip()
+        assert page.locator("#worst-datasets").count() == 1
+        assert_chinese_drawn_with_cjk_font(context, page, "#worst-datasets")
+    if page_name == "conflicts":
+        assert page.locator("#conflicts-table tbody tr").count() > 0  # the seeded copies disagree
+        assert_chinese_drawn_with_cjk_font(context, page, "#conflicts-table")
+    shot = screenshot(page, f"report-{page_name}")
+    assert shot.stat().st_size > 10_000, (shot, charts, family)
+
+
+def test_catalog_search_and_filters_hide_rows(site: tuple[Settings, Path], context: BrowserContext) -> None:
+    _settings, root = site
+    seen = visit(context, (root / "catalog.html").as_uri())
+    page = seen.page
+    assert not seen.problems(), seen.problems()
+    rows = page.locator("#catalog-table tbody tr")
+    total = rows.count()
+    assert total > 10 and visible_rows(page) == total
+    texts = rows.all_inner_texts()
+    assert any("std.enterprise" in t for t in texts) and any("raw." in t for t in texts)
+    search = page.locator("#catalog-search")
+
+    def search_for(term: str) -> int:
+        search.fill(term)  # fires input events, as typing does
+        page.wait_for_timeout(100)
+        return visible_rows(page)
+
+    expected = sum("enterprise" in t.lower() for t in texts)
+    assert 0 < expected < total
+    assert search_for("enterprise") == expected
+    assert all("enterprise" in t.lower() for t in page.locator("#catalog-table tbody tr:not([hidden])").all_inner_texts())
+    chinese = next(w for t in texts for w in re.findall(r"[\u4e00-\u9fff]{2,}", t)
+                   if 0 < sum(w in x for x in texts) < total)
+    assert search_for(chinese) == sum(chinese in t for t in texts), chinese
+    assert search_for("没有这个资源zzz") == 0
+    assert search_for("") == total
+
+    # Filters: each <select> narrows the rows to those showing the chosen option, and back to all.
+    selects = page.locator("select")
+    assert selects.count() >= 1, "catalog.html has no filter"
+    for i in range(selects.count()):
+        select = selects.nth(i)
+        options = [o for o in select.locator("option").all() if (o.get_attribute("value") or "") != ""]
+        assert options, f"filter {i} has no option"
+        narrowed = False
+        for option in options:
+            label = option.inner_text().strip()
+            select.select_option(value=option.get_attribute("value"))
+            page.wait_for_timeout(100)
+            shown = page.locator("#catalog-table tbody tr:not([hidden])").all_inner_texts()
+            assert all(label in t for t in shown), (label, shown[:3])
+            narrowed |= 0 < len(shown) < total
+        assert narrowed, f"filter {i} never narrows the rows"
+        select.select_option(value="")
+        page.wait_for_timeout(100)
+        assert visible_rows(page) == total
