@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipelines.catalog.cli import catalog_app
 from pipelines.errors import CitylakeError
 from pipelines.settings import TZ, load_settings
 
@@ -22,6 +23,7 @@ quality_app = typer.Typer(no_args_is_help=True, help="Standardize, validate and 
 app.add_typer(sources_app, name="sources")
 app.add_typer(lake_app, name="lake")
 app.add_typer(quality_app, name="quality")
+app.add_typer(catalog_app, name="catalog", help="The resource catalog (数据资源一本账): ls, show, register.")
 out = Console()
 err = Console(stderr=True)
 

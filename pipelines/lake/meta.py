@@ -1,6 +1,6 @@
 """Every ``meta.*`` table: its schema and its idempotent write.
 
-Two kinds of table:
+Three kinds of table:
 - per-run tables (``quality_results``, ``standardization_log``, ``conflicts``): what one run found. A rerun
   of the same run id (an Airflow retry, a held batch validated again by the run that held it) replaces
   that run's rows in one commit (delete + append in one transaction) instead of adding them again;
@@ -9,6 +9,8 @@ Two kinds of table:
 - ``batches``: an append-only log of status events per raw batch (held → released, or published) with that
   batch's own counts. The latest row of a batch (``recorded_at``) is its status; a rerun of the same run
   id that reaches the same status for a batch replaces its earlier event rather than repeating it.
+- ``registrations``: an append-only log of 公共数据资源登记 codes recorded per dataset (``append_log``); the
+  latest row of a dataset is its registration (``pipelines.catalog.registration``).
 Every row carries ``recorded_at`` (UTC). Old lakes lack the newer columns: the tables evolve on write.
 
 Run ids: an Airflow task uses its dag run id (plus the mapped dataset), so a retry reuses it; every CLI
@@ -50,8 +52,16 @@ BATCHES = pa.schema([
     ("extracted", pa.int64()), ("published", pa.int64()), ("quarantined", pa.int64()), ("held", pa.int64()),
     ("std_snapshot_id", pa.int64()), ("detail", pa.string()), ("reason", pa.string()), RECORDED_AT])
 
+# 公共数据资源登记: one row per recording of a registration code the authority issued (never minted here);
+# append-only, the latest row of a dataset (recorded_at) is its registration.
+REGISTRATIONS = pa.schema([
+    ("dataset", pa.string()), ("registration_code", pa.string()), ("registered_on", pa.date32()),
+    ("recorded_by", pa.string()), RECORDED_AT])
+
 SCHEMAS = {"meta.quality_results": QUALITY_RESULTS, "meta.standardization_log": STANDARDIZATION_LOG,
-           "meta.conflicts": CONFLICTS, "meta.batches": BATCHES}
+           "meta.conflicts": CONFLICTS, "meta.batches": BATCHES, "meta.registrations": REGISTRATIONS}
+APPEND_ONLY = {"meta.batches", "meta.registrations"}
+"""Event logs: appended to, never replaced per run (``replace_run`` refuses them)."""
 PER_DATASET = {"meta.quality_results", "meta.standardization_log"}
 """Per-run tables replaced per (run id, dataset): several datasets share one CLI run id."""
 
@@ -83,7 +93,7 @@ def replace_run(catalog: Any, name: str, run_id: str, rows: list[dict[str, Any]]
     datasets in ``rows``) are replaced; ``conflicts`` are replaced by run id. ``tag`` narrows the replace to
     the run's ``quality_results`` rows with that tag (the consistency check beside the gate's rules under one
     CLI run id). No rows still replaces: a rerun that found nothing erases the earlier attempt's rows."""
-    if name not in SCHEMAS or name == "meta.batches":
+    if name not in SCHEMAS or name in APPEND_ONLY:
         raise ValueError(f"{name}: not a per-run meta table")
     scope: BooleanExpression = EqualTo("run_id", run_id)
     if tag is not None:
@@ -107,6 +117,14 @@ def append_events(catalog: Any, rows: list[dict[str, Any]]) -> None:
                   And(EqualTo("status", status), In("raw_batch_id", batches)))
         replace = one if replace is None else Or(replace, one)
     append(catalog, "meta.batches", _rows("meta.batches", rows), properties=META_PROPS, replace=replace)
+
+
+def append_log(catalog: Any, name: str, rows: list[dict[str, Any]]) -> None:
+    """Append rows to an append-only meta table other than ``meta.batches`` (``meta.registrations``)."""
+    if name not in APPEND_ONLY or name == "meta.batches":
+        raise ValueError(f"{name}: not an append-only log (meta.batches goes through append_events)")
+    if rows:
+        append(catalog, name, _rows(name, rows), properties=META_PROPS)
 
 
 def _group(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[str]]:

@@ -1,0 +1,109 @@
+"""The catalog as files: ``catalog.json`` (the entries) and ``catalog.csv`` for Excel.
+
+The CSV is UTF-8 with a BOM (``utf-8-sig``): without the BOM Excel on a Chinese Windows reads a CSV as GBK
+and every Chinese header turns into mojibake. Headers are the catalog field names of 政务信息资源目录 in Chinese.
+A text cell that begins with ``= + - @`` gets a leading apostrophe so Excel does not run it as a formula.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pipelines.catalog.build import CatalogEntry
+
+SEP = "；"
+
+
+def _path(e: CatalogEntry) -> str:
+    return (e.classification or {}).get("path") or ""
+
+
+def _grade(e: CatalogEntry) -> str:
+    if not e.grade:
+        return ""
+    level, grade = e.grade.get("level"), e.grade.get("grade")
+    return f"{level} {grade}级" if grade else str(level or "")
+
+
+def _score(e: CatalogEntry) -> str:
+    return "—" if e.quality_score is None else f"{e.quality_score * 100:.1f}%"
+
+
+def _lineage(e: CatalogEntry) -> str:
+    return " → ".join(f"{s['identifier']}" + (f"@{s['snapshot_id']}" if s.get("snapshot_id") else "")
+                      for s in e.lineage)
+
+
+def _overrides(e: CatalogEntry) -> str:
+    return SEP.join(f"{o.get('attribute')}: {o.get('value')}（默认 {o.get('default')}；{o.get('reason')}；"
+                    f"批准 {o.get('approved_by')}）" for o in e.overrides)
+
+
+def _get(section: str, key: str) -> Callable[[CatalogEntry], Any]:
+    return lambda e: (getattr(e, section) or {}).get(key)
+
+
+COLUMNS: list[tuple[str, Callable[[CatalogEntry], Any]]] = [
+    ("标识", lambda e: e.identifier),
+    ("层", lambda e: e.layer),
+    ("数据集", lambda e: e.dataset),
+    ("信息资源名称", lambda e: e.name),
+    ("信息资源代码", lambda e: e.resource_code),
+    ("信息资源分类", _path),
+    ("提供方", _get("provider", "name")),
+    ("提供方代码", _get("provider", "code")),
+    ("摘要", lambda e: e.summary),
+    ("格式", lambda e: e.format),
+    ("信息项", lambda e: "、".join(i.get("element_name") or i["name"] for i in e.items)),
+    ("共享类型", _get("sharing", "type")),
+    ("共享条件", _get("sharing", "condition")),
+    ("共享方式", lambda e: "、".join((e.sharing or {}).get("methods") or [])),
+    ("开放属性", _get("open", "type")),
+    ("开放条件", _get("open", "condition")),
+    ("更新周期", lambda e: e.update_cycle),
+    ("分级", _grade),
+    ("行数", lambda e: e.rows),
+    ("最近更新", lambda e: e.last_updated),
+    ("质量得分", _score),
+    ("登记状态", lambda e: e.registration_status),
+    ("登记代码", _get("registration", "code")),
+    ("登记日期", _get("registration", "date")),
+    ("编目状态", lambda e: e.status),
+    ("待办", lambda e: e.fix),
+    ("源系统", lambda e: e.system),
+    ("源表", lambda e: e.source_table),
+    ("部门", _get("department", "name")),
+    ("血缘", _lineage),
+    ("例外审批", _overrides),
+]
+HEADERS = [h for h, _ in COLUMNS]
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value
+
+
+def csv_rows(entries: Iterable[CatalogEntry]) -> list[list[Any]]:
+    """The CSV body: one row per entry, in ``HEADERS`` order."""
+    return [[_cell(get(e)) for _, get in COLUMNS] for e in entries]
+
+
+def write_catalog(entries: list[CatalogEntry], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``catalog.json`` and ``catalog.csv`` (UTF-8 with BOM) into ``out_dir``; returns both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = out_dir / "catalog.json", out_dir / "catalog.csv"
+    json_path.write_text(json.dumps([e.to_dict() for e in entries], ensure_ascii=False, indent=2) + "\n",
+                         encoding="utf-8")
+    with csv_path.open("w", encoding="utf-8-sig", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(HEADERS)
+        writer.writerows(csv_rows(entries))
+    return json_path, csv_path

@@ -1,0 +1,207 @@
+"""The resource catalog (一本账) over a real small lake: every raw and std table, 未编目 for a raw table without a
+contract, registration (recorded, latest wins), catalog.csv for Excel, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+from conftest import scoped_env
+from typer.testing import CliRunner
+
+from pipelines.catalog.build import CATALOGUED, UNCATALOGUED, build_catalog, find_entry
+from pipelines.catalog.export import HEADERS, write_catalog
+from pipelines.catalog.registration import RegistrationError, latest_registrations, register
+from pipelines.ingest import ingest_table
+from pipelines.lake.catalog import get_catalog
+from pipelines.quality.gate import run_quality
+from pipelines.registry import load_registry
+from pipelines.seed import seed_city
+from pipelines.settings import PROJECT_ROOT, TZ, Settings, load_settings
+
+REF = date(2026, 11, 20)
+PUBLISHED = ("person", "enterprise")
+
+
+def _parking_system(registry: Path, data_dir: Path) -> None:
+    """A tiny new source system with no contract: it stops at raw, as a new system does today."""
+    (data_dir / "sources").mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(data_dir / "sources" / "parking.db") as conn:
+        conn.execute("CREATE TABLE parking_lot (lot_id TEXT PRIMARY KEY, lot_name TEXT, spaces INTEGER)")
+        conn.executemany("INSERT INTO parking_lot VALUES (?, ?, ?)",
+                         [("P001", "天鹅湖停车场", 420), ("P002", "合肥南站停车场", 1800)])
+    department = yaml.safe_load((registry / "population.yml").read_text(encoding="utf-8"))["department"]
+    (registry / "parking.yml").write_text(yaml.safe_dump({
+        "system": "parking", "name": "停车场管理系统", "department": department, "connection": "src_parking",
+        "default_url": "sqlite:///{data_dir}/sources/parking.db",
+        "tables": [{"code": "lot", "source": "parking_lot", "primary_key": ["lot_id"]}],
+    }, allow_unicode=True), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Seeded city (scale 0.05) + the parking system, every table ingested, person and enterprise published."""
+    root = tmp_path_factory.mktemp("catalog")
+    registry = root / "registry"
+    shutil.copytree(PROJECT_ROOT / "schemas" / "sources", registry)
+    env = {"CITYLAKE_LAKE_DIR": str(root / "lake"), "CITYLAKE_DATA_DIR": str(root / "data"),
+           "CITYLAKE_REGISTRY_DIR": str(registry)}
+    with scoped_env(env):
+        settings = load_settings()
+        seed_city(settings.data_dir, scale=0.05)
+        _parking_system(registry, settings.data_dir)
+        systems, errors = load_registry(settings.registry_dir)
+        assert not errors and "parking" in systems
+        for s in systems.values():
+            for t in s.all_tables:
+                ingest_table(s, t.code, settings=settings, batch_id="seed",
+                             extracted_at=datetime(2026, 11, 20, 2, tzinfo=TZ))
+        for name in PUBLISHED:
+            assert run_quality(name, settings=settings, reference_date=REF).status == "published"
+        yield settings
+
+
+def test_catalog_lists_every_raw_and_std_table(lake: Settings) -> None:
+    catalog = get_catalog(lake)
+    entries = build_catalog(lake)
+    by_id = {e.identifier: e for e in entries}
+    in_lake = {".".join(i) for ns in ("raw", "std", "curated") for i in catalog.list_tables(ns)}
+    assert in_lake <= set(by_id)
+    assert not [i for i in by_id if i.split(".")[0] in ("meta", "quarantine")]
+    assert any(i.startswith("meta.") for i in (".".join(t) for t in catalog.list_tables("meta")))  # there, not listed
+
+    # a raw table without a contract: 未编目, with the command that drafts one
+    parking = by_id["raw.parking__lot"]
+    assert parking.status == UNCATALOGUED and parking.dataset is None and parking.rows == 2
+    assert parking.fix is not None and parking.fix.startswith("citylake contract new parking lot")
+    assert "分级" in parking.fix and "共享" in parking.fix  # what a person must then fill in
+
+    # a raw table a contract is built from links to its dataset
+    raw = by_id["raw.population__person"]
+    assert raw.status == CATALOGUED and raw.dataset == "person" and raw.fix is None
+    assert raw.system == "population" and raw.source_table == "person"
+
+    # std: the contract's attributes, rows and time from the snapshot, score, lineage
+    person = by_id["std.person"]
+    table = catalog.load_table("std.person")
+    snap = table.current_snapshot()
+    assert person.rows == table.scan().to_arrow().num_rows > 0
+    assert person.last_updated is not None and datetime.fromisoformat(person.last_updated).timestamp() == pytest.approx(
+        snap.timestamp_ms / 1000)
+    assert person.name == "人口基础信息" and person.sharing is not None and person.sharing["type"] == "无条件共享"
+    assert person.grade == {"level": "一般数据", "grade": 4}
+    assert {i["name"]: i["element_name"] for i in person.items}["resident_id"] == "公民身份号码"
+    assert person.quality_score is not None and 0.0 < person.quality_score <= 1.0
+    assert person.registration is None and person.registration_status == "未登记"
+    steps = [s["step"] for s in person.lineage]
+    assert steps == ["source", "raw", "std"]
+    source, raw_step, std_step = person.lineage
+    assert source["connection"] == "src_population" and source["system_name"] == "人口基础信息系统"
+    assert "://" not in json.dumps(person.to_dict(), ensure_ascii=False)  # connection id, never a URL
+    raw_snaps = {s.snapshot_id for s in catalog.load_table("raw.population__person").metadata.snapshots}
+    assert raw_step["snapshot_id"] in raw_snaps and std_step["snapshot_id"] == snap.snapshot_id
+
+    # a contracted dataset whose std table does not exist yet is listed, without rows
+    poi = by_id["std.poi"]
+    assert "std.poi" not in in_lake and poi.status == CATALOGUED and poi.rows is None and poi.quality_score is None
+    assert poi.lineage[1]["snapshot_id"] is not None and poi.lineage[2]["snapshot_id"] is None
+
+    assert find_entry(entries, "person") is person and find_entry(entries, "raw.parking__lot") is parking
+    json.dumps([e.to_dict() for e in entries], ensure_ascii=False)  # JSON-safe
+
+
+def test_registration_is_recorded_and_the_latest_wins(lake: Settings) -> None:
+    register(lake, "enterprise", "GJDJ-2026-000123", "2026-11-01", recorded_by="治理科")
+    register(lake, "enterprise", "GJDJ-2026-000124", date(2026, 11, 2))  # a corrected code
+    latest = latest_registrations(get_catalog(lake))["enterprise"]
+    assert (latest.code, latest.registered_on) == ("GJDJ-2026-000124", date(2026, 11, 2))
+    entry = find_entry(build_catalog(lake), "enterprise")
+    assert entry is not None and entry.registration == {"code": "GJDJ-2026-000124", "date": "2026-11-02"}
+    assert entry.registration_status == "已登记"
+    rows = get_catalog(lake).load_table("meta.registrations").scan().to_arrow().to_pylist()
+    assert len([r for r in rows if r["dataset"] == "enterprise"]) == 2  # append-only: history kept
+
+    tomorrow = datetime.now(TZ).date() + timedelta(days=1)
+    bad = [("nosuch", "GJDJ-1", "2026-11-01", "no contract"), ("enterprise", "  ", "2026-11-01", "empty"),
+           ("enterprise", "TODO-CODE", "2026-11-01", "no digit"), ("enterprise", "GJDJ 2026 1", "2026-11-01", "not a code"),
+           ("enterprise", "登记编号2026001", "2026-11-01", "not a code"), ("enterprise", "GJDJ-2026-1", "2026/11/01", "ISO"),
+           ("enterprise", "GJDJ-2026-1", tomorrow.isoformat(), "future")]
+    for dataset, code, on, why in bad:
+        with pytest.raises(RegistrationError, match=why):
+            register(lake, dataset, code, on)
+    assert latest_registrations(get_catalog(lake))["enterprise"].code == "GJDJ-2026-000124"
+
+
+def test_catalog_files_open_in_excel_with_chinese(lake: Settings, tmp_path: Path) -> None:
+    entries = build_catalog(lake)
+    json_path, csv_path = write_catalog(entries, tmp_path / "out")
+    assert csv_path.read_bytes().startswith(b"\xef\xbb\xbf")  # the BOM Excel needs to read UTF-8
+    with csv_path.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == HEADERS
+    for header in ("信息资源名称", "信息资源代码", "提供方", "提供方代码", "信息资源分类", "格式", "共享类型", "共享条件",
+                   "共享方式", "开放属性", "开放条件", "更新周期", "分级", "行数", "最近更新", "质量得分", "登记状态", "编目状态"):
+        assert header in rows[0]
+    body = [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
+    assert [r["标识"] for r in body] == [e.identifier for e in entries]
+    person = next(r for r in body if r["标识"] == "std.person")
+    assert person["信息资源名称"] == "人口基础信息" and person["编目状态"] == "已编目" and person["共享类型"] == "无条件共享"
+    assert next(r for r in body if r["标识"] == "raw.parking__lot")["编目状态"] == "未编目"
+    assert next(r for r in body if r["标识"] == "std.poi")["质量得分"] == "—"  # no results: no score, not 100 %
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    assert [d["identifier"] for d in data] == [e.identifier for e in entries]
+    assert "人口基础信息" in json_path.read_text(encoding="utf-8")  # ensure_ascii=False
+
+
+def test_cli_ls_show_register(lake: Settings) -> None:
+    from pipelines.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["catalog", "ls", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.stdout)
+    assert {d["identifier"] for d in listed} >= {"raw.parking__lot", "raw.social_insurance__insured", "std.person"}
+
+    table = runner.invoke(app, ["catalog", "ls"])
+    assert table.exit_code == 0
+    assert "raw.social_insurance__insured" in table.stdout  # piped: full identifiers, not cut to 80 columns
+    assert "citylake contract new parking lot" in table.stdout
+
+    shown = runner.invoke(app, ["catalog", "show", "raw.parking__lot", "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["status"] == "未编目"
+    assert "血缘" in runner.invoke(app, ["catalog", "show", "person"]).stdout
+
+    unknown = runner.invoke(app, ["catalog", "show", "nosuch"])
+    assert unknown.exit_code != 0
+    assert unknown.stderr.strip().count("\n") == 0 and "nosuch" in unknown.stderr
+
+    bad = runner.invoke(app, ["catalog", "register", "person", "--code", "GJDJ-2026-7", "--date", "20261301"])
+    assert bad.exit_code != 0 and bad.stderr.strip().count("\n") == 0 and "ISO date" in bad.stderr
+    ok = runner.invoke(app, ["catalog", "register", "person", "--code", "GJDJ-2026-7", "--date", "2026-11-03"])
+    assert ok.exit_code == 0, ok.output
+    assert find_entry(build_catalog(lake), "person").registration == {"code": "GJDJ-2026-7", "date": "2026-11-03"}  # type: ignore[union-attr]
+
+
+def test_a_hundred_tables_build_in_well_under_a_second_each(lake: Settings, tmp_path: Path) -> None:
+    """Metadata only: 120 raw tables (a snapshot each) in a scratch catalog build fast."""
+    settings = replace(lake, catalog_uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"file://{tmp_path}/wh")
+    catalog = get_catalog(settings)
+    data = pa.table({"id": pa.array(["a", "b"]), "v": pa.array([1, 2])})
+    for i in range(120):
+        catalog.create_table(f"raw.bench__t{i:03d}", schema=data.schema).append(data)
+    started = time.perf_counter()
+    entries = build_catalog(settings, catalog)
+    elapsed = time.perf_counter() - started
+    assert len([e for e in entries if e.identifier.startswith("raw.bench__")]) == 120
+    assert all(e.rows == 2 for e in entries if e.identifier.startswith("raw.bench__"))
+    assert elapsed < 3.0, elapsed
