@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from pipelines.catalog.build import CATALOGUED, UNCATALOGUED, build_catalog, find_entry
 from pipelines.catalog.export import HEADERS, write_catalog
 from pipelines.catalog.registration import RegistrationError, latest_registrations, register
+from pipelines.config import load_config
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
 from pipelines.quality.gate import run_quality
@@ -143,7 +144,7 @@ def test_registration_is_recorded_and_the_latest_wins(lake: Settings) -> None:
 
 
 def test_catalog_files_open_in_excel_with_chinese(lake: Settings, tmp_path: Path) -> None:
-    entries = build_catalog(lake)
+    entries = build_catalog(lake, config=load_config(lake))  # the caller's config, loaded once
     json_path, csv_path = write_catalog(entries, tmp_path / "out")
     assert csv_path.read_bytes().startswith(b"\xef\xbb\xbf")  # the BOM Excel needs to read UTF-8
     with csv_path.open(encoding="utf-8-sig", newline="") as f:

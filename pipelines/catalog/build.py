@@ -141,11 +141,15 @@ def _quality_scores(catalog: Any) -> dict[str, float | None]:
 class _Context:
     """Everything the entries are built from, loaded once."""
 
-    def __init__(self, settings: Settings, catalog: Any) -> None:
+    def __init__(self, settings: Settings, catalog: Any, config: tuple[Any, dict[str, Any], dict[str, Any]] | None
+                 ) -> None:
         from pipelines.catalog.registration import latest_registrations
         from pipelines.config import load_config
 
-        self.standards, self.systems, self.contracts = load_config(settings)
+        loaded = config if config is not None else load_config(settings)
+        self.standards: Any = loaded[0]
+        self.systems: dict[str, Any] = loaded[1]
+        self.contracts: dict[str, Any] = loaded[2]
         self.departments, self._name_of = _load_departments(settings)
         self.scores = _quality_scores(catalog)
         self.registrations = latest_registrations(catalog)
@@ -231,14 +235,14 @@ def _std_entry(ctx: _Context, contract: Any, lake: dict[str, _Lake], layer: str 
     )
 
 
-def _raw_entry(ctx: _Context, here: _Lake) -> CatalogEntry:
+def _raw_entry(ctx: _Context, here: _Lake, lake: dict[str, _Lake]) -> CatalogEntry:
     found = ctx.raw_names.get(here.identifier)
     system, table = found if found else (None, None)
     built = ctx.by_raw.get(here.identifier, [])
     lineage = [_source_step(system, table)] if system is not None else []
     lineage.append(_step("raw", here, here.identifier))
     for c in built:  # what the raw table feeds
-        lineage.append(_step("std", None, c.std_table))
+        lineage.append(_step("std", lake.get(c.std_table), c.std_table))
     name = f"{system.name}·{lineage[0]['source_table']}（原始数据）" if system is not None else here.identifier
     entry = CatalogEntry(
         identifier=here.identifier, layer="raw", dataset=built[0].dataset if built else None, name=name,
@@ -254,8 +258,8 @@ def _raw_entry(ctx: _Context, here: _Lake) -> CatalogEntry:
         entry.provider = ctx.department(c.owner)
         entry.grade = {"level": c.classification.level, "grade": c.classification.grade}  # same data, same grade
     elif system is not None and table is not None:
-        entry.fix = (f"citylake contract new {system.system} {table.code}，然后在 schemas/datasets/ 生成的契约中"
-                     f"填写标注 TODO 的{FILL_IN}，直到 citylake quality suites 通过校验")
+        entry.fix = (f"citylake contract new {system.system} {table.code}，然后在生成的 schemas/datasets/<dataset>.yml "
+                     f"中填写标注 TODO 的{FILL_IN}；校验通过后运行 citylake quality run <dataset> 发布到标准层")
     else:  # a raw table whose system left the registry
         entry.fix = (f"{here.identifier} 的源系统不在登记簿 (schemas/sources/) 中：先登记源系统，再运行 "
                      f"citylake contract new <system> <table>")
@@ -276,11 +280,13 @@ def _curated_entry(ctx: _Context, here: _Lake) -> CatalogEntry:
         rows=here.rows, last_updated=here.at, lineage=[_step("curated", here, here.identifier)])
 
 
-def build_catalog(settings: Settings, catalog: Any = None) -> list[CatalogEntry]:
+def build_catalog(settings: Settings, catalog: Any = None, *,
+                  config: tuple[Any, dict[str, Any], dict[str, Any]] | None = None) -> list[CatalogEntry]:
     """Every raw, std and curated table of the lake (not meta, not quarantine) and every contracted dataset
-    whose std table does not exist yet, ordered by layer then identifier."""
+    whose std table does not exist yet, ordered by layer then identifier. ``config``: the
+    ``load_config(settings)`` result when the caller has it already (the report site), saving a second load."""
     catalog = catalog if catalog is not None else get_catalog(settings)
-    ctx = _Context(settings, catalog)
+    ctx = _Context(settings, catalog, config)
     lake: dict[str, _Lake] = {}
     for ns in LAYERS:
         for ident in catalog.list_tables(ns):
@@ -289,7 +295,7 @@ def build_catalog(settings: Settings, catalog: Any = None) -> list[CatalogEntry]
     entries: list[CatalogEntry] = []
     for here in lake.values():
         if here.identifier.startswith("raw."):
-            entries.append(_raw_entry(ctx, here))
+            entries.append(_raw_entry(ctx, here, lake))
         elif here.identifier.startswith("curated."):
             entries.append(_curated_entry(ctx, here))
     for contract in ctx.contracts.values():  # std: present or not yet published
