@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import require_binary, require_cjk_font, scoped_env
 from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from pipelines.settings import PROJECT_ROOT, TZ, Settings
 
@@ -120,7 +121,7 @@ def assert_chinese_drawn_with_cjk_font(context: BrowserContext, page: Page, sele
     return cjk[0]["familyName"]
 
 
-def assert_charts_drawn(page: Page, at_least: int = 0) -> int:
+def assert_charts_drawn(page: Page, at_least: int = 0, timeout_ms: float = 10_000) -> int:
     """Every chart says it was drawn (data-drawn="1") and really shows something: a canvas with a painted
     pixel, or an svg with shapes."""
     charts = page.locator("canvas.chart, svg.chart")
@@ -128,7 +129,7 @@ def assert_charts_drawn(page: Page, at_least: int = 0) -> int:
     assert count >= at_least, f"{page.url}: {count} charts, expected at least {at_least}"
     if count:
         page.wait_for_function("""() => [...document.querySelectorAll('canvas.chart, svg.chart')]
-                                   .every(c => c.getAttribute('data-drawn') === '1')""", timeout=10_000)
+                                   .every(c => c.getAttribute('data-drawn') === '1')""", timeout=timeout_ms)
     blank = page.evaluate("""() => [...document.querySelectorAll('canvas.chart, svg.chart')].map((c, i) => {
         if (c.tagName.toLowerCase() === 'svg')
             return c.querySelectorAll('path, rect, circle, line, polyline, polygon, text').length ? null : i;
@@ -272,6 +273,28 @@ def test_visit_records_console_errors_and_external_requests(browser: Browser, tm
     assert "missing.js" in problems and "坏了" in problems and "undefinedFunction" in problems
 
 
+def test_chart_check_catches_blank_and_undrawn_charts(browser: Browser, tmp_path: Path) -> None:
+    charts = {"drawn": '<canvas class="chart" width="50" height="20"></canvas><script>const c = document.querySelector'
+                       '("canvas"); c.getContext("2d").fillRect(0, 0, 5, 5); c.dataset.drawn = "1";</script>',
+              "blank": '<canvas class="chart" data-drawn="1"></canvas><svg class="chart" data-drawn="1"></svg>',
+              "undrawn": '<svg class="chart"><rect width="5" height="5"/></svg>'}
+    ctx = browser.new_context()
+    try:
+        for name, body in charts.items():
+            (tmp_path / f"{name}.html").write_text(f"<!doctype html><html><body>{body}</body></html>", encoding="utf-8")
+            page = visit(ctx, (tmp_path / f"{name}.html").as_uri(), settle_ms=0).page
+            if name == "drawn":
+                assert assert_charts_drawn(page, at_least=1) == 1
+            elif name == "blank":
+                with pytest.raises(AssertionError, match=r"charts \[0, 1\] are blank"):
+                    assert_charts_drawn(page)
+            else:
+                with pytest.raises(PlaywrightTimeout):
+                    assert_charts_drawn(page, timeout_ms=500)
+    finally:
+        ctx.close()
+
+
 # ---------------------------------------------------------------- the site
 
 def _pages(root: Path) -> list[Path]:
@@ -292,7 +315,7 @@ def test_every_page_loads_without_errors_or_network(site: tuple[Settings, Path],
         selected_fields=("resident_id",)).to_arrow()["resident_id"].to_pylist())
     problems: list[str] = []
     for path in pages:
-        seen = visit(context, path.as_uri())
+        seen = visit(context, path.as_uri(), settle_ms=100)
         problems += [f"{path.relative_to(root)}: {p}" for p in seen.problems()]
         lang = seen.page.evaluate("document.documentElement.lang")
         if lang != "zh-CN":
