@@ -1,0 +1,148 @@
+"""``build_site``: the Chinese governance site, written to a local folder (and uploaded beside an S3 lake).
+
+The site is built in a staging folder next to the target and swapped in whole, so a reader never sees half
+a build and pages of datasets that left the registry do not linger. A target folder that is not a citylake
+report (no marker file) is never replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import os
+import shutil
+import tempfile
+import time
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import CitylakeError
+from pipelines.report.data import SiteData, collect
+from pipelines.report.pages import ASSETS, page_name, render
+from pipelines.settings import TZ, Settings, load_settings
+
+log = logging.getLogger(__name__)
+MARKER = ".citylake-report"
+
+
+def gx_docs_site(settings: Settings) -> Path:
+    """Where ``pipelines.quality.docs`` renders GX Data Docs (the engineers' pages the site links to)."""
+    return settings.lake_dir / "gx" / "uncommitted" / "data_docs" / "local_site"
+
+
+def _rel(target: Path, page_dir: Path) -> str:
+    return Path(os.path.relpath(target, page_dir)).as_posix()
+
+
+def _gx_links(settings: Settings, out: Path, data: SiteData) -> dict[str, Any]:
+    """Relative links from the site's pages to GX Data Docs: the index and each dataset's suite page."""
+    site = gx_docs_site(settings)
+    links: dict[str, Any] = {"index": None, "datasets": {}}
+    if (site / "index.html").exists():
+        links["index"] = _rel(site / "index.html", out)
+    for name in data.datasets:
+        page = site / "expectations" / f"{name}.html"
+        if page.exists():
+            links["datasets"][name] = _rel(page, out / "datasets")
+    return links
+
+
+def _write(settings: Settings, stage: Path, final: Path, data: SiteData) -> None:
+    shutil.copytree(ASSETS, stage / "assets")
+    gx = _gx_links(settings, final, data)
+    common = {"generated_at": data.generated_at, "today": data.today, "gx_index": gx["index"]}
+    departments = {code: page_name(code) for code in data.departments}
+    ctx = {**common, "department_pages": departments}
+    render("index.html", stage / "index.html", root="", title="总览", overview=data.overview, **ctx)
+    for code, dept in data.departments.items():
+        render("department.html", stage / "departments" / f"{departments[code]}.html", root="../",
+               title=dept["name"], dept=dept, **ctx)
+    for name, ds in data.datasets.items():
+        gx_page = gx["datasets"].get(name)
+        render("dataset.html", stage / "datasets" / f"{name}.html", root="../", title=f"{ds['name']}（{name}）",
+               ds=ds, gx_page=gx_page, **ctx)
+    render("conflicts.html", stage / "conflicts.html", root="", title="一数一源冲突", conflicts=data.conflicts, **ctx)
+    facets = _facets(data.catalog)
+    render("catalog.html", stage / "catalog.html", root="", title="数据资源目录（一本账）", entries=data.catalog,
+           facets=facets, catalog_ready=bool(data.catalog_entries), **ctx)
+    for entry in data.catalog:
+        render("catalog_entry.html", stage / "catalog" / f"{page_name(entry['identifier'])}.html", root="../",
+               title=entry["name"], e=entry, dataset_page=entry.get("dataset") in data.datasets, **ctx)
+    if data.catalog_entries:
+        from pipelines.catalog.export import write_catalog
+
+        write_catalog(data.catalog_entries, stage)
+    (stage / MARKER).write_text(f"citylake report {data.generated_at.isoformat()}\n", encoding="utf-8")
+
+
+def _facets(entries: list[dict[str, Any]]) -> dict[str, list[str]]:
+    def values(fn: Any) -> list[str]:
+        return sorted({v for v in (fn(e) for e in entries) if v})
+
+    return {"layer": values(lambda e: e.get("layer")),
+            "department": values(lambda e: (e.get("department") or e.get("provider") or {}).get("name")),
+            "sharing": values(lambda e: (e.get("sharing") or {}).get("type")),
+            "status": values(lambda e: e.get("status"))}
+
+
+def _swap(stage: Path, out: Path) -> None:
+    """Replace ``out`` with ``stage`` (rename, so readers see the old or the new site)."""
+    if out.exists():
+        if not (out / MARKER).exists() and any(out.iterdir()):
+            shutil.rmtree(stage, ignore_errors=True)
+            raise CitylakeError(f"report: {out} exists and is not a citylake report (no {MARKER}); "
+                                "choose an empty folder with --out")
+        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
+        out.rename(old)
+        stage.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        stage.rename(out)
+
+
+def upload(folder: Path, settings: Settings) -> str:
+    """Copy the site to ``<warehouse>/report/`` on S3 (beside the lake's tables), removing pages of an
+    earlier build that this one no longer has. Returns the s3:// prefix."""
+    import boto3
+
+    bucket, _, prefix = settings.warehouse.removeprefix("s3://").partition("/")
+    prefix = f"{prefix.strip('/')}/report/".lstrip("/")
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint) if settings.s3_endpoint else boto3.client("s3")
+    written = set()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        key = prefix + path.relative_to(folder).as_posix()
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
+            kind += "; charset=utf-8"
+        s3.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": kind})
+        written.add(key)
+    stale = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        stale += [{"Key": o["Key"]} for o in page.get("Contents", []) if o["Key"] not in written]
+    for i in range(0, len(stale), 1000):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": stale[i:i + 1000]})
+    return f"s3://{bucket}/{prefix}"
+
+
+def build_site(settings: Settings | None = None, out_dir: Path | None = None, today: date | None = None) -> Path:
+    """Build the site; returns its ``index.html``. Default folder ``<lake>/report``; with an s3:// warehouse
+    the folder is also uploaded to ``<warehouse>/report/``. ``today`` is the report day (Asia/Shanghai)."""
+    settings = settings or load_settings()
+    today = today or datetime.now(TZ).date()
+    out = Path(out_dir).resolve() if out_dir is not None else settings.lake_dir / "report"
+    started = time.perf_counter()
+    data = collect(settings, today)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
+    try:
+        _write(settings, stage, out, data)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    _swap(stage, out)
+    log.info("report: %d departments, %d datasets, %d catalog entries in %.1fs → %s", len(data.departments),
+             len(data.datasets), len(data.catalog), time.perf_counter() - started, out)
+    if settings.warehouse.startswith("s3://"):
+        log.info("report uploaded to %s", upload(out, settings))
+    return out / "index.html"
