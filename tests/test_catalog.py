@@ -206,3 +206,19 @@ def test_a_hundred_tables_build_in_well_under_a_second_each(lake: Settings, tmp_
     assert len([e for e in entries if e.identifier.startswith("raw.bench__")]) == 120
     assert all(e.rows == 2 for e in entries if e.identifier.startswith("raw.bench__"))
     assert elapsed < 3.0, elapsed
+
+
+def test_lineage_continues_to_curated_and_exports_from_contract_inputs() -> None:
+    """The extension point for later stages: a contract whose ``inputs`` name a std table adds its curated
+    table (and its exports) to that std table's lineage."""
+    from types import SimpleNamespace
+
+    from pipelines.catalog.build import downstream_steps
+
+    contracts = {"person_profile": SimpleNamespace(dataset="person_profile", inputs=["std.person"],
+                                                   exports=["open/person_profile.csv"]),
+                 "poi": SimpleNamespace(dataset="poi")}
+    steps = downstream_steps(contracts, "std.person", {})
+    assert [(s["step"], s["identifier"]) for s in steps] == [("curated", "curated.person_profile"),
+                                                             ("export", "open/person_profile.csv")]
+    assert downstream_steps(contracts, "std.poi", {}) == []

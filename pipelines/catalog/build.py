@@ -229,7 +229,7 @@ def _std_entry(ctx: _Context, contract: Any, lake: dict[str, _Lake], layer: str 
         rows=here.rows if here else None, last_updated=here.at if here else None,
         quality_score=ctx.scores.get(contract.dataset), lineage=lineage,
         registration=registration.to_dict() if registration else None,
-        overrides=[dict(o) for o in (getattr(contract, "overrides", None) or [])],
+        overrides=[_dump(o) for o in (getattr(contract, "overrides", None) or [])],
         system=contract.source["system"], source_table=source_table,
         department=ctx.department(system.department) if system is not None else None,
     )
