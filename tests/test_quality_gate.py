@@ -82,6 +82,9 @@ def test_mostly_bad_batch_is_held_and_std_unchanged(city: Settings) -> None:
         run_quality("enterprise", settings=city, reference_date=REF)
     message = str(info.value)
     assert "enterprise.uscc.check_digit" in message and "e.g. [" in message and "held" in message
+    # the same verdict as fields, for the alert (pipelines.alerts builds from these, not from the text)
+    assert info.value.dataset == "enterprise" and info.value.rule == "enterprise.uscc.check_digit"
+    assert info.value.count == info.value.failures[0]["failed"] > 100 and info.value.held > 0
     assert catalog.load_table("std.enterprise").current_snapshot().snapshot_id == before
     held = [b for b in catalog.load_table("meta.batches").scan().to_arrow().to_pylist() if b["raw_batch_id"] == "bad"]
     assert held[0]["status"] == "held" and held[0]["held"] == held[0]["extracted"] > 0

@@ -62,7 +62,26 @@ CHUNK_ROWS = 128 * 1024
 
 
 class QualityGateError(CitylakeError):
-    """A batch was held: the message is the readable summary governance staff act on."""
+    """A batch was held: the message is the readable summary governance staff act on; the fields say the
+    same for code (alerts are built from them, not parsed from the text)."""
+
+    def __init__(self, message: str, *, dataset: str | None = None, failures: list[dict[str, Any]] | None = None,
+                 held: int = 0) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.failures = failures or []
+        """Blocking rules, most failing first: {rule, description, failed, evaluated, threshold}."""
+        self.held = held
+        """Rows held (every row of the held batches)."""
+
+    @property
+    def rule(self) -> str | None:
+        return self.failures[0]["rule"] if self.failures else None
+
+    @property
+    def count(self) -> int:
+        """Rows failing the most failing blocking rule."""
+        return int(self.failures[0]["failed"]) if self.failures else 0
 
 
 @dataclass
@@ -482,7 +501,10 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
             result.batch_counts = {b: {"extracted": staged.extracted_by_batch[b], "published": 0, "quarantined": 0,
                                        "held": staged.extracted_by_batch[b]} for b in batches}
             _record_batches(catalog, contract, result, None)
-            raise QualityGateError(_summary(contract, blocking))
+            raise QualityGateError(_summary(contract, blocking), dataset=dataset, held=result.held, failures=[
+                {"rule": t.rule.id, "description": t.rule.description, "failed": t.failed,
+                 "evaluated": t.evaluated, "threshold": t.rule.threshold}
+                for t in sorted(blocking, key=lambda t: -t.failed)])
         result.quarantined = split.quarantined
         result.warned = split.warned
         result.deleted = staged.gone.num_rows

@@ -1,0 +1,274 @@
+"""Alerts: a held batch or rejected drop files, told to the owning department in a short Chinese message.
+
+Delivery is Airflow's notifiers, chosen by the connection ids the department registry names
+(``schemas/departments.yml`` → ``alerts: {smtp_conn_id, http_conn_id}``): ``SmtpNotifier`` mails the
+department's contact, ``HttpNotifier`` posts JSON to a webhook. The DAG tasks call them explicitly
+(``notify``), since a load that rejected files succeeds and no failure callback would fire.
+
+Alerting never decides anything: a route that is not configured is one log line, a delivery that fails
+is a warning, and neither fails the load or changes the held verdict. Messages carry names, rule ids,
+counts and a link to the report page, never a failing value; anything quoted goes through
+``pipelines.privacy``. The providers are imported only when a message is sent (DAG parse stays light).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+
+from pipelines.privacy import mask_message, mask_text
+from pipelines.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from pipelines.departments import Department
+    from pipelines.quality.gate import QualityGateError
+    from pipelines.registry import SourceSystem
+
+log = logging.getLogger(__name__)
+
+KIND_TITLE = {"held": "批次暂停发布", "rejected": "文件被拒收"}
+MAX_DETAILS = 5
+"""Lines listed under the main rule (further blocking rules, rejected files); the page has the rest."""
+DEFAULT_FROM = "citylake@localhost"
+"""Sender when the SMTP connection sets no ``from_email`` extra."""
+REJECTED_RULE = "drop_file_rejected"
+HTTP_TIMEOUT_S = 30.0
+"""A webhook that does not answer must not hold the load task (connection extra ``timeout`` overrides)."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: Literal["held", "rejected"]
+    dataset_or_table: str
+    """The dataset code (held) or the raw table identifier, e.g. ``raw.permits__applications`` (rejected)."""
+    department_code: str
+    rule: str
+    """held: the blocking rule id (the most failing one); rejected: why the files were refused."""
+    count: int
+    """held: rows failing that rule; rejected: files rejected."""
+    page: str
+    """Full URL of the report page to open (``report_url``)."""
+    name: str | None = None
+    """Chinese name of the dataset or source table, when known."""
+    rule_text: str | None = None
+    """The rule's Chinese description."""
+    evaluated: int | None = None
+    """held: rows the rule checked (so the count reads as 120 / 500)."""
+    threshold: float | None = None
+    details: tuple[str, ...] = field(default_factory=tuple)
+    """Further lines: other blocking rules, or each rejected file with its (masked) reason."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def report_url(settings: Settings, page: str) -> str:
+    """The URL of a report page: ``CITYLAKE_REPORT_URL`` (where the site is served) or the local site."""
+    base = os.environ.get("CITYLAKE_REPORT_URL") or (settings.lake_dir / "report").as_uri()
+    return base.rstrip("/") + "/" + page.lstrip("/")
+
+
+def _department_name(departments: Mapping[str, Department], code: str) -> str:
+    from pipelines.departments import department_name
+
+    return department_name(dict(departments), code)
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def alert_text(alert: Alert, departments: Mapping[str, Department]) -> tuple[str, str]:
+    """(subject, plain-text body) in Chinese: what, whose, which rule, how many, where to look."""
+    department = _department_name(departments, alert.department_code)
+    what = mask_text(alert.name or alert.dataset_or_table)
+    code = mask_text(alert.dataset_or_table)
+    label = f"{what}（{code}）" if what != code else code
+    rule = mask_text(alert.rule) or ""
+    rule_text = mask_text(alert.rule_text) if alert.rule_text else None
+    lines = [f"{department}：", ""]
+    if alert.kind == "held":
+        subject = f"【数据质量告警】{what}：{KIND_TITLE['held']}（{rule}，{_n(alert.count)} 行不通过）"
+        lines.append(f"数据集 {label} 的新批次未通过质量门禁，已暂停发布；标准库（std）保持上一版本，其他批次不受影响。")
+        lines.append(f"规则：{rule}" + (f"（{rule_text}）" if rule_text else ""))
+        checked = f" / {_n(alert.evaluated)} 行" if alert.evaluated else " 行"
+        over = f"，超过阈值 {alert.threshold:.0%}" if alert.threshold is not None else ""
+        lines.append(f"不通过：{_n(alert.count)}{checked}{over}")
+        if alert.details:
+            lines.append("同时超出阈值的规则：")
+        action = "请核对并修正源数据；修正后由治理人员重新校验（citylake quality run --retry-held）或说明理由后放行。"
+    else:
+        subject = f"【数据质量告警】{what}：{KIND_TITLE['rejected']} {_n(alert.count)} 个"
+        lines.append(f"数据表 {label} 本次装载有 {_n(alert.count)} 个文件被拒收，其余文件已正常入湖。")
+        if alert.details:
+            lines.append("被拒收的文件及原因：")
+        action = "请修正这些文件后重新投放（同名新内容会再次装载）。"
+    shown = [mask_message(d) or "" for d in alert.details[:MAX_DETAILS]]
+    lines.extend(f"  - {d}" for d in shown)
+    if len(alert.details) > MAX_DETAILS:
+        lines.append(f"  - 另有 {len(alert.details) - MAX_DETAILS} 项，见报告页面")
+    lines += [action, f"详情：{alert.page}", "", "（本邮件由 citylake 自动发送；不含任何个人信息原值。）"]
+    return subject, "\n".join(lines)
+
+
+def _html(body: str, page: str) -> str:
+    """The body as a small HTML mail (SmtpNotifier sends HTML): escaped lines, the page as a link."""
+    parts = []
+    for line in body.split("\n"):
+        text = html.escape(line)
+        if page and page in line:
+            text = text.replace(html.escape(page), f'<a href="{html.escape(page, quote=True)}">{html.escape(page)}</a>')
+        parts.append(text)
+    return ('<html lang="zh-CN"><body style="font-family: \'Microsoft YaHei\', \'PingFang SC\', '
+            "'Noto Sans CJK SC', sans-serif\">" + "<br>\n".join(parts) + "</body></html>")
+
+
+def _connection(conn_id: str) -> Any | None:
+    """The Airflow connection (``AIRFLOW_CONN_<ID>``, a secrets backend, or the metadata DB), or None."""
+    from airflow.sdk import BaseHook
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except Exception as exc:  # noqa: BLE001 - not found, or no backend reachable: the route is not configured
+        log.warning("alert route %r is not configured (%s): not sent", conn_id, mask_message(str(exc)))
+        return None
+
+
+def _send_smtp(conn_id: str, conn: Any, to: str, subject: str, body: str, page: str, context: Any) -> None:
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    notifier = SmtpNotifier(to=to, from_email=conn.extra_dejson.get("from_email") or DEFAULT_FROM,
+                            subject=subject, html_content=_html(body, page), smtp_conn_id=conn_id)
+    # notify(), not __call__: our text is data, never a Jinja template to render
+    notifier.notify(context)
+
+
+def _send_http(conn_id: str, conn: Any, payload: dict[str, Any], context: Any) -> None:
+    from airflow.providers.http.notifications.http import HttpNotifier
+
+    timeout = float(conn.extra_dejson.get("timeout") or HTTP_TIMEOUT_S)
+    notifier = HttpNotifier(http_conn_id=conn_id, method="POST", json=payload,
+                            headers={"Content-Type": "application/json; charset=utf-8"},
+                            extra_options={"timeout": timeout})
+    notifier.notify(context)
+
+
+def send_alert(alert: Alert, departments: Mapping[str, Department], context: Any = None) -> list[str]:
+    """Deliver ``alert`` on the owning department's routes; returns the channels that delivered
+    (``smtp:<conn_id>``, ``http:<conn_id>``). Never raises for a route or a delivery."""
+    where = f"{alert.kind} alert for {alert.dataset_or_table}"
+    department = departments.get(alert.department_code)
+    if department is None:
+        log.info("%s: department %r is not in the department registry: not sent", where, alert.department_code)
+        return []
+    routes = department.alerts
+    if not (routes.smtp_conn_id or routes.http_conn_id):
+        log.info("%s: department %s (%s) has no alert route (schemas/departments.yml alerts): not sent",
+                 where, department.name, department.code)
+        return []
+    subject, body = alert_text(alert, departments)
+    context = context if context is not None else {}
+    sent: list[str] = []
+    if routes.smtp_conn_id:
+        to = department.contact.email
+        conn = _connection(routes.smtp_conn_id) if to else None
+        if not to:
+            log.info("%s: department %s has no contact email: mail not sent", where, department.code)
+        elif conn is not None:
+            try:
+                _send_smtp(routes.smtp_conn_id, conn, to, subject, body, alert.page, context)
+                sent.append(f"smtp:{routes.smtp_conn_id}")
+            except Exception as exc:  # noqa: BLE001 - the data verdict stands whether or not mail got through
+                log.warning("%s: mail via %r failed: %s: %s", where, routes.smtp_conn_id, type(exc).__name__,
+                            mask_message(str(exc)))
+    if routes.http_conn_id and (conn := _connection(routes.http_conn_id)) is not None:
+        payload = {**alert.to_dict(), "department_name": department.name, "subject": subject, "text": body}
+        payload["details"] = [mask_message(d) for d in alert.details]
+        try:
+            _send_http(routes.http_conn_id, conn, payload, context)
+            sent.append(f"http:{routes.http_conn_id}")
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: webhook %r failed: %s: %s", where, routes.http_conn_id, type(exc).__name__,
+                        mask_message(str(exc)))
+    if sent:
+        log.info("%s sent to %s via %s", where, department.code, ", ".join(sent))
+    return sent
+
+
+def _contract_of_table(settings: Settings, system: str, table: str) -> dict[str, Any] | None:
+    """The contract built from ``raw.<system>__<table>``, read as plain YAML: an alert about a load must not
+    depend on the whole configuration validating."""
+    for path in sorted((settings.root / "schemas" / "datasets").glob("*.yml")):
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            if doc.get("source") == {"system": system, "table": table}:
+                return doc
+        except Exception:  # noqa: BLE001, S112 - a broken contract fails its own publish task
+            continue
+    return None
+
+
+def rejected_alert(settings: Settings, system: SourceSystem, table: str,
+                   files_rejected: list[dict[str, Any]]) -> Alert:
+    """The alert of a load that rejected drop files; the page is the dataset built from the table, if any,
+    else the raw table's catalog entry."""
+    identifier = system.raw_table(table)
+    contract = _contract_of_table(settings, system.system, table)
+    page = f"datasets/{contract['dataset']}.html" if contract else f"catalog/{identifier}.html"
+    # reasons were masked when the load wrote them (privacy.quote / mask_message); alert_text masks again
+    details = tuple(f"{Path(str(r['file'])).name}：{r.get('reason') or '无法读取'}" for r in files_rejected)
+    return Alert("rejected", identifier, system.department, REJECTED_RULE, len(files_rejected),
+                 report_url(settings, page), name=(contract or {}).get("name") or f"{system.name} {table}",
+                 rule_text="文件无法读取或解析，已拒收", details=details)
+
+
+def held_alert(settings: Settings, exc: QualityGateError) -> Alert:
+    """The alert of a held batch, from the gate's error (dataset, blocking rules and their counts)."""
+    from pipelines.config import load_config
+
+    if exc.dataset is None or not exc.failures:
+        raise ValueError("the held-batch error carries no dataset or blocking rule")
+    _standards, _systems, contracts = load_config(settings)
+    contract = contracts[exc.dataset]
+    first, *others = exc.failures
+    details = tuple(f"{f['rule']}（{f['description']}）：{_n(f['failed'])} / {_n(f['evaluated'])} 行" for f in others)
+    return Alert("held", contract.dataset, contract.owner, first["rule"], first["failed"],
+                 report_url(settings, f"datasets/{contract.dataset}.html"), name=contract.name,
+                 rule_text=first.get("description"), evaluated=first.get("evaluated"),
+                 threshold=first.get("threshold"), details=details)
+
+
+def _departments(settings: Settings) -> Mapping[str, Department]:
+    from pipelines.config import load_departments
+
+    return load_departments(settings)
+
+
+def alert_rejected(system: SourceSystem, table: str, files_rejected: list[dict[str, Any]],
+                   settings: Settings | None = None, context: Any = None) -> list[str]:
+    """What ``load_table`` calls when files were rejected: build, send, never raise (the load succeeded)."""
+    try:
+        settings = settings or load_settings()
+        return send_alert(rejected_alert(settings, system, table, files_rejected), _departments(settings), context)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("rejected-files alert for %s.%s not sent: %s: %s", system.system, table,
+                    type(exc).__name__, mask_message(str(exc)))
+        return []
+
+
+def alert_held(exc: QualityGateError, settings: Settings | None = None, context: Any = None) -> list[str]:
+    """What ``publish_std`` calls before it fails on a held batch: build, send, never raise (the hold stands)."""
+    try:
+        settings = settings or load_settings()
+        return send_alert(held_alert(settings, exc), _departments(settings), context)
+    except Exception as err:  # noqa: BLE001
+        log.warning("held-batch alert for %s not sent: %s: %s", exc.dataset, type(err).__name__,
+                    mask_message(str(err)))
+        return []
