@@ -81,7 +81,7 @@ def environment() -> Environment:
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=pct, num=num, when=when, score_class=score_class, page=page_name, href=href,
                        tojson_attr=lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":")))
-    env.globals.update(step_labels=STEP_LABELS)
+    env.globals.update(step_labels=STEP_LABELS, layer_labels={"raw": "原始层", "std": "标准层", "curated": "主题层"})
     return env
 
 

@@ -65,14 +65,13 @@ def _write(settings: Settings, stage: Path, final: Path, data: SiteData) -> None
     render("conflicts.html", stage / "conflicts.html", root="", title="一数一源冲突", conflicts=data.conflicts, **ctx)
     facets = _facets(data.catalog)
     render("catalog.html", stage / "catalog.html", root="", title="数据资源目录（一本账）", entries=data.catalog,
-           facets=facets, catalog_ready=bool(data.catalog_entries), **ctx)
+           facets=facets, **ctx)
     for entry in data.catalog:
         render("catalog_entry.html", stage / "catalog" / f"{page_name(entry['identifier'])}.html", root="../",
                title=entry["name"], e=entry, dataset_page=entry.get("dataset") in data.datasets, **ctx)
-    if data.catalog_entries:
-        from pipelines.catalog.export import write_catalog
+    from pipelines.catalog.export import write_catalog
 
-        write_catalog(data.catalog_entries, stage)
+    write_catalog(data.catalog_entries, stage)  # also when empty: catalog.html links to both files
     (stage / MARKER).write_text(f"citylake report {data.generated_at.isoformat()}\n", encoding="utf-8")
 
 
@@ -80,10 +79,11 @@ def _facets(entries: list[dict[str, Any]]) -> dict[str, list[str]]:
     def values(fn: Any) -> list[str]:
         return sorted({v for v in (fn(e) for e in entries) if v})
 
-    return {"layer": values(lambda e: e.get("layer")),
-            "department": values(lambda e: (e.get("department") or e.get("provider") or {}).get("name")),
-            "sharing": values(lambda e: (e.get("sharing") or {}).get("type")),
-            "status": values(lambda e: e.get("status"))}
+    facets = {"layer": values(lambda e: e.get("layer")),
+              "department": values(lambda e: (e.get("department") or e.get("provider") or {}).get("name")),
+              "sharing": values(lambda e: (e.get("sharing") or {}).get("type")),
+              "status": values(lambda e: e.get("status"))}
+    return {k: v for k, v in facets.items() if len(v) > 1}  # a filter with one choice would filter nothing
 
 
 def _swap(stage: Path, out: Path) -> None:
