@@ -113,9 +113,10 @@ def draft(settings: Settings, system: str, table: str, *, force: bool = False, w
                             f"with `citylake contract new {system} {table} --force`")
     renamed = {code: name for name, code in tspec.columns.items()}
     data_columns = [f for f in schema if not f.name.startswith("_")]
-    guesses = [_guess(f, renamed.get(f.name), sample, standards, spec, table) for f in data_columns]
-    _contextual(guesses, sample, standards)
-    _name_matches(guesses, standards, sample)
+    context = _tokens(system) | _tokens(table)
+    guesses = [_guess(f, renamed.get(f.name), sample, standards, spec, table, context) for f in data_columns]
+    _contextual(guesses, sample, standards, context)
+    _name_matches(guesses, standards, sample, context)
     text = render(spec, tspec, dataset, guesses, standards, sample.num_rows, sample_rows)
     parsed = yaml.safe_load(text)  # the template must stay valid YAML whatever the names hold
     if not isinstance(parsed, dict) or len(parsed.get("columns", [])) != len(guesses):
@@ -203,6 +204,19 @@ def _text(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pa.array([], pa.string())
 
 
+def _tokens(text: str) -> set[str]:
+    return {t for t in re.split(r"[_\W]+", text.lower()) if t}
+
+
+def _in_context(element: str, tail: str, context: set[str]) -> bool:
+    """``element`` is ``<prefix>_<tail>`` and every prefix word names this system or table: ``line_id`` of
+    bus_ridership is ``bus_line_id``, ``status`` of enterprise ``enterprise_status``."""
+    if not element.endswith("_" + tail):
+        return False
+    prefix = _tokens(element[: -len(tail) - 1])
+    return bool(prefix) and prefix <= context
+
+
 def _share(ok: pa.Array | pa.ChunkedArray | np.ndarray, n: int) -> float:
     """Share of ``n`` values that are True (null counts as not)."""
     if not n:
@@ -233,7 +247,7 @@ def value_checks() -> list[tuple[str, str, str, Callable[[pa.Array], Any]]]:
 
 
 def _guess(f: pa.Field, source_name: str | None, sample: pa.Table, standards: Standards, spec: SourceSystem,
-           table: str) -> Guess:
+           table: str, context: set[str]) -> Guess:
     from pipelines.privacy import detect
 
     col = sample[f.name] if f.name in sample.column_names else pa.chunked_array([], f.type)
@@ -264,6 +278,8 @@ def _guess(f: pa.Field, source_name: str | None, sample: pa.Table, standards: St
         else:
             g.notes.append(f"按取值识别: {evidence}; elements.yml 尚无此数据元 (敏感个人信息), 请新增")
         return g
+    if len(text) and _code_list_match(g, text, standards, context):
+        return g
     if pa.types.is_date(f.type) or pa.types.is_timestamp(f.type):
         g.notes.append("date" if pa.types.is_date(f.type) else "timestamp")
     elif len(text) and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
@@ -273,7 +289,29 @@ def _guess(f: pa.Field, source_name: str | None, sample: pa.Table, standards: St
     return g
 
 
-def _contextual(guesses: list[Guess], sample: pa.Table, standards: Standards) -> None:
+def _code_list_match(g: Guess, text: pa.Array, standards: Standards, context: set[str]) -> bool:
+    """Values from one code list (codes or their aliases) → the element using it. Lists of one- or two-digit
+    codes (1–5 …) match any small counter, so those also need the column's name to point at the element."""
+    words = _tokens(g.column) | _tokens(g.source_name or "")
+    for name, cl in sorted(standards.code_lists.items()):
+        users = [e.code for e in standards.elements.values() if e.code_list == name]
+        if name in ("division", "sex") or not users:
+            continue  # division and sex codes are decided with the row (_contextual)
+        share = _share(pc.is_in(text, value_set=pa.array(sorted({*cl.codes, *cl.aliases}), pa.string())), len(text))
+        if share < RECOGNISED:
+            continue
+        named = [u for u in users if words & _tokens(u) or any(_in_context(u, w, context | words) for w in words)]
+        if all(re.fullmatch(r"\d{1,2}", c) for c in cl.codes) and not named:
+            continue
+        picked = named if len(users) > 1 and named else users
+        g.element = picked[0]
+        others = f"; 同一代码表的其他数据元 {', '.join(u for u in users if u != picked[0])}" if len(users) > 1 else ""
+        g.reason = f"按取值识别: {_pct(share)} 为代码表 {name} 中的代码或别名 (抽样 {len(text):,} 个非空值){others}"
+        return True
+    return False
+
+
+def _contextual(guesses: list[Guess], sample: pa.Table, standards: Standards, context: set[str]) -> None:
     """Proposals that need the row: a sex code or birth date agreeing with the row's resident ID, a name or
     address beside a resident ID (a person's) or a USCC (a representative's), which division element a
     GB/T 2260 column is, coordinates inside Hefei."""
@@ -294,7 +332,10 @@ def _contextual(guesses: list[Guess], sample: pa.Table, standards: Standards) ->
             evidence = division.removeprefix("division:")
             options = [e.code for e in standards.elements.values() if e.code_list == "division"]
             words = f"{g.column} {g.source_name or ''}".lower()
-            if any(w in words for w in ("residence", "hj", "户籍", "居住")) or (ids and not uscc):
+            named = [o for o in options if _in_context(o, "district_code", context | _tokens(words))]
+            if len(named) == 1:
+                choice, why = named[0], f"按系统/表名 ({' '.join(sorted(context))}) 选 {named[0]}"
+            elif any(w in words for w in ("residence", "hj", "户籍", "居住")) or (ids and not uscc):
                 choice, why = "residence_district_code", "同表有身份证号 (人的行政区划)"
             elif any(w in words for w in ("enterprise", "qy", "企业", "注册")) or uscc:
                 choice, why = "enterprise_district_code", "同表有统一社会信用代码 (企业的行政区划)"
@@ -329,9 +370,6 @@ def _contextual(guesses: list[Guess], sample: pa.Table, standards: Standards) ->
                 g.reason = f"按取值识别: {_pct(share)} 与同行身份证号中的出生日期一致"
                 continue
         text = _text(col)
-        if len(text) and (lon := _coordinate(col, 0)) is not None:
-            g.element, g.reason = lon
-            continue
         if len(text) and _share(detect.person_names(text), len(text)) >= RECOGNISED:
             share = _share(detect.person_names(text), len(text))
             if uscc is not None and ids is None:
@@ -352,9 +390,11 @@ def _contextual(guesses: list[Guess], sample: pa.Table, standards: Standards) ->
                 g.notes.append(f"按取值识别: {_pct(share)} 为地址 (个人信息); 是谁的地址请按含义选择数据元")
     for g in guesses:
         if g.element is None and g.reason == "":
-            coordinate = _coordinate(sample[g.column], 1) if g.non_null else None
-            if coordinate is not None:
-                g.element, g.reason = coordinate
+            for axis in (0, 1):  # longitude first: Hefei's longitudes (116–118) are no latitudes
+                coordinate = _coordinate(sample[g.column], axis) if g.non_null else None
+                if coordinate is not None:
+                    g.element, g.reason = coordinate
+                    break
 
 
 def _coordinate(col: pa.ChunkedArray, axis: int) -> tuple[str, str] | None:
@@ -374,8 +414,9 @@ def _coordinate(col: pa.ChunkedArray, axis: int) -> tuple[str, str] | None:
     return name[0], f"按取值识别: {_pct(share)} 在合肥市范围的{name[1]}内 ({low}–{high}); 请在登记文件写明 crs"
 
 
-def _name_matches(guesses: list[Guess], standards: Standards, sample: pa.Table) -> None:
-    """A column named like an element (its code, English name or Chinese name, or close to one)."""
+def _name_matches(guesses: list[Guess], standards: Standards, sample: pa.Table, context: set[str]) -> None:
+    """A column named like an element (its code, English name or Chinese name, or close to one), or named
+    as the element's code without a prefix naming this system or table (``name`` of enterprise)."""
     by_key: dict[str, DataElement] = {}
     for e in standards.elements.values():
         for key in (e.code, e.name_en.lower().replace(" ", "_"), e.name_zh):
@@ -394,6 +435,13 @@ def _name_matches(guesses: list[Guess], standards: Standards, sample: pa.Table) 
                 if near:
                     e = by_key[near[0]]
                     found = (e, f"列名 {n} 接近数据元 {e.code} ({e.name_zh}) 的名称 {near[0]}")
+                    break
+        if found is None:
+            for n in names:
+                prefixed = [e for e in standards.elements.values() if _in_context(e.code, n.lower(), context)]
+                if len(prefixed) == 1:
+                    e = prefixed[0]
+                    found = (e, f"列名 {n} 加上系统/表名即数据元 {e.code} ({e.name_zh})")
                     break
         if found is None:
             continue
@@ -473,8 +521,9 @@ def render(spec: SourceSystem, tspec: SqlTable | DropTable, dataset: str, guesse
     out = [
         f"# {name} — dataset contract drafted by `citylake contract new {spec.system} {tspec.code}` on {today}",
         f"# from raw.{spec.system}__{tspec.code} (its schema and the first {sampled:,} live rows, at most {sample_rows:,}).",
-        "# Every TODO fails validation until a person decides it (`citylake quality suites` lists what is left);",
-        "# the rules are in STANDARDS.md (资源目录, 分类分级) and the department codes in schemas/departments.yml.",
+        "# Every TODO fails validation until a person decides it: any command that loads the config (e.g.",
+        "# `citylake quality suites`) lists what is left, one line each. Rules: STANDARDS.md (资源目录, 分类分级);",
+        "# a value departing from its default needs `override: {reason: …, approved_by: …}` beside it.",
         f"dataset: {dataset}",
         f"name: {_q(name)}  # 信息资源名称: 由系统名与表名拼成, 请改成资源的正式名称",
         f"description: {_q(summary)}  # 摘要: 请写明资源内容",
