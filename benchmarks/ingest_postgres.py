@@ -44,7 +44,7 @@ VACUUM ANALYZE resident;
 REGISTRY = """\
 system: bench_pg
 name: 基准测试
-department: 测试
+department: "340100BM999"  # 测试局 (schemas/departments.yml)
 connection: src_bench
 tables:
   - code: resident

@@ -1,7 +1,7 @@
 """One ``ingest__<system>`` DAG per source system, produced from the registry (schemas/sources/*.yml).
 
-Parse-time work is reading the local registry YAML only: no database, no network, no heavy imports.
-The load itself lives in ``pipelines.ingest`` (importable and runnable without Airflow).
+Parse-time work is reading the local registry YAML and schemas/departments.yml only: no database, no
+network, no heavy imports. The load itself lives in ``pipelines.ingest`` (importable and runnable without Airflow).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from airflow.sdk import Asset, AssetAlias, CronDataIntervalTimetable, dag, task
 
+from pipelines.departments import default_departments, department_name
 from pipelines.registry import SourceSystem, load_registry
 from pipelines.settings import TZ, load_settings
 
@@ -37,6 +38,11 @@ def default_args(owner: str) -> dict:
     }
 
 
+def _department(system: SourceSystem) -> str:
+    """The owning department's Chinese name (owner and tag: what people filter the DAG list by)."""
+    return department_name(default_departments(), system.department)
+
+
 def _doc(system: SourceSystem) -> str:
     rows = "\n".join(
         f"| `{t.code}` | `{system.raw_table(t.code)}` | {', '.join(t.primary_key)} | "
@@ -45,7 +51,7 @@ def _doc(system: SourceSystem) -> str:
     )
     return (
         f"### {system.name} ({system.system})\n\n"
-        f"所属部门: {system.department} · 连接: `{system.connection}` · 调度: `{system.schedule}` (Asia/Shanghai)\n\n"
+        f"所属部门: {_department(system)} (`{system.department}`) · 连接: `{system.connection}` · 调度: `{system.schedule}` (Asia/Shanghai)\n\n"
         f"| table | lake table | primary key | cursor |\n|---|---|---|---|\n{rows}\n\n"
         "Each table is one mapped task instance; a failing table does not stop the others. "
         "Local equivalent: `citylake ingest " + system.system + "`."
@@ -61,8 +67,8 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
         start_date=START,
         catchup=False,
         max_active_runs=1,
-        default_args=default_args(system.department),
-        tags=["ingest", system.system, system.department],
+        default_args=default_args(_department(system)),
+        tags=["ingest", system.system, _department(system)],
         doc_md=_doc(system),
     )
     def ingest_dag() -> None:
@@ -98,6 +104,10 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
             if rejected:
                 log.warning("%s: rejected %s", result.identifier,
                             "; ".join(f"{r['file']} ({r['copied_to']})" for r in result.files_rejected))
+                # the task succeeds, so no failure callback fires: tell the owning department explicitly
+                from pipelines.alerts import alert_rejected
+
+                alert_rejected(spec, table, result.files_rejected, context=context)
             return {**result.to_dict(), "files_rejected_count": rejected}
 
         loads = load_table.expand(table=[t.code for t in system.all_tables])
@@ -153,6 +163,9 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
                     return run_quality(dataset, reference_date=end.astimezone(TZ).date(),  # type: ignore[attr-defined]
                                        run_id=f"{context['dag_run'].run_id}__{dataset}").to_dict()  # type: ignore[attr-defined]
                 except QualityGateError as exc:
+                    from pipelines.alerts import alert_held
+
+                    alert_held(exc, context=context)  # never raises: the hold stands whether mail got through
                     # A held batch is a data verdict: retrying re-reads the same rows, so fail at once.
                     raise AirflowFailException(str(exc)) from exc
 

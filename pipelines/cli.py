@@ -13,7 +13,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from pipelines.catalog.cli import catalog_app
+from pipelines.catalog.contract_cli import contract_app
 from pipelines.errors import CitylakeError
+from pipelines.report.cli import report as report_command
 from pipelines.settings import TZ, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="citylake: the Hefei city data lake.")
@@ -23,7 +25,9 @@ quality_app = typer.Typer(no_args_is_help=True, help="Standardize, validate and 
 app.add_typer(sources_app, name="sources")
 app.add_typer(lake_app, name="lake")
 app.add_typer(quality_app, name="quality")
+app.add_typer(contract_app, name="contract")
 app.add_typer(catalog_app, name="catalog", help="The resource catalog (数据资源一本账): ls, show, register.")
+app.command("report")(report_command)
 out = Console()
 err = Console(stderr=True)
 
@@ -159,14 +163,21 @@ def demo(scale: Annotated[float, typer.Option(help="Size of the synthetic city."
 @sources_app.command("ls")
 def sources_ls() -> None:
     """Every registered source system and its tables."""
+    from pipelines.config import load_departments
+    from pipelines.departments import department_name
     from pipelines.registry import load_registry
 
     settings = load_settings()
-    systems, errors = load_registry(settings.registry_dir)
+    try:
+        departments = load_departments(settings)
+    except CitylakeError as broken:
+        _fail(str(broken))
+    systems, errors = load_registry(settings.registry_dir, departments)
     t = Table("system", "名称", "部门", "schedule", "tables", "kind")
     for s in systems.values():
         kind = "drop" if s.drop else "sql"
-        t.add_row(s.system, s.name, s.department, s.schedule, ", ".join(x.code for x in s.all_tables), kind)
+        t.add_row(s.system, s.name, department_name(departments, s.department), s.schedule,
+                  ", ".join(x.code for x in s.all_tables), kind)
     out.print(t)
     for exc in errors.values():
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

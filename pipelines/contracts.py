@@ -98,7 +98,7 @@ class DatasetContract(_Model):
     name: str
     description: str
     owner: str
-    """Owning department (提供方)."""
+    """Owning department's code (提供方代码, schemas/departments.yml)."""
     resource_category: str
     """信息资源分类 (e.g. 人口, 法人单位, 社会信用, 自然资源和空间地理, 生态环境, 交通运输, 社会保障)."""
     source: dict[str, str]
@@ -119,6 +119,14 @@ class DatasetContract(_Model):
     @classmethod
     def _code(cls, v: str) -> str:
         return check_code(v, "dataset code")
+
+    @field_validator("owner")
+    @classmethod
+    def _known_owner(cls, v: str, info: ValidationInfo) -> str:
+        from pipelines.departments import check_department
+
+        # always checked: without a registry in the context, the project's departments.yml (cached)
+        return check_department(v, (info.context or {}).get("departments"))
 
     @field_validator("source")
     @classmethod
@@ -187,16 +195,20 @@ def _read(path: Path, context: dict[str, Any] | None) -> DatasetContract:
     return contract
 
 
-def load_contracts(directory: Path, standards: Standards,
-                   systems: dict[str, SourceSystem]) -> dict[str, DatasetContract]:
-    """Every contract, cross-checked with the standards (elements exist) and the registry (source system and
-    table exist; a column source is not a name the registry renames). Every problem of every file is
-    reported together, each with its file and line."""
+def load_contracts(directory: Path, standards: Standards, systems: dict[str, SourceSystem],
+                   departments: dict[str, Any] | None = None) -> dict[str, DatasetContract]:
+    """Every contract, cross-checked with the standards (elements exist), the registry (source system and
+    table exist; a column source is not a name the registry renames) and the departments (``owner``; default:
+    the project's schemas/departments.yml). Every problem of every file is reported together, each with its
+    file and line."""
+    from pipelines.departments import default_departments
+
+    departments = default_departments() if departments is None else departments
     out: dict[str, DatasetContract] = {}
     problems: list[str] = []
     for path in sorted(directory.glob("*.yml")):
         try:
-            c = _read(path, {"standards": standards, "systems": systems})
+            c = _read(path, {"standards": standards, "systems": systems, "departments": departments})
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipelines.errors import ConfigError
 from pipelines.sql_filter import check_filter
@@ -168,7 +168,7 @@ class SourceSystem(_Model):
     name: str
     """Chinese name, e.g. 人口基础信息系统."""
     department: str
-    """Owning department, e.g. 市公安局."""
+    """Owning department's code (schemas/departments.yml), e.g. ``11340100003001113F`` (合肥市公安局)."""
     connection: str
     """Connection id: resolved from ``CITYLAKE_CONN_<ID>``/``AIRFLOW_CONN_<ID>`` or an Airflow connection."""
     default_url: str | None = None
@@ -187,6 +187,14 @@ class SourceSystem(_Model):
     @classmethod
     def _system(cls, v: str) -> str:
         return check_code(v, "system code")
+
+    @field_validator("department")
+    @classmethod
+    def _department(cls, v: str, info: ValidationInfo) -> str:
+        from pipelines.departments import check_department
+
+        # always checked: without a registry in the context, the project's departments.yml (cached)
+        return check_department(v, (info.context or {}).get("departments"))
 
     @field_validator("connection")
     @classmethod
@@ -331,20 +339,34 @@ def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return sorted(current.model_fields) if hasattr(current, "model_fields") else []
 
 
-def load_system(path: Path) -> SourceSystem:
-    system: SourceSystem = parse_yaml_model(path, SourceSystem)
+def load_system(path: Path, departments: dict[str, Any] | None = None) -> SourceSystem:
+    """One registry file; its ``department`` is checked against ``departments`` (default: the project's
+    schemas/departments.yml)."""
+    system: SourceSystem = parse_yaml_model(path, SourceSystem, {"departments": departments})
     if system.system != path.stem:
         raise ConfigError(f"{path}:1: system code {system.system!r} must equal the file name {path.stem!r}")
     return system
 
 
-def load_registry(registry_dir: Path) -> tuple[dict[str, SourceSystem], dict[Path, ConfigError]]:
-    """Every valid system plus, separately, the error of each invalid file (others still load)."""
+def load_registry(registry_dir: Path, departments: dict[str, Any] | None = None,
+                  ) -> tuple[dict[str, SourceSystem], dict[Path, ConfigError]]:
+    """Every valid system plus, separately, the error of each invalid file (others still load).
+
+    Departments are checked against ``departments`` (default: the project's ``schemas/departments.yml``
+    under the settings root); when that file itself is broken, every registry file carries its error (none
+    loads unchecked)."""
+    from pipelines.departments import default_departments
+
     systems: dict[str, SourceSystem] = {}
     errors: dict[Path, ConfigError] = {}
-    for path in sorted(registry_dir.glob("*.yml")):
+    paths = sorted(registry_dir.glob("*.yml"))
+    try:
+        departments = default_departments() if departments is None else departments
+    except ConfigError as exc:
+        return systems, {path: exc for path in paths}
+    for path in paths:
         try:
-            systems[path.stem] = load_system(path)
+            systems[path.stem] = load_system(path, departments)
         except ConfigError as exc:
             errors[path] = exc
     return systems, errors

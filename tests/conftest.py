@@ -139,3 +139,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+TEST_DEPARTMENT = "340100BM999"
+"""测试局 in schemas/departments.yml: the department code registry files and contracts written by tests use."""

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import TEST_DEPARTMENT
+
 from pipelines.settings import Settings
 
 CLI = [sys.executable, "-m", "pipelines.cli"]
@@ -16,7 +18,7 @@ CLI = [sys.executable, "-m", "pipelines.cli"]
 REGISTRY = """\
 system: shop
 name: 测试商户系统
-department: 市商务局
+department: """ + TEST_DEPARTMENT + """
 connection: src_shop
 default_url: sqlite:///{db}
 tables:
@@ -65,7 +67,7 @@ def test_errors_are_one_line(lake_settings: Settings) -> None:
     missing = _run("ingest", "nosuch")
     assert missing.returncode == 1
     assert len(missing.stderr.strip().splitlines()) == 1 and "nosuch" in missing.stderr
-    (lake_settings.registry_dir / "bad.yml").write_text("system: bad\nname: x\ndepartment: y\nconnection: c\n"
+    (lake_settings.registry_dir / "bad.yml").write_text("system: bad\nname: x\ndepartment: " + TEST_DEPARTMENT + "\nconnection: c\n"
                                                         "tables:\n  - code: t\n    source: t\n", encoding="utf-8")
     bad = _run("ingest", "bad")
     assert bad.returncode == 1
@@ -73,3 +75,15 @@ def test_errors_are_one_line(lake_settings: Settings) -> None:
     assert len(line.splitlines()) == 1 and "bad.yml:6" in line and "primary_key" in line
     half = _run("ingest", "bad", "--since", "2026-11-01")
     assert half.returncode == 1 and "--until" in half.stderr
+
+
+def test_sources_ls_shows_department_names(lake_settings: Settings, tmp_path: Path) -> None:
+    (lake_settings.registry_dir / "shop.yml").write_text(REGISTRY.format(db=tmp_path / "shop.db"), encoding="utf-8")
+    listed = _run("sources", "ls")
+    assert listed.returncode == 0, listed.stderr
+    assert "测试局" in listed.stdout and TEST_DEPARTMENT not in listed.stdout
+    (lake_settings.registry_dir / "shop.yml").write_text(
+        REGISTRY.format(db=tmp_path / "shop.db").replace(TEST_DEPARTMENT, "市商务局"), encoding="utf-8")
+    broken = _run("sources", "ls")
+    assert broken.returncode == 1
+    assert "shop.yml:3: department: unknown department code '市商务局'" in broken.stderr

@@ -12,8 +12,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import TEST_DEPARTMENT
+from stdnum.cn import uscc
 
 from pipelines.contracts import load_contracts
+from pipelines.departments import department_name, load_departments
 from pipelines.errors import ConfigError
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
@@ -75,6 +78,63 @@ def test_unknown_reference_fails_at_load_with_file_and_line(tmp_path: Path, file
         _load_all(schemas)
 
 
+def test_unknown_department_code_fails_with_file_and_line(tmp_path: Path) -> None:
+    """Registry files and contracts name their department by a code of schemas/departments.yml."""
+    schemas = _schemas(tmp_path)
+    registry = schemas / "sources" / "population.yml"
+    line = _edit(registry, 'department: "11340100003001113F"', "department: 市公安局")
+    systems, errors = load_registry(schemas / "sources")
+    assert "population" not in systems and set(errors) == {registry}
+    (problem,) = errors[registry].problems
+    assert problem.startswith(f"{registry}:{line}: department: unknown department code '市公安局' "
+                              "(schemas/departments.yml has: 11340100003001113F 合肥市公安局, ")
+    assert problem.endswith("; 合肥市公安局 is '11340100003001113F'")  # an old free-text name points at its code
+
+    _edit(registry, "department: 市公安局", 'department: "11340100003001113F"')
+    contract = schemas / "datasets" / "person.yml"
+    line = _edit(contract, 'owner: "11340100003001113F"', 'owner: "11340100003001113X"')
+    with pytest.raises(ConfigError, match=rf"person\.yml:{line}: owner: unknown department code "
+                                          r"'11340100003001113X' \(schemas/departments\.yml has: "):
+        _load_all(schemas)
+
+
+def test_department_registry_checks_codes_with_line(tmp_path: Path) -> None:
+    path = tmp_path / "departments.yml"
+    text = (SCHEMAS / "departments.yml").read_text(encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
+    departments = load_departments(path)
+    assert department_name(departments, "11340100003001113F") == "合肥市公安局"
+    assert department_name(departments, "市公安局") == "市公安局"  # old meta rows hold names
+    assert departments[TEST_DEPARTMENT].name == "测试局"
+    for code in departments:  # every synthetic credit code carries a valid GB 32100 check char
+        assert len(code) != 18 or uscc.is_valid(code), code
+
+    line = _edit(path, '"11340100003003338T"', '"11340100003003338U"')  # wrong check char
+    with pytest.raises(ConfigError, match=rf"departments\.yml:{line}: departments\.2\.code: department code "
+                                          r"'11340100003003338U': the check character 'U' does not match"):
+        load_departments(path)
+    _edit(path, '"11340100003003338U"', '"11340100003001113F"')  # a code listed twice
+    with pytest.raises(ConfigError, match=rf"departments\.yml:{line}: departments\.2\.code: department code "
+                                          r"'11340100003001113F' is listed twice"):
+        load_departments(path)
+    _edit(path, '"11340100003001113F"\n    name: 合肥市生态环境局', '"3401BM1"\n    name: 合肥市生态环境局')
+    with pytest.raises(ConfigError, match=rf"departments\.yml:{line}: departments\.2\.code: department code "
+                                          r"'3401BM1' is neither a 统一社会信用代码 .* nor a 部门编码"):
+        load_departments(path)
+
+
+def test_broken_department_registry_fails_every_registry_file(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry never loads with its departments unchecked."""
+    schemas = _schemas(tmp_path)
+    monkeypatch.setenv("CITYLAKE_ROOT", str(tmp_path))
+    line = _edit(schemas / "departments.yml", "email: ga.data@hefei.example.org", "email: ga.data")
+    systems, errors = load_registry(schemas / "sources")
+    assert not systems and len(errors) == len(list((schemas / "sources").glob("*.yml")))
+    assert all(str(e) == f"{schemas / 'departments.yml'}:{line}: departments.0.contact.email: value is not a "
+               "valid email address: An email address must have an @-sign." for e in errors.values())
+
+
 def test_source_name_the_registry_renames_fails_at_load(tmp_path: Path) -> None:
     schemas = _schemas(tmp_path)
     _edit(schemas / "sources" / "poi.yml", "名称: name", "title: name")
@@ -98,7 +158,7 @@ def test_element_column_no_contract_maps_fails_at_load(tmp_path: Path) -> None:
 def test_every_problem_of_a_file_is_listed(tmp_path: Path) -> None:
     schemas = _schemas(tmp_path)
     contract = schemas / "datasets" / "insured.yml"
-    owner = _edit(contract, "owner: 市人力资源和社会保障局\n", "")
+    owner = _edit(contract, "owner: \"113401000030088844\"  # 合肥市人力资源和社会保障局\n", "")
     cycle = _edit(contract, "update_cycle: 每日", "update_cycle: 每天")
     element = _edit(contract, "element: insurance_type,", "element: insurance_kind,")
     with pytest.raises(ConfigError) as info:

@@ -10,13 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import TEST_DEPARTMENT
+
 from pipelines.lake.catalog import get_catalog
 from pipelines.settings import Settings
 
 REGISTRY = """\
 system: big
 name: 大表
-department: 测试局
+department: """ + TEST_DEPARTMENT + """
 connection: src_big
 default_url: sqlite:///{db}
 tables:

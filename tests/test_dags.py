@@ -12,14 +12,14 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import scoped_env
+from conftest import TEST_DEPARTMENT, scoped_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 SYSTEM_YML = """\
 system: {code}
 name: 测试系统{code}
-department: 测试局
+department: """ + TEST_DEPARTMENT + """
 connection: src_{code}
 default_url: sqlite:///{db}
 schedule: "0 3 * * *"
@@ -51,7 +51,7 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     reg.mkdir()
     _make_source(base / "alpha.db")
     (reg / "alpha.yml").write_text(SYSTEM_YML.format(code="alpha", db=base / "alpha.db"), encoding="utf-8")
-    (reg / "broken.yml").write_text("system: broken\nname: 坏\ndepartment: x\nconnection: c\ntables:\n  - code: Bad__Code\n"
+    (reg / "broken.yml").write_text("system: broken\nname: 坏\ndepartment: " + TEST_DEPARTMENT + "\nconnection: c\ntables:\n  - code: Bad__Code\n"
                                     "    source: t\n    primary_key: [id]\n", encoding="utf-8")
     env = {
         "AIRFLOW_HOME": str(base / "home"),
@@ -87,7 +87,8 @@ def test_factory_loads_every_system_and_isolates_a_bad_registry_file(airflow_hom
 def test_policy_retries_backoff_owner_tags_doc(airflow_home: Path) -> None:
     dag = _dagbag().get_dag("ingest__alpha")
     assert dag.doc_md and "测试系统alpha" in dag.doc_md
-    assert {"ingest", "alpha"} <= set(dag.tags)
+    assert {"ingest", "alpha", "测试局"} <= set(dag.tags)  # the department's name, not its code
+    assert "测试局 (`340100BM999`)" in dag.doc_md
     assert dag.timetable.expression == "0 3 * * *" and str(dag.timetable.timezone) == "Asia/Shanghai"
     for t in dag.tasks:
         assert t.retries == 3 and t.retry_exponential_backoff and t.owner == "测试局"

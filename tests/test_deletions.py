@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
+from conftest import TEST_DEPARTMENT
 
 from pipelines.errors import ConfigError
 from pipelines.ingest import ingest_table
@@ -22,7 +23,7 @@ AT = datetime(2026, 11, 20, 2, tzinfo=TZ)
 
 def _system(url: str) -> SourceSystem:
     return SourceSystem.model_validate({
-        "system": "hr", "name": "人事", "department": "测试局", "connection": "src_hr_del", "default_url": url,
+        "system": "hr", "name": "人事", "department": TEST_DEPARTMENT, "connection": "src_hr_del", "default_url": url,
         "tables": [{"code": "staff", "source": "staff", "primary_key": ["id"], "cursor": "updated_at",
                     "deletions": {"check": "key_only", "schedule": "0 3 * * 0"}}]})
 
@@ -168,7 +169,7 @@ def test_key_restored_with_identical_values_is_live_again(lake_settings: Setting
 
 def test_registry_setting_is_validated_and_scheduled(tmp_path: Path) -> None:
     table = {"code": "t", "source": "t", "primary_key": ["id"]}
-    base = {"system": "s", "name": "测试", "department": "测试局", "connection": "c"}
+    base = {"system": "s", "name": "测试", "department": TEST_DEPARTMENT, "connection": "c"}
     path = tmp_path / "s.yml"
     import yaml
 
@@ -198,7 +199,7 @@ def test_cli_deletions_flag(tmp_path: Path, lake_settings: Settings) -> None:
     con.executemany("INSERT INTO staff VALUES (?, ?, '2026-11-01 08:00:00')", [(i, f"员工{i}") for i in range(5)])
     con.commit()
     (lake_settings.registry_dir / "hr.yml").write_text(
-        f"system: hr\nname: 人事\ndepartment: 测试局\nconnection: src_hr_cli\ndefault_url: sqlite:///{db}\n"
+        f"system: hr\nname: 人事\ndepartment: {TEST_DEPARTMENT}\nconnection: src_hr_cli\ndefault_url: sqlite:///{db}\n"
         "tables:\n  - code: staff\n    source: staff\n    primary_key: [id]\n    cursor: updated_at\n"
         "    deletions: {check: key_only, schedule: '0 3 * * 0'}\n", encoding="utf-8")
     runner = CliRunner()

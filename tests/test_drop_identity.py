@@ -14,6 +14,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from conftest import TEST_DEPARTMENT
 
 from pipelines.extract.drops import list_drop_files
 from pipelines.ingest import ingest_table
@@ -27,7 +28,7 @@ HEADER = "站点编码,监测时间,PM2.5\n"
 REGISTRY = """\
 system: air
 name: 空气质量
-department: 市生态环境局
+department: """ + TEST_DEPARTMENT + """
 connection: drop_air
 drop:
   location: {drop}
@@ -43,7 +44,7 @@ drop:
 
 def _system(location: str, encoding: str = "utf-8", glob: str = "aq_*.csv") -> SourceSystem:
     return SourceSystem.model_validate({
-        "system": "air", "name": "空气质量", "department": "市生态环境局", "connection": "drop_air",
+        "system": "air", "name": "空气质量", "department": TEST_DEPARTMENT, "connection": "drop_air",
         "drop": {"location": location, "tables": [{
             "code": "hourly", "glob": glob, "format": "csv", "encoding": encoding,
             "primary_key": ["station_id", "observed_at"],

@@ -6,6 +6,8 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from conftest import TEST_DEPARTMENT
+
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.raw import TableState
@@ -17,7 +19,7 @@ HEADER = "站点编码,监测时间,PM2.5\n"
 
 def _system(drop: Path) -> SourceSystem:
     return SourceSystem.model_validate({
-        "system": "air", "name": "空气质量", "department": "市生态环境局", "connection": "drop_air",
+        "system": "air", "name": "空气质量", "department": TEST_DEPARTMENT, "connection": "drop_air",
         "drop": {"location": str(drop), "tables": [{
             "code": "hourly", "glob": "aq_*.csv", "format": "csv", "encoding": "gb18030",
             "primary_key": ["station_id", "observed_at"],

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import TEST_DEPARTMENT
 
 from pipelines.errors import SchemaDriftError, SourceError
 from pipelines.ingest import ingest_system, ingest_table
@@ -22,7 +23,7 @@ AT = datetime(2026, 11, 20, 2, tzinfo=TZ)
 
 def _system(db: Path, lookback: float = 0, cursor: str | None = "updated_at", extra: list | None = None) -> SourceSystem:
     return SourceSystem.model_validate({
-        "system": "hr", "name": "人事", "department": "测试局", "connection": "src_hr", "lookback_hours": lookback,
+        "system": "hr", "name": "人事", "department": TEST_DEPARTMENT, "connection": "src_hr", "lookback_hours": lookback,
         "default_url": f"sqlite:///{db}",
         "tables": [{"code": "staff", "source": "staff", "primary_key": ["id"], "cursor": cursor}, *(extra or [])],
     })

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from conftest import TEST_DEPARTMENT
 
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
@@ -35,7 +36,7 @@ def test_sql_source_into_s3_warehouse(s3_lake: Settings, tmp_path: Path) -> None
     con.executemany("INSERT INTO t VALUES (?,?,?,?)", [(i, f"企业{i}", i + 0.25, "2026-11-01 08:00:00") for i in range(500)])
     con.commit()
     system = SourceSystem.model_validate({
-        "system": "biz", "name": "企业", "department": "市场监管局", "connection": "src_biz",
+        "system": "biz", "name": "企业", "department": TEST_DEPARTMENT, "connection": "src_biz",
         "default_url": f"sqlite:///{db}",
         "tables": [{"code": "t", "source": "t", "primary_key": ["id"], "cursor": "updated_at",
                     "columns": {"名称": "name"}}],
@@ -64,7 +65,7 @@ def test_s3_drop_lands_and_rejects_into_bucket(s3_lake: Settings, moto_endpoint:
                   Body=b'{"line_id": "1", "boardings": 10}\n{"line_id": "2", "boardings": 12}\n')
     s3.put_object(Bucket="dept-drops", Key="bus/ridership_20261121.jsonl", Body=b'{"line_id": "1", "boardings": \n')
     system = SourceSystem.model_validate({
-        "system": "bus", "name": "公交客流", "department": "市交通运输局", "connection": "drop_bus",
+        "system": "bus", "name": "公交客流", "department": TEST_DEPARTMENT, "connection": "drop_bus",
         "drop": {"location": "s3://dept-drops/bus", "tables": [
             {"code": "ridership", "glob": "ridership_*.jsonl", "format": "jsonl", "primary_key": ["line_id"]}]},
     })

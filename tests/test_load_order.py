@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import TEST_DEPARTMENT
 
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
@@ -140,7 +141,7 @@ def test_new_batches_come_from_metadata_and_survive_snapshot_expiry(tmp_path: Pa
     from pipelines.registry import SourceSystem
 
     system = SourceSystem.model_validate({
-        "system": "s", "name": "测试", "department": "测试局", "connection": "src_s", "default_url": f"sqlite:///{db}",
+        "system": "s", "name": "测试", "department": TEST_DEPARTMENT, "connection": "src_s", "default_url": f"sqlite:///{db}",
         "tables": [{"code": "t", "source": "t", "primary_key": ["id"], "cursor": "updated_at"}]})
     for day in range(1, 5):
         con.execute("INSERT INTO t VALUES (?, 'x', ?)", (day, f"2026-11-0{day} 08:00:00"))
@@ -230,7 +231,7 @@ def test_full_refresh_compare_is_exact_in_buckets(tmp_path: Path, lake_settings:
     con.executemany("INSERT INTO t VALUES (?, ?)", [(f"K{i:04d}", i) for i in range(100)])
     con.commit()
     system = SourceSystem.model_validate({
-        "system": "s", "name": "测试", "department": "测试局", "connection": "src_s", "default_url": f"sqlite:///{db}",
+        "system": "s", "name": "测试", "department": TEST_DEPARTMENT, "connection": "src_s", "default_url": f"sqlite:///{db}",
         "tables": [{"code": "t", "source": "t", "primary_key": ["id"], "batch_rows": 1000}]})
 
     def load(batch: str):  # noqa: ANN202

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from test_quality_gate import REF, _bad_enterprise_batch, city  # noqa: F401 - the seeded-city fixture
 
+from pipelines.config import load_departments
+from pipelines.departments import department_name
 from pipelines.errors import CitylakeError
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
@@ -63,13 +65,18 @@ def test_a_rerun_of_a_run_id_replaces_its_rows(city: Settings) -> None:  # noqa:
     assert len(pages) == 1, pages
     assert built.index.read_text(encoding="utf-8").count("validations/enterprise/night2/") == 1
 
-    # every meta row says when it was recorded; quality results name the dataset's department
+    # every meta row says when it was recorded; quality results carry the dataset's department CODE (the
+    # contract's owner), which the registry turns into the name pages show
     _standards, _systems, contracts = load_config(city)
     for table in ("meta.quality_results", "meta.standardization_log", "meta.batches"):
         assert all(r["recorded_at"] is not None for r in _rows(city, table)), table
     results = _rows(city, "meta.quality_results")
     assert {(r["dataset"], r["department"]) for r in results} == {
-        (d, contracts[d].owner) for d in ("enterprise", "person")}
+        ("enterprise", "113401000030022204"), ("person", "11340100003001113F")}
+    assert {(d, contracts[d].owner) for d in ("enterprise", "person")} == {
+        (r["dataset"], r["department"]) for r in results}
+    departments = load_departments(city)
+    assert {department_name(departments, r["department"]) for r in results} == {"合肥市市场监督管理局", "合肥市公安局"}
 
 
 def test_every_cli_invocation_has_its_own_run_and_reruns_do_not_double(city: Settings) -> None:  # noqa: F811

@@ -21,6 +21,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import TEST_DEPARTMENT
 
 from pipelines.errors import SourceError
 from pipelines.extract import postgres_fast
@@ -187,7 +188,7 @@ def test_ranges_read_one_snapshot_while_rows_move(pg: str, slow_second_connectio
 
 def _system(code: str = "moving_src", **table: Any) -> SourceSystem:
     return SourceSystem.model_validate({
-        "system": code, "name": "移动表", "department": "市数据资源局", "connection": f"src_{code}",
+        "system": code, "name": "移动表", "department": TEST_DEPARTMENT, "connection": f"src_{code}",
         "tables": [{"code": "moving", "source": "moving", "primary_key": ["id"], "batch_rows": 5000, **table}],
     })
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from conftest import TEST_DEPARTMENT
 
 from pipelines.errors import SourceError
 from pipelines.ingest import ingest_table
@@ -25,7 +26,7 @@ DDL = {
 
 def _system(code: str) -> SourceSystem:
     return SourceSystem.model_validate({
-        "system": code, "name": "居民库", "department": "市公安局", "connection": f"src_{code}", "lookback_hours": 1,
+        "system": code, "name": "居民库", "department": TEST_DEPARTMENT, "connection": f"src_{code}", "lookback_hours": 1,
         "tables": [{"code": "person", "source": "居民", "primary_key": ["resident_id"], "cursor": "updated_at",
                     "columns": {"证件号码": "resident_id", "姓名": "name"}}],
     })
@@ -92,7 +93,7 @@ def test_catalog_on_postgresql(pg_url: str, lake_settings: Settings, monkeypatch
     monkeypatch.setenv("CITYLAKE_CATALOG_URI", pg_url)
     settings = load_settings()
     system = SourceSystem.model_validate({
-        "system": "cat", "name": "目录测试", "department": "测试", "connection": "src_cat",
+        "system": "cat", "name": "目录测试", "department": TEST_DEPARTMENT, "connection": "src_cat",
         "default_url": f"sqlite:///{src}", "tables": [{"code": "t", "source": "t", "primary_key": ["id"]}],
     })
     res = ingest_table(system, "t", settings=settings, batch_id="b1", extracted_at=datetime(2026, 11, 1, tzinfo=TZ))
@@ -110,7 +111,7 @@ def test_unreachable_source_names_system_and_host_never_the_password(
     secret = f"s3cret{uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("CITYLAKE_CONN_SRC_DOWN", f"postgresql://citylake:{secret}@127.0.0.1:1/nowhere")
     system = SourceSystem.model_validate({
-        "system": "down", "name": "不可达", "department": "测试", "connection": "src_down",
+        "system": "down", "name": "不可达", "department": TEST_DEPARTMENT, "connection": "src_down",
         "tables": [{"code": "t", "source": "t", "primary_key": ["id"]}],
     })
     with pytest.raises(SourceError) as info:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import TEST_DEPARTMENT
 
 from pipelines.errors import ConfigError
 from pipelines.ingest import ingest_table
@@ -18,7 +19,7 @@ from pipelines.sql_filter import render_filter
 SYSTEM = """\
 system: hr
 name: 人事
-department: 测试局
+department: """ + TEST_DEPARTMENT + """
 connection: src_hr
 tables:
   - code: staff
@@ -114,7 +115,7 @@ def test_rendered_for_the_dialect_with_source_spelling() -> None:
 
 def _sqlite_system(db: Path, filter_sql: str) -> SourceSystem:
     return SourceSystem.model_validate({
-        "system": "hr", "name": "人事", "department": "测试局", "connection": "src_hr", "default_url": f"sqlite:///{db}",
+        "system": "hr", "name": "人事", "department": TEST_DEPARTMENT, "connection": "src_hr", "default_url": f"sqlite:///{db}",
         "tables": [{"code": "staff", "source": "staff", "primary_key": ["id"], "filter": filter_sql,
                     "columns": {"姓名": "name"}}],
     })
@@ -156,7 +157,7 @@ def test_postgres_fast_path_filter_and_unknown_column(pg_url: str, lake_settings
 
     def system(filter_sql: str) -> SourceSystem:
         return SourceSystem.model_validate({
-            "system": "pghr", "name": "人事", "department": "测试局", "connection": "src_pghr",
+            "system": "pghr", "name": "人事", "department": TEST_DEPARTMENT, "connection": "src_pghr",
             "tables": [{"code": "staff", "source": "staff", "primary_key": ["id"], "filter": filter_sql,
                         "columns": {"姓名": "name"}}],
         })
