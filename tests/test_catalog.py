@@ -101,6 +101,8 @@ def test_catalog_lists_every_raw_and_std_table(lake: Settings) -> None:
         snap.timestamp_ms / 1000)
     assert person.name == "人口基础信息" and person.sharing is not None and person.sharing["type"] == "无条件共享"
     assert person.grade == {"level": "一般数据", "grade": 4}
+    owner = load_config(lake)[2]["person"].owner  # a department code; the catalog names it from the registry
+    assert person.provider == {"code": owner, "name": "合肥市公安局"} and person.department == person.provider
     assert {i["name"]: i["element_name"] for i in person.items}["resident_id"] == "公民身份号码"
     assert person.quality_score is not None and 0.0 < person.quality_score <= 1.0
     assert person.registration is None and person.registration_status == "未登记"

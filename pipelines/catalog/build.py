@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pipelines.config import load_config, load_departments
+from pipelines.departments import department_name
 from pipelines.lake.catalog import get_catalog
 from pipelines.settings import Settings
 
@@ -120,16 +122,6 @@ def _dump(model: Any) -> dict[str, Any]:
     return dict(model) if isinstance(model, dict) else {}
 
 
-def _load_departments(settings: Settings) -> tuple[dict[str, Any], Any]:
-    """(registry, name-of function): the department registry (``schemas/departments.yml``) when present."""
-    try:
-        from pipelines.config import load_departments  # type: ignore[attr-defined]
-        from pipelines.departments import department_name  # type: ignore[import-not-found]
-    except ImportError:  # an older checkout without the department registry: codes show as they are
-        return {}, lambda _departments, code: code
-    return load_departments(settings), department_name
-
-
 def _quality_scores(catalog: Any) -> dict[str, float | None]:
     try:
         from pipelines.quality.scorecard import latest_scores
@@ -144,13 +136,12 @@ class _Context:
     def __init__(self, settings: Settings, catalog: Any, config: tuple[Any, dict[str, Any], dict[str, Any]] | None
                  ) -> None:
         from pipelines.catalog.registration import latest_registrations
-        from pipelines.config import load_config
 
         loaded = config if config is not None else load_config(settings)
         self.standards: Any = loaded[0]
         self.systems: dict[str, Any] = loaded[1]
         self.contracts: dict[str, Any] = loaded[2]
-        self.departments, self._name_of = _load_departments(settings)
+        self.departments = load_departments(settings)
         self.scores = _quality_scores(catalog)
         self.registrations = latest_registrations(catalog)
         self.by_raw: dict[str, list[Any]] = {}
@@ -159,7 +150,7 @@ class _Context:
         self.raw_names = {s.raw_table(t.code): (s, t) for s in self.systems.values() for t in s.all_tables}
 
     def department(self, code: str) -> dict[str, str]:
-        return {"code": code, "name": self._name_of(self.departments, code)}
+        return {"code": code, "name": department_name(self.departments, code)}
 
 
 def _source_step(system: Any, table: Any) -> dict[str, Any]:
