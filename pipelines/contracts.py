@@ -1,9 +1,15 @@
 """Dataset contracts: ``schemas/datasets/<dataset>.yml``, everything later stages read.
 
 A contract names the source table it is built from, maps every column to a data element, and
-carries the catalog attributes (政务信息资源目录: 共享属性, 开放属性, 更新周期) and the GB/T 43697 grade.
-Sharing rules follow STANDARDS.md: 无条件共享 → 共享条件 "无条件"; 有条件共享 → conditions stated;
-不予共享 → the legal or policy basis cited; Hefei's base resources are 无条件共享 whatever the grade.
+carries the catalog attributes (政务信息资源目录: 资源分类 类/项/目/细目 and 顺序码, 提供方代码 = ``owner``, 共享属性,
+开放属性, 更新周期) and the GB/T 43697 grade. Sharing rules follow STANDARDS.md: 无条件共享 → 共享条件 "无条件";
+有条件共享 → conditions stated; 不予共享 → the legal or policy basis cited.
+
+Defaults (``attribute_defaults``): the grade of 一般数据 is that of the most sensitive column's element
+(敏感个人信息 4, 个人信息 3, 内部 2, 公开 1); sharing and open follow the grade table of STANDARDS.md; the rules
+(核心/重要数据 不予共享 and 不予开放, grade 4 不予开放, Hefei: base resources 人口/法人单位/社会信用/自然资源和空间地理
+无条件共享, 社会保障 incl. 住房公积金 有条件共享) bind whatever the grade. An attribute that departs from its default
+needs an ``override: {reason, approved_by}`` beside it; a rule cannot be overridden.
 """
 
 from __future__ import annotations
@@ -23,7 +29,17 @@ SharingType = Literal["无条件共享", "有条件共享", "不予共享"]
 Method = Literal["database", "file", "service"]
 OpenType = Literal["无条件开放", "有条件开放", "不予开放"]
 BASE_RESOURCES = ("人口", "法人单位", "社会信用", "自然资源和空间地理", "电子证照")
+"""项 of 类 1 基础信息资源 (政务信息资源目录编制指南)."""
+HEFEI_UNCONDITIONAL = ("人口", "法人单位", "社会信用", "自然资源和空间地理")
+"""Base resources Hefei shares 无条件共享 whatever the grade (STANDARDS.md; 电子证照 is not named there)."""
+HEFEI_CONDITIONAL = ("社会保障",)
+"""项 Hefei shares 有条件共享 with fast response: social insurance and the housing fund (a 目 of 社会保障 here)."""
 _STRICTEST = {"核心数据": 0, "重要数据": 1}
+SENSITIVITY_GRADE = {"公开": 1, "内部": 2, "个人信息": 3, "敏感个人信息": 4}
+"""Default grade of 一般数据: that of the most sensitive element among the columns."""
+GRADE_TIERS: dict[int, tuple[str, str]] = {4: ("有条件共享", "不予开放"), 3: ("有条件共享", "有条件开放"),
+                                           2: ("无条件共享", "有条件开放"), 1: ("无条件共享", "无条件开放")}
+"""Grade → (sharing, open) defaults (STANDARDS.md, until the Yangtze River Delta / Anhui guide is adopted)."""
 
 
 class _Model(BaseModel):
@@ -53,10 +69,58 @@ class ColumnSpec(_Model):
         return v
 
 
+class Override(_Model):
+    """An approved departure from a STANDARDS.md default (shown in the catalog and the report)."""
+
+    reason: str = Field(min_length=4)
+    """Why, citing the rule or decision that grounds it."""
+    approved_by: str = Field(min_length=2)
+    """Who approved it (body and, where there is one, the decision's number or date)."""
+
+
+class CatalogCode(_Model):
+    """信息资源分类 and 顺序码 of the 政务信息资源目录 (codes: code_lists/resource_classification.csv)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    class_: str = Field(alias="class", pattern=r"^[1-9]$")
+    """类: 1 基础信息资源, 2 主题信息资源, 3 部门信息资源."""
+    item: str = Field(pattern=r"^\d{2}$")
+    """项, 2 digits."""
+    category: str = Field(pattern=r"^\d{3}$")
+    """目, 3 digits."""
+    subcategory: str = Field(default="", pattern=r"^(\d{3})?$")
+    """细目, 3 digits or empty."""
+    sequence: int = Field(ge=1, le=9999)
+    """顺序码: unique among the provider's resources."""
+
+    @field_validator("class_", mode="before")
+    @classmethod
+    def _class(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and 0 < v < 10 else v  # one digit: no leading zero to lose
+
+    @field_validator("item", "category", "subcategory", mode="before")
+    @classmethod
+    def _quoted(cls, v: Any) -> Any:
+        if isinstance(v, int):
+            raise ValueError(f"quote the code (e.g. \"{v:03d}\"): YAML reads {v} as a number and drops its zeros")
+        return "" if v is None else v
+
+    @property
+    def code(self) -> str:
+        """分类码: 类 + 项 + 目 + 细目."""
+        return f"{self.class_}{self.item}{self.category}{self.subcategory}"
+
+    def parts(self) -> list[tuple[str, str]]:
+        return [("catalog.class", self.class_), ("catalog.item", self.item), ("catalog.category", self.category),
+                ("catalog.subcategory", self.subcategory)]
+
+
 class Classification(_Model):
     level: Literal["核心数据", "重要数据", "一般数据"] = "一般数据"
     grade: int | None = Field(default=None, ge=1, le=4)
     """For 一般数据: 4 (most sensitive) … 1."""
+    override: Override | None = None
+    """Needed when level or grade departs from the default (一般数据, grade of the most sensitive element)."""
 
     @model_validator(mode="after")
     def _grade(self) -> Classification:
@@ -70,6 +134,8 @@ class Sharing(_Model):
     condition: str | None = None
     basis: str | None = None
     methods: list[Method] = Field(default_factory=lambda: list[Method](["file"]))
+    override: Override | None = None
+    """Needed when ``type`` departs from the grade table's default."""
 
     @model_validator(mode="after")
     def _rules(self) -> Sharing:
@@ -85,6 +151,8 @@ class Sharing(_Model):
 class Opening(_Model):
     type: OpenType
     condition: str | None = None
+    override: Override | None = None
+    """Needed when ``type`` departs from the grade table's default."""
 
     @model_validator(mode="after")
     def _rules(self) -> Opening:
@@ -100,7 +168,9 @@ class DatasetContract(_Model):
     owner: str
     """Owning department's code (提供方代码, schemas/departments.yml)."""
     resource_category: str
-    """信息资源分类 (e.g. 人口, 法人单位, 社会信用, 自然资源和空间地理, 生态环境, 交通运输, 社会保障)."""
+    """信息资源分类 at 项 level: the name of ``catalog``'s 项 (人口, 法人单位, 社会信用, 生态环保, 社会保障, …)."""
+    catalog: CatalogCode
+    """类/项/目/细目 and 顺序码: with ``owner`` they make the 信息资源代码 (``resource_code``)."""
     source: dict[str, str]
     """{system, table}: the raw table ``raw.<system>__<table>`` it is built from."""
     primary_key: list[str] = Field(min_length=1)
@@ -114,6 +184,8 @@ class DatasetContract(_Model):
     format: Literal["电子文件", "电子表格", "数据库", "图形图像", "流媒体", "自描述格式", "服务接口"] = "数据库"
     _file: Path | None = PrivateAttr(default=None)
     _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)
+    _path: list[str] = PrivateAttr(default_factory=list)
+    _overrides: list[dict[str, Any]] | None = PrivateAttr(default=None)
 
     @field_validator("dataset")
     @classmethod
@@ -152,14 +224,35 @@ class DatasetContract(_Model):
         for k in [*self.primary_key, *([self.cursor] if self.cursor else [])]:
             if k not in names:
                 raise ValueError(f"{k!r} (primary key/cursor) is not one of the columns")
-        level = _STRICTEST.get(self.classification.level)
-        if level is not None and (self.sharing.type != "不予共享" or self.open.type != "不予开放"):
-            raise ValueError(f"{self.classification.level}: 不予共享 and 不予开放 (GB/T 43697 default tiers)")
-        if self.resource_category in BASE_RESOURCES and self.sharing.type != "无条件共享":
-            raise ValueError(f"{self.resource_category} is a base resource: Hefei shares it 无条件共享")
-        if self.classification.grade == 4 and self.open.type != "不予开放":
-            raise ValueError("一般数据 grade 4 is 不予开放")
+        # grade, sharing and open against their defaults and the rules: load_contracts (needs the elements)
         return self
+
+    @property
+    def resource_code(self) -> str:
+        """信息资源代码: 分类码 "/" 提供方代码 "-" 顺序码 (4 digits), e.g. ``101001/11340100003001113F-0001``."""
+        return f"{self.catalog.code}/{self.owner}-{self.catalog.sequence:04d}"
+
+    @property
+    def catalog_path(self) -> str:
+        """The classification in Chinese, e.g. ``基础信息资源/人口/人口基本信息``."""
+        if not self._path:
+            from pipelines.resource_classification import FILE, cached_classification, resolve
+            from pipelines.settings import load_settings
+
+            classes = cached_classification(load_settings().root / FILE)
+            self._path = [c.name for c in resolve(classes, self.catalog.parts())]
+        return "/".join(self._path)
+
+    @property
+    def overrides(self) -> list[dict[str, Any]]:
+        """Every approved departure: ``{attribute, value, default, reason, approved_by}`` (``default`` is None
+        for a contract read on its own, without the elements that set it)."""
+        if self._overrides is not None:
+            return list(self._overrides)
+        return [{"attribute": attr, "value": value, "default": None, "reason": o.reason, "approved_by": o.approved_by}
+                for attr, value, o in (("classification.grade", self.classification.grade, self.classification.override),
+                                       ("sharing.type", self.sharing.type, self.sharing.override),
+                                       ("open.type", self.open.type, self.open.override)) if o is not None]
 
     @property
     def raw_table(self) -> str:
@@ -220,10 +313,108 @@ def load_contracts(directory: Path, standards: Standards, systems: dict[str, Sou
                 problems.append(f"{c.where('columns', i, 'source')}: columns.{i}.source: column {col.name}: source {col.source!r} is "
                                 f"renamed by the registry; the raw column is {renamed[col.source]!r}")
         out[c.dataset] = c
+    for c in out.values():
+        problems += catalog_problems(c, standards)
+    problems += _sequences(out)
     problems += _unmapped_references(standards, out)
     if problems:
         raise ConfigError(*problems)
     return out
+
+
+def _sequences(contracts: dict[str, DatasetContract]) -> list[str]:
+    """顺序码 is unique within the provider: two contracts of one owner with one sequence share a resource code."""
+    seen: dict[tuple[str, int], DatasetContract] = {}
+    problems = []
+    for c in contracts.values():
+        first = seen.setdefault((c.owner, c.catalog.sequence), c)
+        if first is not c:
+            problems.append(f"{c.where('catalog', 'sequence')}: catalog.sequence: {c.catalog.sequence} is already "
+                            f"used by {first.dataset} ({first.where('catalog', 'sequence')}) of the same provider "
+                            f"{c.owner}; a 顺序码 is unique within the provider")
+    return problems
+
+
+def attribute_defaults(c: DatasetContract, standards: Standards, item: str, base: bool
+                       ) -> tuple[dict[str, Any], dict[str, tuple[Any, str]], str]:
+    """(defaults, rules, why-grade): the default of each graded attribute; the rules that bind one whatever
+    the grade (attribute → (value, why)); what sets the default grade."""
+    worst = max(c.columns, key=lambda col: SENSITIVITY_GRADE[standards.elements[col.element].sensitivity])
+    sensitivity = standards.elements[worst.element].sensitivity
+    defaults: dict[str, Any] = {"classification.level": "一般数据",
+                                "classification.grade": SENSITIVITY_GRADE[sensitivity]}
+    why = f"its most sensitive column {worst.name} is {sensitivity}"
+    level, grade = c.classification.level, c.classification.grade
+    rules: dict[str, tuple[Any, str]] = {}
+    if level in _STRICTEST:
+        defaults["classification.grade"] = None
+        rules["sharing.type"] = ("不予共享", f"{level}: 不予共享 and 不予开放 (GB/T 43697 default tiers)")
+        rules["open.type"] = ("不予开放", f"{level}: 不予共享 and 不予开放 (GB/T 43697 default tiers)")
+    elif base and item in HEFEI_UNCONDITIONAL:
+        rules["sharing.type"] = ("无条件共享", f"{item} is a base resource: Hefei shares it 无条件共享")
+    elif item in HEFEI_CONDITIONAL:
+        rules["sharing.type"] = ("有条件共享", f"{item}: Hefei shares it 有条件共享 (with fast response)")
+    if grade == 4 and level not in _STRICTEST:
+        rules["open.type"] = ("不予开放", "一般数据 grade 4 is 不予开放")
+    tiers = GRADE_TIERS.get(grade or 0, ("不予共享", "不予开放"))
+    defaults["sharing.type"] = rules.get("sharing.type", (tiers[0], ""))[0]
+    defaults["open.type"] = rules.get("open.type", (tiers[1], ""))[0]
+    return defaults, rules, why
+
+
+def catalog_problems(c: DatasetContract, standards: Standards) -> list[str]:
+    """The catalog block resolves in the classification code list, ``resource_category`` names its 项, and
+    each graded attribute keeps its default or carries an override; records ``c.overrides``."""
+    from pipelines.resource_classification import UnknownClass, resolve
+
+    try:
+        path = resolve(standards.resource_classes, c.catalog.parts())
+    except UnknownClass as exc:
+        return [f"{c.where(*exc.field.split('.'))}: {exc}"]
+    c._path = [p.name for p in path]
+    item = path[1].name
+    problems = []
+    if c.resource_category != item:
+        problems.append(f"{c.where('resource_category')}: resource_category: {c.resource_category!r} is not the 项 of "
+                        f"catalog {c.catalog.code} ({c.catalog_path}); write resource_category: {item}")
+    defaults, rules, why = attribute_defaults(c, standards, item, path[0].code == "1")
+    cls = c.classification
+    values = {"classification.level": cls.level, "classification.grade": cls.grade,
+              "sharing.type": c.sharing.type, "open.type": c.open.type}
+    owners = {"classification.level": cls.override, "classification.grade": cls.override,
+              "sharing.type": c.sharing.override, "open.type": c.open.override}
+    overrides: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for attr, value in values.items():
+        block, _ = attr.split(".")
+        where = c.where(*attr.split("."))
+        if attr in rules:
+            if owners[attr] is not None:
+                used.add(block)  # the rule's message says the override cannot lift it
+            if value != rules[attr][0]:
+                problems.append(f"{where}: {attr}: {value} breaks a rule: {rules[attr][1]} (default "
+                                f"{rules[attr][0]}; a rule is not lifted by an override)")
+            continue
+        default = defaults[attr]
+        if value == default or (attr == "classification.grade" and default is None):
+            continue
+        override = owners[attr]
+        basis = why if attr == "classification.grade" else (
+            "GB/T 43697" if attr == "classification.level" else f"grade {cls.grade}: STANDARDS.md grade table")
+        if override is None:
+            problems.append(f"{where}: {attr}: {value} departs from its default {default} ({basis}); use "
+                            f"{default} or give {block}.override: {{reason, approved_by}}")
+            continue
+        used.add(block)
+        overrides.append({"attribute": attr, "value": value, "default": default, "reason": override.reason,
+                          "approved_by": override.approved_by})
+    for block, override in (("classification", cls.override), ("sharing", c.sharing.override),
+                            ("open", c.open.override)):
+        if override is not None and block not in used:
+            problems.append(f"{c.where(block, 'override')}: {block}.override: nothing departs from its default "
+                            f"here; remove the override (it records a departure)")
+    c._overrides = overrides
+    return problems
 
 
 def _unmapped_references(standards: Standards, contracts: dict[str, DatasetContract]) -> list[str]:

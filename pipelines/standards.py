@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pipelines.code_lists import DEV_ZONES, CodeList, load_code_list
 from pipelines.errors import ConfigError
 from pipelines.registry import SourceSystem, check_code, line_of, parse_yaml_model
+from pipelines.resource_classification import ResourceClass, cached_classification
 
 DIMENSIONS = ("规范性", "完整性", "准确性", "一致性", "时效性", "可访问性")
 
@@ -112,6 +113,8 @@ class Standards:
     code_lists: dict[str, CodeList]
     places: dict[tuple[str, str, int], str] = field(default_factory=dict)
     """(element, "authoritative"/"copies", index) → ``file:line: field.path`` of that reference."""
+    resource_classes: dict[str, ResourceClass] = field(default_factory=dict)
+    """信息资源分类 (code_lists/resource_classification.csv): cumulative code → 类/项/目/细目 entry."""
 
     def element(self, code: str) -> DataElement:
         if code not in self.elements:
@@ -146,6 +149,15 @@ def load_standards(directory: Path, systems: dict[str, SourceSystem] | None = No
             lists[p.stem] = load_code_list(p)
         except ConfigError as exc:
             problems.extend(exc.problems)
+    classes: dict[str, ResourceClass] = {}
+    classification = directory / "code_lists" / "resource_classification.csv"
+    try:
+        classes = cached_classification(classification)
+    except FileNotFoundError:
+        problems.append(f"{classification}:1: the 信息资源分类 code list (类/项/目/细目) is missing: contracts' "
+                        "catalog blocks are checked against it")
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     path = directory / "elements.yml"
     lines: dict[tuple[Any, ...], int] = {}
     try:
@@ -176,7 +188,7 @@ def load_standards(directory: Path, systems: dict[str, SourceSystem] | None = No
         elements[e.code], ids[e.id] = e, e.code
     if problems:
         raise ConfigError(*problems)
-    return Standards(elements, lists, places)
+    return Standards(elements, lists, places, classes)
 
 
 def build_division_csv(path: Path, province: str = "34",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -57,3 +58,118 @@ def test_base_resource_must_be_shared_unconditionally(tmp_path: Path) -> None:
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=r"enterprise\.yml:\d+: .*法人单位 is a base resource"):
         _load(d)
+
+
+# --- catalog block, defaults and overrides (issue 9) ------------------------------------------------
+
+def _edited(tmp_path: Path, dataset: str, *edits: tuple[str, str]) -> tuple[Path, list[int]]:
+    """The project's contracts under tmp_path with ``edits`` applied to one; the line each edit starts on."""
+    d = tmp_path / "datasets"
+    shutil.copytree(SCHEMAS / "datasets", d)
+    path = d / f"{dataset}.yml"
+    lines = []
+    for old, new in edits:
+        text = path.read_text(encoding="utf-8")
+        assert text.count(old) == 1, old
+        lines.append(text[: text.index(old)].count("\n") + 1)
+        path.write_text(text.replace(old, new), encoding="utf-8")
+    return d, lines
+
+
+def test_resource_code_path_and_overrides_of_the_project_contracts() -> None:
+    contracts = _load(SCHEMAS / "datasets")
+    person = contracts["person"]
+    assert person.resource_code == "101001/11340100003001113F-0001"
+    assert person.catalog_path == "基础信息资源/人口/人口基本信息" and person.overrides == []
+    assert contracts["bus_ridership"].resource_code == "209001002/11340100003004445F-0002"
+    assert contracts["bus_ridership"].catalog_path == "主题信息资源/城乡建设/公共交通/公交客流"
+    codes = [c.resource_code for c in contracts.values()]
+    assert len(set(codes)) == len(codes)
+    assert all(re.fullmatch(r"[1-3]\d{2}\d{3}(\d{3})?/[0-9A-HJ-NP-RTUW-Y]{18}-\d{4}", code) for code in codes), codes
+    # std.enterprise carries legal_representative (个人信息 → grade 3) yet is graded 1 and opened: approved
+    (override,) = contracts["enterprise"].overrides
+    assert override["attribute"] == "classification.grade" and (override["value"], override["default"]) == (1, 3)
+    assert "企业信息公示暂行条例" in override["reason"] and override["approved_by"]
+    assert contracts["enterprise"].open.type == "无条件开放"  # the default of grade 1: no second override
+    assert {d for d, c in contracts.items() if c.overrides} == {"enterprise", "credit_record", "bus_ridership"}
+
+
+def test_duplicate_sequence_within_a_provider_names_both_files(tmp_path: Path) -> None:
+    d, (line,) = _edited(tmp_path, "bus_route", ("  sequence: 1\n", "  sequence: 2\n"))
+    with pytest.raises(ConfigError, match=rf"bus_route\.yml:{line}: catalog\.sequence: 2 is already used by "
+                                          rf"bus_ridership \(.*bus_ridership\.yml:{line}\) of the same provider "
+                                          r"11340100003004445F"):
+        _load(d)
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('  item: "01"\n', '  item: "07"\n',
+     r"catalog\.item: unknown 项 code '07' under 类 1 基础信息资源 \(have: 01 人口, 02 法人单位, "),
+    ('  category: "001"\n', '  category: "009"\n', r"catalog\.category: unknown 目 code '009' under 项 101 人口"),
+    ('  class: "1"\n', '  class: "4"\n', r"catalog\.class: unknown 类 code '4' \(have: 1 基础信息资源, 2 主题"),
+    ('  item: "01"\n', "  item: 01\n", r"catalog\.item: quote the code"),
+])
+def test_unknown_classification_code(tmp_path: Path, old: str, new: str, message: str) -> None:
+    d, (line,) = _edited(tmp_path, "person", (old, new))
+    with pytest.raises(ConfigError, match=rf"person\.yml:{line}: {message}"):
+        _load(d)
+
+
+def test_resource_category_names_the_item(tmp_path: Path) -> None:
+    d, (line,) = _edited(tmp_path, "air_quality_hourly", ("resource_category: 生态环保", "resource_category: 生态环境"))
+    with pytest.raises(ConfigError, match=rf"air_quality_hourly\.yml:{line}: resource_category: '生态环境' is not the "
+                                          r"项 of catalog 211001001 .*; write resource_category: 生态环保"):
+        _load(d)
+
+
+def test_departure_without_override_names_the_default(tmp_path: Path) -> None:
+    d, (line,) = _edited(tmp_path, "enterprise", ("  grade: 1\n  override:\n", "  grade: 1\n  x_override:\n"))
+    text = (d / "enterprise.yml").read_text(encoding="utf-8").replace("  x_override:\n    reason", "  # reason")
+    (d / "enterprise.yml").write_text(text.replace("    approved_by:", "  # approved_by:"), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"enterprise\.yml:{line}: classification\.grade: 1 departs from its "
+                                          r"default 3 \(its most sensitive column legal_representative is 个人信息\); "
+                                          r"use 3 or give classification\.override"):
+        _load(d)
+
+    # sharing: grade 1 defaults to 无条件共享; a condition needs an approved reason
+    d2, (line,) = _edited(tmp_path / "b", "air_quality_hourly",
+                          ("  type: 无条件共享\n  condition: 无条件\n", "  type: 有条件共享\n  condition: 经审核后共享\n"))
+    with pytest.raises(ConfigError, match=rf"air_quality_hourly\.yml:{line}: sharing\.type: 有条件共享 departs from its "
+                                          r"default 无条件共享 \(grade 1: STANDARDS\.md grade table\)"):
+        _load(d2)
+
+
+def test_override_present_loads_and_is_listed(tmp_path: Path) -> None:
+    d, _ = _edited(tmp_path, "air_quality_hourly", (
+        "  type: 无条件共享\n  condition: 无条件\n",
+        "  type: 有条件共享\n  condition: 经审核后共享\n  override: {reason: 站点原始数据待质控后方可无条件共享, "
+        "approved_by: 合肥市生态环境局}\n"))
+    overrides = _load(d)["air_quality_hourly"].overrides
+    assert overrides == [{"attribute": "sharing.type", "value": "有条件共享", "default": "无条件共享",
+                          "reason": "站点原始数据待质控后方可无条件共享", "approved_by": "合肥市生态环境局"}]
+
+
+def test_rules_are_not_lifted_by_an_override_and_idle_overrides_fail(tmp_path: Path) -> None:
+    d, (line,) = _edited(tmp_path, "person", (
+        "open: {type: 不予开放}",
+        "open: {type: 有条件开放, condition: 脱敏后开放, override: {reason: 试点开放, approved_by: 某局}}"))
+    with pytest.raises(ConfigError, match=rf"person\.yml:{line}: open\.type: 有条件开放 breaks a rule: 一般数据 grade 4 "
+                                          r"is 不予开放 \(default 不予开放; a rule is not lifted by an override\)"):
+        _load(d)
+    d2, (line,) = _edited(tmp_path / "b", "poi", (
+        "open: {type: 无条件开放}", "open: {type: 无条件开放, override: {reason: 无需说明的例外, approved_by: 某局}}"))
+    with pytest.raises(ConfigError, match=rf"poi\.yml:{line}: open\.override: nothing departs from its default"):
+        _load(d2)
+
+
+def test_classification_code_list_checks_its_rows(tmp_path: Path) -> None:
+    from pipelines.resource_classification import load_resource_classification
+
+    path = tmp_path / "resource_classification.csv"
+    path.write_text("code,name,level,parent,note\n1,基础信息资源,类,,\n101,人口,项,1,\n1010,x,目,101,\n"
+                    "102001,法人单位基本信息,目,102,\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_resource_classification(path)
+    assert info.value.problems == [
+        f"{path}:4: code '1010': a 目 code has 6 digits (类 1 + 项 2 + 目 3 + 细目 3, cumulative)",
+        f"{path}:5: code 102001: parent must be 102, listed above it"]
