@@ -101,8 +101,14 @@ def test_catalog_lists_every_raw_and_std_table(lake: Settings) -> None:
         snap.timestamp_ms / 1000)
     assert person.name == "人口基础信息" and person.sharing is not None and person.sharing["type"] == "无条件共享"
     assert person.grade == {"level": "一般数据", "grade": 4}
-    owner = load_config(lake)[2]["person"].owner  # a department code; the catalog names it from the registry
+    contracts = load_config(lake)[2]
+    owner = contracts["person"].owner  # a department code; the catalog names it from the registry
     assert person.provider == {"code": owner, "name": "合肥市公安局"} and person.department == person.provider
+    assert person.resource_code == contracts["person"].resource_code and person.resource_code.endswith(f"/{owner}-0001")
+    assert person.classification is not None and person.classification["path"] == "基础信息资源/人口/人口基本信息"
+    assert person.overrides == []
+    grade_override = by_id["std.enterprise"].overrides  # enterprise departs from its default grade, approved
+    assert [o["attribute"] for o in grade_override] == ["classification.grade"] and grade_override[0]["approved_by"]
     assert {i["name"]: i["element_name"] for i in person.items}["resident_id"] == "公民身份号码"
     assert person.quality_score is not None and 0.0 < person.quality_score <= 1.0
     assert person.registration is None and person.registration_status == "未登记"
@@ -159,6 +165,10 @@ def test_catalog_files_open_in_excel_with_chinese(lake: Settings, tmp_path: Path
     assert [r["标识"] for r in body] == [e.identifier for e in entries]
     person = next(r for r in body if r["标识"] == "std.person")
     assert person["信息资源名称"] == "人口基础信息" and person["编目状态"] == "已编目" and person["共享类型"] == "无条件共享"
+    assert person["信息资源代码"] == find_entry(entries, "person").resource_code  # type: ignore[union-attr]
+    assert person["信息资源分类"] == "基础信息资源/人口/人口基本信息" and person["提供方"] == "合肥市公安局"
+    enterprise = next(r for r in body if r["标识"] == "std.enterprise")
+    assert enterprise["例外审批"].startswith("classification.grade: 1（默认 3；")
     assert next(r for r in body if r["标识"] == "raw.parking__lot")["编目状态"] == "未编目"
     assert next(r for r in body if r["标识"] == "std.poi")["质量得分"] == "—"  # no results: no score, not 100 %
     data = json.loads(json_path.read_text(encoding="utf-8"))

@@ -114,14 +114,6 @@ def _raw_snapshot_of(raw: _Lake, std: _Lake) -> tuple[int | None, str | None]:
     return raw.snapshot_id, raw.at
 
 
-def _dump(model: Any) -> dict[str, Any]:
-    if model is None:
-        return {}
-    if hasattr(model, "model_dump"):
-        return dict(model.model_dump(by_alias=True, mode="json"))
-    return dict(model) if isinstance(model, dict) else {}
-
-
 def _quality_scores(catalog: Any) -> dict[str, float | None]:
     try:
         from pipelines.quality.scorecard import latest_scores
@@ -200,14 +192,14 @@ def _std_entry(ctx: _Context, contract: Any, lake: dict[str, _Lake], layer: str 
                          _raw_snapshot_of(raw, here) if raw is not None and here is not None else None))
     lineage.append(_step("std", here, contract.std_table))
     lineage += downstream_steps(ctx.contracts, contract.std_table, lake)
-    block = _dump(getattr(contract, "catalog", None))
-    classification = {k: block.get(k) for k in ("class", "item", "category", "subcategory")} if block else {}
-    classification["path"] = getattr(contract, "catalog_path", None) or contract.resource_category
+    code = contract.catalog
+    classification = {"class": code.class_, "item": code.item, "category": code.category,
+                      "subcategory": code.subcategory, "code": code.code, "path": contract.catalog_path}
     sharing = contract.sharing
     registration = ctx.registrations.get(contract.dataset)
     return CatalogEntry(
         identifier=identifier, layer=layer, dataset=contract.dataset, name=contract.name, status=CATALOGUED,
-        resource_code=getattr(contract, "resource_code", None), classification=classification,
+        resource_code=contract.resource_code, classification=classification,
         provider=ctx.department(contract.owner), summary=contract.description, format=contract.format,
         items=[{"name": col.name, "element": col.element,
                 "element_name": e.name_zh if (e := ctx.standards.elements.get(col.element)) else None,
@@ -220,7 +212,7 @@ def _std_entry(ctx: _Context, contract: Any, lake: dict[str, _Lake], layer: str 
         rows=here.rows if here else None, last_updated=here.at if here else None,
         quality_score=ctx.scores.get(contract.dataset), lineage=lineage,
         registration=registration.to_dict() if registration else None,
-        overrides=[_dump(o) for o in (getattr(contract, "overrides", None) or [])],
+        overrides=[dict(o) for o in contract.overrides],
         system=contract.source["system"], source_table=source_table,
         department=ctx.department(system.department) if system is not None else None,
     )
