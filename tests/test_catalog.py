@@ -167,6 +167,8 @@ def test_catalog_files_open_in_excel_with_chinese(lake: Settings, tmp_path: Path
     assert person["信息资源名称"] == "人口基础信息" and person["编目状态"] == "已编目" and person["共享类型"] == "无条件共享"
     assert person["信息资源代码"] == find_entry(entries, "person").resource_code  # type: ignore[union-attr]
     assert person["信息资源分类"] == "基础信息资源/人口/人口基本信息" and person["提供方"] == "合肥市公安局"
+    digits = [r for r in body if r["提供方代码"].strip('="').isdigit()]  # an all-digit 统一社会信用代码
+    assert digits and all(r["提供方代码"].startswith('="') for r in digits)  # text in Excel, no 1.13401E+17
     enterprise = next(r for r in body if r["标识"] == "std.enterprise")
     assert enterprise["例外审批"].startswith("classification.grade: 1（默认 3；")
     assert next(r for r in body if r["标识"] == "raw.parking__lot")["编目状态"] == "未编目"

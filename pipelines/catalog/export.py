@@ -3,6 +3,9 @@
 The CSV is UTF-8 with a BOM (``utf-8-sig``): without the BOM Excel on a Chinese Windows reads a CSV as GBK
 and every Chinese header turns into mojibake. Headers are the catalog field names of 政务信息资源目录 in Chinese.
 A text cell that begins with ``= + - @`` gets a leading apostrophe so Excel does not run it as a formula.
+A code made of digits only (a 统一社会信用代码 such as ``113401000030022204``) is written ``="…"``: Excel would
+otherwise read it as a number, show ``1.13401E+17`` and keep 15 significant digits, or drop leading zeros.
+The CSV is for people in Excel; programs read ``catalog.json``.
 """
 
 from __future__ import annotations
@@ -83,9 +86,14 @@ COLUMNS: list[tuple[str, Callable[[CatalogEntry], Any]]] = [
 HEADERS = [h for h, _ in COLUMNS]
 
 
-def _cell(value: Any) -> Any:
+CODE_COLUMNS = {"信息资源代码", "提供方代码", "登记代码"}
+
+
+def _cell(value: Any, header: str) -> Any:
     if value is None:
         return ""
+    if isinstance(value, str) and header in CODE_COLUMNS and value.isascii() and value.isdigit():
+        return f'="{value}"'  # Excel keeps it as text: every digit, leading zeros included
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
         return "'" + value
     return value
@@ -93,7 +101,7 @@ def _cell(value: Any) -> Any:
 
 def csv_rows(entries: Iterable[CatalogEntry]) -> list[list[Any]]:
     """The CSV body: one row per entry, in ``HEADERS`` order."""
-    return [[_cell(get(e)) for _, get in COLUMNS] for e in entries]
+    return [[_cell(get(e), header) for header, get in COLUMNS] for e in entries]
 
 
 def write_catalog(entries: list[CatalogEntry], out_dir: Path) -> tuple[Path, Path]:
