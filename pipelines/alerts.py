@@ -90,23 +90,24 @@ def alert_text(alert: Alert, departments: Mapping[str, Department]) -> tuple[str
     department = _department_name(departments, alert.department_code)
     what = mask_text(alert.name or alert.dataset_or_table)
     code = mask_text(alert.dataset_or_table)
-    label = f"{what}（{code}）" if what != code else code
+    label = f"「{what}」（{code}）" if what != code else f"「{code}」"
     rule = mask_text(alert.rule) or ""
     rule_text = mask_text(alert.rule_text) if alert.rule_text else None
     lines = [f"{department}：", ""]
     if alert.kind == "held":
         subject = f"【数据质量告警】{what}：{KIND_TITLE['held']}（{rule}，{_n(alert.count)} 行不通过）"
-        lines.append(f"数据集 {label} 的新批次未通过质量门禁，已暂停发布；标准库（std）保持上一版本，其他批次不受影响。")
+        lines.append(f"数据集{label}的新批次未通过质量门禁，已暂停发布；标准库（std）保持上一版本，其他批次不受影响。")
         lines.append(f"规则：{rule}" + (f"（{rule_text}）" if rule_text else ""))
         checked = f" / {_n(alert.evaluated)} 行" if alert.evaluated else " 行"
         over = f"，超过阈值 {alert.threshold:.0%}" if alert.threshold is not None else ""
         lines.append(f"不通过：{_n(alert.count)}{checked}{over}")
         if alert.details:
             lines.append("同时超出阈值的规则：")
-        action = "请核对并修正源数据；修正后由治理人员重新校验（citylake quality run --retry-held）或说明理由后放行。"
+        action = (f"请核对并修正源数据；修正后由治理人员重新校验（citylake quality run {code} --retry-held），"
+                  f"或说明理由后放行（citylake quality release {code} --reason …）。")
     else:
         subject = f"【数据质量告警】{what}：{KIND_TITLE['rejected']} {_n(alert.count)} 个"
-        lines.append(f"数据表 {label} 本次装载有 {_n(alert.count)} 个文件被拒收，其余文件已正常入湖。")
+        lines.append(f"数据表{label}本次装载有 {_n(alert.count)} 个文件被拒收，其余文件不受影响。")
         if alert.details:
             lines.append("被拒收的文件及原因：")
         action = "请修正这些文件后重新投放（同名新内容会再次装载）。"
@@ -190,7 +191,8 @@ def send_alert(alert: Alert, departments: Mapping[str, Department], context: Any
                             mask_message(str(exc)))
     if routes.http_conn_id and (conn := _connection(routes.http_conn_id)) is not None:
         payload = {**alert.to_dict(), "department_name": department.name, "subject": subject, "text": body}
-        payload["details"] = [mask_message(d) for d in alert.details]
+        payload.update(name=mask_text(alert.name), rule_text=mask_text(alert.rule_text),
+                       details=[mask_message(d) for d in alert.details])
         try:
             _send_http(routes.http_conn_id, conn, payload, context)
             sent.append(f"http:{routes.http_conn_id}")

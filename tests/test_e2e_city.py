@@ -69,11 +69,40 @@ def test_every_dag_lands_exact_source_counts_then_incremental_moves_only_changes
         lake["raw.population__person"] + 4
 
 
-def test_a_mostly_bad_delivery_fails_publish_once_and_keeps_std(city_lake: Path) -> None:
+def test_a_mostly_bad_delivery_fails_publish_once_and_keeps_std(city_lake: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
     from pipelines.demo import _bad_delivery
     from pipelines.settings import load_settings
 
-    held = _bad_delivery(load_settings(), datetime(2026, 11, 20, 2, tzinfo=TZ))  # raises unless held, std unchanged
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):  # the department's webhook (schemas/departments.yml alerts_http)
+        def do_POST(self) -> None:  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS_HTTP", json.dumps(
+        {"conn_type": "http", "host": f"http://127.0.0.1:{server.server_address[1]}/alerts"}))
+    try:
+        held = _bad_delivery(load_settings(), datetime(2026, 11, 20, 2, tzinfo=TZ))  # raises unless held, std unchanged
+    finally:
+        server.shutdown()
+        server.server_close()
     assert held["status"] == "held" and held["published"] == 0 and held["held"] == held["extracted"] > 0
     assert held["task"]["state"].endswith("failed") and held["task"]["tries"] == 1  # a data verdict: no retries
     assert "enterprise.uscc.check_digit" in held["detail"]
+    # publish_std told the owning department before failing (no SMTP connection here: logged, not raised)
+    [alert] = [a for a in received if a["kind"] == "held"]
+    assert alert["dataset_or_table"] == "enterprise" and alert["rule"] == "enterprise.uscc.check_digit"
+    assert alert["department_name"] == "合肥市市场监督管理局" and alert["count"] > 100
+    assert alert["page"].endswith("/report/datasets/enterprise.html") and "批次暂停发布" in alert["subject"]
