@@ -7,35 +7,22 @@ network, no heavy imports. The load itself lives in ``pipelines.ingest`` (import
 from __future__ import annotations
 
 import logging
-import os
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import yaml
 from airflow.sdk import Asset, AssetAlias, CronDataIntervalTimetable, dag, task
 
+from pipelines.dag_defaults import START, default_args
 from pipelines.departments import default_departments, department_name
 from pipelines.registry import SourceSystem, load_registry
 from pipelines.settings import TZ, load_settings
 
 log = logging.getLogger(__name__)
-START = datetime(2026, 1, 1, tzinfo=TZ)
 
 
 def table_asset(identifier: str) -> Asset:
     """The Airflow Asset of a lake table; later DAGs schedule on it."""
     return Asset(name=identifier, uri=f"iceberg://citylake/{identifier.replace('.', '/')}")
-
-
-def default_args(owner: str) -> dict:
-    # CITYLAKE_RETRY_DELAY_SECONDS shortens the first delay for tests; production keeps a minute.
-    return {
-        "owner": owner,
-        "retries": 3,
-        "retry_delay": timedelta(seconds=float(os.environ.get("CITYLAKE_RETRY_DELAY_SECONDS", "60"))),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=30),
-    }
 
 
 def _department(system: SourceSystem) -> str:

@@ -1,0 +1,74 @@
+"""``report__quality``: every morning at 06:00 Asia/Shanghai, GX Data Docs for engineers, then the Chinese
+governance site (``pipelines.report``) for governance staff.
+
+Parse time reads only the local department registry (the owner's name); GX, DuckDB and Jinja2 are imported
+inside the tasks. The work lives in ``pipelines.quality.docs`` and ``pipelines.report``.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import CronTriggerTimetable, dag, task
+
+from pipelines.dag_defaults import START, default_args
+from pipelines.departments import default_departments, department_name
+from pipelines.settings import TZ
+
+OWNER_CODE = "11340100003009991Q"
+"""合肥市数据资源局 (schemas/departments.yml): the governance bureau owns the report."""
+SCHEDULE = "0 6 * * *"
+
+
+def _owner() -> str:
+    try:
+        return department_name(default_departments(), OWNER_CODE)
+    except Exception:  # noqa: BLE001 - a broken registry must not hide this DAG; the ingest DAGs report it
+        return "合肥市数据资源局"
+
+
+OWNER = _owner()
+
+DOC = f"""### 数据质量报告 (governance report)
+
+每天 06:00（北京时间）在夜间入湖之后运行，包括有批次被暂扣的夜晚：
+
+1. `data_docs`: GX Data Docs（工程师视图，`<lake>/gx/uncommitted/data_docs/local_site/`）。
+2. `build_report`: 中文数据治理报告（`<lake>/report/index.html`；S3 湖则同时上传到 `<warehouse>/report/`）：
+   总览、各部门、各数据集、一数一源冲突、数据资源目录（一本账）。
+
+`build_report` runs even when `data_docs` failed (`trigger_rule=all_done`): the governance pages do not
+depend on GX, they only link to its pages. The report day is the run's logical date in Asia/Shanghai.
+Local equivalent: `citylake quality docs && citylake report`. Owner: {OWNER}.
+"""
+
+
+@dag(
+    dag_id="report__quality",
+    schedule=CronTriggerTimetable(SCHEDULE, timezone="Asia/Shanghai"),
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(OWNER),
+    tags=["report", "quality", OWNER],
+    doc_md=DOC,
+)
+def report_quality() -> None:
+    @task
+    def data_docs() -> dict:
+        from pipelines.quality.docs import build_data_docs
+
+        built = build_data_docs()
+        return {"index": str(built.index), "suites": built.suites, "new_results": built.new_results,
+                "vendored": built.vendored}
+
+    @task(trigger_rule="all_done")
+    def build_report(**context: object) -> dict:
+        from pipelines.report import build_site
+
+        when = context.get("logical_date") or context["dag_run"].run_after  # type: ignore[attr-defined]
+        index = build_site(today=when.astimezone(TZ).date())  # type: ignore[union-attr]
+        return {"index": str(index)}
+
+    data_docs() >> build_report()
+
+
+report_quality()

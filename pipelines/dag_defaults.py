@@ -1,0 +1,27 @@
+"""What every citylake DAG shares: start date and ``default_args`` (retries with exponential backoff).
+
+Plain Python (no Airflow import), so DAG files stay cheap to parse and each one takes the same policy
+instead of its own copy.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from pipelines.settings import TZ
+
+START = datetime(2026, 1, 1, tzinfo=TZ)
+
+
+def default_args(owner: str) -> dict[str, Any]:
+    """Retries 3, exponential backoff from one minute (``CITYLAKE_RETRY_DELAY_SECONDS`` shortens the first
+    delay for tests) up to 30 minutes; ``owner`` is a department's Chinese name."""
+    return {
+        "owner": owner,
+        "retries": 3,
+        "retry_delay": timedelta(seconds=float(os.environ.get("CITYLAKE_RETRY_DELAY_SECONDS", "60"))),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+    }
