@@ -26,6 +26,7 @@ from pipelines.config import load_config
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
 from pipelines.quality.gate import run_quality
+from pipelines.quality.scorecard import latest_scores
 from pipelines.registry import load_registry
 from pipelines.seed import seed_city
 from pipelines.settings import PROJECT_ROOT, TZ, Settings, load_settings
@@ -111,6 +112,7 @@ def test_catalog_lists_every_raw_and_std_table(lake: Settings) -> None:
     assert [o["attribute"] for o in grade_override] == ["classification.grade"] and grade_override[0]["approved_by"]
     assert {i["name"]: i["element_name"] for i in person.items}["resident_id"] == "公民身份号码"
     assert person.quality_score is not None and 0.0 < person.quality_score <= 1.0
+    assert person.quality_score == latest_scores(catalog)["person"]  # the scorecard's overall, latest day
     assert person.registration is None and person.registration_status == "未登记"
     steps = [s["step"] for s in person.lineage]
     assert steps == ["source", "raw", "std"]

@@ -114,27 +114,20 @@ def _raw_snapshot_of(raw: _Lake, std: _Lake) -> tuple[int | None, str | None]:
     return raw.snapshot_id, raw.at
 
 
-def _quality_scores(catalog: Any) -> dict[str, float | None]:
-    try:
-        from pipelines.quality.scorecard import latest_scores
-    except ImportError:  # the scorecard is not in this checkout: no score rather than a made-up one
-        return {}
-    return dict(latest_scores(catalog))
-
-
 class _Context:
     """Everything the entries are built from, loaded once."""
 
     def __init__(self, settings: Settings, catalog: Any, config: tuple[Any, dict[str, Any], dict[str, Any]] | None
                  ) -> None:
         from pipelines.catalog.registration import latest_registrations
+        from pipelines.quality.scorecard import latest_scores
 
         loaded = config if config is not None else load_config(settings)
         self.standards: Any = loaded[0]
         self.systems: dict[str, Any] = loaded[1]
         self.contracts: dict[str, Any] = loaded[2]
         self.departments = load_departments(settings)
-        self.scores = _quality_scores(catalog)
+        self.scores = latest_scores(catalog)  # GB/T 36344 overall of each dataset's latest day; None: no rules
         self.registrations = latest_registrations(catalog)
         self.by_raw: dict[str, list[Any]] = {}
         for c in self.contracts.values():
