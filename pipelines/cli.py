@@ -178,7 +178,7 @@ def sources_ls() -> None:
         kind = "drop" if s.drop else "sql"
         t.add_row(s.system, s.name, department_name(departments, s.department), s.schedule,
                   ", ".join(x.code for x in s.all_tables), kind)
-    out.print(t)
+    _print_wide(t, 6)
     for exc in errors.values():
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     if errors:
