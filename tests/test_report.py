@@ -239,3 +239,26 @@ def test_cli_prints_the_site_path(empty_lake: Settings, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "report", "--date", "21.11.2026"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "--date" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_s3_lake_gets_the_site_beside_it(tmp_path: Path, moto_endpoint: str, aws_env: None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    from pipelines.report import build_site
+    from pipelines.settings import load_settings
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    bucket = "report-lake"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="warehouse/report/datasets/gone.html", Body=b"stale")
+    for k, v in {**_env(tmp_path), "CITYLAKE_WAREHOUSE": f"s3://{bucket}/warehouse",
+                 "CITYLAKE_S3_ENDPOINT": moto_endpoint}.items():
+        monkeypatch.setenv(k, v)
+    index = build_site(load_settings(), today=TODAY)
+    assert index == tmp_path / "lake" / "report" / "index.html"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="warehouse/report/")["Contents"]}
+    local = {"warehouse/report/" + p.relative_to(index.parent).as_posix() for p in index.parent.rglob("*") if p.is_file()}
+    assert keys == local and "warehouse/report/datasets/gone.html" not in keys  # a page no longer built is removed
+    head = s3.head_object(Bucket=bucket, Key="warehouse/report/index.html")
+    assert head["ContentType"] == "text/html; charset=utf-8"
