@@ -13,19 +13,21 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pipelines.registry import line_of
 
 TODO = "TODO"
 
 _SHARING_RULE = ("STANDARDS.md 分类分级: 一般数据 4/3 → 有条件共享, 2/1 → 无条件共享, 核心/重要 → 不予共享; 合肥: "
-                 "人口/法人单位/社会信用/自然资源和空间地理/电子证照 基础资源 无条件共享, 社保/公积金 有条件共享")
+                 "基础资源 人口/法人单位/社会信用/自然资源和空间地理 无条件共享, 社会保障 (社保/公积金) 有条件共享")
 _OPEN_RULE = "STANDARDS.md 分类分级: 一般数据 4 → 不予开放, 3/2 → 有条件开放, 1 → 无条件开放, 核心/重要 → 不予开放"
 
 HINTS: dict[str, str] = {
     "name": "give the 信息资源名称 (Chinese name of the resource)",
     "description": "give the 摘要 (what the resource holds)",
     "owner": "give the 提供方代码: a department code from schemas/departments.yml",
-    "resource_category": "decide the 信息资源分类 (人口, 法人单位, 社会信用, 自然资源和空间地理, 生态环境, 交通运输, 社会保障, …)",
+    "resource_category": "write the name of the catalog's 项 (e.g. 人口, 社会保障): the load checks it equals catalog.item's",
     "catalog.class": ("decide the 类: 1 基础信息资源 / 2 主题信息资源 / 3 部门信息资源 "
                       "(STANDARDS.md 资源目录: 信息资源代码 = 类 项 目 细目 / 顺序码)"),
     "catalog.item": "decide the 项 (2 digits) under the 类, from the resource classification code list",
@@ -93,3 +95,13 @@ def under_todo(problem: str, path: Path, data: Any) -> bool:
     field = parts[1]
     return any(field == d or field.startswith(d + ".")
                for d in (".".join(str(p) for p in loc) for loc in todo_places(data)))
+
+
+def with_todos(path: Path, lines: dict[tuple[Any, ...], int], problems: list[str]) -> list[str]:
+    """``problems`` of a contract file with each TODO marker's own problem in place of the errors it causes
+    (``lines`` empty: the YAML did not parse, nothing to add)."""
+    if not lines:
+        return problems
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    todos = todo_problems(path, data, lines)
+    return [*todos, *(p for p in problems if not under_todo(p, path, data))] if todos else problems

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import yaml
 
 from pipelines.contract_todos import TODO, hint, todo_problems
+from pipelines.contracts import GRADE_TIERS, HEFEI_CONDITIONAL, HEFEI_UNCONDITIONAL, SENSITIVITY_GRADE
 from pipelines.errors import CitylakeError, ConfigError
 from pipelines.registry import DropTable, SourceSystem, SqlTable, get_system, load_yaml
 from pipelines.settings import TZ, Settings
@@ -42,15 +43,11 @@ RECOGNISED = 0.8
 """Share of a column's non-null sampled values that must be one kind for the draft to propose an element."""
 AGREES = 0.9
 """Share of rows whose sex code / birth date must agree with the row's resident ID."""
-GRADES = {"敏感个人信息": 4, "个人信息": 3, "内部": 2, "公开": 1}
-"""GB/T 43697 一般数据 grade suggested by the most sensitive column (STANDARDS.md 分类分级 defaults)."""
 KIND_SENSITIVITY = {"resident_id": "敏感个人信息", "bank_card": "敏感个人信息", "mobile": "个人信息",
                     "person_name": "个人信息", "address": "个人信息"}
+"""Sensitivity of a column no element was proposed for, by the personal kind most of its values are."""
 KIND_ZH = {"resident_id": "身份证号", "bank_card": "银行卡号", "mobile": "手机号码", "person_name": "姓名",
            "address": "地址"}
-DEFAULT_TIERS = {4: ("有条件共享", "不予开放"), 3: ("有条件共享", "有条件开放"), 2: ("无条件共享", "有条件开放"),
-                 1: ("无条件共享", "无条件开放")}
-"""STANDARDS.md default tiers of 一般数据 by grade: (sharing, open)."""
 DROP_FORMATS = {"csv": "电子表格", "xlsx": "电子表格", "jsonl": "自描述格式", "parquet": "电子文件"}
 
 
@@ -117,7 +114,9 @@ def draft(settings: Settings, system: str, table: str, *, force: bool = False, w
     guesses = [_guess(f, renamed.get(f.name), sample, standards, spec, table, context) for f in data_columns]
     _contextual(guesses, sample, standards, context)
     _name_matches(guesses, standards, sample, context)
-    text = render(spec, tspec, dataset, guesses, standards, sample.num_rows, sample_rows)
+    text = render(spec, tspec, dataset, guesses, standards, sample.num_rows, sample_rows,
+                  owner_name=_department_name(settings, spec.department),
+                  classes=_classification_lines(settings), sequence=_next_sequence(datasets, spec.department, path))
     parsed = yaml.safe_load(text)  # the template must stay valid YAML whatever the names hold
     if not isinstance(parsed, dict) or len(parsed.get("columns", [])) != len(guesses):
         raise AssertionError(f"drafted contract for {identifier} does not parse back as written")
@@ -493,8 +492,55 @@ def _cycle(schedule: str) -> str | None:
     return None
 
 
+def _department_name(settings: Settings, code: str) -> str | None:
+    from pipelines.departments import department_name, departments_file, load_departments
+
+    try:
+        name = department_name(load_departments(departments_file(settings)), code)
+    except CitylakeError:
+        return None  # the registry load reports the department file's own problems
+    return name if name != code else None
+
+
+def _classification_lines(settings: Settings) -> list[str]:
+    """The 类/项/目 code list as one comment line per 类, to choose the catalog codes from."""
+    from pipelines.resource_classification import FILE, load_resource_classification
+
+    try:
+        classes = load_resource_classification(settings.root / FILE)
+    except (CitylakeError, OSError):
+        return []
+    out = []
+    for top in sorted((c for c in classes.values() if c.level == "类"), key=lambda c: c.code):
+        items = []
+        for item in sorted((c for c in classes.values() if c.parent == top.code), key=lambda c: c.code):
+            cats = ", ".join(f"{c.code[len(item.code):]} {c.name}" for c in sorted(classes.values(), key=lambda c: c.code)
+                             if c.parent == item.code)
+            items.append(f"{item.code[len(top.code):]} {item.name}" + (f" ({cats})" if cats else ""))
+        out.append(f"#   {top.code} {top.name}: " + ("; ".join(items) if items else "(尚无项)"))
+    return out
+
+
+def _next_sequence(datasets: Path, owner: str, target: Path) -> tuple[int, list[int]]:
+    """(the next free 顺序码 of this provider, the ones its other contracts use)."""
+    used = []
+    for path in sorted(datasets.glob("*.yml")):
+        if path == target:
+            continue
+        try:
+            data, _ = load_yaml(path)
+        except ConfigError:
+            continue
+        if isinstance(data, dict) and str(data.get("owner")) == owner and isinstance(data.get("catalog"), dict):
+            seq = data["catalog"].get("sequence")
+            if isinstance(seq, int):
+                used.append(seq)
+    return max(used, default=0) + 1, sorted(used)
+
+
 def render(spec: SourceSystem, tspec: SqlTable | DropTable, dataset: str, guesses: list[Guess],
-           standards: Standards, sampled: int, sample_rows: int) -> str:
+           standards: Standards, sampled: int, sample_rows: int, *, owner_name: str | None = None,
+           classes: list[str] | None = None, sequence: tuple[int, list[int]] = (1, [])) -> str:
     """The contract text: every inferred field with where it came from, every other one a marked TODO."""
     source_label = tspec.source if isinstance(tspec, SqlTable) else tspec.glob
     name = f"{spec.name}{source_label}" if re.search(r"[\u4e00-\u9fff]", source_label) else f"{spec.name} {tspec.code}"
@@ -511,9 +557,9 @@ def render(spec: SourceSystem, tspec: SqlTable | DropTable, dataset: str, guesse
     fmt = "数据库" if isinstance(tspec, SqlTable) else DROP_FORMATS[tspec.format]
     sensitive = [(g, standards.elements[g.element].sensitivity if g.element in standards.elements
                   else KIND_SENSITIVITY.get(g.kind or "", "内部")) for g in guesses]
-    top = max((GRADES[s] for _g, s in sensitive), default=1)
-    why_grade = ", ".join(f"{g.column} ({s})" for g, s in sensitive if GRADES[s] == top) or "无"
-    share, opening = DEFAULT_TIERS[top]
+    top = max((SENSITIVITY_GRADE[s] for _g, s in sensitive), default=1)
+    why_grade = ", ".join(f"{g.column} ({s})" for g, s in sensitive if SENSITIVITY_GRADE[s] == top) or "无"
+    share, opening = GRADE_TIERS[top]
     cycle = _cycle(spec.schedule)
     today = datetime.now(TZ).date().isoformat()
     summary = f"{spec.name} ({spec.system}) 的 {source_label} 数据"
@@ -527,8 +573,17 @@ def render(spec: SourceSystem, tspec: SqlTable | DropTable, dataset: str, guesse
         f"dataset: {dataset}",
         f"name: {_q(name)}  # 信息资源名称: 由系统名与表名拼成, 请改成资源的正式名称",
         f"description: {_q(summary)}  # 摘要: 请写明资源内容",
-        f"owner: {_q(spec.department)}  # 提供方代码: 系统 {spec.system} 在登记文件中的部门",
+        f"owner: {_q(spec.department)}  # 提供方代码: {owner_name or '(不在 schemas/departments.yml)'}, 系统 "
+        f"{spec.system} 在登记文件中的部门",
         f"resource_category: {_todo('resource_category')}",
+        "# 资源分类 类/项/目 (schemas/standards/code_lists/resource_classification.csv; 资源代码 = 类项目细目/提供方代码-顺序码):",
+        *(classes or []),
+        "catalog:",
+        f"  class: {_todo('catalog.class')}",
+        f"  item: {_todo('catalog.item')}",
+        f"  category: {_todo('catalog.category')}",
+        '  subcategory: ""  # 细目: 3 位代码, 或空',
+        f"  sequence: {_todo('catalog.sequence', f'建议 {sequence[0]}' + (f' (本提供方已用 {sequence[1]})' if sequence[1] else ''))}",
         f"source: {{system: {spec.system}, table: {tspec.code}}}",
         f"primary_key: [{', '.join(pk)}]  # 来自登记文件 schemas/sources/{spec.system}.yml",
     ]
@@ -541,8 +596,8 @@ def render(spec: SourceSystem, tspec: SqlTable | DropTable, dataset: str, guesse
         "classification:",
         f"  level: {_todo('classification.level', '建议 一般数据')}",
         f"  grade: {_todo('classification.grade', f'建议 {top}')}",
-        f"# 建议 (grade {top} 的默认): 共享 {share}, 开放 {opening}; 合肥基础资源 (人口/法人单位/社会信用/自然资源和空间地理/电子证照) "
-        "一律无条件共享, 社保/公积金 有条件共享",
+        f"# 建议 (grade {top} 的默认): 共享 {share}, 开放 {opening}; 规则 (不能 override): 核心/重要数据 不予共享、不予开放, "
+        f"grade 4 不予开放, 合肥基础资源 ({'/'.join(HEFEI_UNCONDITIONAL)}) 无条件共享, {'/'.join(HEFEI_CONDITIONAL)} 有条件共享",
         "sharing:",
         f"  type: {_todo('sharing.type', f'建议 {share}')}",
         f"  condition: {_todo('sharing.condition')}",
