@@ -410,8 +410,10 @@ def _action(ds: dict[str, Any]) -> str:
         return f"尚无质量检查结果：运行 citylake quality run {name}"
     worst = next((r for r in ds["rules"] if r["failed"]), None)
     if worst is not None:
-        what = worst["description"] or worst["rule"]
-        return f"请{ds['department_name']}修正「{what}」不通过的 {worst['failed']:,} 行（规则 {worst['rule']}）"
+        if worst["description"]:
+            return (f"请{ds['department_name']}修正「{worst['description']}」不通过的 {worst['failed']:,} 行"
+                    f"（规则 {worst['rule']}）")
+        return f"请{ds['department_name']}修正规则 {worst['rule']} 不通过的 {worst['failed']:,} 行"
     return "无需处理"
 
 
