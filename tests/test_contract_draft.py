@@ -199,6 +199,7 @@ def test_cli_prints_the_path_and_the_todos_and_errors_in_one_line(hr_lake: Setti
     assert done.returncode == 0, done.stderr
     assert f"wrote {target}" in done.stdout.replace("\n", "")
     assert re.search(r"\d+ TODO to decide", done.stdout) and "sharing.type: still TODO" in done.stdout
+    assert "data elements proposed for 6 of 9 columns" in done.stdout
     again = run("hr", "staff")
     assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1 and "--force" in again.stderr
     for args, words in ((("nosuch", "t"), ["'nosuch'", "citylake ingest nosuch"]),

@@ -29,7 +29,10 @@ def contract_new(system: Annotated[str, typer.Argument(help="System code (schema
                  = False) -> None:
     """Draft schemas/datasets/<dataset>.yml from raw.<system>__<table>: elements proposed by column names and
     sampled values, TODO where a person must decide (the contract fails validation until they do)."""
+    import yaml
+
     from pipelines.catalog.draft import draft
+    from pipelines.contract_todos import TODO
 
     settings = load_settings()
     try:
@@ -40,6 +43,10 @@ def contract_new(system: Annotated[str, typer.Argument(help="System code (schema
         sys.stdout.write(d.text)
         return
     out.print(f"wrote {d.path} (dataset {d.dataset})", highlight=False, soft_wrap=True)
+    columns = yaml.safe_load(d.text)["columns"]
+    known = sum(c["element"] != TODO for c in columns)
+    out.print(f"data elements proposed for {known} of {len(columns)} columns (the reason is the comment above each; "
+              "check them)", highlight=False, soft_wrap=True)
     if d.todos:
         out.print(f"{len(d.todos)} TODO to decide before the contract loads (each line has a comment with a "
                   "suggestion; STANDARDS.md has the rules):", highlight=False, soft_wrap=True)
