@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from conftest import require_binary, require_cjk_font, scoped_env
@@ -51,29 +52,39 @@ def launch(playwright: Any, **kwargs: Any) -> Browser:
     return playwright.chromium.launch(executable_path=require_binary("chromium"), args=CHROMIUM_ARGS, **kwargs)
 
 
-def visit(context: BrowserContext, url: str, settle_ms: int = 300) -> Visit:
-    page = context.new_page()
-    seen = Visit(page, url)
+class Tab:
+    """One browser tab that records, per page opened in it, what `Visit` lists (a new tab per page costs
+    three times the load; the recorder is reset at each navigation)."""
 
-    def on_console(message: Any) -> None:
+    def __init__(self, context: BrowserContext) -> None:
+        self.page = context.new_page()
+        self.seen = Visit(self.page, "")
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda exc: self.seen.errors.append(f"uncaught: {exc}"))
+        self.page.on("requestfailed", lambda r: self.seen.requests.append(f"request failed: {r.url} ({r.failure})"))
+        self.page.route("**/*", self._route)
+
+    def _console(self, message: Any) -> None:
         if message.type == "error":
             where = message.location or {}
-            seen.errors.append(f"console error: {message.text} ({where.get('url', '')}:{where.get('lineNumber', '')})")
+            self.seen.errors.append(f"console error: {message.text} ({where.get('url', '')}:{where.get('lineNumber', '')})")
 
-    def on_route(route: Route) -> None:
+    def _route(self, route: Route) -> None:
         if route.request.url.startswith(LOCAL_SCHEMES):
             route.continue_()
         else:
-            seen.requests.append(f"external request blocked: {route.request.url}")
+            self.seen.requests.append(f"external request blocked: {route.request.url}")
             route.abort("blockedbyclient")
 
-    page.on("console", on_console)
-    page.on("pageerror", lambda exc: seen.errors.append(f"uncaught: {exc}"))
-    page.on("requestfailed", lambda r: seen.requests.append(f"request failed: {r.url} ({r.failure})"))
-    page.route("**/*", on_route)
-    page.goto(url, wait_until="load")
-    page.wait_for_timeout(settle_ms)  # late script errors and lazy requests (fonts, chart workers)
-    return seen
+    def open(self, url: str, settle_ms: int = 300) -> Visit:
+        self.seen = Visit(self.page, url)
+        self.page.goto(url, wait_until="load")
+        self.page.wait_for_timeout(settle_ms)  # late script errors and lazy requests (fonts, chart workers)
+        return self.seen
+
+
+def visit(context: BrowserContext, url: str, settle_ms: int = 300) -> Visit:
+    return Tab(context).open(url, settle_ms)
 
 
 def mark_chinese_node(page: Page, selector: str = "body") -> int:
@@ -314,8 +325,9 @@ def test_every_page_loads_without_errors_or_network(site: tuple[Settings, Path],
     raw_ids = set(get_catalog(settings).load_table("raw.population__person").scan(
         selected_fields=("resident_id",)).to_arrow()["resident_id"].to_pylist())
     problems: list[str] = []
+    tab = Tab(context)
     for path in pages:
-        seen = visit(context, path.as_uri(), settle_ms=100)
+        seen = tab.open(path.as_uri(), settle_ms=100)
         problems += [f"{path.relative_to(root)}: {p}" for p in seen.problems()]
         lang = seen.page.evaluate("document.documentElement.lang")
         if lang != "zh-CN":
@@ -330,23 +342,42 @@ def test_every_page_loads_without_errors_or_network(site: tuple[Settings, Path],
             problems.append(f"{path.relative_to(root)}: unmasked resident ids {sorted(shown)[:3]}")
         # every local link points at a file of the site (or beside it: Data Docs)
         for href in seen.page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)"):
-            if href.startswith("file:"):
-                target = Path(re.sub(r"[#?].*$", "", href.removeprefix("file://")))
-                from urllib.parse import unquote
+            if href.startswith("file:") and not Path(unquote(urlsplit(href).path)).exists():
+                problems.append(f"{path.relative_to(root)}: broken link {href}")
+    tab.page.close()
+    assert not problems, "\n".join(problems)
 
-                if not Path(unquote(str(target))).exists():
-                    problems.append(f"{path.relative_to(root)}: broken link {href}")
-        seen.page.close()
+
+def test_site_of_a_lake_without_results_shows_empty_states(lake_settings: Settings, context: BrowserContext,
+                                                           monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Before the first night: every page still opens cleanly, the overview and each department say there is
+    nothing yet (in Chinese, drawn with a CJK font) instead of empty charts or a script error."""
+    from pipelines.report import build_site
+    from pipelines.settings import load_settings
+
+    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(PROJECT_ROOT / "schemas" / "sources"))
+    root = build_site(load_settings(), out_dir=tmp_path / "report").parent
+    problems: list[str] = []
+    tab = Tab(context)
+    for path in _pages(root):
+        seen = tab.open(path.as_uri(), settle_ms=50)
+        problems += [f"{path.relative_to(root)}: {p}" for p in seen.problems()]
+        assert_charts_drawn(seen.page)
+        rel = path.relative_to(root).as_posix()
+        if rel == "index.html" or rel.startswith("departments/"):
+            assert seen.page.locator(".empty-state").first.is_visible(), rel
+            assert_chinese_drawn_with_cjk_font(context, seen.page, ".empty-state")
+    tab.page.close()
     assert not problems, "\n".join(problems)
 
 
 def _department_page(root: Path, context: BrowserContext) -> Path:
     """A department with data (its page shows charts, not only the empty state)."""
+    tab = Tab(context)
     for path in sorted((root / "departments").glob("*.html")):
-        seen = visit(context, path.as_uri(), settle_ms=0)
-        has_charts = seen.page.locator("canvas.chart, svg.chart").count() > 0
-        seen.page.close()
-        if has_charts:
+        seen = tab.open(path.as_uri(), settle_ms=0)
+        if seen.page.locator("canvas.chart, svg.chart").count():
+            tab.page.close()
             return path
     raise AssertionError(f"no department page under {root / 'departments'} shows a chart")
 
