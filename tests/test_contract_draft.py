@@ -13,16 +13,18 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import yaml
 
-from pipelines.catalog.draft import _target, draft, draft_contract
+from pipelines.catalog.draft import Guess, _name_matches, _target, draft, draft_contract
 from pipelines.config import load_config
 from pipelines.errors import CitylakeError, ConfigError
 from pipelines.ingest import ingest_table
 from pipelines.registry import get_system
 from pipelines.seed.ids import resident_id
 from pipelines.settings import PROJECT_ROOT, Settings, load_settings
+from pipelines.standards import load_standards
 
 ROWS = 1500  # more than the draft samples: it must not need the whole table
 DISTRICTS = ["340102", "340103", "340104", "340111", "340121"]
@@ -207,3 +209,21 @@ def test_cli_prints_the_path_and_the_todos_and_errors_in_one_line(hr_lake: Setti
         bad = run(*args)
         assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
         assert all(w in bad.stderr for w in words), bad.stderr
+
+
+def test_names_the_system_or_table_prefix_completes() -> None:
+    """Source systems drop their own prefix: `line_id` of bus_ridership is bus_line_id; nothing is guessed when
+    the prefix does not name the system or table."""
+    standards = load_standards(PROJECT_ROOT / "schemas" / "standards")
+    columns = ["line_id", "stop_id", "date", "name", "status", "remark"]
+    sample = pa.table({c: pa.array(["x"], pa.string()) for c in columns})
+
+    def proposed(context: set[str]) -> dict[str, str | None]:
+        guesses = [Guess(c, None, "string", 1) for c in columns]
+        _name_matches(guesses, standards, sample, context)
+        return {g.column: g.element for g in guesses}
+
+    assert proposed({"bus", "ridership"}) == {"line_id": "bus_line_id", "stop_id": "bus_stop_id", "date": "ridership_date",
+                                              "name": None, "status": None, "remark": None}
+    assert proposed({"enterprise"}) == {"line_id": None, "stop_id": None, "date": None, "name": "enterprise_name",
+                                        "status": "enterprise_status", "remark": None}

@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,8 @@ def draft_contract(settings: Settings, system: str, table: str, *, force: bool =
 
 def draft(settings: Settings, system: str, table: str, *, force: bool = False, write: bool = True,
           sample_rows: int = SAMPLE_ROWS) -> Draft:
+    """The draft of ``raw.<system>__<table>``'s contract, written unless ``write`` is False. Errors name the
+    system, table or file and the command to run first (register, ingest, or ``--force``)."""
     if not (settings.registry_dir / f"{system}.yml").exists():
         known = ", ".join(sorted(p.stem for p in settings.registry_dir.glob("*.yml")))
         raise ConfigError(f"no source system {system!r} (known: {known}): register it in "
@@ -101,13 +104,13 @@ def draft(settings: Settings, system: str, table: str, *, force: bool = False, w
                           f"`citylake ingest {system} --table {table}` first")
     tspec = spec.table(table)
     identifier = spec.raw_table(table)
-    schema, sample = read_sample(settings, identifier, system, table, sample_rows)
-    standards = load_standards(settings.root / "schemas" / "standards")
     datasets = settings.root / "schemas" / "datasets"
     dataset, path = _target(datasets, system, table)
     if path.exists() and not force and write:
         raise CitylakeError(f"{path} already exists (the contract of dataset {dataset}); edit it, or redraft it "
                             f"with `citylake contract new {system} {table} --force`")
+    schema, sample = read_sample(settings, identifier, system, table, sample_rows)
+    standards = load_standards(settings.root / "schemas" / "standards")
     renamed = {code: name for name, code in tspec.columns.items()}
     data_columns = [f for f in schema if not f.name.startswith("_")]
     context = _tokens(system) | _tokens(table)
@@ -229,6 +232,7 @@ def _pct(share: float) -> str:
     return f"{share:.0%}" if share < 1 else "100%"
 
 
+@cache
 def value_checks() -> list[tuple[str, str, str, Callable[[pa.Array], Any]]]:
     """(kind, element, what the values are, check) in the order a value is claimed: IDs before codes."""
     from pipelines.privacy import detect
