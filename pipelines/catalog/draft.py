@@ -562,7 +562,8 @@ def render(spec: SourceSystem, tspec: SqlTable | DropTable, dataset: str, guesse
     sensitive = [(g, standards.elements[g.element].sensitivity if g.element in standards.elements
                   else KIND_SENSITIVITY.get(g.kind or "", "内部")) for g in guesses]
     top = max((SENSITIVITY_GRADE[s] for _g, s in sensitive), default=1)
-    why_grade = ", ".join(f"{g.column} ({s})" for g, s in sensitive if SENSITIVITY_GRADE[s] == top) or "无"
+    worst = [f"{g.column} ({s})" for g, s in sensitive if SENSITIVITY_GRADE[s] == top]
+    why_grade = ", ".join(worst[:4]) + (f" 等 {len(worst)} 列" if len(worst) > 4 else "") if worst else "无"
     share, opening = GRADE_TIERS[top]
     cycle = _cycle(spec.schedule)
     today = datetime.now(TZ).date().isoformat()
