@@ -190,13 +190,14 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Path]]:
     """The seeded city (scale 0.05) through the gate: published batches with quarantined rows, conflicts
-    between copies, and a mostly-bad enterprise batch held; then the site built from that lake."""
+    between copies, and a mostly-bad enterprise batch held; then GX Data Docs and the site built from it."""
     base = tmp_path_factory.mktemp("report")
     env = {"CITYLAKE_LAKE_DIR": str(base / "lake"), "CITYLAKE_DATA_DIR": str(base / "data"),
            "CITYLAKE_REGISTRY_DIR": str(PROJECT_ROOT / "schemas" / "sources"), "CITYLAKE_ROOT": str(PROJECT_ROOT)}
     with scoped_env(env):
         from pipelines.ingest import ingest_table
         from pipelines.quality.consistency import run_consistency
+        from pipelines.quality.docs import build_data_docs
         from pipelines.quality.gate import QualityGateError, load_config, run_quality
         from pipelines.registry import load_registry
         from pipelines.report import build_site
@@ -219,6 +220,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, P
                      extracted_at=datetime(2026, 11, 20, 3, tzinfo=TZ))
         with pytest.raises(QualityGateError):
             run_quality("enterprise", settings=settings, reference_date=REF)
+        build_data_docs(settings)  # as report__quality does first: the site links the engineers' pages
         index = build_site(settings, out_dir=base / "report")
         assert index.name == "index.html" and index.is_file()
         yield settings, index.parent
@@ -399,6 +401,9 @@ def test_key_pages_draw_charts_and_chinese_with_a_cjk_font(site: tuple[Settings,
         assert page.locator("#overall-score").inner_text().strip()
         assert page.locator("#worst-datasets").count() == 1
         assert_chinese_drawn_with_cjk_font(context, page, "#worst-datasets")
+    if page_name == "dataset":  # the engineers' GX page for the dataset, built beside the lake
+        gx = page.locator("a", has_text="GX Data Docs")
+        assert gx.count() >= 1 and Path(unquote(urlsplit(gx.first.evaluate("a => a.href")).path)).is_file()
     if page_name == "conflicts":
         assert page.locator("#conflicts-table tbody tr").count() > 0  # the seeded copies disagree
         assert_chinese_drawn_with_cjk_font(context, page, "#conflicts-table")
