@@ -86,7 +86,7 @@ def test_latest_scores_use_each_datasets_latest_day(monkeypatch: pytest.MonkeyPa
          "recorded_at": datetime(2026, 11, 3, 2, tzinfo=UTC)},
         {"dataset": "enterprise", "rule": "b", "dimension": "完整性", "evaluated": 4, "failed": 1,
          "recorded_at": datetime(2026, 11, 2, 2, tzinfo=UTC)}])
-    monkeypatch.setattr(scorecard, "read_results", lambda catalog: r)
+    monkeypatch.setattr(scorecard, "read_results", lambda catalog, contracts=None: r)
     assert latest_scores(object()) == {"person": pytest.approx(0.8), "enterprise": pytest.approx(0.75)}
 
 
@@ -105,3 +105,20 @@ def test_conform_fills_columns_an_old_lake_lacks() -> None:
     t = scorecard.conform(old)
     assert t.schema == QUALITY_RESULTS and t.column("department").null_count == 1
     assert card(t).overall == pytest.approx(0.8)
+
+
+def test_consistency_rows_count_for_the_contract_of_their_source_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    contract = SimpleNamespace(dataset="insured", source={"system": "social_insurance", "table": "insured"},
+                               owner="CODE1")
+    r = _results([
+        {"dataset": "insured", "department": "人社局", "rule": "a", "dimension": "规范性", "evaluated": 10, "failed": 0},
+        {"dataset": "social_insurance.insured", "department": "CODE1", "rule": "person_name.consistency.social_insurance",
+         "tag": "source_conflict", "dimension": "一致性", "evaluated": 10, "failed": 5}])
+    keyed = scorecard.by_contract(r, {"insured": contract})
+    assert set(keyed.column("dataset").to_pylist()) == {"insured"}
+    assert set(keyed.column("department").to_pylist()) == {"CODE1"}  # the contract's owner, not an old name
+    monkeypatch.setattr(scorecard, "read_results",
+                        lambda catalog, contracts=None: scorecard.by_contract(r, contracts) if contracts else r)
+    assert latest_scores(object(), {"insured": contract}) == {"insured": pytest.approx(0.75)}

@@ -127,7 +127,7 @@ class _Context:
         self.systems: dict[str, Any] = loaded[1]
         self.contracts: dict[str, Any] = loaded[2]
         self.departments = load_departments(settings)
-        self.scores = latest_scores(catalog)  # GB/T 36344 overall of each dataset's latest day; None: no rules
+        self.scores = latest_scores(catalog, self.contracts)  # GB/T 36344 overall of each dataset's latest day; None: no rules
         self.registrations = latest_registrations(catalog)
         self.by_raw: dict[str, list[Any]] = {}
         for c in self.contracts.values():

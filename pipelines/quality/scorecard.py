@@ -29,15 +29,31 @@ Scores = dict[str, float | None]
 """Dimension → score (0..1) or None when the dimension has no rules; every DIMENSIONS key present."""
 
 
-def read_results(catalog: Any) -> pa.Table:
+def read_results(catalog: Any, contracts: Mapping[str, Any] | None = None) -> pa.Table:
     """``meta.quality_results`` as Arrow in its current schema (older lakes' missing columns as nulls);
-    an empty typed table when the lake has no results yet."""
+    an empty typed table when the lake has no results yet. With ``contracts``, results are keyed by
+    contract dataset (``by_contract``)."""
     from pipelines.lake.raw import open_table
 
     table = open_table(catalog, "meta.quality_results")
     if table is None:
         return QUALITY_RESULTS.empty_table()
-    return conform(table.scan().to_arrow())
+    results = conform(table.scan().to_arrow())
+    return by_contract(results, contracts) if contracts is not None else results
+
+
+def by_contract(results: pa.Table, contracts: Mapping[str, Any]) -> pa.Table:
+    """Results keyed by contract: consistency rows (tag ``source_conflict``) are recorded under the copy's
+    ``<system>.<table>`` and count for the contract built from that table; each contracted dataset's
+    department is its contract's owner (old rows hold a department's name, new ones its code)."""
+    by_source = {f"{c.source['system']}.{c.source['table']}": c.dataset for c in contracts.values()}
+    owner = {c.dataset: c.owner for c in contracts.values()}
+    datasets = [by_source.get(d, d) if t == "source_conflict" else d
+                for d, t in zip(results.column("dataset").to_pylist(), results.column("tag").to_pylist(), strict=True)]
+    departments = [owner.get(d, dep) for d, dep in zip(datasets, results.column("department").to_pylist(), strict=True)]
+    results = results.set_column(results.schema.get_field_index("dataset"), "dataset", pa.array(datasets, pa.string()))
+    return results.set_column(results.schema.get_field_index("department"), "department",
+                              pa.array(departments, pa.string()))
 
 
 def conform(results: pa.Table) -> pa.Table:
@@ -152,6 +168,7 @@ def latest_day_cards(results: pa.Table, by: str = "dataset") -> dict[str, tuple[
     return out
 
 
-def latest_scores(catalog: Any) -> dict[str, float | None]:
-    """Dataset → overall score of its latest day of results (Asia/Shanghai day of ``recorded_at``)."""
-    return {k: c.overall for k, (_day, c) in latest_day_cards(read_results(catalog)).items()}
+def latest_scores(catalog: Any, contracts: Mapping[str, Any] | None = None) -> dict[str, float | None]:
+    """Dataset → overall score of its latest day of results (Asia/Shanghai day of ``recorded_at``). Pass the
+    contracts so a dataset's 一致性 results (recorded under its source table) count, as the report does."""
+    return {k: c.overall for k, (_day, c) in latest_day_cards(read_results(catalog, contracts)).items()}

@@ -134,19 +134,9 @@ class _Reader:
 
     # --- quality results -------------------------------------------------------------------------------
     def results(self) -> tuple[pa.Table, pa.Table]:
-        """(gate results keyed by contract dataset, consistency results as recorded). Consistency rows are
-        recorded under ``<system>.<table>`` of the copy; they count for the contract built from that table."""
-        results = scorecard.read_results(self.catalog)
-        by_source = {f"{c.source['system']}.{c.source['table']}": c.dataset for c in self.contracts.values()}
-        owner = {c.dataset: c.owner for c in self.contracts.values()}
-        datasets = [by_source.get(d, d) if t == "source_conflict" else d
-                    for d, t in zip(results.column("dataset").to_pylist(), results.column("tag").to_pylist(), strict=True)]
-        departments = [owner.get(ds, dep) for ds, dep in zip(datasets, results.column("department").to_pylist(), strict=True)]
-        consistency = results
-        results = results.set_column(results.schema.get_field_index("dataset"), "dataset", pa.array(datasets, pa.string()))
-        results = results.set_column(results.schema.get_field_index("department"), "department",
-                                     pa.array(departments, pa.string()))
-        return scorecard.with_day(results), consistency
+        """(results keyed by contract dataset with the day column, results as recorded for consistency)."""
+        recorded = scorecard.read_results(self.catalog)
+        return scorecard.with_day(scorecard.by_contract(recorded, self.contracts)), recorded
 
     def latest_rows(self, dayed: pa.Table) -> pa.Table:
         """Each dataset's results of its latest Asia/Shanghai day on or before the report day."""
