@@ -262,3 +262,21 @@ def test_an_s3_lake_gets_the_site_beside_it(tmp_path: Path, moto_endpoint: str, 
     assert keys == local and "warehouse/report/datasets/gone.html" not in keys  # a page no longer built is removed
     head = s3.head_object(Bucket=bucket, Key="warehouse/report/index.html")
     assert head["ContentType"] == "text/html; charset=utf-8"
+
+
+def test_a_dataset_has_one_score_in_its_page_and_in_the_catalog(city_site: tuple[Settings, Path]) -> None:
+    _settings, root = city_site
+    catalog = json.loads((root / "catalog.json").read_text(encoding="utf-8"))
+    entries = catalog if isinstance(catalog, list) else catalog.get("entries", catalog.get("resources", []))
+    compared = 0
+    for e in entries:
+        if e["layer"] != "std" or not e.get("dataset"):
+            continue
+        page = (root / "datasets" / f"{e['dataset']}.html").read_text(encoding="utf-8")
+        shown = re.search(r'id="overall-score" data-score="([^"]*)"', page).group(1)
+        if e["quality_score"] is None:
+            assert shown == "", e["dataset"]
+        else:
+            assert float(shown) == pytest.approx(e["quality_score"]), e["dataset"]
+            compared += 1
+    assert compared >= 5  # insured's 一致性 (recorded under social_insurance.insured) counts in both
