@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 import subprocess
 import sys
@@ -255,8 +256,17 @@ def test_an_s3_lake_gets_the_site_beside_it(tmp_path: Path, moto_endpoint: str, 
     for k, v in {**_env(tmp_path), "CITYLAKE_WAREHOUSE": f"s3://{bucket}/warehouse",
                  "CITYLAKE_S3_ENDPOINT": moto_endpoint}.items():
         monkeypatch.setenv(k, v)
+    docs = tmp_path / "lake" / "gx" / "uncommitted" / "data_docs" / "local_site"
+    (docs / "expectations").mkdir(parents=True)
+    (docs / "index.html").write_text("<html>GX</html>", encoding="utf-8")
+    (docs / "expectations" / "person.html").write_text("<html>person suite</html>", encoding="utf-8")
     index = build_site(load_settings(), today=TODAY)
     assert index == tmp_path / "lake" / "report" / "index.html"
+    # GX Data Docs go beside it, where the pages' relative links lead
+    link = re.search(r'href="([^"]*expectations/person\.html)"', (index.parent / "datasets" / "person.html").read_text(encoding="utf-8"))
+    assert link, "the person page links to its GX suite page"
+    target = posixpath.normpath(posixpath.join("warehouse/report/datasets", link.group(1)))
+    assert s3.get_object(Bucket=bucket, Key=target)["Body"].read() == b"<html>person suite</html>"
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="warehouse/report/")["Contents"]}
     local = {"warehouse/report/" + p.relative_to(index.parent).as_posix() for p in index.parent.rglob("*") if p.is_file()}
     assert keys == local and "warehouse/report/datasets/gone.html" not in keys  # a page no longer built is removed

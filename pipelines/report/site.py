@@ -101,27 +101,49 @@ def _swap(stage: Path, out: Path) -> None:
         stage.rename(out)
 
 
-def upload(folder: Path, settings: Settings) -> str:
-    """Copy the site to ``<warehouse>/report/`` on S3 (beside the lake's tables), removing pages of an
-    earlier build that this one no longer has. Returns the s3:// prefix."""
+def _s3(settings: Settings) -> tuple[Any, str, str]:
     import boto3
 
     bucket, _, prefix = settings.warehouse.removeprefix("s3://").partition("/")
-    prefix = f"{prefix.strip('/')}/report/".lstrip("/")
-    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint) if settings.s3_endpoint else boto3.client("s3")
-    written = set()
+    client = boto3.client("s3", endpoint_url=settings.s3_endpoint) if settings.s3_endpoint else boto3.client("s3")
+    return client, bucket, prefix.strip("/")
+
+
+def _sync(s3: Any, folder: Path, bucket: str, prefix: str, *, delete: bool, changed_only: bool) -> int:
+    """Upload ``folder`` under ``prefix`` (``changed_only``: files whose size differs or that are missing);
+    ``delete``: remove objects under the prefix the folder no longer has. Returns files uploaded."""
+    existing: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        existing.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    written, sent = set(), 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         key = prefix + path.relative_to(folder).as_posix()
+        written.add(key)
+        if changed_only and existing.get(key) == path.stat().st_size:
+            continue
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
             kind += "; charset=utf-8"
         s3.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": kind})
-        written.add(key)
-    stale = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        stale += [{"Key": o["Key"]} for o in page.get("Contents", []) if o["Key"] not in written]
+        sent += 1
+    stale = [{"Key": k} for k in existing if k not in written] if delete else []
     for i in range(0, len(stale), 1000):
         s3.delete_objects(Bucket=bucket, Delete={"Objects": stale[i:i + 1000]})
+    return sent
+
+
+def upload(folder: Path, settings: Settings, with_docs: bool = True) -> str:
+    """Copy the site to ``<warehouse>/report/`` on S3 (beside the lake's tables), removing pages of an
+    earlier build that this one no longer has; with ``with_docs`` also GX Data Docs to
+    ``<warehouse>/gx/uncommitted/data_docs/local_site/`` (new or changed files only), where the site's
+    relative links to them lead. Returns the s3:// prefix of the site."""
+    s3, bucket, base = _s3(settings)
+    prefix = f"{base}/report/".lstrip("/")
+    _sync(s3, folder, bucket, prefix, delete=True, changed_only=False)
+    docs = gx_docs_site(settings)
+    if with_docs and docs.is_dir():
+        rel = docs.relative_to(settings.lake_dir).as_posix()
+        _sync(s3, docs, bucket, f"{base}/{rel}/".lstrip("/"), delete=False, changed_only=True)
     return f"s3://{bucket}/{prefix}"
 
 
@@ -144,5 +166,6 @@ def build_site(settings: Settings | None = None, out_dir: Path | None = None, to
     log.info("report: %d departments, %d datasets, %d catalog entries in %.1fs → %s", len(data.departments),
              len(data.datasets), len(data.catalog), time.perf_counter() - started, out)
     if settings.warehouse.startswith("s3://"):
-        log.info("report uploaded to %s", upload(out, settings))
+        # the Data Docs links are relative to the lake folder: they hold on S3 only for the default folder
+        log.info("report uploaded to %s", upload(out, settings, with_docs=out_dir is None))
     return out / "index.html"
