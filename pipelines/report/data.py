@@ -310,8 +310,13 @@ class _Reader:
             info["quarantine_rows"] = int(total) if total is not None else 0
         return info
 
-    def quarantine_examples(self, contract: Any, table: Any, rules: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-        """Up to ``EXAMPLES_PER_RULE`` masked failing rows per failing rule, from a bounded quarantine read."""
+    def quarantine_examples(self, contract: Any, table: Any, rules: list[dict[str, Any]],
+                            runs: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Up to ``EXAMPLES_PER_RULE`` masked failing rows per failing rule, from a bounded quarantine read:
+        rows the runs of the counts shown (``runs``) quarantined, else any (a release quarantines under its
+        own run id)."""
+        from pyiceberg.expressions import In
+
         from pipelines.privacy.policy import masked_rows
 
         failing = {r["rule"]: r for r in rules if r["failed"]}
@@ -321,7 +326,12 @@ class _Reader:
         cols = [c for c in dict.fromkeys([*contract.primary_key, *(r["col"] for r in failing.values() if r["col"])]) if c in names]
         if "_rules" not in names:
             return {}
-        data = table.scan(selected_fields=(*cols, "_rules"), limit=QUARANTINE_SAMPLE).to_arrow()
+        data = None
+        if runs and "_run_id" in names:
+            data = table.scan(row_filter=In("_run_id", runs), selected_fields=(*cols, "_rules"),
+                              limit=QUARANTINE_SAMPLE).to_arrow()
+        if data is None or data.num_rows == 0:
+            data = table.scan(selected_fields=(*cols, "_rules"), limit=QUARANTINE_SAMPLE).to_arrow()
         picked: dict[str, list[int]] = defaultdict(list)
         for i, broken in enumerate(data.column("_rules").to_pylist()):
             for rule in broken or []:
@@ -423,6 +433,10 @@ def collect(settings: Settings, today: date) -> SiteData:
         all_days = scorecard.daily(window.drop_columns(["day"])).get(None, {})
         lake_card = scorecard.card(latest)
         latest_day = {d: day for d, day in zip(*[latest.column(c).to_pylist() for c in ("dataset", "day")], strict=True)}
+        runs: dict[str, list[str]] = defaultdict(list)
+        for d, run in zip(*[latest.column(c).to_pylist() for c in ("dataset", "run_id")], strict=True):
+            if run and run not in runs[d]:
+                runs[d].append(run)
         batches = r.batches()
         stdlog = r.standardization()
         conflicts = r.conflicts(consistency)
@@ -444,7 +458,7 @@ def collect(settings: Settings, today: date) -> SiteData:
     for c in sorted(r.contracts.values(), key=lambda c: c.dataset):
         lake = r.dataset_lake(c.dataset)
         ds_rules = rules.get(c.dataset, [])
-        examples = r.quarantine_examples(c, lake.pop("quarantine_table"), ds_rules)
+        examples = r.quarantine_examples(c, lake.pop("quarantine_table"), ds_rules, runs.get(c.dataset))
         for rule in ds_rules:
             rule["examples"] = examples.get(rule["rule"], [])
         system = r.systems.get(c.source["system"])
