@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.lake.meta import BATCHES, CONFLICTS, STANDARDIZATION_LOG
 from pipelines.privacy.mask import mask_text
@@ -423,8 +424,8 @@ def collect(settings: Settings, today: date) -> SiteData:
     try:
         dayed, consistency = r.results()
         latest = r.latest_rows(dayed)
-        window = dayed.filter(pa.compute.greater_equal(dayed.column("day"),
-                                                       pa.scalar(today - timedelta(days=TREND_DAYS - 1), pa.date32())))
+        window = dayed.filter(pc.greater_equal(dayed.column("day"),
+                                               pa.scalar(today - timedelta(days=TREND_DAYS - 1), pa.date32())))
         rules = r.rule_rows(latest)
         ds_cards = scorecard.cards(latest, "dataset")
         dept_cards = scorecard.cards(latest, "department")
