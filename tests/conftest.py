@@ -141,5 +141,6 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
-TEST_DEPARTMENT = "340100BM999"
-"""测试局 in schemas/departments.yml: the department code registry files and contracts written by tests use."""
+TEST_DEPARTMENT = "11340100003009991Q"
+"""合肥市数据资源局 in schemas/departments.yml: the department registry files and contracts written by tests name
+(a real entry, so the production registry carries no test-only department into the report)."""

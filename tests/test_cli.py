@@ -81,7 +81,7 @@ def test_sources_ls_shows_department_names(lake_settings: Settings, tmp_path: Pa
     (lake_settings.registry_dir / "shop.yml").write_text(REGISTRY.format(db=tmp_path / "shop.db"), encoding="utf-8")
     listed = _run("sources", "ls")
     assert listed.returncode == 0, listed.stderr
-    assert "测试局" in listed.stdout and TEST_DEPARTMENT not in listed.stdout
+    assert "合肥市数据资源局" in listed.stdout and TEST_DEPARTMENT not in listed.stdout
     (lake_settings.registry_dir / "shop.yml").write_text(
         REGISTRY.format(db=tmp_path / "shop.db").replace(TEST_DEPARTMENT, "市商务局"), encoding="utf-8")
     broken = _run("sources", "ls")

@@ -105,7 +105,7 @@ def test_department_registry_checks_codes_with_line(tmp_path: Path) -> None:
     departments = load_departments(path)
     assert department_name(departments, "11340100003001113F") == "合肥市公安局"
     assert department_name(departments, "市公安局") == "市公安局"  # old meta rows hold names
-    assert departments[TEST_DEPARTMENT].name == "测试局"
+    assert departments[TEST_DEPARTMENT].name == "合肥市数据资源局"
     for code in departments:  # every synthetic credit code carries a valid GB 32100 check char
         assert len(code) != 18 or uscc.is_valid(code), code
 

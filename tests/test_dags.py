@@ -87,11 +87,11 @@ def test_factory_loads_every_system_and_isolates_a_bad_registry_file(airflow_hom
 def test_policy_retries_backoff_owner_tags_doc(airflow_home: Path) -> None:
     dag = _dagbag().get_dag("ingest__alpha")
     assert dag.doc_md and "测试系统alpha" in dag.doc_md
-    assert {"ingest", "alpha", "测试局"} <= set(dag.tags)  # the department's name, not its code
-    assert "测试局 (`340100BM999`)" in dag.doc_md
+    assert {"ingest", "alpha", "合肥市数据资源局"} <= set(dag.tags)  # the department's name, not its code
+    assert "合肥市数据资源局 (`11340100003009991Q`)" in dag.doc_md
     assert dag.timetable.expression == "0 3 * * *" and str(dag.timetable.timezone) == "Asia/Shanghai"
     for t in dag.tasks:
-        assert t.retries == 3 and t.retry_exponential_backoff and t.owner == "测试局"
+        assert t.retries == 3 and t.retry_exponential_backoff and t.owner == "合肥市数据资源局"
         assert t.pool == "source__alpha"
         assert t.pool_slots == 2  # max_connections (2) is the system's total: a load's two ranges take both
 
