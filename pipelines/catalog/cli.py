@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.errors import CitylakeError
+from pipelines.formats import percent
 from pipelines.settings import load_settings
 
 catalog_app = typer.Typer(no_args_is_help=True, help="The resource catalog (数据资源一本账).")
@@ -38,7 +39,7 @@ def _entries() -> list[Any]:
 
 
 def _score(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1%}"
+    return percent(value)  # as the site and catalog.csv show it
 
 
 def _rows(value: int | None) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.catalog.build import CatalogEntry
+from pipelines.formats import percent
 
 SEP = "；"
 
@@ -33,7 +34,7 @@ def _grade(e: CatalogEntry) -> str:
 
 
 def _score(e: CatalogEntry) -> str:
-    return "—" if e.quality_score is None else f"{e.quality_score * 100:.1f}%"
+    return percent(e.quality_score)  # as the site shows it: rounded down, never 100 % with failures
 
 
 def _lineage(e: CatalogEntry) -> str:

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from pipelines.formats import percent
 from pipelines.settings import TZ
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -34,10 +35,8 @@ def page_name(key: str) -> str:
 
 
 def pct(value: float | None, digits: int = 2) -> str:
-    """A 0..1 score or rate as a percentage; "—" when there is none (never 100 % by default)."""
-    if value is None:
-        return "—"
-    return f"{value * 100:.{digits}f}%"
+    """A 0..1 score or rate as a percentage (``pipelines.formats.percent``: rounded down, ``<0.01%``, "—")."""
+    return percent(value, digits)
 
 
 def num(value: int | float | None) -> str:
