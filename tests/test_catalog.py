@@ -153,6 +153,30 @@ def test_registration_is_recorded_and_the_latest_wins(lake: Settings) -> None:
     assert latest_registrations(get_catalog(lake))["enterprise"].code == "GJDJ-2026-000124"
 
 
+def test_a_registration_row_without_recorded_at_neither_crashes_nor_sticks(lake: Settings, tmp_path: Path) -> None:
+    """An old or hand-written meta.registrations row has no recorded_at: it counts as older than any
+    timestamped row, in whatever order the scan returns them (it used to raise TypeError, or win for good)."""
+    from pipelines.catalog.registration import latest_of
+    from pipelines.lake.meta import REGISTRATIONS
+    from pipelines.lake.tables import append
+
+    old = {"dataset": "person", "registration_code": "OLD-2025-01", "registered_on": date(2025, 1, 2),
+           "recorded_by": None, "recorded_at": None}
+    new = {**old, "registration_code": "GJDJ-2026-9", "registered_on": date(2026, 11, 1),
+           "recorded_at": datetime(2026, 11, 2, 1, tzinfo=TZ)}
+    alone = {**old, "dataset": "poi"}
+    for rows in ([old, new, alone], [new, old, alone], [alone, old, new]):
+        latest = latest_of(rows)
+        assert latest["person"].code == "GJDJ-2026-9", rows  # the null never sticks
+        assert latest["poi"].code == "OLD-2025-01" and latest["poi"].recorded_at is None  # nothing else: used
+
+    settings = replace(lake, catalog_uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"file://{tmp_path}/wh")
+    catalog = get_catalog(settings)
+    append(catalog, "meta.registrations", pa.Table.from_pylist([new, old, alone], schema=REGISTRATIONS))
+    stored = latest_registrations(catalog)  # through the lake: no TypeError comparing None with a time
+    assert {k: v.code for k, v in stored.items()} == {"person": "GJDJ-2026-9", "poi": "OLD-2025-01"}
+
+
 def test_catalog_files_open_in_excel_with_chinese(lake: Settings, tmp_path: Path) -> None:
     entries = build_catalog(lake, config=load_config(lake))  # the caller's config, loaded once
     json_path, csv_path = write_catalog(entries, tmp_path / "out")

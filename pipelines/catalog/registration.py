@@ -17,6 +17,7 @@ The code is stored as entered (trimmed), never re-cased or reformatted.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -107,10 +108,17 @@ def latest_registrations(catalog: Any) -> dict[str, Registration]:
     table = open_table(catalog, TABLE)
     if table is None or table.current_snapshot() is None:
         return {}
+    return latest_of(table.scan().to_arrow().to_pylist())
+
+
+def latest_of(rows: Iterable[dict[str, Any]]) -> dict[str, Registration]:
+    """Per dataset the row with the latest ``recorded_at``. A row without one (written by hand or by an old
+    tool) counts as older than every timestamped row, so it is used only while a dataset has nothing else
+    and never outranks a later recording."""
     out: dict[str, Registration] = {}
-    for r in table.scan().to_arrow().to_pylist():
-        seen = out.get(r["dataset"])
-        if seen is None or (seen.recorded_at is not None and r["recorded_at"] >= seen.recorded_at):
+    for r in rows:
+        seen, at = out.get(r["dataset"]), r.get("recorded_at")
+        if seen is None or (at is not None and (seen.recorded_at is None or at >= seen.recorded_at)):
             out[r["dataset"]] = Registration(r["dataset"], r["registration_code"], r["registered_on"],
-                                             r["recorded_by"], r["recorded_at"])
+                                             r.get("recorded_by"), at)
     return out
