@@ -243,6 +243,41 @@ def test_conflicts_keep_clear_keys_but_render_masked_unless_unmasked(project_con
     assert all(v in clear for v in [*ids, "张伟", "张玮", "13812345679"])
 
 
+def test_conflict_keys_are_masked_part_by_part_by_the_copys_primary_key() -> None:
+    """A copy whose primary key holds a name and an address: each part of the ``|``-joined key is masked by
+    its declared element, not only where a pattern sees an ID (the report's conflicts page shows keys)."""
+    from pipelines.privacy.policy import Declarations, conflict_key, masked_rows
+    from pipelines.standards import load_standards
+
+    standards = load_standards(PROJECT_ROOT / "schemas" / "standards")
+    copy = SimpleNamespace(source={"system": "community", "table": "household"},
+                           primary_key=["person_name", "address", "mobile", "seq"],
+                           columns=[SimpleNamespace(name="person_name", element="person_name"),
+                                    SimpleNamespace(name="address", element="residence_address"),
+                                    SimpleNamespace(name="mobile", element="mobile_phone"),
+                                    SimpleNamespace(name="seq", element="poi_id")])
+    single = SimpleNamespace(source={"system": "community", "table": "member"}, primary_key=["member"],
+                             columns=[SimpleNamespace(name="member", element="person_name")])
+    decl = Declarations(standards, {"household": copy, "member": single})  # type: ignore[dict-item]
+    name, address, mobile = "欧阳娜娜", PEOPLE["zz"][0], PEOPLE["sjhm"][0]
+    row = {"run_id": "r1", "element": "person_name", "other_system": "community", "other_table": "household",
+           "key": f"{name}|{address}|{mobile}|H-0042", "authoritative_value": name, "other_value": "欧阳娜"}
+    key = conflict_key(row, decl)
+    assert key == "欧***|安徽省合肥市蜀山区***|138****5678|H-0042", key  # by element; a code part stays readable
+    shown = masked_rows("meta.conflicts", pa.Table.from_pylist([row]), decl)[0]
+    assert shown["key"] == key and name not in json.dumps(shown, ensure_ascii=False)
+    # a single-column key is one part even when it holds the separator
+    assert conflict_key({**row, "other_table": "member", "key": "张三丰|户主"}, decl) == "张*****"
+    # no contract for the copy, or a key that does not split into its primary key: undeclared, fail closed
+    for other in ({"other_table": "gone"}, {"key": f"{name}|{address}"}):
+        masked = conflict_key({**row, **other}, decl)
+        assert masked is not None and name not in masked and "长江西路" not in masked, masked
+    assert conflict_key({**row, "other_table": "gone", "key": f"{PEOPLE_IDS[0]}|410"}, decl) == (
+        PEOPLE_IDS[0][:6] + "********" + PEOPLE_IDS[0][-4:] + "|410")  # an ID keeps its masked shape, a code stays
+    assert conflict_key({**row, "key": None}, decl) is None
+    assert name not in str(conflict_key(row, None))  # config unreadable: still masked
+
+
 # --- review fixes: quote's free text, every known card in messages, nested and closed lake show, one home ---
 
 FREE_TEXT = ["张三丰(户主)", "王小明同学", "欧阳某某某某", "Alice Wang", "Alice"]

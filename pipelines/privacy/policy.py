@@ -165,6 +165,41 @@ def _conflict_value(row: dict[str, Any], column: str, decl: Declarations | None)
     return mask_kind(value, kind) if kind else mask_free_text(value)
 
 
+KEY_SEP = "|"
+"""How ``pipelines.quality.consistency`` joins the parts of a copy's composite primary key."""
+
+
+def _key_part(part: str, element: DataElement | None) -> Any:
+    # Undeclared (no contract, or a key that does not split into its primary key): fail closed, so a
+    # name or address is hidden whole while an ID keeps its masked shape and a code stays readable.
+    fn = value_mask(pa.array([part], pa.string()), element, closed=element is None)
+    return fn(part) if fn is not None else part
+
+
+def conflict_key(row: Mapping[str, Any], decl: Declarations | None) -> Any:
+    """A ``meta.conflicts`` key as a person may read it: split by the copy contract's primary key (the copy
+    is the row's ``other_system``/``other_table``) and each part masked by its column's declared element,
+    so a key that holds a name or an address is masked like that column, not only where a pattern sees an
+    ID. A key of no known copy, or with another number of parts, is masked part by part as undeclared."""
+    key = row.get("key")
+    if key is None:
+        return None
+    text = str(key)
+    contract = None
+    if decl is not None:
+        contract = next((c for c in decl.contracts.values()
+                         if (c.source["system"], c.source["table"]) == (row.get("other_system"), row.get("other_table"))),
+                        None)
+    parts = text.split(KEY_SEP)
+    if contract is not None and len(contract.primary_key) == 1:
+        parts = [text]  # a single-column key may itself hold the separator
+    elements: list[DataElement | None] = [None] * len(parts)
+    if contract is not None and decl is not None and len(parts) == len(contract.primary_key):
+        declared = {c.name: c.element for c in contract.columns}
+        elements = [decl.standards.elements.get(declared.get(k) or "") for k in contract.primary_key]
+    return KEY_SEP.join(str(_key_part(p, e)) for p, e in zip(parts, elements, strict=True))
+
+
 def masked_rows(table: str, data: pa.Table, decl: Declarations | None) -> list[dict[str, Any]]:
     """The rows of lake table ``table`` as a person may read them (every rendering goes through here)."""
     masks = column_masks(data, decl.columns_of(table) if decl is not None else None)
@@ -177,5 +212,7 @@ def masked_rows(table: str, data: pa.Table, decl: Declarations | None) -> list[d
             for col in ("authoritative_value", "other_value"):
                 if col in row:
                     out[col] = _conflict_value(row, col, decl)
+            if "key" in row:
+                out["key"] = conflict_key(row, decl)
         rows.append(out)
     return rows
