@@ -127,6 +127,35 @@ def append_log(catalog: Any, name: str, rows: list[dict[str, Any]]) -> None:
         append(catalog, name, _rows(name, rows), properties=META_PROPS)
 
 
+def latest_events(events: pa.Table) -> pa.Table:
+    """The status of every raw batch: its latest ``meta.batches`` row per (dataset, raw batch id), newest
+    first. Rows written before ``recorded_at`` existed count as the oldest. The one rule for "latest event"
+    (the gate decides what to validate with it, the report shows it)."""
+    import duckdb
+
+    if "recorded_at" not in events.column_names:  # a log older than the column: every row equally old
+        events = events.append_column("recorded_at", pa.nulls(events.num_rows, RECORDED_AT[1]))
+    con = duckdb.connect()
+    try:
+        con.register("events", events)
+        return con.sql(
+            "SELECT * FROM events QUALIFY row_number() OVER (PARTITION BY dataset, raw_batch_id "
+            "ORDER BY recorded_at DESC NULLS LAST) = 1 ORDER BY recorded_at DESC NULLS LAST").to_arrow_table()
+    finally:
+        con.close()
+
+
+def batch_status(catalog: Any, dataset: str) -> dict[str, dict[str, Any]]:
+    """raw batch id → its latest ``meta.batches`` row (``latest_events``) for one dataset."""
+    from pipelines.lake.raw import open_table
+
+    done = open_table(catalog, "meta.batches")
+    if done is None or done.current_snapshot() is None:
+        return {}
+    events = done.scan(row_filter=EqualTo("dataset", dataset)).to_arrow()
+    return {r["raw_batch_id"]: r for r in latest_events(events).to_pylist()}
+
+
 def _group(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[str]]:
     out: dict[tuple[str, str, str], list[str]] = {}
     for r in rows:

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyiceberg.expressions import EqualTo, GreaterThan, In
+from pyiceberg.expressions import GreaterThan, In
 
 from pipelines.config import load_config
 from pipelines.contracts import DatasetContract
@@ -44,8 +44,8 @@ from pipelines.errors import CitylakeError
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.changes import latest_order, raw_batch_ids
 from pipelines.lake.changes import release_memory as _release_memory  # between passes: each started at the last peak
-from pipelines.lake.meta import append_events, new_run_id, replace_run
-from pipelines.lake.raw import arrow_schema, open_table, retry_conflicts, single_attempt, stream_scan
+from pipelines.lake.meta import append_events, batch_status, new_run_id, replace_run
+from pipelines.lake.raw import PUBLISHED_BATCHES, arrow_schema, open_table, retry_conflicts, single_attempt, stream_scan
 from pipelines.lake.tables import PROPS, append, append_staged, table_for
 from pipelines.privacy import mask, value_mask
 from pipelines.quality.rules import Rule, evaluate
@@ -104,19 +104,6 @@ class GateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def batch_status(catalog: Any, dataset: str) -> dict[str, dict[str, Any]]:
-    """raw batch id → its latest ``meta.batches`` row (rows written before ``recorded_at`` existed sort first)."""
-    done = open_table(catalog, "meta.batches")
-    if done is None or done.current_snapshot() is None:
-        return {}
-    rows = done.scan(row_filter=EqualTo("dataset", dataset)).to_arrow().to_pylist()
-    floor = datetime.min.replace(tzinfo=TZ)
-    latest: dict[str, dict[str, Any]] = {}
-    for row in sorted(rows, key=lambda r: r.get("recorded_at") or floor):
-        latest[row["raw_batch_id"]] = row
-    return latest
 
 
 def _new_batches(catalog: Any, contract: DatasetContract, run_id: str, retry_held: bool) -> list[str]:
@@ -670,10 +657,6 @@ def _stale_keys(incoming: pa.Table, keys: list[str], later: Later | None) -> pa.
         if pc.any(newer).as_py():
             stale.append(_key_strings(part.filter(newer), keys))
     return pc.unique(pa.concat_arrays(stale)) if stale else empty
-
-
-PUBLISHED_BATCHES = "citylake.batches"
-"""std snapshot summary: the raw batches a publish carried (JSON list), so a concurrent run sees them."""
 
 
 def _published_elsewhere(table: Any, run_id: str) -> set[str]:
