@@ -231,6 +231,29 @@ def test_a_copy_with_nothing_compared_is_a_warning_not_zero_percent(empty_lake: 
     assert "0.00%" in other and "警告" not in other
 
 
+def test_rule_errors_and_batch_reasons_hide_quoted_names(empty_lake: Settings, tmp_path: Path) -> None:
+    """A rule's error text and a release reason quote a cell: identifiers AND quoted names are masked
+    (mask_message), not only identifiers (mask_text)."""
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.meta import append_events, replace_run
+    from pipelines.report import build_site
+
+    catalog = get_catalog(empty_lake)
+    replace_run(catalog, "meta.quality_results", "r1", [
+        {"run_id": "r1", "dataset": "person", "department": None, "rule": "person.person_name.not_null", "tag": None,
+         "dimension": "完整性", "element": "person_name", "column": "person_name", "evaluated": 10, "failed": 1,
+         "severity": "warning", "passed": False, "error": "ValueError: cannot parse '张三丰' (13812345678)"}])
+    append_events(catalog, [{"dataset": "person", "raw_batch_id": "b1", "run_id": "r1", "status": "released",
+                             "extracted": 10, "published": 10, "quarantined": 0, "held": 0, "std_snapshot_id": None,
+                             "detail": None, "reason": "已核实 “王小明” 的户籍记录"}])
+    index = build_site(empty_lake, out_dir=tmp_path / "site", today=datetime.now(UTC).astimezone(TZ).date())
+    person = (index.parent / "datasets" / "person.html").read_text(encoding="utf-8")
+    assert "执行出错" in person and "已核实" in person  # both texts are on the page
+    for clear in ("张三丰", "王小明", "13812345678"):
+        assert clear not in person, clear
+    assert "张**" in person and "王**" in person and "138****5678" in person
+
+
 def test_cli_prints_the_site_path(empty_lake: Settings, tmp_path: Path) -> None:
     out = tmp_path / "cli-site"
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "report", "--out", str(out), "--date", "2026-11-21"],

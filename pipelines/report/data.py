@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.lake.meta import BATCHES, CONFLICTS, STANDARDIZATION_LOG
-from pipelines.privacy.mask import mask_text
+from pipelines.privacy.mask import mask_message, mask_text
 from pipelines.quality import scorecard
 from pipelines.quality.scorecard import DIMENSIONS, Card
 from pipelines.settings import TZ, Settings
@@ -162,7 +162,7 @@ class _Reader:
         for r in rows:
             r["rate"] = r["failed"] / r["evaluated"] if r["evaluated"] else None
             r["description"] = described.get(r["rule"]) or _TAG_DESCRIPTIONS.get(r["tag"] or "", "")
-            r["error"] = mask_text(r["error"]) if r["error"] else None
+            r["error"] = mask_message(r["error"]) if r["error"] else None  # quoted names too
             out[r["dataset"]].append(r)
         return out
 
@@ -186,7 +186,7 @@ class _Reader:
                 r["failures"] = json.loads(r["detail"]) if r["detail"] else []
             except ValueError:
                 r["failures"] = []
-            r["reason"] = mask_text(r["reason"]) if r["reason"] else None
+            r["reason"] = mask_message(r["reason"]) if r["reason"] else None
         return rows
 
     def standardization(self) -> dict[str, dict[str, Any]]:
@@ -285,7 +285,7 @@ class _Reader:
                             info["landed_recent"] += int(sn.summary.additional_properties.get("added-records", 0) or 0)
                     for name, entry in sorted(TableState.of(table).ledger.items()):
                         if entry.get("status") == "rejected":
-                            info["rejected"].append({"file": mask_text(name), "reason": mask_text(entry.get("reason") or ""),
+                            info["rejected"].append({"file": mask_text(name), "reason": mask_message(entry.get("reason") or ""),
                                                      "line": entry.get("line"), "batch": entry.get("batch")})
                 out.append(info)
         return out
