@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.expressions import And, NotEqualTo
 
-from pipelines.lake.raw import file_batches, hash_sql, stream_scan
+from pipelines.lake.raw import BATCH_ID, file_batches, hash_sql, stream_scan, summary_value, total_records
 
 MEMORY_LIMIT = "48MB"
 """DuckDB's buffer limit for a compare; beyond it DuckDB spills to the compare's folder."""
@@ -129,7 +129,7 @@ class LakeCompare:
         hashed = [c.name for c in columns] if self.hashed else []
         select = f"{self._key_list}, {self._hash_sql(hashed)}, _deleted, _load_seq, _extracted_at"
         snap = table.current_snapshot()
-        total = int((snap.summary.get("total-records") if snap is not None and snap.summary else None) or 0)
+        total = total_records(snap) or 0
         self.buckets = max(1, -(-total // ROWS_PER_BUCKET))
         for batch in stream_scan(scan):
             n = batch.num_rows
@@ -242,7 +242,7 @@ def release_memory() -> None:
 # --- which batches a raw table holds --------------------------------------------------------------
 
 _RAW_FILE = re.compile(r"^(?P<batch>.+)-[0-9a-f]{32}\.parquet$")
-BATCH_PROPERTY = "citylake.batch-id"
+BATCH_PROPERTY = BATCH_ID
 
 
 def raw_batch_ids(table: Any) -> set[str]:
@@ -259,7 +259,7 @@ def raw_batch_ids(table: Any) -> set[str]:
     known: dict[int, str] = {}  # ancestor snapshot → the batch it loaded
     snap = current
     while snap is not None:
-        batch = snap.summary.get(BATCH_PROPERTY) if snap.summary is not None else None
+        batch = summary_value(snap, BATCH_PROPERTY)
         if batch:
             known[snap.snapshot_id] = batch
         snap = by_id.get(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None

@@ -9,14 +9,14 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.lake.catalog import NAMESPACES, get_catalog
-from pipelines.lake.raw import STATE_PROPERTY
+from pipelines.lake.raw import STATE_PROPERTY, total_records
 from pipelines.settings import TZ, Settings
 
 
 def table_info(table: Any, name: str) -> dict[str, Any]:
     snap = table.current_snapshot()
     state = json.loads(table.properties.get(STATE_PROPERTY, "{}"))
-    rows = int(snap.summary.additional_properties.get("total-records", 0)) if snap and snap.summary else 0
+    rows = total_records(snap) or 0
     committed = datetime.fromtimestamp(snap.timestamp_ms / 1000, TZ).isoformat() if snap else None
     return {
         "table": name,

@@ -254,6 +254,36 @@ def open_table(catalog: Catalog, identifier: str) -> Table | None:
         return None
 
 
+# --- snapshot summaries (read in one place: the report, the catalog, inspect and the change compare) ----
+
+BATCH_ID = "citylake.batch-id"
+"""Summary key of every raw snapshot a load commits: its batch id (``RawWriter.commit``)."""
+PUBLISHED_BATCHES = "citylake.batches"
+"""std snapshot summary: the raw batches a publish carried (JSON list), so a concurrent run sees them."""
+
+
+def summary_value(snap: Any, key: str) -> str | None:
+    """A snapshot summary's value for ``key`` (None without a snapshot, a summary or the key)."""
+    if snap is None or snap.summary is None:
+        return None
+    value = snap.summary.additional_properties.get(key)
+    return None if value is None else str(value)
+
+
+def summary_int(snap: Any, key: str) -> int | None:
+    """A numeric snapshot summary field (``total-records``, ``added-records``, ...), None when absent."""
+    value = summary_value(snap, key)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def total_records(snap: Any) -> int | None:
+    """Rows of the table at a snapshot (``total-records``); None without a snapshot or the field."""
+    return summary_int(snap, "total-records")
+
+
 def _file_columns(parquet_schema: pa.Schema, fields: list[Any], name_mapping: dict[int, list[str]]) -> dict[str, str]:
     """Current column name → its column in one data file, by Iceberg field id: the id stored in the file
     (pyiceberg's writes), else the table's name mapping (files added with ``add_files``), else the name."""
