@@ -1,9 +1,16 @@
-"""Number formats shared by every place a person reads a score or a rate: the report's pages, the catalog's
-CSV and the ``citylake catalog`` CLI, so one dataset never reads 100.0 % in one and 99.95 % in another."""
+"""Formats shared by every place a person reads a score, a rate or a time: the report's pages, the catalog's
+CSV and the ``citylake catalog`` CLI, so one dataset never reads 100.0 % in one and 99.95 % in another, nor
+10:00 (Beijing) on the site and 02:00Z in the CSV."""
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from decimal import ROUND_FLOOR, Decimal
+
+from pipelines.settings import TZ
+
+TIME_ZONE_LABEL = "北京时间"
+"""What a column header or page says the times are in (Asia/Shanghai)."""
 
 
 def percent(value: float | None, digits: int = 2) -> str:
@@ -19,3 +26,21 @@ def percent(value: float | None, digits: int = 2) -> str:
     if shown == 0 and value > 0:
         return f"<{step}%"
     return f"{shown}%"
+
+
+def beijing_time(value: datetime | date | str | None) -> str:
+    """Asia/Shanghai time as ``2026-11-30 06:00`` (a date as ``2026-11-30``); ISO text (catalog entries hold
+    UTC ``…Z``) is parsed first; "—" when there is none. Text that is not ISO is returned as it is."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, str):
+        try:
+            parsed: datetime | date = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+        value = parsed
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(TZ)
+        return f"{value:%Y-%m-%d %H:%M}"
+    return f"{value:%Y-%m-%d}"

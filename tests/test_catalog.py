@@ -23,10 +23,10 @@ from pipelines.catalog.build import CATALOGUED, UNCATALOGUED, build_catalog, fin
 from pipelines.catalog.export import HEADERS, write_catalog
 from pipelines.catalog.registration import RegistrationError, latest_registrations, register
 from pipelines.config import load_config
+from pipelines.formats import percent
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
 from pipelines.quality.gate import run_quality
-from pipelines.quality.scorecard import latest_scores
 from pipelines.registry import load_registry
 from pipelines.seed import seed_city
 from pipelines.settings import PROJECT_ROOT, TZ, Settings, load_settings
@@ -112,7 +112,23 @@ def test_catalog_lists_every_raw_and_std_table(lake: Settings) -> None:
     assert [o["attribute"] for o in grade_override] == ["classification.grade"] and grade_override[0]["approved_by"]
     assert {i["name"]: i["element_name"] for i in person.items}["resident_id"] == "公民身份号码"
     assert person.quality_score is not None and 0.0 < person.quality_score <= 1.0
-    assert person.quality_score == latest_scores(catalog)["person"]  # the scorecard's overall, latest day
+    # The seeded city injects defects into population.person (seed_manifest.json): the score counts them.
+    # Expected from the definition (STANDARDS.md / GB/T 36344), not from the scorecard's own code: per
+    # dimension 1 - Σfailed/Σevaluated over its rules, overall = mean of the dimensions that have rules.
+    manifest = json.loads((lake.data_dir / "seed_manifest.json").read_text(encoding="utf-8"))
+    injected = sum(len(d["keys"]) for d in manifest["defects"]
+                   if (d["system"], d["table"], d["expected"]) == ("population", "person", "quarantine"))
+    results = [r for r in catalog.load_table("meta.quality_results").scan().to_arrow().to_pylist()
+               if r["dataset"] == "person"]
+    assert injected > 0 and sum(r["failed"] or 0 for r in results) >= injected  # every injected defect fails a rule
+    by_dimension: dict[str, list[int]] = {}
+    for r in results:
+        if r["evaluated"]:
+            totals = by_dimension.setdefault(r["dimension"], [0, 0])
+            totals[0] += r["evaluated"]
+            totals[1] += r["failed"] or 0
+    expected = sum(1 - failed / evaluated for evaluated, failed in by_dimension.values()) / len(by_dimension)
+    assert person.quality_score == pytest.approx(expected) and person.quality_score < 1.0
     assert person.registration is None and person.registration_status == "未登记"
     steps = [s["step"] for s in person.lineage]
     assert steps == ["source", "raw", "std"]
@@ -185,7 +201,8 @@ def test_catalog_files_open_in_excel_with_chinese(lake: Settings, tmp_path: Path
         rows = list(csv.reader(f))
     assert rows[0] == HEADERS
     for header in ("信息资源名称", "信息资源代码", "提供方", "提供方代码", "信息资源分类", "格式", "共享类型", "共享条件",
-                   "共享方式", "开放属性", "开放条件", "更新周期", "分级", "行数", "最近更新", "质量得分", "登记状态", "编目状态"):
+                   "共享方式", "开放属性", "开放条件", "更新周期", "分级", "行数", "最近更新（北京时间）", "质量得分",
+                   "登记状态", "编目状态"):
         assert header in rows[0]
     body = [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
     assert [r["标识"] for r in body] == [e.identifier for e in entries]
@@ -198,6 +215,16 @@ def test_catalog_files_open_in_excel_with_chinese(lake: Settings, tmp_path: Path
     enterprise = next(r for r in body if r["标识"] == "std.enterprise")
     assert enterprise["例外审批"].startswith("classification.grade: 1（默认 3；")
     assert next(r for r in body if r["标识"] == "raw.parking__lot")["编目状态"] == "未编目"
+    # registration belongs to the dataset: a raw table shows "—", not 未登记
+    assert {r["登记状态"] for r in body if r["层"] == "raw"} == {"—"}
+    assert {r["登记状态"] for r in body if r["层"] == "std"} <= {"已登记", "未登记"}
+    # times as the site shows them: Beijing, the header says so (catalog.json keeps ISO UTC)
+    entry = find_entry(entries, "person")
+    assert entry is not None and entry.last_updated is not None and entry.last_updated.endswith("Z")
+    utc = datetime.fromisoformat(entry.last_updated.replace("Z", "+00:00"))
+    assert person["最近更新（北京时间）"] == f"{utc.astimezone(TZ):%Y-%m-%d %H:%M}"
+    assert entry.quality_score is not None and entry.quality_score < 1
+    assert person["质量得分"] == percent(entry.quality_score) != "100.00%"  # the site's format, rounded down
     assert next(r for r in body if r["标识"] == "std.poi")["质量得分"] == "—"  # no results: no score, not 100 %
     data = json.loads(json_path.read_text(encoding="utf-8"))
     assert [d["identifier"] for d in data] == [e.identifier for e in entries]

@@ -27,7 +27,7 @@ from pipelines.settings import Settings
 LAYERS = ("raw", "std", "curated")
 """Namespaces the catalog lists; ``meta`` and ``quarantine`` are the lake's own bookkeeping."""
 CATALOGUED, UNCATALOGUED = "已编目", "未编目"
-REGISTERED, UNREGISTERED = "已登记", "未登记"
+REGISTERED, UNREGISTERED, NOT_REGISTRABLE = "已登记", "未登记", "—"
 STEP_LABELS = {"source": "源系统表", "raw": "原始层", "std": "标准层", "curated": "主题层", "export": "共享/开放"}
 FILL_IN = "信息资源分类（类/项/目/细目、顺序码）、分级、共享属性、开放属性、更新周期，以及每列的数据元"
 
@@ -64,10 +64,13 @@ class CatalogEntry:
 
     @property
     def registration_status(self) -> str:
+        """已登记 / 未登记; "—" for a raw table: registration belongs to the dataset (its std entry)."""
+        if self.layer == "raw":
+            return NOT_REGISTRABLE
         return REGISTERED if self.registration else UNREGISTERED
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "registration_status": self.registration_status}
 
 
 @dataclass

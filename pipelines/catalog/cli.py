@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.errors import CitylakeError
-from pipelines.formats import percent
+from pipelines.formats import TIME_ZONE_LABEL, beijing_time, percent
 from pipelines.settings import load_settings
 
 catalog_app = typer.Typer(no_args_is_help=True, help="The resource catalog (数据资源一本账).")
@@ -53,7 +53,7 @@ def catalog_ls(as_json: Annotated[bool, typer.Option("--json", help="Print only 
     if as_json:
         sys.stdout.write(json.dumps([e.to_dict() for e in entries], ensure_ascii=False, indent=2) + "\n")
         return
-    t = Table("标识", "信息资源名称", "编目状态", "信息资源代码", "提供方", "分级", "共享类型", "行数", "最近更新",
+    t = Table("标识", "信息资源名称", "编目状态", "信息资源代码", "提供方", "分级", "共享类型", "行数", f"最近更新（{TIME_ZONE_LABEL}）",
               "质量得分", "登记状态", title=f"数据资源一本账（{len(entries)} 项）")
     t.columns[0].no_wrap = True
     t.columns[3].no_wrap = True
@@ -61,7 +61,7 @@ def catalog_ls(as_json: Annotated[bool, typer.Option("--json", help="Print only 
         grade = e.grade or {}
         t.add_row(e.identifier, e.name, e.status, e.resource_code or "", (e.provider or {}).get("name") or "",
                   f"{grade.get('level', '')} {grade.get('grade') or ''}".strip(), (e.sharing or {}).get("type") or "",
-                  _rows(e.rows), e.last_updated or "—", _score(e.quality_score), e.registration_status)
+                  _rows(e.rows), beijing_time(e.last_updated), _score(e.quality_score), e.registration_status)
     _wide().print(t)
     todo = [e for e in entries if e.fix]
     for e in todo:
@@ -93,7 +93,7 @@ def catalog_show(key: Annotated[str, typer.Argument(help="Dataset code (person) 
         ("共享条件", sharing.get("condition")), ("共享方式", "、".join(sharing.get("methods") or [])),
         ("开放属性", opening.get("type")), ("开放条件", opening.get("condition")), ("更新周期", d["update_cycle"]),
         ("分级", f"{grade.get('level') or ''} {grade.get('grade') or ''}".strip()), ("行数", _rows(d["rows"])),
-        ("最近更新", d["last_updated"]), ("质量得分", _score(d["quality_score"])),
+        (f"最近更新（{TIME_ZONE_LABEL}）", beijing_time(d["last_updated"])), ("质量得分", _score(d["quality_score"])),
         ("登记", f"{entry.registration_status} {(d['registration'] or {}).get('code') or ''} "
                f"{(d['registration'] or {}).get('date') or ''}".strip()),
         ("源系统", f"{d['system'] or ''} {d['source_table'] or ''}".strip()),

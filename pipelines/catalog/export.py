@@ -5,7 +5,8 @@ and every Chinese header turns into mojibake. Headers are the catalog field name
 A text cell that begins with ``= + - @`` gets a leading apostrophe so Excel does not run it as a formula.
 A code made of digits only (a 统一社会信用代码 such as ``113401000030022204``) is written ``="…"``: Excel would
 otherwise read it as a number, show ``1.13401E+17`` and keep 15 significant digits, or drop leading zeros.
-The CSV is for people in Excel; programs read ``catalog.json``.
+Times are Beijing time (``2026-11-20 10:00``), as on the site, and the header says so; ``catalog.json`` keeps
+ISO UTC. The CSV is for people in Excel; programs read ``catalog.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.catalog.build import CatalogEntry
-from pipelines.formats import percent
+from pipelines.formats import TIME_ZONE_LABEL, beijing_time, percent
 
 SEP = "；"
 
@@ -71,7 +72,7 @@ COLUMNS: list[tuple[str, Callable[[CatalogEntry], Any]]] = [
     ("更新周期", lambda e: e.update_cycle),
     ("分级", _grade),
     ("行数", lambda e: e.rows),
-    ("最近更新", lambda e: e.last_updated),
+    (f"最近更新（{TIME_ZONE_LABEL}）", lambda e: beijing_time(e.last_updated) if e.last_updated else None),
     ("质量得分", _score),
     ("登记状态", lambda e: e.registration_status),
     ("登记代码", _get("registration", "code")),

@@ -17,8 +17,7 @@ from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from pipelines.formats import percent
-from pipelines.settings import TZ
+from pipelines.formats import beijing_time, percent
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -46,20 +45,8 @@ def num(value: int | float | None) -> str:
 
 
 def when(value: datetime | date | str | None) -> str:
-    """Asia/Shanghai time as 2026-11-30 06:00; ISO text (catalog entries) is parsed first."""
-    if value is None or value == "":
-        return "—"
-    if isinstance(value, str):
-        try:
-            parsed: datetime | date = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return value
-        value = parsed
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(TZ)
-        return f"{value:%Y-%m-%d %H:%M}"
-    return f"{value:%Y-%m-%d}"
+    """Asia/Shanghai time as 2026-11-30 06:00 (``pipelines.formats.beijing_time``, as catalog.csv has it)."""
+    return beijing_time(value)
 
 
 def score_class(value: float | None) -> str:

@@ -76,14 +76,19 @@ def _write(settings: Settings, stage: Path, final: Path, data: SiteData) -> None
 
 
 def _facets(entries: list[dict[str, Any]]) -> dict[str, list[str]]:
-    def values(fn: Any) -> list[str]:
-        return sorted({v for v in (fn(e) for e in entries) if v})
-
-    facets = {"layer": values(lambda e: e.get("layer")),
-              "department": values(lambda e: (e.get("department") or e.get("provider") or {}).get("name")),
-              "sharing": values(lambda e: (e.get("sharing") or {}).get("type")),
-              "status": values(lambda e: e.get("status"))}
-    return {k: v for k, v in facets.items() if len(v) > 1}  # a filter with one choice would filter nothing
+    """Filter options per row attribute of catalog.html; a filter is kept when choosing an option narrows the
+    rows (more than one value, counting rows without one), so 未登记 alone still hides the raw tables ("—")."""
+    kept: dict[str, list[str]] = {}
+    for key, fn in {"layer": lambda e: e.get("layer"),
+                    "department": lambda e: (e.get("provider") or e.get("department") or {}).get("name"),
+                    "sharing": lambda e: (e.get("sharing") or {}).get("type"),
+                    "status": lambda e: e.get("status"),
+                    "registration": lambda e: e.get("registration_status")}.items():
+        seen = {fn(e) or None for e in entries}
+        options = sorted(v for v in seen if v and v != "—")
+        if options and len(seen) > 1:
+            kept[key] = options
+    return kept
 
 
 def _swap(stage: Path, out: Path) -> None:
