@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -36,40 +36,6 @@ def _env(base: Path) -> dict[str, str]:
             "CITYLAKE_REGISTRY_DIR": str(PROJECT_ROOT / "schemas" / "sources"), "CITYLAKE_ROOT": str(PROJECT_ROOT)}
 
 
-@pytest.fixture(scope="module")
-def city_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Path]]:
-    """The seeded city through the gate (quarantined rows, conflicts, a held enterprise batch), then the site."""
-    base = tmp_path_factory.mktemp("report")
-    with scoped_env(_env(base)):
-        from pipelines.ingest import ingest_table
-        from pipelines.quality.consistency import run_consistency
-        from pipelines.quality.gate import QualityGateError, load_config, run_quality
-        from pipelines.registry import load_registry
-        from pipelines.report import build_site
-        from pipelines.seed import corrupt_enterprise_uscc, seed_city
-        from pipelines.settings import load_settings
-
-        settings = load_settings()
-        seed_city(settings.data_dir, scale=0.05)
-        systems, _ = load_registry(settings.registry_dir)
-        for system in systems.values():
-            for table in system.all_tables:
-                ingest_table(system, table.code, settings=settings, batch_id="seed",
-                             extracted_at=datetime(2026, 11, 20, 2, tzinfo=TZ))
-        _standards, _systems, contracts = load_config(settings)
-        for name in contracts:
-            run_quality(name, settings=settings, reference_date=REF)
-        run_consistency(settings=settings)
-        assert corrupt_enterprise_uscc(settings.data_dir, "2026-11-20 01:00:00") > 100
-        ingest_table(systems["enterprise"], "enterprise", settings=settings, batch_id="bad",
-                     extracted_at=datetime(2026, 11, 20, 3, tzinfo=TZ))
-        with pytest.raises(QualityGateError):
-            run_quality("enterprise", settings=settings, reference_date=REF)
-        index = build_site(settings, out_dir=base / "report")
-        assert index == base / "report" / "index.html"
-        yield settings, index.parent
-
-
 def test_every_page_exists_in_chinese_with_the_cjk_font_stack(city_site: tuple[Settings, Path]) -> None:
     from pipelines.config import load_config, load_departments
     from pipelines.report.pages import page_name
@@ -90,7 +56,9 @@ def test_every_page_exists_in_chinese_with_the_cjk_font_stack(city_site: tuple[S
     for page in _pages(root):
         html = page.read_text(encoding="utf-8")
         assert '<html lang="zh-CN">' in html, page
-        assert len(HAN.findall(html)) > 20, page
+        # the page's own Chinese, not the header and footer every page shares (base.html has 100+ Han)
+        main = re.search(r"<main>(.*)</main>", html, re.S)
+        assert main and len(HAN.findall(re.sub(r"<[^>]+>", "", main.group(1)))) > 10, page
         assert "assets/site.css" in html, page
     css = (root / "assets" / "site.css").read_text(encoding="utf-8")
     assert '"Microsoft YaHei", "PingFang SC", "Noto Sans CJK SC", "Source Han Sans SC", sans-serif' in css
@@ -127,12 +95,31 @@ def test_failing_row_examples_and_conflict_keys_are_masked(city_site: tuple[Sett
     assert quarantined, "the seeded city quarantines person rows"
     ids = set(quarantined) | set(catalog.load_table("std.person").scan(selected_fields=("resident_id",))
                                  .to_arrow().column("resident_id").to_pylist())
-    for page in _pages(root):
-        html = page.read_text(encoding="utf-8")
-        leaked = [i for i in ids if i and i in html]
-        assert not leaked, (page.name, leaked[:3])
+    # names, mobiles and addresses too (std and quarantine, and the raw values before standardization)
+    personal: set[str] = set()
+    for table, columns in (("std.person", ("person_name", "mobile_phone", "residence_address")),
+                           ("quarantine.person", ("person_name", "mobile_phone", "residence_address")),
+                           ("raw.population__person", ("name", "phone", "address"))):
+        data = catalog.load_table(table).scan(selected_fields=columns).to_arrow()
+        for column in columns:
+            for value in data.column(column).to_pylist():
+                if not value or len(value) < 2:
+                    continue
+                personal.add(value)
+                street = re.split(r"[区县]", value, maxsplit=1)
+                if column in ("residence_address", "address") and len(street) == 2 and len(street[1]) >= 4:
+                    personal.add(street[1])  # the part a masked address hides (安徽省合肥市蜀山区***)
+    assert len(personal) > 100
+    files = [*_pages(root), root / "catalog.json", root / "catalog.csv"]
+    for page in files:
+        text = page.read_text(encoding="utf-8-sig")
+        leaked = [i for i in ids if i and i in text] + [v for v in personal if v in text]
+        assert not leaked, (page.relative_to(root).as_posix(), sorted(leaked)[:5])
     person = (root / "datasets" / "person.html").read_text(encoding="utf-8")
     assert re.search(r"\d{6}\*{8}[\dX]{4}", person), "the person page shows masked failing-row examples"
+    # a department's contact is its published work contact, and the page says so
+    department = next(p for p in (root / "departments").glob("*.html") if 'id="governance-contact"' in p.read_text(encoding="utf-8"))
+    assert "数据治理联络人（部门公务联系方式" in department.read_text(encoding="utf-8")
     conflicts = (root / "conflicts.html").read_text(encoding="utf-8")
     assert re.search(r"\d{6}\*{8}", conflicts) and "*" in conflicts
 
@@ -149,7 +136,11 @@ def test_dimension_without_rules_is_a_dash_and_held_batches_say_what_to_run(city
     assert "citylake quality run enterprise --retry-held" in enterprise
     assert 'citylake quality release enterprise --reason "…"' in enterprise
     assert "enterprise.uscc.check_digit" in enterprise
-    assert "../../lake/gx" not in enterprise or "GX Data Docs" in enterprise
+    # GX Data Docs were built (as report__quality does): the page links its suite page, and the file is there
+    gx = re.search(r'<a href="([^"]+)">GX Data Docs（工程师）</a>', enterprise)
+    assert gx and gx.group(1).endswith("expectations/enterprise.html"), "enterprise page links its GX suite page"
+    assert ((root / "datasets") / gx.group(1)).resolve().is_file(), gx.group(1)
+    assert "GX Data Docs 尚未生成" not in enterprise
     index = (root / "index.html").read_text(encoding="utf-8")
     held = re.search(r'id="batches-held">(\d+)<', index)
     assert held and int(held.group(1)) >= 1
@@ -190,6 +181,7 @@ def test_empty_lake_renders_empty_states(empty_lake: Settings, tmp_path: Path) -
     assert 'class="empty-state" id="overall-score"' in html and "暂无质量检查结果" in html
     person = (index.parent / "datasets" / "person.html").read_text(encoding="utf-8")
     assert "empty-state" in person and "—" in person
+    assert "GX Data Docs 尚未生成" in person and "expectations/person.html" not in person  # no Data Docs: no link
     assert "empty-state" in (index.parent / "conflicts.html").read_text(encoding="utf-8")
     assert (index.parent / "catalog.json").is_file()
     # rebuilt in place: the folder is a citylake report, swapped whole
@@ -283,7 +275,7 @@ def test_an_s3_lake_gets_the_site_beside_it(tmp_path: Path, moto_endpoint: str, 
     (docs / "expectations").mkdir(parents=True)
     (docs / "index.html").write_text("<html>GX</html>", encoding="utf-8")
     (docs / "expectations" / "person.html").write_text("<html>person suite</html>", encoding="utf-8")
-    index = build_site(load_settings(), today=TODAY)
+    index = build_site(load_settings())  # the default build (today's report, default folder) publishes
     assert index == tmp_path / "lake" / "report" / "index.html"
     # GX Data Docs go beside it, where the pages' relative links lead
     link = re.search(r'href="([^"]*expectations/person\.html)"', (index.parent / "datasets" / "person.html").read_text(encoding="utf-8"))
@@ -295,6 +287,35 @@ def test_an_s3_lake_gets_the_site_beside_it(tmp_path: Path, moto_endpoint: str, 
     assert keys == local and "warehouse/report/datasets/gone.html" not in keys  # a page no longer built is removed
     head = s3.head_object(Bucket=bucket, Key="warehouse/report/index.html")
     assert head["ContentType"] == "text/html; charset=utf-8"
+
+    # a preview (--out, a past --date) is built locally only: the production site on S3 is untouched
+    s3.put_object(Bucket=bucket, Key="warehouse/report/keep.txt", Body=b"production")
+    build_site(load_settings(), out_dir=tmp_path / "preview", today=TODAY)
+    build_site(load_settings(), today=TODAY)
+    assert s3.get_object(Bucket=bucket, Key="warehouse/report/keep.txt")["Body"].read() == b"production"
+    assert s3.head_object(Bucket=bucket, Key="warehouse/report/index.html")["ETag"] == head["ETag"]
+    # ... unless asked for (citylake report --publish): then it replaces the site, stale objects removed
+    build_site(load_settings(), out_dir=tmp_path / "preview", today=TODAY, publish=True)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="warehouse/report/")["Contents"]}
+    assert "warehouse/report/keep.txt" not in keys
+
+    # Data Docs are compared by content (MD5 = ETag), not size: a same-size edit is uploaded
+    page = docs / "expectations" / "person.html"
+    page.write_text("<html>person SUITE</html>", encoding="utf-8")
+    build_site(load_settings())
+    assert s3.get_object(Bucket=bucket, Key=target)["Body"].read() == b"<html>person SUITE</html>"
+
+
+def test_s3_etag_of_single_and_multipart_uploads(tmp_path: Path) -> None:
+    from pipelines.report.site import s3_etag
+
+    small = tmp_path / "small.html"
+    small.write_bytes(b"abc")
+    assert s3_etag(small) == hashlib.md5(b"abc").hexdigest()
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 10 + b"y" * 5)
+    parts = [hashlib.md5(b"x" * 10).digest(), hashlib.md5(b"y" * 5).digest()]
+    assert s3_etag(big, chunk=10) == f"{hashlib.md5(b''.join(parts)).hexdigest()}-2"
 
 
 def test_a_dataset_has_one_score_in_its_page_and_in_the_catalog(city_site: tuple[Settings, Path]) -> None:
@@ -313,3 +334,189 @@ def test_a_dataset_has_one_score_in_its_page_and_in_the_catalog(city_site: tuple
             assert float(shown) == pytest.approx(e["quality_score"]), e["dataset"]
             compared += 1
     assert compared >= 5  # insured's 一致性 (recorded under social_insurance.insured) counts in both
+
+
+def _card(html: str, ident: str) -> int:
+    found = re.search(rf'id="{ident}">([\d,]+)<', html)
+    assert found, ident
+    return int(found.group(1).replace(",", ""))
+
+
+def test_overview_batch_counts_are_the_batches_of_the_window(city_site: tuple[Settings, Path]) -> None:
+    """Numbers, not labels: the seed batch of every dataset published (partly quarantined where its
+    quarantine holds rows), the corrupted enterprise batch held, none released."""
+    from pipelines.config import load_config
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.raw import open_table, total_records
+
+    settings, root = city_site
+    _standards, _systems, contracts = load_config(settings)
+    catalog = get_catalog(settings)
+    partial = 0
+    for name in contracts:
+        q = open_table(catalog, f"quarantine.{name}")
+        partial += bool(q is not None and total_records(q.current_snapshot()))
+    index = (root / "index.html").read_text(encoding="utf-8")
+    assert partial >= 1
+    assert _card(index, "batches-partial") == partial
+    assert _card(index, "batches-published") == len(contracts) - partial
+    assert _card(index, "batches-held") == 1
+    assert _card(index, "batches-released") == 0
+    # every raw row landed this week, once (a row count, not a sum over snapshots)
+    landed = sum(total_records(catalog.load_table(".".join(t)).current_snapshot()) or 0
+                 for t in catalog.list_tables("raw"))
+    assert _card(index, "rows-landed") == landed > 0
+
+
+def test_a_past_report_day_counts_nothing_after_it(city_site: tuple[Settings, Path], tmp_path: Path) -> None:
+    """Everything happened at the fixture's build time: a report day before it shows no batch, no row
+    landed, no publish (never a negative age), and labels the state-of-now figures as such."""
+    from pipelines.report import build_site
+
+    settings, _root = city_site
+    index = build_site(settings, out_dir=tmp_path / "past", today=REF - timedelta(days=3))
+    html = index.read_text(encoding="utf-8")
+    for ident in ("rows-landed", "batches-published", "batches-partial", "batches-held", "batches-released",
+                  "files-rejected"):
+        assert _card(html, ident) == 0, ident
+    person = (index.parent / "datasets" / "person.html").read_text(encoding="utf-8")
+    assert re.search(r'id="freshness">尚未发布<', person)
+    assert "截至生成时" in person and "-" not in re.search(r'id="freshness">[^<]*<', person).group(0)
+
+
+def test_rows_landed_and_rejected_files_count_in_their_window(empty_lake: Settings, tmp_path: Path) -> None:
+    """A rerun batch lands its rows once; a rejected file counts in the week it was rejected and stays
+    pending until re-sent; a report day before both counts neither (the pending list is as of the build)."""
+    from pipelines.ingest import ingest_table
+    from pipelines.registry import load_registry
+    from pipelines.report import build_site
+
+    drops = empty_lake.data_dir / "drops" / "bus_ridership"
+    drops.mkdir(parents=True)
+    rows = [{"line_id": "1路", "stop_id": f"1路-0{i}", "date": "2026-11-20", "hour": 8, "boardings": i} for i in range(1, 4)]
+    (drops / "ridership_20261120.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n",
+                                                     encoding="utf-8")
+    systems, _ = load_registry(empty_lake.registry_dir)
+    bus = systems["bus_ridership"]
+    for _ in range(2):  # the same batch run twice: it replaces its own rows
+        assert ingest_table(bus, "ridership", settings=empty_lake, batch_id="b1").rows_written == 3
+    (drops / "ridership_20261121.jsonl").write_bytes(b"")  # empty: rejected
+    assert ingest_table(bus, "ridership", settings=empty_lake, batch_id="b2").files_rejected
+
+    index = build_site(empty_lake, out_dir=tmp_path / "now")
+    html = index.read_text(encoding="utf-8")
+    assert _card(html, "rows-landed") == 3
+    assert _card(html, "files-rejected") == 1
+    assert _card(html, "files-rejected-pending") == 1
+    dept = (index.parent / "departments" / f"{bus.department}.html")
+    assert _card(dept.read_text(encoding="utf-8"), "files-rejected") == 1
+
+    past = build_site(empty_lake, out_dir=tmp_path / "past", today=date(2026, 11, 1)).read_text(encoding="utf-8")
+    assert _card(past, "rows-landed") == 0 and _card(past, "files-rejected") == 0
+    assert _card(past, "files-rejected-pending") == 1 and "截至生成时" in past
+
+
+@pytest.mark.parametrize(("cycle", "age", "state"), [
+    ("实时", timedelta(minutes=50), "fresh"), ("实时", timedelta(hours=3), "stale"),
+    ("每小时", timedelta(minutes=90), "fresh"), ("每小时", timedelta(hours=5), "stale"),
+    ("每日", timedelta(hours=30), "fresh"), ("每日", timedelta(hours=50), "stale"),
+    ("每周", timedelta(days=7), "fresh"), ("每周", timedelta(days=9), "stale"),
+    ("每月", timedelta(days=31), "fresh"), ("每月", timedelta(days=40), "stale"),
+    ("每季度", timedelta(days=92), "fresh"), ("每季度", timedelta(days=94), "stale"),
+    ("每半年", timedelta(days=183), "fresh"), ("每年", timedelta(days=400), "stale"),
+])
+def test_freshness_is_judged_in_hours_per_update_cycle(cycle: str, age: timedelta, state: str) -> None:
+    from pipelines.report.data import freshness
+
+    until = datetime(2026, 11, 21, 12, tzinfo=TZ)
+    got = freshness(until - age, cycle, until)
+    assert got["state"] == state, got
+    if state == "stale":
+        assert got["label"].startswith("已逾期 ")
+
+
+def test_freshness_never_negative_and_cycles_match_the_contract() -> None:
+    import typing
+
+    from pipelines.contracts import UPDATE_CYCLE_LAG, UpdateCycle
+    from pipelines.report.data import freshness
+
+    assert set(typing.get_args(UpdateCycle)) == set(UPDATE_CYCLE_LAG)  # one table beside the Literal
+    until = datetime(2026, 11, 21, 12, tzinfo=TZ)
+    later = freshness(until + timedelta(hours=5), "每日", until)
+    assert later["state"] == "fresh" and later["days"] == 0 and later["age"] == "0 小时"
+    assert freshness(None, "每日", until)["state"] == "none"
+
+
+def test_scores_count_each_check_once_and_the_trend_ends_at_the_headline(empty_lake: Settings, tmp_path: Path) -> None:
+    """Synthetic meta history: a held batch released the same day, consistency run twice, an older weekly
+    result, a row without recorded_at, a retired dataset whose old row names its department."""
+    import html as htmllib
+
+    import pyarrow as pa
+
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.meta import BATCHES, QUALITY_RESULTS
+    from pipelines.lake.tables import append
+    from pipelines.report import build_site
+
+    def at(day: int, hour: int) -> datetime:
+        return datetime(2026, 11, day, hour, tzinfo=UTC)
+
+    base = {"tag": "", "element": "", "column": "", "severity": "critical", "error": None, "department": None}
+    check = {"dataset": "enterprise", "rule": "enterprise.uscc.check_digit", "dimension": "准确性", "evaluated": 120, "failed": 120}
+    conflict = {"dataset": "social_insurance.insured", "rule": "person_name.consistency.social_insurance",
+                "tag": "source_conflict", "dimension": "一致性", "severity": "warning", "evaluated": 200}
+    rows = [
+        {**check, "run_id": "hold", "recorded_at": at(21, 1)},
+        {**check, "run_id": "release", "recorded_at": at(21, 3)},
+        {**conflict, "run_id": "c1", "failed": 20, "recorded_at": at(21, 2)},
+        {**conflict, "run_id": "c2", "failed": 4, "recorded_at": at(21, 4)},
+        {"dataset": "person", "run_id": "p1", "rule": "person.name.not_null", "dimension": "完整性", "evaluated": 100,
+         "failed": 10, "recorded_at": at(15, 2)},
+        {"dataset": "person", "run_id": "old", "rule": "person.name.not_null", "dimension": "完整性", "evaluated": 100,
+         "failed": 100, "recorded_at": None},
+        {"dataset": "old_licences", "run_id": "o1", "department": "合肥市市场监督管理局", "rule": "x", "dimension": "规范性",
+         "evaluated": 10, "failed": 10, "recorded_at": at(20, 2)}]
+    catalog = get_catalog(empty_lake)
+    append(catalog, "meta.quality_results", pa.Table.from_pylist(
+        [{**base, **r, "passed": r["failed"] == 0} for r in rows], schema=QUALITY_RESULTS))
+    event = {"dataset": "enterprise", "raw_batch_id": "bad", "extracted": 120, "std_snapshot_id": None, "detail": "[]"}
+    append(catalog, "meta.batches", pa.Table.from_pylist([
+        {**event, "run_id": "hold", "status": "held", "published": 0, "quarantined": 0, "held": 120, "reason": None,
+         "recorded_at": at(21, 1)},
+        {**event, "run_id": "release", "status": "released", "published": 0, "quarantined": 120, "held": 0,
+         "reason": "核实", "recorded_at": at(21, 3)},
+        {**event, "dataset": "person", "raw_batch_id": "p-b", "run_id": "p1", "status": "held", "published": 0,
+         "quarantined": 0, "held": 100, "reason": None, "recorded_at": at(15, 2)}], schema=BATCHES))
+
+    root = build_site(empty_lake, out_dir=tmp_path / "site", today=TODAY).parent
+
+    def rule_row(page: str, rule: str) -> str:
+        text = (root / "datasets" / page).read_text(encoding="utf-8")
+        found = re.search(rf"<tr><td><code>{re.escape(rule)}</code>.*?</tr>", text, re.S)
+        assert found, (page, rule)
+        return found.group(0)
+
+    held_then_released = rule_row("enterprise.html", "enterprise.uscc.check_digit")
+    assert re.findall(r'<td class="num">([\d,]+)</td>', held_then_released)[:2] == ["120", "120"]  # not 240 / 240
+    twice = rule_row("insured.html", "person_name.consistency.social_insurance")
+    assert re.findall(r'<td class="num">([\d,]+)</td>', twice)[:2] == ["200", "4"]  # the later run of the day
+    # the person result comes from a batch still held: no quarantine rows, the page says why
+    assert "暂扣的行不进入隔离区" in rule_row("person.html", "person.name.not_null")
+
+    index = (root / "index.html").read_text(encoding="utf-8")
+    uncontracted = re.search(r'<p class="note" id="uncontracted">(.*?)</p>', index, re.S)
+    assert uncontracted and "old_licences" in uncontracted.group(1)
+    assert not list((root / "departments").glob("x-*.html"))  # the old name is 113401000030022204, no second page
+    headline = float(re.search(r'id="overall-score" data-score="([^"]+)"', index).group(1))
+    # enterprise 0 %, insured 98 %, person 90 % (its week-old result still stands); old_licences left out
+    assert headline == pytest.approx((0.0 + 0.98 + 0.9) / 3)
+    chart = json.loads(htmllib.unescape(re.search(r'<canvas class="chart"[^>]*data-chart="([^"]*)"', index).group(1)))
+    assert len(chart["labels"]) == 30 and chart["labels"][-1] == f"{TODAY:%m-%d}"
+    assert chart["series"]["总体"][-1] == pytest.approx(round(100 * headline, 2))
+    assert chart["series"]["总体"][-7] == pytest.approx(90.0)  # the 15th: person only
+    assert chart["series"]["总体"][-8] is None  # before any result
+    worst = re.search(r'<table id="worst-datasets">(.*?)</table>', index, re.S).group(1)
+    assert "person" in worst and "--retry-held" in worst  # held first
+    assert "尚未发布" in worst  # datasets never published nor checked are listed too, with what to do

@@ -22,6 +22,7 @@ from typing import Any
 from pipelines.config import load_config, load_departments
 from pipelines.departments import department_name
 from pipelines.lake.catalog import get_catalog
+from pipelines.lake.raw import BATCH_ID, PUBLISHED_BATCHES, summary_value, total_records
 from pipelines.settings import Settings
 
 LAYERS = ("raw", "std", "curated")
@@ -89,13 +90,14 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _lake_table(catalog: Any, identifier: str) -> _Lake:
-    table = catalog.load_table(identifier)
+def _lake_table(catalog: Any, identifier: str, tables: dict[str, Any] | None = None) -> _Lake:
+    table = tables.get(identifier) if tables is not None else None
+    if table is None:
+        table = catalog.load_table(identifier)
+        if tables is not None:
+            tables[identifier] = table
     snap = table.current_snapshot()
-    rows = None
-    if snap is not None:
-        total = snap.summary.additional_properties.get("total-records") if snap.summary is not None else None
-        rows = int(total) if total is not None else None
+    rows = total_records(snap)
     columns = [(f.name, str(f.field_type)) for f in table.schema().fields]
     return _Lake(identifier, snap.snapshot_id if snap else None, _iso(snap.timestamp_ms) if snap else None, rows,
                  columns, table)
@@ -106,13 +108,13 @@ def _raw_snapshot_of(raw: _Lake, std: _Lake) -> tuple[int | None, str | None]:
     latest std snapshot carrying ``citylake.batches`` names; else the raw table's current snapshot."""
     batches: set[str] = set()
     for snap in sorted(std.table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True):
-        text = snap.summary.get("citylake.batches") if snap.summary is not None else None
+        text = summary_value(snap, PUBLISHED_BATCHES)
         if text:
             batches = set(json.loads(text))
             break
     if batches:
         for snap in sorted(raw.table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True):
-            if snap.summary is not None and snap.summary.get("citylake.batch-id") in batches:
+            if summary_value(snap, BATCH_ID) in batches:
                 return snap.snapshot_id, _iso(snap.timestamp_ms)
     return raw.snapshot_id, raw.at
 
@@ -120,8 +122,8 @@ def _raw_snapshot_of(raw: _Lake, std: _Lake) -> tuple[int | None, str | None]:
 class _Context:
     """Everything the entries are built from, loaded once."""
 
-    def __init__(self, settings: Settings, catalog: Any, config: tuple[Any, dict[str, Any], dict[str, Any]] | None
-                 ) -> None:
+    def __init__(self, settings: Settings, catalog: Any, config: tuple[Any, dict[str, Any], dict[str, Any]] | None,
+                 scores: dict[str, float | None] | None = None) -> None:
         from pipelines.catalog.registration import latest_registrations
         from pipelines.quality.scorecard import latest_scores
 
@@ -130,7 +132,8 @@ class _Context:
         self.systems: dict[str, Any] = loaded[1]
         self.contracts: dict[str, Any] = loaded[2]
         self.departments = load_departments(settings)
-        self.scores = latest_scores(catalog, self.contracts)  # GB/T 36344 overall of each dataset's latest day; None: no rules
+        # GB/T 36344 overall of each dataset's latest day (None: no rules); the report passes the ones it shows
+        self.scores = scores if scores is not None else latest_scores(catalog, self.contracts)
         self.registrations = latest_registrations(catalog)
         self.by_raw: dict[str, list[Any]] = {}
         for c in self.contracts.values():
@@ -260,17 +263,23 @@ def _curated_entry(ctx: _Context, here: _Lake) -> CatalogEntry:
 
 
 def build_catalog(settings: Settings, catalog: Any = None, *,
-                  config: tuple[Any, dict[str, Any], dict[str, Any]] | None = None) -> list[CatalogEntry]:
+                  config: tuple[Any, dict[str, Any], dict[str, Any]] | None = None,
+                  tables: dict[str, Any] | None = None,
+                  scores: dict[str, float | None] | None = None) -> list[CatalogEntry]:
     """Every raw, std and curated table of the lake (not meta, not quarantine) and every contracted dataset
     whose std table does not exist yet, ordered by layer then identifier. ``config``: the
-    ``load_config(settings)`` result when the caller has it already (the report site), saving a second load."""
+    ``load_config(settings)`` result when the caller has it already (the report site), saving a second load.
+    ``tables``: a per-build cache identifier → loaded table, used and filled here (the report site shares
+    it, so each table's metadata is loaded once per build). ``scores``: dataset → quality score when the
+    caller computed them (the report site: ``meta.quality_results`` read once, the page and the entry agree);
+    else ``latest_scores``."""
     catalog = catalog if catalog is not None else get_catalog(settings)
-    ctx = _Context(settings, catalog, config)
+    ctx = _Context(settings, catalog, config, scores)
     lake: dict[str, _Lake] = {}
     for ns in LAYERS:
         for ident in catalog.list_tables(ns):
             name = ".".join(ident)
-            lake[name] = _lake_table(catalog, name)
+            lake[name] = _lake_table(catalog, name, tables)
     entries: list[CatalogEntry] = []
     for here in lake.values():
         if here.identifier.startswith("raw."):

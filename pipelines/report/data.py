@@ -19,7 +19,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.lake.meta import BATCHES, CONFLICTS, STANDARDIZATION_LOG
+from pipelines.departments import department_name
+from pipelines.lake.meta import BATCHES, CONFLICTS, STANDARDIZATION_LOG, latest_events
 from pipelines.privacy.mask import mask_message, mask_text
 from pipelines.quality import scorecard
 from pipelines.quality.scorecard import DIMENSIONS, Card
@@ -34,8 +35,6 @@ EXAMPLES_PER_RULE = 3
 QUARANTINE_SAMPLE = 5000
 """Quarantine rows read per dataset for examples (a bounded read, never the whole table)."""
 CONFLICT_EXAMPLES = 5
-CYCLE_DAYS = {"实时": 1, "每小时": 1, "每日": 1, "每周": 7, "每月": 31, "每季度": 92, "每半年": 183, "每年": 366}
-"""Days an update cycle allows before the dataset counts as stale (one day of grace is added)."""
 _TAG_DESCRIPTIONS = {"duplicate_key": "主键不重复（只有多余的副本计为不通过）",
                      "source_conflict": "与权威来源的取值一致（一数一源）"}
 STATUS_LABELS = {"published": "已发布", "published_partial": "发布(部分隔离)", "held": "暂扣", "released": "已放行",
@@ -54,7 +53,7 @@ class SiteData:
     conflicts: list[dict[str, Any]]
     catalog: list[dict[str, Any]]
     catalog_entries: list[Any] = field(default_factory=list)
-    """H2's ``CatalogEntry`` objects (for ``write_catalog``); empty when the catalog module is absent."""
+    """The ``CatalogEntry`` objects behind ``catalog`` (for ``write_catalog``)."""
     gx_docs: str | None = None
     """Absolute path of the GX Data Docs site, when built."""
 
@@ -114,7 +113,7 @@ class _Reader:
     """One pass over the lake for one site build."""
 
     def __init__(self, settings: Settings, today: date) -> None:
-        from pipelines.config import load_config
+        from pipelines.config import load_config, load_departments
         from pipelines.lake.catalog import get_catalog
         from pipelines.privacy.policy import Declarations
 
@@ -123,30 +122,46 @@ class _Reader:
         self.standards, self.systems, self.contracts = load_config(settings)
         self.decl = Declarations(self.standards, self.contracts)
         self.catalog = get_catalog(settings)
-        self.departments = _departments(settings)
+        self.departments = load_departments(settings)
         self.con = duckdb.connect()
+        self._events: pa.Table | None = None
         self.window_start = today - timedelta(days=RECENT_DAYS - 1)
+        self.since = datetime.combine(self.window_start, datetime.min.time(), TZ)
+        self.until = report_end(today)
+        """Every time-based figure counts events up to here: the end of the report day, or now if sooner."""
+        self.tables: dict[str, Any] = {}
+        """Loaded tables of this build (shared with ``build_catalog``): metadata loaded once per table."""
 
-    def department_name(self, code: str | None) -> str:
-        if not code:
-            return "未指定部门"
-        d = self.departments.get(code)
-        return getattr(d, "name", None) or code
+    def table(self, identifier: str) -> Any:
+        """The lake table (None when absent), loaded once per build."""
+        from pipelines.lake.raw import open_table
+
+        if identifier not in self.tables:
+            table = open_table(self.catalog, identifier)
+            if table is None:
+                return None
+            self.tables[identifier] = table
+        return self.tables[identifier]
 
     # --- quality results -------------------------------------------------------------------------------
+    def events(self) -> pa.Table:
+        """``meta.batches`` as Arrow, read once per build (batch status and which runs a later one replaced)."""
+        if self._events is None:
+            self._events = _arrow(self.catalog, "meta.batches", BATCHES)
+        return self._events
+
     def results(self) -> tuple[pa.Table, pa.Table]:
-        """(results keyed by contract dataset with the day column, results as recorded for consistency)."""
-        recorded = scorecard.read_results(self.catalog)
-        return scorecard.with_day(scorecard.by_contract(recorded, self.contracts)), recorded
+        """(results keyed by contract dataset with the day column, results as recorded for consistency).
+        One read of ``meta.quality_results``, trimmed to the trend window plus each dataset's latest earlier
+        day, without the runs a later check of the same day replaced (``scorecard.current``)."""
+        since = self.today - timedelta(days=TREND_DAYS - 1)
+        recorded = scorecard.current(scorecard.read_results(self.catalog, since=since), self.events())
+        keyed = scorecard.by_contract(recorded, self.contracts, self.departments)
+        return scorecard.with_day(keyed), recorded
 
     def latest_rows(self, dayed: pa.Table) -> pa.Table:
         """Each dataset's results of its latest Asia/Shanghai day on or before the report day."""
-        self.con.register("r", dayed)
-        out = self.con.sql(
-            "SELECT * FROM r WHERE day <= $today QUALIFY day = max(day) OVER (PARTITION BY dataset)",
-            params={"today": self.today}).to_arrow_table()
-        self.con.unregister("r")
-        return out
+        return scorecard.latest_day(dayed, "dataset", until=self.today)
 
     def rule_rows(self, latest: pa.Table) -> dict[str, list[dict[str, Any]]]:
         """Per dataset its rules on its latest day: evaluated, failed, rate, dimension, severity, error."""
@@ -168,13 +183,10 @@ class _Reader:
 
     # --- batches ---------------------------------------------------------------------------------------
     def batches(self) -> list[dict[str, Any]]:
-        """The latest event of every raw batch (its status), newest first."""
-        data = _arrow(self.catalog, "meta.batches", BATCHES)
-        self.con.register("b", data)
-        rows = self.con.sql(
-            "SELECT * FROM b QUALIFY row_number() OVER (PARTITION BY dataset, raw_batch_id ORDER BY recorded_at DESC) = 1 "
-            "ORDER BY recorded_at DESC").to_arrow_table().to_pylist()
-        self.con.unregister("b")
+        """The latest event of every raw batch up to ``until`` (its status, ``meta.latest_events``), newest first."""
+        data = self.events()
+        data = data.filter(pc.less_equal(data.column("recorded_at"), pa.scalar(self.until, data.schema.field("recorded_at").type)))
+        rows = latest_events(data).to_pylist()
         for r in rows:
             r["at"] = _local(r["recorded_at"])
             status = r["status"]
@@ -248,7 +260,7 @@ class _Reader:
             entry["copies"].append({
                 "system": system, "system_name": self._system_name(system), "table": table,
                 "dataset": owner.dataset if owner else None,
-                "department": self.department_name(owner.owner if owner else c["department"]),
+                "department": department_name(self.departments, owner.owner if owner else c["department"]),
                 "compared": c["evaluated"] or 0, "conflicts": c["failed"] or 0,
                 "rate": (c["failed"] or 0) / c["evaluated"] if c["evaluated"] else None,
                 "at": _local(c["recorded_at"]), "run_id": c["run_id"],
@@ -262,60 +274,77 @@ class _Reader:
 
     # --- lake metadata ---------------------------------------------------------------------------------
     def raw_tables(self) -> list[dict[str, Any]]:
-        """Every registered raw table: rows landed in the window (snapshot summaries) and rejected files."""
-        from pipelines.lake.raw import TableState, open_table
+        """Every registered raw table: rows landed in the window and its rejected drop files (metadata only).
 
-        since = datetime.combine(self.window_start, datetime.min.time(), TZ)
+        Rows landed: per ``citylake.batch-id``, records added minus records deleted by that batch's
+        snapshots in the window, so a rerun batch (it replaces its own rows) counts once and maintenance
+        rewrites (no batch id) not at all. A rejected file is timed by its ledger entry's ``at``, else (older
+        entries) by its batch's raw snapshot: counted in the window when that lies in it; every entry whose
+        status is still ``rejected`` is pending (as of the build)."""
+        from pipelines.lake.raw import BATCH_ID, TableState, summary_int, summary_value, total_records
+
         out = []
         for s in self.systems.values():
             for t in s.all_tables:
                 ident = s.raw_table(t.code)
-                table = open_table(self.catalog, ident)
+                table = self.table(ident)
                 info: dict[str, Any] = {"identifier": ident, "system": s.system, "system_name": s.name, "table": t.code,
                                         "department": s.department, "rows": None, "landed_recent": 0,
-                                        "rejected": [], "updated": None}
+                                        "rejected": [], "rejected_recent": 0, "updated": None}
                 if table is not None:
                     snap = table.current_snapshot()
                     if snap is not None:
                         info["updated"] = _ms_local(snap.timestamp_ms)
-                        total = snap.summary.additional_properties.get("total-records") if snap.summary else None
-                        info["rows"] = int(total) if total is not None else None
+                        info["rows"] = total_records(snap)
+                    net: dict[str, int] = defaultdict(int)
+                    batch_at: dict[str, datetime] = {}
                     for sn in table.metadata.snapshots:
-                        if sn.summary is not None and _ms_local(sn.timestamp_ms) >= since:
-                            info["landed_recent"] += int(sn.summary.additional_properties.get("added-records", 0) or 0)
+                        batch, at = summary_value(sn, BATCH_ID), _ms_local(sn.timestamp_ms)
+                        if batch is None:
+                            continue
+                        batch_at[batch] = max(at, batch_at.get(batch, at))
+                        if self.since <= at <= self.until:
+                            net[batch] += (summary_int(sn, "added-records") or 0) - (summary_int(sn, "deleted-records") or 0)
+                    info["landed_recent"] = sum(max(0, n) for n in net.values())
                     for name, entry in sorted(TableState.of(table).ledger.items()):
                         if entry.get("status") == "rejected":
+                            timed = _rejected_at(entry) or batch_at.get(entry.get("batch") or "")
+                            recent = timed is not None and self.since <= timed <= self.until
+                            info["rejected_recent"] += recent
                             info["rejected"].append({"file": mask_text(name), "reason": mask_message(entry.get("reason") or ""),
-                                                     "line": entry.get("line"), "batch": entry.get("batch")})
+                                                     "line": entry.get("line"), "batch": entry.get("batch"), "at": timed,
+                                                     "recent": recent})
                 out.append(info)
         return out
 
     def dataset_lake(self, dataset: str) -> dict[str, Any]:
-        """std table size and last update, quarantine size (metadata only)."""
-        from pipelines.lake.raw import open_table
+        """std table size and last publish (the latest snapshot a quality run committed, up to the report
+        day's end: maintenance commits do not make data fresh), quarantine size (metadata only; sizes are
+        as of the build)."""
+        from pipelines.lake.raw import PUBLISHED_BATCHES, summary_value, total_records
 
         info: dict[str, Any] = {"std_rows": None, "std_updated": None, "std_snapshot": None, "quarantine_rows": 0,
                                 "quarantine_table": None}
-        std = open_table(self.catalog, f"std.{dataset}")
+        std = self.table(f"std.{dataset}")
         if std is not None and std.current_snapshot() is not None:
-            snap = std.current_snapshot()
-            info["std_updated"] = _ms_local(snap.timestamp_ms)
-            info["std_snapshot"] = snap.snapshot_id
-            total = snap.summary.additional_properties.get("total-records") if snap.summary else None
-            info["std_rows"] = int(total) if total is not None else None
-        q = open_table(self.catalog, f"quarantine.{dataset}")
+            info["std_rows"] = total_records(std.current_snapshot())
+            published = [sn for sn in std.metadata.snapshots if _ms_local(sn.timestamp_ms) <= self.until
+                         and (summary_value(sn, PUBLISHED_BATCHES) or summary_value(sn, "citylake.run-id"))]
+            if published:
+                last = max(published, key=lambda sn: sn.timestamp_ms)
+                info["std_updated"] = _ms_local(last.timestamp_ms)
+                info["std_snapshot"] = last.snapshot_id
+        q = self.table(f"quarantine.{dataset}")
         if q is not None:
             info["quarantine_table"] = q
-            snap = q.current_snapshot()
-            total = snap.summary.additional_properties.get("total-records") if snap is not None and snap.summary else None
-            info["quarantine_rows"] = int(total) if total is not None else 0
+            info["quarantine_rows"] = total_records(q.current_snapshot()) or 0
         return info
 
     def quarantine_examples(self, contract: Any, table: Any, rules: list[dict[str, Any]],
                             runs: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         """Up to ``EXAMPLES_PER_RULE`` masked failing rows per failing rule, from a bounded quarantine read:
-        rows the runs of the counts shown (``runs``) quarantined, else any (a release quarantines under its
-        own run id)."""
+        rows the runs of the counts shown (``runs``) quarantined (any rows only in a quarantine table
+        older than its ``_run_id`` column)."""
         from pyiceberg.expressions import In
 
         from pipelines.privacy.policy import masked_rows
@@ -327,11 +356,12 @@ class _Reader:
         cols = [c for c in dict.fromkeys([*contract.primary_key, *(r["col"] for r in failing.values() if r["col"])]) if c in names]
         if "_rules" not in names:
             return {}
-        data = None
-        if runs and "_run_id" in names:
+        if "_run_id" in names:  # only the runs whose counts are shown; none found is said on the page
+            if not runs:
+                return {}
             data = table.scan(row_filter=In("_run_id", runs), selected_fields=(*cols, "_rules"),
                               limit=QUARANTINE_SAMPLE).to_arrow()
-        if data is None or data.num_rows == 0:
+        else:  # a quarantine older than the run id column: any of its rows
             data = table.scan(selected_fields=(*cols, "_rules"), limit=QUARANTINE_SAMPLE).to_arrow()
         picked: dict[str, list[int]] = defaultdict(list)
         for i, broken in enumerate(data.column("_rules").to_pylist()):
@@ -353,13 +383,12 @@ class _Reader:
         return out
 
 
-def _departments(settings: Settings) -> dict[str, Any]:
-    """The department registry (code → Department) when this checkout has it; {} otherwise (codes shown)."""
+def _rejected_at(entry: dict[str, Any]) -> datetime | None:
+    """When a ledger entry was rejected (its ``at``), in Asia/Shanghai; None for entries without it."""
     try:
-        from pipelines.config import load_departments  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    return dict(load_departments(settings))
+        return datetime.fromisoformat(entry["at"]).astimezone(TZ) if entry.get("at") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _rule_descriptions(settings: Settings) -> dict[str, str]:
@@ -377,23 +406,41 @@ def _rule_descriptions(settings: Settings) -> dict[str, str]:
     return out
 
 
-def freshness(updated: datetime | None, cycle: str | None, today: date) -> dict[str, Any]:
-    """The dataset's last std update against its contract's update cycle."""
-    allowed = CYCLE_DAYS.get(cycle or "", None)
+def report_end(today: date, now: datetime | None = None) -> datetime:
+    """The end of the report day (Asia/Shanghai), or ``now`` when that is sooner (today's report)."""
+    end = datetime.combine(today + timedelta(days=1), datetime.min.time(), TZ)
+    now = now or datetime.now(TZ)
+    return min(end, now)
+
+
+def _age_text(age: timedelta) -> str:
+    hours = int(age.total_seconds() // 3600)
+    return f"{hours} 小时" if hours < 48 else f"{age.days} 天"
+
+
+def freshness(updated: datetime | None, cycle: str | None, until: datetime) -> dict[str, Any]:
+    """The dataset's last publish against its contract's update cycle (``UPDATE_CYCLE_LAG``), at ``until``
+    (the end of the report day); compared in hours, so 实时 and 每小时 are judged by the hour."""
+    from pipelines.contracts import UPDATE_CYCLE_LAG
+
+    allowed = UPDATE_CYCLE_LAG.get(cycle or "")
     if updated is None:
-        return {"state": "none", "label": "尚未发布", "days": None, "allowed": allowed}
-    age = (today - updated.astimezone(TZ).date()).days
+        return {"state": "none", "label": "尚未发布", "days": None, "age": None, "allowed": allowed}
+    age = max(timedelta(0), until - updated)  # a publish after the report day is never read as negative
+    info = {"days": age.days, "age": _age_text(age), "allowed": allowed}
     if allowed is None:
-        return {"state": "unknown", "label": "未声明更新周期", "days": age, "allowed": None}
+        return {"state": "unknown", "label": "未声明更新周期", **info}
     if age > allowed:
-        return {"state": "stale", "label": f"已逾期 {age - allowed} 天", "days": age, "allowed": allowed}
-    return {"state": "fresh", "label": "按期更新", "days": age, "allowed": allowed}
+        return {"state": "stale", "label": f"已逾期 {_age_text(age - allowed)}", **info}
+    return {"state": "fresh", "label": "按期更新", **info}
 
 
-def _catalog(r: _Reader) -> tuple[list[Any], list[dict[str, Any]]]:
+def _catalog(r: _Reader, scores: dict[str, float | None]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The catalog entries, given this build's scores (``meta.quality_results`` is read once per build)."""
     from pipelines.catalog.build import build_catalog
 
-    entries = build_catalog(r.settings, r.catalog, config=(r.standards, r.systems, r.contracts))
+    entries = build_catalog(r.settings, r.catalog, config=(r.standards, r.systems, r.contracts), tables=r.tables,
+                            scores=scores)
     return entries, [e.to_dict() for e in entries]
 
 
@@ -406,9 +453,18 @@ def _action(ds: dict[str, Any]) -> str:
         return (f"批次 {b['raw_batch_id']} 因「{rule}」被暂扣：请{ds['department_name']}修正源数据后运行 "
                 f"citylake quality run {name} --retry-held")
     if ds["freshness"]["state"] == "stale":
-        return f"已 {ds['freshness']['days']} 天未更新（更新周期{ds['update_cycle']}）：请{ds['department_name']}按期推送数据"
+        return f"已 {ds['freshness']['age']}未更新（更新周期{ds['update_cycle']}）：请{ds['department_name']}按期推送数据"
     if ds["freshness"]["state"] == "none" and not ds["rules"]:
+        return (f"尚未发布，也无质量检查结果：先接入源数据（citylake ingest {ds['system']} --table {ds['source_table']}），"
+                f"再运行 citylake quality run {name}")
+    if not ds["rules"]:
         return f"尚无质量检查结果：运行 citylake quality run {name}"
+    if ds["freshness"]["state"] == "none":
+        return f"已检查但尚未发布到标准层：查看下方规则结果后运行 citylake quality run {name}"
+    blind = next((r for r in ds["rules"] if r["tag"] == "source_conflict" and not r["evaluated"]), None)
+    if blind is not None:
+        return (f"一数一源比对 0 条可比（规则 {blind['rule']}）：请{ds['department_name']}核对本表主键与权威来源能否对应，"
+                "然后运行 citylake quality run all")
     worst = next((r for r in ds["rules"] if r["failed"]), None)
     if worst is not None:
         if worst["description"]:
@@ -418,11 +474,31 @@ def _action(ds: dict[str, Any]) -> str:
     return "无需处理"
 
 
+def _urgency(ds: dict[str, Any]) -> int | None:
+    """Rank in the five-worst list (lower first); None: nothing to do. A held batch waits for a person;
+    never published or never checked means the city has no usable copy; a copy compared on 0 rows and a
+    stale dataset are blind spots; then low scores."""
+    if ds["held"]:
+        return 0
+    if ds["freshness"]["state"] == "none" or not ds["has_results"]:
+        return 1
+    if ds["freshness"]["state"] == "stale" or any(r["tag"] == "source_conflict" and not r["evaluated"] for r in ds["rules"]):
+        return 2
+    if ds["scores"]["overall"] is not None and ds["scores"]["overall"] < 1:
+        return 3
+    return None
+
+
 def collect(settings: Settings, today: date) -> SiteData:
     """Read everything the site shows."""
     r = _Reader(settings, today)
     try:
         dayed, consistency = r.results()
+        # results of a dataset without a contract (retired, or a copy no contract is built from) have no
+        # page and no owner: they are named on the overview and left out of department and city scores
+        contracted = pc.is_in(dayed.column("dataset"), value_set=pa.array(sorted(r.contracts), pa.string()))
+        uncontracted = sorted({d for d in r.latest_rows(dayed.filter(pc.invert(contracted))).column("dataset").to_pylist() if d})
+        dayed = dayed.filter(contracted)
         latest = r.latest_rows(dayed)
         window = dayed.filter(pc.greater_equal(dayed.column("day"),
                                                pa.scalar(today - timedelta(days=TREND_DAYS - 1), pa.date32())))
@@ -430,8 +506,11 @@ def collect(settings: Settings, today: date) -> SiteData:
         ds_cards = scorecard.cards(latest, "dataset")
         dept_cards = scorecard.cards(latest, "department")
         ds_days = scorecard.daily(window.drop_columns(["day"]), "dataset")
-        dept_days = scorecard.daily(window.drop_columns(["day"]), "department")
-        all_days = scorecard.daily(window.drop_columns(["day"])).get(None, {})
+        # department and city trends are "as of" each day (each dataset's latest results up to it), like
+        # their headline, so the report day's point is the headline and a weekly dataset does not make jumps
+        labels = [today - timedelta(days=i) for i in range(TREND_DAYS)]
+        dept_days = scorecard.as_of(dayed, labels, "department")
+        all_days = scorecard.as_of(dayed, labels).get(None, {})
         lake_card = scorecard.card(latest)
         latest_day = {d: day for d, day in zip(*[latest.column(c).to_pylist() for c in ("dataset", "day")], strict=True)}
         runs: dict[str, list[str]] = defaultdict(list)
@@ -442,7 +521,7 @@ def collect(settings: Settings, today: date) -> SiteData:
         stdlog = r.standardization()
         conflicts = r.conflicts(consistency)
         raws = r.raw_tables()
-        entries, catalog = _catalog(r)
+        entries, catalog = _catalog(r, {d: c.overall for d, c in ds_cards.items()})
     finally:
         r.con.close()
     entry_by_id = {e["identifier"]: e for e in catalog}
@@ -460,39 +539,34 @@ def collect(settings: Settings, today: date) -> SiteData:
         lake = r.dataset_lake(c.dataset)
         ds_rules = rules.get(c.dataset, [])
         examples = r.quarantine_examples(c, lake.pop("quarantine_table"), ds_rules, runs.get(c.dataset))
+        # the counts shown come from a run whose batches are still held: held rows never reach quarantine
+        from_held = bool(set(runs.get(c.dataset, [])) & {b["run_id"] for b in held_by_ds.get(c.dataset, [])})
         for rule in ds_rules:
             rule["examples"] = examples.get(rule["rule"], [])
+            rule["from_held"] = from_held
         system = r.systems.get(c.source["system"])
         entry = entry_by_id.get(f"std.{c.dataset}")
         datasets[c.dataset] = {
             "dataset": c.dataset, "name": c.name, "description": c.description,
-            "department": c.owner, "department_name": r.department_name(c.owner),
+            "department": c.owner, "department_name": department_name(r.departments, c.owner),
             "system": c.source["system"], "system_name": system.name if system else c.source["system"],
             "source_table": c.source["table"], "update_cycle": c.update_cycle,
             "scores": scores_dict(ds_cards.get(c.dataset)), "has_results": c.dataset in ds_cards,
             "latest_day": latest_day.get(c.dataset), "rules": ds_rules,
             "trend": _trend(ds_days.get(c.dataset), today),
-            "freshness": freshness(lake["std_updated"], c.update_cycle, today), **lake,
+            "freshness": freshness(lake["std_updated"], c.update_cycle, r.until), **lake,
             "held": held_by_ds.get(c.dataset, []), "recent_batches": recent_by_ds.get(c.dataset, []),
             "standardization": stdlog.get(c.dataset),
-            "lineage": entry["lineage"] if entry else _lineage(c, r),
+            "lineage": entry["lineage"] if entry else [],
             "catalog_entry": f"std.{c.dataset}" if entry else None,
         }
         datasets[c.dataset]["action"] = _action(datasets[c.dataset])
 
     departments = _department_pages(r, datasets, dept_cards, dept_days, raws, today)
     overview = _overview(r, datasets, lake_card, all_days, batches, raws, departments, today)
+    overview["uncontracted"] = uncontracted
     return SiteData(today=today, generated_at=datetime.now(TZ), overview=overview, departments=departments,
                     datasets=datasets, conflicts=conflicts, catalog=catalog, catalog_entries=entries)
-
-
-def _lineage(contract: Any, r: _Reader) -> list[dict[str, Any]]:
-    """Source table → raw → std from the registry and the contract (when the catalog module is absent)."""
-    system = r.systems.get(contract.source["system"])
-    raw = system.raw_table(contract.source["table"]) if system else f"raw.{contract.source['system']}__{contract.source['table']}"
-    return [{"step": "source", "identifier": f"{contract.source['system']}.{contract.source['table']}", "snapshot_id": None, "at": None},
-            {"step": "raw", "identifier": raw, "snapshot_id": None, "at": None},
-            {"step": "std", "identifier": f"std.{contract.dataset}", "snapshot_id": None, "at": None}]
 
 
 def _department_pages(r: _Reader, datasets: dict[str, dict[str, Any]], cards: dict[Any, Card],
@@ -507,12 +581,13 @@ def _department_pages(r: _Reader, datasets: dict[str, dict[str, Any]], cards: di
         d = r.departments.get(code)
         contact = getattr(d, "contact", None)
         out[code] = {
-            "code": code, "name": r.department_name(code),
+            "code": code, "name": department_name(r.departments, code),
             "contact": {"name": contact.name, "email": contact.email, "phone": contact.phone} if contact else None,
             "scores": scores_dict(cards.get(code)), "has_results": code in cards,
             "trend": _trend(days.get(code), today), "datasets": mine, "systems": systems,
             "held": sum(len(x["held"]) for x in mine),
-            "rejected": sum(len(t["rejected"]) for t in raws if t["department"] == code),
+            "rejected": sum(t["rejected_recent"] for t in raws if t["department"] == code),
+            "rejected_pending": sum(len(t["rejected"]) for t in raws if t["department"] == code),
         }
     return out
 
@@ -527,15 +602,15 @@ def _overview(r: _Reader, datasets: dict[str, dict[str, Any]], lake_card: Card, 
             counts["held"] += 1  # held counts whatever its age: it waits for a person
         elif b["kind"] in counts and b["at"] is not None and start <= b["at"].date() <= today:
             counts[b["kind"]] += 1
-    ranked = sorted(
-        (d for d in datasets.values()
-         if d["held"] or d["freshness"]["state"] == "stale" or (d["scores"]["overall"] is not None and d["scores"]["overall"] < 1)),
-        key=lambda d: (not d["held"], d["scores"]["overall"] if d["scores"]["overall"] is not None else 1.0, d["dataset"]))
+    ranked = sorted((d for d in datasets.values() if _urgency(d) is not None),
+                    key=lambda d: (_urgency(d), d["scores"]["overall"] if d["scores"]["overall"] is not None else 1.0,
+                                   d["dataset"]))
     return {
         "scores": scores_dict(lake_card), "has_results": lake_card.overall is not None or bool(lake_card.rules),
         "trend": _trend(all_days, today), "window_start": start,
         "rows_landed": sum(t["landed_recent"] for t in raws), "raw_tables": len(raws),
         "batches": counts, "rejected": [dict(f, table=t["identifier"]) for t in raws for f in t["rejected"]],
+        "rejected_recent": sum(t["rejected_recent"] for t in raws),
         "worst": ranked[:5],
         "departments": sorted(departments.values(), key=lambda d: (d["scores"]["overall"] is None,
                                                                     d["scores"]["overall"] or 0, d["name"])),
