@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,13 @@ from pipelines.standards import Standards
 SharingType = Literal["无条件共享", "有条件共享", "不予共享"]
 Method = Literal["database", "file", "service"]
 OpenType = Literal["无条件开放", "有条件开放", "不予开放"]
+UpdateCycle = Literal["实时", "每小时", "每日", "每周", "每月", "每季度", "每半年", "每年"]
+UPDATE_CYCLE_LAG: dict[str, timedelta] = {
+    "实时": timedelta(hours=1), "每小时": timedelta(hours=2), "每日": timedelta(days=2), "每周": timedelta(days=8),
+    "每月": timedelta(days=32), "每季度": timedelta(days=93), "每半年": timedelta(days=184), "每年": timedelta(days=367),
+}
+"""How long after its last publish a dataset of each update cycle still counts as on time (one cycle plus
+grace: an hour for 实时/每小时, a day otherwise); the governance report's freshness reads it."""
 BASE_RESOURCES = ("人口", "法人单位", "社会信用", "自然资源和空间地理", "电子证照")
 """项 of 类 1 基础信息资源 (政务信息资源目录编制指南)."""
 HEFEI_UNCONDITIONAL = ("人口", "法人单位", "社会信用", "自然资源和空间地理")
@@ -181,7 +189,7 @@ class DatasetContract(_Model):
     classification: Classification
     sharing: Sharing
     open: Opening
-    update_cycle: Literal["实时", "每小时", "每日", "每周", "每月", "每季度", "每半年", "每年"]
+    update_cycle: UpdateCycle
     format: Literal["电子文件", "电子表格", "数据库", "图形图像", "流媒体", "自描述格式", "服务接口"] = "数据库"
     _file: Path | None = PrivateAttr(default=None)
     _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)
