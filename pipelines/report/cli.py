@@ -10,7 +10,9 @@ import typer
 
 
 def report(out: Annotated[Path | None, typer.Option("--out", help="Folder to write the site to (default <lake>/report).")] = None,
-           day: Annotated[str | None, typer.Option("--date", help="Report day YYYY-MM-DD (Asia/Shanghai; default today).")] = None) -> None:
+           day: Annotated[str | None, typer.Option("--date", help="Report day YYYY-MM-DD (Asia/Shanghai; default today).")] = None,
+           publish: Annotated[bool, typer.Option("--publish", help="S3 lake: upload this build to <warehouse>/report/ "
+                                                 "even with --out or a past --date (the default build always does).")] = False) -> None:
     """Build the Chinese governance report (static HTML, opens offline) and print its index.html."""
     from pipelines.errors import CitylakeError
     from pipelines.report.site import build_site
@@ -20,5 +22,5 @@ def report(out: Annotated[Path | None, typer.Option("--out", help="Folder to wri
         today = date.fromisoformat(day) if day else None
     except ValueError:
         raise CitylakeError(f"--date {day!r}: expected YYYY-MM-DD") from None
-    index = build_site(load_settings(), out_dir=out, today=today)
+    index = build_site(load_settings(), out_dir=out, today=today, publish=True if publish else None)
     typer.echo(str(index))

@@ -7,6 +7,7 @@ report (no marker file) is never replaced.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import mimetypes
 import os
@@ -114,17 +115,34 @@ def _s3(settings: Settings) -> tuple[Any, str, str]:
     return client, bucket, prefix.strip("/")
 
 
+MULTIPART_CHUNK = 8 * 1024 * 1024
+"""boto3's default multipart chunk size (``TransferConfig``): how ``upload_file`` splits a large file."""
+
+
+def s3_etag(path: Path, chunk: int = MULTIPART_CHUNK) -> str:
+    """The ETag S3 gives ``path`` uploaded by ``upload_file`` with default settings: the MD5 of the bytes
+    for a single-part upload, else the MD5 of the parts' MD5s followed by ``-<parts>``."""
+    parts = []
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            parts.append(hashlib.md5(block, usedforsecurity=False).digest())
+    if len(parts) <= 1 and path.stat().st_size < chunk:
+        return parts[0].hex() if parts else hashlib.md5(b"", usedforsecurity=False).hexdigest()
+    return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
 def _sync(s3: Any, folder: Path, bucket: str, prefix: str, *, delete: bool, changed_only: bool) -> int:
-    """Upload ``folder`` under ``prefix`` (``changed_only``: files whose size differs or that are missing);
-    ``delete``: remove objects under the prefix the folder no longer has. Returns files uploaded."""
-    existing: dict[str, int] = {}
+    """Upload ``folder`` under ``prefix`` (``changed_only``: files whose content differs, by ETag, or that
+    are missing: a same-size edit is sent too); ``delete``: remove objects under the prefix the folder no
+    longer has. Returns files uploaded."""
+    existing: dict[str, str] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        existing.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+        existing.update({o["Key"]: o["ETag"].strip('"') for o in page.get("Contents", [])})
     written, sent = set(), 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         key = prefix + path.relative_to(folder).as_posix()
         written.add(key)
-        if changed_only and existing.get(key) == path.stat().st_size:
+        if changed_only and existing.get(key) == s3_etag(path):
             continue
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
@@ -152,11 +170,18 @@ def upload(folder: Path, settings: Settings, with_docs: bool = True) -> str:
     return f"s3://{bucket}/{prefix}"
 
 
-def build_site(settings: Settings | None = None, out_dir: Path | None = None, today: date | None = None) -> Path:
-    """Build the site; returns its ``index.html``. Default folder ``<lake>/report``; with an s3:// warehouse
-    the folder is also uploaded to ``<warehouse>/report/``. ``today`` is the report day (Asia/Shanghai)."""
+def build_site(settings: Settings | None = None, out_dir: Path | None = None, today: date | None = None,
+               publish: bool | None = None) -> Path:
+    """Build the site; returns its ``index.html``. Default folder ``<lake>/report``. ``today`` is the report
+    day (Asia/Shanghai). With an s3:// warehouse the site is uploaded to ``<warehouse>/report/`` (replacing
+    what is there) only when ``publish``; by default (None) only the default build publishes (default
+    folder, today's report), so a preview with ``--out`` or a past ``--date`` never overwrites the
+    production site."""
     settings = settings or load_settings()
-    today = today or datetime.now(TZ).date()
+    now = datetime.now(TZ).date()
+    if publish is None:
+        publish = out_dir is None and today in (None, now)
+    today = today or now
     out = Path(out_dir).resolve() if out_dir is not None else settings.lake_dir / "report"
     started = time.perf_counter()
     data = collect(settings, today)
@@ -170,7 +195,7 @@ def build_site(settings: Settings | None = None, out_dir: Path | None = None, to
     _swap(stage, out)
     log.info("report: %d departments, %d datasets, %d catalog entries in %.1fs → %s", len(data.departments),
              len(data.datasets), len(data.catalog), time.perf_counter() - started, out)
-    if settings.warehouse.startswith("s3://"):
+    if publish and settings.warehouse.startswith("s3://"):
         # the Data Docs links are relative to the lake folder: they hold on S3 only for the default folder
         log.info("report uploaded to %s", upload(out, settings, with_docs=out_dir is None))
     return out / "index.html"
