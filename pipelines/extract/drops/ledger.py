@@ -5,7 +5,7 @@ bytes seen under that name, the listing fingerprint (so an untouched file is not
 batch, and a status:
 
 - ``loaded``: ``rows`` read, ``written`` landed (a re-sent file with changed rows lands only those);
-- ``rejected``: ``reason``, ``line`` and ``spec`` (:func:`spec_id` of the table's drop spec then): the
+- ``rejected``: ``reason``, ``line``, ``at`` (UTC ISO time) and ``spec`` (:func:`spec_id` of the table's drop spec then): the
   same bytes are retried only once the spec changed (the operator declared the encoding the reason
   asked for); rejected bytes never make another delivery a repeat (they never landed);
 - ``repeat``: the same bytes as file ``of``, delivered again under another name; nothing loaded.
@@ -21,6 +21,7 @@ their old ``size-mtime`` or ETag fingerprint.
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from typing import Any
 
 from pipelines.extract.drops.listing import DropFile
@@ -104,7 +105,9 @@ class DropLedger:
         self._set(f, content, LOADED, rows=rows, written=written)
 
     def rejected(self, f: DropFile, content: str, reason: str, line: int | None) -> None:
-        self._set(f, content, REJECTED, reason=reason, line=line, spec=self.spec)
+        # ``at``: when it was rejected (UTC ISO); a batch of rejected files only commits no snapshot to time it by
+        self._set(f, content, REJECTED, reason=reason, line=line, spec=self.spec,
+                  at=datetime.now(UTC).isoformat(timespec="seconds"))
 
     def repeat(self, f: DropFile, content: str, of: str) -> None:
         if of == f.name:  # the same bytes again under the same name
