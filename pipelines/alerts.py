@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-
 from pipelines.privacy import mask_message, mask_text
 from pipelines.settings import Settings, load_settings
 
@@ -207,14 +205,10 @@ def send_alert(alert: Alert, departments: Mapping[str, Department], context: Any
 def _contract_of_table(settings: Settings, system: str, table: str) -> dict[str, Any] | None:
     """The contract built from ``raw.<system>__<table>``, read as plain YAML: an alert about a load must not
     depend on the whole configuration validating."""
-    for path in sorted((settings.root / "schemas" / "datasets").glob("*.yml")):
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            if doc.get("source") == {"system": system, "table": table}:
-                return doc
-        except Exception:  # noqa: BLE001, S112 - a broken contract fails its own publish task
-            continue
-    return None
+    from pipelines.contracts import contract_files_of_table
+
+    found = contract_files_of_table(settings.root / "schemas" / "datasets", system, table)
+    return found[0][1] if found else None
 
 
 def rejected_alert(settings: Settings, system: SourceSystem, table: str,

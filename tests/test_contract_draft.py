@@ -227,3 +227,31 @@ def test_names_the_system_or_table_prefix_completes() -> None:
                                               "name": None, "status": None, "remark": None}
     assert proposed({"enterprise"}) == {"line_id": None, "stop_id": None, "date": None, "name": "enterprise_name",
                                         "status": "enterprise_status", "remark": None}
+
+
+def test_never_writes_over_another_tables_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both names a draft may take (<table>.yml, <system>_<table>.yml) belong to other files: refused with
+    --force too, naming whose file it is; nothing is read from the lake or written."""
+    root = tmp_path / "root"
+    shutil.copytree(PROJECT_ROOT / "schemas", root / "schemas")
+    monkeypatch.setenv("CITYLAKE_ROOT", str(root))
+    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(root / "schemas" / "sources"))
+    settings = load_settings()
+    department = yaml.safe_load((root / "schemas" / "sources" / "population.yml").read_text(encoding="utf-8"))["department"]
+    (settings.registry_dir / "hr.yml").write_text(HR.format(department=f'"{department}"'), encoding="utf-8")
+    datasets = root / "schemas" / "datasets"
+    (datasets / "leave.yml").write_text("dataset: leave\nsource: {system: population, table: leave}\n", encoding="utf-8")
+    other = datasets / "hr_leave.yml"
+    other.write_text("dataset: hr_leave\nsource: {system: enterprise, table: leave}\n", encoding="utf-8")
+    for force in (False, True):
+        with pytest.raises(CitylakeError, match=rf"{re.escape(str(other))} is not the contract of raw\.hr__leave: it is "
+                                                r"the contract of dataset hr_leave, built from raw\.enterprise__leave\. "
+                                                r".*--force never overwrites another table's contract"):
+            draft_contract(settings, "hr", "leave", force=force)
+    other.write_text("dataset: [unclosed\n", encoding="utf-8")
+    with pytest.raises(CitylakeError, match=r"hr_leave\.yml is not the contract of raw\.hr__leave: it cannot be read as YAML"):
+        draft_contract(settings, "hr", "leave", force=True)
+    assert other.read_text(encoding="utf-8") == "dataset: [unclosed\n"
+    # this table's own contract, even one still holding TODOs, is the one redrafted
+    other.write_text("dataset: hr_leave\nname: TODO\nsource: {system: hr, table: leave}\n", encoding="utf-8")
+    assert _target(datasets, "hr", "leave") == ("hr_leave", other)

@@ -106,6 +106,8 @@ def draft(settings: Settings, system: str, table: str, *, force: bool = False, w
     identifier = spec.raw_table(table)
     datasets = settings.root / "schemas" / "datasets"
     dataset, path = _target(datasets, system, table)
+    if write:
+        _not_another_tables(path, system, table)
     if path.exists() and not force and write:
         raise CitylakeError(f"{path} already exists (the contract of dataset {dataset}); edit it, or redraft it "
                             f"with `citylake contract new {system} {table} --force`")
@@ -178,18 +180,38 @@ def read_sample(settings: Settings, identifier: str, system: str, table: str,
 
 
 def _target(datasets: Path, system: str, table: str) -> tuple[str, Path]:
-    """The dataset code and file: this table's existing contract, else the table code, else system_table."""
-    for path in sorted(datasets.glob("*.yml")):
-        try:
-            data, _ = load_yaml(path)
-        except ConfigError:
-            continue
-        if isinstance(data, dict) and data.get("source") == {"system": system, "table": table}:
-            return path.stem, path
+    """The dataset code and file: this table's existing contract, else the table code, else system_table
+    (which, when both names are taken, may be another table's file: ``_not_another_tables`` refuses it)."""
+    from pipelines.contracts import contract_files_of_table
+
+    if found := contract_files_of_table(datasets, system, table):
+        return found[0][0].stem, found[0][0]
     for code in (table, f"{system}_{table}"):
         if not (datasets / f"{code}.yml").exists():
             return code, datasets / f"{code}.yml"
     return f"{system}_{table}", datasets / f"{system}_{table}.yml"
+
+
+def _not_another_tables(path: Path, system: str, table: str) -> None:
+    """Refuse to write ``path`` when it exists and is not ``raw.<system>__<table>``'s contract: ``--force``
+    redrafts this table's contract, never another table's (or a file nobody can read)."""
+    if not path.exists():
+        return
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        whose = f"it cannot be read as YAML ({type(exc).__name__})"
+    else:
+        source = data.get("source") if isinstance(data, dict) else None
+        if source == {"system": system, "table": table}:
+            return
+        whose = (f"it is the contract of dataset {data.get('dataset') or path.stem}, built from "
+                 f"raw.{source.get('system')}__{source.get('table')}" if isinstance(source, dict)
+                 else "it names no source table")
+    raise CitylakeError(f"{path} is not the contract of raw.{system}__{table}: {whose}. The draft's names "
+                        f"{table}.yml and {system}_{table}.yml are both taken and --force never overwrites another "
+                        f"table's contract: rename or remove the file in the way, or save the draft "
+                        f"(`citylake contract new {system} {table} --print`) under another dataset code")
 
 
 # --- recognising columns --------------------------------------------------------------------------
