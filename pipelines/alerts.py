@@ -16,12 +16,13 @@ from __future__ import annotations
 import html
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pipelines.privacy import mask_message, mask_text
+from pipelines.privacy import mask_file_name, mask_message, mask_text
 from pipelines.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -68,9 +69,37 @@ class Alert:
 
 
 def report_url(settings: Settings, page: str) -> str:
-    """The URL of a report page: ``CITYLAKE_REPORT_URL`` (where the site is served) or the local site."""
-    base = os.environ.get("CITYLAKE_REPORT_URL") or (settings.lake_dir / "report").as_uri()
+    """The URL of a report page: ``CITYLAKE_REPORT_URL`` (where the site is served); unset, where the site
+    is built: ``<warehouse>/report`` on an S3 lake (``report__quality`` uploads it there), else the local
+    ``file://<lake>/report`` (which only the machine that built it can open; ``send_alert`` warns)."""
+    base = os.environ.get("CITYLAKE_REPORT_URL")
+    if not base:
+        warehouse = settings.warehouse
+        base = (warehouse.rstrip("/") + "/report" if warehouse.startswith("s3://")
+                else (settings.lake_dir / "report").as_uri())
     return base.rstrip("/") + "/" + page.lstrip("/")
+
+
+_report_url_warned = False
+
+
+def _warn_report_url_unset(page: str) -> None:
+    """Once per process, when an alert is about to go out: without ``CITYLAKE_REPORT_URL`` its link is a
+    file or s3 location the recipients cannot open in a browser."""
+    global _report_url_warned
+    if _report_url_warned or os.environ.get("CITYLAKE_REPORT_URL"):
+        return
+    _report_url_warned = True
+    log.warning("CITYLAKE_REPORT_URL is not set: alert links point at %s, which recipients cannot open; "
+                "set it to the address where the report site is served", page)
+
+
+def _safe(text: object) -> str:
+    """An exception's text fit for a log line: URL secrets scrubbed (a webhook's ``?key=…``, ``user:token@``),
+    then personal values masked."""
+    from pipelines.connections import scrub_urls
+
+    return mask_message(scrub_urls(str(text))) or ""
 
 
 def _department_name(departments: Mapping[str, Department], code: str) -> str:
@@ -136,7 +165,7 @@ def _connection(conn_id: str) -> Any | None:
     try:
         return BaseHook.get_connection(conn_id)
     except Exception as exc:  # noqa: BLE001 - not found, or no backend reachable: the route is not configured
-        log.warning("alert route %r is not configured (%s): not sent", conn_id, mask_message(str(exc)))
+        log.warning("alert route %r is not configured (%s): not sent", conn_id, _safe(exc))
         return None
 
 
@@ -149,6 +178,51 @@ def _send_smtp(conn_id: str, conn: Any, to: str, subject: str, body: str, page: 
     notifier.notify(context)
 
 
+URL_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "requests")
+"""Libraries under the HTTP provider that log the request URL (urllib3: ``"POST /send?key=… HTTP/1.1" 200``)."""
+
+
+class _Redact(logging.Filter):
+    """Replace given secrets in a record's message with ``***`` (for loggers of libraries we do not own)."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if any(s in text for s in self.secrets):
+            for s in self.secrets:
+                text = text.replace(s, "***")
+            record.msg, record.args = text, None
+        return True
+
+
+@contextmanager
+def _url_secrets_hidden(conn: Any) -> Iterator[None]:
+    """While a webhook is called, keep the secret parts of its URL (query values, userinfo, token-like path
+    segments) out of the logs: urllib3's own records are redacted here, and the secrets are registered with
+    Airflow's log masker, which in a task redacts every line of the task log, the HTTP provider's included
+    (it prints the URL: ``Sending 'POST' to url: …`` at debug, a connection error at warning). The password
+    and sensitive extras of a connection Airflow masks on its own."""
+    from airflow.sdk.log import mask_secret
+
+    from pipelines.connections import url_secrets
+
+    secrets = url_secrets(str(conn.host or ""))
+    for secret in secrets:
+        mask_secret(secret)
+    hide = _Redact(secrets)
+    loggers = [logging.getLogger(name) for name in URL_LOGGERS] if secrets else []
+    for logger in loggers:
+        logger.addFilter(hide)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(hide)
+
+
 def _send_http(conn_id: str, conn: Any, payload: dict[str, Any], context: Any) -> None:
     from airflow.providers.http.notifications.http import HttpNotifier
 
@@ -156,7 +230,8 @@ def _send_http(conn_id: str, conn: Any, payload: dict[str, Any], context: Any) -
     notifier = HttpNotifier(http_conn_id=conn_id, method="POST", json=payload,
                             headers={"Content-Type": "application/json; charset=utf-8"},
                             extra_options={"timeout": timeout})
-    notifier.notify(context)
+    with _url_secrets_hidden(conn):
+        notifier.notify(context)
 
 
 def send_alert(alert: Alert, departments: Mapping[str, Department], context: Any = None) -> list[str]:
@@ -181,13 +256,15 @@ def send_alert(alert: Alert, departments: Mapping[str, Department], context: Any
         if not to:
             log.info("%s: department %s has no contact email: mail not sent", where, department.code)
         elif conn is not None:
+            _warn_report_url_unset(alert.page)
             try:
                 _send_smtp(routes.smtp_conn_id, conn, to, subject, body, alert.page, context)
                 sent.append(f"smtp:{routes.smtp_conn_id}")
             except Exception as exc:  # noqa: BLE001 - the data verdict stands whether or not mail got through
                 log.warning("%s: mail via %r failed: %s: %s", where, routes.smtp_conn_id, type(exc).__name__,
-                            mask_message(str(exc)))
+                            _safe(exc))
     if routes.http_conn_id and (conn := _connection(routes.http_conn_id)) is not None:
+        _warn_report_url_unset(alert.page)
         payload = {**alert.to_dict(), "department_name": department.name, "subject": subject, "text": body}
         payload.update(name=mask_text(alert.name), rule_text=mask_text(alert.rule_text),
                        details=[mask_message(d) for d in alert.details])
@@ -196,7 +273,7 @@ def send_alert(alert: Alert, departments: Mapping[str, Department], context: Any
             sent.append(f"http:{routes.http_conn_id}")
         except Exception as exc:  # noqa: BLE001
             log.warning("%s: webhook %r failed: %s: %s", where, routes.http_conn_id, type(exc).__name__,
-                        mask_message(str(exc)))
+                        _safe(exc))
     if sent:
         log.info("%s sent to %s via %s", where, department.code, ", ".join(sent))
     return sent
@@ -218,8 +295,10 @@ def rejected_alert(settings: Settings, system: SourceSystem, table: str,
     identifier = system.raw_table(table)
     contract = _contract_of_table(settings, system.system, table)
     page = f"datasets/{contract['dataset']}.html" if contract else f"catalog/{identifier}.html"
-    # reasons were masked when the load wrote them (privacy.quote / mask_message); alert_text masks again
-    details = tuple(f"{Path(str(r['file'])).name}：{r.get('reason') or '无法读取'}" for r in files_rejected)
+    # reasons were masked when the load wrote them (privacy.quote / mask_message); alert_text masks again.
+    # File names are often the person's name and ID (张伟_3401….csv): masked part by part
+    details = tuple(f"{mask_file_name(Path(str(r['file'])).name)}：{r.get('reason') or '无法读取'}"
+                    for r in files_rejected)
     return Alert("rejected", identifier, system.department, REJECTED_RULE, len(files_rejected),
                  report_url(settings, page), name=(contract or {}).get("name") or f"{system.name} {table}",
                  rule_text="文件无法读取或解析，已拒收", details=details)
@@ -255,7 +334,7 @@ def alert_rejected(system: SourceSystem, table: str, files_rejected: list[dict[s
         return send_alert(rejected_alert(settings, system, table, files_rejected), _departments(settings), context)
     except Exception as exc:  # noqa: BLE001
         log.warning("rejected-files alert for %s.%s not sent: %s: %s", system.system, table,
-                    type(exc).__name__, mask_message(str(exc)))
+                    type(exc).__name__, _safe(exc))
         return []
 
 
@@ -265,6 +344,5 @@ def alert_held(exc: QualityGateError, settings: Settings | None = None, context:
         settings = settings or load_settings()
         return send_alert(held_alert(settings, exc), _departments(settings), context)
     except Exception as err:  # noqa: BLE001
-        log.warning("held-batch alert for %s not sent: %s: %s", exc.dataset, type(err).__name__,
-                    mask_message(str(err)))
+        log.warning("held-batch alert for %s not sent: %s: %s", exc.dataset, type(err).__name__, _safe(err))
         return []

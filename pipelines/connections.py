@@ -85,3 +85,38 @@ def scrub(message: str, url: str) -> str:
     if password:
         message = message.replace(str(password), "***")
     return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message)
+
+
+# A URL's secrets for log lines: userinfo (``user:token@``), the query string (``?key=…``, the way
+# WeCom/DingTalk-style webhooks carry their token), the fragment, and path segments that look like
+# tokens (16+ characters of letters and digits, e.g. Slack's or Feishu's webhook paths).
+_USERINFO = re.compile(r"(?<=://)[^/?#\s@'\"<>]+@")
+_QUERY = re.compile(r"(/[^\s?#'\"<>]*)[?#][^\s'\"<>()]*")
+_TOKEN_SEGMENT = re.compile(r"(?<=/)(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[\w-]{16,}(?=[/?#\s'\"<>)]|$)")
+
+
+def scrub_urls(message: str) -> str:
+    """``message`` with every URL or URL path in it stripped of what may be a secret: userinfo, query
+    string and fragment (``?***``), token-like path segments (``***``). For exception texts that quote the
+    URL they failed on (requests: ``Max retries exceeded with url: /send?key=…``)."""
+    message = _USERINFO.sub("", message)
+    message = _QUERY.sub(r"\1?***", message)
+    return _TOKEN_SEGMENT.sub("***", message)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` ``scrub_urls`` hides (userinfo, query values, fragment, token-like path
+    segments), to register with a log masker that redacts them wherever else the URL is printed."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    # short values (msgtype=text) are words, not tokens: masking them would blank them in every log line;
+    # a user name is a token only when it stands alone (https://<token>@host)
+    alone = parts.username if parts.username and parts.password is None else ""
+    found = [alone, parts.fragment, *(v for _k, v in parse_qsl(parts.query))]
+    found = [s for s in found if len(s) >= 8] + [parts.password or ""]
+    found += [m.group(0) for m in _TOKEN_SEGMENT.finditer(parts.path)]
+    return [s for s in dict.fromkeys(found) if s]

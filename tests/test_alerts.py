@@ -39,6 +39,11 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
            "CITYLAKE_ROOT": str(PROJECT_ROOT), "CITYLAKE_RETRY_DELAY_SECONDS": "0.2"}
     with scoped_env(env):
         prepare_airflow(PROJECT_ROOT, base / "airflow")
+        # Airflow configures logging when first imported: import it here, before any test's log capture
+        # starts, so caplog sees every record whichever test runs first
+        import airflow.providers.http.notifications.http  # noqa: F401
+        import airflow.providers.smtp.notifications.smtp  # noqa: F401
+
         yield base
 
 
@@ -235,6 +240,7 @@ def test_failing_routes_warn_and_never_raise(endpoint: _Endpoint, caplog: pytest
     controller.start()
     try:
         endpoint.status = 500
+        monkeypatch.setenv("CITYLAKE_REPORT_URL", "https://report.example.org/citylake")  # no link warning here
         monkeypatch.setenv("AIRFLOW_CONN_TEST_ALERTS_SMTP", _smtp_conn(port))
         monkeypatch.setenv("AIRFLOW_CONN_TEST_ALERTS_HTTP", _http_conn(endpoint))
         caplog.set_level(logging.INFO, logger="pipelines.alerts")
@@ -253,6 +259,84 @@ def test_failing_routes_warn_and_never_raise(endpoint: _Endpoint, caplog: pytest
         {"conn_type": "http", "host": f"http://127.0.0.1:{_free_port()}/hook", "extra": {"timeout": 5}}))
     assert send_alert(_rejected_alert(), _departments()) == []
     assert sum(r.levelname == "WARNING" for r in caplog.records if r.name == "pipelines.alerts") == 2
+
+
+def test_webhook_token_never_in_a_log_line(endpoint: _Endpoint, caplog: pytest.LogCaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A webhook carrying its token in the URL (``?key=…``, as WeCom robots do) or as userinfo: our log lines
+    show the URL without them at every level, and the token is registered with Airflow's log masker, which
+    redacts the HTTP provider's own lines (it prints the URL) in the task log."""
+    from airflow.sdk._shared.secrets_masker import redact
+
+    from pipelines.alerts import send_alert
+
+    secret, password = "SECRETTOKEN123", "pw-9f8e7d6c5b"
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("CITYLAKE_REPORT_URL", "https://report.example.org/citylake")
+    endpoint.status = 500
+    for port in (endpoint.server_address[1], _free_port()):  # the endpoint answers 500, then nothing listens
+        monkeypatch.setenv("AIRFLOW_CONN_TEST_ALERTS_HTTP", json.dumps(
+            {"conn_type": "http", "host": f"http://citylake:{password}@127.0.0.1:{port}/cgi-bin/webhook/send?key={secret}",
+             "extra": {"timeout": 5}}))
+        assert send_alert(_rejected_alert(), _departments(smtp=None)) == []
+    [request] = endpoint.requests
+    assert request["path"] == f"/cgi-bin/webhook/send?key={secret}"  # delivered with its token all the same
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pipelines.alerts" and r.levelname == "WARNING"]
+    assert len(warnings) == 2 and "500" in warnings[0] and "/cgi-bin/webhook/send?***" in warnings[1], warnings
+    assert secret not in caplog.text and password not in caplog.text
+    assert all(secret not in r.getMessage() and password not in r.getMessage() for r in caplog.records)
+    # the provider's own lines (structlog, printed beside the capture): the task log's masker hides the token
+    provider_line = f"Sending 'POST' to url: http://citylake:{password}@127.0.0.1/cgi-bin/webhook/send?key={secret}"
+    assert secret not in redact(provider_line) and password not in redact(provider_line)
+
+
+def test_file_names_in_rejected_alerts_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop file named after the person (name and resident ID): the alert names the file masked."""
+    from pipelines.alerts import alert_text, rejected_alert
+    from pipelines.registry import get_system
+
+    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(PROJECT_ROOT / "schemas" / "sources"))
+    settings = load_settings()
+    system = get_system(settings.registry_dir, "population")
+    table = system.all_tables[0].code
+    alert = rejected_alert(settings, system, table, [
+        {"file": f"/data/drops/population/张伟_{RESIDENT_ID}.csv", "reason": "空文件, 没有表头"},
+        {"file": f"/data/drops/population/合肥市蜀山区长江西路100号-{MOBILE}.xlsx", "reason": None}])
+    assert alert.details == ("张*_340104********1234.csv：空文件, 没有表头", "合肥市蜀山区***-138****5678.xlsx：无法读取")
+    subject, body = alert_text(alert, _departments())
+    for clear in ("张伟", RESIDENT_ID, "长江西路", "100号", MOBILE):
+        assert clear not in subject + body, clear
+
+
+def test_report_link_without_report_url(endpoint: _Endpoint, caplog: pytest.LogCaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CITYLAKE_REPORT_URL: an S3 lake links to the site's s3 location (not a worker's file path), and the
+    first alert that goes out warns once per process that recipients cannot open the link."""
+    import pipelines.alerts as alerts
+
+    monkeypatch.delenv("CITYLAKE_REPORT_URL", raising=False)
+    monkeypatch.setenv("CITYLAKE_WAREHOUSE", "s3://citylake-lake/warehouse/")
+    assert alerts.report_url(load_settings(), "datasets/person.html") == "s3://citylake-lake/warehouse/report/datasets/person.html"
+    monkeypatch.setenv("CITYLAKE_WAREHOUSE", "file:///srv/lake/warehouse")
+    assert alerts.report_url(load_settings(), "index.html") == (load_settings().lake_dir / "report" / "index.html").as_uri()
+
+    monkeypatch.setattr(alerts, "_report_url_warned", False)
+    monkeypatch.setenv("AIRFLOW_CONN_TEST_ALERTS_HTTP", _http_conn(endpoint))
+    caplog.set_level(logging.INFO, logger="pipelines.alerts")
+    for _ in range(2):
+        assert alerts.send_alert(_rejected_alert(), _departments(smtp=None)) == ["http:test_alerts_http"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "CITYLAKE_REPORT_URL" in r.getMessage()]
+    assert len(warned) == 1 and _rejected_alert().page in warned[0], warned
+
+    caplog.clear()  # a route named but no connection behind it: nothing goes out, nothing to warn about
+    monkeypatch.setattr(alerts, "_report_url_warned", False)
+    monkeypatch.delenv("AIRFLOW_CONN_TEST_ALERTS_HTTP")
+    assert alerts.send_alert(_rejected_alert(), _departments(smtp=None)) == []
+    assert "CITYLAKE_REPORT_URL" not in caplog.text
+    monkeypatch.setenv("CITYLAKE_REPORT_URL", "https://report.example.org/citylake")  # set: never a warning
+    monkeypatch.setenv("AIRFLOW_CONN_TEST_ALERTS_HTTP", _http_conn(endpoint))
+    assert alerts.send_alert(_rejected_alert(), _departments(smtp=None)) == ["http:test_alerts_http"]
+    assert "CITYLAKE_REPORT_URL" not in caplog.text
 
 
 def _forget_asset_events(uri: str) -> None:

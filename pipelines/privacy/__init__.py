@@ -9,6 +9,7 @@ from pipelines.privacy.mask import (
     PERSONAL,
     is_personal,
     mask,
+    mask_file_name,
     mask_free_text,
     mask_identifiers,
     mask_kind,
@@ -20,6 +21,6 @@ from pipelines.privacy.policy import Declarations, column_masks, load_declaratio
 
 __all__ = [
     "KINDS", "PERSONAL", "Declarations", "column_kind", "column_masks", "detect_kinds", "is_bank_card", "is_personal",
-    "is_resident_id", "load_declarations", "mask", "mask_free_text", "mask_identifiers", "mask_kind", "mask_message", "mask_text",
+    "is_resident_id", "load_declarations", "mask", "mask_file_name", "mask_free_text", "mask_identifiers", "mask_kind", "mask_message", "mask_text",
     "masked_rows", "quote", "value_kinds", "value_mask",
 ]

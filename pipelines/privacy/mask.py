@@ -179,3 +179,32 @@ def mask_message(text: Any) -> str | None:
     personal = {s for s, n, a in zip(segments, person_names(values), addresses(values), strict=True) if n or a}
     return _QUOTED.sub(lambda m: m.group(0).replace(s, mask_free_text(s) or "") if (
         s := m.group(1) or m.group(2) or m.group(3)) in personal else m.group(0), masked)
+
+
+# A file name's parts: the tokens between ``_ - .`` and spaces, and inside a token its runs of Han
+# characters, so 张伟_340104….csv and 张伟340104….csv both give the part 张伟.
+_FILE_NAME_TOKENS = re.compile(r"[^_\-.\s]+|[_\-.\s]+")
+_HAN_RUNS = re.compile(r"[\u3400-\u9fff·]+|[^\u3400-\u9fff·]+")
+
+
+def mask_file_name(name: Any) -> str | None:
+    """A file name as an alert, a page or a log line may show it. People name drop files after the person
+    (``张伟_340104199001011234.csv``): identifiers are masked (``mask_text``), a token (between ``_ - .`` and
+    spaces) the detectors read as an address is masked as one, and a run of Han characters they read as a
+    personal name is masked as one → ``张*_340104********1234.csv``."""
+    if name is None:
+        return None
+    import pyarrow as pa
+
+    from pipelines.privacy.detect import addresses, person_names
+
+    tokens = _FILE_NAME_TOKENS.findall(mask_text(str(name)) or "")
+    is_address = addresses(pa.array(tokens, pa.string()))
+    runs = [_HAN_RUNS.findall(t) for t in tokens]
+    flat = [r for rs in runs for r in rs]
+    names = iter(person_names(pa.array(flat, pa.string())))
+    out = []
+    for token, address, token_runs in zip(tokens, is_address, runs, strict=True):
+        masked = "".join(_name(r) if next(names) else r for r in token_runs)
+        out.append(_address(token) if address else masked)
+    return "".join(out)
