@@ -7,6 +7,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,60 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 TEST_DEPARTMENT = "11340100003009991Q"
 """合肥市数据资源局 in schemas/departments.yml: the department registry files and contracts written by tests name
 (a real entry, so the production registry carries no test-only department into the report)."""
+
+
+SITE_REF = date(2026, 11, 20)
+"""The seeded city's reference date (the quality gate's ``reference_date``) in the report fixtures."""
+
+
+@pytest.fixture(scope="session")
+def seeded_city_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path, dict[str, str]]:
+    """Built once per session for test_report.py and test_report_browser.py (the slowest fixture of both):
+    the seeded city (scale 0.05) through the gate (quarantined rows, conflicts between copies, a mostly-bad
+    enterprise batch held), one registration recorded (enterprise), GX Data Docs built first as
+    report__quality does, then the site. Returns (settings, site root, the environment it was built in);
+    use ``city_site``, which sets that environment for the module using it (never for the whole session)."""
+    from pipelines.settings import PROJECT_ROOT, TZ
+
+    base = tmp_path_factory.mktemp("report")
+    env = {"CITYLAKE_LAKE_DIR": str(base / "lake"), "CITYLAKE_DATA_DIR": str(base / "data"),
+           "CITYLAKE_REGISTRY_DIR": str(PROJECT_ROOT / "schemas" / "sources"), "CITYLAKE_ROOT": str(PROJECT_ROOT)}
+    with scoped_env(env):
+        from pipelines.catalog.registration import register
+        from pipelines.ingest import ingest_table
+        from pipelines.quality.consistency import run_consistency
+        from pipelines.quality.docs import build_data_docs
+        from pipelines.quality.gate import QualityGateError, load_config, run_quality
+        from pipelines.registry import load_registry
+        from pipelines.report import build_site
+        from pipelines.seed import corrupt_enterprise_uscc, seed_city
+
+        settings = load_settings()
+        seed_city(settings.data_dir, scale=0.05)
+        systems, _ = load_registry(settings.registry_dir)
+        for system in systems.values():
+            for table in system.all_tables:
+                ingest_table(system, table.code, settings=settings, batch_id="seed",
+                             extracted_at=datetime(2026, 11, 20, 2, tzinfo=TZ))
+        _standards, _systems, contracts = load_config(settings)
+        for name in contracts:
+            run_quality(name, settings=settings, reference_date=SITE_REF)
+        run_consistency(settings=settings)
+        assert corrupt_enterprise_uscc(settings.data_dir, "2026-11-20 01:00:00") > 100
+        ingest_table(systems["enterprise"], "enterprise", settings=settings, batch_id="bad",
+                     extracted_at=datetime(2026, 11, 20, 3, tzinfo=TZ))
+        with pytest.raises(QualityGateError):
+            run_quality("enterprise", settings=settings, reference_date=SITE_REF)
+        register(settings, "enterprise", "GJDJ-2026-000123", "2026-11-01")  # the catalog shows 已登记 and 未登记
+        build_data_docs(settings)  # as report__quality does first: the site links the engineers' pages
+        index = build_site(settings, out_dir=base / "report")
+        assert index == base / "report" / "index.html" and index.is_file()
+    return settings, index.parent, env
+
+
+@pytest.fixture(scope="module")
+def city_site(seeded_city_report: tuple[Settings, Path, dict[str, str]]) -> Iterator[tuple[Settings, Path]]:
+    """(settings, site root) of the seeded city's report, with its environment set for this module."""
+    settings, root, env = seeded_city_report
+    with scoped_env(env):
+        yield settings, root

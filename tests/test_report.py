@@ -520,3 +520,35 @@ def test_scores_count_each_check_once_and_the_trend_ends_at_the_headline(empty_l
     worst = re.search(r'<table id="worst-datasets">(.*?)</table>', index, re.S).group(1)
     assert "person" in worst and "--retry-held" in worst  # held first
     assert "尚未发布" in worst  # datasets never published nor checked are listed too, with what to do
+
+
+def test_catalog_page_shows_registration_status_and_every_override(city_site: tuple[Settings, Path]) -> None:
+    from pipelines.config import load_config
+
+    settings, root = city_site
+    html = (root / "catalog.html").read_text(encoding="utf-8")
+    rows = {m.group(1): m.group(0) for m in re.finditer(r'<tr data-layer="[^"]*".*?<code>([^<]+)</code>.*?</tr>', html, re.S)}
+    assert 'data-registration="已登记"' in rows["std.enterprise"] and "GJDJ-2026-000123" in rows["std.enterprise"]
+    assert 'data-registration="未登记"' in rows["std.person"] and "未登记" in rows["std.person"]
+    assert 'data-registration="—"' in rows["raw.population__person"]  # registration belongs to the dataset
+    for key, label in (("registration", "公共数据登记"), ("department", "提供方")):
+        assert f'id="filter-{key}"' in html and f"{label} <select" in html, key
+    # 编目状态: a filter whenever it narrows (the seeded city has no 未编目 table; the catalog test's lake has)
+    assert ('id="filter-status"' in html) == (len(set(re.findall(r'data-status="([^"]+)"', html))) > 1)
+    from pipelines.report.site import _facets
+
+    facets = _facets([{"layer": "raw", "status": "未编目", "registration_status": "—"},
+                      {"layer": "std", "status": "已编目", "registration_status": "未登记"}])
+    assert facets["status"] == ["已编目", "未编目"] and facets["registration"] == ["未登记"]  # 未登记 alone narrows
+    registration = re.search(r'id="filter-registration">(.*?)</select>', html, re.S)
+    assert registration and "已登记" in registration.group(1) and "—" not in registration.group(1)
+    # every approved override of every contract, in one table
+    contracts = load_config(settings)[2]
+    expected = {(f"std.{c.dataset}", o["attribute"]) for c in contracts.values() for o in c.overrides}
+    assert expected, "the project's contracts carry approved overrides (enterprise's grade)"
+    table = re.search(r'<table id="overrides-table">(.*?)</table>', html, re.S)
+    assert table
+    shown = set(re.findall(r"<code>(std\.[^<]+)</code></td>\s*<td>[^<]*<code>([^<]+)</code>", table.group(1)))
+    assert shown == expected
+    # 提供方 is the contract's provider (合肥市公安局 for person), not the source system's department
+    assert 'data-department="合肥市公安局"' in rows["std.person"]

@@ -10,20 +10,18 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from conftest import require_binary, require_cjk_font, scoped_env
+from conftest import require_binary, require_cjk_font
 from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from pipelines.settings import PROJECT_ROOT, TZ, Settings
+from pipelines.settings import PROJECT_ROOT, Settings
 
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
-REF = date(2026, 11, 20)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 # Families that hold Chinese glyphs; a Latin family named for Han characters means they were drawn as boxes.
 CJK_FAMILY = re.compile(r"CJK|Source Han|WenQuanYi|Droid Sans Fallback|YaHei|PingFang|Sim(Sun|Hei)|AR PL|"
@@ -188,42 +186,11 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Path]]:
-    """The seeded city (scale 0.05) through the gate: published batches with quarantined rows, conflicts
-    between copies, and a mostly-bad enterprise batch held; then GX Data Docs and the site built from it."""
-    base = tmp_path_factory.mktemp("report")
-    env = {"CITYLAKE_LAKE_DIR": str(base / "lake"), "CITYLAKE_DATA_DIR": str(base / "data"),
-           "CITYLAKE_REGISTRY_DIR": str(PROJECT_ROOT / "schemas" / "sources"), "CITYLAKE_ROOT": str(PROJECT_ROOT)}
-    with scoped_env(env):
-        from pipelines.ingest import ingest_table
-        from pipelines.quality.consistency import run_consistency
-        from pipelines.quality.docs import build_data_docs
-        from pipelines.quality.gate import QualityGateError, load_config, run_quality
-        from pipelines.registry import load_registry
-        from pipelines.report import build_site
-        from pipelines.seed import corrupt_enterprise_uscc, seed_city
-        from pipelines.settings import load_settings
-
-        settings = load_settings()
-        seed_city(settings.data_dir, scale=0.05)
-        systems, _ = load_registry(settings.registry_dir)
-        for system in systems.values():
-            for table in system.all_tables:
-                ingest_table(system, table.code, settings=settings, batch_id="seed",
-                             extracted_at=datetime(2026, 11, 20, 2, tzinfo=TZ))
-        _standards, _systems, contracts = load_config(settings)
-        for name in contracts:
-            run_quality(name, settings=settings, reference_date=REF)
-        run_consistency(settings=settings)
-        assert corrupt_enterprise_uscc(settings.data_dir, "2026-11-20 01:00:00") > 100
-        ingest_table(systems["enterprise"], "enterprise", settings=settings, batch_id="bad",
-                     extracted_at=datetime(2026, 11, 20, 3, tzinfo=TZ))
-        with pytest.raises(QualityGateError):
-            run_quality("enterprise", settings=settings, reference_date=REF)
-        build_data_docs(settings)  # as report__quality does first: the site links the engineers' pages
-        index = build_site(settings, out_dir=base / "report")
-        assert index.name == "index.html" and index.is_file()
-        yield settings, index.parent
+def site(city_site: tuple[Settings, Path]) -> tuple[Settings, Path]:
+    """The seeded city's report (tests/conftest.py ``city_site``: built once per session, shared with
+    test_report.py): published batches with quarantined rows, conflicts between copies, a mostly-bad
+    enterprise batch held, one registration, GX Data Docs built before the site."""
+    return city_site
 
 
 # ---------------------------------------------------------------- the check itself can fail
@@ -324,8 +291,10 @@ def test_every_page_loads_without_errors_or_network(site: tuple[Settings, Path],
 
     from pipelines.lake.catalog import get_catalog
 
-    raw_ids = set(get_catalog(settings).load_table("raw.population__person").scan(
-        selected_fields=("resident_id",)).to_arrow()["resident_id"].to_pylist())
+    raw = get_catalog(settings).load_table("raw.population__person").scan(
+        selected_fields=("resident_id", "name", "phone")).to_arrow()
+    raw_ids = set(raw["resident_id"].to_pylist())
+    personal = {v for column in ("name", "phone") for v in raw[column].to_pylist() if v and len(v) >= 2}
     problems: list[str] = []
     tab = Tab(context)
     for path in pages:
@@ -342,6 +311,9 @@ def test_every_page_loads_without_errors_or_network(site: tuple[Settings, Path],
         shown = set(re.findall(r"\d{17}[\dX]", text)) & raw_ids
         if shown:
             problems.append(f"{path.relative_to(root)}: unmasked resident ids {sorted(shown)[:3]}")
+        clear = sorted(v for v in personal if v in text)  # names and mobiles as the reader sees the page
+        if clear:
+            problems.append(f"{path.relative_to(root)}: unmasked names or mobiles {clear[:3]}")
         # every local link points at a file of the site (or beside it: Data Docs)
         for href in seen.page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)"):
             if href.startswith("file:") and not Path(unquote(urlsplit(href).path)).exists():

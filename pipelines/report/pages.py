@@ -18,6 +18,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from pipelines.formats import beijing_time, percent
+from pipelines.privacy.mask import mask_text
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -65,7 +66,8 @@ def href(path: str) -> str:
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=pct, num=num, when=when, score_class=score_class, page=page_name, href=href,
+    # mask_ids: a contact's office line stays readable, a personal mobile number is masked
+    env.filters.update(pct=pct, num=num, when=when, score_class=score_class, page=page_name, href=href, mask_ids=mask_text,
                        tojson_attr=lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":")))
     env.globals.update(step_labels=STEP_LABELS, layer_labels={"raw": "原始层", "std": "标准层", "curated": "主题层"})
     return env
