@@ -135,15 +135,16 @@ def latest_day(dayed: pa.Table, by: str = "dataset", until: date | None = None) 
                 {"until": until} if until is not None else None, r=dayed)
 
 
-def conform(results: pa.Table) -> pa.Table:
-    """Cast/complete a results table to ``QUALITY_RESULTS`` (columns in order, absent ones null)."""
+def conform(results: pa.Table, schema: pa.Schema = QUALITY_RESULTS) -> pa.Table:
+    """Cast/complete a table read from the lake to ``schema`` (default ``QUALITY_RESULTS``; the report uses
+    it for the other meta tables): columns in order, absent ones null (rows written before they existed)."""
     columns = []
-    for f in QUALITY_RESULTS:
+    for f in schema:
         if f.name in results.column_names:
             columns.append(pc.cast(results.column(f.name), f.type))
         else:
             columns.append(pa.nulls(results.num_rows, f.type))
-    return pa.Table.from_arrays(columns, schema=QUALITY_RESULTS)
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def with_day(results: pa.Table) -> pa.Table:

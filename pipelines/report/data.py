@@ -65,9 +65,7 @@ def _arrow(catalog: Any, identifier: str, schema: pa.Schema, row_filter: Any = N
     if table is None:
         return schema.empty_table()
     data = table.scan(row_filter=row_filter).to_arrow() if row_filter is not None else table.scan().to_arrow()
-    cols = [data.column(f.name).cast(f.type) if f.name in data.column_names else pa.nulls(data.num_rows, f.type)
-            for f in schema]
-    return pa.Table.from_arrays(cols, schema=schema)
+    return scorecard.conform(data, schema)
 
 
 def _local(ts: datetime | None) -> datetime | None:

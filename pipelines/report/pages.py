@@ -17,13 +17,13 @@ from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from pipelines.catalog.build import STEP_LABELS
 from pipelines.formats import beijing_time, percent
 from pipelines.privacy.mask import mask_text
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 ASSETS = Path(__file__).resolve().parent / "assets"
 _SAFE = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z_.-]{0,120}$")
-STEP_LABELS = {"source": "源系统表", "raw": "原始层", "std": "标准层", "curated": "主题层", "export": "共享/开放"}
 
 
 def page_name(key: str) -> str:
