@@ -120,6 +120,12 @@ def test_held_batch_is_parked_rerun_by_its_run_and_released_with_a_reason(city: 
     assert all(uscc_valid(pa.array(std["uscc"].to_pylist())).to_pylist())
     status = batch_status(catalog, "enterprise")["bad"]
     assert status["status"] == "released" and status["reason"].startswith("工商局确认")
+    # scores count the batch once: the run that held it was replaced by the release the same day
+    from pipelines.quality import scorecard
+
+    kept = scorecard.current(scorecard.read_results(catalog), scorecard.read_events(catalog))
+    runs = {run for d, run in zip(kept["dataset"].to_pylist(), kept["run_id"].to_pylist(), strict=True) if d == "enterprise"}
+    assert runs == {"night1", r["run_id"]}
     with pytest.raises(CitylakeError, match="no held batch"):
         run_quality("enterprise", settings=city, reference_date=REF, release="again")
 
