@@ -381,6 +381,7 @@ def test_a_past_report_day_counts_nothing_after_it(city_site: tuple[Settings, Pa
         assert _card(html, ident) == 0, ident
     person = (index.parent / "datasets" / "person.html").read_text(encoding="utf-8")
     assert re.search(r'id="freshness">尚未发布<', person)
+    assert "尚无一数一源比对结果" in (index.parent / "conflicts.html").read_text(encoding="utf-8")  # compared later
     assert "截至生成时" in person and "-" not in re.search(r'id="freshness">[^<]*<', person).group(0)
 
 

@@ -200,16 +200,17 @@ class _Reader:
         return rows
 
     def standardization(self) -> dict[str, dict[str, Any]]:
-        """Per dataset its latest run's standardization changes and the 30-day total rows changed."""
+        """Per dataset its latest run's standardization changes and the 30-day total rows changed, up to the
+        report day's end."""
         data = _arrow(self.catalog, "meta.standardization_log", STANDARDIZATION_LOG)
         self.con.register("s", data)
         latest = self.con.sql(
-            "SELECT * FROM s QUALIFY max(recorded_at) OVER (PARTITION BY dataset) = recorded_at "
-            "ORDER BY dataset, rows_changed DESC, \"column\"").to_arrow_table().to_pylist()
+            "SELECT * FROM s WHERE recorded_at <= $until QUALIFY max(recorded_at) OVER (PARTITION BY dataset) = recorded_at "
+            "ORDER BY dataset, rows_changed DESC, \"column\"", params={"until": self.until}).to_arrow_table().to_pylist()
         since = datetime.combine(self.today - timedelta(days=TREND_DAYS - 1), datetime.min.time(), TZ)
         totals = dict(self.con.execute(
-            "SELECT dataset, sum(rows_changed)::BIGINT FROM s WHERE recorded_at >= ? GROUP BY dataset",
-            [since]).fetchall())
+            "SELECT dataset, sum(rows_changed)::BIGINT FROM s WHERE recorded_at >= ? AND recorded_at <= ? GROUP BY dataset",
+            [since, self.until]).fetchall())
         self.con.unregister("s")
         out: dict[str, dict[str, Any]] = {}
         for r in latest:
@@ -228,8 +229,9 @@ class _Reader:
 
         self.con.register("c", consistency)
         copies = self.con.sql(
-            "SELECT * FROM c WHERE tag = 'source_conflict' QUALIFY row_number() OVER "
-            "(PARTITION BY element, dataset ORDER BY recorded_at DESC) = 1 ORDER BY element, dataset").to_arrow_table().to_pylist()
+            "SELECT * FROM c WHERE tag = 'source_conflict' AND recorded_at <= $until QUALIFY row_number() OVER "
+            "(PARTITION BY element, dataset ORDER BY recorded_at DESC) = 1 ORDER BY element, dataset",
+            params={"until": self.until}).to_arrow_table().to_pylist()
         self.con.unregister("c")
         runs = sorted({c["run_id"] for c in copies})
         examples: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
