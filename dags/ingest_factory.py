@@ -13,7 +13,7 @@ import yaml
 from airflow.sdk import Asset, AssetAlias, CronDataIntervalTimetable, dag, task
 
 from pipelines.dag_defaults import START, default_args
-from pipelines.departments import default_departments, department_name
+from pipelines.departments import department_name, load_departments
 from pipelines.registry import SourceSystem, load_registry
 from pipelines.settings import TZ, load_settings
 
@@ -25,12 +25,7 @@ def table_asset(identifier: str) -> Asset:
     return Asset(name=identifier, uri=f"iceberg://citylake/{identifier.replace('.', '/')}")
 
 
-def _department(system: SourceSystem) -> str:
-    """The owning department's Chinese name (owner and tag: what people filter the DAG list by)."""
-    return department_name(default_departments(), system.department)
-
-
-def _doc(system: SourceSystem) -> str:
+def _doc(system: SourceSystem, department: str) -> str:
     rows = "\n".join(
         f"| `{t.code}` | `{system.raw_table(t.code)}` | {', '.join(t.primary_key)} | "
         f"{getattr(t, 'cursor', None) or ('files: ' + t.glob if hasattr(t, 'glob') else 'full refresh')} |"
@@ -38,7 +33,7 @@ def _doc(system: SourceSystem) -> str:
     )
     return (
         f"### {system.name} ({system.system})\n\n"
-        f"所属部门: {_department(system)} (`{system.department}`) · 连接: `{system.connection}` · 调度: `{system.schedule}` (Asia/Shanghai)\n\n"
+        f"所属部门: {department} (`{system.department}`) · 连接: `{system.connection}` · 调度: `{system.schedule}` (Asia/Shanghai)\n\n"
         f"| table | lake table | primary key | cursor |\n|---|---|---|---|\n{rows}\n\n"
         "Each table is one mapped task instance; a failing table does not stop the others. "
         "Local equivalent: `citylake ingest " + system.system + "`."
@@ -47,6 +42,8 @@ def _doc(system: SourceSystem) -> str:
 
 def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow DAG
     alias = AssetAlias(f"raw__{system.system}")
+    # the owning department's Chinese name: owner and tag are what people filter the DAG list by
+    department = department_name(load_departments(), system.department)
 
     @dag(
         dag_id=f"ingest__{system.system}",
@@ -54,9 +51,9 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
         start_date=START,
         catchup=False,
         max_active_runs=1,
-        default_args=default_args(_department(system)),
-        tags=["ingest", system.system, _department(system)],
-        doc_md=_doc(system),
+        default_args=default_args(department),
+        tags=["ingest", system.system, department],
+        doc_md=_doc(system, department),
     )
     def ingest_dag() -> None:
         # max_connections is a hard cap: a load opens up to connections_per_load connections at once

@@ -10,7 +10,7 @@ from __future__ import annotations
 from airflow.sdk import CronTriggerTimetable, dag, task
 
 from pipelines.dag_defaults import START, default_args
-from pipelines.departments import default_departments, department_name
+from pipelines.departments import department_name, load_departments
 from pipelines.settings import TZ
 
 OWNER_CODE = "11340100003009991Q"
@@ -18,14 +18,10 @@ OWNER_CODE = "11340100003009991Q"
 SCHEDULE = "0 6 * * *"
 
 
-def _owner() -> str:
-    try:
-        return department_name(default_departments(), OWNER_CODE)
-    except Exception:  # noqa: BLE001 - a broken registry must not hide this DAG; the ingest DAGs report it
-        return "合肥市数据资源局"
-
-
-OWNER = _owner()
+try:
+    OWNER = department_name(load_departments(), OWNER_CODE)
+except Exception:  # noqa: BLE001 - a broken registry must not hide this DAG; the ingest DAGs report it
+    OWNER = "合肥市数据资源局"
 
 DOC = f"""### 数据质量报告 (governance report)
 

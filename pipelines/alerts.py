@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pipelines.departments import department_name, load_departments
 from pipelines.privacy import mask_file_name, mask_message, mask_text
 from pipelines.settings import Settings, load_settings
 
@@ -102,19 +103,13 @@ def _safe(text: object) -> str:
     return mask_message(scrub_urls(str(text))) or ""
 
 
-def _department_name(departments: Mapping[str, Department], code: str) -> str:
-    from pipelines.departments import department_name
-
-    return department_name(dict(departments), code)
-
-
 def _n(value: int) -> str:
     return f"{value:,}"
 
 
 def alert_text(alert: Alert, departments: Mapping[str, Department]) -> tuple[str, str]:
     """(subject, plain-text body) in Chinese: what, whose, which rule, how many, where to look."""
-    department = _department_name(departments, alert.department_code)
+    department = department_name(departments, alert.department_code)
     what = mask_text(alert.name or alert.dataset_or_table)
     code = mask_text(alert.dataset_or_table)
     label = f"「{what}」（{code}）" if what != code else f"「{code}」"
@@ -320,18 +315,12 @@ def held_alert(settings: Settings, exc: QualityGateError) -> Alert:
                  threshold=first.get("threshold"), details=details)
 
 
-def _departments(settings: Settings) -> Mapping[str, Department]:
-    from pipelines.config import load_departments
-
-    return load_departments(settings)
-
-
 def alert_rejected(system: SourceSystem, table: str, files_rejected: list[dict[str, Any]],
                    settings: Settings | None = None, context: Any = None) -> list[str]:
     """What ``load_table`` calls when files were rejected: build, send, never raise (the load succeeded)."""
     try:
         settings = settings or load_settings()
-        return send_alert(rejected_alert(settings, system, table, files_rejected), _departments(settings), context)
+        return send_alert(rejected_alert(settings, system, table, files_rejected), load_departments(settings), context)
     except Exception as exc:  # noqa: BLE001
         log.warning("rejected-files alert for %s.%s not sent: %s: %s", system.system, table,
                     type(exc).__name__, _safe(exc))
@@ -342,7 +331,7 @@ def alert_held(exc: QualityGateError, settings: Settings | None = None, context:
     """What ``publish_std`` calls before it fails on a held batch: build, send, never raise (the hold stands)."""
     try:
         settings = settings or load_settings()
-        return send_alert(held_alert(settings, exc), _departments(settings), context)
+        return send_alert(held_alert(settings, exc), load_departments(settings), context)
     except Exception as err:  # noqa: BLE001
         log.warning("held-batch alert for %s not sent: %s: %s", exc.dataset, type(err).__name__, _safe(err))
         return []

@@ -6,17 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.contracts import DatasetContract, load_contracts
-from pipelines.departments import Department, departments_file
-from pipelines.departments import load_departments as _load_departments
+from pipelines.departments import load_departments
 from pipelines.errors import ConfigError
 from pipelines.registry import load_registry
 from pipelines.settings import Settings
 from pipelines.standards import load_standards
 
-
-def load_departments(settings: Settings) -> dict[str, Department]:
-    """code → Department of ``schemas/departments.yml`` under the settings' root."""
-    return _load_departments(departments_file(settings))
+__all__ = ["load_config", "load_departments"]  # re-exported: the one department registry loader
 
 
 def load_config(settings: Settings) -> tuple[Any, dict[str, Any], dict[str, DatasetContract]]:

@@ -15,13 +15,14 @@ from typing import Any
 
 import yaml
 
+from pipelines.grading import OPEN_RULES, OPEN_TIERS, SENSITIVITY_TEXT, SHARING_RULES, SHARING_TIERS
 from pipelines.registry import line_of
 
 TODO = "TODO"
 
-_SHARING_RULE = ("STANDARDS.md 分类分级: 一般数据 4/3 → 有条件共享, 2/1 → 无条件共享, 核心/重要 → 不予共享; 合肥: "
-                 "基础资源 人口/法人单位/社会信用/自然资源和空间地理 无条件共享, 社会保障 (社保/公积金) 有条件共享")
-_OPEN_RULE = "STANDARDS.md 分类分级: 一般数据 4 → 不予开放, 3/2 → 有条件开放, 1 → 无条件开放, 核心/重要 → 不予开放"
+# built from pipelines.grading's constants: the hints cannot drift from what the loader enforces
+_SHARING_RULE = f"STANDARDS.md 分类分级 defaults: {SHARING_TIERS}; rules, which win: {SHARING_RULES}"
+_OPEN_RULE = f"STANDARDS.md 分类分级 defaults: {OPEN_TIERS}; rules, which win: {OPEN_RULES}"
 
 HINTS: dict[str, str] = {
     "name": "give the 信息资源名称 (Chinese name of the resource)",
@@ -36,7 +37,7 @@ HINTS: dict[str, str] = {
     "catalog.sequence": "give the 顺序码: an integer unique among this provider's contracts",
     "classification.level": "decide 核心数据 / 重要数据 / 一般数据 (GB/T 43697, STANDARDS.md 分类分级)",
     "classification.grade": ("decide the grade 1–4 of 一般数据 (4 most sensitive; default: the most sensitive column "
-                             "element, 敏感个人信息 4, 个人信息 3, 内部 2, 公开 1)"),
+                             f"element, {SENSITIVITY_TEXT}; any other grade needs classification.override)"),
     "sharing.type": f"decide 无条件共享/有条件共享/不予共享 ({_SHARING_RULE})",
     "sharing.condition": ("state the 共享条件: 无条件 for 无条件共享, the conditions for 有条件共享; for 不予共享 "
                           "delete it and cite the basis under 'basis'"),

@@ -6,10 +6,13 @@ carries the catalog attributes (政务信息资源目录: 资源分类 类/项/�
 有条件共享 → conditions stated; 不予共享 → the legal or policy basis cited.
 
 Defaults (``attribute_defaults``): the grade of 一般数据 is that of the most sensitive column's element
-(敏感个人信息 4, 个人信息 3, 内部 2, 公开 1); sharing and open follow the grade table of STANDARDS.md; the rules
-(核心/重要数据 不予共享 and 不予开放, grade 4 不予开放, Hefei: base resources 人口/法人单位/社会信用/自然资源和空间地理
-无条件共享, 社会保障 incl. 住房公积金 有条件共享) bind whatever the grade. An attribute that departs from its default
-needs an ``override: {reason, approved_by}`` beside it; a rule cannot be overridden.
+(敏感个人信息 4, 个人信息 3, 内部 2, 公开 1); sharing and open follow the grade table of STANDARDS.md for the
+DECLARED level and grade (an approved classification override moves them; ``overrides`` shows that knock-on).
+The hard rules (``pipelines.grading``) bind whatever the declared classification and always win: Hefei's
+base resources 人口/法人单位/社会信用/自然资源和空间地理 无条件共享 and 社会保障 (incl. 住房公积金) 有条件共享, even
+at 核心/重要数据; other 核心/重要数据 不予共享; 核心/重要数据 不予开放; grade 4 (declared, or set by a 敏感个人信息
+column) 不予开放. Any other departure from a default, stricter or looser, needs an ``override: {reason,
+approved_by}`` beside it; an override on an attribute a rule fixes is an error (it cannot lift the rule).
 """
 
 from __future__ import annotations
@@ -18,12 +21,20 @@ import difflib
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from pipelines.contract_todos import with_todos
 from pipelines.errors import ConfigError
+from pipelines.grading import (
+    CLOSED_GRADE,
+    GRADE_TIERS,
+    HEFEI_CONDITIONAL,
+    HEFEI_UNCONDITIONAL,
+    SENSITIVITY_GRADE,
+    STRICTEST_LEVELS,
+)
 from pipelines.registry import SourceSystem, check_code, line_of, parse_yaml_model
 from pipelines.standards import Standards
 
@@ -37,18 +48,6 @@ UPDATE_CYCLE_LAG: dict[str, timedelta] = {
 }
 """How long after its last publish a dataset of each update cycle still counts as on time (one cycle plus
 grace: an hour for 实时/每小时, a day otherwise); the governance report's freshness reads it."""
-BASE_RESOURCES = ("人口", "法人单位", "社会信用", "自然资源和空间地理", "电子证照")
-"""项 of 类 1 基础信息资源 (政务信息资源目录编制指南)."""
-HEFEI_UNCONDITIONAL = ("人口", "法人单位", "社会信用", "自然资源和空间地理")
-"""Base resources Hefei shares 无条件共享 whatever the grade (STANDARDS.md; 电子证照 is not named there)."""
-HEFEI_CONDITIONAL = ("社会保障",)
-"""项 Hefei shares 有条件共享 with fast response: social insurance and the housing fund (a 目 of 社会保障 here)."""
-_STRICTEST = {"核心数据": 0, "重要数据": 1}
-SENSITIVITY_GRADE = {"公开": 1, "内部": 2, "个人信息": 3, "敏感个人信息": 4}
-"""Default grade of 一般数据: that of the most sensitive element among the columns."""
-GRADE_TIERS: dict[int, tuple[str, str]] = {4: ("有条件共享", "不予开放"), 3: ("有条件共享", "有条件开放"),
-                                           2: ("无条件共享", "有条件开放"), 1: ("无条件共享", "无条件开放")}
-"""Grade → (sharing, open) defaults (STANDARDS.md, until the Yangtze River Delta / Anhui guide is adopted)."""
 
 
 class _Model(BaseModel):
@@ -201,6 +200,13 @@ class DatasetContract(_Model):
     def _code(cls, v: str) -> str:
         return check_code(v, "dataset code")
 
+    @field_validator("owner", mode="before")
+    @classmethod
+    def _quoted(cls, v: Any) -> Any:
+        from pipelines.departments import quoted_code
+
+        return quoted_code(v, "owner")
+
     @field_validator("owner")
     @classmethod
     def _known_owner(cls, v: str, info: ValidationInfo) -> str:
@@ -305,12 +311,12 @@ def _read(path: Path, context: dict[str, Any] | None) -> DatasetContract:
 def load_contracts(directory: Path, standards: Standards, systems: dict[str, SourceSystem],
                    departments: dict[str, Any] | None = None) -> dict[str, DatasetContract]:
     """Every contract, cross-checked with the standards (elements exist), the registry (source system and
-    table exist; a column source is not a name the registry renames) and the departments (``owner``; default:
-    the project's schemas/departments.yml). Every problem of every file is reported together, each with its
+    table exist; a column source is not a name the registry renames; ``owner`` is the source system's
+    department) and the departments (``owner``; default: the project's schemas/departments.yml). Every problem of every file is reported together, each with its
     file and line."""
-    from pipelines.departments import default_departments
+    from pipelines.departments import department_name, load_departments
 
-    departments = default_departments() if departments is None else departments
+    departments = load_departments() if departments is None else departments
     out: dict[str, DatasetContract] = {}
     problems: list[str] = []
     for path in sorted(directory.glob("*.yml")):
@@ -321,7 +327,14 @@ def load_contracts(directory: Path, standards: Standards, systems: dict[str, Sou
             continue
         if c.dataset != path.stem:
             problems.append(f"{c.where('dataset')}: dataset {c.dataset!r} must equal the file name {path.stem!r}")
-        renamed = systems[c.source["system"]].table(c.source["table"]).columns
+        system = systems[c.source["system"]]
+        if c.owner != system.department:  # alerts, pages and the resource code name one provider
+            problems.append(f"{c.where('owner')}: owner: {c.owner} ({department_name(departments, c.owner)}) is not "
+                            f"the department of its source system {system.system}, {system.department} "
+                            f"({department_name(departments, system.department)}); the 提供方 is the source "
+                            f"system's department: write owner: \"{system.department}\" or fix the system's "
+                            "registry file")
+        renamed = system.table(c.source["table"]).columns
         for i, col in enumerate(c.columns):
             if col.source in renamed and col.source not in renamed.values():  # the source's name, not the raw's
                 problems.append(f"{c.where('columns', i, 'source')}: columns.{i}.source: column {col.name}: source {col.source!r} is "
@@ -349,36 +362,62 @@ def _sequences(contracts: dict[str, DatasetContract]) -> list[str]:
     return problems
 
 
-def attribute_defaults(c: DatasetContract, standards: Standards, item: str, base: bool
-                       ) -> tuple[dict[str, Any], dict[str, tuple[Any, str]], str]:
-    """(defaults, rules, why-grade): the default of each graded attribute; the rules that bind one whatever
-    the grade (attribute → (value, why)); what sets the default grade."""
+class Defaults(NamedTuple):
+    """What ``catalog_problems`` checks a contract's graded attributes against."""
+
+    declared: dict[str, Any]
+    """attribute → default: grade from the columns, sharing/open from the declared level and grade's tier."""
+    columns: dict[str, Any]
+    """sharing/open defaults had the classification kept its default (一般数据, the columns' grade): where
+    ``declared`` differs, the value is a knock-on of the classification override and listed as such."""
+    rules: dict[str, tuple[Any, str]]
+    """attribute → (value, why) of the hard rules that bind it whatever the declared classification."""
+    why: str
+    """What sets the default grade."""
+
+
+def _tier(level: str, grade: int | None) -> tuple[str, str]:
+    return ("不予共享", "不予开放") if level in STRICTEST_LEVELS or grade is None else GRADE_TIERS[grade]
+
+
+def attribute_defaults(c: DatasetContract, standards: Standards, item: str, base: bool) -> Defaults:
+    """The default of each graded attribute and the hard rules (pipelines.grading) that fix one whatever the
+    declared classification: a rule always wins, and a Hefei sharing rule wins over 核心/重要数据's 不予共享."""
     worst = max(c.columns, key=lambda col: SENSITIVITY_GRADE[standards.elements[col.element].sensitivity])
     sensitivity = standards.elements[worst.element].sensitivity
-    defaults: dict[str, Any] = {"classification.level": "一般数据",
-                                "classification.grade": SENSITIVITY_GRADE[sensitivity]}
+    by_columns = SENSITIVITY_GRADE[sensitivity]
     why = f"its most sensitive column {worst.name} is {sensitivity}"
     level, grade = c.classification.level, c.classification.grade
+    strict = level in STRICTEST_LEVELS
     rules: dict[str, tuple[Any, str]] = {}
-    if level in _STRICTEST:
-        defaults["classification.grade"] = None
-        rules["sharing.type"] = ("不予共享", f"{level}: 不予共享 and 不予开放 (GB/T 43697 default tiers)")
-        rules["open.type"] = ("不予开放", f"{level}: 不予共享 and 不予开放 (GB/T 43697 default tiers)")
-    elif base and item in HEFEI_UNCONDITIONAL:
-        rules["sharing.type"] = ("无条件共享", f"{item} is a base resource: Hefei shares it 无条件共享")
+    if base and item in HEFEI_UNCONDITIONAL:
+        rules["sharing.type"] = ("无条件共享", f"{item} is a base resource: Hefei shares it 无条件共享 whatever its "
+                                             "level or grade")
     elif item in HEFEI_CONDITIONAL:
-        rules["sharing.type"] = ("有条件共享", f"{item}: Hefei shares it 有条件共享 (with fast response)")
-    if grade == 4 and level not in _STRICTEST:
-        rules["open.type"] = ("不予开放", "一般数据 grade 4 is 不予开放")
-    tiers = GRADE_TIERS.get(grade or 0, ("不予共享", "不予开放"))
-    defaults["sharing.type"] = rules.get("sharing.type", (tiers[0], ""))[0]
-    defaults["open.type"] = rules.get("open.type", (tiers[1], ""))[0]
-    return defaults, rules, why
+        rules["sharing.type"] = ("有条件共享", f"{item}: Hefei shares it 有条件共享 (with fast response) whatever "
+                                             "its level or grade")
+    elif strict:
+        rules["sharing.type"] = ("不予共享", f"{level} is 不予共享 (STANDARDS.md; no Hefei sharing rule names {item})")
+    if strict:
+        rules["open.type"] = ("不予开放", f"{level} is 不予开放 (STANDARDS.md)")
+    elif grade == CLOSED_GRADE:
+        rules["open.type"] = ("不予开放", f"一般数据 grade {CLOSED_GRADE} is 不予开放")
+    elif by_columns == CLOSED_GRADE:
+        rules["open.type"] = ("不予开放", f"{why} (grade {CLOSED_GRADE}): 不予开放 whatever the declared grade")
+    declared_tier, columns_tier = _tier(level, grade), GRADE_TIERS[by_columns]
+    declared: dict[str, Any] = {"classification.level": "一般数据",
+                                "classification.grade": None if strict else by_columns}
+    columns: dict[str, Any] = {}
+    for i, attr in enumerate(("sharing.type", "open.type")):
+        declared[attr] = rules[attr][0] if attr in rules else declared_tier[i]
+        columns[attr] = rules[attr][0] if attr in rules else columns_tier[i]
+    return Defaults(declared, columns, rules, why)
 
 
 def catalog_problems(c: DatasetContract, standards: Standards) -> list[str]:
     """The catalog block resolves in the classification code list, ``resource_category`` names its 项, and
-    each graded attribute keeps its default or carries an override; records ``c.overrides``."""
+    each graded attribute keeps its default or carries an override, and keeps every rule; records
+    ``c.overrides`` (with the sharing/open values a classification override moved)."""
     from pipelines.resource_classification import UnknownClass, resolve
 
     try:
@@ -391,7 +430,7 @@ def catalog_problems(c: DatasetContract, standards: Standards) -> list[str]:
     if c.resource_category != item:
         problems.append(f"{c.where('resource_category')}: resource_category: {c.resource_category!r} is not the 项 of "
                         f"catalog {c.catalog.code} ({c.catalog_path}); write resource_category: {item}")
-    defaults, rules, why = attribute_defaults(c, standards, item, path[0].code == "1")
+    d = attribute_defaults(c, standards, item, path[0].code == "1")
     cls = c.classification
     values = {"classification.level": cls.level, "classification.grade": cls.grade,
               "sharing.type": c.sharing.type, "open.type": c.open.type}
@@ -399,21 +438,30 @@ def catalog_problems(c: DatasetContract, standards: Standards) -> list[str]:
               "sharing.type": c.sharing.override, "open.type": c.open.override}
     overrides: list[dict[str, Any]] = []
     used: set[str] = set()
+    fixed: dict[str, str] = {}  # block → the rule its override would try to lift
     for attr, value in values.items():
         block, _ = attr.split(".")
         where = c.where(*attr.split("."))
-        if attr in rules:
+        if attr in d.rules:
+            rule_value, rule_why = d.rules[attr]
             if owners[attr] is not None:
-                used.add(block)  # the rule's message says the override cannot lift it
-            if value != rules[attr][0]:
-                problems.append(f"{where}: {attr}: {value} breaks a rule: {rules[attr][1]} (default "
-                                f"{rules[attr][0]}; a rule is not lifted by an override)")
+                fixed[block] = f"{attr} is fixed by a rule ({rule_why})"
+            if value != rule_value:
+                problems.append(f"{where}: {attr}: {value} breaks a rule: {rule_why} (default {rule_value}; a rule "
+                                "is not lifted by an override)")
             continue
-        default = defaults[attr]
+        default = d.declared[attr]
         if value == default or (attr == "classification.grade" and default is None):
+            if cls.override is not None and attr in d.columns and value != d.columns[attr]:
+                # a knock-on of the approved grade, listed so the catalog shows why it is not the columns' tier
+                overrides.append({"attribute": attr, "value": value, "default": d.columns[attr],
+                                  "reason": f"随分级覆盖: {value} 是所定 {cls.grade} 级的默认值 (按列定级 "
+                                            f"{d.declared['classification.grade']} 级则为 {d.columns[attr]}); 分级理由见 "
+                                            "classification.grade",
+                                  "approved_by": cls.override.approved_by})
             continue
         override = owners[attr]
-        basis = why if attr == "classification.grade" else (
+        basis = d.why if attr == "classification.grade" else (
             "GB/T 43697" if attr == "classification.level" else f"grade {cls.grade}: STANDARDS.md grade table")
         if override is None:
             problems.append(f"{where}: {attr}: {value} departs from its default {default} ({basis}); use "
@@ -425,8 +473,10 @@ def catalog_problems(c: DatasetContract, standards: Standards) -> list[str]:
     for block, override in (("classification", cls.override), ("sharing", c.sharing.override),
                             ("open", c.open.override)):
         if override is not None and block not in used:
-            problems.append(f"{c.where(block, 'override')}: {block}.override: nothing departs from its default "
-                            f"here; remove the override (it records a departure)")
+            idle = (f"{fixed[block]} and an override cannot lift it" if block in fixed
+                    else "nothing departs from its default here")
+            problems.append(f"{c.where(block, 'override')}: {block}.override: {idle}; remove the override (it "
+                            "records a departure)")
     c._overrides = overrides
     return problems
 

@@ -4,13 +4,15 @@ Registry files (``department:``) and contracts (``owner:``) hold a department CO
 统一社会信用代码 (GB 32100, check char verified with python-stdnum) or the city's 部门编码 (division code +
 ``BM`` + 3-digit serial). Pages, DAG owners and tags show the Chinese name; alerts use the contact and the
 Airflow connection ids. Loading is a local YAML read, cached per file version: the DAG factory calls it at
-parse time.
+parse time. One loader (``load_departments``: a file, a project's settings, or the configured project) and one
+name lookup (``department_name``) serve every caller.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +87,27 @@ def departments_file(settings: Settings) -> Path:
     return settings.root / DEPARTMENTS_FILE
 
 
-_CACHE: dict[Path, tuple[tuple[int, int], dict[str, Department]]] = {}
+class Departments(dict[str, Department]):
+    """code → Department, remembering the file it was read from (an unknown code's error names it)."""
+
+    file: Path = DEPARTMENTS_FILE
 
 
-def load_departments(path: Path) -> dict[str, Department]:
-    """code → Department; a ConfigError names file:line of every problem (bad code, repeated code or name).
+_CACHE: dict[Path, tuple[tuple[int, int], Departments]] = {}
+
+
+def load_departments(source: Settings | Path | str | None = None) -> Departments:
+    """The department registry (code → Department) of a file, of a project (its settings' root), or, with
+    no argument, of the configured project (``CITYLAKE_ROOT``); a ConfigError names file:line of every
+    problem (bad code, repeated code or name).
 
     Cached per (file, mtime, size): every registry file and contract checks its department against it."""
     from pipelines.registry import line_of, parse_yaml_model
 
-    path = Path(path)
+    if source is None or isinstance(source, Settings):
+        path = departments_file(source or load_settings())
+    else:
+        path = Path(source)
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -103,10 +116,11 @@ def load_departments(path: Path) -> dict[str, Department]:
     version = (stat.st_mtime_ns, stat.st_size)
     cached = _CACHE.get(path)
     if cached is not None and cached[0] == version:
-        return dict(cached[1])
+        return _copy(cached[1])
     lines: dict[tuple[Any, ...], int] = {}
     parsed: DepartmentFile = parse_yaml_model(path, DepartmentFile, lines=lines)
-    out: dict[str, Department] = {}
+    out = Departments()
+    out.file = path
     names: dict[str, int] = {}
     problems = []
     for i, d in enumerate(parsed.departments):
@@ -121,30 +135,45 @@ def load_departments(path: Path) -> dict[str, Department]:
     if problems:
         raise ConfigError(*problems)
     _CACHE[path] = (version, out)
-    return dict(out)
+    return _copy(out)
 
 
-def default_departments() -> dict[str, Department]:
-    """The registry of the configured project root (``CITYLAKE_ROOT``)."""
-    return load_departments(departments_file(load_settings()))
+def _copy(departments: Departments) -> Departments:
+    out = Departments(departments)  # callers may add to theirs; the cached one stays as read
+    out.file = departments.file
+    return out
 
 
-def department_name(departments: dict[str, Department], code: str) -> str:
-    """The Chinese name of a department code; the value itself when unknown (old meta rows hold names)."""
+def department_name(departments: Mapping[str, Department], code: str | None) -> str:
+    """The Chinese name of a department code; the value itself when unknown (old meta rows hold names);
+    未指定部门 when there is none."""
+    if not code:
+        return "未指定部门"
     d = departments.get(code)
     return d.name if d is not None else code
 
 
-def check_department(code: str, departments: dict[str, Department] | None = None) -> str:
-    """``code`` when it is in the registry (the default one when none is given), else a ValueError whose
-    message lists the known codes and, for a name or a near name, the code meant."""
-    departments = default_departments() if departments is None else departments
+def quoted_code(value: Any, field: str) -> Any:
+    """A department code YAML read as a number (unquoted digits) fails with its fix, not with pydantic's
+    "Input should be a valid string" (a ``mode="before"`` validator of ``department``/``owner``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f'quote the code: YAML reads {value} as a number (write {field}: "{value}")')
+    return value
+
+
+def check_department(code: str, departments: Mapping[str, Department] | None = None) -> str:
+    """``code`` when it is in the registry (the configured project's when none is given), else a ValueError
+    naming the registry file and the near matches (by code and by name; an old free-text name such as
+    市公安局 points at its code), never the whole list: a city has a hundred bodies."""
+    departments = load_departments() if departments is None else departments
     if code in departments:
         return code
+    file = getattr(departments, "file", DEPARTMENTS_FILE)
     by_name = {d.name: d.code for d in departments.values()}
-    # an old free-text name (市公安局) or a near miss of a full one
-    near = [n for n in by_name if n.endswith(code) and len(code) >= 3] or \
-        difflib.get_close_matches(code, list(by_name), n=1, cutoff=0.6)
-    hint = f"; {near[0]} is {by_name[near[0]]!r}" if near else ""
-    known = ", ".join(f"{d.code} {d.name}" for d in departments.values())
-    raise ValueError(f"unknown department code {code!r} ({DEPARTMENTS_FILE.as_posix()} has: {known}){hint}")
+    near_codes = difflib.get_close_matches(code, list(departments), n=3, cutoff=0.85)
+    near_names = [n for n in by_name if len(code) >= 3 and n.endswith(code)] or \
+        difflib.get_close_matches(code, list(by_name), n=3, cutoff=0.6)
+    near = list(dict.fromkeys([*near_codes, *(by_name[n] for n in near_names)]))[:3]
+    hint = (f"; did you mean {', '.join(f'{c!r} ({departments[c].name})' for c in near)}?" if near
+            else "; add the department there first, or use one of its codes")
+    raise ValueError(f"unknown department code {code!r} (not in {file}){hint}")

@@ -188,6 +188,13 @@ class SourceSystem(_Model):
     def _system(cls, v: str) -> str:
         return check_code(v, "system code")
 
+    @field_validator("department", mode="before")
+    @classmethod
+    def _quoted(cls, v: Any) -> Any:
+        from pipelines.departments import quoted_code
+
+        return quoted_code(v, "department")
+
     @field_validator("department")
     @classmethod
     def _department(cls, v: str, info: ValidationInfo) -> str:
@@ -355,13 +362,13 @@ def load_registry(registry_dir: Path, departments: dict[str, Any] | None = None,
     Departments are checked against ``departments`` (default: the project's ``schemas/departments.yml``
     under the settings root); when that file itself is broken, every registry file carries its error (none
     loads unchecked)."""
-    from pipelines.departments import default_departments
+    from pipelines.departments import load_departments
 
     systems: dict[str, SourceSystem] = {}
     errors: dict[Path, ConfigError] = {}
     paths = sorted(registry_dir.glob("*.yml"))
     try:
-        departments = default_departments() if departments is None else departments
+        departments = load_departments() if departments is None else departments
     except ConfigError as exc:
         return systems, {path: exc for path in paths}
     for path in paths:

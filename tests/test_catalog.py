@@ -109,7 +109,9 @@ def test_catalog_lists_every_raw_and_std_table(lake: Settings) -> None:
     assert person.classification is not None and person.classification["path"] == "基础信息资源/人口/人口基本信息"
     assert person.overrides == []
     grade_override = by_id["std.enterprise"].overrides  # enterprise departs from its default grade, approved
-    assert [o["attribute"] for o in grade_override] == ["classification.grade"] and grade_override[0]["approved_by"]
+    # its approved grade 1 moved open.type's default: listed too, under the same approval
+    assert [o["attribute"] for o in grade_override] == ["classification.grade", "open.type"]
+    assert grade_override[0]["approved_by"] and grade_override[1]["approved_by"] == grade_override[0]["approved_by"]
     assert {i["name"]: i["element_name"] for i in person.items}["resident_id"] == "公民身份号码"
     assert person.quality_score is not None and 0.0 < person.quality_score <= 1.0
     # The seeded city injects defects into population.person (seed_manifest.json): the score counts them.

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 from conftest import TEST_DEPARTMENT
-from stdnum.cn import uscc
 
 from pipelines.contracts import load_contracts
-from pipelines.departments import department_name, load_departments
+from pipelines.departments import check_department, department_name, load_departments
 from pipelines.errors import ConfigError
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
@@ -86,16 +85,33 @@ def test_unknown_department_code_fails_with_file_and_line(tmp_path: Path) -> Non
     systems, errors = load_registry(schemas / "sources")
     assert "population" not in systems and set(errors) == {registry}
     (problem,) = errors[registry].problems
-    assert problem.startswith(f"{registry}:{line}: department: unknown department code '市公安局' "
-                              "(schemas/departments.yml has: 11340100003001113F 合肥市公安局, ")
-    assert problem.endswith("; 合肥市公安局 is '11340100003001113F'")  # an old free-text name points at its code
+    # the registry file and the near matches, never the whole list (a city has a hundred departments);
+    # an old free-text name points at its code
+    assert problem == (f"{registry}:{line}: department: unknown department code '市公安局' (not in "
+                       f"{SCHEMAS / 'departments.yml'}); did you mean '11340100003001113F' (合肥市公安局)?")
 
     _edit(registry, "department: 市公安局", 'department: "11340100003001113F"')
     contract = schemas / "datasets" / "person.yml"
     line = _edit(contract, 'owner: "11340100003001113F"', 'owner: "11340100003001113X"')
     with pytest.raises(ConfigError, match=rf"person\.yml:{line}: owner: unknown department code "
-                                          r"'11340100003001113X' \(schemas/departments\.yml has: "):
+                                          r"'11340100003001113X' \(not in .*departments\.yml\); did you mean "
+                                          r"'11340100003001113F' \(合肥市公安局\)\?"):
         _load_all(schemas)
+    # nothing near: the file to add it to, and no list
+    departments = load_departments(schemas / "departments.yml")
+    with pytest.raises(ValueError, match=r"^unknown department code 'ZZZ' \(not in .*departments\.yml\); add the "
+                                         r"department there first, or use one of its codes$"):
+        check_department("ZZZ", departments)
+
+
+def test_unquoted_numeric_department_code_says_quote_it(tmp_path: Path) -> None:
+    """YAML reads an all-digit 统一社会信用代码 as a number: say so, not "Input should be a valid string"."""
+    schemas = _schemas(tmp_path)
+    registry = schemas / "sources" / "enterprise.yml"
+    line = _edit(registry, 'department: "113401000030022204"', "department: 113401000030022204")
+    _systems, errors = load_registry(schemas / "sources")
+    assert errors[registry].problems == [f"{registry}:{line}: department: quote the code: YAML reads "
+                                         '113401000030022204 as a number (write department: "113401000030022204")']
 
 
 def test_department_registry_checks_codes_with_line(tmp_path: Path) -> None:
@@ -105,9 +121,9 @@ def test_department_registry_checks_codes_with_line(tmp_path: Path) -> None:
     departments = load_departments(path)
     assert department_name(departments, "11340100003001113F") == "合肥市公安局"
     assert department_name(departments, "市公安局") == "市公安局"  # old meta rows hold names
+    assert department_name(departments, None) == "未指定部门"
     assert departments[TEST_DEPARTMENT].name == "合肥市数据资源局"
-    for code in departments:  # every synthetic credit code carries a valid GB 32100 check char
-        assert len(code) != 18 or uscc.is_valid(code), code
+    assert departments.file == path  # what an unknown code's error names
 
     line = _edit(path, '"11340100003003338T"', '"11340100003003338U"')  # wrong check char
     with pytest.raises(ConfigError, match=rf"departments\.yml:{line}: departments\.2\.code: department code "

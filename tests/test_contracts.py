@@ -87,11 +87,18 @@ def test_resource_code_path_and_overrides_of_the_project_contracts() -> None:
     assert len(set(codes)) == len(codes)
     assert all(re.fullmatch(r"[1-3]\d{2}\d{3}(\d{3})?/[0-9A-HJ-NP-RTUW-Y]{18}-\d{4}", code) for code in codes), codes
     # std.enterprise carries legal_representative (个人信息 → grade 3) yet is graded 1 and opened: approved
-    (override,) = contracts["enterprise"].overrides
+    override, knock_on = contracts["enterprise"].overrides
     assert override["attribute"] == "classification.grade" and (override["value"], override["default"]) == (1, 3)
     assert "企业信息公示暂行条例" in override["reason"] and override["approved_by"]
-    assert contracts["enterprise"].open.type == "无条件开放"  # the default of grade 1: no second override
+    # 无条件开放 is grade 1's default, so no override of its own, but the catalog shows it moved with the grade
+    # (grade 3 would give 有条件开放); sharing is fixed by the Hefei rule (法人单位), so it is no knock-on
+    assert contracts["enterprise"].open.type == "无条件开放"
+    assert {k: knock_on[k] for k in ("attribute", "value", "default")} == {
+        "attribute": "open.type", "value": "无条件开放", "default": "有条件开放"}
+    assert "随分级覆盖" in knock_on["reason"] and knock_on["approved_by"] == override["approved_by"]
     assert {d for d, c in contracts.items() if c.overrides} == {"enterprise", "credit_record", "bus_ridership"}
+    # the demo's approvals are invented: they say so wherever they are shown
+    assert all(o["approved_by"].startswith("示例 (演示数据, 未经实际审批)") for c in contracts.values() for o in c.overrides)
 
 
 def test_duplicate_sequence_within_a_provider_names_both_files(tmp_path: Path) -> None:
@@ -123,8 +130,9 @@ def test_resource_category_names_the_item(tmp_path: Path) -> None:
 
 
 def test_departure_without_override_names_the_default(tmp_path: Path) -> None:
-    d, (line,) = _edited(tmp_path, "enterprise", ("  grade: 1\n  override:\n", "  grade: 1\n  x_override:\n"))
-    text = (d / "enterprise.yml").read_text(encoding="utf-8").replace("  x_override:\n    reason", "  # reason")
+    d, (line, _) = _edited(tmp_path, "enterprise", ("  grade: 1\n", "  grade: 1\n"),  # kept: its line wanted
+                           ("  override:\n    reason:", "  # override:\n  # reason:"))
+    text = (d / "enterprise.yml").read_text(encoding="utf-8")
     (d / "enterprise.yml").write_text(text.replace("    approved_by:", "  # approved_by:"), encoding="utf-8")
     with pytest.raises(ConfigError, match=rf"enterprise\.yml:{line}: classification\.grade: 1 departs from its "
                                           r"default 3 \(its most sensitive column legal_representative is 个人信息\); "
@@ -160,6 +168,116 @@ def test_rules_are_not_lifted_by_an_override_and_idle_overrides_fail(tmp_path: P
         "open: {type: 无条件开放}", "open: {type: 无条件开放, override: {reason: 无需说明的例外, approved_by: 某局}}"))
     with pytest.raises(ConfigError, match=rf"poi\.yml:{line}: open\.override: nothing departs from its default"):
         _load(d2)
+
+
+ESCALATE = ("classification: {level: 一般数据, grade: 4}",
+            "classification: {level: 重要数据, override: {reason: 汇聚后涉及重要数据, approved_by: 某局}}")
+
+
+@pytest.mark.parametrize("level", ["核心数据", "重要数据"])
+def test_core_and_important_data_are_neither_shared_nor_opened(tmp_path: Path, level: str) -> None:
+    """No Hefei sharing rule names 生态环保: 核心/重要数据 is 不予共享 and 不予开放, whatever the tier said."""
+    escalate = ("classification: {level: 一般数据, grade: 1}",
+                f"classification: {{level: {level}, override: {{reason: 监测站点布设属重要数据, approved_by: 某局}}}}")
+    d, (_, sharing, opening) = _edited(tmp_path, "air_quality_hourly", escalate,  # values kept: lines wanted
+                                       ("  type: 无条件共享\n", "  type: 无条件共享\n"),
+                                       ("open: {type: 无条件开放}", "open: {type: 无条件开放}"))
+    with pytest.raises(ConfigError) as info:
+        _load(d)
+    path = d / "air_quality_hourly.yml"
+    assert info.value.problems == [
+        f"{path}:{sharing}: sharing.type: 无条件共享 breaks a rule: {level} is 不予共享 (STANDARDS.md; no Hefei sharing "
+        f"rule names 生态环保) (default 不予共享; a rule is not lifted by an override)",
+        f"{path}:{opening}: open.type: 无条件开放 breaks a rule: {level} is 不予开放 (STANDARDS.md) (default 不予开放; a "
+        "rule is not lifted by an override)"]
+    d2, _ = _edited(tmp_path / "b", "air_quality_hourly", escalate,
+                    ("  type: 无条件共享\n  condition: 无条件\n", "  type: 不予共享\n  basis: 《数据安全法》第二十一条\n"),
+                    ("open: {type: 无条件开放}", "open: {type: 不予开放}"))
+    (override,) = _load(d2)["air_quality_hourly"].overrides  # the rules' values need no override of their own
+    assert (override["attribute"], override["value"], override["default"]) == ("classification.level", level, "一般数据")
+
+
+def test_hefei_sharing_rules_win_over_an_escalated_classification(tmp_path: Path) -> None:
+    """重要数据 does not lift Hefei's rules: 人口 stays 无条件共享, 社会保障 有条件共享 (and neither is opened)."""
+    d, (_, line) = _edited(tmp_path, "person", ESCALATE, (
+        "  type: 无条件共享\n  condition: 无条件\n", "  type: 不予共享\n  basis: 《数据安全法》第二十一条\n"))
+    with pytest.raises(ConfigError, match=rf"person\.yml:{line}: sharing\.type: 不予共享 breaks a rule: 人口 is a base "
+                                          r"resource: Hefei shares it 无条件共享 whatever its level or grade"):
+        _load(d)
+    d2, _ = _edited(tmp_path / "b", "person", ESCALATE)
+    person = _load(d2)["person"]
+    assert (person.sharing.type, person.open.type) == ("无条件共享", "不予开放")
+    assert [o["attribute"] for o in person.overrides] == ["classification.level"]
+
+    d3, (_, line) = _edited(tmp_path / "c", "insured", ESCALATE, (
+        "  type: 有条件共享\n  condition: 用于社会保障待遇核验, 经人社部门审核, 快速响应\n",
+        "  type: 不予共享\n  basis: 《数据安全法》第二十一条\n"))
+    with pytest.raises(ConfigError, match=rf"insured\.yml:{line}: sharing\.type: 不予共享 breaks a rule: 社会保障: Hefei "
+                                          r"shares it 有条件共享 \(with fast response\) whatever its level or grade"):
+        _load(d3)
+    d4, _ = _edited(tmp_path / "d", "insured", ESCALATE)
+    assert _load(d4)["insured"].sharing.type == "有条件共享"
+
+
+def test_social_security_is_shared_conditionally(tmp_path: Path) -> None:
+    d, (line,) = _edited(tmp_path, "housing_fund_account", (
+        "  type: 有条件共享\n  condition: 用于住房保障与贷款审核, 经公积金中心审核, 快速响应\n",
+        "  type: 无条件共享\n  condition: 无条件\n  override: {reason: 公积金中心同意无条件共享, approved_by: 某局}\n"))
+    with pytest.raises(ConfigError) as info:
+        _load(d)
+    path = d / "housing_fund_account.yml"
+    assert info.value.problems == [
+        f"{path}:{line}: sharing.type: 无条件共享 breaks a rule: 社会保障: Hefei shares it 有条件共享 (with fast response) "
+        "whatever its level or grade (default 有条件共享; a rule is not lifted by an override)",
+        f"{path}:{line + 2}: sharing.override: sharing.type is fixed by a rule (社会保障: Hefei shares it 有条件共享 "
+        "(with fast response) whatever its level or grade) and an override cannot lift it; remove the override (it "
+        "records a departure)"]
+
+
+def test_idle_override_on_a_rule_bound_attribute_fails(tmp_path: Path) -> None:
+    """An override beside a value a rule fixes records nothing: it is an error like any idle override."""
+    d, (line,) = _edited(tmp_path, "person", (
+        "  methods: [database, service]\n",
+        "  methods: [database, service]\n  override: {reason: 人口数据无条件共享, approved_by: 某局}\n"))
+    with pytest.raises(ConfigError) as info:
+        _load(d)
+    assert info.value.problems == [
+        f"{d / 'person.yml'}:{line + 1}: sharing.override: sharing.type is fixed by a rule (人口 is a base resource: "
+        "Hefei shares it 无条件共享 whatever its level or grade) and an override cannot lift it; remove the override "
+        "(it records a departure)"]
+
+
+def test_a_sensitive_column_keeps_data_closed_under_a_lower_grade(tmp_path: Path) -> None:
+    """A grade override moves the sharing/open defaults, but data with a 敏感个人信息 column stays 不予开放."""
+    lower = ("classification: {level: 一般数据, grade: 4}",
+             "classification: {level: 一般数据, grade: 3, override: {reason: 仅供内部统计使用, approved_by: 某局}}")
+    d, (_, line) = _edited(tmp_path, "insured", lower, ("open: {type: 不予开放}", "open: {type: 有条件开放, condition: 脱敏后}"))
+    with pytest.raises(ConfigError, match=rf"insured\.yml:{line}: open\.type: 有条件开放 breaks a rule: its most "
+                                          r"sensitive column resident_id is 敏感个人信息 \(grade 4\): 不予开放 whatever "
+                                          r"the declared grade"):
+        _load(d)
+    d2, _ = _edited(tmp_path / "b", "insured", lower)
+    assert [o["attribute"] for o in _load(d2)["insured"].overrides] == ["classification.grade"]
+
+
+def test_owner_is_the_source_systems_department(tmp_path: Path) -> None:
+    """The 提供方 in the resource code, the held-batch alerts and the rejected-file alerts is one department."""
+    d, (line,) = _edited(tmp_path, "poi", ('owner: "11340100003007777F"  # 合肥市自然资源和规划局',
+                                           'owner: "11340100003009991Q"  # 合肥市数据资源局'))
+    with pytest.raises(ConfigError) as info:
+        _load(d)
+    assert info.value.problems == [
+        f"{d / 'poi.yml'}:{line}: owner: 11340100003009991Q (合肥市数据资源局) is not the department of its source system "
+        "poi, 11340100003007777F (合肥市自然资源和规划局); the 提供方 is the source system's department: write owner: "
+        "\"11340100003007777F\" or fix the system's registry file"]
+
+
+def test_unquoted_numeric_owner_says_quote_it(tmp_path: Path) -> None:
+    d, (line,) = _edited(tmp_path, "enterprise", ('owner: "113401000030022204"', "owner: 113401000030022204"))
+    with pytest.raises(ConfigError) as info:
+        _load(d)
+    assert info.value.problems == [f"{d / 'enterprise.yml'}:{line}: owner: quote the code: YAML reads "
+                                   '113401000030022204 as a number (write owner: "113401000030022204")']
 
 
 def test_classification_code_list_checks_its_rows(tmp_path: Path) -> None:

@@ -32,8 +32,9 @@ import pyarrow.compute as pc
 import yaml
 
 from pipelines.contract_todos import TODO, hint, todo_problems
-from pipelines.contracts import GRADE_TIERS, HEFEI_CONDITIONAL, HEFEI_UNCONDITIONAL, SENSITIVITY_GRADE
+from pipelines.departments import department_name, load_departments
 from pipelines.errors import CitylakeError, ConfigError
+from pipelines.grading import GRADE_TIERS, HARD_RULES, SENSITIVITY_GRADE, SENSITIVITY_TEXT
 from pipelines.registry import DropTable, SourceSystem, SqlTable, get_system, load_yaml
 from pipelines.settings import TZ, Settings
 from pipelines.standards import DataElement, Standards, load_standards
@@ -120,7 +121,7 @@ def draft(settings: Settings, system: str, table: str, *, force: bool = False, w
     _contextual(guesses, sample, standards, context)
     _name_matches(guesses, standards, sample, context)
     text = render(spec, tspec, dataset, guesses, standards, sample.num_rows, sample_rows,
-                  owner_name=_department_name(settings, spec.department),
+                  owner_name=department_name(load_departments(settings), spec.department),
                   classes=_classification_lines(settings), sequence=_next_sequence(datasets, spec.department, path))
     parsed = yaml.safe_load(text)  # the template must stay valid YAML whatever the names hold
     if not isinstance(parsed, dict) or len(parsed.get("columns", [])) != len(guesses):
@@ -518,16 +519,6 @@ def _cycle(schedule: str) -> str | None:
     return None
 
 
-def _department_name(settings: Settings, code: str) -> str | None:
-    from pipelines.departments import department_name, departments_file, load_departments
-
-    try:
-        name = department_name(load_departments(departments_file(settings)), code)
-    except CitylakeError:
-        return None  # the registry load reports the department file's own problems
-    return name if name != code else None
-
-
 def _classification_lines(settings: Settings) -> list[str]:
     """The 类/项/目 code list as one comment line per 类, to choose the catalog codes from."""
     from pipelines.resource_classification import FILE, load_resource_classification
@@ -619,12 +610,11 @@ def render(spec: SourceSystem, tspec: SqlTable | DropTable, dataset: str, guesse
     out += [
         f"format: {fmt}  # 按来源类型推断 ({'关系数据库' if isinstance(tspec, SqlTable) else tspec.format + ' 文件'})",
         f"update_cycle: {_todo('update_cycle', f'抽取计划 {spec.schedule!r} 建议 {cycle}' if cycle else '')}",
-        f"# 建议 一般数据, grade {top}: 最敏感的列 {why_grade} (GB/T 43697 默认: 敏感个人信息 4, 个人信息 3, 内部 2, 公开 1)",
+        f"# 建议 一般数据, grade {top}: 最敏感的列 {why_grade} (GB/T 43697 默认: {SENSITIVITY_TEXT})",
         "classification:",
         f"  level: {_todo('classification.level', '建议 一般数据')}",
         f"  grade: {_todo('classification.grade', f'建议 {top}')}",
-        f"# 建议 (grade {top} 的默认): 共享 {share}, 开放 {opening}; 规则 (不能 override): 核心/重要数据 不予共享、不予开放, "
-        f"grade 4 不予开放, 合肥基础资源 ({'/'.join(HEFEI_UNCONDITIONAL)}) 无条件共享, {'/'.join(HEFEI_CONDITIONAL)} 有条件共享",
+        f"# 建议 (grade {top} 的默认): 共享 {share}, 开放 {opening}; 规则 (优先于默认, 不能 override): {HARD_RULES}",
         "sharing:",
         f"  type: {_todo('sharing.type', f'建议 {share}')}",
         f"  condition: {_todo('sharing.condition')}",
