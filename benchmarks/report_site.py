@@ -1,7 +1,7 @@
 """The governance site for 100 datasets × 30 days of history: wall seconds and peak RSS of ``build_site``.
 
 Generates, in a scratch project root and lake (nothing of the repo's own lake is touched):
-- a source system ``bench`` with 100 tables and 100 dataset contracts over them (owners cycled over the
+- source systems ``bench<k>`` (one per department) with 100 tables and 100 dataset contracts over them (owners cycled over the
   department registry), on top of the project's own registry, standards and contracts;
 - per dataset: a raw table with one snapshot per day (30), a std table, a quarantine table with failing rows
   (``_rules``, resident IDs in them so the masking path runs);
@@ -45,20 +45,24 @@ def _project(base: Path, n: int) -> Path:
     import yaml
 
     departments = [d["code"] for d in yaml.safe_load((root / "schemas" / "departments.yml").read_text(encoding="utf-8"))["departments"]]
-    tables = "\n".join(
-        f"  - code: t{i:03d}\n    source: t{i:03d}\n    primary_key: [poi_id]\n    crs: GCJ-02\n"
-        f"    columns: {{编号: poi_id, 名称: name, 类别: category, 区划代码: district_code, 更新时间: updated_at}}"
-        for i in range(n))
-    (root / "schemas" / "sources" / "bench.yml").write_text(
-        f'system: bench\nname: 基准测试系统\ndepartment: "{departments[0]}"\nconnection: src_bench\n'
-        f"default_url: sqlite:///{{data_dir}}/sources/bench.db\nschedule: \"0 2 * * *\"\ntables:\n{tables}\n",
-        encoding="utf-8")
+    # One bench system per department (a contract's provider is its source system's department), tables
+    # dealt round-robin: dataset i is table t<i> of system bench<i mod m>, owned by department i mod m.
+    m = max(1, len(departments) - 2)
+    for k in range(m):
+        tables = "\n".join(
+            f"  - code: t{i:03d}\n    source: t{i:03d}\n    primary_key: [poi_id]\n    crs: GCJ-02\n"
+            f"    columns: {{编号: poi_id, 名称: name, 类别: category, 区划代码: district_code, 更新时间: updated_at}}"
+            for i in range(k, n, m))
+        (root / "schemas" / "sources" / f"bench{k}.yml").write_text(
+            f'system: bench{k}\nname: 基准测试系统{k}\ndepartment: "{departments[k]}"\nconnection: src_bench{k}\n'
+            f"default_url: sqlite:///{{data_dir}}/sources/bench{k}.db\nschedule: \"0 2 * * *\"\ntables:\n{tables}\n",
+            encoding="utf-8")
     poi = (root / "schemas" / "datasets" / "poi.yml").read_text(encoding="utf-8")
     for i in range(n):
-        owner = departments[i % max(1, len(departments) - 2)]
+        owner = departments[i % m]
         text = (poi.replace("dataset: poi", f"dataset: bench_{i:03d}")
                 .replace("name: 地名地址兴趣点", f"name: 基准数据集{i:03d}")
-                .replace("source: {system: poi, table: poi}", f"source: {{system: bench, table: t{i:03d}}}")
+                .replace("source: {system: poi, table: poi}", f"source: {{system: bench{i % m}, table: t{i:03d}}}")
                 .replace("sequence: 1", f"sequence: {100 + i}"))
         text = "\n".join(line for line in text.splitlines()
                          if not line.startswith(("- {name: longitude", "- {name: latitude"))) + "\n"
@@ -119,12 +123,12 @@ def _generate(settings, n: int, days: int, today: date) -> dict[str, int]:  # no
                                 "passed": failed == 0, "error": None, "recorded_at": night})
             if i % 5 == 0:
                 compared = 0 if i % 25 == 0 else 300
-                results.append({"run_id": f"consistency__{night:%Y%m%d}", "dataset": f"bench.t{i:03d}", "department": owner,
+                results.append({"run_id": f"consistency__{night:%Y%m%d}", "dataset": f"{contracts[ds].source['system']}.t{i:03d}", "department": owner,
                                 "rule": "poi_name.consistency.bench", "tag": "source_conflict", "dimension": "一致性",
                                 "element": "poi_name", "column": "poi_name", "evaluated": compared, "failed": compared // 50,
                                 "severity": "warning", "passed": compared == 0, "error": None, "recorded_at": night})
                 conflicts += [{"run_id": f"consistency__{night:%Y%m%d}", "element": "poi_name", "element_name": "兴趣点名称",
-                               "authoritative_system": "poi", "other_system": "bench", "other_table": f"t{i:03d}",
+                               "authoritative_system": "poi", "other_system": contracts[ds].source["system"], "other_table": f"t{i:03d}",
                                "other_column": "name", "key": f"P{k:07d}", "authoritative_value": "合肥*****学校",
                                "other_value": "合肥*****小学", "recorded_at": night} for k in range(compared // 50)]
             status = "held" if (i % 17 == 0 and d == days - 1) else "published"
