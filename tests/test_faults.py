@@ -238,7 +238,10 @@ def test_sigkill_between_data_files_and_commit(lake_settings: Settings, tmp_path
     before = get_catalog(lake_settings).load_table("raw.hr__staff").current_snapshot().snapshot_id
     _staff(db, 30, 50, 2)
 
-    killed = subprocess.run([sys.executable, "-c", _KILLED_AT_COMMIT, str(db)], env={**os.environ},
+    # The test modules it imports read shared constants with ``from conftest import``, as pytest allows:
+    # the child needs tests/ on its path as pytest's rootdir insertion gives the parent.
+    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AT_COMMIT, str(db)], env={**os.environ, "PYTHONPATH": path},
                             capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert _data_files(lake_settings, "b2"), "the kill came before the data files were written"
