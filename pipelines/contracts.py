@@ -26,6 +26,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from pipelines.contract_todos import with_todos
+from pipelines.departments import DepartmentCode
 from pipelines.errors import ConfigError
 from pipelines.grading import (
     CLOSED_GRADE,
@@ -173,7 +174,7 @@ class DatasetContract(_Model):
     dataset: str
     name: str
     description: str
-    owner: str
+    owner: DepartmentCode
     """Owning department's code (提供方代码, schemas/departments.yml)."""
     resource_category: str
     """信息资源分类 at 项 level: the name of ``catalog``'s 项 (人口, 法人单位, 社会信用, 生态环保, 社会保障, …)."""
@@ -199,21 +200,6 @@ class DatasetContract(_Model):
     @classmethod
     def _code(cls, v: str) -> str:
         return check_code(v, "dataset code")
-
-    @field_validator("owner", mode="before")
-    @classmethod
-    def _quoted(cls, v: Any) -> Any:
-        from pipelines.departments import quoted_code
-
-        return quoted_code(v, "owner")
-
-    @field_validator("owner")
-    @classmethod
-    def _known_owner(cls, v: str, info: ValidationInfo) -> str:
-        from pipelines.departments import check_department
-
-        # always checked: without a registry in the context, the project's departments.yml (cached)
-        return check_department(v, (info.context or {}).get("departments"))
 
     @field_validator("source")
     @classmethod

@@ -14,9 +14,18 @@ import difflib
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from pipelines.errors import ConfigError
 from pipelines.settings import Settings, load_settings
@@ -177,3 +186,16 @@ def check_department(code: str, departments: Mapping[str, Department] | None = N
     hint = (f"; did you mean {', '.join(f'{c!r} ({departments[c].name})' for c in near)}?" if near
             else "; add the department there first, or use one of its codes")
     raise ValueError(f"unknown department code {code!r} (not in {file}){hint}")
+
+
+def _quoted_field(value: Any, info: ValidationInfo) -> Any:
+    return quoted_code(value, info.field_name or "department")
+
+
+def _registered(code: str, info: ValidationInfo) -> str:
+    # always checked: without a registry in the context, the project's departments.yml (cached)
+    return check_department(code, (info.context or {}).get("departments"))
+
+
+DepartmentCode = Annotated[str, BeforeValidator(_quoted_field), AfterValidator(_registered)]
+"""A field holding a department code (registry ``department:``, contract ``owner:``): quoted, registered."""

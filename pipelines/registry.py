@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.departments import DepartmentCode
 from pipelines.errors import ConfigError
 from pipelines.sql_filter import check_filter
 
@@ -167,7 +168,7 @@ class SourceSystem(_Model):
     """System code, e.g. ``population``."""
     name: str
     """Chinese name, e.g. 人口基础信息系统."""
-    department: str
+    department: DepartmentCode
     """Owning department's code (schemas/departments.yml), e.g. ``11340100003001113F`` (合肥市公安局)."""
     connection: str
     """Connection id: resolved from ``CITYLAKE_CONN_<ID>``/``AIRFLOW_CONN_<ID>`` or an Airflow connection."""
@@ -187,21 +188,6 @@ class SourceSystem(_Model):
     @classmethod
     def _system(cls, v: str) -> str:
         return check_code(v, "system code")
-
-    @field_validator("department", mode="before")
-    @classmethod
-    def _quoted(cls, v: Any) -> Any:
-        from pipelines.departments import quoted_code
-
-        return quoted_code(v, "department")
-
-    @field_validator("department")
-    @classmethod
-    def _department(cls, v: str, info: ValidationInfo) -> str:
-        from pipelines.departments import check_department
-
-        # always checked: without a registry in the context, the project's departments.yml (cached)
-        return check_department(v, (info.context or {}).get("departments"))
 
     @field_validator("connection")
     @classmethod
