@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from datetime import date, datetime
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipelines.catalog.cli import catalog_app
 from pipelines.catalog.contract_cli import contract_app
+from pipelines.console import err, fail, out, wide
 from pipelines.errors import CitylakeError
 from pipelines.report.cli import report as report_command
 from pipelines.settings import TZ, load_settings
@@ -28,22 +28,15 @@ app.add_typer(quality_app, name="quality")
 app.add_typer(contract_app, name="contract")
 app.add_typer(catalog_app, name="catalog", help="The resource catalog (数据资源一本账): ls, show, register.")
 app.command("report")(report_command)
-out = Console()
-err = Console(stderr=True)
 
 
 def _print_wide(table: Table, columns: int) -> None:
     # Piped output has no terminal width: don't squeeze the columns into 80.
-    (out if out.is_terminal else Console(width=max(160, 24 * columns))).print(table)
+    wide(columns).print(table)
 
 
 EXIT_FILES_REJECTED = 3
 """`citylake ingest` exit code when the load landed but rejected some drop files (1: a table failed)."""
-
-
-def _fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
 
 
 def _progress() -> Progress:
@@ -60,7 +53,7 @@ def _parse_when(value: str | None, flag: str) -> datetime | None:
         try:
             d = date.fromisoformat(value)
         except ValueError:
-            _fail(f"{flag} {value!r}: expected a date (2026-11-01) or a time (2026-11-01T08:00:00+08:00)")
+            fail(f"{flag} {value!r}: expected a date (2026-11-01) or a time (2026-11-01T08:00:00+08:00)")
         parsed = datetime(d.year, d.month, d.day)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=TZ)
 
@@ -102,21 +95,21 @@ def ingest(system: Annotated[str, typer.Argument(help="System code, e.g. populat
     from pipelines.registry import SqlTable, get_system
 
     if (since is None) != (until is None):
-        _fail("--since and --until go together (a backfill window)")
+        fail("--since and --until go together (a backfill window)")
     if full_refresh and since:
-        _fail("--full-refresh and --since/--until exclude each other")
+        fail("--full-refresh and --since/--until exclude each other")
     if deletions and (full_refresh or since):
-        _fail("--deletions runs alone (not with --full-refresh or --since/--until)")
+        fail("--deletions runs alone (not with --full-refresh or --since/--until)")
     settings = load_settings()
     try:
         spec = get_system(settings.registry_dir, system)
     except CitylakeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     mode = "deletions" if deletions else "full" if full_refresh else ("backfill" if since else "incremental")
     # --deletions without --table: the SQL tables (a file drop has no whole key set to compare with)
     codes = table or [t.code for t in spec.all_tables if not deletions or isinstance(t, SqlTable)]
     if not codes:
-        _fail(f"system {system}: --deletions needs SQL tables; {system} is a file drop")
+        fail(f"system {system}: --deletions needs SQL tables; {system} is a file drop")
     failures: list[str] = []
     rejected: list[str] = []
     t = Table("table", "mode", "extracted", "written", "unchanged", "deleted", "watermark", "seconds",
@@ -157,7 +150,7 @@ def demo(scale: Annotated[float, typer.Option(help="Size of the synthetic city."
     try:
         run_demo(scale=scale, console=out)
     except CitylakeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @sources_app.command("ls")
@@ -171,7 +164,7 @@ def sources_ls() -> None:
     try:
         departments = load_departments(settings)
     except CitylakeError as broken:
-        _fail(str(broken))
+        fail(str(broken))
     systems, errors = load_registry(settings.registry_dir, departments)
     t = Table("system", "名称", "部门", "schedule", "tables", "kind")
     for s in systems.values():
@@ -213,7 +206,7 @@ def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__pe
     try:
         columns, rows, warning = show(table, limit, load_settings(), unmasked=unmasked)
     except NoSuchTableError:
-        _fail(f"no table {table!r} in the lake (see `citylake lake ls`)")
+        fail(f"no table {table!r} in the lake (see `citylake lake ls`)")
     if warning:
         err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     t = Table(*columns)
@@ -253,7 +246,7 @@ def quality_run(dataset: Annotated[str, typer.Argument(help="Dataset code, or 'a
             t.add_row(name, "held", "", "", "", "", "")
             err.print(f"[bold red]held:[/] {exc}", highlight=False, soft_wrap=True)
         except CitylakeError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     out.print(t)
     if dataset == "all":
         c = Table("element", "authority", "copy", "compared", "conflicts", "rate", title="一数一源 consistency")
@@ -299,7 +292,7 @@ def quality_release(dataset: Annotated[str, typer.Argument(help="Dataset code.")
     try:
         r = run_quality(dataset, settings=load_settings(), reference_date=ref, release=reason)
     except CitylakeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print(f"released {len(r.batches)} batch(es) of {dataset}: {r.published:,} published, "
               f"{r.quarantined:,} quarantined (std snapshot {r.std_snapshot}, run {r.run_id})")
 
@@ -312,7 +305,7 @@ def quality_docs() -> None:
     try:
         built = build_data_docs(load_settings())
     except CitylakeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print(f"GX Data Docs: {built.suites} suites, {built.total_results} validation results "
               f"({built.new_results} new) → {built.index}"
               + ("" if built.vendored else " (pages load scripts from public CDNs: run `citylake quality docs-assets`)"))
@@ -329,7 +322,7 @@ def quality_docs_assets(
     try:
         where = fetch_assets(registry=registry)
     except CitylakeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print(f"Data Docs assets ready in {where}")
 
 

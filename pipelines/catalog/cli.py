@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.console import fail, out, wide
 from pipelines.errors import CitylakeError
 from pipelines.formats import TIME_ZONE_LABEL, beijing_time, percent
 from pipelines.settings import load_settings
 
 catalog_app = typer.Typer(no_args_is_help=True, help="The resource catalog (数据资源一本账).")
-out = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
 
 
 def _wide() -> Console:
-    # Piped output has no terminal width: a narrow console would cut identifiers and codes.
-    return out if out.is_terminal else Console(width=400)
+    return wide(columns=17)
 
 
 def _entries() -> list[Any]:
@@ -35,7 +28,7 @@ def _entries() -> list[Any]:
     try:
         return build_catalog(load_settings())
     except CitylakeError as exc:
-        _fail(str(exc).replace("\n", "; "))
+        fail(str(exc).replace("\n", "; "))
 
 
 def _score(value: float | None) -> str:
@@ -78,7 +71,7 @@ def catalog_show(key: Annotated[str, typer.Argument(help="Dataset code (person) 
     entry = find_entry(entries, key)
     if entry is None:
         datasets = sorted({e.dataset for e in entries if e.dataset})
-        _fail(f"no catalog entry {key!r}: not a dataset ({', '.join(datasets) or 'none'}) nor a lake table "
+        fail(f"no catalog entry {key!r}: not a dataset ({', '.join(datasets) or 'none'}) nor a lake table "
               f"(see `citylake catalog ls`)")
     if as_json:
         sys.stdout.write(json.dumps(entry.to_dict(), ensure_ascii=False, indent=2) + "\n")
@@ -133,5 +126,5 @@ def catalog_register(dataset: Annotated[str, typer.Argument(help="Dataset code."
     try:
         r = register(load_settings(), dataset, code, on, recorded_by=by)
     except CitylakeError as exc:
-        _fail(str(exc).replace("\n", "; "))
+        fail(str(exc).replace("\n", "; "))
     out.print(f"{dataset}: 已登记 {r.code}（{r.registered_on.isoformat()}）", highlight=False)

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from pipelines.console import fail, out
 from pipelines.errors import CitylakeError
 from pipelines.settings import load_settings
 
 contract_app = typer.Typer(no_args_is_help=True, help="Dataset contracts (schemas/datasets/).")
-out = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {' '.join(message.split())}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
 
 
 @contract_app.command("new")
@@ -38,7 +31,7 @@ def contract_new(system: Annotated[str, typer.Argument(help="System code (schema
     try:
         d = draft(settings, system, table, force=force, write=not print_only)
     except CitylakeError as exc:
-        _fail("; ".join(str(exc).splitlines()))
+        fail("; ".join(str(exc).splitlines()))
     if print_only:
         sys.stdout.write(d.text)
         return
