@@ -401,11 +401,16 @@ def test_rows_landed_and_rejected_files_count_in_their_window(empty_lake: Settin
     bus = systems["bus_ridership"]
     for _ in range(2):  # the same batch run twice: it replaces its own rows
         assert ingest_table(bus, "ridership", settings=empty_lake, batch_id="b1").rows_written == 3
-    (drops / "ridership_20261121.jsonl").write_bytes(b"")  # empty: rejected
+    # empty: rejected; people name drop files after the person, so the name carries personal values
+    (drops / "ridership_20261121_张伟_合肥市蜀山区长江西路100号_340104199001011234.jsonl").write_bytes(b"")
     assert ingest_table(bus, "ridership", settings=empty_lake, batch_id="b2").files_rejected
 
     index = build_site(empty_lake, out_dir=tmp_path / "now")
     html = index.read_text(encoding="utf-8")
+    for page in index.parent.rglob("*.html"):  # the rejected-files table shows the name masked, never in clear
+        text = page.read_text(encoding="utf-8")
+        assert not any(v in text for v in ("张伟", "长江西路", "199001011234")), page
+    assert "张*_合肥市蜀山区***_340104********1234.jsonl" in html
     assert _card(html, "rows-landed") == 3
     assert _card(html, "files-rejected") == 1
     assert _card(html, "files-rejected-pending") == 1

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from pipelines.departments import department_name
 from pipelines.lake.meta import BATCHES, CONFLICTS, STANDARDIZATION_LOG, latest_events
-from pipelines.privacy.mask import mask_message, mask_text
+from pipelines.privacy.mask import mask_file_name, mask_message
 from pipelines.quality import scorecard
 from pipelines.quality.scorecard import DIMENSIONS, Card
 from pipelines.settings import TZ, Settings
@@ -311,7 +311,7 @@ class _Reader:
                             timed = _rejected_at(entry) or batch_at.get(entry.get("batch") or "")
                             recent = timed is not None and self.since <= timed <= self.until
                             info["rejected_recent"] += recent
-                            info["rejected"].append({"file": mask_text(name), "reason": mask_message(entry.get("reason") or ""),
+                            info["rejected"].append({"file": mask_file_name(name), "reason": mask_message(entry.get("reason") or ""),
                                                      "line": entry.get("line"), "batch": entry.get("batch"), "at": timed,
                                                      "recent": recent})
                 out.append(info)
