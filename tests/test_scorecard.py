@@ -238,3 +238,30 @@ def test_old_rows_naming_a_department_get_its_code() -> None:
                   {"dataset": "gone", "department": "已撤销局", "rule": "a", "dimension": "规范性", "evaluated": 1, "failed": 0}])
     keyed = scorecard.by_contract(r, {"insured": contract}, registry)
     assert keyed.column("department").to_pylist() == ["CODE2", "CODE1", "已撤销局"]
+
+
+def test_latest_day_is_taken_per_run_kind() -> None:
+    """The gate and the consistency check run on their own schedules (the gate writes nothing on a night
+    without new batches): a consistency-only day keeps the gate's latest results, a gate-only night keeps
+    the latest consistency results, in the headline, the latest-day cards and both trends."""
+    def at(day: int) -> datetime:
+        return datetime(2026, 11, day, 2, tzinfo=UTC)
+
+    r = _results([
+        {"rule": "a", "dimension": "规范性", "evaluated": 100, "failed": 10, "recorded_at": at(27)},
+        {"rule": "b", "dimension": "完整性", "evaluated": 100, "failed": 20, "recorded_at": at(27)},
+        {"rule": "c", "tag": "source_conflict", "dimension": "一致性", "evaluated": 100, "failed": 0,
+         "recorded_at": at(28)},
+        {"rule": "a", "dimension": "规范性", "evaluated": 100, "failed": 30, "recorded_at": at(29)}])
+    day, c = scorecard.latest_day_cards(r)["person"]
+    assert day == date(2026, 11, 29)
+    assert c.scores["规范性"] == pytest.approx(0.7) and c.scores["完整性"] is None  # the gate's latest day: the 29th
+    assert c.scores["一致性"] == 1.0  # the 28th's consistency still stands after a gate-only night
+    on_28 = card(scorecard.latest_day(scorecard.with_day(r), until=date(2026, 11, 28)))
+    assert on_28.scores == {**{d: None for d in DIMENSIONS}, "规范性": 0.9, "完整性": 0.8, "一致性": 1.0}
+    assert on_28.overall == pytest.approx(0.9)  # not 1.0 (一致性 alone)
+    assert daily(r, "dataset")["person"][date(2026, 11, 28)].scores == on_28.scores
+    assert scorecard.as_of(scorecard.with_day(r), [date(2026, 11, 28)], "dataset")["person"][date(2026, 11, 28)].scores \
+        == on_28.scores
+    # the window's start keeps each kind's latest earlier day
+    assert sorted(t.day for t in scorecard.trim(r, date(2026, 11, 29)).column("recorded_at").to_pylist()) == [27, 27, 28, 29]

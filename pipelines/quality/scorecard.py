@@ -25,6 +25,12 @@ from pipelines.lake.meta import QUALITY_RESULTS
 DIMENSIONS = ("规范性", "完整性", "准确性", "一致性", "时效性", "可访问性")
 TZ_NAME = "Asia/Shanghai"
 
+KIND = "coalesce(tag, '') = 'source_conflict'"
+"""SQL: a result's run kind, consistency (tag ``source_conflict``: ``quality run all``, the demo, the report
+DAG) or gate (the nightly validation). The two kinds run on their own schedules and the gate writes nothing
+on a night without new batches, so "a dataset's latest day" is taken per (dataset, kind): a day with only a
+consistency run must not hide the gate's results, nor a gate-only night the latest consistency results."""
+
 Scores = dict[str, float | None]
 """Dimension → score (0..1) or None when the dimension has no rules; every DIMENSIONS key present."""
 
@@ -91,11 +97,11 @@ def _sql(sql: str, params: dict[str, Any] | None = None, **tables: pa.Table) -> 
 
 def trim(results: pa.Table, since: date) -> pa.Table:
     """The rows a report from ``since`` on can show: days from ``since``, plus each dataset's latest day
-    before it (its "as of" state at the window's start). Rows without ``recorded_at`` (very old lakes)
-    belong to no day and are left out."""
+    before it per run kind (``KIND``: its "as of" state at the window's start). Rows without
+    ``recorded_at`` (very old lakes) belong to no day and are left out."""
     dayed = with_day(results)
     out = _sql("SELECT * FROM r WHERE day IS NOT NULL QUALIFY day >= $since "
-               "OR day = max(day) FILTER (WHERE day < $since) OVER (PARTITION BY dataset)",
+               f"OR day = max(day) FILTER (WHERE day < $since) OVER (PARTITION BY dataset, {KIND})",
                {"since": since}, r=dayed)
     return out.drop_columns(["day"])
 
@@ -105,7 +111,8 @@ def current(results: pa.Table, events: pa.Table) -> pa.Table:
     - a gate run whose raw batches all got a later ``meta.batches`` event from another run that day (held,
       then released or validated again with ``--retry-held``): the later run's counts stand;
     - consistency rows (tag ``source_conflict``): the latest run per (dataset, rule) and day.
-    Across days nothing needs dropping: scores take a dataset's latest day (or the latest up to a day)."""
+    Across days nothing needs dropping: scores take a dataset's latest day per run kind (or the latest up
+    to a day)."""
     dayed = with_day(results)
     keep = ["dataset", "raw_batch_id", "run_id", "recorded_at"]
     ev = events.select([c for c in keep if c in events.column_names])
@@ -128,10 +135,12 @@ def current(results: pa.Table, events: pa.Table) -> pa.Table:
 
 
 def latest_day(dayed: pa.Table, by: str = "dataset", until: date | None = None) -> pa.Table:
-    """The rows of each ``by`` value's latest day (column ``day``) on or before ``until``: the one "latest
-    day" rule of the scorecard, the catalog score and the report. Rows without a day are skipped."""
+    """The rows of each ``by`` value's latest day (column ``day``) on or before ``until``, per run kind
+    (``KIND``: the latest gate day and the latest consistency day may differ): the one "latest day" rule of
+    the scorecard, the catalog score and the report. Rows without a day are skipped."""
     bound = "AND day <= $until" if until is not None else ""
-    return _sql(f'SELECT * FROM r WHERE day IS NOT NULL {bound} QUALIFY day = max(day) OVER (PARTITION BY "{by}")',
+    return _sql(f'SELECT * FROM r WHERE day IS NOT NULL {bound} '
+                f'QUALIFY day = max(day) OVER (PARTITION BY "{by}", {KIND})',
                 {"until": until} if until is not None else None, r=dayed)
 
 
@@ -227,35 +236,35 @@ def card(results: pa.Table) -> Card:
 
 
 def daily(results: pa.Table, by: str | None = None) -> dict[Any, dict[date, Card]]:
-    """Per value of ``by`` (or ``None`` for all results) the scorecard of each Asia/Shanghai day (rows
-    without ``recorded_at`` belong to no day)."""
+    """Per value of ``by`` (or ``None`` for all results) a scorecard for each Asia/Shanghai day it has
+    results (rows without ``recorded_at`` belong to no day): that day's state as the headline computes it
+    (``as_of``: each dataset's latest day per run kind), so a day with only a consistency run is not a
+    score of 一致性 alone."""
     dayed = with_day(results)
     dayed = dayed.filter(pc.is_valid(dayed.column("day")))
-    out: dict[Any, dict[date, Card]] = {}
-    if by is None:
-        for day, c in cards(dayed, "day").items():
-            out.setdefault(None, {})[day] = c
-        return out
-    for (key, day), c in cards(dayed, (by, "day")).items():
-        out.setdefault(key, {})[day] = c
-    return out
+    days = dayed.column("day").to_pylist()
+    keys = dayed.column(by).to_pylist() if by is not None else [None] * len(days)
+    present = set(zip(keys, days, strict=True))
+    carried = as_of(dayed, set(days), by)
+    return {k: kept for k, v in carried.items()
+            if (kept := {d: c for d, c in v.items() if (k, d) in present})}
 
 
 def as_of(dayed: pa.Table, days: Iterable[date], by: str | None = None) -> dict[Any, dict[date, Card]]:
     """Per value of ``by`` (or ``None``) and per day of ``days``: the scorecard of each dataset's latest
-    day of results up to that day, so a weekly dataset counts every day until its next check and the
+    day of results per run kind (``KIND``) up to that day, so a weekly dataset counts every day until its next check and the
     point of the report day equals the headline (``latest_day`` with ``until``). ``dayed`` has ``day``."""
     group = f'"{by}"' if by is not None else "NULL"
     labels = pa.table({"label": pa.array(sorted(set(days)), pa.date32())})
     rows = _sql(
-        f"WITH a AS (SELECT {group} AS grp, dataset, day, dimension, sum(coalesce(evaluated, 0)) AS ev, "
+        f"WITH a AS (SELECT {group} AS grp, dataset, {KIND} AS kind, day, dimension, sum(coalesce(evaluated, 0)) AS ev, "
         "  sum(coalesce(failed, 0)) AS f, count(DISTINCT rule) AS n FROM r "
         "  WHERE day IS NOT NULL AND dimension IS NOT NULL GROUP BY ALL), "
-        "p AS (SELECT l.label, d.grp, d.dataset, max(d.day) AS day FROM labels l "
-        "  JOIN (SELECT DISTINCT grp, dataset, day FROM a) d ON d.day <= l.label GROUP BY ALL) "
+        "p AS (SELECT l.label, d.grp, d.dataset, d.kind, max(d.day) AS day FROM labels l "
+        "  JOIN (SELECT DISTINCT grp, dataset, kind, day FROM a) d ON d.day <= l.label GROUP BY ALL) "
         "SELECT p.label, p.grp, a.dimension, sum(a.ev)::BIGINT AS evaluated, sum(a.f)::BIGINT AS failed, "
         "  sum(a.n)::BIGINT AS rules FROM p JOIN a ON a.grp IS NOT DISTINCT FROM p.grp AND a.dataset IS NOT "
-        "  DISTINCT FROM p.dataset AND a.day = p.day GROUP BY ALL",
+        "  DISTINCT FROM p.dataset AND a.kind = p.kind AND a.day = p.day GROUP BY ALL",
         r=dayed, labels=labels).to_pylist()
     out: dict[Any, dict[date, Card]] = {}
     for r in rows:
@@ -267,9 +276,11 @@ def as_of(dayed: pa.Table, days: Iterable[date], by: str | None = None) -> dict[
 
 def latest_day_cards(results: pa.Table, by: str = "dataset", until: date | None = None
                      ) -> dict[str, tuple[date, Card]]:
-    """Per value of ``by``: its latest day with results (on or before ``until``) and that day's scorecard."""
+    """Per value of ``by``: its latest day with results (on or before ``until``) and the scorecard of its
+    latest day per run kind (``latest_day``)."""
     latest = latest_day(with_day(results), by, until)
-    return {key: (day, c) for (key, day), c in cards(latest, (by, "day")).items()}
+    last = {r["k"]: r["day"] for r in _sql(f'SELECT "{by}" AS k, max(day) AS day FROM r GROUP BY ALL', r=latest).to_pylist()}
+    return {key: (last[key], c) for key, c in cards(latest, by).items()}
 
 
 def latest_scores(catalog: Any, contracts: Mapping[str, Any] | None = None) -> dict[str, float | None]:

@@ -500,19 +500,21 @@ def collect(settings: Settings, today: date) -> SiteData:
         uncontracted = sorted({d for d in r.latest_rows(dayed.filter(pc.invert(contracted))).column("dataset").to_pylist() if d})
         dayed = dayed.filter(contracted)
         latest = r.latest_rows(dayed)
-        window = dayed.filter(pc.greater_equal(dayed.column("day"),
-                                               pa.scalar(today - timedelta(days=TREND_DAYS - 1), pa.date32())))
         rules = r.rule_rows(latest)
         ds_cards = scorecard.cards(latest, "dataset")
         dept_cards = scorecard.cards(latest, "department")
-        ds_days = scorecard.daily(window.drop_columns(["day"]), "dataset")
+        # all read days (the window plus each dataset's latest earlier day per run kind): a day's point
+        # carries the other run kind's latest results, as the headline does
+        ds_days = scorecard.daily(dayed.drop_columns(["day"]), "dataset")
         # department and city trends are "as of" each day (each dataset's latest results up to it), like
         # their headline, so the report day's point is the headline and a weekly dataset does not make jumps
         labels = [today - timedelta(days=i) for i in range(TREND_DAYS)]
         dept_days = scorecard.as_of(dayed, labels, "department")
         all_days = scorecard.as_of(dayed, labels).get(None, {})
         lake_card = scorecard.card(latest)
-        latest_day = {d: day for d, day in zip(*[latest.column(c).to_pylist() for c in ("dataset", "day")], strict=True)}
+        latest_day: dict[str, date] = {}  # the later of a dataset's latest gate day and consistency day
+        for d, day in zip(*[latest.column(c).to_pylist() for c in ("dataset", "day")], strict=True):
+            latest_day[d] = max(day, latest_day.get(d, day))
         runs: dict[str, list[str]] = defaultdict(list)
         for d, run in zip(*[latest.column(c).to_pylist() for c in ("dataset", "run_id")], strict=True):
             if run and run not in runs[d]:
