@@ -126,11 +126,12 @@ def ingest(system: Annotated[str, typer.Argument(help="System code, e.g. populat
                 continue
             t.add_row(res.identifier, res.mode, f"{res.rows_extracted:,}", f"{res.rows_written:,}",
                       f"{res.rows_unchanged:,}", f"{res.rows_deleted:,}", res.watermark or "", f"{res.seconds:.1f}")
-            for rej in res.files_rejected:
+            shown = res.to_dict()  # drop file names masked: people name files after the person
+            for rej in shown["files_rejected"]:
                 rejected.append(rej["file"])
                 err.print(f"[yellow]rejected:[/] {res.identifier} {rej['file']}: {rej['reason']} → {rej['copied_to']}",
                           highlight=False, soft_wrap=True)
-            for rep in res.files_repeated:
+            for rep in shown["files_repeated"]:
                 err.print(f"repeat: {res.identifier} {rep['file']} has the same bytes as {rep['of']}; not loaded",
                           highlight=False, soft_wrap=True)
     out.print(t)

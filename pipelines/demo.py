@@ -163,13 +163,14 @@ def _print_rejected(settings: Any, console: Console) -> None:
     """Drop files the lake refused, with the reason (they were copied aside, never moved)."""
     from pipelines.lake.catalog import get_catalog
     from pipelines.lake.raw import TableState
+    from pipelines.privacy import mask_file_name  # people name files after the person
 
     catalog = get_catalog(settings)
     for ident in sorted(catalog.list_tables("raw")):
         ledger = TableState.of(catalog.load_table(ident)).ledger
         for name, entry in sorted(ledger.items()):
             if entry.get("status") == "rejected":
-                console.print(f"[yellow]rejected[/] {'.'.join(ident)}: {name}: {entry['reason']} "
+                console.print(f"[yellow]rejected[/] {'.'.join(ident)}: {mask_file_name(name)}: {entry['reason']} "
                               f"(copied to {settings.rejected_dir})", highlight=False)
 
 

@@ -43,7 +43,7 @@ from pipelines.lake.raw import (
     row_hash,
     stream_scan,
 )
-from pipelines.privacy import mask_message
+from pipelines.privacy import mask_file_name, mask_message
 from pipelines.registry import DropTable, SourceSystem, SqlTable
 from pipelines.settings import TZ, Settings, load_settings
 
@@ -73,7 +73,15 @@ class LoadResult:
     """Files whose bytes the table already had (``of``: the earlier file's name): nothing loaded."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The result as a task returns it (XCom, shown in the Airflow UI): drop file names masked, since
+        people name files after the person; the attributes keep the real names."""
+        d = asdict(self)
+        d["files_loaded"] = [mask_file_name(n) for n in self.files_loaded]
+        d["files_rejected"] = [{**r, "file": mask_file_name(r["file"]), "copied_to": mask_file_name(r.get("copied_to"))}
+                               for r in self.files_rejected]
+        d["files_repeated"] = [{**r, "file": mask_file_name(r["file"]), "of": mask_file_name(r["of"])}
+                               for r in self.files_repeated]
+        return d
 
 
 def make_batch_id(text: str) -> str:

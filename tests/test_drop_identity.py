@@ -265,7 +265,9 @@ def test_dag_load_task_records_the_rejected_count(lake_settings: Settings, tmp_p
     drop = tmp_path / "drop"
     drop.mkdir()
     (drop / "aq_01.csv").write_bytes(_csv(ROWS[:5]))
-    (drop / "aq_02.csv").write_bytes((HEADER + "S01,2026-11-20 01:00:00,35\n").encode("gbk"))
+    # people name drop files after the person: the name, the address and the ID must not reach XCom or the log
+    (drop / "aq_02_张伟_合肥市蜀山区长江西路100号_340104199001011234.csv").write_bytes(
+        (HEADER + "S01,2026-11-20 01:00:00,35\n").encode("gbk"))
     (lake_settings.registry_dir / "air.yml").write_text(REGISTRY.format(drop=drop), encoding="utf-8")
     spec = importlib.util.spec_from_file_location("ingest_factory_under_test",
                                                   Path(__file__).resolve().parent.parent / "dags" / "ingest_factory.py")
@@ -281,7 +283,12 @@ def test_dag_load_task_records_the_rejected_count(lake_settings: Settings, tmp_p
                          data_interval_start=AT, data_interval_end=AT, outlet_events=events)
     assert out["files_rejected_count"] == 1 and out["files_loaded"] == ["aq_01.csv"]
     logged = caplog.text + capsys.readouterr().out  # Airflow's structlog may print instead of propagating
-    assert "1 rejected" in logged and "rejected aq_02.csv" in logged
+    assert "1 rejected" in logged and "rejected aq_02_张*_合肥市蜀山区***_340104********1234.csv" in logged
+    assert out["files_rejected"][0]["file"] == "aq_02_张*_合肥市蜀山区***_340104********1234.csv"
+    for shown in (json.dumps(out, ensure_ascii=False), logged):
+        assert not any(v in shown for v in ("张伟", "长江西路", "199001011234")), shown
+    # the operator's copy in rejected/ keeps the real name
+    assert list(Path(lake_settings.rejected_dir).rglob("aq_02_张伟_合肥市蜀山区长江西路100号_340104199001011234.csv"))
 
 
 def _latest(settings: Settings) -> dict[tuple[str, int], float]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipelines.errors import SourceError
 from pipelines.extract.drops.s3 import s3_client, s3_error, split_s3
+from pipelines.privacy import mask_file_name
 from pipelines.registry import DropTable, FileDrop
 from pipelines.settings import Settings
 
@@ -103,7 +104,8 @@ def _list_local(base: Path, matcher: re.Pattern[str], recursive: bool) -> list[D
                 continue
             target = path.resolve()
             if not target.is_relative_to(root):
-                log.warning("drop %s: %s is a symlink to a file outside the drop folder; not listed", base, name)
+                log.warning("drop %s: %s is a symlink to a file outside the drop folder; not listed", base,
+                            mask_file_name(name))  # people name files after the person
                 continue
             try:
                 st = os.stat(target, follow_symlinks=False)  # what was resolved, not a link swapped in since
