@@ -156,9 +156,12 @@ def test_report_dag_policy_schedule_and_order(airflow_home: Path) -> None:
     assert type(dag.timetable).__name__ == "CronTriggerTimetable"  # fires at 06:00, no data interval to wait out
     assert dag.timetable.expression == "0 6 * * *" and str(dag.timetable.timezone) == "Asia/Shanghai"
     assert {"report", "quality", "合肥市数据资源局"} <= set(dag.tags) and dag.doc_md and "06:00" in dag.doc_md
-    assert {t.task_id for t in dag.tasks} == {"data_docs", "build_report"}
-    assert dag.get_task("build_report").upstream_task_ids == {"data_docs"}
-    assert dag.get_task("build_report").trigger_rule == "all_done"  # the governance pages do not need GX
+    assert {t.task_id for t in dag.tasks} == {"data_docs", "consistency", "build_report"}
+    # the conflicts page is refreshed every morning, in parallel with GX Data Docs
+    assert dag.get_task("build_report").upstream_task_ids == {"data_docs", "consistency"}
+    assert dag.get_task("consistency").upstream_task_ids == set()
+    # the governance pages do not need GX, and a failed comparison leaves the previous one (with its time)
+    assert dag.get_task("build_report").trigger_rule == "all_done"
     for t in dag.tasks:
         assert t.retries == 3 and t.retry_exponential_backoff and t.owner == "合肥市数据资源局"
 
@@ -178,8 +181,9 @@ def test_report_dag_parses_without_heavy_imports() -> None:
 
 
 def test_report_dag_run_builds_docs_and_site(airflow_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real run (dag.test) on an empty lake of the project's registry: both tasks succeed, the site is
-    written under the lake and its report day is the run's logical date in Asia/Shanghai."""
+    """A real run (dag.test) on an empty lake of the project's registry: every task succeeds, the site is
+    written under the lake and its report day is the run's logical date in Asia/Shanghai; the consistency
+    task's run id is the DAG run's, so a retry replaces its rows."""
     from pipelines.settings import TZ
 
     monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(ROOT / "schemas" / "sources"))
@@ -189,3 +193,5 @@ def test_report_dag_run_builds_docs_and_site(airflow_home: Path, tmp_path: Path,
     assert all(s.endswith("success") for s in states.values()), states
     index = tmp_path / "lake" / "report" / "index.html"
     assert index.is_file() and "报告日 2026-11-20" in index.read_text(encoding="utf-8")
+    consistency = next(ti for ti in run.get_task_instances() if ti.task_id == "consistency")
+    assert consistency.xcom_pull(task_ids="consistency") == {"pairs": 0, "conflicts": 0}  # nothing in an empty lake

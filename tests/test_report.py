@@ -221,6 +221,10 @@ def test_a_copy_with_nothing_compared_is_a_warning_not_zero_percent(empty_lake: 
     assert "警告" in zero and "0 条可比" in zero and "0.00%" not in zero
     other = next(r for r in rows if "social_insurance.insured" in r)
     assert "0.00%" in other and "警告" not in other
+    # each copy says when it was compared (the page is refreshed by the report DAG, an old one shows its age)
+    assert "<th>比对时间</th>" in html and "时间见数据集页面" not in html
+    at = re.search(r'<td class="compared-at">(.*?)</td>', other, re.S)
+    assert at and re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", at.group(1)), other
 
 
 def test_rule_errors_and_batch_reasons_hide_quoted_names(empty_lake: Settings, tmp_path: Path) -> None:
@@ -304,6 +308,21 @@ def test_an_s3_lake_gets_the_site_beside_it(tmp_path: Path, moto_endpoint: str, 
     page.write_text("<html>person SUITE</html>", encoding="utf-8")
     build_site(load_settings())
     assert s3.get_object(Bucket=bucket, Key=target)["Body"].read() == b"<html>person SUITE</html>"
+
+
+def test_a_local_past_day_preview_does_not_replace_the_site(empty_lake: Settings) -> None:
+    """<lake>/report is the site the DAG serves and the alerts link to: a past --date without --out is a
+    preview in <lake>/report-<day>; the DAG (publish=True) rebuilds an earlier logical date in place."""
+    from pipelines.report import build_site
+
+    site = build_site(empty_lake)
+    assert site == empty_lake.lake_dir / "report" / "index.html"
+    before = site.read_text(encoding="utf-8")
+    preview = build_site(empty_lake, today=TODAY)
+    assert preview == empty_lake.lake_dir / f"report-{TODAY.isoformat()}" / "index.html" and preview.is_file()
+    assert site.read_text(encoding="utf-8") == before
+    assert build_site(empty_lake, today=TODAY, publish=True) == site
+    assert re.search(r"报告日 2026-11-21\b", site.read_text(encoding="utf-8")), "the site is the 11-21 report now"
 
 
 def test_s3_etag_of_single_and_multipart_uploads(tmp_path: Path) -> None:

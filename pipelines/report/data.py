@@ -263,9 +263,9 @@ class _Reader:
                 "department": department_name(self.departments, owner.owner if owner else c["department"]),
                 "compared": c["evaluated"] or 0, "conflicts": c["failed"] or 0,
                 "rate": (c["failed"] or 0) / c["evaluated"] if c["evaluated"] else None,
-                "at": _local(c["recorded_at"]), "run_id": c["run_id"],
-                "examples": [{"key": r["key"], "authoritative": r["authoritative_value"], "other": r["other_value"],
-                              "column": r["other_column"]} for r in rows]})
+                "at": _local(c["recorded_at"]),
+                "examples": [{"key": r["key"], "authoritative": r["authoritative_value"], "other": r["other_value"]}
+                             for r in rows]})
         return list(by_element.values())
 
     def _system_name(self, code: str) -> str:
