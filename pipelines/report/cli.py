@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 
-def report(out: Annotated[Path | None, typer.Option("--out", help="Folder to write the site to (default <lake>/report).")] = None,
+def report(out: Annotated[Path | None, typer.Option("--out", help="Folder to write the site to (default <lake>/report; "
+                                                    "for a past --date without --publish <lake>/report-<date>).")] = None,
            day: Annotated[str | None, typer.Option("--date", help="Report day YYYY-MM-DD (Asia/Shanghai; default today).")] = None,
            publish: Annotated[bool, typer.Option("--publish", help="S3 lake: upload this build to <warehouse>/report/ "
                                                  "even with --out or a past --date (the default build always does).")] = False) -> None:

@@ -172,17 +172,21 @@ def upload(folder: Path, settings: Settings, with_docs: bool = True) -> str:
 
 def build_site(settings: Settings | None = None, out_dir: Path | None = None, today: date | None = None,
                publish: bool | None = None) -> Path:
-    """Build the site; returns its ``index.html``. Default folder ``<lake>/report``. ``today`` is the report
-    day (Asia/Shanghai). With an s3:// warehouse the site is uploaded to ``<warehouse>/report/`` (replacing
+    """Build the site; returns its ``index.html``. Default folder ``<lake>/report``; a past ``today`` that
+    is not published defaults to ``<lake>/report-<day>`` instead. ``today`` is the report day
+    (Asia/Shanghai). With an s3:// warehouse the site is uploaded to ``<warehouse>/report/`` (replacing
     what is there) only when ``publish``; by default (None) only the default build publishes (default
     folder, today's report), so a preview with ``--out`` or a past ``--date`` never overwrites the
-    production site."""
+    production site, on S3 or on disk. The DAG passes ``publish=True`` (its logical date may be past)."""
     settings = settings or load_settings()
     now = datetime.now(TZ).date()
     if publish is None:
         publish = out_dir is None and today in (None, now)
     today = today or now
-    out = Path(out_dir).resolve() if out_dir is not None else settings.lake_dir / "report"
+    if out_dir is not None:
+        out = Path(out_dir).resolve()
+    else:  # <lake>/report is the site the DAG serves and the alerts link to: a past-day preview goes beside it
+        out = settings.lake_dir / ("report" if publish or today == now else f"report-{today.isoformat()}")
     started = time.perf_counter()
     data = collect(settings, today)
     out.parent.mkdir(parents=True, exist_ok=True)
