@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.departments import department_name
+from pipelines.formats import beijing_time
 from pipelines.lake.meta import BATCHES, CONFLICTS, STANDARDIZATION_LOG, latest_events
 from pipelines.privacy.mask import mask_file_name, mask_message
 from pipelines.quality import scorecard
@@ -448,10 +449,15 @@ def _action(ds: dict[str, Any]) -> str:
     """The one thing to do about a dataset, most urgent first."""
     name = ds["dataset"]
     if ds["held"]:
+        # as the alert the department got says it: the department fixes its data, governance staff
+        # re-check or release (their commands are in the page's 暂扣批次 section)
         b = ds["held"][0]
-        rule = b["failures"][0]["rule"] if b["failures"] else "阻断规则"
-        return (f"批次 {b['raw_batch_id']} 因「{rule}」被暂扣：请{ds['department_name']}修正源数据后运行 "
-                f"citylake quality run {name} --retry-held")
+        rule_id = b["failures"][0]["rule"] if b["failures"] else None
+        described = {r["rule"]: r["description"] for r in ds["rules"] if r["description"]}
+        rule = described.get(rule_id, f"规则 {rule_id}") if rule_id else "阻断规则"
+        more = f"（另有 {len(ds['held']) - 1} 个批次暂扣）" if len(ds["held"]) > 1 else ""
+        return (f"{beijing_time(b['at'])} 的批次未通过「{rule}」，已暂停发布{more}：请{ds['department_name']}核对并修正源数据；"
+                "修正后由治理人员重新校验，或说明理由后放行（见数据集页面「暂扣批次」）")
     if ds["freshness"]["state"] == "stale":
         return f"已 {ds['freshness']['age']}未更新（更新周期{ds['update_cycle']}）：请{ds['department_name']}按期推送数据"
     if ds["freshness"]["state"] == "none" and not ds["rules"]:
