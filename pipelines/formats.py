@@ -13,18 +13,23 @@ TIME_ZONE_LABEL = "北京时间"
 """What a column header or page says the times are in (Asia/Shanghai)."""
 
 
+def percent_floor(value: float, digits: int = 2) -> Decimal:
+    """``value`` × 100 rounded DOWN to ``digits`` decimals: the one rounding rule of every percentage shown
+    (text and chart points), so a chart's point never reads higher than the headline beside it.
+
+    Decimal from ``repr`` so float noise (0.29 * 100 = 28.999…) does not push a value one step down."""
+    return (Decimal(repr(float(value))) * 100).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_FLOOR)
+
+
 def percent(value: float | None, digits: int = 2) -> str:
     """A 0..1 score or rate as a percentage, rounded DOWN: 100 % only when nothing failed (a score of
     0.99999 reads 99.99 %, not 100.00 %); a non-zero value below the last digit reads ``<0.01%`` (a rate of
-    one in a million is not 0.00 %); "—" when there is none (a dimension without rules).
-
-    Decimal from ``repr`` so float noise (0.29 * 100 = 28.999…) does not push a value one step down."""
+    one in a million is not 0.00 %); "—" when there is none (a dimension without rules)."""
     if value is None:
         return "—"
-    step = Decimal(1).scaleb(-digits)
-    shown = (Decimal(repr(float(value))) * 100).quantize(step, rounding=ROUND_FLOOR)
+    shown = percent_floor(value, digits)
     if shown == 0 and value > 0:
-        return f"<{step}%"
+        return f"<{Decimal(1).scaleb(-digits)}%"
     return f"{shown}%"
 
 

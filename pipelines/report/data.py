@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.departments import department_name
-from pipelines.formats import beijing_time
+from pipelines.formats import beijing_time, percent_floor
 from pipelines.lake.meta import BATCHES, CONFLICTS, STANDARDIZATION_LOG, latest_events
 from pipelines.privacy.mask import mask_file_name, mask_message
 from pipelines.quality import scorecard
@@ -105,7 +105,8 @@ def _trend(days: dict[date, Card] | None, today: date) -> dict[str, Any]:
 
 
 def _pct(x: float | None) -> float | None:
-    return None if x is None else round(100 * x, 2)
+    """A chart point in percent, rounded down as the headline's text is (``formats.percent_floor``)."""
+    return None if x is None else float(percent_floor(x))
 
 
 class _Reader:

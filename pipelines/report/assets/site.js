@@ -17,14 +17,14 @@
       var datasets = Object.keys(spec.series).map(function (name) {
         return { label: name, data: spec.series[name], borderColor: COLORS[name] || "#475569",
                  backgroundColor: COLORS[name] || "#475569", borderWidth: name === "总体" ? 3 : 1.5,
-                 pointRadius: 2, spanGaps: true, tension: 0.2 };
+                 pointRadius: 2, spanGaps: false, tension: 0.2 };  // a day without results stays blank, as the page says
       });
       new Chart(canvas, {
         type: "line",
         data: { labels: spec.labels, datasets: datasets },
         options: {
           responsive: true, maintainAspectRatio: false,
-          scales: { y: { suggestedMin: spec.min || 80, max: 100, title: { display: true, text: "得分 (%)" } },
+          scales: { y: { suggestedMin: 80, max: 100, title: { display: true, text: "得分 (%)" } },
                     x: { title: { display: true, text: "日期 (北京时间)" } } },
           plugins: { legend: { position: "bottom" },
                      tooltip: { callbacks: { label: function (c) {
