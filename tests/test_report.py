@@ -145,8 +145,10 @@ def test_dimension_without_rules_is_a_dash_and_held_batches_say_what_to_run(city
     held = re.search(r'id="batches-held">(\d+)<', index)
     assert held and int(held.group(1)) >= 1
     # published / partly quarantined / held / released are told apart
-    for label in ("已发布批次（无隔离）", "发布但部分隔离的批次", "暂扣待处理批次", "人工放行批次", "被拒文件"):
+    for label in ("已发布批次（无隔离）", "发布但部分隔离的批次", "暂扣待处理批次（不限时间）", "人工放行批次", "被拒文件"):
         assert label in index
+    # held counts every pending batch whatever its age, and the subtitle does not put it in the 7 days
+    assert "暂扣待处理批次不限时间" in index and "报告日为当天时截至生成时" in index
     worst = re.search(r'<table id="worst-datasets">(.*?)</table>', index, re.S)
     assert worst and "enterprise" in worst.group(1)
     # the held batch's action speaks as the alert does: the rule by its description, the batch by its time,
