@@ -448,6 +448,14 @@ def test_rows_landed_and_rejected_files_count_in_their_window(empty_lake: Settin
     assert _card(past, "rows-landed") == 0 and _card(past, "files-rejected") == 0
     assert _card(past, "files-rejected-pending") == 1 and "截至生成时" in past
 
+    # a fixed copy re-delivered under the same name loads: no longer pending, still rejected this week
+    fixed = [{"line_id": "1路", "stop_id": "1路-01", "date": "2026-11-21", "hour": 8, "boardings": 5}]
+    (drops / "ridership_20261121_张伟_合肥市蜀山区长江西路100号_340104199001011234.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fixed), encoding="utf-8")
+    assert ingest_table(bus, "ridership", settings=empty_lake, batch_id="b3").rows_written == 1
+    later = build_site(empty_lake, out_dir=tmp_path / "later").read_text(encoding="utf-8")
+    assert _card(later, "files-rejected") == 1 and _card(later, "files-rejected-pending") == 0
+
 
 @pytest.mark.parametrize(("cycle", "age", "state"), [
     ("实时", timedelta(minutes=50), "fresh"), ("实时", timedelta(hours=3), "stale"),
@@ -507,6 +515,10 @@ def test_scores_count_each_check_once_and_the_trend_ends_at_the_headline(empty_l
         {**conflict, "run_id": "c2", "failed": 4, "recorded_at": at(21, 4)},
         {"dataset": "person", "run_id": "p1", "rule": "person.name.not_null", "dimension": "完整性", "evaluated": 100,
          "failed": 10, "recorded_at": at(15, 2)},
+        {"dataset": "person", "run_id": "p1", "rule": "person.mobile.warn", "dimension": "完整性", "severity": "warning",
+         "evaluated": 10, "failed": 1, "recorded_at": at(15, 2)},  # same 90 %: the scores below stand
+        {**check, "run_id": "release", "rule": "enterprise.note.info", "severity": "info", "evaluated": 10, "failed": 10,
+         "recorded_at": at(21, 3)},  # 准确性 stays 0 %
         {"dataset": "person", "run_id": "old", "rule": "person.name.not_null", "dimension": "完整性", "evaluated": 100,
          "failed": 100, "recorded_at": None},
         {"dataset": "old_licences", "run_id": "o1", "department": "合肥市市场监督管理局", "rule": "x", "dimension": "规范性",
@@ -537,6 +549,11 @@ def test_scores_count_each_check_once_and_the_trend_ends_at_the_headline(empty_l
     assert re.findall(r'<td class="num">([\d,]+)</td>', twice)[:2] == ["200", "4"]  # the later run of the day
     # the person result comes from a batch still held: no quarantine rows, the page says why
     assert "暂扣的行不进入隔离区" in rule_row("person.html", "person.name.not_null")
+    # a non-blocking rule of a still-held batch: its rows are held too, not published
+    warned = rule_row("person.html", "person.mobile.warn")
+    assert "暂扣的行不进入隔离区" in warned and "已发布" not in warned
+    info = rule_row("enterprise.html", "enterprise.note.info")
+    assert "提示性规则" in info and "标准层 _warnings 列" not in info
 
     index = (root / "index.html").read_text(encoding="utf-8")
     uncontracted = re.search(r'<p class="note" id="uncontracted">(.*?)</p>', index, re.S)
