@@ -281,8 +281,9 @@ class _Reader:
         Rows landed: per ``citylake.batch-id``, records added minus records deleted by that batch's
         snapshots in the window, so a rerun batch (it replaces its own rows) counts once and maintenance
         rewrites (no batch id) not at all. A rejected file is timed by its ledger entry's ``at``, else (older
-        entries) by its batch's raw snapshot: counted in the window when that lies in it; every entry whose
-        status is still ``rejected`` is pending (as of the build)."""
+        entries) by its batch's raw snapshot: counted in the window when that, or any of the entry's
+        ``rejections`` (kept when a fixed copy loads under the name), lies in it; every entry whose status is
+        still ``rejected`` is pending (as of the build)."""
         from pipelines.lake.raw import BATCH_ID, TableState, summary_int, summary_value, total_records
 
         out = []
@@ -309,10 +310,13 @@ class _Reader:
                             net[batch] += (summary_int(sn, "added-records") or 0) - (summary_int(sn, "deleted-records") or 0)
                     info["landed_recent"] = sum(max(0, n) for n in net.values())
                     for name, entry in sorted(TableState.of(table).ledger.items()):
-                        if entry.get("status") == "rejected":
-                            timed = _rejected_at(entry) or batch_at.get(entry.get("batch") or "")
-                            recent = timed is not None and self.since <= timed <= self.until
-                            info["rejected_recent"] += recent
+                        # a file counts in the window if rejected in it, even when a fixed copy loaded since
+                        times = [t for t in map(_local_time, entry.get("rejections") or []) if t is not None]
+                        pending = entry.get("status") == "rejected"
+                        timed = (_rejected_at(entry) or batch_at.get(entry.get("batch") or "")) if pending else None
+                        recent = timed is not None and self.since <= timed <= self.until
+                        info["rejected_recent"] += recent or any(self.since <= t <= self.until for t in times)
+                        if pending:
                             info["rejected"].append({"file": mask_file_name(name), "reason": mask_message(entry.get("reason") or ""),
                                                      "line": entry.get("line"), "batch": entry.get("batch"), "at": timed,
                                                      "recent": recent})
@@ -387,8 +391,13 @@ class _Reader:
 
 def _rejected_at(entry: dict[str, Any]) -> datetime | None:
     """When a ledger entry was rejected (its ``at``), in Asia/Shanghai; None for entries without it."""
+    return _local_time(entry.get("at"))
+
+
+def _local_time(text: Any) -> datetime | None:
+    """A ledger UTC ISO time in Asia/Shanghai; None when missing or unreadable."""
     try:
-        return datetime.fromisoformat(entry["at"]).astimezone(TZ) if entry.get("at") else None
+        return datetime.fromisoformat(text).astimezone(TZ) if text else None
     except (TypeError, ValueError):
         return None
 

@@ -10,6 +10,9 @@ batch, and a status:
   asked for); rejected bytes never make another delivery a repeat (they never landed);
 - ``repeat``: the same bytes as file ``of``, delivered again under another name; nothing loaded.
 
+Any status: ``rejections``, the times (UTC ISO, the last few) the name was rejected, kept when a fixed
+re-delivery loads under the name, so the report still counts a file rejected in its window.
+
 A delivery is a repeat only when its bytes are the CURRENT content of some entry (its own name's, or
 another name's): the same bytes re-delivered under the same name (copied over, touched) keep their
 entry and add the batch to its ``repeats``. Bytes a name delivered before it changed are not known: a
@@ -29,6 +32,7 @@ from pipelines.registry import DropTable
 
 LOADED, REJECTED, REPEAT = "loaded", "rejected", "repeat"
 _KEEP_REPEATS = 10
+_KEEP_REJECTIONS = 10
 
 
 def spec_id(table: DropTable) -> str:
@@ -87,9 +91,12 @@ class DropLedger:
         return self._by_content.get(content)
 
     def _set(self, f: DropFile, content: str, status: str, **fields: Any) -> None:
-        old = (self.entries.get(f.name) or {}).get("content")
-        self.entries[f.name] = {"content": content, "fp": f.fingerprint, "batch": self.batch_id,
-                                "status": status, **fields}
+        previous = self.entries.get(f.name) or {}
+        old = previous.get("content")
+        entry = {"content": content, "fp": f.fingerprint, "batch": self.batch_id, "status": status, **fields}
+        if previous.get("rejections"):
+            entry.setdefault("rejections", previous["rejections"])
+        self.entries[f.name] = entry
         self._mine.add(f.name)
         if old and old != content and self._by_content.get(old) == f.name:
             # the name no longer holds those bytes: they are known only if another name holds them now
@@ -106,8 +113,12 @@ class DropLedger:
 
     def rejected(self, f: DropFile, content: str, reason: str, line: int | None) -> None:
         # ``at``: when it was rejected (UTC ISO); a batch of rejected files only commits no snapshot to time it by
-        self._set(f, content, REJECTED, reason=reason, line=line, spec=self.spec,
-                  at=datetime.now(UTC).isoformat(timespec="seconds"))
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        previous = self.entries.get(f.name) or {}
+        earlier = previous.get("rejections") or (
+            [previous["at"]] if previous.get("status") == REJECTED and previous.get("at") else [])
+        self._set(f, content, REJECTED, reason=reason, line=line, spec=self.spec, at=at,
+                  rejections=[*earlier, at][-_KEEP_REJECTIONS:])
 
     def repeat(self, f: DropFile, content: str, of: str) -> None:
         if of == f.name:  # the same bytes again under the same name
