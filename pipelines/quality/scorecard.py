@@ -35,11 +35,10 @@ Scores = dict[str, float | None]
 """Dimension → score (0..1) or None when the dimension has no rules; every DIMENSIONS key present."""
 
 
-def read_results(catalog: Any, contracts: Mapping[str, Any] | None = None, *,
-                 departments: Mapping[str, Any] | None = None, since: date | None = None) -> pa.Table:
+def read_results(catalog: Any, *, since: date | None = None) -> pa.Table:
     """``meta.quality_results`` as Arrow in its current schema (older lakes' missing columns as nulls);
     an empty typed table when the lake has no results yet. With ``since`` only what a report from that day
-    on needs is kept (``trim``). With ``contracts``, results are keyed by contract dataset (``by_contract``)."""
+    on needs is kept (``trim``). Key them by contract dataset with ``by_contract``."""
     from pipelines.lake.raw import open_table
 
     table = open_table(catalog, "meta.quality_results")
@@ -48,7 +47,7 @@ def read_results(catalog: Any, contracts: Mapping[str, Any] | None = None, *,
     results = conform(table.scan().to_arrow())
     if since is not None:
         results = trim(results, since)
-    return by_contract(results, contracts, departments) if contracts is not None else results
+    return results
 
 
 def read_events(catalog: Any) -> pa.Table:

@@ -55,8 +55,6 @@ class SiteData:
     catalog: list[dict[str, Any]]
     catalog_entries: list[Any] = field(default_factory=list)
     """The ``CatalogEntry`` objects behind ``catalog`` (for ``write_catalog``)."""
-    gx_docs: str | None = None
-    """Absolute path of the GX Data Docs site, when built."""
 
 
 def _arrow(catalog: Any, identifier: str, schema: pa.Schema, row_filter: Any = None) -> pa.Table:
@@ -169,7 +167,7 @@ class _Reader:
         rows = self.con.sql(
             "SELECT dataset, rule, any_value(tag) AS tag, any_value(dimension) AS dimension, any_value(\"column\") AS col, "
             "any_value(severity) AS severity, sum(coalesce(evaluated,0))::BIGINT AS evaluated, "
-            "sum(coalesce(failed,0))::BIGINT AS failed, max(error) AS error, max(recorded_at) AS at "
+            "sum(coalesce(failed,0))::BIGINT AS failed, max(error) AS error "
             "FROM l GROUP BY dataset, rule ORDER BY dataset, failed DESC, rule").to_arrow_table().to_pylist()
         self.con.unregister("l")
         out: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -329,8 +327,7 @@ class _Reader:
         as of the build)."""
         from pipelines.lake.raw import PUBLISHED_BATCHES, summary_value, total_records
 
-        info: dict[str, Any] = {"std_rows": None, "std_updated": None, "std_snapshot": None, "quarantine_rows": 0,
-                                "quarantine_table": None}
+        info: dict[str, Any] = {"std_rows": None, "std_updated": None, "quarantine_rows": 0, "quarantine_table": None}
         std = self.table(f"std.{dataset}")
         if std is not None and std.current_snapshot() is not None:
             info["std_rows"] = total_records(std.current_snapshot())
@@ -339,7 +336,6 @@ class _Reader:
             if published:
                 last = max(published, key=lambda sn: sn.timestamp_ms)
                 info["std_updated"] = _ms_local(last.timestamp_ms)
-                info["std_snapshot"] = last.snapshot_id
         q = self.table(f"quarantine.{dataset}")
         if q is not None:
             info["quarantine_table"] = q
@@ -436,9 +432,9 @@ def freshness(updated: datetime | None, cycle: str | None, until: datetime) -> d
 
     allowed = UPDATE_CYCLE_LAG.get(cycle or "")
     if updated is None:
-        return {"state": "none", "label": "尚未发布", "days": None, "age": None, "allowed": allowed}
+        return {"state": "none", "label": "尚未发布", "age": None}
     age = max(timedelta(0), until - updated)  # a publish after the report day is never read as negative
-    info = {"days": age.days, "age": _age_text(age), "allowed": allowed}
+    info = {"age": _age_text(age)}
     if allowed is None:
         return {"state": "unknown", "label": "未声明更新周期", **info}
     if age > allowed:
@@ -626,7 +622,7 @@ def _overview(r: _Reader, datasets: dict[str, dict[str, Any]], lake_card: Card, 
     return {
         "scores": scores_dict(lake_card), "has_results": lake_card.overall is not None or bool(lake_card.rules),
         "trend": _trend(all_days, today), "window_start": start,
-        "rows_landed": sum(t["landed_recent"] for t in raws), "raw_tables": len(raws),
+        "rows_landed": sum(t["landed_recent"] for t in raws),
         "batches": counts, "rejected": [dict(f, table=t["identifier"]) for t in raws for f in t["rejected"]],
         "rejected_recent": sum(t["rejected_recent"] for t in raws),
         "worst": ranked[:5],
