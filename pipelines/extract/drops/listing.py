@@ -127,12 +127,12 @@ def open_listed(f: DropFile) -> Iterator[int]:
         fd = os.open(f.uri, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         if os.path.islink(f.uri):
-            raise SourceError(f"drop file {f.name}: became a symlink after listing; not read") from None
-        raise SourceError(f"drop file {f.name}: cannot open ({exc.strerror})") from None
+            raise SourceError(f"drop file {mask_file_name(f.name)}: became a symlink after listing; not read") from None
+        raise SourceError(f"drop file {mask_file_name(f.name)}: cannot open ({exc.strerror})") from None
     try:
         st = os.fstat(fd)
         if f.inode is not None and (st.st_dev, st.st_ino) != f.inode:
-            raise SourceError(f"drop file {f.name}: not the file that was listed (replaced since); not read")
+            raise SourceError(f"drop file {mask_file_name(f.name)}: not the file that was listed (replaced since); not read")
         yield fd
     finally:
         os.close(fd)

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from pipelines.extract.drops.listing import DropFile, open_listed
 from pipelines.extract.drops.s3 import s3_client, split_s3
+from pipelines.privacy import mask_file_name
 from pipelines.registry import check_code
 from pipelines.settings import Settings
 
@@ -20,7 +21,7 @@ _LINE_IN_REASON = re.compile(r"第\s*(\d+)\s*行")
 def _safe_relative(name: str) -> str:
     parts = PurePosixPath(name).parts
     if not parts or name.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in name:
-        raise ValueError(f"file name {name!r} must be a relative path without '..'")
+        raise ValueError(f"file name {mask_file_name(name)!r} must be a relative path without '..'")
     return "/".join(parts)
 
 
