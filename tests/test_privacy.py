@@ -400,3 +400,14 @@ def test_resident_id_check_arithmetic_has_one_home() -> None:
     assert bytes(ric_check_characters(body)).decode() == "".join(i[-1] for i in ids)
     assert resident_id_check_digit(pa.array(ids)).to_pylist() == [True] * 200
     assert detect_kinds(pa.array(ids), ["resident_id"])["resident_id"].all()
+
+
+def test_raw_lineage_file_names_are_masked_as_file_names() -> None:
+    """``_source_file`` holds drop file names, which people name after the person: ``lake show`` masks the
+    personal name, the address and the ID in it (free-text detection left the name in clear)."""
+    from pipelines.privacy import masked_rows
+
+    name = "ridership_张伟_合肥市蜀山区长江西路100号_340104199001011234.jsonl"
+    data = pa.table({"line_id": ["1路"], "_source_file": [name]})
+    (row,) = masked_rows("raw.bus_ridership__ridership", data, None)
+    assert row["_source_file"] == "ridership_张*_合肥市蜀山区***_340104********1234.jsonl"

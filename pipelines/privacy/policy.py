@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from pipelines.contracts import DatasetContract
 from pipelines.privacy.detect import column_kind
-from pipelines.privacy.mask import is_personal, mask, mask_free_text, mask_kind, mask_message, mask_text
+from pipelines.privacy.mask import is_personal, mask, mask_file_name, mask_free_text, mask_kind, mask_message, mask_text
 from pipelines.settings import Settings
 from pipelines.standards import DataElement, Standards
 
@@ -205,6 +205,8 @@ def masked_rows(table: str, data: pa.Table, decl: Declarations | None) -> list[d
     masks = column_masks(data, decl.columns_of(table) if decl is not None else None)
     if table.startswith("meta.") and "key" in data.column_names:
         masks["key"] = mask_text  # keys of conflicts and the like: identifiers inside composite text
+    if "_source_file" in data.column_names:  # raw lineage: drop files are named after the person
+        masks["_source_file"] = mask_file_name
     rows = []
     for row in data.to_pylist():
         out = {k: masks[k](v) if k in masks else v for k, v in row.items()}
