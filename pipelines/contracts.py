@@ -43,6 +43,10 @@ SharingType = Literal["无条件共享", "有条件共享", "不予共享"]
 Method = Literal["database", "file", "service"]
 OpenType = Literal["无条件开放", "有条件开放", "不予开放"]
 UpdateCycle = Literal["实时", "每小时", "每日", "每周", "每月", "每季度", "每半年", "每年"]
+OVERRIDE_LABELS = {"classification.level": "数据级别", "classification.grade": "分级", "sharing.type": "共享类型",
+                   "open.type": "开放类型"}
+"""Chinese names of the attributes an override can set (``DatasetContract.overrides``), for the catalog pages."""
+
 UPDATE_CYCLE_LAG: dict[str, timedelta] = {
     "实时": timedelta(hours=1), "每小时": timedelta(hours=2), "每日": timedelta(days=2), "每周": timedelta(days=8),
     "每月": timedelta(days=32), "每季度": timedelta(days=93), "每半年": timedelta(days=184), "每年": timedelta(days=367),
@@ -441,9 +445,9 @@ def catalog_problems(c: DatasetContract, standards: Standards) -> list[str]:
             if cls.override is not None and attr in d.columns and value != d.columns[attr]:
                 # a knock-on of the approved grade, listed so the catalog shows why it is not the columns' tier
                 overrides.append({"attribute": attr, "value": value, "default": d.columns[attr],
-                                  "reason": f"随分级覆盖: {value} 是所定 {cls.grade} 级的默认值 (按列定级 "
-                                            f"{d.declared['classification.grade']} 级则为 {d.columns[attr]}); 分级理由见 "
-                                            "classification.grade",
+                                  "reason": f"随分级覆盖：{value}是核定的{cls.grade}级的默认取值（按各列定级为 "
+                                            f"{d.declared['classification.grade']} 级时应为{d.columns[attr]}）；定级理由见"
+                                            "本数据集「分级」的审批记录",
                                   "approved_by": cls.override.approved_by})
             continue
         override = owners[attr]

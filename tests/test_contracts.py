@@ -96,6 +96,7 @@ def test_resource_code_path_and_overrides_of_the_project_contracts() -> None:
     assert {k: knock_on[k] for k in ("attribute", "value", "default")} == {
         "attribute": "open.type", "value": "无条件开放", "default": "有条件开放"}
     assert "随分级覆盖" in knock_on["reason"] and knock_on["approved_by"] == override["approved_by"]
+    assert "classification.grade" not in knock_on["reason"] and "定级理由见本数据集「分级」" in knock_on["reason"]  # plain Chinese
     assert {d for d, c in contracts.items() if c.overrides} == {"enterprise", "credit_record", "bus_ridership"}
     # the demo's approvals are invented: they say so wherever they are shown
     assert all(o["approved_by"].startswith("示例 (演示数据, 未经实际审批)") for c in contracts.values() for o in c.overrides)

@@ -36,9 +36,9 @@ EXAMPLES_PER_RULE = 3
 QUARANTINE_SAMPLE = 5000
 """Quarantine rows read per dataset for examples (a bounded read, never the whole table)."""
 CONFLICT_EXAMPLES = 5
-_TAG_DESCRIPTIONS = {"duplicate_key": "主键不重复（只有多余的副本计为不通过）",
+_TAG_DESCRIPTIONS = {"duplicate_key": "主键不重复（只有重复行计为不通过）",
                      "source_conflict": "与权威来源的取值一致（一数一源）"}
-STATUS_LABELS = {"published": "已发布", "published_partial": "发布(部分隔离)", "held": "暂扣", "released": "已放行",
+STATUS_LABELS = {"published": "已发布", "published_partial": "发布（部分隔离）", "held": "暂扣", "released": "已放行",
                  "nothing_new": "无新数据"}
 
 

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from pipelines.catalog.build import STEP_LABELS
+from pipelines.contracts import OVERRIDE_LABELS
 from pipelines.formats import beijing_time, percent
 from pipelines.privacy.mask import mask_text
 
@@ -69,7 +70,8 @@ def environment() -> Environment:
     # mask_ids: a contact's office line stays readable, a personal mobile number is masked
     env.filters.update(pct=pct, num=num, when=when, score_class=score_class, page=page_name, href=href, mask_ids=mask_text,
                        tojson_attr=lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":")))
-    env.globals.update(step_labels=STEP_LABELS, layer_labels={"raw": "原始层", "std": "标准层", "curated": "主题层"})
+    env.globals.update(step_labels=STEP_LABELS, layer_labels={"raw": "原始层", "std": "标准层", "curated": "主题层"},
+                       attribute_labels=OVERRIDE_LABELS)
     return env
 
 
