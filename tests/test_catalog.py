@@ -291,3 +291,24 @@ def test_lineage_continues_to_curated_and_exports_from_contract_inputs() -> None
     assert [(s["step"], s["identifier"]) for s in steps] == [("curated", "curated.person_profile"),
                                                              ("export", "open/person_profile.csv")]
     assert downstream_steps(contracts, "std.poi", {}) == []
+
+
+def test_a_std_tables_last_update_is_its_last_publish_not_a_maintenance_commit() -> None:
+    """最近更新 of a std entry is the latest snapshot a quality run committed (``lake.raw.last_publish``, as
+    the dataset page's freshness), not a later compaction or expiry commit."""
+    from types import SimpleNamespace
+
+    from pipelines.catalog.build import _lake_table
+
+    def snap(sid: int, ms: int, **props: str) -> SimpleNamespace:
+        return SimpleNamespace(snapshot_id=sid, timestamp_ms=ms,
+                               summary=SimpleNamespace(additional_properties={"total-records": "5", **props}))
+
+    published = snap(1, 1_700_000_000_000, **{"citylake.run-id": "r1", "citylake.batches": '["b"]'})
+    maintenance = snap(2, 1_700_000_600_000)  # a compaction: same rows, no run
+    table = SimpleNamespace(current_snapshot=lambda: maintenance, schema=lambda: SimpleNamespace(fields=[]),
+                            metadata=SimpleNamespace(snapshots=[published, maintenance]))
+    here = _lake_table(None, "std.person", {"std.person": table})
+    assert (here.snapshot_id, here.at, here.rows) == (1, "2023-11-14T22:13:20Z", 5)
+    raw = _lake_table(None, "raw.population__person", {"raw.population__person": table})
+    assert raw.snapshot_id == 2  # a raw table's version is its current snapshot

@@ -22,7 +22,7 @@ from typing import Any
 from pipelines.config import load_config, load_departments
 from pipelines.departments import department_name
 from pipelines.lake.catalog import get_catalog
-from pipelines.lake.raw import BATCH_ID, PUBLISHED_BATCHES, summary_value, total_records
+from pipelines.lake.raw import BATCH_ID, PUBLISHED_BATCHES, last_publish, summary_value, total_records
 from pipelines.settings import Settings
 
 LAYERS = ("raw", "std", "curated")
@@ -99,7 +99,10 @@ def _lake_table(catalog: Any, identifier: str, tables: dict[str, Any] | None = N
     snap = table.current_snapshot()
     rows = total_records(snap)
     columns = [(f.name, str(f.field_type)) for f in table.schema().fields]
-    return _Lake(identifier, snap.snapshot_id if snap else None, _iso(snap.timestamp_ms) if snap else None, rows,
+    # a std table's version is its last publish, as on the dataset page: a maintenance commit (compaction,
+    # expiry) changes no data and does not make it 最近更新
+    shown = last_publish(table) if identifier.startswith("std.") and snap is not None else snap
+    return _Lake(identifier, shown.snapshot_id if shown else None, _iso(shown.timestamp_ms) if shown else None, rows,
                  columns, table)
 
 

@@ -279,6 +279,16 @@ def summary_int(snap: Any, key: str) -> int | None:
         return None
 
 
+def last_publish(table: Any, until_ms: int | None = None) -> Any:
+    """The latest snapshot of a std table that a quality run committed (its summary names the batches it
+    published, or the run), at or before ``until_ms`` (epoch ms): when its data last changed. A maintenance
+    commit (compaction, snapshot expiry) is not a publish. None when there is none. The report's freshness
+    and the catalog's 最近更新 both use it, so the two pages give one time."""
+    published = [sn for sn in table.metadata.snapshots if (until_ms is None or sn.timestamp_ms <= until_ms)
+                 and (summary_value(sn, PUBLISHED_BATCHES) or summary_value(sn, "citylake.run-id"))]
+    return max(published, key=lambda sn: sn.timestamp_ms) if published else None
+
+
 def total_records(snap: Any) -> int | None:
     """Rows of the table at a snapshot (``total-records``); None without a snapshot or the field."""
     return summary_int(snap, "total-records")

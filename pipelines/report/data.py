@@ -325,16 +325,14 @@ class _Reader:
         """std table size and last publish (the latest snapshot a quality run committed, up to the report
         day's end: maintenance commits do not make data fresh), quarantine size (metadata only; sizes are
         as of the build)."""
-        from pipelines.lake.raw import PUBLISHED_BATCHES, summary_value, total_records
+        from pipelines.lake.raw import last_publish, total_records
 
         info: dict[str, Any] = {"std_rows": None, "std_updated": None, "quarantine_rows": 0, "quarantine_table": None}
         std = self.table(f"std.{dataset}")
         if std is not None and std.current_snapshot() is not None:
             info["std_rows"] = total_records(std.current_snapshot())
-            published = [sn for sn in std.metadata.snapshots if _ms_local(sn.timestamp_ms) <= self.until
-                         and (summary_value(sn, PUBLISHED_BATCHES) or summary_value(sn, "citylake.run-id"))]
-            if published:
-                last = max(published, key=lambda sn: sn.timestamp_ms)
+            last = last_publish(std, int(self.until.timestamp() * 1000))
+            if last is not None:
                 info["std_updated"] = _ms_local(last.timestamp_ms)
         q = self.table(f"quarantine.{dataset}")
         if q is not None:
