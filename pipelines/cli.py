@@ -251,10 +251,18 @@ def quality_run(dataset: Annotated[str, typer.Argument(help="Dataset code, or 'a
     out.print(t)
     if dataset == "all":
         c = Table("element", "authority", "copy", "compared", "conflicts", "rate", title="一数一源 consistency")
+        blind = []
         for s in run_consistency(settings=settings, run_id=run_id):
+            # 0 compared says nothing about consistency: a warning, as the report shows it, never 0.00 %
+            rate = f"{s['rate']:.2%}" if s["compared"] else "[bold yellow]0 条可比[/]"
             c.add_row(s["element"], s["authoritative_system"], f"{s['other_system']}.{s['other_table']}",
-                      f"{s['compared']:,}", f"{s['conflicts']:,}", f"{s['rate']:.2%}")
+                      f"{s['compared']:,}", f"{s['conflicts']:,}", rate)
+            if not s["compared"]:
+                blind.append(f"{s['other_system']}.{s['other_table']}")
         out.print(c)
+        for copy in blind:
+            err.print(f"[bold yellow]warning:[/] {copy}: 0 条可比 — no row matched the authority's keys; check the "
+                      "copy's key format and scope", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 

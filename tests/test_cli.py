@@ -87,3 +87,31 @@ def test_sources_ls_shows_department_names(lake_settings: Settings, tmp_path: Pa
     broken = _run("sources", "ls")
     assert broken.returncode == 1
     assert "shop.yml:3: department: unknown department code '市商务局'" in broken.stderr
+
+
+def test_quality_run_all_warns_on_a_copy_compared_on_zero_rows(monkeypatch) -> None:  # noqa: ANN001
+    """A copy whose keys matched none of the authority's says 0 条可比 (a warning, as the report does),
+    never a 0.00 % conflict rate that reads as fully consistent."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import pipelines.cli as cli
+    import pipelines.config
+    import pipelines.quality.consistency
+    import pipelines.quality.gate
+
+    summary = {"element": "person_name", "authoritative_system": "population", "other_system": "housing_fund",
+               "other_table": "account", "compared": 0, "conflicts": 0, "rate": 0.0}
+    monkeypatch.setattr(cli, "load_settings", lambda: None)
+    monkeypatch.setattr(pipelines.config, "load_config", lambda settings: (None, {}, {}))
+    monkeypatch.setattr(pipelines.quality.gate, "run_quality", lambda *a, **k: SimpleNamespace())
+    monkeypatch.setattr(pipelines.quality.consistency, "run_consistency", lambda **k: [
+        summary, {**summary, "other_table": "other", "compared": 200, "conflicts": 0}])
+    result = CliRunner().invoke(cli.app, ["quality", "run", "all"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    zero = next(line for line in lines if "housing_fund.account" in line and "│" in line)
+    assert "0 条可比" in zero and "0.00%" not in zero
+    assert "0.00%" in next(line for line in lines if "housing_fund.other" in line)
+    assert any("warning" in line and "housing_fund.account" in line for line in lines)
