@@ -60,9 +60,8 @@ def _people(n: int) -> list[tuple[object, ...]]:
     return rows
 
 
-@pytest.fixture
-def hr_lake(lake_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The project's schemas under a scratch root, plus a new system `hr` whose staff table is in raw."""
+def _hr_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The project's schemas under a scratch root (the environment points at it) plus the system `hr`."""
     root = tmp_path / "root"
     shutil.copytree(PROJECT_ROOT / "schemas", root / "schemas")
     monkeypatch.setenv("CITYLAKE_ROOT", str(root))
@@ -71,6 +70,13 @@ def hr_lake(lake_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyP
     # the department of an existing system: a valid department (code) whatever the registry holds
     department = yaml.safe_load((root / "schemas" / "sources" / "population.yml").read_text(encoding="utf-8"))["department"]
     (settings.registry_dir / "hr.yml").write_text(HR.format(department=f'"{department}"'), encoding="utf-8")
+    return settings
+
+
+@pytest.fixture
+def hr_lake(lake_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The project's schemas under a scratch root, plus a new system `hr` whose staff table is in raw."""
+    settings = _hr_root(tmp_path, monkeypatch)
     (settings.data_dir / "sources").mkdir(parents=True)
     con = sqlite3.connect(settings.data_dir / "sources" / "hr.db")
     con.execute('CREATE TABLE "员工" (sfzh TEXT, xm TEXT, xb TEXT, csrq TEXT, "联系电话" TEXT, ssqx TEXT, rzrq DATE, '
@@ -232,13 +238,8 @@ def test_names_the_system_or_table_prefix_completes() -> None:
 def test_never_writes_over_another_tables_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both names a draft may take (<table>.yml, <system>_<table>.yml) belong to other files: refused with
     --force too, naming whose file it is; nothing is read from the lake or written."""
-    root = tmp_path / "root"
-    shutil.copytree(PROJECT_ROOT / "schemas", root / "schemas")
-    monkeypatch.setenv("CITYLAKE_ROOT", str(root))
-    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(root / "schemas" / "sources"))
-    settings = load_settings()
-    department = yaml.safe_load((root / "schemas" / "sources" / "population.yml").read_text(encoding="utf-8"))["department"]
-    (settings.registry_dir / "hr.yml").write_text(HR.format(department=f'"{department}"'), encoding="utf-8")
+    settings = _hr_root(tmp_path, monkeypatch)
+    root = settings.root
     datasets = root / "schemas" / "datasets"
     (datasets / "leave.yml").write_text("dataset: leave\nsource: {system: population, table: leave}\n", encoding="utf-8")
     other = datasets / "hr_leave.yml"

@@ -109,7 +109,7 @@ def catalog_show(key: Annotated[str, typer.Argument(help="Dataset code (person) 
         lineage.add_row(s["label"], s["identifier"], str(s["snapshot_id"] or "—"), s["at"] or "—")
     console.print(lineage)
     if d["overrides"]:
-        o = Table("属性", "取值", "默认", "理由", "批准人", title="例外审批")
+        o = Table("属性", "取值", "默认", "理由", "批准", title="例外审批")
         for x in d["overrides"]:
             o.add_row(*(str(x.get(k) or "") for k in ("attribute", "value", "default", "reason", "approved_by")))
         console.print(o)
