@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -17,16 +18,20 @@ from pipelines.settings import Settings, load_settings
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def unavailable(message: str) -> NoReturn:
+    """A service, program or font the test needs is missing: skip locally, fail under CI=true (never pass by skipping)."""
+    if IN_CI:
+        pytest.fail(f"CI=true and {message}")
+    pytest.skip(message)
+
+
 def require_service(name: str, host: str, port: int) -> None:
     """Skip (locally) or fail (CI=true) when a service the test needs is not listening."""
     try:
         with socket.create_connection((host, port), timeout=2):
             return
     except OSError as exc:
-        message = f"{name} at {host}:{port} is unreachable ({exc})"
-        if IN_CI:
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
+        unavailable(f"{name} at {host}:{port} is unreachable ({exc})")
 
 
 def require_binary(name: str) -> str:
@@ -36,10 +41,7 @@ def require_binary(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    message = f"{name} is not installed (make test installs it from Debian's packages)"
-    if IN_CI:
-        pytest.fail(f"CI=true and {message}")
-    pytest.skip(message)
+    unavailable(f"{name} is not installed (make test installs it from Debian's packages)")
 
 
 def require_cjk_font() -> str:
@@ -53,10 +55,7 @@ def require_cjk_font() -> str:
     families = sorted(f.split(",")[0].strip() for f in found.splitlines() if f.strip())
     if families:
         return families[0]
-    message = "no font with Chinese glyphs is installed (make test installs fonts-noto-cjk from Debian's packages)"
-    if IN_CI:
-        pytest.fail(f"CI=true and {message}")
-    pytest.skip(message)
+    unavailable("no font with Chinese glyphs is installed (make test installs fonts-noto-cjk from Debian's packages)")
 
 
 @contextmanager

@@ -62,6 +62,13 @@ def test_base_resource_must_be_shared_unconditionally(tmp_path: Path) -> None:
 
 # --- catalog block, defaults and overrides (issue 9) ------------------------------------------------
 
+def _problems(directory: Path) -> list[str]:
+    """The problems a contracts folder that must not load is refused with."""
+    with pytest.raises(ConfigError) as info:
+        _load(directory)
+    return info.value.problems
+
+
 def _edited(tmp_path: Path, dataset: str, *edits: tuple[str, str]) -> tuple[Path, list[int]]:
     """The project's contracts under tmp_path with ``edits`` applied to one; the line each edit starts on."""
     d = tmp_path / "datasets"
@@ -183,10 +190,9 @@ def test_core_and_important_data_are_neither_shared_nor_opened(tmp_path: Path, l
     d, (_, sharing, opening) = _edited(tmp_path, "air_quality_hourly", escalate,  # values kept: lines wanted
                                        ("  type: 无条件共享\n", "  type: 无条件共享\n"),
                                        ("open: {type: 无条件开放}", "open: {type: 无条件开放}"))
-    with pytest.raises(ConfigError) as info:
-        _load(d)
+    problems = _problems(d)
     path = d / "air_quality_hourly.yml"
-    assert info.value.problems == [
+    assert problems == [
         f"{path}:{sharing}: sharing.type: 无条件共享 breaks a rule: {level} is 不予共享 (STANDARDS.md; no Hefei sharing "
         f"rule names 生态环保) (default 不予共享; a rule is not lifted by an override)",
         f"{path}:{opening}: open.type: 无条件开放 breaks a rule: {level} is 不予开放 (STANDARDS.md) (default 不予开放; a "
@@ -224,10 +230,9 @@ def test_social_security_is_shared_conditionally(tmp_path: Path) -> None:
     d, (line,) = _edited(tmp_path, "housing_fund_account", (
         "  type: 有条件共享\n  condition: 用于住房保障与贷款审核, 经公积金中心审核, 快速响应\n",
         "  type: 无条件共享\n  condition: 无条件\n  override: {reason: 公积金中心同意无条件共享, approved_by: 某局}\n"))
-    with pytest.raises(ConfigError) as info:
-        _load(d)
+    problems = _problems(d)
     path = d / "housing_fund_account.yml"
-    assert info.value.problems == [
+    assert problems == [
         f"{path}:{line}: sharing.type: 无条件共享 breaks a rule: 社会保障: Hefei shares it 有条件共享 (with fast response) "
         "whatever its level or grade (default 有条件共享; a rule is not lifted by an override)",
         f"{path}:{line + 2}: sharing.override: sharing.type is fixed by a rule (社会保障: Hefei shares it 有条件共享 "
@@ -240,9 +245,7 @@ def test_idle_override_on_a_rule_bound_attribute_fails(tmp_path: Path) -> None:
     d, (line,) = _edited(tmp_path, "person", (
         "  methods: [database, service]\n",
         "  methods: [database, service]\n  override: {reason: 人口数据无条件共享, approved_by: 某局}\n"))
-    with pytest.raises(ConfigError) as info:
-        _load(d)
-    assert info.value.problems == [
+    assert _problems(d) == [
         f"{d / 'person.yml'}:{line + 1}: sharing.override: sharing.type is fixed by a rule (人口 is a base resource: "
         "Hefei shares it 无条件共享 whatever its level or grade) and an override cannot lift it; remove the override "
         "(it records a departure)"]
@@ -265,9 +268,7 @@ def test_owner_is_the_source_systems_department(tmp_path: Path) -> None:
     """The 提供方 in the resource code, the held-batch alerts and the rejected-file alerts is one department."""
     d, (line,) = _edited(tmp_path, "poi", ('owner: "11340100003007777F"  # 合肥市自然资源和规划局',
                                            'owner: "11340100003009991Q"  # 合肥市数据资源局'))
-    with pytest.raises(ConfigError) as info:
-        _load(d)
-    assert info.value.problems == [
+    assert _problems(d) == [
         f"{d / 'poi.yml'}:{line}: owner: 11340100003009991Q (合肥市数据资源局) is not the department of its source system "
         "poi, 11340100003007777F (合肥市自然资源和规划局); the 提供方 is the source system's department: write owner: "
         "\"11340100003007777F\" or fix the system's registry file"]
@@ -275,9 +276,7 @@ def test_owner_is_the_source_systems_department(tmp_path: Path) -> None:
 
 def test_unquoted_numeric_owner_says_quote_it(tmp_path: Path) -> None:
     d, (line,) = _edited(tmp_path, "enterprise", ('owner: "113401000030022204"', "owner: 113401000030022204"))
-    with pytest.raises(ConfigError) as info:
-        _load(d)
-    assert info.value.problems == [f"{d / 'enterprise.yml'}:{line}: owner: quote the code: YAML reads "
+    assert _problems(d) == [f"{d / 'enterprise.yml'}:{line}: owner: quote the code: YAML reads "
                                    '113401000030022204 as a number (write owner: "113401000030022204")']
 
 

@@ -159,19 +159,27 @@ def test_resent_drop_is_compared_in_the_right_buckets(lake_settings: Settings, t
     assert _ledger(lake_settings)["aq_03.csv"]["written"] == 3
 
 
-def test_undeclared_gbk_header_is_rejected_and_the_good_file_lands(lake_settings: Settings, tmp_path: Path) -> None:
+GBK_HEADED = (HEADER + "S01,2026-11-20 01:00:00,35\n").encode("gbk")
+"""A file whose header is GBK (Chinese column names) though the table declares UTF-8."""
+
+def _good_and_gbk_drop(tmp_path: Path) -> Path:
+    """A drop folder with a good file (aq_01.csv, 5 rows) and one whose header is GBK though UTF-8 is declared."""
     drop = tmp_path / "drop"
     drop.mkdir()
     (drop / "aq_01.csv").write_bytes(_csv(ROWS[:5]))
-    gbk = (HEADER + "S01,2026-11-20 01:00:00,35\n").encode("gbk")
-    (drop / "aq_02.csv").write_bytes(gbk)
+    (drop / "aq_02.csv").write_bytes(GBK_HEADED)
+    return drop
+
+
+def test_undeclared_gbk_header_is_rejected_and_the_good_file_lands(lake_settings: Settings, tmp_path: Path) -> None:
+    drop = _good_and_gbk_drop(tmp_path)
     res = ingest_table(_system(str(drop)), "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
     assert res.files_loaded == ["aq_01.csv"] and len(_rows(lake_settings)) == 5
     (rejected,) = res.files_rejected
     assert rejected["file"] == "aq_02.csv" and rejected["line"] == 1
     assert "UTF-8" in rejected["reason"] and "gb18030" in rejected["reason"]
     copied = Path(rejected["copied_to"])
-    assert copied.read_bytes() == gbk and copied.parent.name == "b1"
+    assert copied.read_bytes() == GBK_HEADED and copied.parent.name == "b1"
     recorded = json.loads(copied.with_name(copied.name + ".reason.json").read_text(encoding="utf-8"))
     assert recorded["file"] == "aq_02.csv" and "UTF-8" in recorded["reason"]
     assert _ledger(lake_settings)["aq_02.csv"]["status"] == "rejected"
@@ -194,7 +202,7 @@ def test_cli_exits_3_and_lists_rejected_files(lake_settings: Settings, tmp_path:
     drop = tmp_path / "drop"
     drop.mkdir()
     (drop / "aq_01.csv").write_bytes(_csv(ROWS[:5]))
-    (drop / "aq_02.csv").write_bytes((HEADER + "S01,2026-11-20 01:00:00,35\n").encode("gbk"))
+    (drop / "aq_02.csv").write_bytes(GBK_HEADED)
     (lake_settings.registry_dir / "air.yml").write_text(REGISTRY.format(drop=drop), encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "ingest", "air"], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200"}, timeout=120)
@@ -269,7 +277,7 @@ def test_dag_load_task_records_the_rejected_count(lake_settings: Settings, tmp_p
     (drop / "aq_01.csv").write_bytes(_csv(ROWS[:5]))
     # people name drop files after the person: the name, the address and the ID must not reach XCom or the log
     (drop / "aq_02_张伟_合肥市蜀山区长江西路100号_340104199001011234.csv").write_bytes(
-        (HEADER + "S01,2026-11-20 01:00:00,35\n").encode("gbk"))
+        GBK_HEADED)
     (lake_settings.registry_dir / "air.yml").write_text(REGISTRY.format(drop=drop), encoding="utf-8")
     spec = importlib.util.spec_from_file_location("ingest_factory_under_test",
                                                   Path(__file__).resolve().parent.parent / "dags" / "ingest_factory.py")
@@ -304,11 +312,7 @@ def _latest(settings: Settings) -> dict[tuple[str, int], float]:
 
 
 def test_rejected_file_is_retried_once_the_spec_changes(lake_settings: Settings, tmp_path: Path) -> None:
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    (drop / "aq_01.csv").write_bytes(_csv(ROWS[:5]))
-    gbk = (HEADER + "S01,2026-11-20 01:00:00,35\n").encode("gbk")
-    (drop / "aq_02.csv").write_bytes(gbk)
+    drop = _good_and_gbk_drop(tmp_path)
     first = ingest_table(_system(str(drop)), "hourly", settings=lake_settings, batch_id="b1", extracted_at=AT)
     assert [r["file"] for r in first.files_rejected] == ["aq_02.csv"] and "gb18030" in first.files_rejected[0]["reason"]
 
