@@ -11,6 +11,8 @@ Three kinds of table:
   id that reaches the same status for a batch replaces its earlier event rather than repeating it.
 - ``registrations``: an append-only log of 公共数据资源登记 codes recorded per dataset (``append_log``); the
   latest row of a dataset is its registration (``pipelines.catalog.registration``).
+- ``requests``: an append-only log of open-data (and sharing) requests, one row per intake or status change
+  (``append_log``); the latest row of a request id is its state (``pipelines.catalog.requests``).
 Every row carries ``recorded_at`` (UTC). Old lakes lack the newer columns: the tables evolve on write.
 
 Run ids: an Airflow task uses its dag run id (plus the mapped dataset), so a retry reuses it; every CLI
@@ -58,9 +60,18 @@ REGISTRATIONS = pa.schema([
     ("dataset", pa.string()), ("registration_code", pa.string()), ("registered_on", pa.date32()),
     ("recorded_by", pa.string()), RECORDED_AT])
 
+# 开放需求受理反馈 (and the sharing issue's department requests, kind "share"): one row per intake or status
+# change of a request; append-only, the latest row of a request_id (recorded_at) is its state
+# (``pipelines.catalog.requests``). ``contact`` is personal: stored, masked wherever it is shown.
+REQUESTS = pa.schema([
+    *[(n, pa.string()) for n in ("request_id", "kind", "dataset", "title", "requester", "requester_department",
+                                 "contact", "purpose", "status", "answer", "answered_by")],
+    ("received_at", pa.timestamp("us", tz="UTC")), ("source", pa.string()), RECORDED_AT])
+
 SCHEMAS = {"meta.quality_results": QUALITY_RESULTS, "meta.standardization_log": STANDARDIZATION_LOG,
-           "meta.conflicts": CONFLICTS, "meta.batches": BATCHES, "meta.registrations": REGISTRATIONS}
-APPEND_ONLY = {"meta.batches", "meta.registrations"}
+           "meta.conflicts": CONFLICTS, "meta.batches": BATCHES, "meta.registrations": REGISTRATIONS,
+           "meta.requests": REQUESTS}
+APPEND_ONLY = {"meta.batches", "meta.registrations", "meta.requests"}
 """Event logs: appended to, never replaced per run (``replace_run`` refuses them)."""
 PER_DATASET = {"meta.quality_results", "meta.standardization_log"}
 """Per-run tables replaced per (run id, dataset): several datasets share one CLI run id."""
