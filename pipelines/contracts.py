@@ -59,6 +59,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _known_element(code: str, info: ValidationInfo) -> str:
+    standards = (info.context or {}).get("standards")
+    if standards is not None and code not in standards.elements:
+        raise ValueError(f"unknown data element {code!r} (not in schemas/standards/elements.yml)")
+    return code
+
+
 class ColumnSpec(_Model):
     name: str
     """Column code in std/curated (usually the element code)."""
@@ -76,10 +83,7 @@ class ColumnSpec(_Model):
     @field_validator("element")
     @classmethod
     def _known_element(cls, v: str, info: ValidationInfo) -> str:
-        standards = (info.context or {}).get("standards")
-        if standards is not None and v not in standards.elements:
-            raise ValueError(f"unknown data element {v!r} (not in schemas/standards/elements.yml)")
-        return v
+        return _known_element(v, info)
 
 
 class Override(_Model):
@@ -174,7 +178,10 @@ class Opening(_Model):
         return self
 
 
-class DatasetContract(_Model):
+class ContractBase(_Model):
+    """What every contract shares, std (``DatasetContract``) and curated (``CuratedContract``): identity, owner,
+    the catalog block and the graded attributes, with the file and lines it was read from."""
+
     dataset: str
     name: str
     description: str
@@ -184,12 +191,6 @@ class DatasetContract(_Model):
     """信息资源分类 at 项 level: the name of ``catalog``'s 项 (人口, 法人单位, 社会信用, 生态环保, 社会保障, …)."""
     catalog: CatalogCode
     """类/项/目/细目 and 顺序码: with ``owner`` they make the 信息资源代码 (``resource_code``)."""
-    source: dict[str, str]
-    """{system, table}: the raw table ``raw.<system>__<table>`` it is built from."""
-    primary_key: list[str] = Field(min_length=1)
-    cursor: str | None = None
-    """Column ordering versions of a key (latest wins in std)."""
-    columns: list[ColumnSpec] = Field(min_length=1)
     classification: Classification
     sharing: Sharing
     open: Opening
@@ -204,6 +205,54 @@ class DatasetContract(_Model):
     @classmethod
     def _code(cls, v: str) -> str:
         return check_code(v, "dataset code")
+
+    @property
+    def file(self) -> Path | None:
+        """The YAML file it was read from (None when built in code)."""
+        return self._file
+
+    @property
+    def resource_code(self) -> str:
+        """信息资源代码: 分类码 "/" 提供方代码 "-" 顺序码 (4 digits), e.g. ``101001/11340100003001113F-0001``."""
+        return f"{self.catalog.code}/{self.owner}-{self.catalog.sequence:04d}"
+
+    @property
+    def catalog_path(self) -> str:
+        """The classification in Chinese, e.g. ``基础信息资源/人口/人口基本信息``."""
+        if not self._path:
+            from pipelines.resource_classification import FILE, cached_classification, resolve
+            from pipelines.settings import load_settings
+
+            classes = cached_classification(load_settings().root / FILE)
+            self._path = [c.name for c in resolve(classes, self.catalog.parts())]
+        return "/".join(self._path)
+
+    @property
+    def overrides(self) -> list[dict[str, Any]]:
+        """Every approved departure: ``{attribute, value, default, reason, approved_by}`` (``default`` is None
+        for a contract read on its own, without the elements that set it)."""
+        if self._overrides is not None:
+            return list(self._overrides)
+        return [{"attribute": attr, "value": value, "default": None, "reason": o.reason, "approved_by": o.approved_by}
+                for attr, value, o in (("classification.grade", self.classification.grade, self.classification.override),
+                                       ("sharing.type", self.sharing.type, self.sharing.override),
+                                       ("open.type", self.open.type, self.open.override)) if o is not None]
+
+    def where(self, *loc: Any) -> str:
+        """``file:line`` of a key path of this contract, e.g. ``where("columns", 3, "source")``."""
+        return f"{self._file}:{line_of(self._lines, *loc)}" if self._file else f"dataset {self.dataset}"
+
+
+class DatasetContract(ContractBase):
+    """A std dataset: ``std.<dataset>`` built from one raw source table (``schemas/datasets/<dataset>.yml``)."""
+
+    kind: Literal["std"] = "std"
+    source: dict[str, str]
+    """{system, table}: the raw table ``raw.<system>__<table>`` it is built from."""
+    primary_key: list[str] = Field(min_length=1)
+    cursor: str | None = None
+    """Column ordering versions of a key (latest wins in std)."""
+    columns: list[ColumnSpec] = Field(min_length=1)
 
     @field_validator("source")
     @classmethod
@@ -233,33 +282,6 @@ class DatasetContract(_Model):
         return self
 
     @property
-    def resource_code(self) -> str:
-        """信息资源代码: 分类码 "/" 提供方代码 "-" 顺序码 (4 digits), e.g. ``101001/11340100003001113F-0001``."""
-        return f"{self.catalog.code}/{self.owner}-{self.catalog.sequence:04d}"
-
-    @property
-    def catalog_path(self) -> str:
-        """The classification in Chinese, e.g. ``基础信息资源/人口/人口基本信息``."""
-        if not self._path:
-            from pipelines.resource_classification import FILE, cached_classification, resolve
-            from pipelines.settings import load_settings
-
-            classes = cached_classification(load_settings().root / FILE)
-            self._path = [c.name for c in resolve(classes, self.catalog.parts())]
-        return "/".join(self._path)
-
-    @property
-    def overrides(self) -> list[dict[str, Any]]:
-        """Every approved departure: ``{attribute, value, default, reason, approved_by}`` (``default`` is None
-        for a contract read on its own, without the elements that set it)."""
-        if self._overrides is not None:
-            return list(self._overrides)
-        return [{"attribute": attr, "value": value, "default": None, "reason": o.reason, "approved_by": o.approved_by}
-                for attr, value, o in (("classification.grade", self.classification.grade, self.classification.override),
-                                       ("sharing.type", self.sharing.type, self.sharing.override),
-                                       ("open.type", self.open.type, self.open.override)) if o is not None]
-
-    @property
     def raw_table(self) -> str:
         return f"raw.{self.source['system']}__{self.source['table']}"
 
@@ -267,9 +289,10 @@ class DatasetContract(_Model):
     def std_table(self) -> str:
         return f"std.{self.dataset}"
 
-    def where(self, *loc: Any) -> str:
-        """``file:line`` of a key path of this contract, e.g. ``where("columns", 3, "source")``."""
-        return f"{self._file}:{line_of(self._lines, *loc)}" if self._file else f"dataset {self.dataset}"
+    @property
+    def table(self) -> str:
+        """The lake table it describes (``std.<dataset>``; ``curated.<dataset>`` for a CuratedContract)."""
+        return self.std_table
 
     def check_sources(self, present: Iterable[str], where: str) -> None:
         """Every column's ``source`` is one of ``present`` (the columns ``where`` has), else one ConfigError
@@ -286,10 +309,157 @@ class DatasetContract(_Model):
             raise ConfigError(*problems)
 
 
-def _read(path: Path, context: dict[str, Any] | None) -> DatasetContract:
+Deid = Literal["keep", "drop", "mask", "year", "district", "grid", "suppress"]
+"""What the OPEN release does to a curated column: keep it, drop it, mask it (display mask of its element),
+generalise it (birth date → year, address → district, coordinates → grid cell) or suppress small cells (an
+integer count below ``open.k`` is withheld). ``curated.<dataset>`` itself always holds the full values."""
+CURATE_DIR = Path(__file__).parent / "curate"
+"""Where the curated models live: ``pipelines/curate/<dataset>.sql`` (one DuckDB SELECT each)."""
+
+
+class CuratedColumn(_Model):
+    """One column of a curated dataset: its element and what the open release does to it."""
+
+    name: str
+    """Column code in ``curated.<dataset>`` (usually the element code)."""
+    element: str
+    """Data element code (schemas/standards/elements.yml)."""
+    required: bool = False
+    deid: Deid = "keep"
+    """What the OPEN release does to this column (curated.<dataset> keeps full values)."""
+    grid: float = Field(default=0.01, gt=0, le=1)
+    """Cell size in degrees for deid ``grid`` (coordinates floored to the cell's south-west corner)."""
+
+    @field_validator("name")
+    @classmethod
+    def _codes(cls, v: str) -> str:
+        return check_code(v, "column code")
+
+    @field_validator("element")
+    @classmethod
+    def _element(cls, v: str, info: ValidationInfo) -> str:
+        return _known_element(v, info)
+
+    @model_validator(mode="after")
+    def _grid_used(self) -> CuratedColumn:
+        if "grid" in self.model_fields_set and self.deid != "grid":
+            raise ValueError(f"grid is the cell size of deid grid; column {self.name} has deid {self.deid}: remove "
+                             "grid or use deid: grid")
+        return self
+
+
+class CuratedOpening(Opening):
+    """``open`` of a curated contract: the open attribute plus how the dataset meets its condition."""
+
+    met_by: str | None = None
+    """Required for 有条件开放: how the curated dataset meets the condition by construction (an aggregate, a
+    generalisation, a dropped column)."""
+    k: int = Field(default=5, ge=5)
+    """Small-cell threshold for columns with deid ``suppress``: a count below k is withheld."""
+
+    @model_validator(mode="after")
+    def _met(self) -> CuratedOpening:
+        if self.type == "有条件开放" and not (self.met_by or "").strip():
+            raise ValueError("有条件开放: say under 'met_by' how this curated dataset meets the condition by "
+                             "construction (an aggregate, a generalisation, a dropped column)")
+        if self.type != "有条件开放" and self.met_by:
+            raise ValueError(f"met_by explains how a 有条件开放 condition is met; open type is {self.type}: remove it")
+        return self
+
+
+class ReleaseCard(_Model):
+    """高质量数据集 card (optional ``card:`` block): released beside the data as card.md / card.json."""
+
+    intended_use: str = Field(min_length=4)
+    limitations: str | None = None
+    licence: str | None = None
+    """Overrides the contract's ``licence`` for the card when set (SPDX id)."""
+
+
+class CuratedContract(ContractBase):
+    """A curated dataset: ``curated.<dataset>`` built by ``pipelines/curate/<model>`` from std (or curated)
+    inputs (``schemas/curated/<dataset>.yml``); the only kind the open release exports."""
+
+    kind: Literal["curated"] = "curated"
+    domain: str
+    """Groups datasets into one DAG, ``curate__<domain>``."""
+    inputs: list[str] = Field(min_length=1)
+    """``std.<dataset>`` or ``curated.<dataset>``: the contract exists, no cycles."""
+    model: str | None = None
+    """The model file in pipelines/curate/ (default ``<dataset>.sql``)."""
+    primary_key: list[str] = Field(min_length=1)
+    columns: list[CuratedColumn] = Field(min_length=1)
+    open: CuratedOpening
+    licence: str = Field(default="CC-BY-4.0", pattern=r"^[A-Za-z0-9.+-]+$")
+    """Open-data licence of the release (SPDX id)."""
+    card: ReleaseCard | None = None
+    _models_dir: Path = PrivateAttr(default=CURATE_DIR)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        return check_code(v, "domain code")
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, v: list[str]) -> list[str]:
+        for x in v:
+            ns, _, name = x.partition(".")
+            if ns not in ("std", "curated") or not name:
+                raise ValueError(f"input {x!r}: write std.<dataset> or curated.<dataset>")
+            check_code(name, "dataset code")
+        if len(set(v)) != len(v):
+            raise ValueError("inputs repeat")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        if v is not None and (not v.endswith(".sql") or "/" in v or "\\" in v):
+            raise ValueError(f"model {v!r}: a file name in pipelines/curate/ ending .sql")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CuratedContract:
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError("column names repeat")
+        for k in self.primary_key:
+            if k not in names:
+                raise ValueError(f"{k!r} (primary key) is not one of the columns")
+        return self
+
+    @property
+    def table(self) -> str:
+        return f"curated.{self.dataset}"
+
+    @property
+    def std_table(self) -> str:
+        """The lake table, for code that treats every contract like a std one (suites, results, catalog)."""
+        return self.table
+
+    @property
+    def model_path(self) -> Path:
+        return self._models_dir / (self.model or f"{self.dataset}.sql")
+
+    @property
+    def input_datasets(self) -> list[tuple[str, str]]:
+        """``(namespace, dataset)`` of every input, e.g. ``("std", "person")``."""
+        return [(x.partition(".")[0], x.partition(".")[2]) for x in self.inputs]
+
+    def open_columns(self) -> list[CuratedColumn]:
+        """The columns the open release carries (every column whose deid is not ``drop``), in order."""
+        return [c for c in self.columns if c.deid != "drop"]
+
+
+AnyContract = DatasetContract | CuratedContract
+"""Either kind: what the grading, the catalog block checks and the suites read."""
+
+
+def _read(path: Path, context: dict[str, Any] | None, model: type[ContractBase] = DatasetContract) -> Any:
     lines: dict[tuple[Any, ...], int] = {}
     try:
-        contract: DatasetContract = parse_yaml_model(path, DatasetContract, context, lines)
+        contract: ContractBase = parse_yaml_model(path, model, context, lines)
     except ConfigError as exc:  # a `TODO` left by `citylake contract new` is reported as such, with its line
         raise ConfigError(*with_todos(path, lines, exc.problems)) from None
     if todos := with_todos(path, lines, []):  # a TODO in a free-text field parses: still undecided
@@ -332,20 +502,21 @@ def load_contracts(directory: Path, standards: Standards, systems: dict[str, Sou
         out[c.dataset] = c
     for c in out.values():
         problems += catalog_problems(c, standards)
-    problems += _sequences(out)
+    problems += _sequences(out.values())
     problems += _unmapped_references(standards, out)
     if problems:
         raise ConfigError(*problems)
     return out
 
 
-def _sequences(contracts: dict[str, DatasetContract]) -> list[str]:
-    """顺序码 is unique within the provider: two contracts of one owner with one sequence share a resource code."""
-    seen: dict[tuple[str, int], DatasetContract] = {}
+def _sequences(contracts: Iterable[ContractBase], only: type[ContractBase] = ContractBase) -> list[str]:
+    """顺序码 is unique within the provider: two contracts of one owner with one sequence share a resource code
+    (std and curated contracts alike; ``only``: report the clashes of that kind, the other's were reported)."""
+    seen: dict[tuple[str, int], ContractBase] = {}
     problems = []
-    for c in contracts.values():
+    for c in contracts:
         first = seen.setdefault((c.owner, c.catalog.sequence), c)
-        if first is not c:
+        if first is not c and isinstance(c, only):
             problems.append(f"{c.where('catalog', 'sequence')}: catalog.sequence: {c.catalog.sequence} is already "
                             f"used by {first.dataset} ({first.where('catalog', 'sequence')}) of the same provider "
                             f"{c.owner}; a 顺序码 is unique within the provider")
@@ -370,10 +541,11 @@ def _tier(level: str, grade: int | None) -> tuple[str, str]:
     return ("不予共享", "不予开放") if level in STRICTEST_LEVELS or grade is None else GRADE_TIERS[grade]
 
 
-def attribute_defaults(c: DatasetContract, standards: Standards, item: str, base: bool) -> Defaults:
+def attribute_defaults(c: AnyContract, standards: Standards, item: str, base: bool) -> Defaults:
     """The default of each graded attribute and the hard rules (pipelines.grading) that fix one whatever the
     declared classification: a rule always wins, and a Hefei sharing rule wins over 核心/重要数据's 不予共享."""
-    worst = max(c.columns, key=lambda col: SENSITIVITY_GRADE[standards.elements[col.element].sensitivity])
+    cols: list[ColumnSpec | CuratedColumn] = list(c.columns)
+    worst = max(cols, key=lambda col: SENSITIVITY_GRADE[standards.elements[col.element].sensitivity])
     sensitivity = standards.elements[worst.element].sensitivity
     by_columns = SENSITIVITY_GRADE[sensitivity]
     why = f"its most sensitive column {worst.name} is {sensitivity}"
@@ -404,7 +576,7 @@ def attribute_defaults(c: DatasetContract, standards: Standards, item: str, base
     return Defaults(declared, columns, rules, why)
 
 
-def catalog_problems(c: DatasetContract, standards: Standards) -> list[str]:
+def catalog_problems(c: AnyContract, standards: Standards) -> list[str]:
     """The catalog block resolves in the classification code list, ``resource_category`` names its 项, and
     each graded attribute keeps its default or carries an override, and keeps every rule; records
     ``c.overrides`` (with the sharing/open values a classification override moved)."""
@@ -518,3 +690,176 @@ def contracts_of_table(directory: Path, system: str, table: str) -> list[Dataset
         except ConfigError:
             continue
     return found
+
+
+# --- curated contracts (issue 10) ------------------------------------------------------------------
+
+
+def _coordinate(e: Any) -> bool:
+    return bool(e.type == "float" and e.unit == "度")
+
+
+def _address(e: Any) -> bool:
+    return bool(e.code.endswith("address") or e.name_zh.endswith("地址"))
+
+
+DEID_FITS: dict[str, tuple[Any, str]] = {
+    "suppress": (lambda e: e.type == "integer", "an integer count (element type integer)"),
+    "year": (lambda e: e.type in ("date", "timestamp"), "a date or timestamp"),
+    "grid": (_coordinate, "a longitude or latitude (element type float, unit 度)"),
+    "district": (_address, "an address (element …address / …地址)"),
+    "mask": (lambda e: e.type == "string", "a text (element type string)"),
+}
+"""deid → (does the column's element fit, what it needs): a generalisation on the wrong kind of column would
+release the value unchanged or fail at release time."""
+
+
+def build_order(curated: dict[str, CuratedContract]) -> list[str]:
+    """Curated datasets in dependency order (a curated input before the datasets built from it; ties by
+    name). The loader has refused cycles."""
+    from graphlib import TopologicalSorter
+
+    graph = {name: sorted(ds for ns, ds in c.input_datasets if ns == "curated" and ds in curated)
+             for name, c in sorted(curated.items())}
+    sorter = TopologicalSorter(graph)
+    sorter.prepare()
+    order: list[str] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
+        order.extend(ready)
+        sorter.done(*ready)
+    return order
+
+
+def load_curated_contracts(directory: Path, standards: Standards, contracts: dict[str, DatasetContract],
+                           departments: dict[str, Any] | None = None,
+                           models_dir: Path | None = None) -> dict[str, CuratedContract]:
+    """Every curated contract (``schemas/curated/*.yml``), cross-checked with the standards (elements exist;
+    each element's ``derived_by`` names a curated column carrying it), the std ``contracts`` (inputs exist; the
+    provider owns an input; 顺序码 unique per provider across both kinds), one another (inputs, no cycles) and
+    the models (``models_dir``, default pipelines/curate/: the model file exists). The catalog block, defaults
+    and hard rules are those of std contracts (grade from the most sensitive column); the open release's
+    de-identification is checked per column. Every problem of every file together, each ``file:line: field:``."""
+    from pipelines.departments import load_departments
+
+    departments = load_departments() if departments is None else departments
+    out: dict[str, CuratedContract] = {}
+    problems: list[str] = []
+    for path in sorted(directory.glob("*.yml")) if directory.is_dir() else []:
+        try:
+            c: CuratedContract = _read(path, {"standards": standards, "departments": departments}, CuratedContract)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        c._models_dir = CURATE_DIR if models_dir is None else models_dir
+        if c.dataset != path.stem:
+            problems.append(f"{c.where('dataset')}: dataset: {c.dataset!r} must equal the file name {path.stem!r}")
+        if c.dataset in contracts:  # one suite file, one catalog entry, one open-data name per dataset
+            problems.append(f"{c.where('dataset')}: dataset: {c.dataset!r} is also a std contract "
+                            f"({contracts[c.dataset].where('dataset')}); a curated dataset needs its own name")
+        if not c.model_path.is_file():
+            problems.append(f"{c.where('model' if c.model else 'dataset')}: model: {c.model_path} does not exist; "
+                            "write the model (one DuckDB SELECT) or name it under model:")
+        out[c.dataset] = c
+    for c in out.values():
+        problems += _input_problems(c, contracts, out, departments)
+        problems += catalog_problems(c, standards)
+        problems += _open_problems(c, standards)
+    problems += _cycles(out)
+    problems += _sequences([*contracts.values(), *out.values()], only=CuratedContract)
+    problems += _derived_problems(standards, out)
+    if problems:
+        raise ConfigError(*problems)
+    return out
+
+
+def _input_problems(c: CuratedContract, contracts: dict[str, DatasetContract], curated: dict[str, CuratedContract],
+                    departments: dict[str, Any]) -> list[str]:
+    """Each input has a contract of its kind; the provider (``owner``) owns one of them."""
+    from pipelines.departments import department_name
+
+    problems = []
+    owners: list[str] = []
+    for i, (ns, ds) in enumerate(c.input_datasets):
+        known: dict[str, Any] = contracts if ns == "std" else curated
+        if ds == c.dataset and ns == "curated":
+            problems.append(f"{c.where('inputs', i)}: inputs.{i}: {c.table} cannot be built from itself")
+        elif ds not in known:
+            near = difflib.get_close_matches(ds, list(known), n=1)
+            hint = f"did you mean {ns}.{near[0]}?" if near else f"known: {', '.join(f'{ns}.{k}' for k in sorted(known))}"
+            folder = "schemas/datasets" if ns == "std" else "schemas/curated"
+            problems.append(f"{c.where('inputs', i)}: inputs.{i}: {ns}.{ds} has no contract in {folder} ({hint})")
+        else:
+            owners.append(known[ds].owner)
+    if owners and c.owner not in owners:
+        problems.append(f"{c.where('owner')}: owner: {c.owner} ({department_name(departments, c.owner)}) owns none of "
+                        f"its inputs ({', '.join(c.inputs)}); the 提供方 of a curated dataset is the department of "
+                        f"its primary input: write owner: \"{owners[0]}\" "
+                        f"({department_name(departments, owners[0])})")
+    return problems
+
+
+def _cycles(curated: dict[str, CuratedContract]) -> list[str]:
+    from graphlib import CycleError, TopologicalSorter
+
+    graph = {name: [ds for ns, ds in c.input_datasets if ns == "curated" and ds in curated and ds != name]
+             for name, c in curated.items()}
+    try:
+        TopologicalSorter(graph).prepare()
+    except CycleError as exc:
+        cycle = exc.args[1]
+        first = curated[cycle[0]]
+        return [f"{first.where('inputs')}: inputs: {' → '.join(f'curated.{d}' for d in reversed(cycle))} is a cycle: "
+                "a curated dataset cannot depend on itself"]
+    return []
+
+
+def _open_problems(c: CuratedContract, standards: Standards) -> list[str]:
+    """What the open release does to each column fits the column and the open attribute: an open dataset
+    never keeps a 敏感个人信息 (grade 4) column, never keeps a 个人信息 column as is; a generalisation fits its
+    column's element; the key survives (releases are compared by it)."""
+    opened = c.open.type != "不予开放"
+    problems = []
+    for i, col in enumerate(c.columns):
+        e = standards.elements[col.element]
+        where = f"{c.where('columns', i, 'deid')}: columns.{i}.deid: column {col.name} ({e.code}, {e.name_zh})"
+        if opened and e.sensitivity == "敏感个人信息" and col.deid != "drop":
+            problems.append(f"{where} is 敏感个人信息 (grade 4) and the open release keeps it (deid {col.deid}) in a "
+                            f"{c.open.type} dataset: grade 4 is never opened; write deid: drop (or open type 不予开放)")
+        elif opened and e.sensitivity == "个人信息" and col.deid == "keep":
+            problems.append(f"{where} is 个人信息 and the open release keeps it as is in a {c.open.type} dataset: "
+                            "drop, mask or generalise it (deid: drop | mask | year | district | grid)")
+        if col.deid in DEID_FITS and not DEID_FITS[col.deid][0](e):
+            problems.append(f"{where}: deid {col.deid} needs {DEID_FITS[col.deid][1]}; {e.code} is "
+                            f"{e.type}{f' ({e.unit})' if e.unit else ''}")
+        if opened and col.name in c.primary_key and col.deid != "keep":
+            problems.append(f"{where}: deid {col.deid} on a primary key column: releases are compared by key; keep "
+                            "it or build the curated dataset on a key that may be opened")
+    if "k" in c.open.model_fields_set and not any(col.deid == "suppress" for col in c.columns):
+        problems.append(f"{c.where('open', 'k')}: open.k: the small-cell threshold applies to deid suppress; no "
+                        "column suppresses: remove k")
+    return problems
+
+
+def _derived_problems(standards: Standards, curated: dict[str, CuratedContract]) -> list[str]:
+    """An element's ``derived_by: {dataset, column}`` names a curated column that carries that element."""
+    problems = []
+    for e in standards.elements.values():
+        ref = getattr(e, "derived_by", None)
+        if ref is None:
+            continue
+        where = standards.places.get((e.code, "derived_by", 0), f"element {e.code}")
+        c = curated.get(ref.dataset)
+        if c is None:
+            problems.append(f"{where}: element {e.code}: derived_by names {ref.dataset!r}, which has no curated "
+                            f"contract (schemas/curated/; have: {', '.join(sorted(curated)) or 'none'})")
+            continue
+        col = next((x for x in c.columns if x.name == ref.column), None)
+        if col is None:
+            problems.append(f"{where}: element {e.code}: curated.{c.dataset} has no column {ref.column!r} "
+                            f"({c.where('columns')})")
+        elif col.element != e.code:
+            i = c.columns.index(col)
+            problems.append(f"{where}: element {e.code}: column {ref.column} of curated.{c.dataset} carries element "
+                            f"{col.element} ({c.where('columns', i, 'element')}), not {e.code}")
+    return problems

@@ -56,6 +56,19 @@ class SourceRef(BaseModel):
         return f"{self.system}.{self.table}.{self.column}"
 
 
+class DerivedBy(BaseModel):
+    """The curated column that computes an element no source system collects (a count, a daily mean, a
+    provenance record): its one source, in place of ``authoritative``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dataset: str
+    """Curated dataset code (schemas/curated/<dataset>.yml)."""
+    column: str
+
+    def __str__(self) -> str:
+        return f"curated.{self.dataset}.{self.column}"
+
+
 class DataElement(BaseModel):
     """One data element (数据元) and its standard."""
 
@@ -83,9 +96,18 @@ class DataElement(BaseModel):
     release_date: str = "2026-11-20"
     note: str | None = None
     authoritative: list[SourceRef] = Field(default_factory=list)
-    """Exactly one: the system, table and column that collect, review and update this item (一数一源)."""
+    """Exactly one (or ``derived_by`` instead): the system, table and column that collect, review and update
+    this item (一数一源)."""
     copies: list[SourceRef] = Field(default_factory=list)
     """Non-authoritative places carrying the same item; compared with the authority every night."""
+    derived_by: DerivedBy | None = None
+    """For an item the lake computes (issue 10): the curated column that derives it, instead of an authority;
+    checked against the curated contracts when they load."""
+
+    @property
+    def authority(self) -> SourceRef | None:
+        """The authoritative source column, None for a derived element."""
+        return self.authoritative[0] if self.authoritative else None
 
     @field_validator("code")
     @classmethod
@@ -122,7 +144,8 @@ class Standards:
         return self.elements[code]
 
     def authoritative_for(self, system: str, table: str, column: str) -> DataElement | None:
-        return next((e for e in self.elements.values() if e.authoritative[0].key() == (system, table, column)), None)
+        return next((e for e in self.elements.values() if e.authority and e.authority.key() == (system, table, column)),
+                    None)
 
     def element_at(self, system: str, table: str, column: str) -> DataElement | None:
         """The element a source column carries, as authority or as a copy."""
@@ -178,8 +201,16 @@ def load_standards(directory: Path, systems: dict[str, SourceSystem] | None = No
         if e.code in elements or e.id in ids:
             problems.append(f"{where}: id {e.id} or code {e.code} is used twice")
             continue
-        if len(e.authoritative) != 1:
-            problems.append(f"{where}: needs exactly one authoritative source (一数一源), has "
+        if e.derived_by is not None:
+            places[(e.code, "derived_by", 0)] = f"{path}:{line_of(lines, 'elements', i, 'derived_by')}: elements.{i}.derived_by"
+            if e.authoritative:  # one source: a system's column or the lake's computation, never both
+                problems.append(f"{where}: has both authoritative ({', '.join(map(str, e.authoritative))}) and "
+                                f"derived_by ({e.derived_by}); an element has exactly one of the two")
+            if e.copies:
+                problems.append(f"{where}: a derived element has no copies to compare (copies are checked against "
+                                "a source system's authority)")
+        elif len(e.authoritative) != 1:
+            problems.append(f"{where}: needs exactly one authoritative source (一数一源) or derived_by, has "
                             f"{len(e.authoritative)}: {', '.join(map(str, e.authoritative)) or 'none'}")
         elif (key := e.authoritative[0].key()) in authority:
             problems.append(f"{where}: {e.authoritative[0]} is already the authority of element {authority[key]}")

@@ -39,7 +39,9 @@ def pairs(standards: Any, contracts: dict[str, DatasetContract]) -> list[Pair]:
     by_source = {(c.source["system"], c.source["table"]): c for c in contracts.values()}
     out = []
     for e in standards.elements.values():
-        auth_ref = e.authoritative[0]
+        auth_ref = e.authority
+        if auth_ref is None:  # a derived element (curated) has no authority to compare copies with
+            continue
         auth = by_source.get((auth_ref.system, auth_ref.table))
         if auth is None:
             continue
