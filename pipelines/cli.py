@@ -13,6 +13,7 @@ from rich.table import Table
 
 from pipelines.catalog.cli import catalog_app
 from pipelines.catalog.contract_cli import contract_app
+from pipelines.catalog.request_cli import request_app
 from pipelines.console import err, fail, out, wide
 from pipelines.errors import CitylakeError
 from pipelines.report.cli import report as report_command
@@ -27,6 +28,7 @@ app.add_typer(lake_app, name="lake")
 app.add_typer(quality_app, name="quality")
 app.add_typer(contract_app, name="contract")
 app.add_typer(catalog_app, name="catalog", help="The resource catalog (数据资源一本账): ls, show, register.")
+app.add_typer(request_app, name="request", help="Requests for data (开放需求受理反馈): add, ls, show, answer, import.")
 app.command("report")(report_command)
 
 
