@@ -21,6 +21,9 @@ ELEMENT_TYPES: dict[str, FrictionlessType] = {
     "timestamp": "datetime", "boolean": "boolean",
 }
 """Data element type (elements.yml) → Frictionless Table Schema field type."""
+ENUM_MAX = 50
+"""A code list up to this size is written into the Table Schema as ``enum`` (a larger one, e.g. GB/T 2260
+divisions, is named in the description instead: the schema stays readable)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,10 @@ class OpenColumn:
     """keep | mask | year | district | grid | suppress (drop never reaches the release)."""
     grade: int
     """1–4, from the element's sensitivity (before de-identification: what the column is about)."""
+    pattern: str | None = None
+    """The element's regular expression, for a string column released as is (Table Schema ``pattern``)."""
+    enum: tuple[str, ...] | None = None
+    """The element's code list when small (≤ ``ENUM_MAX`` codes) and the column is released as is."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class FileInfo:
     sha256: str
     """Hex digest (64 characters)."""
     rows: int | None
-    """Data rows (None for a metadata file)."""
+    """Data rows (None for a metadata file such as ``datapackage.json``)."""
 
 
 @dataclass
@@ -93,7 +100,8 @@ class DatasetRelease:
 
     @property
     def data_files(self) -> list[FileInfo]:
-        return [f for f in self.files if f.rows is not None]
+        """The data in its formats: ``<dataset>.csv|jsonl|parquet`` (``dictionary.csv`` is metadata)."""
+        return [f for f in self.files if f.name.rsplit(".", 1)[0] == self.dataset]
 
 
 def open_type(element_type: str, deid: str) -> FrictionlessType:
@@ -115,7 +123,11 @@ def open_columns(contract: Any, standards: Standards) -> list[OpenColumn]:
         if deid == "drop":
             continue
         e = standards.element(col.element)
-        out.append(OpenColumn(name=col.name, title=e.name_zh, type=open_type(e.type, deid), element=e.code,
-                              unit=e.unit, description=e.definition, deid=deid,
-                              grade=SENSITIVITY_GRADE[e.sensitivity]))
+        kind = open_type(e.type, deid)
+        as_is = deid == "keep" and kind == "string"  # a generalised or masked value no longer matches
+        codes = standards.code_lists[e.code_list].codes if as_is and e.code_list in standards.code_lists else {}
+        out.append(OpenColumn(name=col.name, title=e.name_zh, type=kind, element=e.code, unit=e.unit,
+                              description=e.definition, deid=deid, grade=SENSITIVITY_GRADE[e.sensitivity],
+                              pattern=e.format if as_is and e.format and e.format.startswith("^") else None,
+                              enum=tuple(codes) if 0 < len(codes) <= ENUM_MAX else None))
     return out

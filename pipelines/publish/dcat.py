@@ -1,0 +1,213 @@
+"""``catalog.jsonld``: one DCAT-AP 3.0 catalog per release date, JSON-LD.
+
+dcat:Catalog (title, description, publisher — DCAT-AP 3's mandatory three — issued, modified, language, theme
+taxonomy) → dcat:Dataset per dataset ``open/latest.json`` points to (title and description, mandatory;
+identifier = 信息资源代码, publisher, contact point, theme, keywords, temporal and spatial coverage, update
+frequency, access rights, provenance) → dcat:Distribution per data file (accessURL, mandatory; downloadURL,
+IANA media type, EU file type, byte size, SHA-256 checksum, licence, issued, the datapackage.json it conforms to).
+
+Controlled vocabularies are the EU Publications Office authority tables DCAT-AP names (frequency, access-right,
+data-theme, file-type, language); licences are SPDX licence IRIs; districts are GB/T 2260 codes and names
+(``dct:Location`` with ``dct:identifier`` and ``skos:prefLabel``: GB/T 2260 has no IRIs of its own).
+
+Where the files are: ``base_url`` + the release folder. ``open_base_url`` gives it: ``CITYLAKE_OPEN_BASE_URL``
+(the portal's public address of ``<exports>``, e.g. ``https://data.hefei.gov.cn/exports/``) when set, else the
+exports location itself as an absolute URI (``file:///…/lake/exports/`` or ``s3://bucket/prefix/``): always an
+absolute IRI, since a JSON-LD processor resolves a relative one against wherever the document is read from
+(rdflib drops it when there is no base), and the catalog must parse the same on the portal and in a test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from pipelines.publish.datapackage import LICENCES, keywords
+from pipelines.publish.model import DatasetRelease, FileInfo
+
+BASE_URL_ENV = "CITYLAKE_OPEN_BASE_URL"
+EU = "http://publications.europa.eu/resource/authority/"
+CONTEXT = {
+    "dcat": "http://www.w3.org/ns/dcat#",
+    "dct": "http://purl.org/dc/terms/",
+    "foaf": "http://xmlns.com/foaf/0.1/",
+    "vcard": "http://www.w3.org/2006/vcard/ns#",
+    "adms": "http://www.w3.org/ns/adms#",
+    "spdx": "http://spdx.org/rdf/terms#",
+    "xsd": "http://www.w3.org/2001/XMLSchema#",
+    "skos": "http://www.w3.org/2004/02/skos/core#",
+    "rdfs": "http://www.w3.org/2000/01/rdf-schema#",
+}
+LANG = "zh"
+FREQUENCY = {"实时": "CONT", "每小时": "HOURLY", "每日": "DAILY", "每周": "WEEKLY", "每月": "MONTHLY",
+             "每季度": "QUARTERLY", "每半年": "BIANNUAL", "每年": "ANNUAL"}
+"""更新周期 → EU frequency authority code (BIANNUAL is twice a year)."""
+ACCESS_RIGHTS = {"无条件开放": "PUBLIC", "有条件开放": "RESTRICTED", "不予开放": "NON_PUBLIC"}
+"""开放类型 → EU access-right code (STANDARDS.md's map)."""
+THEMES = {"population": "SOCI", "legal_person": "ECON", "environment": "ENVI", "transport": "TRAN", "geo": "REGI"}
+"""Curated domain → EU data-theme code; another domain is GOVE (government and public sector)."""
+MEDIA_TYPES = {"text/csv", "application/json", "application/ld+json", "application/vnd.apache.parquet"}
+"""IANA-registered media types written as dcat:mediaType; JSON Lines has no registered type, so its
+distribution says what it is through dct:format alone."""
+FILE_TYPES = {"csv": EU + "file-type/CSV", "parquet": EU + "file-type/PARQUET", "json": EU + "file-type/JSON",
+              "jsonl": "https://jsonlines.org/"}
+"""Format → dct:format IRI: the EU file-type table, and the JSON Lines specification for JSON Lines (not
+plain JSON, and not in the table)."""
+CATALOG_PUBLISHER = ("11340100003009991Q", "合肥市数据资源局")
+"""The body that runs the open-data portal (schemas/departments.yml)."""
+CATALOG_TITLE = "合肥市公共数据开放目录"
+
+
+def open_base_url(exports: str | Path) -> str:
+    """Where the portal serves ``<exports>``, ending in ``/``: ``CITYLAKE_OPEN_BASE_URL`` when set, else the
+    exports location as an absolute URI (``s3://…`` as is, a local folder as ``file:///…``)."""
+    configured = os.environ.get(BASE_URL_ENV, "").strip()
+    text = str(exports)
+    if configured:
+        base = configured
+    elif "://" in text:
+        base = text
+    else:
+        base = Path(text).resolve().as_uri()
+    return base.rstrip("/") + "/"
+
+
+def _text(value: str) -> dict[str, str]:
+    return {"@value": value, "@language": LANG}
+
+
+def _date(value: date) -> dict[str, str]:
+    return {"@value": value.isoformat(), "@type": "xsd:date"}
+
+
+def _agent(code: str, name: str) -> dict[str, Any]:
+    return {"@type": "foaf:Agent", "foaf:name": _text(name), "dct:identifier": code}
+
+
+def _contact(code: str, name: str, departments: Mapping[str, Any]) -> dict[str, Any]:
+    """vcard:Organization of the publishing department: its name and the governance contact's mail/phone
+    (a role address from schemas/departments.yml, never a person's own)."""
+    out: dict[str, Any] = {"@type": "vcard:Organization", "vcard:fn": name}
+    department = departments.get(code)
+    contact = getattr(department, "contact", None)
+    if contact is not None:
+        if contact.email:
+            out["vcard:hasEmail"] = {"@id": f"mailto:{contact.email}"}
+        if contact.phone:
+            out["vcard:hasTelephone"] = {"@id": "tel:" + "".join(ch for ch in contact.phone if ch.isdigit() or ch == "+")}
+    return out
+
+
+def _licence(spdx: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"@id": f"http://spdx.org/licenses/{spdx}", "@type": "dct:LicenseDocument",
+                           "dct:title": LICENCES.get(spdx, ("", spdx))[1]}
+    if spdx in LICENCES:
+        out["rdfs:seeAlso"] = {"@id": LICENCES[spdx][0]}
+    return out
+
+
+def _distribution(release: DatasetRelease, file: FileInfo, base: str, licence: dict[str, Any]) -> dict[str, Any]:
+    url = f"{base}{release.folder}{file.name}"
+    out: dict[str, Any] = {
+        "@id": url, "@type": "dcat:Distribution",
+        "dct:title": _text(f"{release.contract.name}（{file.format.upper()}）"),
+        # a direct download: DCAT-AP asks for accessURL in any case, the same URL when there is no landing page
+        "dcat:accessURL": {"@id": url}, "dcat:downloadURL": {"@id": url},
+        "dcat:byteSize": {"@value": str(file.bytes), "@type": "xsd:nonNegativeInteger"},
+        "spdx:checksum": {"@type": "spdx:Checksum", "spdx:algorithm": {"@id": "spdx:checksumAlgorithm_sha256"},
+                          "spdx:checksumValue": {"@value": file.sha256, "@type": "xsd:hexBinary"}},
+        "dct:license": licence,
+        "dct:issued": _date(release.release_date),
+        "dct:conformsTo": {"@id": f"{base}{release.folder}datapackage.json", "@type": "dct:Standard"},
+    }
+    if file.media_type in MEDIA_TYPES:
+        out["dcat:mediaType"] = {"@id": f"https://www.iana.org/assignments/media-types/{file.media_type}",
+                                 "@type": "dct:MediaType"}
+    if file.format in FILE_TYPES:
+        out["dct:format"] = {"@id": FILE_TYPES[file.format], "@type": "dct:MediaTypeOrExtent"}
+    return out
+
+
+def _dataset(release: DatasetRelease, base: str, names: Mapping[str, str],
+             departments: Mapping[str, Any]) -> dict[str, Any]:
+    c = release.contract
+    code, name = release.publisher
+    licence = _licence(c.licence)
+    out: dict[str, Any] = {
+        # the dataset's identity is its entry in the pointer file: the same IRI in every release
+        "@id": f"{base}open/latest.json#{release.dataset}", "@type": "dcat:Dataset",
+        "dct:identifier": c.resource_code,
+        "dct:title": _text(c.name),
+        "dct:description": _text(c.description),
+        "dct:publisher": _agent(code, name),
+        "dcat:contactPoint": _contact(code, name, departments),
+        "dcat:theme": {"@id": EU + "data-theme/" + THEMES.get(getattr(c, "domain", ""), "GOVE")},
+        "dcat:keyword": [_text(w) for w in keywords(release)],
+        "dct:accrualPeriodicity": {"@id": EU + "frequency/" + FREQUENCY[c.update_cycle], "@type": "dct:Frequency"},
+        "dct:accessRights": {"@id": EU + "access-right/" + ACCESS_RIGHTS[c.open.type], "@type": "dct:RightsStatement"},
+        "dct:modified": _date(release.release_date),
+        "dcat:version": f"{release.release_date.year}.{release.release_date.month}.{release.release_date.day}",
+        "dct:language": {"@id": EU + "language/ZHO", "@type": "dct:LinguisticSystem"},
+        "dct:provenance": {"@type": "dct:ProvenanceStatement", "rdfs:label": _text(
+            "由 " + "、".join(f"{k}（快照 {v}）" for k, v in sorted(release.inputs.items())) +
+            f" 构建（构建号 {release.build_id}）")},
+        "dcat:distribution": [_distribution(release, f, base, licence) for f in release.data_files],
+    }
+    if release.temporal is not None:
+        start, end = release.temporal
+        out["dct:temporal"] = {"@type": "dct:PeriodOfTime", "dcat:startDate": _date(start),
+                               "dcat:endDate": _date(end)}
+    if release.spatial:
+        out["dct:spatial"] = [{"@type": "dct:Location", "dct:identifier": d,
+                               **({"skos:prefLabel": _text(names[d])} if d in names else {})}
+                              for d in sorted(release.spatial)]
+    pages = [f for f in release.files if f.name in ("dictionary.csv", "card.md")]
+    if pages:
+        out["foaf:page"] = [{"@id": f"{base}{release.folder}{f.name}", "@type": "foaf:Document"} for f in pages]
+    return out
+
+
+def division_names(root: Path | None = None) -> dict[str, str]:
+    """GB/T 2260 code → name from the project's division code list, with the development zones."""
+    from pipelines.code_lists import DEV_ZONES, load_code_list
+
+    if root is None:
+        from pipelines.settings import load_settings
+
+        root = load_settings().root
+    return {**load_code_list(root / "schemas" / "standards" / "code_lists" / "division.csv").codes, **DEV_ZONES}
+
+
+def dcat_catalog(releases: Iterable[DatasetRelease], release_date: date, base_url: str, *,
+                 names: Mapping[str, str] | None = None, departments: Mapping[str, Any] | None = None,
+                 publisher: tuple[str, str] = CATALOG_PUBLISHER) -> dict[str, Any]:
+    """The DCAT-AP 3 JSON-LD catalog of ``releases`` (every dataset the pointer names after this release's
+    date, each at its own folder). ``names``: district code → name (default: the project's division code
+    list); ``departments``: the registry, for contact points (default: the project's)."""
+    if names is None:
+        names = division_names()
+    if departments is None:
+        from pipelines.departments import load_departments
+
+        departments = load_departments()
+    base = base_url.rstrip("/") + "/"
+    datasets = [_dataset(r, base, names, departments) for r in sorted(releases, key=lambda r: r.dataset)]
+    return {
+        "@context": CONTEXT,
+        "@id": f"{base}open/{release_date.isoformat()}/catalog.jsonld",
+        "@type": "dcat:Catalog",
+        "dct:title": _text(CATALOG_TITLE),
+        "dct:description": _text(f"{CATALOG_TITLE}：{release_date.isoformat()} 发布的开放数据集（经脱敏处理的"
+                                 "治理后数据集），每个数据集含 CSV、JSON Lines、Parquet 三种格式及其元数据。"),
+        "dct:publisher": _agent(*publisher),
+        "dct:issued": _date(release_date),
+        "dct:modified": _date(release_date),
+        "dct:language": {"@id": EU + "language/ZHO", "@type": "dct:LinguisticSystem"},
+        "dct:spatial": {"@type": "dct:Location", "dct:identifier": "340100", "skos:prefLabel": _text("合肥市")},
+        "dcat:themeTaxonomy": {"@id": EU + "data-theme", "@type": "skos:ConceptScheme",
+                               "dct:title": _text("EU 数据主题词表")},
+        "dcat:dataset": datasets,
+    }
