@@ -91,6 +91,8 @@ def catalog_show(key: Annotated[str, typer.Argument(help="Dataset code (person) 
                f"{(d['registration'] or {}).get('date') or ''}".strip()),
         ("源系统", f"{d['system'] or ''} {d['source_table'] or ''}".strip()),
         ("部门", (d["department"] or {}).get("name")),
+        ("开放条件的满足方式", opening.get("met_by")), ("开放许可", opening.get("licence")),
+        ("当前开放版本", f"{(d['release'] or {}).get('path') or ''} {(d['release'] or {}).get('release_date') or ''}".strip()),
     ]
     t = Table("字段", "值", title=entry.identifier, show_header=False)
     t.columns[1].overflow = "fold"
@@ -100,9 +102,12 @@ def catalog_show(key: Annotated[str, typer.Argument(help="Dataset code (person) 
     console = _wide()
     console.print(t)
     if d["items"]:
-        items = Table("信息项", "数据元", "名称", "类型", title="信息项")
+        curated = any("deid" in i for i in d["items"])
+        items = Table("信息项", "数据元", "名称", "类型", "敏感度", "分级", *(["开放处理"] if curated else []), title="信息项")
         for i in d["items"]:
-            items.add_row(i["name"], i["element"] or "", i["element_name"] or "", i["type"] or "")
+            items.add_row(i["name"], i["element"] or "", i["element_name"] or "", i["type"] or "",
+                          i.get("sensitivity") or "", str(i.get("grade") or ""),
+                          *([i["deid_label"] if i.get("opened") or i.get("deid") == "drop" else "不开放"] if curated else []))
         console.print(items)
     lineage = Table("步骤", "标识", "快照", "时间", title="血缘")
     for s in d["lineage"]:
@@ -113,6 +118,12 @@ def catalog_show(key: Annotated[str, typer.Argument(help="Dataset code (person) 
         for x in d["overrides"]:
             o.add_row(*(str(x.get(k) or "") for k in ("attribute", "value", "default", "reason", "approved_by")))
         console.print(o)
+    if d["requests"]:  # as requests.public shows them: contacts and personal requesters masked
+        r = Table("编号", "类型", "标题", "申请人", "联系方式", "状态", "答复", "收到", title=f"开放需求（{len(d['requests'])} 项）")
+        for x in d["requests"]:
+            r.add_row(x["request_id"], x["kind_label"], x["title"], x["requester"] or "", x["contact"] or "—",
+                      x["status"], x["answer"] or "", beijing_time(x["received_at"]))
+        console.print(r)
 
 
 @catalog_app.command("register")

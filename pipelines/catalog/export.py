@@ -43,6 +43,15 @@ def _lineage(e: CatalogEntry) -> str:
                       for s in e.lineage)
 
 
+def _requests(e: CatalogEntry) -> str:
+    """Each request naming the dataset as ``REQ-…（已受理）``: contacts never go into the CSV."""
+    return SEP.join(f"{r['request_id']}（{r['status']}）" for r in e.requests)
+
+
+def _release(e: CatalogEntry) -> str:
+    return (e.release or {}).get("path") or ""
+
+
 def _overrides(e: CatalogEntry) -> str:
     return SEP.join(f"{o.get('attribute')}: {o.get('value')}（默认 {o.get('default')}；{o.get('reason')}；"
                     f"批准 {o.get('approved_by')}）" for o in e.overrides)
@@ -84,6 +93,8 @@ COLUMNS: list[tuple[str, Callable[[CatalogEntry], Any]]] = [
     ("部门", _get("department", "name")),
     ("血缘", _lineage),
     ("例外审批", _overrides),
+    ("当前开放版本", _release),
+    ("开放需求", _requests),
 ]
 HEADERS = [h for h, _ in COLUMNS]
 
