@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipelines.config import load_config, load_departments
+from pipelines.config import load_all, load_curated, load_departments
 from pipelines.departments import department_name
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.raw import BATCH_ID, PUBLISHED_BATCHES, last_publish, summary_value, total_records
@@ -57,21 +57,8 @@ class Loaded(NamedTuple):
 
 def load_everything(settings: Settings) -> Loaded:
     """Standards, registry, std and curated contracts (``config.load_all``) and the department registry."""
-    from pipelines import config
-
-    loader = getattr(config, "load_all", None)
-    if loader is not None:
-        c = loader(settings)
-        return Loaded(c.standards, c.systems, c.contracts, c.curated, load_departments(settings))
-    standards, systems, contracts = load_config(settings)
-    return Loaded(standards, systems, contracts, {}, load_departments(settings))
-
-
-def _load_curated(settings: Settings, standards: Any, contracts: dict[str, Any]) -> dict[str, Any]:
-    from pipelines import config
-
-    loader = getattr(config, "load_curated", None)
-    return dict(loader(settings, standards, contracts)) if loader is not None else {}
+    c = load_all(settings)
+    return Loaded(c.standards, c.systems, c.contracts, c.curated, load_departments(settings))
 
 
 def exports_root(settings: Settings) -> str:
@@ -218,7 +205,7 @@ class _Context:
         self.systems: dict[str, Any] = config[1]
         self.contracts: dict[str, Any] = config[2]
         self.curated: dict[str, Any] = (curated if curated is not None
-                                        else _load_curated(settings, self.standards, self.contracts))
+                                        else load_curated(settings, self.standards, self.contracts))
         self.departments = load_departments(settings)
         # GB/T 36344 overall of each dataset's latest day (None: no rules); the report passes the ones it shows
         self.scores = scores if scores is not None else latest_scores(catalog, self.contracts)
