@@ -248,3 +248,107 @@ def is_bank_card(text: str) -> bool:
 
     digits = "".join(text.split()).replace("-", "")
     return 16 <= len(digits) <= 19 and digits.isdigit() and luhn.is_valid(digits) and has_card_prefix(digits)
+
+
+# --- scanning published text (the open release's leak gate) -------------------------------------------
+
+INDIVIDUAL_USCC = "individual_uscc"
+LEAK_KINDS = (RESIDENT_ID, MOBILE, BANK_CARD, INDIVIDUAL_USCC, PERSON_NAME, ADDRESS)
+"""What the open release's leak gate looks for (``pipelines.publish.leak``)."""
+
+# GB 32100: registration authority 9 (市场监管/工商) + organisation type 2 = 个体工商户, whose code identifies
+# the person who runs the business; region (6 digits), organisation code and check from the USCC alphabet.
+_INDIVIDUAL_USCC = r"^92\d{6}[0-9A-HJ-NP-RTUWXY]{10}$"
+
+# A house-number address: a street or compound word followed by a number and 号/栋/幢/单元/室/弄
+# (长江西路88号, 琥珀山庄3栋), or a building-unit-room sequence (3栋2单元, 2单元301室). A district or a street
+# alone names no household: the open data's generalised addresses stay clear.
+HOUSE_NUMBER = (r"\p{Han}(?:路|街|巷|弄|道|村|组|里|苑|园|庄|小区|社区|大厦|公寓|花园|新村)\s*\p{Nd}{1,5}\s*(?:号|栋|幢|单元|室|弄)"
+                r"|\p{Nd}{1,4}\s*(?:栋|幢|号楼)\s*\p{Nd}{1,3}\s*(?:单元|室)"
+                r"|\p{Nd}{1,3}\s*单元\s*\p{Nd}{2,5}")
+
+# Cheap first pass over every string cell (one RE2 DFA scan): 11+ digits, allowing one space or dash between
+# digits (a spaced mobile or card), an individual business's USCC head, or a number before 号/栋/单元/室.
+# Only the cells it finds are tokenised and checked, so a column of names and codes costs one scan.
+_CANDIDATE = r"\p{Nd}(?:[ \-]?\p{Nd}){10}|92\p{Nd}{6}|\p{Nd}\s*(?:号|栋|幢|单元|室|弄)"
+
+
+def individual_usccs(arr: Array) -> np.ndarray:
+    """USCCs of individual businesses (个体工商户: authority 9, type 2) with a valid GB 32100 check character
+    (python-stdnum's ``cn.uscc``, asked only for the values of that shape)."""
+    from stdnum.cn import uscc
+
+    s = pc.utf8_upper(_strings(arr))
+    out = np.zeros(len(s), dtype=bool)
+    rows = np.flatnonzero(_bool(pc.match_substring_regex(s, _INDIVIDUAL_USCC)))
+    for i, value in zip(rows, s.take(pa.array(rows, pa.int64())).to_pylist(), strict=True):
+        out[i] = uscc.is_valid(value)
+    return out
+
+
+def house_numbers(arr: Array) -> np.ndarray:
+    """Text holding a house-number address (``HOUSE_NUMBER``) anywhere in it."""
+    return _bool(pc.match_substring_regex(_strings(arr), HOUSE_NUMBER))
+
+
+def _digit_tokens(s: pa.StringArray) -> tuple[pa.StringArray, np.ndarray]:
+    """The digit runs of each text (NFKC), spaces/dashes between digits removed (138 1234 5678, 6222-0212-…),
+    an ID's trailing X kept: (tokens of 11+ characters, the index of the text each came from)."""
+    merged = s
+    for _ in range(2):  # a single-digit group between separators needs a second pass
+        merged = pc.replace_substring_regex(merged, r"(\d)[ \-]+(\d)", r"\1\2")
+    marked = pc.replace_substring_regex(merged, r"(\d{17})[Xx]", r" \1# ")
+    spaced = pc.replace_substring(pc.replace_substring_regex(marked, r"[^0-9#]+", " "), "#", "X")
+    parts = pc.split_pattern(spaced, " ")
+    tokens = pc.list_flatten(parts)
+    parents = pc.list_parent_indices(parts).to_numpy(zero_copy_only=False)
+    keep = _bool(pc.greater_equal(pc.utf8_length(tokens), 11))
+    return tokens.filter(pa.array(keep)), parents[keep]
+
+
+def identifiers_in_text(arr: Array) -> list[tuple[int, str, str]]:
+    """Every resident ID, mobile, bank card, individual-business USCC and house-number address anywhere
+    inside each text value (a free-text column whose name says nothing): ``(row, kind, found text)``.
+
+    Vectorised: one candidate scan over all values (``_CANDIDATE``), then on the candidates only the digit
+    runs are cut out and checked with the whole-value detectors (check digit, province and birth date;
+    Luhn and issuer prefix; mobile prefixes), USCC-shaped words with the GB 32100 check, and the
+    house-number pattern. A resident ID must pass its check character: a random 18-digit order number
+    does not read as one."""
+    s = _strings(arr)
+    rows = np.flatnonzero(_bool(pc.match_substring_regex(s, _CANDIDATE)))
+    if not len(rows):
+        return []
+    cand = s.take(pa.array(rows, pa.int64()))
+    found: list[tuple[int, str, str]] = []
+    tokens, parents = _digit_tokens(cand)
+    if len(tokens):
+        for kind, detector in ((RESIDENT_ID, resident_ids), (BANK_CARD, bank_cards), (MOBILE, mobiles)):
+            hit = detector(tokens)
+            for t in np.flatnonzero(hit):
+                found.append((int(rows[parents[t]]), kind, tokens[int(t)].as_py()))
+    words = pc.split_pattern_regex(pc.utf8_upper(cand), r"[^0-9A-Z]+")
+    flat = pc.list_flatten(words)
+    parents_w = pc.list_parent_indices(words).to_numpy(zero_copy_only=False)
+    for t in np.flatnonzero(individual_usccs(flat)):
+        found.append((int(rows[parents_w[t]]), INDIVIDUAL_USCC, flat[int(t)].as_py()))
+    for i in np.flatnonzero(house_numbers(cand)):
+        found.append((int(rows[i]), ADDRESS, cand[int(i)].as_py()))
+    return sorted(found)
+
+
+def identifiers_in_numbers(arr: Array, *, mobile: bool = True) -> list[tuple[int, str, str]]:
+    """Resident IDs, bank cards and (``mobile``) mobile numbers stored as integers: ``(row, kind, digits)``.
+    Only values of 11+ digits are looked at (one comparison over the column)."""
+    a = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    big = pc.fill_null(pc.greater_equal(pc.abs(a.cast(pa.int64())), 10_000_000_000), False)
+    rows = np.flatnonzero(_bool(big))
+    if not len(rows):
+        return []
+    text = a.take(pa.array(rows, pa.int64())).cast(pa.string())
+    found = []
+    kinds = ((RESIDENT_ID, resident_ids), (BANK_CARD, bank_cards), *(((MOBILE, mobiles),) if mobile else ()))
+    for kind, detector in kinds:
+        for t in np.flatnonzero(detector(text)):
+            found.append((int(rows[t]), kind, text[int(t)].as_py()))
+    return sorted(found)
