@@ -35,6 +35,20 @@ class Settings:
     """S3 endpoint (MinIO, moto) for the warehouse and S3 drops; None means AWS."""
     rejected_dir: str
     """Where unparseable drop files are copied with their reason (local path or s3:// URI)."""
+    exports_dir: str = ""
+    """Root of the open-data release (``<exports>/open/…``): a local path or ``s3://bucket/prefix``
+    (``CITYLAKE_EXPORTS_DIR``; default ``<lake>/exports``; empty in a hand-built Settings means that too)."""
+    open_keep: int = 30
+    """Release-date folders the open release keeps (``CITYLAKE_OPEN_KEEP``); a folder ``latest.json``
+    points into is never deleted."""
+    open_base_url: str | None = None
+    """Public URL the portal serves ``<exports>`` at (``CITYLAKE_OPEN_BASE_URL``), for the DCAT catalog's
+    download links; None: links relative to the catalog."""
+
+    @property
+    def exports(self) -> str:
+        """``exports_dir``, or ``<lake>/exports`` when it is empty."""
+        return self.exports_dir or str(self.lake_dir / "exports")
 
     def resolve(self, location: str) -> str:
         """A configured path: ``{data_dir}``/``{lake_dir}`` expanded, relative paths under the project root."""
@@ -69,6 +83,19 @@ def _path(env: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
 
 
+def _int_env(env: str, default: int) -> int:
+    value = os.environ.get(env)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{env}={value!r}: expected a whole number") from None
+    if number < 1:
+        raise ValueError(f"{env}={value!r}: expected 1 or more")
+    return number
+
+
 def load_settings() -> Settings:
     """Read the settings from the environment (cheap: no I/O)."""
     root = _path("CITYLAKE_ROOT", PROJECT_ROOT)
@@ -82,4 +109,7 @@ def load_settings() -> Settings:
         warehouse=os.environ.get("CITYLAKE_WAREHOUSE", f"file://{lake_dir / 'warehouse'}"),
         s3_endpoint=os.environ.get("CITYLAKE_S3_ENDPOINT") or None,
         rejected_dir=os.environ.get("CITYLAKE_REJECTED_DIR", str(lake_dir / "rejected")),
+        exports_dir=os.environ.get("CITYLAKE_EXPORTS_DIR") or str(lake_dir / "exports"),
+        open_keep=_int_env("CITYLAKE_OPEN_KEEP", 30),
+        open_base_url=os.environ.get("CITYLAKE_OPEN_BASE_URL") or None,
     )
