@@ -68,10 +68,19 @@ REQUESTS = pa.schema([
                                  "contact", "purpose", "status", "answer", "answered_by")],
     ("received_at", pa.timestamp("us", tz="UTC")), ("source", pa.string()), RECORDED_AT])
 
+# The open-data release (pipelines.publish): one row per dataset and release attempt; append-only. status:
+# released | unchanged | blocked (the leak gate found personal values) | failed | not_open (不予开放) |
+# not_passed (the current build did not pass the gate). ``reason`` is masked; ``leak_hits`` is JSON text
+# [{file, column, row, kind, value}] with every value masked.
+RELEASES = pa.schema([
+    ("release_date", pa.string()), ("dataset", pa.string()), ("status", pa.string()), ("folder", pa.string()),
+    ("rows", pa.int64()), ("build_id", pa.string()), ("reason", pa.string()), ("leak_hits", pa.string()),
+    ("run_id", pa.string()), RECORDED_AT])
+
 SCHEMAS = {"meta.quality_results": QUALITY_RESULTS, "meta.standardization_log": STANDARDIZATION_LOG,
            "meta.conflicts": CONFLICTS, "meta.batches": BATCHES, "meta.registrations": REGISTRATIONS,
-           "meta.requests": REQUESTS}
-APPEND_ONLY = {"meta.batches", "meta.registrations", "meta.requests"}
+           "meta.requests": REQUESTS, "meta.releases": RELEASES}
+APPEND_ONLY = {"meta.batches", "meta.registrations", "meta.requests", "meta.releases"}
 """Event logs: appended to, never replaced per run (``replace_run`` refuses them)."""
 PER_DATASET = {"meta.quality_results", "meta.standardization_log"}
 """Per-run tables replaced per (run id, dataset): several datasets share one CLI run id."""
