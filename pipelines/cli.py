@@ -339,13 +339,15 @@ def quality_docs_assets(
 
 @quality_app.command("suites")
 def quality_suites() -> None:
-    """Regenerate the GX suites (expectations/<dataset>.json) from the standards and contracts."""
-    from pipelines.config import load_config
+    """Regenerate the GX suites (expectations/<dataset>.json) from the standards and the std and curated
+    contracts."""
+    from pipelines.config import load_all
     from pipelines.quality.suites import write_suites
 
     settings = load_settings()
-    standards, _systems, contracts = load_config(settings)
-    for path in write_suites(settings.root / "expectations", contracts, standards):
+    config = load_all(settings)
+    for path in write_suites(settings.root / "expectations", {**config.contracts, **config.curated},
+                             config.standards):
         out.print(f"wrote {path}")
 
 

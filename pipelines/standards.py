@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from pipelines.code_lists import DEV_ZONES, CodeList, load_code_list
+from pipelines.code_lists import DEV_ZONES, HEFEI_BBOX, CodeList, load_code_list
 from pipelines.errors import ConfigError
 from pipelines.registry import SourceSystem, check_code, line_of, parse_yaml_model
 from pipelines.resource_classification import ResourceClass, cached_classification
@@ -172,6 +172,7 @@ def load_standards(directory: Path, systems: dict[str, SourceSystem] | None = No
             lists[p.stem] = load_code_list(p)
         except ConfigError as exc:
             problems.extend(exc.problems)
+    problems += _parent_problems(directory / "code_lists", lists)
     classes: dict[str, ResourceClass] = {}
     classification = directory / "code_lists" / "resource_classification.csv"
     try:
@@ -220,6 +221,37 @@ def load_standards(directory: Path, systems: dict[str, SourceSystem] | None = No
     if problems:
         raise ConfigError(*problems)
     return Standards(elements, lists, places, classes)
+
+
+PARENT_LISTS = {"air_station": "division"}
+"""Code lists whose ``parent`` is a code of another list (a station's district); any other list's parents are
+its own codes (大类 → 门类). division's parents are checked by its generator (stdnum's table)."""
+COORDINATE_COLUMNS = {"air_station": ("longitude", "latitude")}
+"""Extra columns a list must fill with WGS-84 decimal degrees inside Hefei (the curated air quality reads them)."""
+
+
+def _parent_problems(folder: Path, lists: dict[str, CodeList]) -> list[str]:
+    problems = []
+    for name, cl in lists.items():
+        if name == "division":
+            continue
+        home = lists.get(PARENT_LISTS.get(name, name))
+        path = folder / f"{name}.csv"
+        for code, parent in cl.parents.items():
+            if parent and home is not None and parent not in home.codes:
+                problems.append(f"{path}:{cl.lines.get(code, 1)}: code {code}: parent {parent} is not a code of "
+                                f"{home.name}")
+        for axis, col in enumerate(COORDINATE_COLUMNS.get(name, ())):
+            lo, hi = HEFEI_BBOX[axis], HEFEI_BBOX[axis + 2]
+            for code, row in cl.extra.items():
+                try:
+                    ok = lo <= float(row.get(col, "")) <= hi
+                except ValueError:
+                    ok = False
+                if not ok:
+                    problems.append(f"{path}:{cl.lines.get(code, 1)}: code {code}: {col} {row.get(col)!r} is not a "
+                                    f"decimal degree inside Hefei ({lo}–{hi})")
+    return problems
 
 
 def build_division_csv(path: Path, province: str = "34",

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.contracts import DatasetContract
+from pipelines.contracts import AnyContract
 from pipelines.privacy import mask_message
 from pipelines.quality import validators as v
 from pipelines.standards import Standards
@@ -44,7 +44,7 @@ class Rule:
     """The GX expectation configuration it came from, parameters resolved (for GX results and Data Docs)."""
 
 
-def expectations(contract: DatasetContract, standards: Standards) -> list[dict[str, Any]]:
+def expectations(contract: AnyContract, standards: Standards) -> list[dict[str, Any]]:
     """The generated GX expectation configurations of one dataset (deterministic, no ids)."""
     out: list[dict[str, Any]] = []
 
@@ -86,7 +86,8 @@ def expectations(contract: DatasetContract, standards: Standards) -> list[dict[s
             if lat:
                 add(n, e.code, "in_city", "准确性", "warning", "out_of_bounds", "坐标位于合肥市范围内",
                     "expect_column_pair_values_to_be_inside_hefei", column_A=n, column_B=lat)
-        if e.format and e.format.startswith("^") and not e.validator and not e.code_list:
+        # with a code list too: a list may hold several levels (门类 letters and 大类 digits), the format says which
+        if e.format and e.format.startswith("^") and not e.validator:
             add(n, e.code, "format", "规范性", "warning", "format", f"符合格式 {e.format}",
                 "expect_column_values_to_match_regex", column=n, regex=e.format)
         if e.min_length is not None or e.max_length is not None:
@@ -185,7 +186,7 @@ def compile_rule(dataset: str, expectation: dict[str, Any], reference_date: date
                 meta.get("description", ""), check, float(meta.get("threshold", DEFAULT_THRESHOLD)), resolved)
 
 
-def build_rules(contract: DatasetContract, standards: Standards, reference_date: date) -> list[Rule]:
+def build_rules(contract: AnyContract, standards: Standards, reference_date: date) -> list[Rule]:
     return [compile_rule(contract.dataset, e, reference_date, standards) for e in expectations(contract, standards)]
 
 

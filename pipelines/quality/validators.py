@@ -17,15 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.code_lists import DEV_ZONES, load_code_list
+from pipelines.code_lists import DEV_ZONES, HEFEI_BBOX, load_code_list
 from pipelines.identifiers import ric_check_characters
 from pipelines.settings import TZ
 
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 USCC_WEIGHTS = np.array([1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28], dtype=np.int32)
 ORG_WEIGHTS = np.array([3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int32)
-# Hefei's administrative extent incl. 庐江县 and 巢湖市 (GCJ-02/WGS-84 differ by < 1 km, inside the margin).
-HEFEI_BBOX = (116.68, 30.93, 117.98, 32.55)
 _CHUNK = 1 << 18  # rows per validator pass: keeps temporary matrices ~20 MB
 
 Array: TypeAlias = pa.Array | pa.ChunkedArray

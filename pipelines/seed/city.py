@@ -41,6 +41,13 @@ STATIONS = [("340100051", "明珠广场"), ("340100052", "三里街"), ("3401000
             ("340100059", "高新区"), ("340100060", "滨湖新区")]
 RARE_STATION = ("340100061", "䶮山监测点")  # 䶮 is in GB18030 but not in GBK
 FULLWIDTH = {c: chr(ord(c) + 0xFEE0) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
+INDUSTRIES = {  # GB/T 4754-2017 大类 → weight: a city's new firms are mostly trade, services, software, building
+    "51": 14, "52": 12, "72": 10, "65": 8, "64": 4, "74": 5, "75": 5, "73": 2, "70": 3, "62": 4, "61": 1, "80": 3,
+    "81": 1, "82": 2, "48": 3, "50": 3, "47": 2, "49": 1, "54": 2, "58": 2, "59": 1, "88": 1, "87": 1, "86": 1,
+    "90": 1, "89": 1, "83": 1, "84": 1, "71": 1, "69": 1, "67": 1, "39": 3, "38": 3, "36": 2, "34": 2, "35": 2,
+    "33": 1, "29": 1, "26": 1, "27": 1, "30": 1, "13": 1, "14": 1, "40": 1, "41": 1, "01": 1, "02": 1, "03": 1,
+    "05": 1, "44": 1, "77": 1, "78": 1,
+}
 
 
 @dataclass
@@ -187,7 +194,8 @@ def _enterprise(city: City, out: Path) -> list[dict[str, Any]]:
         firms.append({"uscc": code, "name": name, "legal_rep": city.fake.name(),
                       "reg_capital": str(Decimal(city.rng.randrange(10_000, 500_000_000)) / 100),
                       "established_on": city.day(date(1990, 1, 1), REFERENCE_DATE).isoformat(),
-                      "district_code": district, "status": city.rng.choice(STATUSES), "updated_at": city.when()})
+                      "district_code": district, "status": city.rng.choice(STATUSES),
+                      "industry_code": _industry(code), "updated_at": city.when()})
     pool = list(range(n))
     t = city.truth
     for i in city.pick(pool, 0.005):
@@ -201,9 +209,16 @@ def _enterprise(city: City, out: Path) -> list[dict[str, Any]]:
         t.add("null_required", "enterprise", "enterprise", "name", firms[i]["uscc"], "quarantine")
     _db(out / "enterprise.db",
         "CREATE TABLE enterprise (uscc TEXT, name TEXT, legal_rep TEXT, reg_capital NUMERIC(18,2), "
-        "established_on DATE, district_code TEXT, status TEXT, updated_at DATETIME)", "enterprise",
+        "established_on DATE, district_code TEXT, status TEXT, industry_code TEXT, updated_at DATETIME)", "enterprise",
         [tuple(f.values()) for f in firms])
     return [firms[i] for i in pool]
+
+
+def _industry(uscc: str) -> str:
+    """A 大类 code drawn from the firm's own code: deterministic per firm without consuming the city's random
+    stream, so adding the column left every other seeded value as it was."""
+    rng = random.Random(uscc)
+    return rng.choices(list(INDUSTRIES), weights=list(INDUSTRIES.values()))[0]
 
 
 def _social_insurance(city: City, out: Path, people: list[dict], firms: list[dict]) -> None:
