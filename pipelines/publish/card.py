@@ -63,12 +63,12 @@ def card(release: DatasetRelease, config: Any = None) -> tuple[str, dict[str, An
     block = c.card
     spdx = (block.licence if block is not None and block.licence else None) or c.licence
     declared = {col.name: col for col in c.columns}
-    k = getattr(c.open, "k", None)
+    k = c.open.k
     deid = [{"column": col.name, "title": col.title, "deid": col.deid,
              "method": deid_text(col.deid, k=k, grid=getattr(declared.get(col.name), "grid", None)
                                  if col.deid == "grid" else None)} for col in release.columns]
     dropped = [{"column": col.name, "title": col.name, "deid": "drop", "method": "删除"}
-               for col in c.columns if getattr(col, "deid", "keep") == "drop"]
+               for col in c.columns if col.deid == "drop"]
     inputs = provenance(release, config)
     systems = list(dict.fromkeys((s["system"], s["name"]) for i in inputs for s in i["systems"]))
     departments = list(dict.fromkeys((d["code"], d["name"]) for i in inputs for d in i["departments"]))
@@ -86,7 +86,7 @@ def card(release: DatasetRelease, config: Any = None) -> tuple[str, dict[str, An
         "rows": release.rows,
         "quality_score": release.quality_score,
         "deidentification": deid + dropped,
-        "open": {"type": c.open.type, "condition": c.open.condition, "met_by": getattr(c.open, "met_by", None)},
+        "open": {"type": c.open.type, "condition": c.open.condition, "met_by": c.open.met_by},
         "licence": licence(spdx),
         "intended_use": block.intended_use if block is not None else None,
         "limitations": block.limitations if block is not None else None,

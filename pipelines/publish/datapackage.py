@@ -1,13 +1,20 @@
-"""``datapackage.json``: the release folder as a Frictionless Data Package (v1, ``tabular-data-package``).
+"""``datapackage.json``: the release folder as a Frictionless Data Package (v1).
 
 One resource per data file (CSV, JSON Lines, Parquet), each with the same Table Schema: Chinese titles from
 the data elements, types of the released values, ``required``/``unique``/``pattern``/``enum`` constraints,
-``primaryKey``, ``missingValues``. ``frictionless validate datapackage.json`` (frictionless-py 5) checks the
-rows of all three formats against it, and for CSV and JSON Lines also the declared ``bytes`` and ``hash``.
+``primaryKey``, ``missingValues``, and ``bytes`` + ``hash`` (``sha256:…``).
 
-Parquet carries ``hash`` but no ``bytes``: frictionless reads a Parquet file through pyarrow, not through its
-byte stream, so it has no byte count to compare and reports any declared ``bytes`` as a ``byte-count`` error
-(its hash check is skipped for the same reason). The size is in ``manifest.json``.
+What ``frictionless validate datapackage.json`` (frictionless-py 5.21) checks:
+
+- CSV (UTF-8 with BOM, CRLF) and JSON Lines are tabular resources (``tabular-data-resource``): every row
+  against the Table Schema, and the declared ``bytes`` and ``hash`` against the bytes it read.
+- Parquet is declared ``"type": "file"`` (``profile: data-resource``), so frictionless checks its ``bytes`` and
+  ``hash`` only; the Table Schema stays on the resource for consumers (and the Parquet file carries its own).
+  Read as a table, frictionless goes through ``pyarrow → pandas`` and misreads nulls: a null in an integer or
+  year column becomes NaN (a ``type-error`` on ``nan``, and ``1990.0`` is no year), an all-null row is a
+  ``blank-row``, and a null in a date column raises (``NaTType does not support time``) — an open release with
+  a suppressed count or an unknown date would fail or crash the validator though the file is right. It also
+  loads the whole file into memory. Declared as a table, Parquet also fails ``byte-count`` (no byte stream).
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from typing import Any
 from pipelines.publish.model import DatasetRelease, FileInfo, OpenColumn
 from pipelines.settings import TZ
 
-PROFILE = "tabular-data-package"
+PROFILE = "data-package"
+"""Not ``tabular-data-package``: the Parquet resource is a file resource (see above)."""
 LICENCES: dict[str, tuple[str, str]] = {
     "CC-BY-4.0": ("https://creativecommons.org/licenses/by/4.0/", "Creative Commons Attribution 4.0 International"),
     "CC-BY-SA-4.0": ("https://creativecommons.org/licenses/by-sa/4.0/",
@@ -71,7 +79,7 @@ def field(column: OpenColumn, *, required: bool, unique: bool) -> dict[str, Any]
 def table_schema(release: DatasetRelease) -> dict[str, Any]:
     """The Table Schema of the released columns (the same for every format)."""
     keys = list(release.contract.primary_key)
-    declared = {c.name: bool(getattr(c, "required", False)) for c in release.contract.columns}
+    declared = {c.name: c.required for c in release.contract.columns}
     fields = [field(c, required=declared.get(c.name, False) or c.name in keys, unique=keys == [c.name])
               for c in release.columns]
     names = {c.name for c in release.columns}
@@ -89,16 +97,19 @@ def schema_version(release: DatasetRelease) -> str:
 
 
 def _resource(release: DatasetRelease, file: FileInfo, schema: dict[str, Any]) -> dict[str, Any]:
+    tabular = file.format != "parquet"  # see the module docstring
     out: dict[str, Any] = {"name": f"{release.dataset}-{file.format}".lower(), "path": file.name,
-                           "profile": "tabular-data-resource", "title": f"{release.contract.name}（{file.format}）",
-                           "format": file.format, "mediatype": file.media_type}
+                           "profile": "tabular-data-resource" if tabular else "data-resource",
+                           "title": f"{release.contract.name}（{file.format.upper()}）", "format": file.format,
+                           "mediatype": file.media_type}
+    if not tabular:
+        out["type"] = "file"
     if file.format == "csv":
         out["encoding"] = "utf-8"
         out["dialect"] = CSV_DIALECT
     elif file.format in ("jsonl", "ndjson"):
         out["encoding"] = "utf-8"
-    if file.format != "parquet":  # see the module docstring
-        out["bytes"] = file.bytes
+    out["bytes"] = file.bytes
     out["hash"] = f"sha256:{file.sha256}"
     out["schema"] = schema
     return out
@@ -125,7 +136,7 @@ def datapackage(release: DatasetRelease) -> dict[str, Any]:
     schema = table_schema(release)
     description = c.description
     if c.open.type == "有条件开放":
-        met_by = getattr(c.open, "met_by", None)
+        met_by = c.open.met_by
         description += f"\n开放条件：{c.open.condition}" + (f"（{met_by}）" if met_by else "")
     d = release.release_date
     return {

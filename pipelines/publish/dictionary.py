@@ -32,7 +32,7 @@ def dictionary_rows(release: DatasetRelease) -> list[dict[str, str]]:
     contract = release.contract
     keys = set(contract.primary_key)
     declared = {c.name: c for c in contract.columns}
-    k = getattr(contract.open, "k", None)
+    k = contract.open.k
     rows = []
     for col in release.columns:
         grid = getattr(declared.get(col.name), "grid", None)

@@ -40,7 +40,7 @@ def manifest(release: DatasetRelease, schema_version: str) -> dict[str, Any]:
         "created": created(release),
         "folder": release.folder,
         "publisher": {"code": release.publisher[0], "name": release.publisher[1]},
-        "open": {"type": c.open.type, "condition": c.open.condition, "met_by": getattr(c.open, "met_by", None)},
+        "open": {"type": c.open.type, "condition": c.open.condition, "met_by": c.open.met_by},
         "licence": c.licence,
         "schema_version": schema_version,
         "primary_key": list(c.primary_key),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pipelines.grading import SENSITIVITY_GRADE
 
 if TYPE_CHECKING:
+    from pipelines.contracts import CuratedContract
     from pipelines.standards import Standards
 
 FrictionlessType = Literal["string", "integer", "number", "date", "datetime", "boolean", "year"]
@@ -71,8 +72,7 @@ class DatasetRelease:
     """One dataset's release on one date."""
 
     dataset: str
-    contract: Any
-    """The dataset's CuratedContract (pipelines.contracts)."""
+    contract: CuratedContract
     columns: list[OpenColumn]
     release_date: date
     folder: str
@@ -114,14 +114,12 @@ def open_type(element_type: str, deid: str) -> FrictionlessType:
     return ELEMENT_TYPES[element_type]
 
 
-def open_columns(contract: Any, standards: Standards) -> list[OpenColumn]:
+def open_columns(contract: CuratedContract, standards: Standards) -> list[OpenColumn]:
     """The columns the open release has (deid != drop), in contract order, typed and titled from their
     data elements."""
     out = []
-    for col in contract.columns:
-        deid = getattr(col, "deid", "keep")
-        if deid == "drop":
-            continue
+    for col in contract.open_columns():
+        deid = col.deid
         e = standards.element(col.element)
         kind = open_type(e.type, deid)
         as_is = deid == "keep" and kind == "string"  # a generalised or masked value no longer matches
