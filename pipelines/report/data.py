@@ -4,6 +4,11 @@ Each ``meta.*`` table is read once into Arrow and aggregated with DuckDB; data t
 except a bounded sample of each quarantine table for failing-row examples (masked through
 ``pipelines.privacy``). Table sizes, update times and rejected drop files come from Iceberg metadata
 (snapshot summaries, the raw tables' ``citylake.state`` ledger).
+
+Curated datasets (主题层) get dataset pages as std ones do (their gate's results, builds, lineage, and each
+column's grade and de-identification); the open-data page reads ``meta.releases`` (each curated dataset's
+latest release event, with the leak gate's masked hits), ``open/latest.json`` (the portal's pointers) and
+``meta.requests`` (开放需求, contacts masked).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import pyarrow as pa
@@ -40,6 +45,12 @@ _TAG_DESCRIPTIONS = {"duplicate_key": "主键不重复（只有重复行计为�
                      "source_conflict": "与权威来源的取值一致（一数一源）"}
 STATUS_LABELS = {"published": "已发布", "published_partial": "发布（部分隔离）", "held": "暂扣", "released": "已放行",
                  "nothing_new": "无新数据"}
+RELEASE_LABELS = {"released": "已发布", "unchanged": "未变化", "blocked": "已拦截", "failed": "失败", "not_open": "不开放",
+                  "not_passed": "未通过质量检查", "none": "尚未发布"}
+"""``meta.releases`` status → what the open-data page says."""
+HIT_KINDS = {"resident_id": "公民身份号码", "mobile": "手机号码", "bank_card": "银行卡号", "person_name": "姓名",
+             "address": "住址（门牌号）", "uscc_individual": "个体工商户统一社会信用代码", "uscc": "统一社会信用代码"}
+"""Leak-gate hit kinds (``pipelines.privacy.detect`` and the release's extra detectors) in Chinese."""
 
 
 @dataclass
@@ -55,6 +66,8 @@ class SiteData:
     catalog: list[dict[str, Any]]
     catalog_entries: list[Any] = field(default_factory=list)
     """The ``CatalogEntry`` objects behind ``catalog`` (for ``write_catalog``)."""
+    open: dict[str, Any] = field(default_factory=dict)
+    """The open-data page: the latest release per curated dataset, the pointers, the requests."""
 
 
 def _arrow(catalog: Any, identifier: str, schema: pa.Schema, row_filter: Any = None) -> pa.Table:
@@ -111,14 +124,18 @@ class _Reader:
     """One pass over the lake for one site build."""
 
     def __init__(self, settings: Settings, today: date) -> None:
-        from pipelines.config import load_config, load_departments
+        from pipelines.config import load_all, load_departments
         from pipelines.lake.catalog import get_catalog
         from pipelines.privacy.policy import Declarations
 
         self.settings = settings
         self.today = today
-        self.standards, self.systems, self.contracts = load_config(settings)
+        config = load_all(settings)
+        self.standards, self.systems, self.contracts = config.standards, config.systems, config.contracts
+        self.curated: dict[str, Any] = dict(config.curated)
         self.decl = Declarations(self.standards, self.contracts)
+        # quarantine.<curated ds> examples are masked by the curated contract's columns
+        self.curated_decl = Declarations(self.standards, cast(dict[str, Any], self.curated))
         self.catalog = get_catalog(settings)
         self.departments = load_departments(settings)
         self.con = duckdb.connect()
@@ -154,7 +171,8 @@ class _Reader:
         day, without the runs a later check of the same day replaced (``scorecard.current``)."""
         since = self.today - timedelta(days=TREND_DAYS - 1)
         recorded = scorecard.current(scorecard.read_results(self.catalog, since=since), self.events())
-        keyed = scorecard.by_contract(recorded, self.contracts, self.departments)
+        keyed = _owned_by(scorecard.by_contract(recorded, self.contracts, self.departments),
+                          {c.dataset: c.owner for c in self.curated.values()})
         return scorecard.with_day(keyed), recorded
 
     def latest_rows(self, dayed: pa.Table) -> pa.Table:
@@ -321,14 +339,14 @@ class _Reader:
                 out.append(info)
         return out
 
-    def dataset_lake(self, dataset: str) -> dict[str, Any]:
-        """std table size and last publish (the latest snapshot a quality run committed, up to the report
-        day's end: maintenance commits do not make data fresh), quarantine size (metadata only; sizes are
-        as of the build)."""
+    def dataset_lake(self, dataset: str, layer: str = "std") -> dict[str, Any]:
+        """std (or curated) table size and last publish (the latest snapshot a quality run or a build
+        committed, up to the report day's end: maintenance commits do not make data fresh), quarantine size
+        (metadata only; sizes are as of the build). The keys say std for both layers."""
         from pipelines.lake.raw import last_publish, total_records
 
         info: dict[str, Any] = {"std_rows": None, "std_updated": None, "quarantine_rows": 0, "quarantine_table": None}
-        std = self.table(f"std.{dataset}")
+        std = self.table(f"{layer}.{dataset}")
         if std is not None and std.current_snapshot() is not None:
             info["std_rows"] = total_records(std.current_snapshot())
             last = last_publish(std, int(self.until.timestamp() * 1000))
@@ -373,7 +391,8 @@ class _Reader:
         if not picked:
             return {}
         wanted = sorted({i for v in picked.values() for i in v})
-        masked = masked_rows(f"quarantine.{contract.dataset}", data.select(cols).take(pa.array(wanted, pa.int64())), self.decl)
+        decl = self.curated_decl if contract.dataset in self.curated else self.decl
+        masked = masked_rows(f"quarantine.{contract.dataset}", data.select(cols).take(pa.array(wanted, pa.int64())), decl)
         row_of = dict(zip(wanted, masked, strict=True))
         out: dict[str, list[dict[str, Any]]] = {}
         for rule, idx in picked.items():
@@ -381,6 +400,70 @@ class _Reader:
             out[rule] = [{"key": " | ".join(str(row_of[i].get(k)) for k in contract.primary_key if k in row_of[i]),
                           "column": col, "value": row_of[i].get(col) if col in cols else None} for i in idx]
         return out
+
+
+    # --- open data ---------------------------------------------------------------------------------------
+    def releases(self) -> dict[str, dict[str, Any]]:
+        """Per dataset its latest ``meta.releases`` event up to the report day's end, as the pages show it:
+        status and label, release date, folder, rows, reason and leak hits masked."""
+        table = self.table("meta.releases")
+        if table is None or table.current_snapshot() is None:
+            return {}
+        latest: dict[str, dict[str, Any]] = {}
+        for row in table.scan().to_arrow().to_pylist():
+            at = row.get("recorded_at")
+            if at is not None and at > self.until:
+                continue
+            seen = latest.get(row.get("dataset") or "")
+            if seen is None or (at is not None and (seen["recorded_at"] is None or at >= seen["recorded_at"])):
+                latest[row.get("dataset") or ""] = row
+        return {ds: release_event(row) for ds, row in latest.items() if ds}
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request's current state (``meta.requests``), newest first, as ``requests.public`` shows it."""
+        from pipelines.catalog.requests import list_requests, public
+
+        return [public(r, self.departments) for r in list_requests(self.catalog)
+                if r.recorded_at is None or r.recorded_at <= self.until]
+
+
+def _owned_by(results: pa.Table, owners: dict[str, str]) -> pa.Table:
+    """Results of curated datasets counted for their contract's owner (``by_contract`` knows std contracts)."""
+    if not owners or not results.num_rows:
+        return results
+    names = pa.array(list(owners), pa.string())
+    index = pc.index_in(results.column("dataset"), value_set=names)
+    owner = pc.take(pa.array(list(owners.values()), pa.string()), index)
+    column = pc.coalesce(owner, results.column("department"))
+    return results.set_column(results.schema.get_field_index("department"), "department", column)
+
+
+def _hit(hit: Any) -> dict[str, Any]:
+    """One leak-gate hit as the page shows it: the file name and value masked again whatever the writer did
+    (the value by its kind; an unknown kind hidden but its first character)."""
+    from pipelines.privacy.detect import KINDS
+    from pipelines.privacy.mask import mask_file_name, mask_free_text, mask_kind
+
+    h = hit if isinstance(hit, dict) else {}
+    kind = str(h.get("kind") or "")
+    value = h.get("value")
+    shown = (mask_kind(value, kind) if kind in KINDS else mask_free_text(value)) if value not in (None, "") else None
+    return {"file": mask_file_name(h.get("file")), "column": h.get("column"), "row": h.get("row"), "kind": kind,
+            "kind_label": HIT_KINDS.get(kind, kind), "value": shown}
+
+
+def release_event(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``meta.releases`` row for the pages: labels, local time, reason masked, leak hits parsed and masked."""
+    status = row.get("status") or "none"
+    try:
+        hits = json.loads(row.get("leak_hits") or "[]")
+    except ValueError:
+        hits = []
+    return {"status": status, "label": RELEASE_LABELS.get(status, status), "release_date": row.get("release_date"),
+            "folder": row.get("folder"), "rows": row.get("rows"), "build_id": row.get("build_id"),
+            "reason": mask_message(row.get("reason")) if row.get("reason") else None,
+            "hits": [_hit(h) for h in hits] if isinstance(hits, list) else [],
+            "at": _local(row.get("recorded_at")), "run_id": row.get("run_id")}
 
 
 def _rejected_at(entry: dict[str, Any]) -> datetime | None:
@@ -445,13 +528,49 @@ def _catalog(r: _Reader, scores: dict[str, float | None]) -> tuple[list[Any], li
     from pipelines.catalog.build import build_catalog
 
     entries = build_catalog(r.settings, r.catalog, config=(r.standards, r.systems, r.contracts), tables=r.tables,
-                            scores=scores)
+                            scores=scores, curated=r.curated)
     return entries, [e.to_dict() for e in entries]
+
+
+def _hits_text(hits: list[dict[str, Any]]) -> str:
+    kinds = sorted({h["kind_label"] for h in hits if h.get("kind_label")})
+    return f"{len(hits)} 处个人信息" + (f"：{'、'.join(kinds)}" if kinds else "")
+
+
+def _curated_action(ds: dict[str, Any]) -> str | None:
+    """The one thing to do about a curated dataset when it differs from a std one's (None: as std)."""
+    name = ds["dataset"]
+    event = ds.get("release_event") or {}
+    if event.get("status") == "blocked":
+        return (f"{event.get('release_date') or ''} 的开放数据发布被泄露检查拦截（{_hits_text(event.get('hits') or [])}），"
+                f"开放平台仍指向上一版本：请{ds['department_name']}核对模型 pipelines/curate/{name}.sql 与契约 "
+                f"schemas/curated/{name}.yml 的脱敏设置（deid），修正后重新构建（citylake curate {name}），下次发布时再检查")
+    if ds["held"]:
+        b = ds["held"][0]
+        rule_id = b["failures"][0]["rule"] if b["failures"] else None
+        described = {r["rule"]: r["description"] for r in ds["rules"] if r["description"]}
+        rule = described.get(rule_id, f"规则 {rule_id}") if rule_id else "阻断规则"
+        return (f"{beijing_time(b['at'])} 的构建未通过「{rule}」，主题层未更新：核对输入数据集"
+                f"（{'、'.join(ds['inputs'])}）与模型 pipelines/curate/{name}.sql，修正后运行 citylake curate {name}")
+    if ds["freshness"]["state"] == "none":
+        return (f"尚未构建：输入数据集（{'、'.join(ds['inputs'])}）发布后由 curate 任务自动构建，"
+                f"或运行 citylake curate {name}")
+    if event.get("status") == "failed":
+        return (f"{event.get('release_date') or ''} 的开放数据发布失败（{event.get('reason') or '见发布任务日志'}），"
+                "开放平台仍指向上一版本：排除原因后重新运行 publish__open_data")
+    if not ds["rules"]:
+        return f"尚无质量检查结果：运行 citylake curate {name}"
+    if ds["freshness"]["state"] == "stale":
+        return (f"已 {ds['freshness']['age']}未更新（更新周期{ds['update_cycle']}）：核对输入数据集是否按期发布，"
+                f"然后运行 citylake curate {name}")
+    return None
 
 
 def _action(ds: dict[str, Any]) -> str:
     """The one thing to do about a dataset, most urgent first."""
     name = ds["dataset"]
+    if ds["layer"] == "curated" and (curated := _curated_action(ds)) is not None:
+        return curated
     if ds["held"]:
         # as the alert the department got says it: the department fixes its data, governance staff
         # re-check or release (their commands are in the page's 暂扣批次 section)
@@ -487,9 +606,17 @@ def _action(ds: dict[str, Any]) -> str:
 def _urgency(ds: dict[str, Any]) -> int | None:
     """Rank in the five-worst list (lower first); None: nothing to do. A held batch waits for a person;
     never published or never checked means the city has no usable copy; a copy compared on 0 rows and a
-    stale dataset are blind spots; then low scores."""
-    if ds["held"]:
+    stale dataset are blind spots; then low scores. A curated dataset whose open release the leak gate
+    blocked ranks with the held batches (the portal stays on an older release until a person acts), a
+    failed release with the unpublished; one never built comes after every std dataset's problem: it is
+    built by itself once its inputs publish."""
+    release = (ds.get("release_event") or {}).get("status")
+    if ds["held"] or release == "blocked":
         return 0
+    if ds["layer"] == "curated" and ds["freshness"]["state"] == "none":
+        return 4
+    if release == "failed":
+        return 1
     if ds["freshness"]["state"] == "none" or not ds["has_results"]:
         return 1
     if ds["freshness"]["state"] == "stale" or any(r["tag"] == "source_conflict" and not r["evaluated"] for r in ds["rules"]):
@@ -506,7 +633,7 @@ def collect(settings: Settings, today: date) -> SiteData:
         dayed, consistency = r.results()
         # results of a dataset without a contract (retired, or a copy no contract is built from) have no
         # page and no owner: they are named on the overview and left out of department and city scores
-        contracted = pc.is_in(dayed.column("dataset"), value_set=pa.array(sorted(r.contracts), pa.string()))
+        contracted = pc.is_in(dayed.column("dataset"), value_set=pa.array(sorted({*r.contracts, *r.curated}), pa.string()))
         uncontracted = sorted({d for d in r.latest_rows(dayed.filter(pc.invert(contracted))).column("dataset").to_pylist() if d})
         dayed = dayed.filter(contracted)
         latest = r.latest_rows(dayed)
@@ -534,6 +661,8 @@ def collect(settings: Settings, today: date) -> SiteData:
         conflicts = r.conflicts(consistency)
         raws = r.raw_tables()
         entries, catalog = _catalog(r, {d: c.overall for d, c in ds_cards.items()})
+        release_events = r.releases()
+        requests = r.requests()
     finally:
         r.con.close()
     entry_by_id = {e["identifier"]: e for e in catalog}
@@ -547,8 +676,9 @@ def collect(settings: Settings, today: date) -> SiteData:
             recent_by_ds[b["dataset"]].append(b)
 
     datasets: dict[str, dict[str, Any]] = {}
-    for c in sorted(r.contracts.values(), key=lambda c: c.dataset):
-        lake = r.dataset_lake(c.dataset)
+    for c in sorted([*r.contracts.values(), *r.curated.values()], key=lambda c: c.dataset):
+        layer = "curated" if c.kind == "curated" else "std"
+        lake = r.dataset_lake(c.dataset, layer)
         ds_rules = rules.get(c.dataset, [])
         examples = r.quarantine_examples(c, lake.pop("quarantine_table"), ds_rules, runs.get(c.dataset))
         # the counts shown come from a run whose batches are still held: held rows never reach quarantine
@@ -556,13 +686,15 @@ def collect(settings: Settings, today: date) -> SiteData:
         for rule in ds_rules:
             rule["examples"] = examples.get(rule["rule"], [])
             rule["from_held"] = from_held
-        system = r.systems.get(c.source["system"])
-        entry = entry_by_id.get(f"std.{c.dataset}")
+        source = getattr(c, "source", None) or {}
+        system = r.systems.get(source.get("system") or "")
+        entry = entry_by_id.get(f"{layer}.{c.dataset}")
         datasets[c.dataset] = {
-            "dataset": c.dataset, "name": c.name, "description": c.description,
+            "dataset": c.dataset, "name": c.name, "description": c.description, "layer": layer,
             "department": c.owner, "department_name": department_name(r.departments, c.owner),
-            "system": c.source["system"], "system_name": system.name if system else c.source["system"],
-            "source_table": c.source["table"], "update_cycle": c.update_cycle,
+            "system": source.get("system"), "system_name": system.name if system else source.get("system"),
+            "source_table": source.get("table"), "inputs": list(getattr(c, "inputs", None) or []),
+            "update_cycle": c.update_cycle,
             "scores": scores_dict(ds_cards.get(c.dataset)), "has_results": c.dataset in ds_cards,
             "latest_day": latest_day.get(c.dataset), "rules": ds_rules,
             "trend": _trend(ds_days.get(c.dataset), today),
@@ -570,15 +702,50 @@ def collect(settings: Settings, today: date) -> SiteData:
             "held": held_by_ds.get(c.dataset, []), "recent_batches": recent_by_ds.get(c.dataset, []),
             "standardization": stdlog.get(c.dataset),
             "lineage": entry["lineage"] if entry else [],
-            "catalog_entry": f"std.{c.dataset}" if entry else None,
+            "catalog_entry": entry["identifier"] if entry else None,
+            "columns": entry["items"] if entry else [], "open": entry["open"] if entry else None,
+            "grade": entry["grade"] if entry else None, "requests": entry["requests"] if entry else [],
+            "release": entry["release"] if entry else None,
+            "release_event": release_events.get(c.dataset) if layer == "curated" else None,
         }
         datasets[c.dataset]["action"] = _action(datasets[c.dataset])
 
     departments = _department_pages(r, datasets, dept_cards, dept_days, raws, today)
     overview = _overview(r, datasets, lake_card, all_days, batches, raws, departments, today)
     overview["uncontracted"] = uncontracted
+    opened = _open_page(datasets, requests)
+    overview["open"] = {k: opened[k] for k in ("latest_date", "counts", "blocked", "pending_requests")}
     return SiteData(today=today, generated_at=datetime.now(TZ), overview=overview, departments=departments,
-                    datasets=datasets, conflicts=conflicts, catalog=catalog, catalog_entries=entries)
+                    datasets=datasets, conflicts=conflicts, catalog=catalog, catalog_entries=entries, open=opened)
+
+
+def _open_page(datasets: dict[str, dict[str, Any]], requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The open-data page: per curated dataset its latest release event (the release it was part of, or
+    "尚未发布"), its pointer in ``open/latest.json``; the latest release date, counts per status, the
+    datasets the leak gate blocked; every request."""
+    from pipelines.catalog.requests import NEEDS_ANSWER
+
+    rows = []
+    for ds in datasets.values():
+        if ds["layer"] != "curated":
+            continue
+        event = ds["release_event"] or {"status": "none", "label": RELEASE_LABELS["none"], "hits": []}
+        if event["status"] == "none" and (ds["open"] or {}).get("type") == "不予开放":
+            event = {**event, "status": "not_open", "label": RELEASE_LABELS["not_open"]}
+        rows.append({"dataset": ds["dataset"], "name": ds["name"], "department_name": ds["department_name"],
+                     "open": ds["open"] or {}, "event": event, "pointer": ds["release"]})
+    dates = [r["event"].get("release_date") for r in rows if r["event"].get("release_date")]
+    latest_date = max(dates) if dates else None
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r["event"].get("release_date") == latest_date or r["event"]["status"] in ("none", "not_open"):
+            counts[r["event"]["status"]] = counts.get(r["event"]["status"], 0) + 1
+    blocked = [{"dataset": r["dataset"], "name": r["name"], "release_date": r["event"].get("release_date"),
+                "hits": len(r["event"].get("hits") or []), "summary": _hits_text(r["event"].get("hits") or [])}
+               for r in rows if r["event"]["status"] == "blocked"]
+    return {"latest_date": latest_date, "datasets": rows, "counts": counts, "blocked": blocked,
+            "labels": RELEASE_LABELS, "requests": requests,
+            "pending_requests": sum(1 for q in requests if q["status"] not in NEEDS_ANSWER)}
 
 
 def _department_pages(r: _Reader, datasets: dict[str, dict[str, Any]], cards: dict[Any, Card],
