@@ -25,7 +25,7 @@ from pipelines.config import load_config
 from pipelines.contracts import CuratedContract
 from pipelines.publish.card import card
 from pipelines.publish.datapackage import datapackage, schema_version
-from pipelines.publish.dcat import dcat_catalog, open_base_url
+from pipelines.publish.dcat import dcat_catalog
 from pipelines.publish.dictionary import HEADERS, dictionary_csv, write_dictionary
 from pipelines.publish.diff import change_summary
 from pipelines.publish.manifest import manifest
@@ -217,12 +217,22 @@ def test_dcat_parses_with_rdflib_and_has_the_mandatory_properties(release: Datas
     assert not rows("SELECT ?x WHERE { ?x a dcat:Distribution . FILTER NOT EXISTS { ?x dcat:accessURL ?u } }")
 
 
-def test_open_base_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("CITYLAKE_OPEN_BASE_URL", raising=False)
-    assert open_base_url(tmp_path / "exports") == (tmp_path / "exports").resolve().as_uri() + "/"
-    assert open_base_url("s3://city-open/exports") == "s3://city-open/exports/"
-    monkeypatch.setenv("CITYLAKE_OPEN_BASE_URL", "https://data.hefei.gov.cn/open-exports")
-    assert open_base_url(tmp_path) == "https://data.hefei.gov.cn/open-exports/"
+def test_dcat_links_are_relative_to_the_catalog_without_a_base_url(release: DatasetRelease) -> None:
+    """No CITYLAKE_OPEN_BASE_URL: links relative to open/<date>/catalog.jsonld, so the catalog read from where
+    the portal serves it is the catalog an absolute base gives, and names no local path."""
+    from rdflib import Graph
+    from rdflib.compare import isomorphic
+
+    older = DatasetRelease(**{**release.__dict__, "folder": f"open/2026-11-28/{DATASET}/"})  # pointer kept an older release
+    relative = json.dumps(dcat_catalog([older], date(2026, 11, 30), None), ensure_ascii=False)
+    assert "file:" not in relative and "/tmp" not in relative and f'"../2026-11-28/{DATASET}/{DATASET}.csv"' in relative
+    served = Graph().parse(data=relative, format="json-ld",
+                           publicID="https://portal.example.org/exports/open/2026-11-30/catalog.jsonld")
+    absolute = Graph().parse(data=json.dumps(dcat_catalog([older], date(2026, 11, 30), "https://portal.example.org/exports/"),
+                                             ensure_ascii=False), format="json-ld")
+    assert len(served) == len(absolute) > 50 and isomorphic(served, absolute)
+    urls = {str(o) for o in served.objects(None, served.namespace_manager.expand_curie("dcat:downloadURL"))}
+    assert f"https://portal.example.org/exports/open/2026-11-28/{DATASET}/{DATASET}.parquet" in urls
 
 
 def test_dictionary_csv_opens_as_utf8_with_bom(release: DatasetRelease, tmp_path: Path) -> None:

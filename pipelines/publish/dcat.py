@@ -10,16 +10,17 @@ Controlled vocabularies are the EU Publications Office authority tables DCAT-AP 
 data-theme, file-type, language); licences are SPDX licence IRIs; districts are GB/T 2260 codes and names
 (``dct:Location`` with ``dct:identifier`` and ``skos:prefLabel``: GB/T 2260 has no IRIs of its own).
 
-Where the files are: ``base_url`` + the release folder. ``open_base_url`` gives it: ``CITYLAKE_OPEN_BASE_URL``
-(the portal's public address of ``<exports>``, e.g. ``https://data.hefei.gov.cn/exports/``) when set, else the
-exports location itself as an absolute URI (``file:///…/lake/exports/`` or ``s3://bucket/prefix/``): always an
-absolute IRI, since a JSON-LD processor resolves a relative one against wherever the document is read from
-(rdflib drops it when there is no base), and the catalog must parse the same on the portal and in a test.
+Where the files are: ``base_url`` (``settings.open_base_url``, ``CITYLAKE_OPEN_BASE_URL``: the public URL the
+portal serves ``<exports>`` at, e.g. ``https://data.hefei.gov.cn/exports/``) + the release folder + the file
+name. Without one, every link is RELATIVE to the catalog (``open/<date>/catalog.jsonld`` → ``../<date>/<ds>/
+<ds>.csv``): JSON-LD resolves a relative IRI against the document's own URL, so the catalog is right wherever the
+folder tree is served (the S3 bucket, the portal's copy) and never names the lake's local paths or bucket. A
+reader that parses it from a string passes that URL as the base (rdflib: ``publicID=``).
 """
 
 from __future__ import annotations
 
-import os
+import posixpath
 from collections.abc import Iterable, Mapping
 from datetime import date
 from pathlib import Path
@@ -28,7 +29,6 @@ from typing import Any
 from pipelines.publish.datapackage import LICENCES, keywords
 from pipelines.publish.model import DatasetRelease, FileInfo
 
-BASE_URL_ENV = "CITYLAKE_OPEN_BASE_URL"
 EU = "http://publications.europa.eu/resource/authority/"
 CONTEXT = {
     "dcat": "http://www.w3.org/ns/dcat#",
@@ -61,18 +61,19 @@ CATALOG_PUBLISHER = ("11340100003009991Q", "合肥市数据资源局")
 CATALOG_TITLE = "合肥市公共数据开放目录"
 
 
-def open_base_url(exports: str | Path) -> str:
-    """Where the portal serves ``<exports>``, ending in ``/``: ``CITYLAKE_OPEN_BASE_URL`` when set, else the
-    exports location as an absolute URI (``s3://…`` as is, a local folder as ``file:///…``)."""
-    configured = os.environ.get(BASE_URL_ENV, "").strip()
-    text = str(exports)
-    if configured:
-        base = configured
-    elif "://" in text:
-        base = text
-    else:
-        base = Path(text).resolve().as_uri()
-    return base.rstrip("/") + "/"
+class _Links:
+    """IRIs of the release files: absolute under ``base_url``, or relative to the catalog document."""
+
+    def __init__(self, base_url: str | None, release_date: date) -> None:
+        self.base = base_url.rstrip("/") + "/" if base_url else None
+        self.here = f"open/{release_date.isoformat()}/"  # the folder catalog.jsonld is written to
+
+    def __call__(self, path: str) -> str:
+        """The IRI of ``path`` (relative to ``<exports>``, e.g. ``open/2026-11-30/poi/poi.csv``)."""
+        if self.base is not None:
+            return self.base + path
+        rel = posixpath.relpath(path, self.here)
+        return rel + "/" if path.endswith("/") and not rel.endswith("/") else rel
 
 
 def _text(value: str) -> dict[str, str]:
@@ -109,8 +110,8 @@ def _licence(spdx: str) -> dict[str, Any]:
     return out
 
 
-def _distribution(release: DatasetRelease, file: FileInfo, base: str, licence: dict[str, Any]) -> dict[str, Any]:
-    url = f"{base}{release.folder}{file.name}"
+def _distribution(release: DatasetRelease, file: FileInfo, link: _Links, licence: dict[str, Any]) -> dict[str, Any]:
+    url = link(f"{release.folder}{file.name}")
     out: dict[str, Any] = {
         "@id": url, "@type": "dcat:Distribution",
         "dct:title": _text(f"{release.contract.name}（{file.format.upper()}）"),
@@ -121,7 +122,7 @@ def _distribution(release: DatasetRelease, file: FileInfo, base: str, licence: d
                           "spdx:checksumValue": {"@value": file.sha256, "@type": "xsd:hexBinary"}},
         "dct:license": licence,
         "dct:issued": _date(release.release_date),
-        "dct:conformsTo": {"@id": f"{base}{release.folder}datapackage.json", "@type": "dct:Standard"},
+        "dct:conformsTo": {"@id": link(f"{release.folder}datapackage.json"), "@type": "dct:Standard"},
     }
     if file.media_type in MEDIA_TYPES:
         out["dcat:mediaType"] = {"@id": f"https://www.iana.org/assignments/media-types/{file.media_type}",
@@ -131,14 +132,14 @@ def _distribution(release: DatasetRelease, file: FileInfo, base: str, licence: d
     return out
 
 
-def _dataset(release: DatasetRelease, base: str, names: Mapping[str, str],
+def _dataset(release: DatasetRelease, link: _Links, names: Mapping[str, str],
              departments: Mapping[str, Any]) -> dict[str, Any]:
     c = release.contract
     code, name = release.publisher
     licence = _licence(c.licence)
     out: dict[str, Any] = {
         # the dataset's identity is its entry in the pointer file: the same IRI in every release
-        "@id": f"{base}open/latest.json#{release.dataset}", "@type": "dcat:Dataset",
+        "@id": link(f"open/latest.json#{release.dataset}"), "@type": "dcat:Dataset",
         "dct:identifier": c.resource_code,
         "dct:title": _text(c.name),
         "dct:description": _text(c.description),
@@ -154,7 +155,7 @@ def _dataset(release: DatasetRelease, base: str, names: Mapping[str, str],
         "dct:provenance": {"@type": "dct:ProvenanceStatement", "rdfs:label": _text(
             "由 " + "、".join(f"{k}（快照 {v}）" for k, v in sorted(release.inputs.items())) +
             f" 构建（构建号 {release.build_id}）")},
-        "dcat:distribution": [_distribution(release, f, base, licence) for f in release.data_files],
+        "dcat:distribution": [_distribution(release, f, link, licence) for f in release.data_files],
     }
     if release.temporal is not None:
         start, end = release.temporal
@@ -166,7 +167,7 @@ def _dataset(release: DatasetRelease, base: str, names: Mapping[str, str],
                               for d in sorted(release.spatial)]
     pages = [f for f in release.files if f.name in ("dictionary.csv", "card.md")]
     if pages:
-        out["foaf:page"] = [{"@id": f"{base}{release.folder}{f.name}", "@type": "foaf:Document"} for f in pages]
+        out["foaf:page"] = [{"@id": link(f"{release.folder}{f.name}"), "@type": "foaf:Document"} for f in pages]
     return out
 
 
@@ -181,23 +182,24 @@ def division_names(root: Path | None = None) -> dict[str, str]:
     return {**load_code_list(root / "schemas" / "standards" / "code_lists" / "division.csv").codes, **DEV_ZONES}
 
 
-def dcat_catalog(releases: Iterable[DatasetRelease], release_date: date, base_url: str, *,
+def dcat_catalog(releases: Iterable[DatasetRelease], release_date: date, base_url: str | None, *,
                  names: Mapping[str, str] | None = None, departments: Mapping[str, Any] | None = None,
                  publisher: tuple[str, str] = CATALOG_PUBLISHER) -> dict[str, Any]:
     """The DCAT-AP 3 JSON-LD catalog of ``releases`` (every dataset the pointer names after this release's
     date, each at its own folder). ``names``: district code → name (default: the project's division code
-    list); ``departments``: the registry, for contact points (default: the project's)."""
+    list); ``departments``: the registry, for contact points (default: the project's). ``base_url`` None:
+    links relative to the catalog (see the module docstring)."""
     if names is None:
         names = division_names()
     if departments is None:
         from pipelines.departments import load_departments
 
         departments = load_departments()
-    base = base_url.rstrip("/") + "/"
-    datasets = [_dataset(r, base, names, departments) for r in sorted(releases, key=lambda r: r.dataset)]
+    link = _Links(base_url, release_date)
+    datasets = [_dataset(r, link, names, departments) for r in sorted(releases, key=lambda r: r.dataset)]
     return {
         "@context": CONTEXT,
-        "@id": f"{base}open/{release_date.isoformat()}/catalog.jsonld",
+        "@id": link(f"open/{release_date.isoformat()}/catalog.jsonld"),
         "@type": "dcat:Catalog",
         "dct:title": _text(CATALOG_TITLE),
         "dct:description": _text(f"{CATALOG_TITLE}：{release_date.isoformat()} 发布的开放数据集（经脱敏处理的"
