@@ -44,11 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-DATASET = "golden_legal_person"
-TABLE = f"curated.{DATASET}"
 RELEASE_DATE = date(2026, 11, 30)
 CHUNK_ROWS = 1_000_000
-DATA_VERSION = 1  # bump when the generated data changes: a cached lake of another version is regenerated
+DATA_VERSION = 2  # bump when the generated data changes: a cached lake of another version is regenerated
 TARGET_SECONDS, TARGET_RSS_MB = 60.0, 1024
 
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
@@ -109,34 +107,36 @@ def _weights(pairs: tuple) -> tuple[list, list[float]]:
     return values, [w / total for _, w in pairs]
 
 
-def _uscc(rng, start: int, n: int, districts: list[str], district_idx):  # noqa: ANN001, ANN202
-    """n unique USCCs: ``91`` + district + organisation code (8 characters by an affine permutation of the row
-    number, so unique without a set) + GB 11714 check + GB 32100 check."""
+def _usccs(rng, n: int, districts: list[str], district_p):  # noqa: ANN001, ANN202
+    """n unique USCCs as an (n, 18) byte matrix, sorted (the curated build orders rows by its primary key):
+    ``91`` + a district + an organisation code (8 characters by an affine permutation of the row number, so
+    unique without a set) + its GB 11714 check + the GB 32100 check (python-stdnum's arithmetic)."""
     import numpy as np
-    import pyarrow as pa
 
     space = 31 ** 8
-    x = (np.arange(start, start + n, dtype=np.int64) * 387_420_489 + 123_456_789) % space  # 3^18: coprime to 31
+    x = (rng.permutation(n).astype(np.int64) * 387_420_489 + 123_456_789) % space  # 3^18: coprime to 31
     body = np.empty((n, 8), dtype=np.int64)  # values in the USCC alphabet
     for j in range(7, -1, -1):
         body[:, j] = x % 31
         x //= 31
     alphabet = np.frombuffer(USCC_ALPHABET.encode(), np.uint8)
     chars = alphabet[body]
+    del body
     org_values = np.where(chars <= ord("9"), chars - ord("0"), chars - ord("A") + 10)  # 36-character alphabet
     check = 11 - (org_values @ np.array(ORG_WEIGHTS)) % 11
-    org_check = np.where(check == 10, ord("X"), np.where(check == 11, ord("0"), check + ord("0"))).astype(np.uint8)
+    del org_values
     out = np.empty((n, 18), dtype=np.uint8)
     out[:, :2] = np.frombuffer(b"91", np.uint8)
+    district_idx = rng.choice(len(districts), n, p=district_p)
     out[:, 2:8] = np.frombuffer("".join(districts).encode(), np.uint8).reshape(-1, 6)[district_idx]
     out[:, 8:16] = chars
-    out[:, 16] = org_check
+    out[:, 16] = np.where(check == 10, ord("X"), np.where(check == 11, ord("0"), check + ord("0")))
     lookup = np.full(256, -1, dtype=np.int64)
     lookup[alphabet] = np.arange(31)
-    values = lookup[out[:, :17]]
-    out[:, 17] = alphabet[(31 - (values @ np.array(USCC_WEIGHTS)) % 31) % 31]
-    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(np.arange(0, 18 * n + 1, 18, dtype=np.int32)),
-                                                  pa.py_buffer(out.tobytes())])
+    for lo in range(0, n, CHUNK_ROWS):  # int64 values of 17 columns at once would be 1.4 GB at 10 M rows
+        part = out[lo:lo + CHUNK_ROWS]
+        part[:, 17] = alphabet[(31 - (lookup[part[:, :17]] @ np.array(USCC_WEIGHTS)) % 31) % 31]
+    return np.sort(out.view("S18").ravel()).view(np.uint8).reshape(n, 18)
 
 
 def _pick(rng, values: list, p: list[float] | None, n: int):  # noqa: ANN001, ANN202
@@ -145,18 +145,24 @@ def _pick(rng, values: list, p: list[float] | None, n: int):  # noqa: ANN001, AN
     return pa.array(values).take(pa.array(rng.choice(len(values), n, p=p)))
 
 
-def make_chunk(rng, start: int, n: int, provenance: list[str]):  # noqa: ANN001, ANN202
-    """One chunk of golden legal-person rows (see the module docstring)."""
+def _null_where(mask, arr):  # noqa: ANN001, ANN202
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.if_else(pa.array(mask), pa.scalar(None, arr.type), arr)
+
+
+def make_chunk(rng, codes, provenance: list[str], schema, build_id: str):  # noqa: ANN001, ANN202
+    """Golden legal-person rows for a slice of the sorted USCCs (see the module docstring), in ``schema``."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     from faker.providers.person.zh_CN import Provider as Names
 
-    from pipelines.seed.ids import DEV_ZONES, HEFEI_DISTRICTS
-
-    districts = [*HEFEI_DISTRICTS, *DEV_ZONES]
-    district_p = np.array([9, 8, 12, 11, 3, 4, 4, 2, 2, 14, 8, 5], dtype=float)[:len(districts)]
-    district_idx = rng.choice(len(districts), n, p=district_p / district_p.sum())
+    n = len(codes)
+    uscc = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(np.arange(0, 18 * n + 1, 18, dtype=np.int32)),
+                                                  pa.py_buffer(np.ascontiguousarray(codes).tobytes())])
+    district = pc.utf8_slice_codeunits(uscc, 2, 8)  # the registration authority's district
     sections = list(SECTIONS)
     section_p = np.array([SECTIONS[s][1] for s in sections])
     section_idx = rng.choice(len(sections), n, p=section_p / section_p.sum())
@@ -164,28 +170,23 @@ def make_chunk(rng, start: int, n: int, provenance: list[str]):  # noqa: ANN001,
     phrase = np.empty(n, dtype=object)
     for k, s in enumerate(sections):
         mask = section_idx == k
-        codes, _share, words = SECTIONS[s]
-        industry[mask] = rng.choice(np.array(list(codes)), int(mask.sum()))
+        codes_in, _share, words = SECTIONS[s]
+        industry[mask] = rng.choice(np.array(list(codes_in)), int(mask.sum()))
         phrase[mask] = np.array(words, dtype=object)[rng.integers(0, len(words), int(mask.sum()))]
-    industry_code = pa.array(np.char.zfill(industry.astype(str), 2))
-    industry_code = pc.if_else(pa.array(rng.random(n) < 0.01), pa.scalar(None, pa.string()), industry_code)
+    industry_code = _null_where(rng.random(n) < 0.01, pa.array(np.char.zfill(industry.astype(str), 2)))
 
-    trade = list(TRADE_CHARS)
     length = rng.choice([2, 3, 4], n, p=[0.8, 0.15, 0.05])
     parts = [_pick(rng, *_weights(REGION_PREFIXES), n)]
     for position in range(4):
-        chars = _pick(rng, trade, None, n)
-        parts.append(pc.if_else(pa.array(length > position), chars, pa.scalar(None, pa.string())))
-    parts.append(pa.array(phrase, pa.string()))
-    parts.append(_pick(rng, *_weights(ORG_FORMS), n))
+        parts.append(_null_where(length <= position, _pick(rng, list(TRADE_CHARS), None, n)))
+    parts += [pa.array(phrase, pa.string()), _pick(rng, *_weights(ORG_FORMS), n)]
     name = pc.binary_join_element_wise(*parts, "", null_handling="skip")
 
     surnames = list(Names.last_names)[:120]  # the common ones, Faker's order
     given = list(Names.first_names)
-    two = pa.array(rng.random(n) < 0.7)
     legal_rep = pc.binary_join_element_wise(
         _pick(rng, surnames, None, n), _pick(rng, given, None, n),
-        pc.if_else(two, _pick(rng, given, None, n), pa.scalar(None, pa.string())), "", null_handling="skip")
+        _null_where(rng.random(n) >= 0.7, _pick(rng, given, None, n)), "", null_handling="skip")
 
     wan, wan_p = _weights(CAPITAL_WAN)
     round_cents = np.array(wan, dtype=np.int64)[rng.choice(len(wan), n, p=wan_p)] * 1_000_000
@@ -194,109 +195,215 @@ def make_chunk(rng, start: int, n: int, provenance: list[str]):  # noqa: ANN001,
     words = np.zeros((n, 2), dtype=np.int64)  # decimal128 storage: little-endian 128-bit unscaled value
     words[:, 0] = cents
     capital = pa.Array.from_buffers(pa.decimal128(18, 2), n, [None, pa.py_buffer(words.tobytes())])
-    capital = pc.if_else(pa.array(rng.random(n) < 0.02), pa.scalar(None, capital.type), capital)
+    capital = _null_where(rng.random(n) < 0.02, capital)
 
     end = np.datetime64("2026-11-29")
     age = np.minimum(rng.exponential(6.0 * 365, n).astype(np.int64), (end - np.datetime64("1984-01-01")).astype(int))
-    established = pa.array(end - age.astype("timedelta64[D]")).cast(pa.date32())
-    established = pc.if_else(pa.array(rng.random(n) < 0.005), pa.scalar(None, pa.date32()), established)
+    established = _null_where(rng.random(n) < 0.005, pa.array(end - age.astype("timedelta64[D]")).cast(pa.date32()))
 
-    fallback = rng.random(n)  # provenance: authoritative everywhere, or a field taken from a non-authoritative copy
-    prov = np.where(fallback < 0.015, 1, np.where(fallback < 0.02, 2, 0))
-    return pa.table({
-        "uscc": _uscc(rng, start, n, districts, district_idx).take(pa.array(rng.permutation(n))),
+    # provenance (golden_legal_person.sql): the registration everywhere (0), the name from the credit copy where
+    # the registration has none (1), a legal person only the credit records know (2: registration fields null)
+    draw = rng.random(n)
+    kind = np.where(draw < 0.005, 2, np.where(draw < 0.015, 1, 0))
+    credit_only = kind == 2
+    columns = {
+        "uscc": uscc,
         "enterprise_name": name,
-        "legal_representative": legal_rep,
-        "registered_capital": capital,
-        "established_on": established,
-        "enterprise_district_code": pa.array(np.array(districts)[district_idx]),
-        "industry_code": industry_code,
-        "enterprise_status": _pick(rng, *_weights(STATUSES), n),
-        "credit_red_count": pa.array(rng.poisson(0.06, n).astype(np.int64)),
+        "legal_representative": _null_where(credit_only, legal_rep),
+        "registered_capital": _null_where(credit_only, capital),
+        "established_on": _null_where(credit_only, established),
+        "enterprise_district_code": _null_where(credit_only, district),
+        "industry_code": _null_where(credit_only, industry_code),
+        "enterprise_status": _null_where(credit_only, _pick(rng, *_weights(STATUSES), n)),
+        "credit_red_count": pa.array(rng.poisson(0.06, n).astype(np.int64) + credit_only),
         "credit_black_count": pa.array((rng.random(n) < 0.004).astype(np.int64) * rng.integers(1, 3, n)),
         "credit_watch_count": pa.array(rng.poisson(0.02, n).astype(np.int64)),
-        "field_provenance": pa.array(provenance).take(pa.array(prov)),
-    })
+        "field_provenance": pa.array(provenance).take(pa.array(kind)),
+        "_batch_id": pa.repeat(pa.scalar(build_id), n),
+        "_warnings": pa.nulls(n, pa.list_(pa.string())),
+    }
+    return pa.table({f.name: columns[f.name].cast(f.type) for f in schema}, schema=schema)
 
 
-def _provenance(snapshots: dict[str, int]) -> list[str]:
-    """Three field_provenance values: all authoritative; the name from the credit copy; the capital from it."""
-    def source(system: str, table: str, authoritative: bool = True) -> dict:
-        return {"system": system, "table": table, "dataset": table, "snapshot": snapshots[f"std.{table}"],
+def _provenance(inputs: dict[str, int]) -> list[str]:
+    """field_provenance as golden_legal_person.sql writes it (DuckDB ``to_json`` of a struct: compact, struct
+    order), for the three kinds of row ``make_chunk`` draws."""
+    def source(table: str, column: str) -> dict:
+        system = {"enterprise": "enterprise", "credit_record": "credit"}[table]
+        authoritative = table == "enterprise" or column == "credit_record_type"
+        return {"system": system, "table": table, "dataset": table, "snapshot": inputs[f"std.{table}"],
                 "authoritative": authoritative}
 
-    base = {c: source("enterprise", "enterprise") for c in DATA_COLUMNS}
-    base.update({c: source("credit", "credit_record") for c in DATA_COLUMNS if c.startswith("credit_")})
-    name = {**base, "enterprise_name": source("credit", "credit_record", False)}
-    capital = {**base, "registered_capital": source("credit", "credit_record", False)}
-    return [json.dumps(v, ensure_ascii=False) for v in (base, name, capital)]
+    registration = DATA_COLUMNS[:8]
+    counts = {c: source("credit_record", "credit_record_type") for c in DATA_COLUMNS[8:]}
+    base = {**{c: source("enterprise", c) for c in registration}, **counts}
+    name = {**base, "enterprise_name": source("credit_record", "enterprise_name")}
+    credit_only = {**dict.fromkeys(registration), "uscc": source("credit_record", "uscc"),
+                   "enterprise_name": source("credit_record", "enterprise_name"), **counts}
+    return [json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in (base, name, credit_only)]
 
 
-def generate(data: Path, rows: int) -> dict:
-    """The curated table in a scratch lake under ``data`` (a published build), and the facts the runs need."""
+def golden_chunks(rng, rows: int, schema, build_id: str, inputs: dict[str, int]):  # noqa: ANN001, ANN201
     import numpy as np
+
+    from pipelines.seed.ids import DEV_ZONES, HEFEI_DISTRICTS
+
+    provenance = _provenance(inputs)
+    districts = [*HEFEI_DISTRICTS, *DEV_ZONES]  # registrations by district, roughly Hefei's
+    district_p = np.array([9, 8, 12, 11, 3, 4, 4, 2, 2, 14, 8, 5], dtype=float)[:len(districts)]
+    codes = _usccs(rng, rows, districts, district_p / district_p.sum())
+    for start in range(0, rows, CHUNK_ROWS):
+        yield make_chunk(rng, codes[start:start + CHUNK_ROWS], provenance, schema, build_id)
+
+
+# POI names: a place-like stem (an area or road name without the road word) and a category's wording.
+PLACE_STEMS = (
+    "长江", "翡翠", "天鹅湖", "政务", "琥珀", "南七", "三孝口", "四牌楼", "逍遥津", "包公", "滨湖", "大蜀山", "董铺",
+    "大圩", "义城", "烟墩", "骆岗", "双岗", "杏花", "亳州", "淮河", "金寨", "黄山", "芜湖", "宁国", "望江", "繁华",
+    "锦绣", "云谷", "创新", "科学", "习友", "玉兰", "枫林", "香樟", "梅山", "稻香", "花冲", "青阳", "紫蓬", "三河",
+    "上派", "桃花", "撮镇", "店埠", "水湖", "双墩", "下塘", "庐城", "汤池", "柘皋", "槐林", "中垾", "黄麓", "烔炀",
+    "高刘", "姚公", "马鞍", "安居", "和平", "胜利", "光明", "幸福", "红星", "曙光", "明珠", "望湖", "临湖", "望岳",
+    "海恒", "莲花", "芙蓉", "丹霞", "碧桂", "万达", "新城", "北城", "南岗", "西园", "东方", "徽州", "铜陵", "寿春",
+)
+POI_WORDING = {  # code_lists/poi_category.csv: code → (share, wording)
+    "EDU": (30, ("小学", "中学", "幼儿园", "实验学校", "第一小学", "第二中学", "职业技术学校", "外国语学校", "实验小学")),
+    "MED": (18, ("社区卫生服务中心", "医院", "中医院", "口腔医院", "妇幼保健院", "卫生院", "康复医院", "门诊部")),
+    "PRK": (14, ("公园", "湿地公园", "游园", "森林公园", "口袋公园", "生态园")),
+    "MTR": (3, ("站", "东站", "西站", "南站", "北站")),
+    "GOV": (8, ("政务服务中心", "便民服务中心", "社区服务中心", "政务服务站")),
+    "LIB": (7, ("图书馆", "图书馆分馆", "城市阅读空间", "书房", "社区图书室")),
+    "SPT": (20, ("体育馆", "体育中心", "游泳馆", "羽毛球馆", "全民健身中心", "篮球馆", "网球中心", "足球场")),
+}
+DISTRICT_CENTRES = {  # WGS-84 (lon, lat, spread in degrees) of each Hefei district's built-up area, rough
+    "340102": (117.34, 31.87, 0.04), "340103": (117.25, 31.90, 0.04), "340104": (117.21, 31.84, 0.05),
+    "340111": (117.31, 31.79, 0.06), "340121": (117.17, 32.48, 0.10), "340122": (117.47, 31.88, 0.12),
+    "340123": (117.16, 31.72, 0.12), "340124": (117.29, 31.26, 0.12), "340181": (117.87, 31.62, 0.12),
+    "340171": (117.13, 31.83, 0.03), "340172": (117.21, 31.77, 0.03), "340173": (117.37, 31.93, 0.03),
+}
+
+
+def poi_chunks(rng, rows: int, schema, build_id: str, inputs: dict[str, int]):  # noqa: ANN001, ANN201
+    """Points of interest in Hefei: ids sorted (the build orders by key), place-like names of the category,
+    WGS-84 coordinates around each district's centre (6 decimals), the district code the point lies in."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = np.sort((rng.permutation(rows).astype(np.int64) * 7_368_787 + 1_000_003) % 10**9)  # unique, gapped
+    centres = list(DISTRICT_CENTRES.values())
+    weights = np.array([12, 10, 13, 13, 4, 6, 6, 4, 4, 12, 8, 8], dtype=float)
+    codes = list(POI_WORDING)
+    code_p = np.array([POI_WORDING[c][0] for c in codes], dtype=float)
+    short = {"340102": "瑶海", "340103": "庐阳", "340104": "蜀山", "340111": "包河", "340121": "长丰", "340122": "肥东",
+             "340123": "肥西", "340124": "庐江", "340181": "巢湖", "340171": "高新", "340172": "经开", "340173": "新站"}
+    for start in range(0, rows, CHUNK_ROWS):
+        n = min(CHUNK_ROWS, rows - start)
+        district = rng.choice(len(centres), n, p=weights / weights.sum())
+        lon0, lat0, spread = (np.array([c[k] for c in centres])[district] for k in range(3))
+        category = rng.choice(len(codes), n, p=code_p / code_p.sum())
+        wording = np.empty(n, dtype=object)
+        for k, c in enumerate(codes):
+            mask = category == k
+            wording[mask] = np.array(POI_WORDING[c][1], dtype=object)[rng.integers(0, len(POI_WORDING[c][1]), int(mask.sum()))]
+        prefix = np.array(["合肥", "合肥市", ""] + [short[d] for d in DISTRICT_CENTRES], dtype=object)
+        prefix_idx = np.where(rng.random(n) < 0.5, 2, np.where(rng.random(n) < 0.5,
+                                                               rng.integers(0, 2, n), 3 + district))
+        branch = np.where(rng.random(n) < 0.08, rng.choice(np.array(["（东区）", "（西区）", "（南校区）", "（北校区）",
+                                                                      "（分院）", "（二期）"], dtype=object), n), "")
+        name = pc.binary_join_element_wise(
+            pa.array(prefix[prefix_idx], pa.string()), _pick(rng, list(PLACE_STEMS), None, n),
+            pa.array(wording, pa.string()), pa.array(branch, pa.string()), "")
+        table = {
+            "poi_id": pa.array(np.char.add("P", np.char.zfill(ids[start:start + n].astype(str), 9))),
+            "poi_name": name,
+            "poi_category": _null_where(rng.random(n) < 0.01, pa.array(np.array(codes)[category])),
+            "longitude": pa.array(np.round(lon0 + rng.normal(0, 1, n) * spread, 6)),
+            "latitude": pa.array(np.round(lat0 + rng.normal(0, 1, n) * spread * 0.8, 6)),
+            "poi_district_code": _null_where(rng.random(n) < 0.005, pa.array(np.array(list(DISTRICT_CENTRES))[district])),
+            "crs": pa.repeat(pa.scalar("WGS-84"), n),
+            "_batch_id": pa.repeat(pa.scalar(build_id), n),
+            "_warnings": pa.nulls(n, pa.list_(pa.string())),
+        }
+        yield pa.table({f.name: table[f.name].cast(f.type) for f in schema}, schema=schema)
+
+
+SHAPES = {"golden_legal_person": golden_chunks, "poi_wgs84": poi_chunks}
+
+
+def generate(data: Path, rows: int, dataset: str) -> dict:
+    """``curated.<dataset>`` in a scratch lake under ``data`` as the curate runner leaves it after a passing
+    build (same schema, key order, table properties, snapshot summary and ``meta.batches`` event), and the facts
+    the runs need."""
+    import numpy as np
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from stdnum.cn import uscc
 
     os.environ["CITYLAKE_LAKE_DIR"] = str(data / "lake")
+    from pipelines.config import load_all
+    from pipelines.curate.runner import (
+        BUILD_ID,
+        CURATED_PROPS,
+        DEFINITION,
+        INPUTS,
+        build_id_of,
+        definition_hash,
+        model_sql,
+        target_schema,
+    )
     from pipelines.lake.catalog import get_catalog
     from pipelines.lake.meta import append_events
-    from pipelines.lake.raw import open_table
+    from pipelines.lake.raw import PUBLISHED_BATCHES, open_table
     from pipelines.lake.tables import append
     from pipelines.settings import load_settings
 
     shutil.rmtree(data / "lake", ignore_errors=True)
     data.mkdir(parents=True, exist_ok=True)
+    settings = load_settings()
+    config = load_all(settings)
+    contract = config.curated[dataset]
+    schema = target_schema(contract, config.standards) \
+        .append(pa.field("_batch_id", pa.string())).append(pa.field("_warnings", pa.list_(pa.string())))
     rng = np.random.default_rng(20261130)
-    inputs = {"std.enterprise": int(rng.integers(10**17, 9 * 10**18)),
-              "std.credit_record": int(rng.integers(10**17, 9 * 10**18))}
-    build_id = "build__" + hashlib.sha256(
-        "\n".join(sorted(f"{k}@{v}" for k, v in inputs.items())).encode()).hexdigest()[:16]
+    inputs = {name: int(rng.integers(10**17, 9 * 10**18)) for name in sorted(contract.inputs)}
+    build_id = build_id_of(inputs)
     run_id = "bench__open_export"
-    provenance = _provenance(inputs)
     staged = data / "staged.parquet"
     writer = None
-    for start in range(0, rows, CHUNK_ROWS):
-        chunk = make_chunk(rng, start, min(CHUNK_ROWS, rows - start), provenance)
-        if start == 0:  # the check characters are stdnum's
-            sample = chunk.column("uscc").to_pylist()[:2000]
+    for chunk in SHAPES[dataset](rng, rows, schema, build_id, inputs):
+        if writer is None and "uscc" in chunk.column_names:  # the check characters are stdnum's
+            sample = chunk.column("uscc").to_pylist()[::500]
             assert all(uscc.is_valid(c) for c in sample), "generated USCC fails python-stdnum"
-        writer = writer or pq.ParquetWriter(staged, chunk.schema, compression="zstd")
+        writer = writer or pq.ParquetWriter(staged, chunk.schema, compression="lz4")
         writer.write_table(chunk, row_group_size=128 * 1024)
     assert writer is not None
     writer.close()
-    settings = load_settings()
     catalog = get_catalog(settings)
-    props = {"citylake.build-id": build_id, "citylake.inputs": json.dumps(inputs), "citylake.batches": build_id,
+    props = {BUILD_ID: build_id, INPUTS: json.dumps(inputs, sort_keys=True),
+             DEFINITION: definition_hash(settings, model_sql(contract)), PUBLISHED_BATCHES: json.dumps([build_id]),
              "citylake.run-id": run_id}
-    append(catalog, TABLE, staged, props=props)
+    append(catalog, contract.table, staged, props=props, properties=CURATED_PROPS)
     staged.unlink()
-    table = open_table(catalog, TABLE)
+    table = open_table(catalog, contract.table)
     assert table is not None
     snapshot = table.current_snapshot()
-    append_events(catalog, [{"dataset": DATASET, "raw_batch_id": build_id, "run_id": run_id, "status": "published",
+    append_events(catalog, [{"dataset": dataset, "raw_batch_id": build_id, "run_id": run_id, "status": "published",
                              "extracted": rows, "published": rows, "quarantined": 0, "held": 0,
                              "std_snapshot_id": snapshot.snapshot_id, "detail": "[]", "reason": None}])
     files = [task.file.file_path.removeprefix("file://") for task in table.scan().plan_files()]
-    facts = {"version": DATA_VERSION, "rows": rows, "files": files, "columns": table.schema().column_names,
-             "build_id": build_id, "snapshot_id": snapshot.snapshot_id,
+    facts = {"version": DATA_VERSION, "dataset": dataset, "rows": rows, "files": files,
+             "columns": table.schema().column_names, "build_id": build_id, "snapshot_id": snapshot.snapshot_id,
              "bytes": sum(Path(f).stat().st_size for f in files)}
     (data / "facts.json").write_text(json.dumps(facts, indent=1))
     return facts
 
 
-def released_columns(columns: list[str]) -> tuple[list[str], str]:
-    """The columns the release writes: the curated contract's open columns once it exists, else every column but
-    the legal representative (the drop the issue names)."""
-    try:
-        from pipelines.config import load_curated
-        from pipelines.settings import load_settings
+def released_columns(dataset: str) -> list[str]:
+    """The columns the release writes: the curated contract's open columns (``deid`` other than drop)."""
+    from pipelines.config import load_curated
+    from pipelines.settings import load_settings
 
-        contract = load_curated(load_settings())[DATASET]
-        return [c.name for c in contract.open_columns()], "the curated contract's open columns"
-    except (ImportError, KeyError, AttributeError):
-        return ([c for c in columns if c not in ("legal_representative", "field_provenance")],
-                "no curated contract yet: all but legal_representative and field_provenance")
+    return [c.name for c in load_curated(load_settings())[dataset].open_columns()]
 
 
 # --- the measured children ----------------------------------------------------------------------------
@@ -310,14 +417,15 @@ def run_duckdb(data: Path, out: Path, columns: list[str], checksums: bool) -> di
     import duckdb
 
     facts = json.loads((data / "facts.json").read_text())
+    dataset = facts["dataset"]
     files = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in facts["files"]) + "]"
     select = f"SELECT {', '.join(chr(34) + c + chr(34) for c in columns)} FROM read_parquet({files})"
     con = duckdb.connect()
     steps: dict[str, float] = {}
     rows: dict[str, int] = {}
-    targets = {"csv": (out / f"{DATASET}.csv", "FORMAT csv, HEADER, NEW_LINE '\\r\\n'"),
-               "jsonl": (out / f"{DATASET}.jsonl", "FORMAT json"),
-               "parquet": (out / f"{DATASET}.parquet", "FORMAT parquet, COMPRESSION zstd")}
+    targets = {"csv": (out / f"{dataset}.csv", "FORMAT csv, HEADER, NEW_LINE '\\r\\n'"),
+               "jsonl": (out / f"{dataset}.jsonl", "FORMAT json"),
+               "parquet": (out / f"{dataset}.parquet", "FORMAT parquet, COMPRESSION zstd")}
     for name, (path, options) in targets.items():
         t0 = time.perf_counter()
         rows[name] = con.execute(f"COPY ({select}) TO '{path}' ({options})").fetchone()[0]
@@ -331,13 +439,14 @@ def run_duckdb(data: Path, out: Path, columns: list[str], checksums: bool) -> di
             "status": "ok" if len(set(rows.values())) == 1 else f"row counts differ {rows}"}
 
 
-def run_release(out: Path) -> dict:
+def run_release(data: Path, out: Path) -> dict:
     from pipelines.publish.release import release_open_data
 
+    dataset = json.loads((data / "facts.json").read_text())["dataset"]
     t0 = time.perf_counter()
-    result = release_open_data(datasets=[DATASET], release_date=RELEASE_DATE, run_id=f"bench__{out.name}")
+    result = release_open_data(datasets=[dataset], release_date=RELEASE_DATE, run_id=f"bench__{out.name}")
     seconds = time.perf_counter() - t0
-    files = {p.suffix.lstrip("."): p.stat().st_size for p in out.rglob(f"{DATASET}.*") if p.is_file()}
+    files = {p.suffix.lstrip("."): p.stat().st_size for p in out.rglob(f"{dataset}.*") if p.is_file()}
     return {"steps": {"release_open_data": seconds}, "result": _plain(result), "files": files}
 
 
@@ -359,7 +468,7 @@ def _plain(value: object) -> object:
 def child(kind: str, data: Path, out: Path, columns: list[str]) -> None:
     started = time.perf_counter()
     if kind == RELEASE:
-        result = run_release(out)
+        result = run_release(data, out)
     else:
         result = run_duckdb(data, out, columns, checksums=kind == DUCKDB_SUM)
     print(json.dumps({**result, "inner": time.perf_counter() - started}, default=str))
@@ -397,24 +506,25 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--dataset", choices=sorted(SHAPES), default="golden_legal_person")
     ap.add_argument("--repeat", type=int, default=1, help="interleaved repetitions; the median is reported")
     ap.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "citylake-bench-open-export",
                     help="where the generated lake is cached (one folder per row count) and the runs write")
     ap.add_argument("--skip", action="append", default=[], choices=[DUCKDB_SUM, DUCKDB, RELEASE],
                     help="leave a method out (repeatable)")
     args = ap.parse_args()
-    data = args.data_dir.resolve() / f"rows-{args.rows}"
+    data = args.data_dir.resolve() / f"{args.dataset}-{args.rows}"
     facts_path = data / "facts.json"
     facts = json.loads(facts_path.read_text()) if facts_path.exists() else None
     if not facts or facts.get("version") != DATA_VERSION or not all(Path(f).exists() for f in facts["files"]):
         t0 = time.perf_counter()
-        facts = generate(data, args.rows)
-        print(f"generated {TABLE}: {args.rows:,} rows, {len(facts['files'])} data files, "
+        facts = generate(data, args.rows, args.dataset)
+        print(f"generated curated.{args.dataset}: {args.rows:,} rows, {len(facts['files'])} data files, "
               f"{facts['bytes'] / 1e6:,.0f} MB in {time.perf_counter() - t0:.0f} s ({data})", flush=True)
     else:
-        print(f"reusing {TABLE}: {facts['rows']:,} rows, {facts['bytes'] / 1e6:,.0f} MB ({data})", flush=True)
-    columns, why = released_columns(facts["columns"])
-    print(f"released columns ({why}): {', '.join(columns)}", flush=True)
+        print(f"reusing curated.{args.dataset}: {facts['rows']:,} rows, {facts['bytes'] / 1e6:,.0f} MB ({data})", flush=True)
+    columns = released_columns(args.dataset)
+    print(f"released columns (schemas/curated/{args.dataset}.yml): {', '.join(columns)}", flush=True)
 
     methods = [m for m in (DUCKDB_SUM, DUCKDB, RELEASE) if m not in args.skip]
     runs: dict[str, list[dict]] = {m: [] for m in methods}
