@@ -745,11 +745,13 @@ def load_curated_contracts(directory: Path, standards: Standards, contracts: dic
     departments = load_departments() if departments is None else departments
     out: dict[str, CuratedContract] = {}
     problems: list[str] = []
+    broken: set[str] = set()  # files that did not parse: their own problems say why, references to them are not news
     for path in sorted(directory.glob("*.yml")) if directory.is_dir() else []:
         try:
             c: CuratedContract = _read(path, {"standards": standards, "departments": departments}, CuratedContract)
         except ConfigError as exc:
             problems.extend(exc.problems)
+            broken.add(path.stem)
             continue
         c._models_dir = CURATE_DIR if models_dir is None else models_dir
         if c.dataset != path.stem:
@@ -762,19 +764,19 @@ def load_curated_contracts(directory: Path, standards: Standards, contracts: dic
                             "write the model (one DuckDB SELECT) or name it under model:")
         out[c.dataset] = c
     for c in out.values():
-        problems += _input_problems(c, contracts, out, departments)
+        problems += _input_problems(c, contracts, out, departments, broken)
         problems += catalog_problems(c, standards)
         problems += _open_problems(c, standards)
     problems += _cycles(out)
     problems += _sequences([*contracts.values(), *out.values()], only=CuratedContract)
-    problems += _derived_problems(standards, out)
+    problems += _derived_problems(standards, out, broken)
     if problems:
         raise ConfigError(*problems)
     return out
 
 
 def _input_problems(c: CuratedContract, contracts: dict[str, DatasetContract], curated: dict[str, CuratedContract],
-                    departments: dict[str, Any]) -> list[str]:
+                    departments: dict[str, Any], broken: set[str]) -> list[str]:
     """Each input has a contract of its kind; the provider (``owner``) owns one of them."""
     from pipelines.departments import department_name
 
@@ -784,6 +786,8 @@ def _input_problems(c: CuratedContract, contracts: dict[str, DatasetContract], c
         known: dict[str, Any] = contracts if ns == "std" else curated
         if ds == c.dataset and ns == "curated":
             problems.append(f"{c.where('inputs', i)}: inputs.{i}: {c.table} cannot be built from itself")
+        elif ns == "curated" and ds in broken:
+            continue
         elif ds not in known:
             near = difflib.get_close_matches(ds, list(known), n=1)
             hint = f"did you mean {ns}.{near[0]}?" if near else f"known: {', '.join(f'{ns}.{k}' for k in sorted(known))}"
@@ -841,12 +845,12 @@ def _open_problems(c: CuratedContract, standards: Standards) -> list[str]:
     return problems
 
 
-def _derived_problems(standards: Standards, curated: dict[str, CuratedContract]) -> list[str]:
+def _derived_problems(standards: Standards, curated: dict[str, CuratedContract], broken: set[str]) -> list[str]:
     """An element's ``derived_by: {dataset, column}`` names a curated column that carries that element."""
     problems = []
     for e in standards.elements.values():
-        ref = getattr(e, "derived_by", None)
-        if ref is None:
+        ref = e.derived_by
+        if ref is None or ref.dataset in broken:
             continue
         where = standards.places.get((e.code, "derived_by", 0), f"element {e.code}")
         c = curated.get(ref.dataset)
