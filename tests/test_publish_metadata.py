@@ -25,7 +25,7 @@ from pipelines.config import load_config
 from pipelines.contracts import CuratedContract
 from pipelines.publish.card import card
 from pipelines.publish.datapackage import datapackage, schema_version
-from pipelines.publish.dcat import dcat_catalog
+from pipelines.publish.dcat import dcat_catalog, open_base_url
 from pipelines.publish.dictionary import HEADERS, dictionary_csv, write_dictionary
 from pipelines.publish.diff import change_summary
 from pipelines.publish.manifest import manifest
@@ -235,6 +235,18 @@ def test_dcat_links_are_relative_to_the_catalog_without_a_base_url(release: Data
     assert f"https://portal.example.org/exports/open/2026-11-28/{DATASET}/{DATASET}.parquet" in urls
 
 
+def test_open_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configured public URL, else None (relative links): never the exports folder or bucket itself."""
+    from dataclasses import replace
+
+    monkeypatch.delenv("CITYLAKE_OPEN_BASE_URL", raising=False)
+    settings = load_settings()
+    assert open_base_url(settings.exports) is None and open_base_url(replace(settings, open_base_url=None)) is None
+    assert open_base_url(replace(settings, open_base_url="https://data.example.org/x")) == "https://data.example.org/x/"
+    monkeypatch.setenv("CITYLAKE_OPEN_BASE_URL", "https://data.example.org/exports/")
+    assert open_base_url("s3://city-open/exports") == "https://data.example.org/exports/"
+
+
 def test_dictionary_csv_opens_as_utf8_with_bom(release: DatasetRelease, tmp_path: Path) -> None:
     raw = dictionary_csv(release)
     assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw
@@ -259,6 +271,7 @@ def test_manifest_checksums_are_hashlibs(release: DatasetRelease) -> None:
         p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size, len(ROWS))
         for p in folder.glob(f"{DATASET}.*")}
     assert m["cutoff"] == {"inputs": {"std.poi": 42}, "latest_event_time": "2026-11-30T23:59:59"}
+    assert m["coverage"] == {"temporal": ["2026-11-29", "2026-11-30"], "spatial": ["340103", "340104", "340171"]}
     assert (m["build_id"], m["release_date"], m["quality_score"], m["rows"]) == ("build__0123456789abcdef", "2026-11-30", 0.99871, 4)
     assert m["changes"]["added"] == 4 and m["generator"]["name"] == "citylake" and m["generator"]["version"]
     assert m["schema_version"].startswith("sha256:") and len(m["schema_version"]) == 23

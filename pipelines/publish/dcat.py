@@ -20,6 +20,7 @@ reader that parses it from a string passes that URL as the base (rdflib: ``publi
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Iterable, Mapping
 from datetime import date
@@ -28,7 +29,9 @@ from typing import Any
 
 from pipelines.publish.datapackage import LICENCES, keywords
 from pipelines.publish.model import DatasetRelease, FileInfo
+from pipelines.settings import Settings
 
+BASE_URL_ENV = "CITYLAKE_OPEN_BASE_URL"
 EU = "http://publications.europa.eu/resource/authority/"
 CONTEXT = {
     "dcat": "http://www.w3.org/ns/dcat#",
@@ -59,6 +62,16 @@ plain JSON, and not in the table)."""
 CATALOG_PUBLISHER = ("11340100003009991Q", "合肥市数据资源局")
 """The body that runs the open-data portal (schemas/departments.yml)."""
 CATALOG_TITLE = "合肥市公共数据开放目录"
+
+
+def open_base_url(source: Settings | str | Path | None = None) -> str | None:
+    """The public base URL of ``<exports>`` (ending in ``/``), or None for links relative to the catalog:
+    ``settings.open_base_url`` for a Settings, else ``CITYLAKE_OPEN_BASE_URL``. The exports location itself
+    (a local folder, an ``s3://`` prefix) is never used as a base: it is no address the public can open, and
+    it would publish the lake's internal layout."""
+    configured = source.open_base_url if isinstance(source, Settings) else os.environ.get(BASE_URL_ENV)
+    configured = (configured or "").strip()
+    return configured.rstrip("/") + "/" if configured else None
 
 
 class _Links:

@@ -1,6 +1,7 @@
 """``manifest.json``: what the portal checks before it trusts a release folder — every file with its size,
 SHA-256 and rows, the schema version, the quality score, the data cut-off (input snapshots, latest event
-time), the build, the release date, the change summary and the generator's version."""
+time), the coverage (first and last date, district codes), the build, the release date, the change summary
+and the generator's version. The release rebuilds a DatasetRelease from it for the catalog of a later date."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def manifest(release: DatasetRelease, schema_version: str) -> dict[str, Any]:
         "quality_score": release.quality_score,
         "cutoff": {"inputs": dict(sorted(release.inputs.items())),
                    "latest_event_time": _iso(release.latest_event_time)},
+        "coverage": {"temporal": [d.isoformat() for d in release.temporal] if release.temporal else None,
+                     "spatial": sorted(release.spatial)},
         "build_id": release.build_id,
         "changes": release.changes,
         "files": [{"name": f.name, "format": f.format, "media_type": f.media_type, "bytes": f.bytes,

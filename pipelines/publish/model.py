@@ -45,7 +45,8 @@ class OpenColumn:
     grade: int
     """1–4, from the element's sensitivity (before de-identification: what the column is about)."""
     pattern: str | None = None
-    """The element's regular expression, for a string column released as is (Table Schema ``pattern``)."""
+    """The element's whole-value regular expression (``^…$``), for a string column released as is (Table
+    Schema ``pattern``)."""
     enum: tuple[str, ...] | None = None
     """The element's code list when small (≤ ``ENUM_MAX`` codes) and the column is released as is."""
 
@@ -114,6 +115,12 @@ def open_type(element_type: str, deid: str) -> FrictionlessType:
     return ELEMENT_TYPES[element_type]
 
 
+def _anchored(regex: str | None) -> bool:
+    """A whole-value regex (``^…$``): Table Schema's ``pattern`` must match the entire value, so an element
+    format that only checks a prefix (``^(?:安徽省)?合肥市``) would reject every real value."""
+    return regex is not None and regex.startswith("^") and regex.endswith("$") and not regex.endswith("\\$")
+
+
 def open_columns(contract: CuratedContract, standards: Standards) -> list[OpenColumn]:
     """The columns the open release has (deid != drop), in contract order, typed and titled from their
     data elements."""
@@ -126,6 +133,6 @@ def open_columns(contract: CuratedContract, standards: Standards) -> list[OpenCo
         codes = standards.code_lists[e.code_list].codes if as_is and e.code_list in standards.code_lists else {}
         out.append(OpenColumn(name=col.name, title=e.name_zh, type=kind, element=e.code, unit=e.unit,
                               description=e.definition, deid=deid, grade=SENSITIVITY_GRADE[e.sensitivity],
-                              pattern=e.format if as_is and e.format and e.format.startswith("^") else None,
+                              pattern=e.format if as_is and _anchored(e.format) else None,
                               enum=tuple(codes) if 0 < len(codes) <= ENUM_MAX else None))
     return out
