@@ -1,0 +1,561 @@
+"""``release_open_data``: the nightly open-data release (``publish__open_data``, ``citylake open release``).
+
+For each curated dataset, in turn (one dataset's failure never stops the next):
+1. not released when its open type is 不予开放 (``not_open``) or its current build did not pass the gate
+   (``not_passed``: the build id in ``curated.<ds>``'s snapshot summary has no published/released event in
+   ``meta.batches``); ``unchanged`` when ``latest.json`` already points at a verified folder of the same build
+   made with the same contract and release format (no new folder);
+2. ``curated.<ds>`` streamed at that snapshot (``stream_scan``, dropped columns never read) → de-identified
+   (``pipelines.privacy.deid``) → Parquet, CSV and JSON Lines written in one pass into a staging folder,
+   SHA-256 and rows counted while writing;
+3. the leak gate: every written file read back and scanned (``leak``); a hit blocks the dataset: its staged
+   files are deleted, its pointer stays, ``meta.releases`` says ``blocked`` with the hits masked;
+4. metadata (``datapackage.json``, ``dictionary.csv``, ``changes.json`` against the release the pointer names,
+   ``card.md``/``card.json`` when the contract has a ``card``, then ``manifest.json`` over all of them);
+5. the folder moved into place and verified there (``store``), then ``latest.json`` replaced atomically for
+   this dataset only (``pointer``), then the ``meta.releases`` event.
+Then (``finish_release``) ``open/<date>/catalog.jsonld`` (DCAT-AP 3) over every dataset the pointer names, and
+retention: release-date folders beyond the newest ``settings.open_keep`` are removed, except every folder the
+pointer references.
+
+A run killed at any point leaves every pointer on a complete, verified folder: a folder is complete before
+it is renamed into place, and the pointer moves only after that; what the killed run staged is swept by the
+next run (a dot-named folder the portal never lists).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.errors import CitylakeError
+from pipelines.publish.pointer import POINTER, move_dataset, read_pointer, referenced_folders, set_catalog
+from pipelines.publish.store import Store, open_store
+from pipelines.settings import TZ, Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+RELEASE_FORMAT = 1
+"""Version of what the release writes (layout, formats, metadata): a new version releases every dataset
+again even when its build did not change."""
+PASSED = ("published", "released")
+"""``meta.batches`` statuses of a build that passed the gate."""
+STATUSES = ("released", "unchanged", "blocked", "failed", "not_open", "not_passed")
+
+
+@dataclass
+class DatasetOutcome:
+    """What the release did with one dataset."""
+
+    dataset: str
+    status: str
+    folder: str | None = None
+    """Relative to the exports root (``open/<d>/<ds>/``): the new folder, or the one the pointer keeps."""
+    rows: int = 0
+    build_id: str | None = None
+    reason: str | None = None
+    """Why it was not released (masked)."""
+    leak_counts: dict[str, int] = field(default_factory=dict)
+    leak_hits: list[dict[str, Any]] = field(default_factory=list)
+    """The first hits per file, values masked."""
+    suppressed: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds per step (write, scan, metadata, place, total)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ReleaseResult:
+    release_date: date
+    run_id: str
+    exports: str
+    """Where the release lives (a local folder or ``s3://bucket/prefix/``)."""
+    outcomes: list[DatasetOutcome]
+    catalog: str | None = None
+    """The ``catalog.jsonld`` written (relative), None when nothing was released on this date."""
+    removed: list[str] = field(default_factory=list)
+    """Folders retention removed."""
+
+    @property
+    def folder(self) -> str:
+        """The release-date folder: ``<exports>/open/<d>/``."""
+        base = self.exports if self.exports.endswith("/") else self.exports + "/"
+        return f"{base}open/{self.release_date.isoformat()}/"
+
+    def by_status(self, status: str) -> list[str]:
+        return [o.dataset for o in self.outcomes if o.status == status]
+
+    @property
+    def ok(self) -> bool:
+        """No dataset blocked or failed."""
+        return not any(o.status in ("blocked", "failed") for o in self.outcomes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"release_date": self.release_date.isoformat(), "run_id": self.run_id, "exports": self.exports,
+                "folder": self.folder, "catalog": self.catalog, "removed": self.removed,
+                "datasets": [o.to_dict() for o in self.outcomes]}
+
+
+@dataclass
+class _Run:
+    settings: Settings
+    config: Any
+    store: Store
+    catalog: Any
+    release_date: date
+    run_id: str
+    scratch: Path
+    departments: Any = None
+    scores: dict[str, float | None] | None = None
+    released: dict[str, Any] = field(default_factory=dict)
+    """dataset → DatasetRelease made by this run."""
+
+    @property
+    def day(self) -> str:
+        return self.release_date.isoformat()
+
+    def quality_score(self, dataset: str) -> float | None:
+        if self.scores is None:
+            try:
+                from pipelines.quality.scorecard import latest_scores
+
+                self.scores = latest_scores(self.catalog)
+            except Exception as exc:  # noqa: BLE001 - a score is metadata; its absence must not block a release
+                log.warning("open release: quality scores unavailable (%s); manifests say null", exc)
+                self.scores = {}
+        return self.scores.get(dataset)
+
+
+def today() -> date:
+    return datetime.now(TZ).date()
+
+
+def store_for(settings: Settings) -> Store:
+    """The release store of ``settings.exports`` (local folder or S3 prefix)."""
+    return open_store(settings.exports, s3_endpoint=settings.s3_endpoint,
+                      scratch=settings.lake_dir / "tmp" / "open-stage")
+
+
+def release_open_data(settings: Settings | None = None, *, release_date: date | None = None,
+                      datasets: list[str] | None = None, run_id: str | None = None,
+                      finish: bool = True) -> ReleaseResult:
+    """Release the open curated datasets (all, or ``datasets``) for ``release_date`` (default: today in
+    Asia/Shanghai). ``finish``: also write the date's DCAT catalog and apply retention (the DAG does that in a
+    task of its own after the per-dataset tasks). Never raises for one dataset's failure: see the outcomes."""
+    from pipelines.config import load_all
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.meta import new_run_id
+
+    settings = settings or load_settings()
+    config = load_all(settings)
+    names = sorted(config.curated) if datasets is None else list(dict.fromkeys(datasets))
+    unknown = [n for n in names if n not in config.curated]
+    if unknown:
+        raise CitylakeError(f"open release: no curated contract {', '.join(unknown)} (known: "
+                            f"{', '.join(sorted(config.curated))}; schemas/curated/)")
+    store = store_for(settings)
+    run = _Run(settings, config, store, get_catalog(settings), release_date or today(), run_id or new_run_id("open"),
+               Path())
+    outcomes = []
+    with store.lock(), tempfile.TemporaryDirectory(prefix="citylake-open-") as scratch:
+        run.scratch = Path(scratch)
+        store.sweep()
+        for name in names:
+            outcome = _release_one(run, config.curated[name])
+            _record(run, outcome)
+            outcomes.append(outcome)
+            log.info("open release %s %s: %s %s", run.day, name, outcome.status, outcome.reason or "")
+        result = ReleaseResult(run.release_date, run.run_id, store.location, outcomes)
+        if finish:
+            result.catalog, result.removed = _finish(run)
+    return result
+
+
+def finish_release(settings: Settings | None = None, *, release_date: date | None = None) -> tuple[str | None, list[str]]:
+    """The date's ``catalog.jsonld`` over every dataset the pointer names, and retention; returns (catalog path
+    relative to the exports root or None, folders removed). The DAG's last task."""
+    from pipelines.config import load_all
+    from pipelines.lake.catalog import get_catalog
+
+    settings = settings or load_settings()
+    store = store_for(settings)
+    run = _Run(settings, load_all(settings), store, get_catalog(settings), release_date or today(), "", Path())
+    with store.lock(), tempfile.TemporaryDirectory(prefix="citylake-open-") as scratch:
+        run.scratch = Path(scratch)
+        return _finish(run)
+
+
+# --- one dataset -------------------------------------------------------------------------------------
+
+
+def fingerprint(contract: Any) -> str:
+    """What besides the build decides a release folder's content: the curated contract (columns, de-
+    identification, metadata) and the release format. 16 hex of SHA-256."""
+    text = json.dumps({"format": RELEASE_FORMAT, "contract": contract.model_dump(mode="json")},
+                      ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def current_build(catalog: Any, contract: Any) -> tuple[Any, Any, str | None, str | None]:
+    """(table, snapshot, build id, why not releasable) of ``curated.<ds>``: its current snapshot's build must
+    have a published or released ``meta.batches`` event (the gate's verdict on that build)."""
+    from pipelines.lake.meta import batch_status
+    from pipelines.lake.raw import open_table, summary_value
+
+    table = open_table(catalog, contract.table)
+    snap = table.current_snapshot() if table is not None else None
+    if snap is None:
+        return table, None, None, f"{contract.table} 尚未构建 (not built yet: citylake curate {contract.dataset})"
+    build_id = summary_value(snap, "citylake.build-id")
+    if build_id is None:
+        return table, snap, None, f"{contract.table}: 当前快照没有构建号 (snapshot {snap.snapshot_id} has no build id)"
+    event = batch_status(catalog, contract.dataset).get(build_id)
+    status = event["status"] if event else None
+    if status not in PASSED:
+        return table, snap, build_id, (f"构建 {build_id} 未通过质量检查 (gate status {status or 'none recorded'})")
+    return table, snap, build_id, None
+
+
+def _release_one(run: _Run, contract: Any) -> DatasetOutcome:
+    ds = contract.dataset
+    started = time.perf_counter()
+    if contract.open.type == "不予开放":
+        return DatasetOutcome(ds, "not_open", reason=f"开放类型为不予开放 ({contract.where('open', 'type')})")
+    stage: Path | None = None
+    outcome = DatasetOutcome(ds, "failed")
+    try:
+        table, snap, build_id, why = current_build(run.catalog, contract)
+        outcome.build_id = build_id
+        pointer = read_pointer(run.store)
+        entry = pointer["datasets"].get(ds)
+        outcome.folder = entry.get("path") if entry else None
+        if why is not None or build_id is None:
+            outcome.status, outcome.reason = "not_passed", why
+            return outcome
+        fp = fingerprint(contract)
+        if entry and entry.get("build_id") == build_id and entry.get("fingerprint") == fp \
+                and run.store.exists(f"{entry['path']}manifest.json"):
+            outcome.status, outcome.rows = "unchanged", int(entry.get("rows") or 0)
+            outcome.reason = f"构建 {build_id} 已于 {entry.get('release_date')} 发布"
+            return outcome
+        stage = run.store.stage(run.day, ds)
+        release, hits = _build_folder(run, contract, table, snap, build_id, fp, entry, stage, outcome)
+        if hits:
+            outcome.status = "blocked"
+            outcome.reason = (f"泄露检查发现个人信息 {sum(outcome.leak_counts.values())} 处 "
+                              f"({', '.join(f'{k} {n}' for k, n in sorted(outcome.leak_counts.items()))})；"
+                              "本次不发布，指针保持上一版本")
+            return outcome
+        folder = f"open/{run.day}/{ds}/"
+        t0 = time.perf_counter()
+        run.store.place(stage, folder, {f.name: (f.bytes, f.sha256) for f in release.files})
+        stage = None
+        outcome.seconds["place"] = round(time.perf_counter() - t0, 3)
+        manifest_sha = next(f.sha256 for f in release.files if f.name == "manifest.json")
+        move_dataset(run.store, ds, {"release_date": run.day, "path": folder, "manifest": manifest_sha,
+                                     "rows": release.rows, "build_id": build_id, "fingerprint": fp})
+        run.released[ds] = release
+        outcome.status, outcome.folder, outcome.rows = "released", folder, release.rows
+        return outcome
+    except Exception as exc:  # noqa: BLE001 - one dataset's failure must not stop the others
+        from pipelines.privacy.mask import mask_message
+
+        log.exception("open release %s: failed", ds)
+        outcome.status = "failed"
+        outcome.reason = mask_message(f"{type(exc).__name__}: {exc}")
+        return outcome
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        outcome.seconds["total"] = round(time.perf_counter() - started, 3)
+
+
+class _Coverage:
+    """Temporal and spatial coverage of the released rows, gathered batch by batch."""
+
+    def __init__(self, schema: pa.Schema, division_columns: list[str]) -> None:
+        self.dates = [f.name for f in schema if pa.types.is_date(f.type) or pa.types.is_timestamp(f.type)]
+        self.divisions = [c for c in division_columns if c in schema.names and pa.types.is_string(schema.field(c).type)]
+        self.low: Any = None
+        self.high: Any = None
+        self.codes: set[str] = set()
+
+    def __call__(self, batch: pa.RecordBatch) -> None:
+        for name in self.dates:
+            col = batch.column(name)
+            if pa.types.is_timestamp(col.type):  # the Asia/Shanghai calendar day of an instant
+                if col.type.tz:
+                    col = pc.local_timestamp(col.cast(pa.timestamp("us", tz="Asia/Shanghai")))
+                col = col.cast(pa.timestamp("us")).cast(pa.date32())
+            mm = pc.min_max(col)
+            lo, hi = mm["min"].as_py(), mm["max"].as_py()
+            if lo is not None:
+                self.low = lo if self.low is None else min(self.low, lo)
+                self.high = hi if self.high is None else max(self.high, hi)
+        for name in self.divisions:
+            self.codes.update(v for v in pc.unique(batch.column(name)).to_pylist() if v)
+
+    @property
+    def temporal(self) -> tuple[date, date] | None:
+        return (self.low, self.high) if self.low is not None else None
+
+
+def _normalized(schema: pa.Schema) -> pa.Schema:
+    from pipelines.lake.raw import normalize_type
+
+    return pa.schema([pa.field(f.name, normalize_type(f.type)) for f in schema])
+
+
+def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str, fp: str,
+                  entry: dict[str, Any] | None, stage: Path, outcome: DatasetOutcome) -> tuple[Any, bool]:
+    """Write, scan and describe one dataset's folder in ``stage``; (DatasetRelease, blocked)."""
+    from pipelines.lake.raw import stream_scan, summary_value
+    from pipelines.privacy.deid import Deidentifier
+    from pipelines.publish import leak
+    from pipelines.publish.writers import write_formats
+
+    standards = run.config.standards
+    ds = contract.dataset
+    deid = Deidentifier.for_contract(contract, standards)
+    t0 = time.perf_counter()
+    reader = stream_scan(table.scan(snapshot_id=snap.snapshot_id, selected_fields=tuple(deid.read_columns)))
+    source = _normalized(reader.schema)
+    schema = deid.output_schema(source)
+    elements = {c.name: standards.element(c.element) for c in contract.columns}
+    divisions = [c.name for c in contract.columns if elements[c.name].code_list == "division"
+                 and c.deid in ("keep", "suppress")]
+    coverage = _Coverage(schema, divisions)
+
+    def batches() -> Any:
+        for batch in reader:
+            yield deid.apply(batch.cast(source) if batch.schema != source else batch)
+
+    written = write_formats(batches(), schema, stage, ds, observe=coverage)
+    outcome.suppressed = {k: v for k, v in deid.suppressed.items() if v}
+    outcome.seconds["write"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    inputs = {str(k): int(v) for k, v in json.loads(summary_value(snap, "citylake.inputs") or "{}").items()}
+    scans = leak.scan_files([(w.path, w.format) for w in written], leak.scan_columns(schema, elements),
+                            exempt=_snapshot_ids(run.catalog, inputs))
+    outcome.seconds["scan"] = round(time.perf_counter() - t0, 3)
+    rows = written[0].rows
+    short = [f"{s.file} 读回 {s.rows} 行" for s in scans if s.rows != rows]
+    if short:
+        raise CitylakeError(f"{ds}: written {rows} rows, but {'; '.join(short)}")
+    outcome.rows = rows
+    outcome.leak_counts = {}
+    for s in scans:
+        for kind, n in s.counts.items():
+            outcome.leak_counts[kind] = outcome.leak_counts.get(kind, 0) + n
+    outcome.leak_hits = [h.to_dict() for s in scans for h in s.hits]
+    if outcome.leak_counts:
+        return None, True
+    t0 = time.perf_counter()
+    release = _describe(run, contract, written, rows, build_id, inputs, coverage, fp, entry, stage, outcome)
+    outcome.seconds["metadata"] = round(time.perf_counter() - t0, 3)
+    return release, False
+
+
+def _snapshot_ids(catalog: Any, inputs: dict[str, int]) -> frozenset[str]:
+    """Every snapshot id of the build's input tables: ``field_provenance`` quotes them (``"snapshot": …``), and
+    a random 63-bit id looks like a bank card (issuer prefix + Luhn) about one time in 35. They are the lake's
+    own bookkeeping, exempt from the leak gate as exact tokens."""
+    from pipelines.lake.raw import open_table
+
+    ids = {str(v) for v in inputs.values()}
+    for identifier in inputs:
+        table = open_table(catalog, identifier)
+        if table is not None:
+            ids.update(str(s.snapshot_id) for s in table.metadata.snapshots)
+    return frozenset(ids)
+
+
+def _latest_input_time(catalog: Any, inputs: dict[str, int]) -> datetime | None:
+    """When the newest input snapshot the build read was committed (the data cut-off when the released
+    columns hold no dates)."""
+    from pipelines.lake.raw import open_table
+
+    times = []
+    for identifier, snapshot_id in inputs.items():
+        table = open_table(catalog, identifier)
+        snap = table.snapshot_by_id(snapshot_id) if table is not None else None
+        if snap is not None:
+            times.append(snap.timestamp_ms)
+    return datetime.fromtimestamp(max(times) / 1000, TZ) if times else None
+
+
+def _previous(run: _Run, entry: dict[str, Any] | None) -> str | None:
+    """The folder this release's change summary compares with: the pointer's folder, or for a same-day rerun
+    the release that folder itself was compared with (today's folder is being replaced)."""
+    if not entry or not entry.get("path"):
+        return None
+    if entry.get("release_date") != run.day:
+        return str(entry["path"])
+    data = run.store.read_bytes(f"{entry['path']}manifest.json")
+    try:
+        previous = json.loads(data or b"{}").get("changes", {}).get("previous")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return previous if previous and run.store.exists(f"{previous}manifest.json") else None
+
+
+def _describe(run: _Run, contract: Any, written: list[Any], rows: int, build_id: str, inputs: dict[str, int],
+              coverage: _Coverage, fp: str, entry: dict[str, Any] | None, stage: Path,
+              outcome: DatasetOutcome) -> Any:
+    """The DatasetRelease and its metadata files in ``stage`` (C2's writers), manifest last."""
+    from pipelines.departments import department_name, load_departments
+    from pipelines.publish.card import card
+    from pipelines.publish.datapackage import datapackage, schema_version
+    from pipelines.publish.dictionary import dictionary_csv
+    from pipelines.publish.diff import change_summary
+    from pipelines.publish.manifest import manifest
+    from pipelines.publish.model import DatasetRelease, FileInfo, open_columns
+
+    ds = contract.dataset
+    if run.departments is None:
+        run.departments = load_departments(run.settings)
+    previous = _previous(run, entry)
+    old = run.store.local_copy(f"{previous}{ds}.parquet", run.scratch) if previous else None
+    changes = change_summary(stage / f"{ds}.parquet", old, list(contract.primary_key),
+                             temp_dir=run.scratch)
+    changes["previous"] = previous if old is not None else None
+    if old is not None and old.parent == run.scratch:
+        old.unlink(missing_ok=True)
+    latest = datetime.combine(coverage.high, datetime.min.time(), TZ) if coverage.high is not None else None
+    release = DatasetRelease(
+        dataset=ds, contract=contract, columns=open_columns(contract, run.config.standards),
+        release_date=run.release_date, folder=f"open/{run.day}/{ds}/",
+        files=[FileInfo(w.name, w.media_type, w.format, w.bytes, w.sha256, w.rows) for w in written],
+        rows=rows, build_id=build_id, inputs=inputs,
+        latest_event_time=latest or _latest_input_time(run.catalog, inputs),
+        temporal=coverage.temporal, spatial=sorted(coverage.codes), quality_score=run.quality_score(ds),
+        changes=changes, publisher=(contract.owner, department_name(run.departments, contract.owner)),
+        extra={"created_at": datetime.now(TZ), "run_id": run.run_id, "fingerprint": fp,
+               "suppressed": outcome.suppressed})
+
+    def add(name: str, data: bytes, media_type: str, fmt: str) -> None:
+        (stage / name).write_bytes(data)
+        release.files.append(FileInfo(name, media_type, fmt, len(data), hashlib.sha256(data).hexdigest(), None))
+
+    add("datapackage.json", _json(datapackage(release)), "application/json", "json")
+    add("dictionary.csv", dictionary_csv(release), "text/csv", "csv")
+    add("changes.json", _json(changes), "application/json", "json")
+    if contract.card is not None:
+        md, data = card(release, run.config)
+        add("card.md", md.encode("utf-8"), "text/markdown", "md")
+        add("card.json", _json(data), "application/json", "json")
+    add("manifest.json", _json(manifest(release, schema_version(release))), "application/json", "json")
+    return release
+
+
+def _json(data: Any) -> bytes:
+    return (json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n").encode("utf-8")
+
+
+def _record(run: _Run, outcome: DatasetOutcome) -> None:
+    """The ``meta.releases`` event of one dataset (reason and hits are masked already)."""
+    from pipelines.lake.meta import append_log
+
+    append_log(run.catalog, "meta.releases", [{
+        "release_date": run.day, "dataset": outcome.dataset, "status": outcome.status, "folder": outcome.folder,
+        "rows": outcome.rows, "build_id": outcome.build_id, "reason": outcome.reason,
+        "leak_hits": json.dumps(outcome.leak_hits, ensure_ascii=False) if outcome.leak_hits else None,
+        "run_id": run.run_id}])
+
+
+# --- catalog and retention ---------------------------------------------------------------------------
+
+
+def _from_manifest(run: _Run, dataset: str, entry: dict[str, Any]) -> Any:
+    """A DatasetRelease rebuilt from the folder the pointer names (its manifest.json), for the catalog of a
+    date on which this dataset was not released again."""
+    from pipelines.publish.model import DatasetRelease, FileInfo, open_columns
+
+    contract = run.config.curated.get(dataset)
+    data = run.store.read_bytes(f"{entry['path']}manifest.json")
+    if contract is None or data is None:
+        return None
+    m = json.loads(data)
+    cutoff = m.get("cutoff") or {}
+    coverage = m.get("coverage") or {}
+    temporal = coverage.get("temporal")
+    latest = cutoff.get("latest_event_time")
+    return DatasetRelease(
+        dataset=dataset, contract=contract, columns=open_columns(contract, run.config.standards),
+        release_date=date.fromisoformat(m["release_date"]), folder=str(entry["path"]),
+        files=[FileInfo(f["name"], f["media_type"], f["format"], int(f["bytes"]), f["sha256"], f.get("rows"))
+               for f in m.get("files", [])],
+        rows=int(m.get("rows") or 0), build_id=str(m.get("build_id") or ""),
+        inputs={k: int(v) for k, v in (cutoff.get("inputs") or {}).items()},
+        latest_event_time=datetime.fromisoformat(latest) if latest else None,
+        temporal=(date.fromisoformat(temporal[0]), date.fromisoformat(temporal[1])) if temporal else None,
+        spatial=list(coverage.get("spatial") or []), quality_score=m.get("quality_score"),
+        changes=m.get("changes") or {},
+        publisher=((m.get("publisher") or {}).get("code", contract.owner),
+                   (m.get("publisher") or {}).get("name", contract.owner)))
+
+
+def _finish(run: _Run) -> tuple[str | None, list[str]]:
+    catalog = _write_catalog(run)
+    return catalog, _retention(run)
+
+
+def _write_catalog(run: _Run) -> str | None:
+    """``open/<d>/catalog.jsonld`` when something was released on this date (now or earlier the same day)."""
+    from pipelines.publish.dcat import dcat_catalog, division_names, open_base_url
+
+    if not run.store.folders(run.day):
+        return None
+    pointer = read_pointer(run.store)
+    releases = []
+    for ds, entry in sorted(pointer["datasets"].items()):
+        release = run.released.get(ds) or _from_manifest(run, ds, entry)
+        if release is None:
+            log.warning("open release: %s is in %s but has no contract or manifest; left out of the catalog",
+                        ds, POINTER)
+            continue
+        releases.append(release)
+    if run.departments is None:
+        from pipelines.departments import load_departments
+
+        run.departments = load_departments(run.settings)
+    doc = dcat_catalog(releases, run.release_date, open_base_url(run.settings),
+                       names=division_names(run.settings.root), departments=run.departments)
+    rel = f"open/{run.day}/catalog.jsonld"
+    run.store.write_atomic(rel, _json(doc))
+    set_catalog(run.store, rel)
+    return rel
+
+
+def _retention(run: _Run) -> list[str]:
+    """Remove release-date folders beyond the newest ``open_keep``, keeping every folder the pointer names
+    (and the date folder of the pointer's catalog)."""
+    pointer = read_pointer(run.store)
+    referenced = referenced_folders(pointer)
+    catalog_day = str(pointer.get("catalog", "")).split("/")[1:2]
+    dates = run.store.release_dates()
+    removed = []
+    for day in dates[:-run.settings.open_keep] if len(dates) > run.settings.open_keep else []:
+        kept = [ds for ds in run.store.folders(day) if f"open/{day}/{ds}" in referenced]
+        if not kept and day not in catalog_day:
+            run.store.delete(f"open/{day}/")
+            removed.append(f"open/{day}/")
+            continue
+        for ds in run.store.folders(day):
+            if f"open/{day}/{ds}" not in referenced:
+                run.store.delete(f"open/{day}/{ds}/")
+                removed.append(f"open/{day}/{ds}/")
+    return removed
