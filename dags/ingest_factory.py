@@ -135,8 +135,10 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
 
         datasets = DATASETS_BY_SYSTEM.get(system.system, [])
         if datasets:
+            std_alias = AssetAlias(f"std__{system.system}")
+
             # Write-audit-publish after raw landed; a table whose load failed simply has no new batch.
-            @task(trigger_rule="all_done", map_index_template="{{ task.op_kwargs['dataset'] }}")
+            @task(trigger_rule="all_done", outlets=[std_alias], map_index_template="{{ task.op_kwargs['dataset'] }}")
             def publish_std(dataset: str, **context: object) -> dict:
                 from airflow.sdk.exceptions import AirflowFailException
 
@@ -146,14 +148,22 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
                 # The run id is the dag run's and this mapped task's (its dataset): a retry or a cleared task
                 # reuses it, so the gate replaces that run's meta rows instead of adding them again.
                 try:
-                    return run_quality(dataset, reference_date=end.astimezone(TZ).date(),  # type: ignore[attr-defined]
-                                       run_id=f"{context['dag_run'].run_id}__{dataset}").to_dict()  # type: ignore[attr-defined]
+                    result = run_quality(dataset, reference_date=end.astimezone(TZ).date(),  # type: ignore[attr-defined]
+                                         run_id=f"{context['dag_run'].run_id}__{dataset}")  # type: ignore[attr-defined]
                 except QualityGateError as exc:
                     from pipelines.alerts import alert_held
 
                     alert_held(exc, context=context)  # never raises: the hold stands whether mail got through
                     # A held batch is a data verdict: retrying re-reads the same rows, so fail at once.
                     raise AirflowFailException(str(exc)) from exc
+                # Only a publish emits std's Asset (the curate__<domain> DAGs are scheduled on it): nothing_new
+                # changed nothing they could read.
+                if result.status in ("published", "released"):
+                    context["outlet_events"][std_alias].add(  # type: ignore[index]
+                        table_asset(f"std.{dataset}"),
+                        extra={"snapshot_id": result.std_snapshot, "rows": result.published,
+                               "batches": result.batches})
+                return result.to_dict()
 
             after_loads >> publish_std.expand(dataset=datasets)
 

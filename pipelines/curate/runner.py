@@ -134,8 +134,9 @@ def input_snapshots(catalog: Any, contract: CuratedContract) -> dict[str, int]:
     for identifier in contract.inputs:
         table = open_table(catalog, identifier)
         if table is None:
-            raise CitylakeError(f"curated.{contract.dataset}: input {identifier} is not in the lake yet (its ingest "
-                                "and quality run publish it); nothing was built")
+            by = "its curate build" if identifier.startswith("curated.") else "its ingest and quality run"
+            raise CitylakeError(f"curated.{contract.dataset}: input {identifier} is not in the lake yet ({by} "
+                                "publishes it); nothing was built")
         snap = table.current_snapshot()
         out[identifier] = snap.snapshot_id if snap is not None else 0
     return out
@@ -467,14 +468,13 @@ def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str
         try:
             prepare(con, catalog, settings, contract, snapshots, config)
             try:
-                relation = con.sql(sql)
-                _check_columns(contract, list(relation.columns))
+                _check_columns(contract, list(con.sql(sql).columns))
                 reader = con.sql(_wrapped(sql, keys)).to_arrow_reader(CHUNK_ROWS)
-            except ConfigError:
+                staged, extras = _stage(reader, contract, schema, rules, build_id, tmp / "staged.parquet")
+            except CitylakeError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - DuckDB's binder/parser errors name the model's problem
+            except Exception as exc:  # DuckDB's binder and runtime errors say what in the model is wrong
                 raise CitylakeError(f"{contract.model_path}: {type(exc).__name__}: {mask_message(exc)}") from None
-            staged, extras = _stage(reader, contract, schema, rules, build_id, tmp / "staged.parquet")
         finally:
             con.close()
         release_memory()
@@ -521,25 +521,3 @@ def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str
                                     "quarantined": split.quarantined, "held": 0}}
     record_batches(catalog, contract, gate, result.snapshot_id)
     return result
-
-
-# --- order ------------------------------------------------------------------------------------------
-
-
-def build_order(curated: dict[str, Any]) -> list[str]:
-    """Curated datasets in input-dependency order (a dataset after the curated datasets it reads), ties by name.
-    Works on contracts or on plain dicts with ``inputs`` (the DAG file reads plain YAML)."""
-    def inputs(c: Any) -> list[str]:
-        return list(c["inputs"] if isinstance(c, dict) else c.inputs)
-
-    done: list[str] = []
-    pending = sorted(curated)
-    while pending:
-        ready = [d for d in pending
-                 if all(i.partition(".")[2] in done or i.partition(".")[2] not in curated
-                        for i in inputs(curated[d]) if i.startswith("curated."))]
-        if not ready:
-            raise ConfigError(f"curated inputs form a cycle among: {', '.join(pending)}")
-        done += ready
-        pending = [d for d in pending if d not in ready]
-    return done
