@@ -146,6 +146,50 @@ def ingest(system: Annotated[str, typer.Argument(help="System code, e.g. populat
 
 
 @app.command()
+def curate(dataset: Annotated[str, typer.Argument(help="Curated dataset code, or 'all' (in input order).")],
+           run_id: Annotated[str | None, typer.Option(help="Run again as this run id, replacing what it recorded "
+                                                           "(default: a new run id).")] = None,
+           reference_date: Annotated[str | None, typer.Option(help="The run's today (default: today).")] = None,
+           ) -> None:
+    """Build curated datasets from their inputs' current snapshots through the quality gate (what curate__<domain> runs).
+
+    Exit code 1 when a build was held or failed (the others still build).
+    """
+    from pipelines.curate.plan import build_order, curated_specs
+    from pipelines.curate.runner import build_curated
+    from pipelines.lake.meta import new_run_id
+    from pipelines.quality.gate import QualityGateError
+
+    settings = load_settings()
+    ref = date.fromisoformat(reference_date) if reference_date else None
+    if dataset == "all":
+        specs = curated_specs(settings.root / "schemas" / "curated")
+        names = build_order({d: s["inputs"] for d, s in specs.items()})
+    else:
+        names = [dataset]
+    run_id = run_id or new_run_id()
+    t = Table("dataset", "status", "build", "rows", "quarantined", "snapshot", title=f"curate (run {run_id})")
+    failed = False
+    for name in names:
+        try:
+            r = build_curated(name, settings=settings, run_id=run_id, reference_date=ref)
+            t.add_row(name, r.status, r.build_id, f"{r.rows:,}", f"{r.quarantined:,}", str(r.snapshot_id or ""))
+        except QualityGateError as exc:
+            failed = True
+            t.add_row(name, "held", "", "", "", "")
+            err.print(f"[bold red]held:[/] {exc}", highlight=False, soft_wrap=True)
+        except CitylakeError as exc:
+            if dataset != "all":
+                fail(str(exc))
+            failed = True
+            t.add_row(name, "failed", "", "", "", "")
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    _print_wide(t, 6)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(scale: Annotated[float, typer.Option(help="Size of the synthetic city.")] = 1.0) -> None:
     """Seed the city and run every ingest DAG through real Airflow; print a summary."""
     from pipelines.demo import run_demo
