@@ -432,6 +432,30 @@ def _replace(catalog: Any, contract: CuratedContract, good: Path, schema: pa.Sch
 # --- the build --------------------------------------------------------------------------------------
 
 
+def model_rows(dataset: str, *, settings: Settings | None = None) -> pa.Table:
+    """What the model produces from its inputs' current snapshots, conformed to the contract and ordered by the
+    primary key as a build stages it, with no rule evaluated and nothing written (tests; looking at a model).
+    In memory: for small inputs."""
+    from pipelines.config import load_all
+
+    settings = settings or load_settings()
+    config = load_all(settings)
+    contract = config.curated[dataset]
+    catalog = get_catalog(settings)
+    snapshots = input_snapshots(catalog, contract)
+    sql = model_sql(contract)
+    schema = target_schema(contract, config.standards)
+    with tempfile.TemporaryDirectory(prefix=f"citylake-model-{dataset}-") as tmp_name:
+        con = _connect(Path(tmp_name))
+        try:
+            prepare(con, catalog, settings, contract, snapshots, config)
+            _check_columns(contract, list(con.sql(sql).columns))
+            produced = con.sql(_wrapped(sql, contract.primary_key)).to_arrow_table()
+        finally:
+            con.close()
+    return _conform(produced, schema, contract)
+
+
 def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str | None = None,
                   reference_date: date | None = None) -> CurateResult:
     """Build ``curated.<dataset>`` from its inputs' current snapshots through the write-audit-publish gate
