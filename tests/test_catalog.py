@@ -132,9 +132,10 @@ def test_catalog_lists_every_raw_and_std_table(lake: Settings) -> None:
     expected = sum(1 - failed / evaluated for evaluated, failed in by_dimension.values()) / len(by_dimension)
     assert person.quality_score == pytest.approx(expected) and person.quality_score < 1.0
     assert person.registration is None and person.registration_status == "未登记"
-    steps = [s["step"] for s in person.lineage]
-    assert steps == ["source", "raw", "std"]
-    source, raw_step, std_step = person.lineage
+    steps = [(s["step"], s["identifier"]) for s in person.lineage]
+    # then the curated dataset built from it (golden_resident is 不予开放: no release after it)
+    assert [s for s, _ in steps] == ["source", "raw", "std", "curated"] and steps[3][1] == "curated.golden_resident"
+    source, raw_step, std_step, _ = person.lineage
     assert source["connection"] == "src_population" and source["system_name"] == "人口基础信息系统"
     assert "://" not in json.dumps(person.to_dict(), ensure_ascii=False)  # connection id, never a URL
     raw_snaps = {s.snapshot_id for s in catalog.load_table("raw.population__person").metadata.snapshots}
@@ -312,3 +313,73 @@ def test_a_std_tables_last_update_is_its_last_publish_not_a_maintenance_commit()
     assert (here.snapshot_id, here.at, here.rows) == (1, "2023-11-14T22:13:20Z", 5)
     raw = _lake_table(None, "raw.population__person", {"raw.population__person": table})
     assert raw.snapshot_id == 2  # a raw table's version is its current snapshot
+
+
+def test_curated_datasets_are_entries_with_grades_deid_lineage_and_their_release(lake: Settings, tmp_path: Path) -> None:
+    """Every curated contract is an entry (built or not): catalog fields, each column's grade from its
+    element's sensitivity and what the open release does to it; a built and released one has rows, lineage
+    from its input at the snapshot the build read to the release folder latest.json names, and the std
+    table's lineage continues through it."""
+    from pipelines.catalog.requests import add_request
+    from pipelines.config import load_all
+    from pipelines.curate.runner import build_curated
+    from pipelines.publish.release import release_open_data
+
+    curated = load_all(lake).curated
+    entries = build_catalog(lake)
+    by_id = {e.identifier: e for e in entries}
+    assert {f"curated.{d}" for d in curated} <= set(by_id)
+    legal = by_id["curated.golden_legal_person"]
+    contract = curated["golden_legal_person"]
+    assert (legal.layer, legal.status, legal.dataset, legal.rows) == ("curated", CATALOGUED, "golden_legal_person", None)
+    assert legal.resource_code == contract.resource_code and legal.provider == {"code": contract.owner, "name": "合肥市市场监督管理局"}
+    assert legal.grade == {"level": contract.classification.level, "grade": contract.classification.grade}
+    assert legal.open is not None and legal.open["type"] == "有条件开放" and legal.open["met_by"] and legal.open["k"] >= 5
+    items = {i["name"]: i for i in legal.items}
+    assert [i["name"] for i in legal.items] == [c.name for c in contract.columns]
+    assert (items["legal_representative"]["grade"], items["legal_representative"]["deid"],
+            items["legal_representative"]["opened"]) == (3, "drop", False)
+    assert (items["uscc"]["grade"], items["uscc"]["opened"], items["uscc"]["deid_label"]) == (1, True, "原样开放")
+    assert [(s["step"], s["identifier"]) for s in legal.lineage] == [
+        ("std", "std.enterprise"), ("std", "std.credit_record"), ("curated", "curated.golden_legal_person")]
+    resident = by_id["curated.golden_resident"]
+    assert resident.open["type"] == "不予开放" and not any(i["opened"] for i in resident.items)  # type: ignore[index]
+    assert max(i["grade"] for i in resident.items) == 4 == resident.grade["grade"]  # type: ignore[index]
+
+    built = build_curated("enterprise_registrations_monthly", settings=lake, reference_date=REF)
+    assert built.status == "published" and built.rows > 0
+    released = release_open_data(lake, release_date=date(2026, 11, 21), datasets=["enterprise_registrations_monthly"])
+    assert [o.status for o in released.outcomes] == ["released"]
+    add_request(lake, title="企业登记月度统计", requester="李娜", purpose="创业分析", contact="13800138000",
+                dataset="enterprise_registrations_monthly")
+    entries = build_catalog(lake)
+    monthly = find_entry(entries, "enterprise_registrations_monthly")
+    assert monthly is not None and monthly.layer == "curated" and monthly.rows == built.rows
+    table = get_catalog(lake).load_table("curated.enterprise_registrations_monthly")
+    assert monthly.last_updated is not None and monthly.quality_score is not None
+    folder = "open/2026-11-21/enterprise_registrations_monthly/"
+    assert monthly.release is not None and monthly.release["path"] == folder
+    steps = [(s["step"], s["identifier"], s["snapshot_id"]) for s in monthly.lineage]
+    assert steps == [("std", "std.enterprise", built.inputs["std.enterprise"]),
+                     ("curated", "curated.enterprise_registrations_monthly", table.current_snapshot().snapshot_id),
+                     ("export", folder, None)]
+    assert monthly.lineage[0]["at"] is not None  # the input snapshot's time
+    assert [(q["contact"], q["requester"]) for q in monthly.requests] == [("138****8000", "李*")]
+    enterprise = find_entry(entries, "enterprise")
+    assert enterprise is not None
+    downstream = [s["identifier"] for s in enterprise.lineage if s["step"] in ("curated", "export")]
+    at = downstream.index("curated.enterprise_registrations_monthly")
+    assert downstream[at + 1] == folder and "curated.golden_legal_person" in downstream  # std → curated → release
+    json_path, csv_path = write_catalog(entries, tmp_path / "out")
+    assert "13800138000" not in json_path.read_text(encoding="utf-8") and "李娜" not in json_path.read_text(encoding="utf-8")
+    with csv_path.open(encoding="utf-8-sig", newline="") as f:
+        body = {r["标识"]: r for r in csv.DictReader(f)}
+    assert body["curated.enterprise_registrations_monthly"]["当前开放版本"] == folder
+    assert body["curated.enterprise_registrations_monthly"]["开放需求"].endswith("（已受理）")
+
+    from pipelines.cli import app
+
+    shown = CliRunner().invoke(app, ["catalog", "show", "enterprise_registrations_monthly"])
+    assert shown.exit_code == 0, shown.output
+    assert folder in shown.stdout and "138****8000" in shown.stdout and "13800138000" not in shown.stdout
+    assert "小数抑制" in shown.stdout  # registrations: deid suppress

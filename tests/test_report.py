@@ -605,3 +605,93 @@ def test_catalog_page_shows_registration_status_and_every_override(city_site: tu
     assert shown == expected
     # 提供方 is the contract's provider (合肥市公安局 for person), not the source system's department
     assert 'data-department="合肥市公安局"' in rows["std.person"]
+
+
+def test_open_page_shows_each_release_status_and_a_blocked_datasets_masked_hits(empty_lake: Settings, tmp_path: Path) -> None:
+    """meta.releases rows as the release writes them (one older release, then one of every status), the
+    pointer file, a request: open.html shows each curated dataset's latest event, the blocked dataset's hits
+    masked even when the writer left a value in clear, the overview an alert and the block first among the
+    five to act on; a report for the earlier day shows that day's release only."""
+    import pyarrow as pa
+
+    from pipelines.catalog.requests import add_request
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.meta import RELEASES
+    from pipelines.lake.tables import append
+    from pipelines.report import build_site
+
+    resident_id, mobile = "340104199003071234", "13912345678"
+    hits = [{"file": "golden_legal_person.csv", "column": "enterprise_name", "row": 7, "kind": "resident_id",
+             "value": resident_id},  # in clear: the page masks it whatever the writer did
+            {"file": "golden_legal_person.jsonl", "column": "enterprise_name", "row": 7, "kind": "mobile",
+             "value": "139****5678"}]
+
+    def event(day: int, dataset: str, status: str, **extra: object) -> dict[str, object]:
+        return {"release_date": f"2026-11-{day}", "dataset": dataset, "status": status, "folder": None, "rows": None,
+                "build_id": None, "reason": None, "leak_hits": None, "run_id": f"open-{day}",
+                "recorded_at": datetime(2026, 11, day, 6, 30, tzinfo=TZ), **extra}
+
+    rows = [event(20, "air_quality_daily", "released", folder="open/2026-11-20/air_quality_daily/", rows=300),
+            event(21, "air_quality_daily", "unchanged", folder="open/2026-11-20/air_quality_daily/", rows=300),
+            event(21, "enterprise_registrations_monthly", "released", rows=40,
+                  folder="open/2026-11-21/enterprise_registrations_monthly/"),
+            event(21, "golden_legal_person", "blocked", rows=50, reason="泄露检查命中 2 处", leak_hits=json.dumps(hits)),
+            event(21, "bus_ridership_daily", "failed", reason="上传校验失败：'张伟' 13912345678"),
+            event(21, "golden_resident", "not_open", reason="不予开放"),
+            event(21, "poi_wgs84", "not_passed", reason="最近一次构建被暂扣")]
+    catalog = get_catalog(empty_lake)
+    append(catalog, "meta.releases", pa.Table.from_pylist(rows, schema=RELEASES))
+    pointer = Path(empty_lake.exports) / "open" / "latest.json"
+    pointer.parent.mkdir(parents=True)
+    pointer.write_text(json.dumps({"updated_at": "2026-11-21T06:31:00+08:00", "datasets": {
+        "air_quality_daily": {"release_date": "2026-11-20", "path": "open/2026-11-20/air_quality_daily/", "manifest": "a"},
+        "enterprise_registrations_monthly": {"release_date": "2026-11-21", "manifest": "b",
+                                             "path": "open/2026-11-21/enterprise_registrations_monthly/"}}}),
+                       encoding="utf-8")
+    add_request(empty_lake, title="空气质量日数据", requester="张伟", purpose="研究", contact=mobile,
+                dataset="air_quality_daily", received_at="2026-11-19")
+
+    root = build_site(empty_lake, out_dir=tmp_path / "site").parent  # today: the request was recorded now
+    html = (root / "open.html").read_text(encoding="utf-8")
+    status = dict(re.findall(r'<tr data-dataset="([^"]+)" data-status="([^"]+)">', html))
+    assert status == {"air_quality_daily": "unchanged", "enterprise_registrations_monthly": "released",
+                      "golden_legal_person": "blocked", "bus_ridership_daily": "failed", "golden_resident": "not_open",
+                      "poi_wgs84": "not_passed", "air_quality_district_daily": "none"}
+    row = {d: re.search(rf'<tr data-dataset="{d}".*?</tr>', html, re.S).group(0) for d in status}  # type: ignore[union-attr]
+    assert "未变化" in row["air_quality_daily"] and "open/2026-11-20/air_quality_daily/" in row["air_quality_daily"]
+    assert "已拦截" in row["golden_legal_person"] and "失败" in row["bus_ridership_daily"]
+    assert "未通过质量检查" in row["poi_wgs84"] and "不开放" in row["golden_resident"]
+    assert "尚未发布" in row["air_quality_district_daily"]
+    assert "open/2026-11-21/enterprise_registrations_monthly/" in row["enterprise_registrations_monthly"]
+    assert _card(html, "open-count-released") == 1 and _card(html, "open-count-blocked") == 1
+    table = re.search(r'<table class="leak-hits" data-dataset="golden_legal_person">(.*?)</table>', html, re.S)
+    assert table, "the blocked dataset's hits are listed"
+    hit_rows = re.findall(r"<tr><td><code>([^<]+)</code></td><td><code>([^<]+)</code></td><td class=\"num\">(\d+)</td>"
+                          r"<td>([^<]+)</td><td><code>([^<]+)</code></td></tr>", table.group(1))
+    assert hit_rows == [("golden_legal_person.csv", "enterprise_name", "7", "公民身份号码", "340104********1234"),
+                        ("golden_legal_person.jsonl", "enterprise_name", "7", "手机号码", "139****5678")]
+    assert "REQ-20261119-" in html and "139****5678" in html
+    for page in [*root.rglob("*.html"), root / "catalog.json"]:
+        text = page.read_text(encoding="utf-8")
+        for personal in (resident_id, mobile, "张伟"):
+            assert personal not in text, (page.name, personal)
+
+    index = (root / "index.html").read_text(encoding="utf-8")
+    alert = re.search(r'<div class="alert" id="leak-alert">(.*?)</div>', index, re.S)
+    assert alert and "法人单位综合信息" in alert.group(1) and 'href="open.html"' in alert.group(1)
+    assert "2 处个人信息" in alert.group(1) and "公民身份号码" in alert.group(1)
+    worst = re.search(r'<table id="worst-datasets">.*?<tbody>\s*<tr>(.*?)</tr>', index, re.S)
+    assert worst and "golden_legal_person" in worst.group(1) and "泄露检查拦截" in worst.group(1)
+    assert 'href="open.html"' in re.search(r'<p id="open-summary">(.*?)</p>', index, re.S).group(1)  # type: ignore[union-attr]
+    page = (root / "datasets" / "golden_legal_person.html").read_text(encoding="utf-8")
+    assert 'id="leak-hits"' in page and "340104********1234" in page and 'id="release-status">已拦截<' in page
+    grades = re.search(r'<table id="column-grades">(.*?)</table>', page, re.S)
+    assert grades and re.search(r"<code>legal_representative</code>.*?<td>个人信息</td>\s*<td class=\"num\">3</td>"
+                                r"<td>不开放（删除）</td>", grades.group(1), re.S)
+    resident = (root / "datasets" / "golden_resident.html").read_text(encoding="utf-8")
+    assert "不开放（删除）" not in resident and "原样开放" not in resident  # 不予开放: no column is opened
+
+    earlier = build_site(empty_lake, out_dir=tmp_path / "earlier", today=date(2026, 11, 20)).parent
+    before = (earlier / "open.html").read_text(encoding="utf-8")
+    assert dict(re.findall(r'<tr data-dataset="([^"]+)" data-status="([^"]+)">', before))["air_quality_daily"] == "released"
+    assert 'id="leak-alert"' not in before and "REQ-20261119-" not in before  # the request was recorded later

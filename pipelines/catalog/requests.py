@@ -291,9 +291,13 @@ def latest(rows: Iterable[Request]) -> dict[str, Request]:
 
 
 def list_requests(catalog: Any, *, status: str | None = None, kind: str | None = None,
-                  dataset: str | None = None) -> list[Request]:
-    """Each request's current state, newest received first, filtered by status, kind and dataset."""
-    current = latest(read_rows(catalog)).values()
+                  dataset: str | None = None, until: datetime | None = None) -> list[Request]:
+    """Each request's current state, newest received first, filtered by status, kind and dataset; ``until``:
+    its state at that time (rows recorded later left out: a report for an earlier day)."""
+    rows = read_rows(catalog)
+    if until is not None:
+        rows = [r for r in rows if r.recorded_at is None or r.recorded_at <= until]
+    current = latest(rows).values()
     picked = [r for r in current if (status is None or r.status == status) and (kind is None or r.kind == kind)
               and (dataset is None or r.dataset == dataset)]
     return sorted(picked, key=lambda r: (r.received_at, r.request_id), reverse=True)

@@ -423,8 +423,7 @@ class _Reader:
         """Every request's current state (``meta.requests``), newest first, as ``requests.public`` shows it."""
         from pipelines.catalog.requests import list_requests, public
 
-        return [public(r, self.departments) for r in list_requests(self.catalog)
-                if r.recorded_at is None or r.recorded_at <= self.until]
+        return [public(r, self.departments) for r in list_requests(self.catalog, until=self.until)]
 
 
 def _owned_by(results: pa.Table, owners: dict[str, str]) -> pa.Table:
