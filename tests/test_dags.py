@@ -195,3 +195,102 @@ def test_report_dag_run_builds_docs_and_site(airflow_home: Path, tmp_path: Path,
     assert index.is_file() and "报告日 2026-11-20" in index.read_text(encoding="utf-8")
     consistency = next(ti for ti in run.get_task_instances() if ti.task_id == "consistency")
     assert consistency.xcom_pull(task_ids="consistency") == {"pairs": 0, "conflicts": 0}  # nothing in an empty lake
+
+
+def _curate_dags() -> dict:
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    return {d: bag.dags[d] for d in bag.dag_ids if d.startswith("curate__")}
+
+
+def test_curate_dags_one_per_domain_scheduled_on_their_outside_inputs_in_input_order(airflow_home: Path) -> None:
+    import yaml
+
+    from pipelines.dag_defaults import START
+
+    specs = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in (ROOT / "schemas" / "curated").glob("*.yml")}
+    dags = _curate_dags()
+    assert set(dags) == {f"curate__{s['domain']}" for s in specs.values()}
+    ingest = runpy_globals("dags/ingest_factory.py")["table_asset"]
+    for dag_id, dag in dags.items():
+        domain = dag_id.removeprefix("curate__")
+        mine = {d for d, s in specs.items() if s["domain"] == domain}
+        assert {t.task_id for t in dag.tasks} == mine
+        outside = sorted({i for d in mine for i in specs[d]["inputs"]} - {f"curated.{d}" for d in mine})
+        condition = dag.timetable.asset_condition
+        assert type(condition).__name__ == "AssetAny"
+        # the same Assets publish_std emits: one naming rule for both DAG files
+        assert sorted((a.name, a.uri) for a in condition.objects) == \
+            sorted((ingest(i).name, ingest(i).uri) for i in outside)
+        for d in mine:  # a task runs after the curated datasets of its domain it reads
+            assert dag.get_task(d).upstream_task_ids == {i.partition(".")[2] for i in specs[d]["inputs"]
+                                                         if i.partition(".")[2] in mine}
+        assert dag.start_date == START and not dag.catchup and dag.max_active_runs == 1
+        assert {"curate", domain} <= set(dag.tags) and dag.doc_md and f"curate__{domain}" in dag.doc_md
+        for t in dag.tasks:
+            assert t.retries == 3 and t.retry_exponential_backoff and t.owner in dag.tags
+            assert [o.name for o in t.outlets] == [f"curated__{domain}"]  # an alias: emitted only on publish
+    assert dags["curate__environment"].get_task("air_quality_district_daily").upstream_task_ids == {"air_quality_daily"}
+    assert "合肥市生态环境局" in dags["curate__environment"].tags
+
+
+def runpy_globals(path: str) -> dict:
+    import runpy
+
+    return runpy.run_path(str(ROOT / path))
+
+
+def test_publish_std_emits_std_assets_through_an_alias(airflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(ROOT / "schemas" / "sources"))
+    publish = _dagbag().get_dag("ingest__enterprise").get_task("publish_std")
+    assert [(type(o).__name__, o.name) for o in publish.outlets] == [("AssetAlias", "std__enterprise")]
+
+
+def test_curate_dag_parses_without_heavy_imports() -> None:
+    script = (
+        "import sys, time, runpy, airflow.sdk, yaml, pydantic\n"
+        "before = set(sys.modules); t = time.perf_counter(); g = runpy.run_path('dags/curate.py')\n"
+        "heavy = [m for m in ('duckdb', 'pyiceberg', 'pyarrow', 'pipelines.curate.runner', 'pipelines.quality.gate')\n"
+        "         if m in sys.modules and m not in before]\n"
+        "print(time.perf_counter() - t, sum(k.startswith('curate__') for k in g), ','.join(heavy) or '-')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    seconds, n, heavy = out.stdout.split()
+    assert heavy == "-", f"curate.py imports {heavy} at parse time"
+    assert int(n) >= 5 and float(seconds) < 1.0, f"parsing curate.py took {seconds}s"
+
+
+def test_curate_dag_run_builds_and_emits_its_asset_only_when_it_published(
+        airflow_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real run (dag.test) of curate__geo over a hand-made std.poi: the build publishes and emits
+    curated.poi_wgs84's Asset; a second run finds the same input snapshot (nothing_new) and emits nothing."""
+    import pyarrow as pa
+    from airflow.models.asset import AssetActive, AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.tables import append
+    from pipelines.settings import TZ
+
+    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(ROOT / "schemas" / "sources"))
+    monkeypatch.setenv("CITYLAKE_LAKE_DIR", str(tmp_path / "lake"))
+    poi = pa.table({"poi_id": ["P1", "P2"], "poi_name": ["科学馆", "图书馆"], "poi_category": ["EDU", "EDU"],
+                    "longitude": [117.2, 117.3], "latitude": [31.8, 31.85], "poi_district_code": ["340104", "340104"],
+                    "_batch_id": ["b", "b"], "_extracted_at": pa.array([0, 0], pa.timestamp("us", tz="UTC")),
+                    "_load_seq": pa.array([1, 1], pa.int64()), "_warnings": pa.array([[], []], pa.list_(pa.string()))})
+    append(get_catalog(), "std.poi", poi)
+    name, uri = "curated.poi_wgs84", "iceberg://citylake/curated/poi_wgs84"
+    with create_session() as session:  # a downstream DAG scheduled on it registers it; stand in for it here
+        session.add(AssetModel(name=name, uri=uri))
+        session.add(AssetActive(name=name, uri=uri))
+    dag = _curate_dags()["curate__geo"]
+    statuses = []
+    for day in (20, 21):
+        run = dag.test(logical_date=datetime(2026, 11, day, 7, tzinfo=TZ))
+        (ti,) = run.get_task_instances()
+        assert str(ti.state).endswith("success")
+        statuses.append(ti.xcom_pull(task_ids="poi_wgs84")["status"])
+    assert statuses == ["published", "nothing_new"]
+    with create_session() as session:
+        events = [e for e in session.query(AssetEvent).all() if e.asset.uri == uri]
+    assert len(events) == 1 and events[0].extra["rows"] == 2
