@@ -695,3 +695,24 @@ def test_open_page_shows_each_release_status_and_a_blocked_datasets_masked_hits(
     before = (earlier / "open.html").read_text(encoding="utf-8")
     assert dict(re.findall(r'<tr data-dataset="([^"]+)" data-status="([^"]+)">', before))["air_quality_daily"] == "released"
     assert 'id="leak-alert"' not in before and "REQ-20261119-" not in before  # the request was recorded later
+
+
+def test_the_seeded_city_has_the_open_page_and_a_page_per_curated_dataset(city_site: tuple[Settings, Path]) -> None:
+    """Before any build or release: every curated contract is on open.html (尚未发布, or 不开放 for 不予开放)
+    and has its dataset page with the per-column grade table; nothing is blocked."""
+    from pipelines.config import load_all
+
+    settings, root = city_site
+    curated = load_all(settings).curated
+    html = (root / "open.html").read_text(encoding="utf-8")
+    status = dict(re.findall(r'<tr data-dataset="([^"]+)" data-status="([^"]+)">', html))
+    assert status == {d: "not_open" if c.open.type == "不予开放" else "none" for d, c in curated.items()}
+    assert 'id="leak-alert"' not in html and "尚无开放需求" in html
+    for name, contract in curated.items():
+        page = (root / "datasets" / f"{name}.html").read_text(encoding="utf-8")
+        grades = re.search(r'<table id="column-grades">(.*?)</table>', page, re.S)
+        assert grades and grades.group(1).count("<tr><td>") == len(contract.columns), name
+        assert "citylake curate " + name in page and "主题层行数" in page
+    index = (root / "index.html").read_text(encoding="utf-8")
+    assert 'href="open.html"' in index and 'id="leak-alert"' not in index
+    assert 'data-layer="curated"' in index  # the overview's dataset table lists them, marked 主题层
