@@ -383,3 +383,25 @@ def test_curated_datasets_are_entries_with_grades_deid_lineage_and_their_release
     assert shown.exit_code == 0, shown.output
     assert folder in shown.stdout and "138****8000" in shown.stdout and "13800138000" not in shown.stdout
     assert "小数抑制" in shown.stdout  # registrations: deid suppress
+
+
+def test_the_release_pointer_is_read_from_s3_and_a_broken_one_is_no_release(tmp_path: Path, moto_endpoint: str,
+                                                                            aws_env: None) -> None:
+    """``read_latest`` reads ``<exports>/open/latest.json`` locally or from an S3 prefix; a missing or broken
+    pointer is "no release" (the catalog and the report never fail on it)."""
+    import boto3
+
+    from pipelines.catalog.build import read_latest
+
+    pointer = {"updated_at": "2026-11-21T06:31:00+08:00", "datasets": {
+        "poi_wgs84": {"release_date": "2026-11-21", "path": "open/2026-11-21/poi_wgs84/", "manifest": "abc"}}}
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    s3.create_bucket(Bucket="portal")
+    settings = replace(load_settings(), exports_dir="s3://portal/city/exports", s3_endpoint=moto_endpoint)
+    assert read_latest(settings) == {}  # nothing released yet
+    s3.put_object(Bucket="portal", Key="city/exports/open/latest.json", Body=json.dumps(pointer).encode())
+    assert read_latest(settings) == pointer["datasets"]
+    local = replace(load_settings(), exports_dir=str(tmp_path))
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "latest.json").write_text("{not json", encoding="utf-8")
+    assert read_latest(local) == {}
