@@ -61,17 +61,12 @@ def load_everything(settings: Settings) -> Loaded:
     return Loaded(c.standards, c.systems, c.contracts, c.curated, load_departments(settings))
 
 
-def exports_root(settings: Settings) -> str:
-    """``settings.exports_dir`` (``CITYLAKE_EXPORTS_DIR``, an s3:// prefix in production), else ``<lake>/exports``."""
-    return str(getattr(settings, "exports_dir", None) or settings.lake_dir / "exports")
-
-
 def read_latest(settings: Settings) -> dict[str, Any]:
     """``<exports>/open/latest.json`` (dataset → {release_date, path, manifest}), or {} when there is no
     release yet or it cannot be read (the catalog and the report then show no release, never fail)."""
     import logging
 
-    root = exports_root(settings).rstrip("/")
+    root = settings.exports.rstrip("/")  # CITYLAKE_EXPORTS_DIR (an s3:// prefix in production) or <lake>/exports
     try:
         if root.startswith("s3://"):
             import boto3
