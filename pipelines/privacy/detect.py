@@ -267,10 +267,25 @@ HOUSE_NUMBER = (r"\p{Han}(?:路|街|巷|弄|道|村|组|里|苑|园|庄|小区|�
                 r"|\p{Nd}{1,4}\s*(?:栋|幢|号楼)\s*\p{Nd}{1,3}\s*(?:单元|室)"
                 r"|\p{Nd}{1,3}\s*单元\s*\p{Nd}{2,5}")
 
-# Cheap first pass over every string cell (one RE2 DFA scan): 11+ digits, allowing one space or dash between
-# digits (a spaced mobile or card), an individual business's USCC head, or a number before 号/栋/单元/室.
-# Only the cells it finds are tokenised and checked, so a column of names and codes costs one scan.
-_CANDIDATE = r"\p{Nd}(?:[ \-]?\p{Nd}){10}|92\p{Nd}{6}|\p{Nd}\s*(?:号|栋|幢|单元|室|弄)"
+# Cheap first pass over every string cell (one RE2 DFA scan of the text as stored, before any normalisation:
+# \p{Nd} takes full-width digits too): 11+ digits, allowing one space or dash between digits (a spaced
+# mobile or card), an individual business's USCC head, or a number before 号/栋/单元/室. Only the cells it
+# finds are NFKC-normalised, tokenised and checked, so a column of names and codes costs one scan.
+_CANDIDATE = r"\p{Nd}(?:[ \-－]?\p{Nd}){10}|[9９][2２]\p{Nd}{6}|\p{Nd}\s*(?:号|栋|幢|单元|室|弄)"
+
+
+def _raw_strings(arr: Array) -> pa.StringArray:
+    """A flat string array as stored (no normalisation); numbers as their decimal text."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.string())
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_string(arr.type):
+        return arr
+    if pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type) or pa.types.is_integer(arr.type) \
+            or pa.types.is_decimal(arr.type):
+        return arr.cast(pa.string())
+    return pa.nulls(len(arr), pa.string())
 
 
 def individual_usccs(arr: Array) -> np.ndarray:
@@ -315,11 +330,11 @@ def identifiers_in_text(arr: Array) -> list[tuple[int, str, str]]:
     Luhn and issuer prefix; mobile prefixes), USCC-shaped words with the GB 32100 check, and the
     house-number pattern. A resident ID must pass its check character: a random 18-digit order number
     does not read as one."""
-    s = _strings(arr)
-    rows = np.flatnonzero(_bool(pc.match_substring_regex(s, _CANDIDATE)))
+    raw = _raw_strings(arr)
+    rows = np.flatnonzero(_bool(pc.match_substring_regex(raw, _CANDIDATE)))
     if not len(rows):
         return []
-    cand = s.take(pa.array(rows, pa.int64()))
+    cand = _strings(raw.take(pa.array(rows, pa.int64())))
     found: list[tuple[int, str, str]] = []
     tokens, parents = _digit_tokens(cand)
     if len(tokens):

@@ -1,21 +1,24 @@
 """The leak gate: every written open file read back and scanned with the privacy detectors before a
 pointer moves.
 
-Each format is read as it is published (Parquet by its types; CSV with the released column types, so a
-text cell is the text a reader gets; JSON Lines by its values), a record batch at a time, and every
-column is scanned:
-- every string column, whatever its name says, for resident IDs (check character), mobiles, bank cards
-  (issuer prefix + Luhn), USCCs of individual businesses (个体工商户) and house-number addresses ANYWHERE
-  inside the text (``detect.identifiers_in_text``: one candidate scan per column, then only the
-  candidates are checked);
-- integer columns for IDs, cards and (unless the element is a measure with a unit) mobiles;
-- person names: every value of a column whose data element is a person's name, and of any string column
-  where most values of a batch's sample read as names (``detect.person_names``).
+Each format is read as it is published, a block at a time (memory follows a block, not the file):
+- Parquet by its columns (string columns read dictionary-encoded, so a low-cardinality column costs its
+  distinct values) and CSV parsed with every scanned column as text (dictionary-encoded the same way): each
+  string column, whatever its name says, is scanned for resident IDs (check character), mobiles, bank
+  cards (issuer prefix + Luhn), USCCs of individual businesses (个体工商户) and house-number addresses
+  ANYWHERE inside the text (``detect.identifiers_in_text``: one candidate scan, then only the candidates
+  are checked); integer columns for IDs, cards and (unless the element is a measure with a unit) mobiles;
+  person names: every value of a column whose data element is a person's name, and of any string column
+  where most values of a block's sample read as names (``detect.person_names``).
+- JSON Lines as text, line by line (every byte of every value is scanned, keys too): a line with a
+  candidate is parsed and the hit attributed to its field under the same per-column rules; names are
+  checked on a parsed sample of each block, and a name-typed or name-looking column is parsed whole.
 A hit blocks the dataset; hits are reported with the value masked (``mask_kind``), never in clear.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,9 +34,14 @@ from pipelines.privacy.mask import mask_kind
 
 SAMPLE = 1000
 NAME_SHARE = 0.5
+NAME_EVERY = 1_000_000
+"""Rows between two samples of a column for person names (the first block is always sampled). A column
+found to hold mostly names is scanned whole from then on."""
 BATCH_ROWS = 64 * 1024
+BLOCK_BYTES = 1 << 20
 KEEP_HITS = 20
 """Hits kept per file for the record (every hit is counted)."""
+TEXT = pa.dictionary(pa.int32(), pa.string())
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,14 @@ class ScanColumn:
     """Its element is a person's name (any value that reads as a name is a leak)."""
     measure: bool = False
     """Its element is a quantity with a unit (an 11-digit amount is not a mobile)."""
+
+    @property
+    def text(self) -> bool:
+        return _is_text(self.type)
+
+    @property
+    def integer(self) -> bool:
+        return pa.types.is_integer(self.type)
 
 
 @dataclass(frozen=True)
@@ -68,15 +84,31 @@ class FileScan:
     rows: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     hits: list[LeakHit] = field(default_factory=list)
+    name_columns: set[str] = field(default_factory=set)
+    """Columns found to hold mostly person names (scanned whole from then on)."""
+    sampled_at: dict[str, int] = field(default_factory=dict)
+    """Column → file row of its last name sample."""
+
+    def names_due(self, column: str, row: int) -> bool:
+        """Whether the block starting at ``row`` samples ``column`` for names (first block, then every
+        ``NAME_EVERY`` rows)."""
+        last = self.sampled_at.get(column)
+        if last is not None and row - last < NAME_EVERY:
+            return False
+        self.sampled_at[column] = row
+        return True
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def add(self, column: str, row: int, kind: str, value: str) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-        if len(self.hits) < KEEP_HITS:
-            self.hits.append(LeakHit(self.file, column, row, kind, mask_kind(value, kind) or ""))
+    def add(self, column: str, rows: Sequence[int] | np.ndarray, kind: str, value: str) -> None:
+        """``value`` (in clear: masked here) found at file rows ``rows`` (1-based)."""
+        if not len(rows):
+            return
+        self.counts[kind] = self.counts.get(kind, 0) + len(rows)
+        for row in rows[:max(0, KEEP_HITS - len(self.hits))]:
+            self.hits.append(LeakHit(self.file, column, int(row), kind, mask_kind(value, kind) or ""))
 
 
 def is_person_name_element(element: Any) -> bool:
@@ -101,41 +133,179 @@ def scan_columns(schema: pa.Schema, elements: dict[str, Any]) -> list[ScanColumn
 
 
 def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
+# --- one column of one block -------------------------------------------------------------------------
+
+
+def scan_array(values: pa.Array | pa.ChunkedArray, column: ScanColumn, base: int, into: FileScan,
+               exempt: frozenset[str] = frozenset()) -> None:
+    """Scan one column of one block; ``base`` is the file row number of its first value. A dictionary-encoded
+    column is scanned by its distinct values, each hit counted on every row that holds it."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    indices: np.ndarray | None = None
+    distinct = arr
+    if pa.types.is_dictionary(arr.type):
+        distinct = arr.dictionary
+        indices = arr.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+
+    def rows_of(i: int) -> np.ndarray:
+        return base + (np.array([i]) if indices is None else np.flatnonzero(indices == i))
+
+    found = detect.identifiers_in_numbers(distinct, mobile=not column.measure) if column.integer \
+        else detect.identifiers_in_text(distinct)
+    for i, kind, text in found:
+        if text not in exempt:
+            into.add(column.name, rows_of(i), kind, text)
+    if column.integer:
+        return
+    if not (column.person_name or column.name in into.name_columns):
+        if not into.names_due(column.name, base) or not _mostly_names(arr):
+            return
+        into.name_columns.add(column.name)
+    for k in np.flatnonzero(detect.person_names(distinct)):
+        into.add(column.name, rows_of(int(k)), detect.PERSON_NAME, distinct[int(k)].as_py())
+
+
+def _mostly_names(arr: pa.Array) -> bool:
+    """Whether most of a sample (the block's first ``SAMPLE`` non-null, non-empty values) read as names."""
+    sample = arr.slice(0, SAMPLE * 2)
+    if pa.types.is_dictionary(sample.type):
+        sample = sample.dictionary_decode()
+    sample = sample.drop_null()
+    sample = sample.filter(pc.greater(pc.utf8_length(sample), 0)).slice(0, SAMPLE)
+    return len(sample) > 0 and float(detect.person_names(sample).mean()) >= NAME_SHARE
+
+
+# --- the three formats -------------------------------------------------------------------------------
+
+
 def _scanned(columns: Sequence[ScanColumn]) -> list[ScanColumn]:
-    return [c for c in columns if _is_text(c.type) or pa.types.is_integer(c.type)]
+    return [c for c in columns if c.text or c.integer]
 
 
-def _batches(path: Path, fmt: str, columns: Sequence[ScanColumn]) -> Iterator[pa.RecordBatch]:
+def low_cardinality(parquet: Path, columns: Sequence[ScanColumn], share: float = 0.5) -> frozenset[str]:
+    """Text columns with few distinct values (under ``share`` of the first block's rows): read dictionary-
+    encoded, such a column is scanned by its distinct values (and Parquet skips building its strings). A
+    column of unique values is read plain: a dictionary would cost more than it saves."""
+    import pyarrow.parquet as pq
+
+    text = [c.name for c in columns if c.text]
+    if not text:
+        return frozenset()
+    f = pq.ParquetFile(parquet, read_dictionary=text)
+    if not f.metadata.num_row_groups:
+        return frozenset()
+    first = next(f.iter_batches(batch_size=BATCH_ROWS, row_groups=[0], columns=text), None)
+    if first is None or not first.num_rows:
+        return frozenset()
+    return frozenset(n for n in text if len(first.column(n).dictionary) < share * first.num_rows)
+
+
+def _parquet(path: Path, columns: Sequence[ScanColumn], dictionary: frozenset[str]) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq
+
     names = [c.name for c in columns]
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    f = pq.ParquetFile(path, read_dictionary=[c.name for c in columns if c.name in dictionary])
+    for group in range(f.num_row_groups):
+        yield from f.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=names)
 
-        f = pq.ParquetFile(path)
-        for group in range(f.num_row_groups):
-            yield from f.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=names)
-    elif fmt == "csv":
-        import pyarrow.csv as pcsv
 
-        types = {c.name: (pa.string() if _is_text(c.type) else pa.int64()) for c in columns}
-        reader = pcsv.open_csv(
-            path, read_options=pcsv.ReadOptions(block_size=8 << 20),
-            parse_options=pcsv.ParseOptions(newlines_in_values=True),
-            convert_options=pcsv.ConvertOptions(column_types=types, include_columns=names,
-                                                strings_can_be_null=False, quoted_strings_can_be_null=False))
-        yield from reader
-    elif fmt == "jsonl":
-        import pyarrow.json as pj
+def _csv(path: Path, columns: Sequence[ScanColumn], dictionary: frozenset[str] = frozenset(),
+         newlines: bool = True) -> Iterator[pa.RecordBatch]:
+    """The CSV's scanned columns; ``newlines``: values may hold line breaks (the parser's slower mode)."""
+    import pyarrow.csv as pcsv
 
-        schema = pa.schema([(c.name, pa.string() if _is_text(c.type) else pa.int64()) for c in columns])
-        reader = pj.open_json(path, read_options=pj.ReadOptions(block_size=8 << 20),
-                              parse_options=pj.ParseOptions(explicit_schema=schema,
-                                                            unexpected_field_behavior="ignore"))
-        yield from reader
-    else:
-        raise ValueError(f"leak scan: unknown format {fmt!r}")
+    names = [c.name for c in columns]
+    types = {c.name: (TEXT if c.name in dictionary else pa.string()) if c.text else pa.int64() for c in columns}
+    yield from pcsv.open_csv(
+        path, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
+        parse_options=pcsv.ParseOptions(newlines_in_values=newlines),
+        convert_options=pcsv.ConvertOptions(column_types=types, include_columns=names, strings_can_be_null=False,
+                                            quoted_strings_can_be_null=False))
+
+
+def _lines(path: Path) -> Iterator[pa.Array]:
+    """The lines of a JSON Lines file as text, a block at a time (a delimiter and no quoting: one cell per
+    line; JSON escapes every control character, so the delimiter never occurs)."""
+    import pyarrow.csv as pcsv
+
+    reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(column_names=["line"], block_size=BLOCK_BYTES,
+                                                               use_threads=False),
+                           parse_options=pcsv.ParseOptions(delimiter="\x1f", quote_char=False),
+                           convert_options=pcsv.ConvertOptions(column_types={"line": pa.string()},
+                                                               strings_can_be_null=False))
+    for batch in reader:
+        yield batch.column(0)
+
+
+def _regrouped(blocks: Iterator[Any], rows: int = BATCH_ROWS) -> Iterator[list[Any]]:
+    """Small reader blocks gathered to about ``rows`` rows: the readers keep a few dozen blocks in flight, so
+    blocks stay small (memory), while each scan call costs a regex compilation, so calls stay few."""
+    pending: list[Any] = []
+    count = 0
+    for block in blocks:
+        pending.append(block)
+        count += len(block)
+        if count >= rows:
+            yield pending
+            pending, count = [], 0
+    if pending:
+        yield pending
+
+
+def _scan_table_file(batches: Iterator[pa.RecordBatch], scanned: Sequence[ScanColumn], result: FileScan,
+                     exempt: frozenset[str]) -> None:
+    for group in _regrouped(batches):
+        table = pa.Table.from_batches(group)
+        base = result.rows + 1
+        for c in scanned:
+            scan_array(table.column(c.name), c, base, result, exempt)
+        result.rows += table.num_rows
+
+
+def _scan_jsonl(path: Path, scanned: Sequence[ScanColumn], result: FileScan, exempt: frozenset[str]) -> None:
+    by_name = {c.name: c for c in scanned}
+    text_columns = [c for c in scanned if c.text]
+    for group in _regrouped(_lines(path)):
+        lines = pa.concat_arrays(group)
+        base = result.rows + 1
+        for i, kind, token in detect.identifiers_in_text(lines):
+            if token in exempt:
+                continue
+            record = json.loads(lines[i].as_py())
+            for name, value in record.items() if isinstance(record, dict) else ():
+                c = by_name.get(name)
+                if c is not None and _holds(c, value, kind, token):
+                    result.add(name, [base + i], kind, token)
+        due = [c for c in text_columns if c.person_name or c.name in result.name_columns
+               or result.names_due(c.name, base)]
+        if due:
+            sample = [json.loads(x) for x in lines.slice(0, SAMPLE).to_pylist()]
+            for c in due:
+                values = pa.array([r.get(c.name) if isinstance(r, dict) else None for r in sample], pa.string())
+                if c.person_name or c.name in result.name_columns or _mostly_names(values):
+                    result.name_columns.add(c.name)
+                    whole = pa.array([json.loads(x).get(c.name) for x in lines.to_pylist()], pa.string())
+                    for j in np.flatnonzero(detect.person_names(whole)):
+                        result.add(c.name, [base + int(j)], detect.PERSON_NAME, whole[int(j)].as_py())
+        result.rows += len(lines)
+
+
+def _holds(column: ScanColumn, value: Any, kind: str, token: str) -> bool:
+    """Whether a parsed JSON value of ``column`` is where a line-level hit came from, under the column's rules
+    (text: anywhere inside; integer: the whole number, a mobile only where the element is no measure)."""
+    if value is None:
+        return False
+    if column.text and isinstance(value, str):
+        return (0, kind, token) in detect.identifiers_in_text(pa.array([value], pa.string()))
+    if column.integer and isinstance(value, int) and not isinstance(value, bool):
+        return (0, kind, token) in detect.identifiers_in_numbers(pa.array([value], pa.int64()),
+                                                                 mobile=not column.measure)
+    return False
 
 
 def _count_rows(path: Path, fmt: str, first: str) -> int:
@@ -144,56 +314,39 @@ def _count_rows(path: Path, fmt: str, first: str) -> int:
         import pyarrow.parquet as pq
 
         return int(pq.ParquetFile(path).metadata.num_rows)
-    import pyarrow.csv as pcsv
-
     if fmt == "csv":
-        reader = pcsv.open_csv(path, parse_options=pcsv.ParseOptions(newlines_in_values=True),
-                               convert_options=pcsv.ConvertOptions(include_columns=[first],
-                                                                   column_types={first: pa.string()}))
-    else:  # JSON Lines: one line per row; a delimiter and no quoting make each line one text cell
-        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(column_names=["line"]),
-                               parse_options=pcsv.ParseOptions(delimiter="\x1f", quote_char=False))
-    return sum(b.num_rows for b in reader)
+        return sum(b.num_rows for b in _csv(path, [ScanColumn(first, pa.string())]))
+    return sum(len(lines) for lines in _lines(path))
 
 
-def scan_file(path: Path, fmt: str, columns: Sequence[ScanColumn]) -> FileScan:
-    """Scan one written file (``fmt``: parquet, csv or jsonl) for personal values."""
+def scan_file(path: Path, fmt: str, columns: Sequence[ScanColumn], exempt: frozenset[str] = frozenset(),
+              dictionary: frozenset[str] = frozenset()) -> FileScan:
+    """Scan one written file (``fmt``: parquet, csv or jsonl) for personal values; ``exempt``: exact tokens
+    known not to be personal (the lake's snapshot ids that provenance text quotes); ``dictionary``: text
+    columns to read dictionary-encoded (``low_cardinality``: a speed choice, the result is the same)."""
     result = FileScan(path.name)
     scanned = _scanned(columns)
-    if not scanned:
+    if not scanned and fmt != "jsonl":
         result.rows = _count_rows(path, fmt, columns[0].name)
-        return result
-    for batch in _batches(path, fmt, scanned):
-        base = result.rows + 1
-        for c in scanned:
-            scan_array(batch.column(c.name), c, base, result)
-        result.rows += batch.num_rows
+    elif fmt == "parquet":
+        _scan_table_file(_parquet(path, scanned, dictionary), scanned, result, exempt)
+    elif fmt == "csv":
+        try:  # the fast parser first: a quoted line break splits a row, which the parser refuses
+            _scan_table_file(_csv(path, scanned, dictionary, newlines=False), scanned, result, exempt)
+        except pa.ArrowInvalid:
+            result = FileScan(path.name)
+            _scan_table_file(_csv(path, scanned, dictionary, newlines=True), scanned, result, exempt)
+    elif fmt == "jsonl":
+        _scan_jsonl(path, scanned, result, exempt)
+    else:
+        raise ValueError(f"leak scan: unknown format {fmt!r}")
     return result
 
 
-def scan_array(values: pa.Array | pa.ChunkedArray, column: ScanColumn, base: int, into: FileScan) -> None:
-    """Scan one column of one batch; ``base`` is the file row number of its first value."""
-    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    if pa.types.is_integer(arr.type):
-        for row, kind, text in detect.identifiers_in_numbers(arr, mobile=not column.measure):
-            into.add(column.name, base + row, kind, text)
-        return
-    for row, kind, text in detect.identifiers_in_text(arr):
-        into.add(column.name, base + row, kind, text)
-    if column.person_name or _mostly_names(arr):
-        for i in np.flatnonzero(detect.person_names(arr)):
-            into.add(column.name, base + int(i), detect.PERSON_NAME, arr[int(i)].as_py())
-
-
-def _mostly_names(arr: pa.Array) -> bool:
-    """Whether most of a sample (the batch's first ``SAMPLE`` non-null, non-empty values) read as names."""
-    sample = arr.drop_null().slice(0, SAMPLE * 2)
-    sample = sample.filter(pc.greater(pc.utf8_length(sample), 0)).slice(0, SAMPLE)
-    return len(sample) > 0 and float(detect.person_names(sample).mean()) >= NAME_SHARE
-
-
 def scan_files(files: Sequence[tuple[Path, str]], columns: Sequence[ScanColumn],
-               workers: int = 3) -> list[FileScan]:
+               exempt: frozenset[str] = frozenset(), workers: int = 3) -> list[FileScan]:
     """Scan several files at once (pyarrow's readers and kernels release the GIL: threads use every core)."""
+    parquet = next((p for p, fmt in files if fmt == "parquet"), None)
+    dictionary = low_cardinality(parquet, _scanned(columns)) if parquet is not None else frozenset()
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(files)))) as pool:
-        return list(pool.map(lambda f: scan_file(f[0], f[1], columns), files))
+        return list(pool.map(lambda f: scan_file(f[0], f[1], columns, exempt, dictionary), files))

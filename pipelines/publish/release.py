@@ -322,6 +322,7 @@ def _normalized(schema: pa.Schema) -> pa.Schema:
 def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str, fp: str,
                   entry: dict[str, Any] | None, stage: Path, outcome: DatasetOutcome) -> tuple[Any, bool]:
     """Write, scan and describe one dataset's folder in ``stage``; (DatasetRelease, blocked)."""
+    from pipelines.lake.changes import release_memory
     from pipelines.lake.raw import stream_scan, summary_value
     from pipelines.privacy.deid import Deidentifier
     from pipelines.publish import leak
@@ -344,6 +345,7 @@ def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str
             yield deid.apply(batch.cast(source) if batch.schema != source else batch)
 
     written = write_formats(batches(), schema, stage, ds, observe=coverage)
+    release_memory()  # each phase starts from its own needs, not the previous phase's peak
     outcome.suppressed = {k: v for k, v in deid.suppressed.items() if v}
     outcome.seconds["write"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
@@ -351,6 +353,7 @@ def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str
     scans = leak.scan_files([(w.path, w.format) for w in written], leak.scan_columns(schema, elements),
                             exempt=_snapshot_ids(run.catalog, inputs))
     outcome.seconds["scan"] = round(time.perf_counter() - t0, 3)
+    release_memory()
     rows = written[0].rows
     short = [f"{s.file} 读回 {s.rows} 行" for s in scans if s.rows != rows]
     if short:

@@ -10,6 +10,8 @@ and JSON text of a timestamp is ISO 8601 in Asia/Shanghai with its offset; Parqu
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import pyarrow.parquet as pq
 BOM = b"\xef\xbb\xbf"
 CSV_OPTIONS = {"eol": "\r\n", "quoting_style": "needed", "batch_size": 16 * 1024}
 ROW_GROUP_ROWS = 512 * 1024
+LANE_DEPTH = 4
 FORMATS = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv", "jsonl": "application/jsonl"}
 """Data file format → IANA media type (JSON Lines has none registered; application/jsonl is common use)."""
 
@@ -140,21 +143,86 @@ def _text_bytes(chunk: pa.Array) -> memoryview | bytes:
     return memoryview(chunk.buffers()[2]).cast("B")[start:end]
 
 
+class _Lane(threading.Thread):
+    """One format's writer on a thread of its own, fed record batches through a short queue: the three
+    writers (pyarrow's C++ encoders and DuckDB release the GIL) run side by side on the cores there are."""
+
+    def __init__(self, name: str, write: Callable[[pa.RecordBatch], None], close: Callable[[], None]) -> None:
+        super().__init__(name=f"open-{name}", daemon=True)
+        self.queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=LANE_DEPTH)
+        self._write, self._close = write, close
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while (batch := self.queue.get()) is not None:
+                if self.error is None:
+                    self._write(batch)
+        except BaseException as exc:  # noqa: BLE001 - handed to the producer, which raises it
+            self.error = exc
+            while self.queue.get() is not None:  # drain, so the producer never blocks on a dead lane
+                pass
+        finally:
+            try:
+                self._close()
+            except BaseException as exc:  # noqa: BLE001
+                self.error = self.error or exc
+
+    def put(self, batch: pa.RecordBatch | None) -> None:
+        while True:
+            if self.error is not None and batch is not None:
+                raise self.error
+            try:
+                self.queue.put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                if not self.is_alive():
+                    raise self.error or RuntimeError(f"{self.name} stopped") from None
+
+
+class _Parquet:
+    def __init__(self, sink: HashingSink, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.writer = pq.ParquetWriter(sink, schema, compression="zstd", compression_level=3, write_statistics=True)
+        self.pending: list[pa.RecordBatch] = []
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.pending.append(batch)
+        self.rows += batch.num_rows
+        if self.rows >= ROW_GROUP_ROWS:  # one row group per ~0.5 M rows, not per record batch
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.Table.from_batches(self.pending, self.schema), row_group_size=self.rows)
+            self.pending, self.rows = [], 0
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.writer.close()
+
+
 def write_formats(batches: Iterable[pa.RecordBatch], schema: pa.Schema, folder: Path, dataset: str,
                   observe: Callable[[pa.RecordBatch], None] | None = None) -> list[Written]:
     """Write ``<dataset>.parquet``, ``.csv`` and ``.jsonl`` into ``folder`` from one pass over ``batches``
-    (already de-identified, all of ``schema``); ``observe`` sees each batch (coverage statistics)."""
+    (already de-identified, all of ``schema``); ``observe`` sees each batch (coverage statistics). Each format
+    is written by a thread of its own; the first writer error is raised here."""
     sinks = {fmt: HashingSink(folder / f"{dataset}.{fmt}") for fmt in FORMATS}
+    lanes: list[_Lane] = []
     rows = 0
-    parquet = csv = jsonl = None
     try:
-        parquet = pq.ParquetWriter(sinks["parquet"], schema, compression="zstd", compression_level=3,
-                                   write_statistics=True)
+        parquet = _Parquet(sinks["parquet"], schema)
+        lanes.append(_Lane("parquet", parquet.write, parquet.close))
         sinks["csv"].write(BOM)
         csv = pcsv.CSVWriter(sinks["csv"], text_schema(schema), write_options=pcsv.WriteOptions(**CSV_OPTIONS))
+        lanes.append(_Lane("csv", lambda b: csv.write_batch(text_batch(b)), csv.close))
         jsonl = _Jsonl(sinks["jsonl"])
-        pending: list[pa.RecordBatch] = []
-        pending_rows = 0
+        lanes.append(_Lane("jsonl", lambda b: jsonl.write(text_batch(b)), jsonl.close))
+        for lane in lanes:
+            lane.start()
         for batch in batches:
             if not batch.num_rows:
                 continue
@@ -163,22 +231,22 @@ def write_formats(batches: Iterable[pa.RecordBatch], schema: pa.Schema, folder: 
             rows += batch.num_rows
             if observe is not None:
                 observe(batch)
-            text = text_batch(batch)
-            csv.write_batch(text)
-            jsonl.write(text)
-            pending.append(batch)
-            pending_rows += batch.num_rows
-            if pending_rows >= ROW_GROUP_ROWS:  # one row group per ~0.5 M rows, not per record batch
-                parquet.write_table(pa.Table.from_batches(pending, schema), row_group_size=pending_rows)
-                pending, pending_rows = [], 0
-        if pending:
-            parquet.write_table(pa.Table.from_batches(pending, schema), row_group_size=pending_rows)
+            for lane in lanes:
+                lane.put(batch)
     finally:
-        for writer in (parquet, csv, jsonl):
-            if writer is not None:
-                writer.close()
+        for lane in lanes:
+            if lane.is_alive():
+                try:
+                    lane.put(None)
+                except BaseException:  # noqa: BLE001 - a dead lane: its own error is raised below
+                    pass
+        for lane in lanes:
+            lane.join()
         for sink in sinks.values():
             sink.close()
+    errors = [lane.error for lane in lanes if lane.error is not None]
+    if errors:
+        raise errors[0]
     return [Written(f"{dataset}.{fmt}", fmt, FORMATS[fmt], sink.path, sink.size, sink.sha256, rows)
             for fmt, sink in sinks.items()]
 
