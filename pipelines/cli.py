@@ -16,6 +16,7 @@ from pipelines.catalog.contract_cli import contract_app
 from pipelines.catalog.request_cli import request_app
 from pipelines.console import err, fail, out, wide
 from pipelines.errors import CitylakeError
+from pipelines.publish.cli import open_app
 from pipelines.report.cli import report as report_command
 from pipelines.settings import TZ, load_settings
 
@@ -29,6 +30,7 @@ app.add_typer(quality_app, name="quality")
 app.add_typer(contract_app, name="contract")
 app.add_typer(catalog_app, name="catalog", help="The resource catalog (数据资源一本账): ls, show, register.")
 app.add_typer(request_app, name="request", help="Requests for data (开放需求受理反馈): add, ls, show, answer, import.")
+app.add_typer(open_app, name="open", help="The open-data release (开放数据): release, ls.")
 app.command("report")(report_command)
 
 

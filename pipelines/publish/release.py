@@ -95,6 +95,17 @@ class ReleaseResult:
         base = self.exports if self.exports.endswith("/") else self.exports + "/"
         return f"{base}open/{self.release_date.isoformat()}/"
 
+    @property
+    def pointer(self) -> str:
+        """``<exports>/open/latest.json``."""
+        base = self.exports if self.exports.endswith("/") else self.exports + "/"
+        return f"{base}open/latest.json"
+
+    @property
+    def released_today(self) -> bool:
+        """Whether the release-date folder holds something (this run's or an earlier run's of the same day)."""
+        return self.catalog is not None or any(o.status == "released" for o in self.outcomes)
+
     def by_status(self, status: str) -> list[str]:
         return [o.dataset for o in self.outcomes if o.status == status]
 
@@ -105,7 +116,7 @@ class ReleaseResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"release_date": self.release_date.isoformat(), "run_id": self.run_id, "exports": self.exports,
-                "folder": self.folder, "catalog": self.catalog, "removed": self.removed,
+                "folder": self.folder, "pointer": self.pointer, "catalog": self.catalog, "removed": self.removed,
                 "datasets": [o.to_dict() for o in self.outcomes]}
 
 
