@@ -1,8 +1,9 @@
 """``make demo``: seed the synthetic city, run every ingest DAG through real Airflow, print a summary.
 
 Airflow runs with a project-local AIRFLOW_HOME and SQLite metadata; DAGs execute with ``dag.test()``,
-which does not trigger Asset-scheduled DAGs, so the demo runs downstream DAGs itself: ``report__quality`` last, whose
-site's path is the demo's last line.
+which does not trigger Asset-scheduled DAGs, so the demo runs downstream DAGs itself: the curate DAGs, then
+``publish__open_data`` (the open release of the reference date), then ``report__quality``; the last line is
+the open release's folder.
 """
 
 from __future__ import annotations
@@ -120,6 +121,40 @@ def _print_curated(rows: list[dict[str, Any]], console: Console) -> None:
     console.print(t)
 
 
+def run_release_dag(release_date: Any) -> tuple[list[dict[str, Any]], str]:
+    """Run ``publish__open_data`` with dag.test() for ``release_date`` (06:30 Asia/Shanghai that day): one row
+    per task (its outcome when it ran) and the release folder (``<exports>/open/<date>/``)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pipelines.publish.release import store_for
+
+    settings = load_settings()
+    bag = DagBag(dag_folder=str(settings.root / "dags" / "publish_open_data.py"))
+    if bag.import_errors or "publish__open_data" not in bag.dags:
+        raise CitylakeError(f"publish__open_data did not load: {bag.import_errors}")
+    logical = datetime(release_date.year, release_date.month, release_date.day, 6, 30, tzinfo=TZ)
+    run = bag.dags["publish__open_data"].test(logical_date=logical)
+    rows = []
+    for ti in sorted(run.get_task_instances(), key=lambda t: t.task_id):
+        result = ti.xcom_pull(task_ids=ti.task_id) if str(ti.state).endswith("success") else None
+        rows.append({"task": ti.task_id, "state": str(ti.state), "seconds": ti.duration or 0.0, **(result or {})})
+    return rows, store_for(settings).url(f"open/{release_date.isoformat()}/")
+
+
+def _print_release(rows: list[dict[str, Any]], console: Console) -> list[str]:
+    """The release table; returns the datasets that were neither released nor unchanged nor skipped."""
+    t = Table("task", "status", "rows", "folder", "seconds", "state", title="open release (publish__open_data)")
+    bad = []
+    for r in rows:
+        status = r.get("status") or ("skipped" if "skipped" in r["state"] else "")
+        t.add_row(r["task"], status, f"{r['rows']:,}" if "rows" in r else "", r.get("folder") or r.get("catalog") or "",
+                  f"{r['seconds']:.1f}", r["state"])
+        if not r["state"].endswith(("success", "skipped")):
+            bad.append(r["task"])
+    console.print(t)
+    return bad
+
+
 def run_report_dag() -> Path:
     """Run ``report__quality`` (GX Data Docs, then the governance site) with dag.test(); the site's index.
     The report day is today: meta rows carry the wall-clock time they were recorded."""
@@ -174,6 +209,9 @@ def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
         curated = run_curate_dags(logical)
     _print_curated(curated, console)
     failed += [f"curated.{r['dataset']}" for r in curated if "success" not in r["state"]]
+    with console.status("publish__open_data through Airflow: de-identify, write, leak-scan, verify, move latest.json…"):
+        released, release_folder = run_release_dag(logical.date())
+    failed += [f"open release {task}" for task in _print_release(released, console)]
     with console.status("a mostly bad delivery: enterprise re-sends records with corrupted credit codes…"):
         held = _bad_delivery(settings, logical)
     console.print(f"[yellow]held[/] std.enterprise: a batch of {held['extracted']:,} rows was not published, the std "
@@ -189,6 +227,8 @@ def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
     console.print(f"lake: {settings.lake_dir} (catalog {settings.catalog_uri}, warehouse {settings.warehouse})")
     console.print(f"total {time.perf_counter() - t0:.0f}s · see `citylake lake ls`, `citylake lake show <table>`")
     console.print(f"数据治理报告 (governance report, opens offline): {report}", highlight=False, soft_wrap=True)
+    console.print(f"开放数据发布 (open-data release, latest.json beside it): {release_folder}", highlight=False,
+                  soft_wrap=True)
     if failed:
         raise CitylakeError(f"demo: {len(failed)} table loads failed: {', '.join(failed)}")
 

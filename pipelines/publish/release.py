@@ -13,7 +13,9 @@ For each curated dataset, in turn (one dataset's failure never stops the next):
 4. metadata (``datapackage.json``, ``dictionary.csv``, ``changes.json`` against the release the pointer names,
    ``card.md``/``card.json`` when the contract has a ``card``, then ``manifest.json`` over all of them);
 5. the folder moved into place and verified there (``store``), then ``latest.json`` replaced atomically for
-   this dataset only (``pointer``), then the ``meta.releases`` event.
+   this dataset only (``pointer``).
+The run's ``meta.releases`` events (one per dataset) are appended in one commit at its end, also when it is
+interrupted (the DAG runs one dataset per task, so one event per task).
 Then (``finish_release``) ``open/<date>/catalog.jsonld`` (DCAT-AP 3) over every dataset the pointer names, and
 retention: release-date folders beyond the newest ``settings.open_keep`` are removed, except every folder the
 pointer references.
@@ -52,6 +54,7 @@ again even when its build did not change."""
 PASSED = ("published", "released")
 """``meta.batches`` statuses of a build that passed the gate."""
 STATUSES = ("released", "unchanged", "blocked", "failed", "not_open", "not_passed")
+INTERRUPTED = "发布中断 (interrupted)"
 
 
 @dataclass
@@ -131,6 +134,8 @@ class _Run:
     scratch: Path
     departments: Any = None
     scores: dict[str, float | None] | None = None
+    gate: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(dataset, build id) → its latest ``meta.batches`` status (``gate_status``)."""
     released: dict[str, Any] = field(default_factory=dict)
     """dataset → DatasetRelease made by this run."""
 
@@ -180,15 +185,21 @@ def release_open_data(settings: Settings | None = None, *, release_date: date | 
     store = store_for(settings)
     run = _Run(settings, config, store, get_catalog(settings), release_date or today(), run_id or new_run_id("open"),
                Path())
-    outcomes = []
+    outcomes: list[DatasetOutcome] = []
     with store.lock(), tempfile.TemporaryDirectory(prefix="citylake-open-") as scratch:
         run.scratch = Path(scratch)
         store.sweep()
-        for name in names:
-            outcome = _release_one(run, config.curated[name])
-            _record(run, outcome)
-            outcomes.append(outcome)
-            log.info("open release %s %s: %s %s", run.day, name, outcome.status, outcome.reason or "")
+        run.gate = gate_status(run.catalog, names)
+        try:
+            for name in names:
+                outcome = DatasetOutcome(name, "failed", reason=INTERRUPTED)
+                outcomes.append(outcome)
+                _release_one(run, config.curated[name], outcome)
+                log.info("open release %s %s: %s %s", run.day, name, outcome.status, outcome.reason or "")
+        finally:  # one commit for the run's events, also when it is interrupted between two datasets
+            if outcomes and outcomes[-1].reason == INTERRUPTED:
+                _settle(run, outcomes[-1])
+            _record(run, outcomes)
         result = ReleaseResult(run.release_date, run.run_id, store.location, outcomes)
         if finish:
             result.catalog, result.removed = _finish(run)
@@ -212,6 +223,18 @@ def finish_release(settings: Settings | None = None, *, release_date: date | Non
 # --- one dataset -------------------------------------------------------------------------------------
 
 
+def _settle(run: _Run, outcome: DatasetOutcome) -> None:
+    """The outcome of a dataset whose release was interrupted: released when the pointer already names this
+    date's folder of its build (the interruption came after the pointer moved), else failed."""
+    try:
+        entry = read_pointer(run.store)["datasets"].get(outcome.dataset) or {}
+    except Exception:  # noqa: BLE001 - recording what is known matters more than the detail
+        return
+    if outcome.build_id and entry.get("build_id") == outcome.build_id and entry.get("release_date") == run.day:
+        outcome.status, outcome.reason = "released", None
+        outcome.folder, outcome.rows = entry.get("path"), int(entry.get("rows") or 0)
+
+
 def fingerprint(contract: Any) -> str:
     """What besides the build decides a release folder's content: the curated contract (columns, de-
     identification, metadata) and the release format. 16 hex of SHA-256."""
@@ -220,10 +243,26 @@ def fingerprint(contract: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def current_build(catalog: Any, contract: Any) -> tuple[Any, Any, str | None, str | None]:
+def gate_status(catalog: Any, datasets: list[str]) -> dict[tuple[str, str], str]:
+    """(dataset, build id) → the latest ``meta.batches`` status of every build of ``datasets`` (one read of the
+    log for the whole run; ``latest_events`` is the gate's own rule for "latest")."""
+    from pyiceberg.expressions import In
+
+    from pipelines.lake.meta import latest_events
+    from pipelines.lake.raw import open_table
+
+    log_table = open_table(catalog, "meta.batches")
+    if log_table is None or log_table.current_snapshot() is None or not datasets:
+        return {}
+    events = log_table.scan(row_filter=In("dataset", datasets)).to_arrow()
+    return {(r["dataset"], r["raw_batch_id"]): r["status"] for r in latest_events(events).to_pylist()}
+
+
+def current_build(catalog: Any, contract: Any, gate: dict[tuple[str, str], str] | None = None
+                  ) -> tuple[Any, Any, str | None, str | None]:
     """(table, snapshot, build id, why not releasable) of ``curated.<ds>``: its current snapshot's build must
-    have a published or released ``meta.batches`` event (the gate's verdict on that build)."""
-    from pipelines.lake.meta import batch_status
+    have a published or released ``meta.batches`` event (the gate's verdict on that build). ``gate``: the
+    statuses read once for the run (``gate_status``), read here when not given."""
     from pipelines.lake.raw import open_table, summary_value
 
     table = open_table(catalog, contract.table)
@@ -233,22 +272,25 @@ def current_build(catalog: Any, contract: Any) -> tuple[Any, Any, str | None, st
     build_id = summary_value(snap, "citylake.build-id")
     if build_id is None:
         return table, snap, None, f"{contract.table}: 当前快照没有构建号 (snapshot {snap.snapshot_id} has no build id)"
-    event = batch_status(catalog, contract.dataset).get(build_id)
-    status = event["status"] if event else None
+    if gate is None:
+        gate = gate_status(catalog, [contract.dataset])
+    status = gate.get((contract.dataset, build_id))
     if status not in PASSED:
         return table, snap, build_id, (f"构建 {build_id} 未通过质量检查 (gate status {status or 'none recorded'})")
     return table, snap, build_id, None
 
 
-def _release_one(run: _Run, contract: Any) -> DatasetOutcome:
+def _release_one(run: _Run, contract: Any, outcome: DatasetOutcome) -> DatasetOutcome:
+    """Release one dataset, recording what happened in ``outcome`` as it goes (the caller holds it, so an
+    interruption still leaves what was done)."""
     ds = contract.dataset
     started = time.perf_counter()
     if contract.open.type == "不予开放":
-        return DatasetOutcome(ds, "not_open", reason=f"开放类型为不予开放 ({contract.where('open', 'type')})")
+        outcome.status, outcome.reason = "not_open", f"开放类型为不予开放 ({contract.where('open', 'type')})"
+        return outcome
     stage: Path | None = None
-    outcome = DatasetOutcome(ds, "failed")
     try:
-        table, snap, build_id, why = current_build(run.catalog, contract)
+        table, snap, build_id, why = current_build(run.catalog, contract, run.gate)
         outcome.build_id = build_id
         pointer = read_pointer(run.store)
         entry = pointer["datasets"].get(ds)
@@ -279,7 +321,7 @@ def _release_one(run: _Run, contract: Any) -> DatasetOutcome:
         move_dataset(run.store, ds, {"release_date": run.day, "path": folder, "manifest": manifest_sha,
                                      "rows": release.rows, "build_id": build_id, "fingerprint": fp})
         run.released[ds] = release
-        outcome.status, outcome.folder, outcome.rows = "released", folder, release.rows
+        outcome.status, outcome.folder, outcome.rows, outcome.reason = "released", folder, release.rows, None
         return outcome
     except Exception as exc:  # noqa: BLE001 - one dataset's failure must not stop the others
         from pipelines.privacy.mask import mask_message
@@ -479,15 +521,16 @@ def _json(data: Any) -> bytes:
     return (json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n").encode("utf-8")
 
 
-def _record(run: _Run, outcome: DatasetOutcome) -> None:
-    """The ``meta.releases`` event of one dataset (reason and hits are masked already)."""
+def _record(run: _Run, outcomes: list[DatasetOutcome]) -> None:
+    """The ``meta.releases`` events of the run, one commit (reasons and hits are masked already). The pointer,
+    not this log, is what the portal trusts: a run killed outright records nothing, its rerun does."""
     from pipelines.lake.meta import append_log
 
     append_log(run.catalog, "meta.releases", [{
-        "release_date": run.day, "dataset": outcome.dataset, "status": outcome.status, "folder": outcome.folder,
-        "rows": outcome.rows, "build_id": outcome.build_id, "reason": outcome.reason,
-        "leak_hits": json.dumps(outcome.leak_hits, ensure_ascii=False) if outcome.leak_hits else None,
-        "run_id": run.run_id}])
+        "release_date": run.day, "dataset": o.dataset, "status": o.status, "folder": o.folder,
+        "rows": o.rows, "build_id": o.build_id, "reason": o.reason,
+        "leak_hits": json.dumps(o.leak_hits, ensure_ascii=False) if o.leak_hits else None,
+        "run_id": run.run_id} for o in outcomes])
 
 
 # --- catalog and retention ---------------------------------------------------------------------------
