@@ -137,7 +137,8 @@ def run_release_dag(release_date: Any) -> tuple[list[dict[str, Any]], str]:
     rows = []
     for ti in sorted(run.get_task_instances(), key=lambda t: t.task_id):
         result = ti.xcom_pull(task_ids=ti.task_id) if str(ti.state).endswith("success") else None
-        rows.append({"task": ti.task_id, "state": str(ti.state), "seconds": ti.duration or 0.0, **(result or {})})
+        # the task's own fields last: the outcome's "seconds" is its per-step breakdown
+        rows.append({**(result or {}), "task": ti.task_id, "state": str(ti.state), "seconds": ti.duration or 0.0})
     return rows, store_for(settings).url(f"open/{release_date.isoformat()}/")
 
 
