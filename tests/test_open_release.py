@@ -465,6 +465,17 @@ def test_s3_release_has_the_local_files_and_checksums(lake: Lake, tmp_path: Path
             assert len(data) == f["bytes"] and hashlib.sha256(data).hexdigest() == f["sha256"], (ds, f["name"])
             if f["rows"] is not None:  # the data files are byte for byte the local release's
                 assert f["sha256"] == _sha(local / entry["path"] / f["name"]), (ds, f["name"])
+    try:  # retention on S3: yesterday's folder of a re-released dataset goes, the referenced ones stay
+        lake.build("bus_ridership_daily")
+        later = _release(lake.exports("s3://open-exports/city", s3_endpoint=moto_endpoint, open_keep=1),  # type: ignore[arg-type]
+                         D2, datasets=["bus_ridership_daily"])
+        assert later.removed == [f"open/{D1}/bus_ridership_daily/"]
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="open-exports")["Contents"]}
+        assert not any(k.startswith(f"city/open/{D1}/bus_ridership_daily/") for k in keys)
+        assert f"city/open/{D2}/bus_ridership_daily/manifest.json" in keys
+        assert f"city/open/{D1}/golden_legal_person/manifest.json" in keys
+    finally:
+        lake.build("bus_ridership_daily")
 
 
 # --- the DAG ----------------------------------------------------------------------------------------------------
