@@ -45,6 +45,7 @@ bench: install
 	$(UV) pip install -q --compile-bytecode --python $(PY) -e '.[dev,bench]'
 	$(PY) benchmarks/ingest_postgres.py
 	$(PY) benchmarks/validate_resident.py
+	$(PY) benchmarks/open_export.py
 
 # The Airflow UI on the same DAGs (project-local AIRFLOW_HOME, SQLite): http://localhost:8080
 airflow-ui: install
