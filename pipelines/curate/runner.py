@@ -94,6 +94,8 @@ DEFINITION = "citylake.definition"
 CURATED_PROPS = {**PROPS, "write.target-file-size-bytes": str(64 << 20)}
 MEMORY_LIMIT = os.environ.get("CITYLAKE_CURATE_MEMORY", "512MB")
 """DuckDB's buffer limit for a build; beyond it DuckDB spills to the build's folder under ``$TMPDIR``."""
+BATCH_ROWS = 32 * 1024
+"""Rows conformed and validated at a time: curated rows can be wide (a golden record's provenance is ~1 KB)."""
 TYPES = {"string": pa.string(), "integer": pa.int64(), "float": pa.float64(), "boolean": pa.bool_(),
          "date": pa.date32(), "timestamp": pa.timestamp("us", tz="UTC"), "decimal": pa.decimal128(38, 10)}
 """A curated column's Arrow type, from its data element's type (as standardization types std columns)."""
@@ -282,20 +284,42 @@ def prepare(con: Any, catalog: Any, settings: Settings, contract: CuratedContrac
     _load_table(con, "elements", pa.Table.from_pylist(elements, schema=pa.schema(
         [(n, pa.string()) for n in ("element", "name_zh", "type", "authoritative_system", "authoritative_table",
                                     "authoritative_column", "std_dataset", "std_column")])).to_reader())
-    con.execute("""
-        CREATE MACRO provenance(ds, col) AS (
-            SELECT {'system': c.system, 'table': c.table_name, 'dataset': c.dataset, 'snapshot': i.snapshot_id,
-                    'authoritative': c.authoritative}
-            FROM std_columns AS c JOIN inputs AS i ON i.layer = 'std' AND i.dataset = c.dataset
-            WHERE c.dataset = ds AND c.column_name = col)""")
+    con.execute(provenance_macro(columns, snapshots))
     register_functions(con)
 
 
-def _wrapped(sql: str, keys: list[str]) -> str:
-    """The model ordered by its primary key, each extra copy of a key marked ``_extra`` (the first one is kept)."""
-    k = ", ".join(_q(x) for x in keys)
-    return (f"SELECT * EXCLUDE (_copy), _copy > 1 AS _extra FROM (SELECT *, row_number() OVER (PARTITION BY {k}) "
-            f"AS _copy FROM (\n{sql}\n) AS model) ORDER BY {k}, _copy")
+def provenance_macro(columns: list[dict[str, Any]], snapshots: dict[str, int]) -> str:
+    """``provenance(dataset, column)`` as a CASE over literal structs, one per column of a std input: called with
+    constants (as models do) it folds to a constant when DuckDB plans the query. A lookup subquery instead was
+    planned as one cross join per call (a golden record calls it a dozen times per row: 60 s and out of memory
+    for 2 M residents)."""
+    branches = []
+    for c in columns:
+        snap = snapshots.get(f"std.{c['dataset']}")
+        if snap is None:
+            continue
+        branches.append(
+            f"WHEN {_lit(c['dataset'] + '.' + c['column_name'])} THEN {{'system': {_lit(c['system'])}, "
+            f"'table': {_lit(c['table_name'])}, 'dataset': {_lit(c['dataset'])}, 'snapshot': {int(snap)}::BIGINT, "
+            f"'authoritative': {'true' if c['authoritative'] else 'false'}}}")
+    null = "NULL::STRUCT(system VARCHAR, \"table\" VARCHAR, dataset VARCHAR, snapshot BIGINT, authoritative BOOLEAN)"
+    return (f"CREATE MACRO provenance(ds, col) AS CASE ds || '.' || col {' '.join(branches)} "
+            f"ELSE {null} END" if branches else f"CREATE MACRO provenance(ds, col) AS {null}")
+
+
+def run_model(con: Any, contract: CuratedContract, sql: str, batch_rows: int) -> pa.RecordBatchReader:
+    """Run the model into a DuckDB table (on disk, spilling), then read it back ordered by the primary key, each
+    extra copy of a key marked ``_extra`` (the first one kept): every build of the same inputs stages the same rows
+    in the same order. Extra copies are found over the keys alone; one query doing the window and the sort over
+    whole rows ran out of DuckDB's memory on 2 M golden records (a kilobyte of provenance each)."""
+    _check_columns(contract, list(con.sql(sql).columns))
+    con.execute(f"CREATE TABLE _model AS {sql}")
+    k = ", ".join(_q(x) for x in contract.primary_key)
+    con.execute(f"CREATE TABLE _extra AS SELECT rid FROM (SELECT rowid AS rid, row_number() OVER (PARTITION BY {k} "
+                "ORDER BY rowid) AS n FROM _model) WHERE n > 1")
+    order = ", ".join(f"m.{_q(x)}" for x in contract.primary_key)
+    return con.sql(f"SELECT m.*, m.rowid IN (SELECT rid FROM _extra) AS _extra FROM _model AS m "
+                   f"ORDER BY {order}, m.rowid").to_arrow_reader(batch_rows)
 
 
 def target_schema(contract: CuratedContract, standards: Any) -> pa.Schema:
@@ -337,7 +361,7 @@ def _stage(reader: pa.RecordBatchReader, contract: CuratedContract, schema: pa.S
 
     def numbered() -> Any:
         pos = 0
-        for chunk in chunks(reader):
+        for chunk in chunks(reader, BATCH_ROWS):
             yield pos, chunk
             pos += chunk.num_rows
 
@@ -449,8 +473,7 @@ def model_rows(dataset: str, *, settings: Settings | None = None) -> pa.Table:
         con = _connect(Path(tmp_name))
         try:
             prepare(con, catalog, settings, contract, snapshots, config)
-            _check_columns(contract, list(con.sql(sql).columns))
-            produced = con.sql(_wrapped(sql, contract.primary_key)).to_arrow_table()
+            produced = run_model(con, contract, sql, CHUNK_ROWS).read_all()
         finally:
             con.close()
     return _conform(produced, schema, contract)
@@ -485,15 +508,13 @@ def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str
     # the suite loader reads a contract's dataset and column names, which both kinds have
     rules = load_suite(settings.root / "expectations", cast(Any, contract), standards, reference_date)
     schema = target_schema(contract, standards)
-    keys = contract.primary_key
     with tempfile.TemporaryDirectory(prefix=f"citylake-curate-{dataset}-") as tmp_name:
         tmp = Path(tmp_name)
         con = _connect(tmp)
         try:
             prepare(con, catalog, settings, contract, snapshots, config)
             try:
-                _check_columns(contract, list(con.sql(sql).columns))
-                reader = con.sql(_wrapped(sql, keys)).to_arrow_reader(CHUNK_ROWS)
+                reader = run_model(con, contract, sql, BATCH_ROWS)
                 staged, extras = _stage(reader, contract, schema, rules, build_id, tmp / "staged.parquet")
             except CitylakeError:
                 raise
@@ -506,7 +527,7 @@ def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str
         dup = RuleTally(duplicate_rule(contract))
         masker = Masker(contract, standards)
         good, quarantine = tmp / "good.parquet", tmp / "quarantine.parquet"
-        split = split_staged(staged, extras, rules, tallies, dup, masker, run_id, good, quarantine)
+        split = split_staged(staged, extras, rules, tallies, dup, masker, run_id, good, quarantine, BATCH_ROWS)
         release_memory()
         result.produced = staged.rows
         over = [t for t in tallies

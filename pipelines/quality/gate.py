@@ -366,10 +366,10 @@ class _Split:
 
 
 def _split(staged: _Staged, extras: pa.Array, rules: list[Rule], tallies: list[RuleTally], dup: RuleTally,
-           masker: _Masker, run_id: str, good_path: Path, quarantine_path: Path) -> _Split:
-    """Pass 2, a chunk at a time: count every rule over the kept rows (extra copies excluded) and stage
-    the passing rows (with the warning rules they broke) and the quarantined ones (with the critical rules
-    they broke, or the duplicate rule); a held batch leaves them unused."""
+           masker: _Masker, run_id: str, good_path: Path, quarantine_path: Path, batch_rows: int = 0) -> _Split:
+    """Pass 2, a chunk at a time (``batch_rows``, default ``CHUNK_ROWS``): count every rule over the kept rows
+    (extra copies excluded) and stage the passing rows (with the warning rules they broke) and the quarantined
+    ones (with the critical rules they broke, or the duplicate rule); a held batch leaves them unused."""
     critical = [i for i, r in enumerate(rules) if r.severity == "critical"]
     warning = [i for i, r in enumerate(rules) if r.severity == "warning"]
     out = _Split()
@@ -407,7 +407,7 @@ def _split(staged: _Staged, extras: pa.Array, rules: list[Rule], tallies: list[R
         return chunk.num_rows, kept.num_rows, failing, extra.select(masker.keys), good_out, quarantined, warned
 
     try:
-        batches = source.iter_batches(batch_size=CHUNK_ROWS)
+        batches = source.iter_batches(batch_size=batch_rows or CHUNK_ROWS)
         for n, n_kept, failing, extra_keys, good, quarantined, warned in _ordered_map(work, batches):
             for t, rows in zip(tallies, failing, strict=True):
                 t.evaluated += n_kept
