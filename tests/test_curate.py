@@ -333,7 +333,23 @@ def test_a_model_whose_columns_differ_from_its_contract_is_refused_naming_both(
     model = tmp_path / "poi_wgs84.sql"
     model.write_text("SELECT poi_id, poi_name, poi_category, longitude, latitude, 'WGS-84' AS crs_code FROM std_poi;\n",
                      encoding="utf-8")
-    monkeypatch.setattr(contract, "_models_dir", tmp_path)
+    # on the class: the contract object is load_all's cached one, shared with the other tests
+    monkeypatch.setattr(type(contract), "model_path", property(lambda self: model))
     with pytest.raises(ConfigError, match=r"poi_wgs84\.sql: the model's columns differ from .*poi_wgs84\.yml's "
                                           r"\(missing poi_district_code, crs; not in the contract: crs_code\)"):
         model_rows("poi_wgs84", settings=lake)
+
+
+def test_cli_curate_prints_the_build_and_names_an_unknown_dataset(lake: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    put(lake, "poi", _pois(3))
+    done = CliRunner().invoke(app, ["curate", "poi_wgs84", "--run-id", "cli-1", "--reference-date", "2026-11-20"])
+    assert done.exit_code == 0, done.output
+    assert "poi_wgs84" in done.output and "published" in done.output and "build__" in done.output
+    again = CliRunner().invoke(app, ["curate", "poi_wgs84", "--reference-date", "2026-11-20"])
+    assert again.exit_code == 0 and "nothing_new" in again.output
+    unknown = CliRunner().invoke(app, ["curate", "no_such"])
+    assert unknown.exit_code == 1 and "no curated contract 'no_such'" in unknown.output
