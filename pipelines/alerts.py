@@ -301,12 +301,12 @@ def rejected_alert(settings: Settings, system: SourceSystem, table: str,
 
 def held_alert(settings: Settings, exc: QualityGateError) -> Alert:
     """The alert of a held batch, from the gate's error (dataset, blocking rules and their counts)."""
-    from pipelines.config import load_config
+    from pipelines.config import load_all
 
     if exc.dataset is None or not exc.failures:
         raise ValueError("the held-batch error carries no dataset or blocking rule")
-    _standards, _systems, contracts = load_config(settings)
-    contract = contracts[exc.dataset]
+    config = load_all(settings)  # a held curated build alerts its owner like a held std batch
+    contract = config.contracts.get(exc.dataset) or config.curated[exc.dataset]
     first, *others = exc.failures
     details = tuple(f"{f['rule']}（{f['description']}）：{_n(f['failed'])} / {_n(f['evaluated'])} 行" for f in others)
     return Alert("held", contract.dataset, contract.owner, first["rule"], first["failed"],

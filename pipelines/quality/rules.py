@@ -139,14 +139,19 @@ def _division_check(kw: dict[str, Any], standards: Standards | None) -> Check:
     return lambda t: v.division_code_valid(_col(kw["column"])(t), codes)
 
 
+def _in_set(values: pa.Array, value_set: list[Any]) -> pa.Array:
+    return pc.or_(pc.is_null(values), pc.is_in(values, value_set=pa.array([str(x) for x in value_set])))
+
+
 def _checks(reference_date: date, standards: Standards | None = None) -> dict[str, Callable[[dict[str, Any]], Check]]:
     """Expectation type → vectorised check, given the expectation's kwargs."""
     return {
         "expect_column_values_to_not_be_null": lambda k: lambda t: pc.is_valid(_col(k["column"])(t)),
         "expect_column_values_to_match_regex": lambda k: lambda t: pc.match_substring_regex(
             _col(k["column"])(t).cast(pa.string()), k["regex"]),
-        "expect_column_values_to_be_in_set": lambda k: lambda t: pc.is_in(
-            _col(k["column"])(t).cast(pa.string()), value_set=pa.array([str(x) for x in k["value_set"]])),
+        # null passes (as in GX and every other check here): a missing value is the not-null rule's finding
+        "expect_column_values_to_be_in_set": lambda k: lambda t: _in_set(
+            _col(k["column"])(t).cast(pa.string()), k["value_set"]),
         "expect_column_values_to_be_valid_division_code": lambda k: _division_check(k, standards),
         "expect_column_values_to_have_valid_resident_id_check_digit": lambda k: lambda t: v.resident_id_check_digit(
             _col(k["column"])(t)),
