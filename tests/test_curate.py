@@ -353,3 +353,34 @@ def test_cli_curate_prints_the_build_and_names_an_unknown_dataset(lake: Settings
     assert again.exit_code == 0 and "nothing_new" in again.output
     unknown = CliRunner().invoke(app, ["curate", "no_such"])
     assert unknown.exit_code == 1 and "no curated contract 'no_such'" in unknown.output
+
+
+def test_lake_show_of_a_curated_table_masks_by_its_declared_elements(lake: Settings) -> None:
+    """curated.<ds> and quarantine.<ds> of a curated dataset are declared by the curated contract: personal
+    columns are masked as in std, not left to detection."""
+    from pipelines.curate.runner import model_rows
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.inspect import show
+    from pipelines.lake.tables import append
+    from pipelines.privacy import load_declarations
+    from pipelines.seed.ids import resident_id
+
+    rid = resident_id("340104", date(1980, 5, 1), 11)
+    put(lake, "person", [{"resident_id": rid, "person_name": "张三", "sex_code": "1", "birth_date": date(1980, 5, 1),
+                          "residence_district_code": "340104", "residence_address": "安徽省合肥市蜀山区长江西路1号",
+                          "mobile_phone": "13800000000"}])
+    put(lake, "insured", [{"resident_id": rid, "person_name": "张叁", "insurance_type": "310"}])
+    put(lake, "housing_fund_account", [{"resident_id": rid, "person_name": "张三",
+                                         "housing_fund_account": "HF000000000001"}])
+    rows = model_rows("golden_resident", settings=lake)
+    for table in ("curated.golden_resident", "quarantine.golden_resident"):
+        append(get_catalog(lake), table, rows.append_column("_batch_id", pa.repeat(pa.scalar("b"), len(rows))),
+               replace=AlwaysTrue())
+        columns, (row,), warning = show(table, settings=lake)
+        assert warning is None
+        assert row["resident_id"] != rid and row["resident_id"].startswith("340104")
+        assert row["person_name"] != "张三" and row["birth_date"] != date(1980, 5, 1)
+        assert row["mobile_phone"] != "13800000000" and "长江西路1号" not in (row["residence_address"] or "")
+        assert row["sex_code"] == "1" and row["residence_district_code"] == "340104"
+    decl, _ = load_declarations(lake)
+    assert decl is not None and decl.columns_of("curated.golden_resident")["birth_date"].code == "birth_date"

@@ -298,3 +298,23 @@ def test_industry_and_station_code_lists(base: tuple[Standards, dict[str, Any]],
         f"{path}:2: code 340100051: parent 340199 is not a code of division",
         f"{path}:3: code 340100052: longitude '121.47' is not a decimal degree inside Hefei (116.68–117.98)"]
     assert load_code_list(SCHEMAS / "standards" / "code_lists" / "sex.csv").extra == {}
+
+
+def test_a_broken_curated_contract_does_not_stop_a_std_held_alert(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipelines.config
+    from pipelines.alerts import held_alert
+    from pipelines.errors import ConfigError
+    from pipelines.quality.gate import QualityGateError
+    from pipelines.settings import load_settings
+
+    def broken(settings: Any) -> Any:
+        raise ConfigError("schemas/curated/x.yml:3: inputs: std.nope has no contract")
+
+    monkeypatch.setattr(pipelines.config, "load_all", broken)
+    exc = QualityGateError("std.enterprise held", dataset="enterprise", held=5, failures=[
+        {"rule": "enterprise.uscc.check_digit", "description": "统一社会信用代码校验位", "failed": 3, "evaluated": 5,
+         "threshold": 0.2}])
+    alert = held_alert(load_settings(), exc)
+    assert alert.dataset_or_table == "enterprise" and alert.count == 3
+    with pytest.raises(ConfigError, match="x.yml:3"):  # a curated dataset's alert needs its (broken) contract
+        held_alert(load_settings(), QualityGateError("held", dataset="poi_wgs84", held=1, failures=exc.failures))

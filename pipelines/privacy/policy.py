@@ -13,14 +13,14 @@ to the year; only code-like values (no space, no Han, short) stay readable.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.contracts import DatasetContract
+from pipelines.contracts import CuratedContract, DatasetContract
 from pipelines.privacy.detect import column_kind
 from pipelines.privacy.mask import is_personal, mask, mask_file_name, mask_free_text, mask_kind, mask_message, mask_text
 from pipelines.settings import Settings
@@ -33,13 +33,16 @@ _DATE_LIKE = r"^\d{4}[-/.年]\d{1,2}[-/.月]\d{1,2}"
 
 @dataclass(frozen=True)
 class Declarations:
-    """The standards and contracts: what each lake column carries, where it is declared."""
+    """The standards and contracts (std and curated): what each lake column carries, where it is declared."""
 
     standards: Standards
     contracts: dict[str, DatasetContract]
+    curated: Mapping[str, CuratedContract] = field(default_factory=dict)
+    """Curated contracts: ``curated.<ds>`` and ``quarantine.<ds>`` of a curated dataset (names differ from std's)."""
 
     def columns_of(self, table: str) -> dict[str, DataElement]:
-        """Column → data element for ``raw.<system>__<table>``, ``std.<ds>`` and ``quarantine.<ds>``."""
+        """Column → data element for ``raw.<system>__<table>``, ``std.<ds>``, ``curated.<ds>`` and
+        ``quarantine.<ds>`` (of a std or a curated dataset)."""
         ns, _, name = table.partition(".")
         if ns == "raw" and "__" in name:
             system, _, code = name.partition("__")
@@ -52,21 +55,24 @@ class Declarations:
                     if (ref.system, ref.table) == (system, code):
                         out[ref.column] = e
             return out
-        if ns in ("std", "quarantine", "curated") and name in self.contracts:
+        if ns in ("std", "quarantine") and name in self.contracts:
             return {c.name: self.standards.element(c.element) for c in self.contracts[name].columns}
+        if ns in ("curated", "quarantine") and name in self.curated:
+            return {c.name: self.standards.element(c.element) for c in self.curated[name].columns}
         return {}
 
 
 def load_declarations(settings: Settings) -> tuple[Declarations | None, str | None]:
     """(declarations, None), or (None, why) when any of the config cannot be read: masking then fails
-    closed. Any exception counts — a config that crashes the loader must not switch masking off."""
-    from pipelines.config import load_config
+    closed. Any exception counts — a config that crashes the loader must not switch masking off. The curated
+    contracts are part of it: a curated table is masked by its declared elements as a std one is."""
+    from pipelines.config import load_all
 
     try:
-        standards, _systems, contracts = load_config(settings)
+        config = load_all(settings)
     except Exception as exc:  # noqa: BLE001 - fail closed on anything
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return Declarations(standards, contracts), None
+    return Declarations(config.standards, config.contracts, config.curated), None
 
 
 def _is_text(arr: pa.ChunkedArray | pa.Array) -> bool:

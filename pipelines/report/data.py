@@ -18,7 +18,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -133,9 +133,8 @@ class _Reader:
         config = load_all(settings)
         self.standards, self.systems, self.contracts = config.standards, config.systems, config.contracts
         self.curated: dict[str, Any] = dict(config.curated)
-        self.decl = Declarations(self.standards, self.contracts)
-        # quarantine.<curated ds> examples are masked by the curated contract's columns
-        self.curated_decl = Declarations(self.standards, cast(dict[str, Any], self.curated))
+        # one policy for every table: quarantine.<curated ds> examples are masked by the curated contract's columns
+        self.decl = Declarations(self.standards, self.contracts, config.curated)
         self.catalog = get_catalog(settings)
         self.departments = load_departments(settings)
         self.con = duckdb.connect()
@@ -391,8 +390,8 @@ class _Reader:
         if not picked:
             return {}
         wanted = sorted({i for v in picked.values() for i in v})
-        decl = self.curated_decl if contract.dataset in self.curated else self.decl
-        masked = masked_rows(f"quarantine.{contract.dataset}", data.select(cols).take(pa.array(wanted, pa.int64())), decl)
+        masked = masked_rows(f"quarantine.{contract.dataset}", data.select(cols).take(pa.array(wanted, pa.int64())),
+                             self.decl)
         row_of = dict(zip(wanted, masked, strict=True))
         out: dict[str, list[dict[str, Any]]] = {}
         for rule, idx in picked.items():
