@@ -52,7 +52,7 @@ def rows(dataset: str, rng: random.Random, n: int = 200) -> list[dict[str, Any]]
     start = date(2026, 10, 1)
     if dataset == "poi_wgs84":
         return [{"poi_id": f"POI{i:06d}", "poi_name": f"{fake.street_name()}{rng.choice(['学校', '医院', '公园'])}",
-                 "poi_category": rng.choice(["学校", "医院", "公园"]), "longitude": round(rng.uniform(116.95, 117.55), 6),
+                 "poi_category": rng.choice(["EDU", "MED", "PRK"]), "longitude": round(rng.uniform(116.95, 117.55), 6),
                  "latitude": round(rng.uniform(31.65, 32.05), 6), "poi_district_code": rng.choice(DISTRICTS),
                  "crs": "WGS-84"} for i in range(n)]
     if dataset == "golden_legal_person":
@@ -67,7 +67,7 @@ def rows(dataset: str, rng: random.Random, n: int = 200) -> list[dict[str, Any]]
                         "registered_capital": Decimal(rng.randrange(10_000, 50_000_000)) / 100,
                         "established_on": start - timedelta(days=rng.randrange(0, 9000)),
                         "enterprise_district_code": d, "industry_code": rng.choice(["65", "51", "70"]),
-                        "enterprise_status": "存续", "credit_red_count": rng.randrange(0, 3),
+                        "enterprise_status": rng.choice(["1", "2"]), "credit_red_count": rng.randrange(0, 3),
                         "credit_black_count": rng.randrange(0, 2), "credit_watch_count": rng.randrange(0, 2),
                         "field_provenance": json.dumps(prov, ensure_ascii=False)})
         return out
