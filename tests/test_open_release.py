@@ -267,6 +267,17 @@ def test_planted_resident_id_blocks_only_its_dataset(lake: Lake, tmp_path: Path,
     assert_no_identifiers(exports)
 
 
+def test_a_detector_change_changes_every_release_fingerprint(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LEAK_VERSION is part of the fingerprint: a detector fix re-releases (re-scans) unchanged builds."""
+    from pipelines.publish import leak
+    from pipelines.publish.release import fingerprint
+
+    contract = lake.config.curated["poi_wgs84"]
+    before = fingerprint(contract)
+    monkeypatch.setattr(leak, "LEAK_VERSION", leak.LEAK_VERSION + 1)
+    assert fingerprint(contract) != before
+
+
 ID_TOKEN = re.compile(r"[0-9Xx]{18,}")
 MOBILE = re.compile(r"(?<![0-9A-Za-z])(?:\+?86)?1[3-9][0-9]{9}(?![0-9A-Za-z])")
 """A mobile number not inside a longer word: the metadata's SHA-256 hex digests hold digit runs."""

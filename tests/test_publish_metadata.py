@@ -259,7 +259,7 @@ def test_dictionary_csv_opens_as_utf8_with_bom(release: DatasetRelease, tmp_path
     assert by_name["poi_id"]["是否主键"] == "是" and by_name["poi_name"]["是否主键"] == "否"
     assert by_name["longitude"]["脱敏处理"] == "泛化到网格（0.01°）" and by_name["longitude"]["单位"] == "度"
     assert by_name["established_on"]["脱敏处理"] == "泛化到年" and by_name["established_on"]["类型"] == "年份（year）"
-    assert by_name["boardings"]["脱敏处理"] == "小于5抑制" and by_name["poi_name"]["脱敏处理"] == "原样"
+    assert by_name["boardings"]["脱敏处理"] == "小于5抑制（1≤n<5的计数留空，0照常公布）" and by_name["poi_name"]["脱敏处理"] == "原样"
     assert by_name["poi_category"]["分级"] == "1级" and by_name["poi_category"]["数据元"] == "poi_category"
 
 

@@ -5,7 +5,9 @@
 ``mask`` (the display mask of the column's data element, ``pipelines.privacy.mask``), ``year`` (a date or
 timestamp generalised to its year, Asia/Shanghai), ``district`` (an address generalised to the GB/T 2260
 county-level division named in it, else null), ``grid`` (coordinates floored to the south-west corner of
-a ``grid``-degree cell) and ``suppress`` (an integer cell below ``k`` withheld as null, counted).
+a ``grid``-degree cell) and ``suppress`` (a small non-zero count, 1 ≤ n < ``k``, withheld as null, counted;
+GB/T 37964 practice: a zero is published, since it names nobody, so an empty cell in a suppressed column
+always means "fewer than k, at least one").
 No pseudonyms, ever: a stable pseudonym is still linkable personal data (keyed pseudonyms belong to
 sharing, not to open data).
 
@@ -102,11 +104,12 @@ def to_grid(arr: Array, size: float) -> pa.Array:
 
 
 def suppress(arr: Array, k: int) -> tuple[pa.Array, int]:
-    """Integer cells below ``k`` withheld (null); returns the array and how many cells were suppressed."""
+    """Small non-zero counts (1 ≤ n < ``k``) withheld (null); zeros and counts ≥ k published as they are.
+    Returns the array and how many cells were suppressed."""
     a = _flat(arr)
     if not pa.types.is_integer(a.type):
         raise TypeError(f"deid suppress needs integer counts, not {a.type}")
-    small = pc.fill_null(pc.less(a, k), False)
+    small = pc.fill_null(pc.and_(pc.greater_equal(a, 1), pc.less(a, k)), False)
     n = int(pc.sum(small.cast(pa.int64())).as_py() or 0)
     if not n:
         return a, 0

@@ -14,14 +14,14 @@ TYPE_NAMES = {"string": "字符串", "integer": "整数", "number": "数值", "d
               "boolean": "布尔", "year": "年份"}
 """Frictionless type → its Chinese name (the English type follows in brackets: it is what datapackage.json says)."""
 DEID_NAMES = {"keep": "原样", "drop": "删除", "mask": "遮蔽", "year": "泛化到年", "district": "泛化到区县",
-              "grid": "泛化到网格", "suppress": "小于k抑制"}
+              "grid": "泛化到网格", "suppress": "小于k抑制（1≤n<k的计数留空，0照常公布）"}
 """De-identification (curated contract ``deid``) → how the dictionary names it."""
 
 
 def deid_text(deid: str, *, k: int | None = None, grid: float | None = None) -> str:
     """The Chinese name of a column's de-identification, with its parameter where it has one."""
-    if deid == "suppress" and k is not None:
-        return f"小于{k}抑制"
+    if deid == "suppress" and k is not None:  # zeros are published: an empty cell is always 1 ≤ n < k
+        return f"小于{k}抑制（1≤n<{k}的计数留空，0照常公布）"
     if deid == "grid" and grid is not None:
         return f"泛化到网格（{grid:g}°）"
     return DEID_NAMES[deid]

@@ -237,8 +237,11 @@ def _settle(run: _Run, outcome: DatasetOutcome) -> None:
 
 def fingerprint(contract: Any) -> str:
     """What besides the build decides a release folder's content: the curated contract (columns, de-
-    identification, metadata) and the release format. 16 hex of SHA-256."""
-    text = json.dumps({"format": RELEASE_FORMAT, "contract": contract.model_dump(mode="json")},
+    identification, metadata), the release format and the leak detectors' version (a detector fix re-scans
+    unchanged builds). 16 hex of SHA-256."""
+    from pipelines.publish.leak import LEAK_VERSION
+
+    text = json.dumps({"format": RELEASE_FORMAT, "leak": LEAK_VERSION, "contract": contract.model_dump(mode="json")},
                       ensure_ascii=False, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
