@@ -131,6 +131,8 @@ def _events(settings: Settings) -> list[dict[str, Any]]:
 
 
 def test_release_writes_complete_folders_that_read_back_identically(lake: Lake, tmp_path: Path) -> None:
+    from pipelines.lake.catalog import get_catalog
+
     exports = tmp_path / "exports"
     result = _release(lake.exports(exports), D1)
     status = {o.dataset: o.status for o in result.outcomes}
@@ -147,6 +149,10 @@ def test_release_writes_complete_folders_that_read_back_identically(lake: Lake, 
         assert raw.startswith(b"\xef\xbb\xbf") and raw.endswith(b"\r\n") and raw.count(b"\n") == raw.count(b"\r\n")
         assert (folder / "dictionary.csv").read_bytes().startswith(b"\xef\xbb\xbf")
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        # the cut-off is a snapshot commit time (here the build's: the fake inputs name no real snapshot), not
+        # midnight of the data's last date
+        built = get_catalog(lake.settings).load_table(f"curated.{ds}").current_snapshot().timestamp_ms
+        assert round(datetime.fromisoformat(manifest["cutoff"]["latest_event_time"]).timestamp() * 1000) == built
         assert manifest["rows"] == len(lake.clean[ds]) and manifest["build_id"] == pointer["datasets"][ds]["build_id"]
         _same_values(folder, ds)
         assert_frictionless_valid(folder)

@@ -76,12 +76,17 @@ def _latest_events(settings: Any) -> dict[str, dict[str, Any]]:
     table = open_table(get_catalog(settings), "meta.releases")
     if table is None or table.current_snapshot() is None:
         return {}
-    latest: dict[str, dict[str, Any]] = {}
-    for row in table.scan().to_arrow().to_pylist():
-        seen = latest.get(row["dataset"])
-        if seen is None or (row["recorded_at"] or 0) >= (seen["recorded_at"] or 0):
-            latest[row["dataset"]] = row
-    return latest
+    import duckdb
+
+    # the log grows by a row per dataset per night: only the latest row per dataset becomes Python rows
+    con = duckdb.connect()
+    try:
+        con.register("releases", table.scan().to_arrow())
+        rows = con.sql("SELECT * FROM releases QUALIFY row_number() OVER (PARTITION BY dataset "
+                       "ORDER BY recorded_at DESC NULLS LAST) = 1").to_arrow_table().to_pylist()
+    finally:
+        con.close()
+    return {row["dataset"]: row for row in rows}
 
 
 @open_app.command("ls")

@@ -423,7 +423,10 @@ def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str
     if outcome.leak_counts:
         return None, True
     t0 = time.perf_counter()
-    release = _describe(run, contract, written, rows, build_id, inputs, coverage, fp, entry, stage, outcome)
+    # the build's own commit when no input snapshot can be found any more (expired): an upper bound
+    cutoff = _latest_input_time(run.catalog, inputs) or datetime.fromtimestamp(snap.timestamp_ms / 1000, TZ)
+    release = _describe(run, contract, written, rows, build_id, inputs, coverage, fp, entry, stage, outcome,
+                        cutoff)
     outcome.seconds["metadata"] = round(time.perf_counter() - t0, 3)
     return release, False
 
@@ -443,8 +446,8 @@ def _snapshot_ids(catalog: Any, inputs: dict[str, int]) -> frozenset[str]:
 
 
 def _latest_input_time(catalog: Any, inputs: dict[str, int]) -> datetime | None:
-    """When the newest input snapshot the build read was committed (the data cut-off when the released
-    columns hold no dates)."""
+    """When the newest input snapshot the build read was committed: the data cut-off (the std tables' last
+    publish, or an input curated table's build, before this build)."""
     from pipelines.lake.raw import open_table
 
     times = []
@@ -473,7 +476,7 @@ def _previous(run: _Run, entry: dict[str, Any] | None) -> str | None:
 
 def _describe(run: _Run, contract: Any, written: list[Any], rows: int, build_id: str, inputs: dict[str, int],
               coverage: _Coverage, fp: str, entry: dict[str, Any] | None, stage: Path,
-              outcome: DatasetOutcome) -> Any:
+              outcome: DatasetOutcome, cutoff: datetime | None) -> Any:
     """The DatasetRelease and its metadata files in ``stage`` (C2's writers), manifest last."""
     from pipelines.departments import department_name, load_departments
     from pipelines.publish.card import card
@@ -493,13 +496,14 @@ def _describe(run: _Run, contract: Any, written: list[Any], rows: int, build_id:
     changes["previous"] = previous if old is not None else None
     if old is not None and old.parent == run.scratch:
         old.unlink(missing_ok=True)
-    latest = datetime.combine(coverage.high, datetime.min.time(), TZ) if coverage.high is not None else None
     release = DatasetRelease(
         dataset=ds, contract=contract, columns=open_columns(contract, run.config.standards),
         release_date=run.release_date, folder=f"open/{run.day}/{ds}/",
         files=[FileInfo(w.name, w.media_type, w.format, w.bytes, w.sha256, w.rows) for w in written],
         rows=rows, build_id=build_id, inputs=inputs,
-        latest_event_time=latest or _latest_input_time(run.catalog, inputs),
+        # the cut-off is when the newest input snapshot was committed (what the build could have seen), not
+        # the largest date in the data: coverage.temporal says which days the rows are about
+        latest_event_time=cutoff,
         temporal=coverage.temporal, spatial=sorted(coverage.codes), quality_score=run.quality_score(ds),
         changes=changes, publisher=(contract.owner, department_name(run.departments, contract.owner)),
         extra={"created_at": datetime.now(TZ), "run_id": run.run_id, "fingerprint": fp,

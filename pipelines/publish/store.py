@@ -97,6 +97,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file of ``folder`` and the folder itself (its entries), before it is renamed into place: the
+    data files' writers fsync on close; the metadata files are written plainly, and this is where that ends."""
+    for p in folder.iterdir():
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where it is missing."""
     try:
@@ -159,6 +172,7 @@ class LocalStore:
         """Rename ``stage`` to ``folder`` (swapping with a folder of the same day), then re-hash it in place;
         a folder that does not verify is taken out again (the swapped-out one put back)."""
         target = self.root / folder.rstrip("/")
+        _fsync_tree(stage)
         swapped = None
         if target.exists():
             if _exchange(stage, target):

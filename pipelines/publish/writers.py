@@ -10,6 +10,7 @@ and JSON text of a timestamp is ISO 8601 in Asia/Shanghai with its offset; Parqu
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable
@@ -25,6 +26,9 @@ import pyarrow.parquet as pq
 BOM = b"\xef\xbb\xbf"
 CSV_OPTIONS = {"eol": "\r\n", "quoting_style": "needed", "batch_size": 16 * 1024}
 ROW_GROUP_ROWS = 512 * 1024
+ROW_GROUP_BYTES = 64 * 1024 * 1024
+"""A row group is written at ROW_GROUP_ROWS rows or when the pending batches hold this many bytes, whichever
+comes first: wide rows (golden_legal_person's field_provenance JSON) keep the pending memory bounded."""
 LANE_DEPTH = 4
 FORMATS = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv", "jsonl": "application/jsonl"}
 """Data file format → IANA media type (JSON Lines has none registered; application/jsonl is common use)."""
@@ -69,6 +73,10 @@ class HashingSink:
 
     def close(self) -> None:
         if not self.closed:
+            # on disk before the folder is renamed into place: a crash after the rename must not leave a
+            # published name over bytes that were only in the page cache
+            self._f.flush()
+            os.fsync(self._f.fileno())
             self._f.close()
             self.closed = True
 
@@ -186,17 +194,20 @@ class _Parquet:
         self.writer = pq.ParquetWriter(sink, schema, compression="zstd", compression_level=3, write_statistics=True)
         self.pending: list[pa.RecordBatch] = []
         self.rows = 0
+        self.nbytes = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
         self.pending.append(batch)
         self.rows += batch.num_rows
-        if self.rows >= ROW_GROUP_ROWS:  # one row group per ~0.5 M rows, not per record batch
+        self.nbytes += batch.nbytes
+        # one row group per ~0.5 M rows or ~64 MB of pending data, not per record batch
+        if self.rows >= ROW_GROUP_ROWS or self.nbytes >= ROW_GROUP_BYTES:
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
             self.writer.write_table(pa.Table.from_batches(self.pending, self.schema), row_group_size=self.rows)
-            self.pending, self.rows = [], 0
+            self.pending, self.rows, self.nbytes = [], 0, 0
 
     def close(self) -> None:
         try:
