@@ -367,7 +367,8 @@ def generate(data: Path, rows: int, dataset: str) -> dict:
         .append(pa.field("_batch_id", pa.string())).append(pa.field("_warnings", pa.list_(pa.string())))
     rng = np.random.default_rng(20261130)
     inputs = {name: int(rng.integers(10**17, 9 * 10**18)) for name in sorted(contract.inputs)}
-    build_id = build_id_of(inputs)
+    definition = definition_hash(settings, contract, model_sql(contract))
+    build_id = build_id_of(inputs, definition)
     run_id = "bench__open_export"
     staged = data / "staged.parquet"
     writer = None
@@ -381,7 +382,7 @@ def generate(data: Path, rows: int, dataset: str) -> dict:
     writer.close()
     catalog = get_catalog(settings)
     props = {BUILD_ID: build_id, INPUTS: json.dumps(inputs, sort_keys=True),
-             DEFINITION: definition_hash(settings, model_sql(contract)), PUBLISHED_BATCHES: json.dumps([build_id]),
+             DEFINITION: definition, PUBLISHED_BATCHES: json.dumps([build_id]),
              "citylake.run-id": run_id}
     append(catalog, contract.table, staged, props=props, properties=CURATED_PROPS)
     staged.unlink()

@@ -152,10 +152,14 @@ def curate(dataset: Annotated[str, typer.Argument(help="Curated dataset code, or
            run_id: Annotated[str | None, typer.Option(help="Run again as this run id, replacing what it recorded "
                                                            "(default: a new run id).")] = None,
            reference_date: Annotated[str | None, typer.Option(help="The run's today (default: today).")] = None,
+           release: Annotated[str | None, typer.Option(help="Publish a held build anyway, for this reason: passing "
+                                                           "rows published, failing ones quarantined, recorded "
+                                                           "'released' (like quality release).")] = None,
            ) -> None:
     """Build curated datasets from their inputs' current snapshots through the quality gate (what curate__<domain> runs).
 
-    Exit code 1 when a build was held or failed (the others still build).
+    Exit code 1 when a build was held or failed (the others still build); a dataset waiting for an input not yet
+    in the lake is listed as waiting (exit 0).
     """
     from pipelines.curate.plan import build_order, curated_specs
     from pipelines.curate.runner import build_curated
@@ -174,7 +178,12 @@ def curate(dataset: Annotated[str, typer.Argument(help="Curated dataset code, or
     failed = False
     for name in names:
         try:
-            r = build_curated(name, settings=settings, run_id=run_id, reference_date=ref)
+            r = build_curated(name, settings=settings, run_id=run_id, reference_date=ref, release=release)
+            if r.status == "waiting":
+                t.add_row(name, "waiting", "", "", "", "")
+                err.print(f"waiting: curated.{name} needs {', '.join(r.waiting_for)}, not in the lake yet",
+                          highlight=False, soft_wrap=True)
+                continue
             t.add_row(name, r.status, r.build_id, f"{r.rows:,}", f"{r.quarantined:,}", str(r.snapshot_id or ""))
         except QualityGateError as exc:
             failed = True

@@ -132,7 +132,10 @@ def test_golden_legal_person_counts_credit_records_and_registrations_roll_up_by_
         {**firm, "uscc": e3, "enterprise_name": "合肥丙农业有限公司", "established_on": date(2024, 4, 2),
          "enterprise_district_code": "340102", "industry_code": "01"},
         {**firm, "uscc": e4, "enterprise_name": "合肥丁有限公司", "established_on": date(2024, 3, 1),
-         "enterprise_district_code": "340104", "industry_code": "ZZ"}])  # no such 大类: no 门类
+         "enterprise_district_code": "340104", "industry_code": "ZZ"},  # no such 大类: no 门类
+        # a 个体工商户 (USCC 92…) is no 法人: left out of the golden record
+        {**firm, "uscc": "92" + e4[2:], "enterprise_name": "合肥市蜀山区赵六小吃店", "established_on": date(2024, 3, 1),
+         "enterprise_district_code": "340104", "industry_code": "62"}])
     credit = put(lake, "credit_record", [
         {"uscc": e1, "enterprise_name": "合肥甲商贸有限公司", "credit_record_id": "CR1", "credit_record_type": "R"},
         {"uscc": e1, "enterprise_name": "合肥甲贸易有限公司", "credit_record_id": "CR2", "credit_record_type": "B",
@@ -167,11 +170,15 @@ def test_golden_legal_person_counts_credit_records_and_registrations_roll_up_by_
     assert [r for r in got if r["uscc"] in expected] == [expected[k][0] for k in sorted(expected)]
     assert {k: provenance[k] for k in expected} == {k: v[1] for k, v in expected.items()}
     assert len(got) == 5 and got == sorted(got, key=lambda r: r["uscc"])
+    assert str(got[[r["uscc"] for r in got].index(e1)]["registered_capital"]) == "1000000.50"  # decimal(18,2)
 
     # 门类 from the 大类's parent in GB/T 4754-2017 (39 → C, 01 → A); an unknown 大类 counts under a null 门类
     assert rows_of(model_rows("enterprise_registrations_monthly", settings=lake)) == [
         {"registration_month": "2024-03", "enterprise_district_code": "340104", "industry_section": "C",
          "registrations": 2},
+        # the 个体工商户 is a registration all the same (62 餐饮业 → H)
+        {"registration_month": "2024-03", "enterprise_district_code": "340104", "industry_section": "H",
+         "registrations": 1},
         {"registration_month": "2024-03", "enterprise_district_code": "340104", "industry_section": None,
          "registrations": 1},
         {"registration_month": "2024-04", "enterprise_district_code": "340102", "industry_section": "A",
@@ -200,12 +207,13 @@ CLEAN_DIRTY = _hours("340100052", "三里街", DAY, [0.0, 300.0] * 12, [40.0] * 
 STEADY = _hours("340100057", "瑶海区", DAY, [50.0] * 24, [100.0] * 24)
 TWENTY = _hours("340100054", "董铺水库", DAY, [35.0] * 20, [50.0] * 20)   # the least a daily mean needs
 NINETEEN = _hours("340100053", "琥珀山庄", DAY, [30.0] * 19, [60.0] * 19)  # one short
+TIED = _hours("340100057", "瑶海区", DAY + timedelta(days=1), [75.0] * 24, [150.0] * 24)
 
 
 def test_air_quality_daily_indexes_the_24_hour_means_and_needs_20_hours(lake: Settings) -> None:
     from pipelines.curate.runner import model_rows
 
-    put(lake, "air_quality_hourly", [*CLEAN_DIRTY, *STEADY, *TWENTY, *NINETEEN])
+    put(lake, "air_quality_hourly", [*CLEAN_DIRTY, *STEADY, *TWENTY, *NINETEEN, *TIED])
     got = rows_of(model_rows("air_quality_daily", settings=lake))
     reg = _registry()
 
@@ -220,7 +228,10 @@ def test_air_quality_daily_indexes_the_24_hour_means_and_needs_20_hours(lake: Se
         station("340100052", "三里街", 24, 150.0, 40.0, 200, "四级", "中度污染", "PM2.5"),
         station("340100053", "琥珀山庄", 19, None, None, None, None, None, None),  # < 20 hours: no daily value
         station("340100054", "董铺水库", 20, 35.0, 50.0, 50, "一级", "优", None),  # ≤ 50: no primary pollutant
-        station("340100057", "瑶海区", 24, 50.0, 100.0, 75, "二级", "良", "PM10")]
+        station("340100057", "瑶海区", 24, 50.0, 100.0, 75, "二级", "良", "PM10"),
+        # PM2.5 75 and PM10 150 both index to 100: both primary, joined with "|" as the element's format says
+        {**station("340100057", "瑶海区", 24, 75.0, 150.0, 100, "二级", "良", "PM2.5|PM10"),
+         "observed_date": DAY + timedelta(days=1)}]
     hourly_mean = sum(r["aqi"] for r in CLEAN_DIRTY) / len(CLEAN_DIRTY)
     assert hourly_mean == 175 != got[0]["aqi_daily"]
 
@@ -230,9 +241,10 @@ def test_district_daily_indexes_the_mean_of_its_stations_through_the_gate(lake: 
     from pipelines.curate.runner import build_curated
     from pipelines.lake.catalog import get_catalog
 
-    put(lake, "air_quality_hourly", [*CLEAN_DIRTY, *STEADY, *TWENTY])
+    # 琥珀山庄 (蜀山区 340104) has 19 hours: no valid daily mean, so 蜀山区 has no district row that day
+    put(lake, "air_quality_hourly", [*CLEAN_DIRTY, *STEADY, *TWENTY, *NINETEEN])
     stations = build_curated("air_quality_daily", settings=lake, reference_date=REF)
-    assert (stations.status, stations.rows, stations.quarantined) == ("published", 3, 0)
+    assert (stations.status, stations.rows, stations.quarantined) == ("published", 4, 0)
     districts = build_curated("air_quality_district_daily", settings=lake, reference_date=REF)
     assert districts.inputs == {"curated.air_quality_daily": stations.snapshot_id}
     assert (districts.status, districts.rows) == ("published", 2)
@@ -267,15 +279,18 @@ def _pois(n: int, *, nameless: int = 0, start: int = 0) -> list[dict[str, Any]]:
 
 
 def test_curated_gate_quarantines_holds_and_builds_once_per_input_snapshot(lake: Settings) -> None:
-    from pipelines.curate.runner import build_curated, build_id_of
+    from pipelines.config import load_all
+    from pipelines.curate.runner import build_curated, build_id_of, definition_hash, model_sql
     from pipelines.lake.catalog import get_catalog
     from pipelines.lake.meta import batch_status
     from pipelines.quality.gate import QualityGateError
 
     catalog = get_catalog(lake)
+    contract = load_all(lake).curated["poi_wgs84"]
+    definition = definition_hash(lake, contract, model_sql(contract))
     poi = put(lake, "poi", _pois(6, nameless=1))
     first = build_curated("poi_wgs84", settings=lake, reference_date=REF, run_id="run-1")
-    assert first.build_id == build_id_of({"std.poi": poi}) and first.inputs == {"std.poi": poi}
+    assert first.build_id == build_id_of({"std.poi": poi}, definition) and first.inputs == {"std.poi": poi}
     # one of six rows fails a critical rule: under the 20 % threshold, so it goes to quarantine alone
     assert (first.status, first.rows, first.quarantined, first.produced) == ("published", 5, 1, 6)
     table = catalog.load_table("curated.poi_wgs84")
@@ -309,6 +324,9 @@ def test_curated_gate_quarantines_holds_and_builds_once_per_input_snapshot(lake:
     assert second.build_id != first.build_id and (second.status, second.rows, second.quarantined) == ("published", 6, 1)
     table = catalog.load_table("curated.poi_wgs84")
     assert table.scan().to_arrow().num_rows == 6 and table.current_snapshot().snapshot_id == second.snapshot_id
+    # quarantine holds the current build's failing rows only: one copy of P000, not one per build
+    (bad,) = catalog.load_table("quarantine.poi_wgs84").scan().to_arrow().to_pylist()
+    assert (bad["poi_id"], bad["_batch_id"]) == ("P000", second.build_id)
 
     # half the rows nameless: held, nothing written, the hold recorded against the build
     put(lake, "poi", [*_pois(6, nameless=6, start=100), *_pois(6)])
@@ -318,8 +336,91 @@ def test_curated_gate_quarantines_holds_and_builds_once_per_input_snapshot(lake:
     assert held.value.count == 6 and "curated.poi_wgs84 held at its previous snapshot" in str(held.value)
     assert catalog.load_table("curated.poi_wgs84").current_snapshot().snapshot_id == second.snapshot_id
     current = catalog.load_table("std.poi").current_snapshot().snapshot_id
-    event = batch_status(catalog, "poi_wgs84")[build_id_of({"std.poi": current})]
+    event = batch_status(catalog, "poi_wgs84")[build_id_of({"std.poi": current}, definition)]
     assert (event["status"], event["held"], event["published"], event["run_id"]) == ("held", 12, 0, "run-4")
+    quarantine = catalog.load_table("quarantine.poi_wgs84")
+    assert quarantine.scan().to_arrow().num_rows == 1  # still the published build's
+
+    # released by hand: passing rows published, failing ones quarantined, the reason recorded
+    released = build_curated("poi_wgs84", settings=lake, reference_date=REF, run_id="run-5",
+                             release="名称缺失的兴趣点由测绘部门补录，先发布有名称的 6 条")
+    assert (released.status, released.rows, released.quarantined) == ("released", 6, 6)
+    assert released.build_id == held_build_id(lake, current, definition)
+    event = batch_status(catalog, "poi_wgs84")[released.build_id]
+    assert (event["status"], event["published"], event["quarantined"], event["reason"]) == \
+        ("released", 6, 6, "名称缺失的兴趣点由测绘部门补录，先发布有名称的 6 条")
+    assert catalog.load_table("quarantine.poi_wgs84").scan().to_arrow().num_rows == 6
+    assert build_curated("poi_wgs84", settings=lake, reference_date=REF).status == "nothing_new"
+
+
+def held_build_id(settings: Settings, snapshot: int, definition: str) -> str:
+    from pipelines.curate.runner import build_id_of
+
+    return build_id_of({"std.poi": snapshot}, definition)
+
+
+def test_a_crash_between_the_commit_and_the_event_is_recorded_by_the_retry(
+        lake: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipelines.curate.runner as runner
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.meta import batch_status
+
+    catalog = get_catalog(lake)
+    put(lake, "poi", _pois(8, nameless=1, start=500))
+    real = runner.record_batches
+    calls = {"n": 0}
+
+    def crash_once(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("worker killed")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "record_batches", crash_once)
+    with pytest.raises(RuntimeError, match="worker killed"):
+        runner.build_curated("poi_wgs84", settings=lake, reference_date=REF, run_id="crash-1")
+    committed = catalog.load_table("curated.poi_wgs84").current_snapshot()
+    (bad,) = catalog.load_table("quarantine.poi_wgs84").scan().to_arrow().to_pylist()  # written before the commit
+    assert bad["poi_id"] == "P500"
+    retry = runner.build_curated("poi_wgs84", settings=lake, reference_date=REF, run_id="crash-2")
+    assert (retry.status, retry.rows, retry.quarantined, retry.snapshot_id) == \
+        ("published", 7, 1, committed.snapshot_id)
+    event = batch_status(catalog, "poi_wgs84")[retry.build_id]
+    assert (event["status"], event["published"], event["quarantined"], event["extracted"], event["run_id"]) == \
+        ("published", 7, 1, 8, "crash-1")
+    again = runner.build_curated("poi_wgs84", settings=lake, reference_date=REF, run_id="crash-3")
+    assert again.status == "nothing_new" and batch_status(catalog, "poi_wgs84")[retry.build_id]["run_id"] == "crash-1"
+
+
+def test_a_changed_definition_is_a_new_build(lake: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pipelines.config import load_all
+    from pipelines.curate.runner import build_curated
+
+    put(lake, "poi", _pois(3, start=700))
+    first = build_curated("poi_wgs84", settings=lake, reference_date=REF)
+    contract = load_all(lake).curated["poi_wgs84"]
+    model = tmp_path / "poi_wgs84.sql"
+    model.write_text(contract.model_path.read_text(encoding="utf-8") + "\n-- corrected\n", encoding="utf-8")
+    monkeypatch.setattr(type(contract), "model_path", property(lambda self: model))
+    second = build_curated("poi_wgs84", settings=lake, reference_date=REF)
+    assert first.inputs == second.inputs and second.build_id != first.build_id
+    assert second.status == "published"
+
+
+def test_a_missing_input_is_waiting_not_an_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from pipelines.curate.runner import build_curated
+
+    env = {"CITYLAKE_LAKE_DIR": str(tmp_path / "lake"), "CITYLAKE_DATA_DIR": str(tmp_path / "data"),
+           "CITYLAKE_REGISTRY_DIR": str(PROJECT_ROOT / "schemas" / "sources"), "CITYLAKE_ROOT": str(PROJECT_ROOT)}
+    with scoped_env(env):
+        r = build_curated("bus_ridership_daily", settings=load_settings())
+        assert (r.status, r.waiting_for) == ("waiting", ["std.bus_ridership", "std.bus_route"])
+        done = CliRunner().invoke(app, ["curate", "all"])
+        assert done.exit_code == 0, done.output
+        assert "waiting: curated.poi_wgs84 needs std.poi" in done.output
 
 
 def test_a_model_whose_columns_differ_from_its_contract_is_refused_naming_both(

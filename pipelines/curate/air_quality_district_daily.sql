@@ -11,6 +11,8 @@ WITH district AS (
     FROM curated_air_quality_daily
     WHERE station_district_code IS NOT NULL AND observed_date IS NOT NULL
     GROUP BY station_district_code, observed_date
+    -- a district-day none of whose stations has a valid daily mean has no figure to publish
+    HAVING count(*) FILTER (WHERE pm25_24h IS NOT NULL OR pm10_24h IS NOT NULL) > 0
 ),
 indexed AS (
     SELECT *, hj633_aqi(pm25_24h, pm10_24h, NULL, NULL, NULL, NULL, NULL) AS aqi FROM district

@@ -1,9 +1,11 @@
 """Curated builds: one DuckDB SQL model per curated dataset, put through the write-audit-publish gate.
 
 A build of ``curated.<dataset>`` reads its inputs (``std.<ds>`` / ``curated.<ds>``, contract ``inputs``) at their
-current snapshots and is identified by them: build id = ``build__`` + the first 16 hex digits of the SHA-256 of
-the sorted ``identifier@snapshot`` lines. A build whose inputs and definition (the model's SQL and the code lists
-it reads) are those of the curated table's current snapshot is ``nothing_new``.
+current snapshots and is identified by them and by its definition: build id = ``build__`` + the first 16 hex
+digits of the SHA-256 of the sorted ``identifier@snapshot`` lines and the definition hash (the model's SQL, the code
+lists it reads, aqi.py when it calls the AQI, its suite, its contract file, elements.yml). A build whose id is the
+curated table's current snapshot's is ``nothing_new`` (and recorded from the snapshot summary when a crash lost
+its ``meta.batches`` event). An input not in the lake yet makes the build ``waiting``.
 
 What a model sees (DuckDB, one SELECT in ``pipelines/curate/<dataset>.sql``):
 - ``std_<ds>`` / ``curated_<ds>``: each input at its build snapshot, every column (lineage ``_batch_id``,
@@ -26,8 +28,9 @@ column to its element's type, evaluates the curated suite (``expectations/<datas
 stages the rows in Parquet; the std gate's second pass (``gate.split_staged``) counts the rules and splits the
 rows. A critical rule failing on more than its threshold holds the build (nothing written, ``meta.batches``
 ``held``, ``QualityGateError``); otherwise ONE Iceberg commit replaces ``curated.<dataset>`` whole, its snapshot
-summary carrying ``citylake.build-id``, ``citylake.inputs``, ``citylake.batches``, ``citylake.run-id`` and
-``citylake.definition``; failing rows go to ``quarantine.<dataset>``; ``meta.quality_results``, ``meta.batches``
+summary carrying ``citylake.build-id``, ``citylake.inputs``, ``citylake.batches``, ``citylake.run-id``,
+``citylake.definition`` and the counts; failing rows replace ``quarantine.<dataset>`` whole BEFORE that commit (it
+holds the current build's failing rows only); ``meta.quality_results``, ``meta.batches``
 (``raw_batch_id`` = the build id) and the GX result JSON are written as the std gate writes them.
 """
 
@@ -48,7 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyiceberg.expressions import In
+from pyiceberg.expressions import AlwaysTrue
 
 from pipelines.contracts import CuratedContract
 from pipelines.errors import CitylakeError, ConfigError
@@ -98,7 +101,18 @@ BATCH_ROWS = 32 * 1024
 """Rows conformed and validated at a time: curated rows can be wide (a golden record's provenance is ~1 KB)."""
 TYPES = {"string": pa.string(), "integer": pa.int64(), "float": pa.float64(), "boolean": pa.bool_(),
          "date": pa.date32(), "timestamp": pa.timestamp("us", tz="UTC"), "decimal": pa.decimal128(38, 10)}
-"""A curated column's Arrow type, from its data element's type (as standardization types std columns)."""
+"""A curated column's Arrow type, from its data element's type (as standardization types std columns); a
+decimal element declaring ``format: decimal(p,s)`` is cast to that precision and scale (``element_type``)."""
+
+
+def element_type(element: Any) -> pa.DataType:
+    """The Arrow type of a curated column carrying ``element``: a decimal at its declared precision and scale, so
+    the released text reads 4921986.21, not 4921986.2100000000."""
+    if element.type == "decimal":
+        m = re.fullmatch(r"\s*decimal\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*", str(element.format or ""))
+        if m:
+            return pa.decimal128(int(m.group(1)), int(m.group(2)))
+    return TYPES[element.type]
 
 
 @dataclass
@@ -107,7 +121,8 @@ class CurateResult:
     run_id: str
     build_id: str
     status: str
-    """published | held | nothing_new."""
+    """published | released (a held build published by hand, ``release``) | held | nothing_new | waiting (an input
+    is not in the lake yet: ``waiting_for``; nothing built, nothing recorded)."""
     rows: int = 0
     """Rows in ``curated.<dataset>`` after the build (published ones; for nothing_new, the table's)."""
     quarantined: int = 0
@@ -118,24 +133,33 @@ class CurateResult:
     """Rows the model produced (= rows + quarantined, or every one of them held)."""
     warned: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
+    waiting_for: list[str] = field(default_factory=list)
+    """status waiting: the inputs not in the lake yet."""
+    reason: str | None = None
+    """status released: why the held build was published."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def build_id_of(inputs: dict[str, int]) -> str:
-    """``build__`` + 16 hex digits of SHA-256 over the sorted ``identifier@snapshot`` lines."""
-    text = "\n".join(sorted(f"{k}@{v}" for k, v in inputs.items()))
+def build_id_of(inputs: dict[str, int], definition: str) -> str:
+    """``build__`` + 16 hex digits of SHA-256 over the sorted ``identifier@snapshot`` lines and the definition
+    hash (``definition_hash``): a corrected model is a new build, which the release (comparing build ids)
+    publishes, and a held build of a new definition never shares an id with the published build."""
+    text = "\n".join([*sorted(f"{k}@{v}" for k, v in inputs.items()), f"definition@{definition}"])
     return "build__" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def input_snapshots(catalog: Any, contract: CuratedContract) -> dict[str, int]:
-    """Each input's current snapshot id (0 for a table created but never written); a missing input stops the
-    build with the dataset and the input named."""
+def input_snapshots(catalog: Any, contract: CuratedContract, *, missing: list[str] | None = None) -> dict[str, int]:
+    """Each input's current snapshot id (0 for a table created but never written). A missing input stops the
+    build with the dataset and the input named, or, given a ``missing`` list, is added to it (and left out)."""
     out: dict[str, int] = {}
     for identifier in contract.inputs:
         table = open_table(catalog, identifier)
         if table is None:
+            if missing is not None:
+                missing.append(identifier)
+                continue
             by = "its curate build" if identifier.startswith("curated.") else "its ingest and quality run"
             raise CitylakeError(f"curated.{contract.dataset}: input {identifier} is not in the lake yet ({by} "
                                 "publishes it); nothing was built")
@@ -162,11 +186,19 @@ def model_sql(contract: CuratedContract) -> str:
     return text.rstrip().rstrip(";").rstrip()
 
 
-def definition_hash(settings: Settings, sql: str) -> str:
-    """SHA-256 of the model's SQL and of every code list it names: what else, beside the inputs, decides a build."""
+def definition_hash(settings: Settings, contract: CuratedContract, sql: str) -> str:
+    """SHA-256 of what, beside the inputs, decides a build: the model's SQL, every code list it names, the AQI
+    code when it calls it, the curated suite (expectations/<dataset>.json), the contract file and elements.yml."""
     digest = hashlib.sha256(sql.encode())
-    for name in sorted(set(re.findall(r"\bcode_list_(\w+)", sql))):
-        path = _code_list_dir(settings) / f"{name}.csv"
+    parts = [(f"code_list_{n}", _code_list_dir(settings) / f"{n}.csv")
+             for n in sorted(set(re.findall(r"\bcode_list_(\w+)", sql)))]
+    if "hj633_aqi" in sql:
+        parts.append(("aqi", Path(__file__).with_name("aqi.py")))
+    parts += [("suite", settings.root / "expectations" / f"{contract.dataset}.json"),
+              ("contract", Path(contract.file) if contract.file else
+               settings.root / "schemas" / "curated" / f"{contract.dataset}.yml"),
+              ("elements", settings.root / "schemas" / "standards" / "elements.yml")]
+    for name, path in parts:
         digest.update(f"\n{name}\n".encode())
         if path.exists():
             digest.update(path.read_bytes())
@@ -202,7 +234,7 @@ def hj633_aqi(pm25: Any, pm10: Any, so2: Any, no2: Any, co: Any, o3_1h: Any, o3_
     return pa.StructArray.from_arrays(
         [pa.array(np.where(valid, aqi, 0).astype(np.int32), mask=~valid),
          pa.array(result.level, pa.string()), pa.array(result.category, pa.string()),
-         pa.array([",".join(p) if p else None for p in result.primary], pa.string())],
+         pa.array(["|".join(p) if p else None for p in result.primary], pa.string())],  # the element's format
         names=["aqi", "level", "category", "primary_pollutant"])
 
 
@@ -323,7 +355,7 @@ def run_model(con: Any, contract: CuratedContract, sql: str, batch_rows: int) ->
 
 
 def target_schema(contract: CuratedContract, standards: Any) -> pa.Schema:
-    return pa.schema([pa.field(c.name, TYPES[standards.element(c.element).type]) for c in contract.columns])
+    return pa.schema([pa.field(c.name, element_type(standards.element(c.element))) for c in contract.columns])
 
 
 def _check_columns(contract: CuratedContract, produced: list[str]) -> None:
@@ -345,6 +377,8 @@ def _conform(chunk: pa.Table, schema: pa.Schema, contract: CuratedContract) -> p
         col = chunk.column(f.name)
         if col.type != f.type:
             try:
+                if pa.types.is_decimal(f.type) and (pa.types.is_decimal(col.type) or pa.types.is_floating(col.type)):
+                    col = pc.round(col, ndigits=f.type.scale)  # half to even: a model's extra digits rounded away
                 col = pc.cast(col, f.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 raise CitylakeError(f"{contract.model_path}: column {f.name}: the model returns {col.type}, which does "
@@ -403,12 +437,20 @@ def _stage(reader: pa.RecordBatchReader, contract: CuratedContract, schema: pa.S
 # --- the commit -------------------------------------------------------------------------------------
 
 
-def _same_build(snap: Any, build_id: str, definition: str) -> bool:
-    return summary_value(snap, BUILD_ID) == build_id and summary_value(snap, DEFINITION) == definition
+PUBLISHED = "citylake.published"
+QUARANTINED = "citylake.quarantined"
+EXTRACTED = "citylake.produced"
+RELEASE_REASON = "citylake.release-reason"
+"""Snapshot summary: the build's counts (and a release's reason), so a retry after a crash between the commit and
+``meta.batches`` records the build from the snapshot alone."""
+
+
+def _same_build(snap: Any, build_id: str) -> bool:
+    return summary_value(snap, BUILD_ID) == build_id  # the definition is part of the build id
 
 
 def _replace(catalog: Any, contract: CuratedContract, good: Path, schema: pa.Schema, props: dict[str, str],
-             build_id: str, definition: str) -> tuple[int | None, bool]:
+             build_id: str) -> tuple[int | None, bool]:
     """One commit replacing every row of ``curated.<dataset>`` with the staged passing rows (one overwrite
     snapshot: readers see the previous build or this one, never a mix), written a data file's worth at a time.
     Refused by a concurrent commit, it is decided again on the reloaded table; when that commit was this very
@@ -422,7 +464,7 @@ def _replace(catalog: Any, contract: CuratedContract, good: Path, schema: pa.Sch
     def attempt() -> tuple[int | None, bool]:
         table = table_for(catalog, contract.table, file_schema, CURATED_PROPS)
         head = table.current_snapshot()
-        if _same_build(head, build_id, definition):
+        if _same_build(head, build_id):
             return head.snapshot_id, True
         tx = single_attempt(table).transaction()
         meta = tx.table_metadata
@@ -479,11 +521,31 @@ def model_rows(dataset: str, *, settings: Settings | None = None) -> pa.Table:
     return _conform(produced, schema, contract)
 
 
+def _record_from_summary(catalog: Any, contract: CuratedContract, head: Any, build_id: str, run_id: str) -> bool:
+    """A build committed to ``curated.<dataset>`` whose ``meta.batches`` event is missing (the run died between
+    the commit and the event): record it from the snapshot summary. True when it recorded one."""
+    from pipelines.lake.meta import batch_status
+
+    if build_id in batch_status(catalog, contract.dataset):
+        return False
+    published = int(summary_value(head, PUBLISHED) or total_records(head) or 0)
+    quarantined = int(summary_value(head, QUARANTINED) or 0)
+    reason = summary_value(head, RELEASE_REASON)
+    gate = GateResult(contract.dataset, summary_value(head, "citylake.run-id") or run_id, [build_id],
+                      "published" if reason is None else "released", reason=reason)
+    gate.batch_counts = {build_id: {"extracted": int(summary_value(head, EXTRACTED) or published + quarantined),
+                                    "published": published, "quarantined": quarantined, "held": 0}}
+    record_batches(catalog, contract, gate, head.snapshot_id)
+    return True
+
+
 def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str | None = None,
-                  reference_date: date | None = None) -> CurateResult:
+                  reference_date: date | None = None, release: str | None = None) -> CurateResult:
     """Build ``curated.<dataset>`` from its inputs' current snapshots through the write-audit-publish gate
-    (module docstring). Raises ``QualityGateError`` when the build is held, ``CitylakeError`` for a missing input
-    or a model whose columns or types do not fit its contract (nothing written either way)."""
+    (module docstring). Raises ``QualityGateError`` when the build is held, ``CitylakeError`` for a model whose
+    columns or types do not fit its contract (nothing written either way). An input not in the lake yet is
+    status ``waiting`` (nothing built). ``release`` (a reason) publishes a build its critical rules would hold:
+    passing rows to ``curated.<dataset>``, failing ones to quarantine, recorded ``released`` with the reason."""
     from pipelines.config import load_all
 
     settings = settings or load_settings()
@@ -495,15 +557,22 @@ def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str
     reference_date = reference_date or datetime.now(TZ).date()
     run_id = run_id or new_run_id()
     catalog = get_catalog(settings)
-    snapshots = input_snapshots(catalog, contract)
-    build_id = build_id_of(snapshots)
+    missing: list[str] = []
+    snapshots = input_snapshots(catalog, contract, missing=missing)
     sql = model_sql(contract)
-    definition = definition_hash(settings, sql)
+    definition = definition_hash(settings, contract, sql)
+    if missing:
+        return CurateResult(dataset, run_id, "", "waiting", inputs=snapshots, waiting_for=missing)
+    build_id = build_id_of(snapshots, definition)
     result = CurateResult(dataset, run_id, build_id, "nothing_new", inputs=snapshots)
     current = open_table(catalog, contract.table)
     head = current.current_snapshot() if current is not None else None
-    if head is not None and _same_build(head, build_id, definition):
+    if head is not None and _same_build(head, build_id):
         result.snapshot_id, result.rows = head.snapshot_id, total_records(head) or 0
+        result.quarantined = int(summary_value(head, QUARANTINED) or 0)
+        if _record_from_summary(catalog, contract, head, build_id, run_id):
+            result.reason = summary_value(head, RELEASE_REASON)
+            result.status = "published" if result.reason is None else "released"
         return result
     # the suite loader reads a contract's dataset and column names, which both kinds have
     rules = load_suite(settings.root / "expectations", cast(Any, contract), standards, reference_date)
@@ -539,8 +608,9 @@ def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str
                         batch_spec={"raw_table": None, "build_id": build_id, "inputs": snapshots,
                                     "model": str(contract.model_path.name)})
         result.failures = [{"rule": t.rule.id, "failed": t.failed, "evaluated": t.evaluated} for t in over]
-        gate = GateResult(dataset, run_id, [build_id], "held", extracted=staged.rows, failures=result.failures)
-        if over:
+        gate = GateResult(dataset, run_id, [build_id], "held", extracted=staged.rows, failures=result.failures,
+                          reason=release if over else None)
+        if over and release is None:
             result.status = "held"
             gate.held = staged.rows
             gate.batch_counts = {build_id: {"extracted": staged.rows, "published": 0, "quarantined": 0,
@@ -551,17 +621,24 @@ def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str
                  "evaluated": t.evaluated, "threshold": t.rule.threshold}
                 for t in sorted(over, key=lambda t: -t.failed)])
         assert staged.rows == split.published + split.quarantined, (staged.rows, split)
+        # quarantine first, replaced whole (it holds the current build's failing rows only): a crash after the
+        # curated commit then loses nothing, and a retry writes the same rows again
+        if quarantine.exists() or open_table(catalog, f"quarantine.{dataset}") is not None:
+            append(catalog, f"quarantine.{dataset}", quarantine, props={"citylake.run-id": run_id,
+                                                                        BUILD_ID: build_id},
+                   properties=QUARANTINE_PROPS, replace=AlwaysTrue())
         props = {BUILD_ID: build_id, INPUTS: json.dumps(snapshots, sort_keys=True), DEFINITION: definition,
-                 PUBLISHED_BATCHES: json.dumps([build_id]), "citylake.run-id": run_id}
-        result.snapshot_id, elsewhere = _replace(catalog, contract, good, schema, props, build_id, definition)
+                 PUBLISHED_BATCHES: json.dumps([build_id]), "citylake.run-id": run_id,
+                 PUBLISHED: str(split.published), QUARANTINED: str(split.quarantined), EXTRACTED: str(staged.rows),
+                 **({RELEASE_REASON: release} if over and release is not None else {})}
+        result.snapshot_id, elsewhere = _replace(catalog, contract, good, schema, props, build_id)
         if elsewhere:  # a concurrent run committed this very build first: its to record
             result.rows = split.published
             return result
-        append(catalog, f"quarantine.{dataset}", quarantine, props={"citylake.run-id": run_id},
-               properties=QUARANTINE_PROPS, replace=In("_batch_id", [build_id]))
-    result.status, result.rows, result.quarantined, result.warned = \
-        "published", split.published, split.quarantined, split.warned
-    gate.status, gate.published, gate.quarantined = "published", split.published, split.quarantined
+    result.status = "released" if over else "published"
+    result.reason = gate.reason
+    result.rows, result.quarantined, result.warned = split.published, split.quarantined, split.warned
+    gate.status, gate.published, gate.quarantined = result.status, split.published, split.quarantined
     gate.batch_counts = {build_id: {"extracted": staged.rows, "published": split.published,
                                     "quarantined": split.quarantined, "held": 0}}
     record_batches(catalog, contract, gate, result.snapshot_id)
