@@ -7,6 +7,7 @@ independent check (python-stdnum and a plain regex, not the privacy module) find
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -387,7 +388,8 @@ def test_release_sigkilled_mid_write_leaves_every_pointer_complete(lake: Lake, t
     assert {e["release_date"] for e in assert_complete(exports)["datasets"].values()} == {str(D2)}
 
 
-def test_rerun_is_idempotent_and_a_same_day_rebuild_replaces_the_folder(lake: Lake, tmp_path: Path) -> None:
+def test_rerun_is_idempotent_and_a_same_day_rebuild_gets_a_new_folder(lake: Lake, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     exports = tmp_path / "exports"
     settings = lake.exports(exports)
     ds = "bus_ridership_daily"
@@ -406,17 +408,45 @@ def test_rerun_is_idempotent_and_a_same_day_rebuild_replaces_the_folder(lake: La
     assert (changes["previous"], changes["changed"], changes["added"], changes["removed"]) == (
         f"open/{D1}/{ds}/", 7, 0, 0)
     try:
-        lake.build(ds, [{**r, "boardings": r["boardings"] + (100 if i < 9 else 0)} for i, r in
-                        enumerate(lake.clean[ds])])
-        rebuilt = _release(settings, D2, datasets=[ds])  # same day, new build: the folder is swapped whole
-        assert rebuilt.outcomes[0].status == "released"
-        assert _pointer(exports)["datasets"][ds]["manifest"] != json.loads(pointer_bytes)["datasets"][ds]["manifest"]
-        changes = json.loads((folder / "changes.json").read_text(encoding="utf-8"))
+        build = lake.build(ds, [{**r, "boardings": r["boardings"] + (100 if i < 9 else 0)} for i, r in
+                                enumerate(lake.clean[ds])])
+        new = f"open/{D2}/{ds}~{build.removeprefix('build__')[:8]}/"
+        with _watch_pointer_moves(monkeypatch) as seen:  # same day, new build: a new folder, the old one intact
+            rebuilt = _release(settings, D2, datasets=[ds])
+        assert rebuilt.outcomes[0].status == "released" and rebuilt.outcomes[0].folder == new
+        assert seen == [(new, before)]  # when the pointer moved: the old folder untouched, the new one complete
+        entry = _pointer(exports)["datasets"][ds]
+        assert entry["path"] == new and entry["manifest"] != json.loads(pointer_bytes)["datasets"][ds]["manifest"]
+        changes = json.loads((exports / new / "changes.json").read_text(encoding="utf-8"))
         assert (changes["previous"], changes["changed"]) == (f"open/{D1}/{ds}/", 9)  # still against yesterday's
         assert_complete(exports)
-        assert not _stages(exports)
+        assert rebuilt.removed == [f"open/{D2}/{ds}/"]  # superseded and unreferenced: retention removed it
+        assert not folder.exists() and not _stages(exports)
     finally:
         lake.build(ds)
+
+
+@contextlib.contextmanager
+def _watch_pointer_moves(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, Any]]]:
+    """Record, at each pointer move, the new path and the (inode, mtime) of every file of the folder the pointer
+    named until then, after checking that the new folder is complete (assert_complete on the moved entry)."""
+    from pipelines.publish import pointer, release
+
+    seen: list[tuple[str, Any]] = []
+    real = pointer.move_dataset
+
+    def move(store: Any, dataset: str, entry: dict[str, Any]) -> dict[str, Any]:
+        root = Path(store.location)
+        old = root / _pointer(root)["datasets"][dataset]["path"]
+        new = root / entry["path"]
+        listed = json.loads((new / "manifest.json").read_text(encoding="utf-8"))["files"]
+        assert _sha(new / "manifest.json") == entry["manifest"]
+        assert all(_sha(new / f["name"]) == f["sha256"] for f in listed)
+        seen.append((entry["path"], {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in old.iterdir()}))
+        return real(store, dataset, entry)
+
+    monkeypatch.setattr(release, "move_dataset", move)
+    yield seen
 
 
 def test_retention_keeps_every_referenced_folder(lake: Lake, tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ from pipelines.console import err, fail, out, wide
 from pipelines.errors import CitylakeError
 from pipelines.settings import TZ, load_settings
 
-open_app = typer.Typer(no_args_is_help=True, help="The open-data release (开放数据): release, ls.")
+open_app = typer.Typer(no_args_is_help=True, help="The open-data release (开放数据): release, ls, withdraw.")
 
 STATUS_ZH = {"released": "已发布", "unchanged": "未变化", "blocked": "已拦截", "failed": "失败", "not_open": "不予开放",
-             "not_passed": "未通过质量检查"}
+             "not_passed": "未通过质量检查", "withdrawn": "已撤回"}
 
 
 def _date(value: str | None) -> date | None:
@@ -67,6 +67,28 @@ def open_release(
         out.print(result.folder if result.released_today else result.pointer, highlight=False, soft_wrap=True)
     if not result.ok:
         raise typer.Exit(1)
+
+
+@open_app.command("withdraw")
+def open_withdraw(
+    dataset: Annotated[str, typer.Argument(help="The released dataset to take off the portal.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in meta.releases, masked).")],
+    every_date: Annotated[bool, typer.Option("--every-date", help="Also delete its folders of earlier dates.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+) -> None:
+    """Withdraw a released dataset (e.g. a leak found after the release): its open/latest.json entry removed,
+    the folder it named deleted, the catalog rewritten without it, a withdrawn event in meta.releases."""
+    from pipelines.publish.release import withdraw
+
+    try:
+        outcome = withdraw(dataset, reason, settings=load_settings(), every_date=every_date)
+    except CitylakeError as exc:
+        fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(outcome.to_dict(), ensure_ascii=False, indent=2, default=str) + "\n")
+    else:
+        out.print(f"{dataset}: 已撤回 (withdrawn), {outcome.folder} 已删除; {outcome.reason}", highlight=False,
+                  soft_wrap=True)
 
 
 def _latest_events(settings: Any) -> dict[str, dict[str, Any]]:

@@ -1,7 +1,10 @@
 """``release_open_data``: the nightly open-data release (``publish__open_data``, ``citylake open release``).
 
 For each curated dataset, in turn (one dataset's failure never stops the next):
-1. not released when its open type is 不予开放 (``not_open``) or its current build did not pass the gate
+1. not released when its open type is 不予开放 (``not_open``; a dataset the pointer still names is then
+   ``withdrawn``: its entry removed, the pointer's catalog rewritten without it, its folders left to
+   retention; so is a dataset the pointer names whose contract was deleted, at ``finish_release``) or its
+   current build did not pass the gate
    (``not_passed``: the build id in ``curated.<ds>``'s snapshot summary has no published/released event in
    ``meta.batches``); ``unchanged`` when ``latest.json`` already points at a verified folder of the same build
    made with the same contract and release format (no new folder);
@@ -12,13 +15,17 @@ For each curated dataset, in turn (one dataset's failure never stops the next):
    files are deleted, its pointer stays, ``meta.releases`` says ``blocked`` with the hits masked;
 4. metadata (``datapackage.json``, ``dictionary.csv``, ``changes.json`` against the release the pointer names,
    ``card.md``/``card.json`` when the contract has a ``card``, then ``manifest.json`` over all of them);
-5. the folder moved into place and verified there (``store``), then ``latest.json`` replaced atomically for
-   this dataset only (``pointer``).
+5. the folder moved into place under a NEW name and verified there (``store``): ``open/<d>/<ds>/`` for
+   the day's first build, ``open/<d>/<ds>~<8 hex of the build id>/`` for a later one (folders are immutable;
+   the pointer carries the path), then ``latest.json`` replaced atomically for this dataset only
+   (``pointer``).
 The run's ``meta.releases`` events (one per dataset) are appended in one commit at its end, also when it is
 interrupted (the DAG runs one dataset per task, so one event per task).
 Then (``finish_release``) ``open/<date>/catalog.jsonld`` (DCAT-AP 3) over every dataset the pointer names, and
 retention: release-date folders beyond the newest ``settings.open_keep`` are removed, except every folder the
-pointer references.
+pointer references; within the kept dates a same-day folder superseded by the one the pointer names is
+removed too. ``withdraw`` (``citylake open withdraw``) takes a dataset down by hand (a leak found after the
+release): its pointer entry, the folder it named, a ``withdrawn`` event, the catalog rewritten.
 
 A run killed at any point leaves every pointer on a complete, verified folder: a folder is complete before
 it is renamed into place, and the pointer moves only after that; what the killed run staged is swept by the
@@ -33,7 +40,8 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+import uuid
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +50,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import CitylakeError
-from pipelines.publish.pointer import POINTER, move_dataset, read_pointer, referenced_folders, set_catalog
+from pipelines.publish.pointer import (
+    POINTER,
+    move_dataset,
+    read_pointer,
+    referenced_folders,
+    remove_dataset,
+    set_catalog,
+)
 from pipelines.publish.store import Store, open_store
 from pipelines.settings import TZ, Settings, load_settings
 
@@ -53,7 +68,7 @@ RELEASE_FORMAT = 1
 again even when its build did not change."""
 PASSED = ("published", "released")
 """``meta.batches`` statuses of a build that passed the gate."""
-STATUSES = ("released", "unchanged", "blocked", "failed", "not_open", "not_passed")
+STATUSES = ("released", "unchanged", "blocked", "failed", "not_open", "not_passed", "withdrawn")
 INTERRUPTED = "发布中断 (interrupted)"
 
 
@@ -288,11 +303,13 @@ def _release_one(run: _Run, contract: Any, outcome: DatasetOutcome) -> DatasetOu
     interruption still leaves what was done)."""
     ds = contract.dataset
     started = time.perf_counter()
-    if contract.open.type == "不予开放":
-        outcome.status, outcome.reason = "not_open", f"开放类型为不予开放 ({contract.where('open', 'type')})"
-        return outcome
     stage: Path | None = None
     try:
+        if contract.open.type == "不予开放":
+            outcome.status, outcome.reason = "not_open", f"开放类型为不予开放 ({contract.where('open', 'type')})"
+            if ds in read_pointer(run.store)["datasets"]:  # it was open before: take it off the portal
+                _withdraw(run, ds, outcome, f"开放类型改为不予开放，撤回 ({contract.where('open', 'type')})")
+            return outcome
         table, snap, build_id, why = current_build(run.catalog, contract, run.gate)
         outcome.build_id = build_id
         pointer = read_pointer(run.store)
@@ -307,15 +324,15 @@ def _release_one(run: _Run, contract: Any, outcome: DatasetOutcome) -> DatasetOu
             outcome.status, outcome.rows = "unchanged", int(entry.get("rows") or 0)
             outcome.reason = f"构建 {build_id} 已于 {entry.get('release_date')} 发布"
             return outcome
+        folder = new_folder(run.store, run.day, ds, build_id)
         stage = run.store.stage(run.day, ds)
-        release, hits = _build_folder(run, contract, table, snap, build_id, fp, entry, stage, outcome)
+        release, hits = _build_folder(run, contract, table, snap, build_id, fp, entry, stage, outcome, folder)
         if hits:
             outcome.status = "blocked"
             outcome.reason = (f"泄露检查发现个人信息 {sum(outcome.leak_counts.values())} 处 "
                               f"({', '.join(f'{k} {n}' for k, n in sorted(outcome.leak_counts.items()))})；"
                               "本次不发布，指针保持上一版本")
             return outcome
-        folder = f"open/{run.day}/{ds}/"
         t0 = time.perf_counter()
         run.store.place(stage, folder, {f.name: (f.bytes, f.sha256) for f in release.files})
         stage = None
@@ -375,8 +392,26 @@ def _normalized(schema: pa.Schema) -> pa.Schema:
     return pa.schema([pa.field(f.name, normalize_type(f.type)) for f in schema])
 
 
+def new_folder(store: Store, day: str, dataset: str, build_id: str) -> str:
+    """A folder name no release used yet: ``open/<d>/<ds>/`` for the day's first build, else
+    ``open/<d>/<ds>~<8 hex of the build id>/`` (plus a random tail for a second folder of the same build, made
+    with another contract or release format). A folder a pointer may name is never written again."""
+    base = f"open/{day}/{dataset}"
+    candidates = [f"{base}/", f"{base}~{build_id.removeprefix('build__')[:8]}/"]
+    for name in candidates:
+        if not store.folder_exists(name):
+            return name
+    return f"{candidates[1].rstrip('/')}-{uuid.uuid4().hex[:6]}/"
+
+
+def _dataset_of(folder_name: str) -> str:
+    """The dataset of a release folder name (``<ds>`` or ``<ds>~<build>``)."""
+    return folder_name.split("~", 1)[0]
+
+
 def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str, fp: str,
-                  entry: dict[str, Any] | None, stage: Path, outcome: DatasetOutcome) -> tuple[Any, bool]:
+                  entry: dict[str, Any] | None, stage: Path, outcome: DatasetOutcome,
+                  folder: str) -> tuple[Any, bool]:
     """Write, scan and describe one dataset's folder in ``stage``; (DatasetRelease, blocked)."""
     from pipelines.lake.changes import release_memory
     from pipelines.lake.raw import stream_scan, summary_value
@@ -426,7 +461,7 @@ def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str
     # the build's own commit when no input snapshot can be found any more (expired): an upper bound
     cutoff = _latest_input_time(run.catalog, inputs) or datetime.fromtimestamp(snap.timestamp_ms / 1000, TZ)
     release = _describe(run, contract, written, rows, build_id, inputs, coverage, fp, entry, stage, outcome,
-                        cutoff)
+                        cutoff, folder)
     outcome.seconds["metadata"] = round(time.perf_counter() - t0, 3)
     return release, False
 
@@ -476,7 +511,7 @@ def _previous(run: _Run, entry: dict[str, Any] | None) -> str | None:
 
 def _describe(run: _Run, contract: Any, written: list[Any], rows: int, build_id: str, inputs: dict[str, int],
               coverage: _Coverage, fp: str, entry: dict[str, Any] | None, stage: Path,
-              outcome: DatasetOutcome, cutoff: datetime | None) -> Any:
+              outcome: DatasetOutcome, cutoff: datetime | None, folder: str) -> Any:
     """The DatasetRelease and its metadata files in ``stage`` (C2's writers), manifest last."""
     from pipelines.departments import department_name, load_departments
     from pipelines.publish.card import card
@@ -498,7 +533,7 @@ def _describe(run: _Run, contract: Any, written: list[Any], rows: int, build_id:
         old.unlink(missing_ok=True)
     release = DatasetRelease(
         dataset=ds, contract=contract, columns=open_columns(contract, run.config.standards),
-        release_date=run.release_date, folder=f"open/{run.day}/{ds}/",
+        release_date=run.release_date, folder=folder,
         files=[FileInfo(w.name, w.media_type, w.format, w.bytes, w.sha256, w.rows) for w in written],
         rows=rows, build_id=build_id, inputs=inputs,
         # the cut-off is when the newest input snapshot was committed (what the build could have seen), not
@@ -573,15 +608,86 @@ def _from_manifest(run: _Run, dataset: str, entry: dict[str, Any]) -> Any:
 
 
 def _finish(run: _Run) -> tuple[str | None, list[str]]:
+    _withdraw_uncontracted(run)
     catalog = _write_catalog(run)
     return catalog, _retention(run)
 
 
-def _write_catalog(run: _Run) -> str | None:
-    """``open/<d>/catalog.jsonld`` when something was released on this date (now or earlier the same day)."""
+def _withdraw(run: _Run, dataset: str, outcome: DatasetOutcome, reason: str, *, delete: bool = False,
+              every_date: bool = False) -> dict[str, Any] | None:
+    """Take ``dataset`` off the portal: its pointer entry removed (one conditional pointer write), the
+    pointer's catalog rewritten without it, and with ``delete`` the folder the entry named (``every_date``:
+    every folder of the dataset in the store) deleted now instead of by retention. Fills ``outcome``
+    (``withdrawn``); returns the former entry, None when the pointer did not name the dataset."""
+    from pipelines.privacy.mask import mask_message
+
+    entry = remove_dataset(run.store, dataset)
+    if entry is None:
+        return None
+    outcome.status, outcome.reason = "withdrawn", mask_message(reason)
+    outcome.folder, outcome.rows = entry.get("path"), int(entry.get("rows") or 0)
+    outcome.build_id = outcome.build_id or entry.get("build_id")
+    catalog = read_pointer(run.store).get("catalog")
+    if catalog:  # the portal's catalog must not list it until the next release writes a new one
+        _write_catalog(replace(run, release_date=date.fromisoformat(str(catalog).split("/")[1])), force=True)
+    if delete:
+        doomed = {str(entry.get("path", "")).rstrip("/")} - {""}
+        if every_date:
+            doomed |= {f"open/{d}/{name}" for d in run.store.release_dates() for name in run.store.folders(d)
+                       if _dataset_of(name) == dataset}
+        for folder in sorted(doomed):
+            run.store.delete(folder + "/")
+    log.warning("open release: %s withdrawn (%s)", dataset, outcome.reason)
+    return entry
+
+
+def _withdraw_uncontracted(run: _Run) -> None:
+    """Withdraw every dataset the pointer names whose curated contract is gone (one event each)."""
+    gone = sorted(set(read_pointer(run.store)["datasets"]) - set(run.config.curated))
+    outcomes = []
+    for ds in gone:
+        outcome = DatasetOutcome(ds, "withdrawn")
+        if _withdraw(run, ds, outcome, f"契约 schemas/curated/{ds}.yml 已删除，撤回") is not None:
+            outcomes.append(outcome)
+    if outcomes:
+        if not run.run_id:
+            from pipelines.lake.meta import new_run_id
+
+            run.run_id = new_run_id("open")
+        _record(run, outcomes)
+
+
+def withdraw(dataset: str, reason: str, *, settings: Settings | None = None, run_id: str | None = None,
+             every_date: bool = False) -> DatasetOutcome:
+    """``citylake open withdraw``: take a released dataset off the portal by hand (e.g. a leak found after the
+    release): pointer entry removed, the folder it named deleted (``every_date``: every folder of it), the
+    catalog rewritten, a ``withdrawn`` event with ``reason`` (masked) in ``meta.releases``."""
+    from pipelines.config import load_all
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.meta import new_run_id
+
+    if not reason.strip():
+        raise CitylakeError("open withdraw: --reason is required (it is recorded in meta.releases)")
+    settings = settings or load_settings()
+    store = store_for(settings)
+    run = _Run(settings, load_all(settings), store, get_catalog(settings), today(), run_id or new_run_id("open"),
+               Path())
+    outcome = DatasetOutcome(dataset, "withdrawn")
+    with store.lock(), tempfile.TemporaryDirectory(prefix="citylake-open-") as scratch:
+        run.scratch = Path(scratch)
+        if _withdraw(run, dataset, outcome, f"人工撤回：{reason.strip()}", delete=True,
+                     every_date=every_date) is None:
+            raise CitylakeError(f"open withdraw: {dataset} is not in {store.url(POINTER)} (citylake open ls)")
+        _record(run, [outcome])
+    return outcome
+
+
+def _write_catalog(run: _Run, force: bool = False) -> str | None:
+    """``open/<d>/catalog.jsonld`` when something was released on this date (now or earlier the same day), or
+    with ``force`` (a withdrawal rewriting the pointer's catalog)."""
     from pipelines.publish.dcat import dcat_catalog, division_names, open_base_url
 
-    if not run.store.folders(run.day):
+    if not force and not run.store.folders(run.day):
         return None
     pointer = read_pointer(run.store)
     releases = []
@@ -606,7 +712,8 @@ def _write_catalog(run: _Run) -> str | None:
 
 def _retention(run: _Run) -> list[str]:
     """Remove release-date folders beyond the newest ``open_keep``, keeping every folder the pointer names
-    (and the date folder of the pointer's catalog)."""
+    (and the date folder of the pointer's catalog); in the kept dates, remove a dataset's same-day folders
+    that the one the pointer names superseded."""
     pointer = read_pointer(run.store)
     referenced = referenced_folders(pointer)
     catalog_day = str(pointer.get("catalog", "")).split("/")[1:2]
@@ -622,4 +729,11 @@ def _retention(run: _Run) -> list[str]:
             if f"open/{day}/{ds}" not in referenced:
                 run.store.delete(f"open/{day}/{ds}/")
                 removed.append(f"open/{day}/{ds}/")
+    for day in dates[-run.settings.open_keep:]:
+        names = run.store.folders(day)
+        current = {_dataset_of(n) for n in names if f"open/{day}/{n}" in referenced}
+        for name in names:
+            if _dataset_of(name) in current and f"open/{day}/{name}" not in referenced:
+                run.store.delete(f"open/{day}/{name}/")
+                removed.append(f"open/{day}/{name}/")
     return removed

@@ -1,28 +1,37 @@
 """Where the open release lives: a local folder or an S3 prefix, behind one small interface.
 
+Release folders are immutable: ``place`` refuses a folder that exists (the release picks a new name for a
+same-day rebuild), so a folder a pointer names is never rewritten; retention removes superseded ones.
+
 - Local: a dataset folder is written in a staging folder beside its target (``open/<d>/.stage-<ds>-…``,
-  a dot name the portal never lists) and renamed into place; a same-day rerun swaps the two folders in one
-  ``renameat2(RENAME_EXCHANGE)`` (Linux), so a reader sees the old folder or the new one, never none, and the
-  old one comes back if the new one does not verify. A pointer or catalog file is written to a temp file,
-  fsynced and ``os.replace``d.
-- S3: staged on local disk, uploaded (data files first, ``manifest.json`` last), then listed and every
-  object's size and ETag compared with what was staged (the ETag of a fixed 8 MB multipart layout,
-  computed locally); a pointer or catalog file is one PUT, which S3 makes visible whole.
+  a dot name the portal never lists), every file and the folder fsynced, renamed into place and re-hashed
+  there. A pointer or catalog file is written to a temp file, fsynced and ``os.replace``d.
+- S3: staged on local disk; a marker object ``.incomplete`` is created first (``If-None-Match: *``: two
+  writers never share a prefix), the files uploaded with ``ChecksumAlgorithm=SHA256`` (data files first,
+  ``manifest.json`` last), verified, and the marker deleted last. Any exception deletes the whole prefix;
+  a folder whose marker is left (a killed upload) is not listed by ``folders`` (so never catalogued) and is
+  deleted by ``sweep`` once its marker is an hour old. Verification: each object's size from the listing,
+  and its SHA-256 checksum from ``head_object(ChecksumMode="ENABLED")`` compared with the staged file's
+  (which is first re-hashed against the manifest's SHA-256; a multipart object's checksum is the SHA-256 of
+  its 8 MB parts' digests); where the endpoint returns no checksum, the ETag (MD5 of the fixed 8 MB part
+  layout, computed locally; not valid under SSE-KMS/SSE-C). The pointer is written with a conditional PUT
+  (``If-Match`` the ETag read, ``If-None-Match: *`` when creating it): a release on another host that moved
+  it in between makes the PUT fail (412) and the pointer's read-modify-write is retried (``pointer``).
 
 A release holds the store's lock (``fcntl.flock`` on a local file) from start to end, so two releases on
-one machine (the DAG and a CLI run) take turns; leftovers of a killed run (staging folders, temp files)
-are swept by the next one.
+one machine (the DAG and a CLI run) take turns; leftovers of a killed run (staging folders, temp files,
+incomplete S3 folders) are swept by the next one.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
-import ctypes
-import errno
 import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +44,11 @@ from pipelines.publish.writers import sha256_file
 STAGE_PREFIX = ".stage-"
 OLD_PREFIX = ".old-"
 TMP_PREFIX = ".tmp-"
+INCOMPLETE = ".incomplete"
+"""Marker object of an S3 folder being uploaded: created first, deleted last."""
+STALE_SECONDS = 3600
+"""An incomplete S3 folder older than this is a killed upload (``sweep`` deletes it); a younger one may be
+another host's upload in progress."""
 PART_SIZE = 8 * 1024 * 1024
 """S3 multipart threshold and part size of every upload: fixed, so the ETag is known before the upload."""
 CONTENT_TYPES = {".csv": "text/csv; charset=utf-8", ".jsonl": "application/jsonl; charset=utf-8",
@@ -43,7 +57,12 @@ CONTENT_TYPES = {".csv": "text/csv; charset=utf-8", ".jsonl": "application/jsonl
 
 
 class ReleaseStoreError(CitylakeError):
-    """A release folder did not verify where it was placed (size, checksum or ETag differs, a file missing)."""
+    """A release folder did not verify where it was placed (size, checksum or ETag differs, a file missing), or
+    its name is taken."""
+
+
+class Conflict(CitylakeError):
+    """A conditional write lost: the object changed since it was read (another release moved the pointer)."""
 
 
 Expected = dict[str, tuple[int, str]]
@@ -60,6 +79,9 @@ class Store(Protocol):
     def exists(self, rel: str) -> bool: ...
     def read_bytes(self, rel: str) -> bytes | None: ...
     def write_atomic(self, rel: str, data: bytes) -> None: ...
+    def read_versioned(self, rel: str) -> tuple[bytes | None, str | None]: ...
+    def write_if(self, rel: str, data: bytes, version: str | None) -> None: ...
+    def folder_exists(self, folder: str) -> bool: ...
     def local_copy(self, rel: str, scratch: Path) -> Path | None: ...
     def release_dates(self) -> list[str]: ...
     def folders(self, release_date: str) -> list[str]: ...
@@ -110,22 +132,6 @@ def _fsync_tree(folder: Path) -> None:
     _fsync_dir(folder)
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where it is missing."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # kernel or filesystem without it
-        return False
-    raise OSError(code, os.strerror(code), str(a))
-
-
 def verify_folder(folder: Path, expected: Expected) -> None:
     """Re-hash every file of ``folder`` against ``expected`` (threads: hashlib releases the GIL)."""
     present = {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
@@ -169,33 +175,29 @@ class LocalStore:
         return Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{dataset}-", dir=parent))
 
     def place(self, stage: Path, folder: str, expected: Expected) -> None:
-        """Rename ``stage`` to ``folder`` (swapping with a folder of the same day), then re-hash it in place;
-        a folder that does not verify is taken out again (the swapped-out one put back)."""
+        """Rename ``stage`` to ``folder`` (a new name: an existing folder is never replaced), then re-hash it
+        in place; a folder that does not verify is removed again (no pointer names it yet)."""
         target = self.root / folder.rstrip("/")
+        if target.exists():  # os.rename would silently replace an empty directory
+            raise ReleaseStoreError(f"{target}: exists; a release folder is never overwritten")
         _fsync_tree(stage)
-        swapped = None
-        if target.exists():
-            if _exchange(stage, target):
-                swapped = stage  # now holds the earlier folder
-            else:
-                swapped = target.with_name(f"{OLD_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}")
-                target.rename(swapped)
-                stage.rename(target)
-        else:
-            stage.rename(target)
+        stage.rename(target)
         _fsync_dir(target.parent)
         try:
             verify_folder(target, expected)
         except BaseException:
-            if swapped is not None and not _exchange(swapped, target):
-                shutil.rmtree(target, ignore_errors=True)
-                swapped.rename(target)
-            elif swapped is None:
-                shutil.rmtree(target, ignore_errors=True)
+            self.delete(folder)
             raise
-        finally:
-            if swapped is not None:
-                shutil.rmtree(swapped, ignore_errors=True)
+
+    def folder_exists(self, folder: str) -> bool:
+        return (self.root / folder.rstrip("/")).exists()
+
+    def read_versioned(self, rel: str) -> tuple[bytes | None, str | None]:
+        return self.read_bytes(rel), None
+
+    def write_if(self, rel: str, data: bytes, version: str | None) -> None:
+        """Locally the release lock (flock) already serialises every read-modify-write."""
+        self.write_atomic(rel, data)
 
     def exists(self, rel: str) -> bool:
         return (self.root / rel).exists()
@@ -251,6 +253,25 @@ def _is_date(name: str) -> bool:
         return False
 
 
+def s3_sha256(path: Path) -> tuple[str, str]:
+    """(hex SHA-256 of the whole file, base64 S3 checksum of it uploaded with ``PART_SIZE`` parts): below the
+    threshold the whole file's digest, else the digest of the parts' digests (S3 appends ``-<parts>``)."""
+    size = path.stat().st_size
+    whole = hashlib.sha256()
+    parts = []
+    with path.open("rb") as f:
+        while block := f.read(PART_SIZE):
+            whole.update(block)
+            parts.append(hashlib.sha256(block).digest())
+    if size < PART_SIZE:
+        return whole.hexdigest(), base64.b64encode(whole.digest()).decode()
+    return whole.hexdigest(), base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode()
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
 def s3_etag(path: Path) -> str:
     """The ETag S3 gives ``path`` uploaded with ``PART_SIZE`` parts: the bytes' MD5 below the threshold, else
     the MD5 of the parts' MD5s and ``-<parts>``."""
@@ -284,10 +305,16 @@ class S3Store:
         return _flock(self.scratch / f".release-{name}.lock")
 
     def sweep(self) -> None:
+        """Local staging folders, and every S3 folder whose ``.incomplete`` marker is over an hour old (an
+        upload killed outright: its ``place`` never got to delete it)."""
         if self.scratch.is_dir():
             for p in self.scratch.iterdir():
                 if p.is_dir() and p.name.startswith(STAGE_PREFIX):
                     shutil.rmtree(p, ignore_errors=True)
+        now = time.time()
+        for key, obj in self._listing(self.key("open/")).items():
+            if key.endswith("/" + INCOMPLETE) and now - obj["LastModified"].timestamp() > STALE_SECONDS:
+                self._delete_prefix(key[: -len(INCOMPLETE)])
 
     def stage(self, release_date: str, dataset: str) -> Path:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -300,33 +327,94 @@ class S3Store:
         return out
 
     def place(self, stage: Path, folder: str, expected: Expected) -> None:
-        """Upload the staged folder (manifest last), remove objects a same-day earlier folder had and this one
-        does not, then list the prefix and compare every object's size and ETag with the staged file."""
+        """Claim the new prefix with its ``.incomplete`` marker, upload the staged folder (manifest last),
+        verify every object (size; SHA-256 checksum, else ETag), delete the marker. Any exception (a failed
+        upload, a verification, an interruption) deletes what was uploaded under the prefix."""
+        from botocore.exceptions import ClientError
+
         prefix = self.key(folder.rstrip("/") + "/")
         names = sorted(expected, key=lambda n: (n == "manifest.json", n))
-        etags = {n: s3_etag(stage / n) for n in names}
+        claimed = False
         try:
+            if self._listing(prefix):
+                raise ReleaseStoreError(f"{self.location}{folder}: exists; a release folder is never overwritten")
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=prefix + INCOMPLETE, Body=b"", IfNoneMatch="*")
+            except ClientError as exc:
+                if _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                    raise ReleaseStoreError(f"{self.location}{folder}: another release is writing it") from None
+                raise
+            claimed = True
+            sums = {}
             for name in names:
+                whole, sums[name] = s3_sha256(stage / name)
+                if whole != expected[name][1]:  # the staged bytes are still the ones the manifest describes
+                    raise ReleaseStoreError(f"{stage / name}: SHA-256 differs from the manifest's")
                 kind = CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
-                self.client.upload_file(str(stage / name), self.bucket, prefix + name,
-                                        ExtraArgs={"ContentType": kind}, Config=self.transfer)
-            listed = self._listing(prefix)
-            stale = [{"Key": k} for k in listed if k[len(prefix):] not in expected]
-            for i in range(0, len(stale), 1000):
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": stale[i:i + 1000]})
-            problems = []
-            for name in names:
-                obj = listed.get(prefix + name)
-                if obj is None:
-                    problems.append(f"{name}: missing")
-                elif int(obj["Size"]) != expected[name][0]:
-                    problems.append(f"{name}: {obj['Size']} bytes, expected {expected[name][0]}")
-                elif str(obj["ETag"]).strip('"') != etags[name]:
-                    problems.append(f"{name}: ETag differs")
-            if problems:
-                raise ReleaseStoreError(f"{self.location}{folder}: does not verify: {'; '.join(problems)}")
+                self.client.upload_file(str(stage / name), self.bucket, prefix + name, Config=self.transfer,
+                                        ExtraArgs={"ContentType": kind, "ChecksumAlgorithm": "SHA256"})
+            self._verify(stage, folder, prefix, names, expected, sums)
+            self.client.delete_object(Bucket=self.bucket, Key=prefix + INCOMPLETE)
+            claimed = False
+        except BaseException:
+            if claimed:
+                with contextlib.suppress(Exception):  # the marker keeps it out of sight until sweep
+                    self._delete_prefix(prefix, marker_last=True)
+            raise
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+
+    def _verify(self, stage: Path, folder: str, prefix: str, names: list[str], expected: Expected,
+                sums: dict[str, str]) -> None:
+        listed = self._listing(prefix)
+        problems = [f"{k[len(prefix):]}: not in the release" for k in listed
+                    if k[len(prefix):] not in expected and k != prefix + INCOMPLETE]
+        for name in names:
+            obj = listed.get(prefix + name)
+            if obj is None:
+                problems.append(f"{name}: missing")
+                continue
+            if int(obj["Size"]) != expected[name][0]:
+                problems.append(f"{name}: {obj['Size']} bytes, expected {expected[name][0]}")
+                continue
+            head = self.client.head_object(Bucket=self.bucket, Key=prefix + name, ChecksumMode="ENABLED")
+            checksum = head.get("ChecksumSHA256")
+            if checksum:  # S3 computed it from the bytes it stored; "-<parts>" on a multipart object
+                if str(checksum).split("-")[0] != sums[name]:
+                    problems.append(f"{name}: SHA-256 checksum differs")
+            elif str(obj["ETag"]).strip('"') != s3_etag(stage / name):  # an endpoint without checksums
+                problems.append(f"{name}: ETag differs")
+        if problems:
+            raise ReleaseStoreError(f"{self.location}{folder}: does not verify: {'; '.join(problems)}")
+
+    def folder_exists(self, folder: str) -> bool:
+        return bool(self._listing(self.key(folder.rstrip("/") + "/")))
+
+    def read_versioned(self, rel: str) -> tuple[bytes | None, str | None]:
+        from botocore.exceptions import ClientError
+
+        try:
+            got = self.client.get_object(Bucket=self.bucket, Key=self.key(rel))
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None, None
+            raise
+        return bytes(got["Body"].read()), str(got["ETag"])
+
+    def write_if(self, rel: str, data: bytes, version: str | None) -> None:
+        """One conditional PUT: ``If-Match`` the ETag read (``version``), or ``If-None-Match: *`` when the
+        object did not exist; ``Conflict`` when another writer changed it in between."""
+        from botocore.exceptions import ClientError
+
+        kind = CONTENT_TYPES.get(Path(rel).suffix, "application/octet-stream")
+        condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.key(rel), Body=data, ContentType=kind,
+                                   **condition)
+        except ClientError as exc:
+            if _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                raise Conflict(f"{self.url(rel)}: changed by another release since it was read") from None
+            raise
 
     def exists(self, rel: str) -> bool:
         return self.read_head(rel) is not None
@@ -373,13 +461,21 @@ class S3Store:
         return [d for d in self._children(self.key("open/")) if _is_date(d)]
 
     def folders(self, release_date: str) -> list[str]:
-        return [d for d in self._children(self.key(f"open/{release_date}/")) if not d.startswith(".")]
+        """The complete folders of a date (an upload in progress or killed keeps its ``.incomplete`` marker)."""
+        base = self.key(f"open/{release_date}/")
+        incomplete = {k[len(base):].split("/")[0] for k in self._listing(base) if k.endswith("/" + INCOMPLETE)}
+        return [d for d in self._children(base) if not d.startswith(".") and d not in incomplete]
+
+    def _delete_prefix(self, prefix: str, marker_last: bool = False) -> None:
+        keys = sorted(self._listing(prefix), key=lambda k: marker_last and k.endswith("/" + INCOMPLETE))
+        for i in range(0, len(keys), 1000):
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
 
     def delete(self, rel: str) -> None:
-        keys = [{"Key": k} for k in self._listing(self.key(rel.rstrip("/") + "/"))] if rel.endswith("/") else \
-            [{"Key": self.key(rel)}]
-        for i in range(0, len(keys), 1000):
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[i:i + 1000]})
+        if rel.endswith("/"):
+            self._delete_prefix(self.key(rel))
+        else:
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": self.key(rel)}]})
 
     def url(self, rel: str) -> str:
         return f"{self.location}{rel}"
