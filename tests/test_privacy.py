@@ -411,3 +411,70 @@ def test_raw_lineage_file_names_are_masked_as_file_names() -> None:
     data = pa.table({"line_id": ["1路"], "_source_file": [name]})
     (row,) = masked_rows("raw.bus_ridership__ridership", data, None)
     assert row["_source_file"] == "ridership_张*_合肥市蜀山区***_340104********1234.jsonl"
+
+
+# --- identifiers inside free text (the open release's leak gate) -------------------------------------------
+
+
+def _card_19(rng: random.Random) -> str:
+    return _card("6222", 19, rng)
+
+
+def test_identifiers_in_text_finds_glued_and_split_numbers() -> None:
+    """Each digit run on its own, plausible joins of groups written apart (any whitespace, dash, dot, slash,
+    up to two), windows inside a glued run; full-width digits; Chinese-numeral house numbers."""
+    from pipelines.privacy.detect import identifiers_in_text
+
+    rng = random.Random(11)
+    rid, card, mobile = _resident_id(rng), _card_19(rng), "13812345678"
+    uscc_body = "92340100MA2N1234X"
+    from stdnum.cn import uscc
+
+    code = uscc_body + uscc.calc_check_digit(uscc_body)
+    spaced_card = " ".join(card[i:i + 4] for i in range(0, 19, 4))
+    cases = {
+        f"2024-05-01 {rid}": ("resident_id", rid),
+        f"张三 {rid} {mobile}": ("resident_id", rid),
+        f"第3 {rid}": ("resident_id", rid),
+        f"2024 {mobile}": ("mobile", mobile),
+        f"2024-05-01 {spaced_card}": ("bank_card", card),
+        f"交易日期2024-05-01卡号{spaced_card}": ("bank_card", card),
+        f"20240501{rid}": ("resident_id", rid),  # glued to a date
+        f"3{rid}号": ("resident_id", rid),  # glued to an ordinal
+        f"202405011230{mobile}": ("mobile", mobile),
+        f"{rid[:6]} {rid[6:14]} {rid[14:]}": ("resident_id", rid),
+        "电话138.1234.5678": ("mobile", mobile),
+        "电话138—1234—5678": ("mobile", mobile),
+        "电话138\u00a01234\u00a05678": ("mobile", mobile),
+        "电话138\u30001234\u30005678": ("mobile", mobile),
+        "电话138  1234  5678": ("mobile", mobile),
+        "电话１３８１２３４５６７８": ("mobile", mobile),
+        "电话1 3 8 1 2 3 4 5 6 7 8": ("mobile", mobile),
+        f"个体户{code[:8]} {code[8:]}": ("individual_uscc", code),
+        f"执照 {code[:4]} {code[4:8]} {code[8:12]} {code[12:]}": ("individual_uscc", code),
+        "住长江西路八十八号": ("address", "住长江西路八十八号"),
+        "琥珀山庄三栋二单元": ("address", "琥珀山庄三栋二单元"),
+    }
+    values = list(cases)
+    found = {(values[row], kind, text) for row, kind, text in identifiers_in_text(pa.array(values))}
+    for value, (kind, text) in cases.items():
+        assert (value, kind, text) in found, (value, kind)
+    assert ("张三 " + rid + " " + mobile, "mobile", mobile) in found
+    clean = ["2024-05-01 营业", "订单 2024-05-01 12:30 共 38 元", "长江西路", "地铁一号线", "五月一号开业", "117.283456,31.861234",
+             "1714521600000", "版本 1.2.3.4.5.6"]
+    assert identifiers_in_text(pa.array(clean)) == []
+
+
+def test_identifiers_in_text_precision_on_random_digits() -> None:
+    """Random numbers stay rare hits: a random 11–19-digit number is a mobile or card by shape about one time
+    in a hundred (as before this scan split text); joins and windows add little (measured: 200 k texts of
+    three random 1–30-digit numbers 2.7 % of texts hit, of which joins 0.6 and windows 0.1 points)."""
+    from pipelines.privacy.detect import identifiers_in_text
+
+    rng = random.Random(5)
+    texts = [" ".join(str(rng.randrange(10 ** (n - 1), 10 ** n)) for n in rng.choices(range(1, 31), k=3))
+             for _ in range(20_000)]
+    share = len({row for row, _k, _t in identifiers_in_text(pa.array(texts))}) / len(texts)
+    assert share < 0.035
+    order_numbers = [f"订单号{rng.randrange(10 ** 19, 10 ** 20)}" for _ in range(20_000)]  # 20 digits, no date
+    assert len(identifiers_in_text(pa.array(order_numbers))) / len(order_numbers) < 0.001

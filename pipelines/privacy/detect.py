@@ -18,6 +18,7 @@ must not read as personal, so every number-shaped kind carries a check:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from functools import cache
 from typing import TypeAlias
@@ -261,17 +262,28 @@ LEAK_KINDS = (RESIDENT_ID, MOBILE, BANK_CARD, INDIVIDUAL_USCC, PERSON_NAME, ADDR
 _INDIVIDUAL_USCC = r"^92\d{6}[0-9A-HJ-NP-RTUWXY]{10}$"
 
 # A house-number address: a street or compound word followed by a number and 号/栋/幢/单元/室/弄
-# (长江西路88号, 琥珀山庄3栋), or a building-unit-room sequence (3栋2单元, 2单元301室). A district or a street
-# alone names no household: the open data's generalised addresses stay clear.
-HOUSE_NUMBER = (r"\p{Han}(?:路|街|巷|弄|道|村|组|里|苑|园|庄|小区|社区|大厦|公寓|花园|新村)\s*\p{Nd}{1,5}\s*(?:号|栋|幢|单元|室|弄)"
+# (长江西路88号, 琥珀山庄3栋, 长江西路八十八号 in Chinese numerals), or a building-unit-room sequence (3栋2单元,
+# 三栋二单元, 2单元301室). A district or a street alone names no household: generalised addresses stay clear.
+_STREET = r"(?:路|街|巷|弄|道|村|组|里|苑|园|庄|小区|社区|大厦|公寓|花园|新村)"
+_HAN_NUMERAL = "零〇一二三四五六七八九十百千两"
+HOUSE_NUMBER = (rf"\p{{Han}}{_STREET}\s*(?:\p{{Nd}}{{1,5}}|[{_HAN_NUMERAL}]{{1,6}})\s*(?:号|栋|幢|单元|室|弄)"
                 r"|\p{Nd}{1,4}\s*(?:栋|幢|号楼)\s*\p{Nd}{1,3}\s*(?:单元|室)"
+                rf"|[{_HAN_NUMERAL}]{{1,4}}(?:栋|幢|号楼)[{_HAN_NUMERAL}]{{1,3}}(?:单元|室)"
                 r"|\p{Nd}{1,3}\s*单元\s*\p{Nd}{2,5}")
 
+# What may stand between the digit groups of one written number: whitespace of any kind (no-break space, the
+# ideographic space), any dash (\p{Pd}: -, —, －), dots, middle dots and slashes, at most two of them
+# (138 1234 5678, 138.1234.5678, 6222—0212…, 138  1234  5678).
+_SEP_RAW = r"[\s\p{Z}\p{Pd}.．·・/／]"
+_SEP = r"[\s\p{Z}\p{Pd}.·・/]"
+"""The same after NFKC (full-width dot and slash become ASCII)."""
+
 # Cheap first pass over every string cell (one RE2 DFA scan of the text as stored, before any normalisation:
-# \p{Nd} takes full-width digits too): 11+ digits, allowing one space or dash between digits (a spaced
-# mobile or card), an individual business's USCC head, or a number before 号/栋/单元/室. Only the cells it
-# finds are NFKC-normalised, tokenised and checked, so a column of names and codes costs one scan.
-_CANDIDATE = r"\p{Nd}(?:[ \-－]?\p{Nd}){10}|[9９][2２]\p{Nd}{6}|\p{Nd}\s*(?:号|栋|幢|单元|室|弄)"
+# \p{Nd} takes full-width digits too): 11+ digits with up to two separators between digits (a split mobile or
+# card), an individual business's USCC head, or a number (Arabic or Chinese) before 号/栋/单元/室. Only the
+# cells it finds are NFKC-normalised, tokenised and checked, so a column of names and codes costs one scan.
+_CANDIDATE = (rf"\p{{Nd}}(?:{_SEP_RAW}{{0,2}}\p{{Nd}}){{10}}|[9９][2２](?:{_SEP_RAW}{{0,2}}\p{{Nd}}){{6}}"
+              rf"|[\p{{Nd}}{_HAN_NUMERAL}]\s*(?:号|栋|幢|单元|室|弄)")
 
 
 def _raw_strings(arr: Array) -> pa.StringArray:
@@ -306,19 +318,115 @@ def house_numbers(arr: Array) -> np.ndarray:
     return _bool(pc.match_substring_regex(_strings(arr), HOUSE_NUMBER))
 
 
-def _digit_tokens(s: pa.StringArray) -> tuple[pa.StringArray, np.ndarray]:
-    """The digit runs of each text (NFKC), spaces/dashes between digits removed (138 1234 5678, 6222-0212-…),
-    an ID's trailing X kept: (tokens of 11+ characters, the index of the text each came from)."""
-    merged = s
+_GLUE_DATE = re.compile(r"(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?:\d{4}|\d{6})?"
+                        r"|\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])")
+
+
+def _is_glue(rest: str) -> bool:
+    """Digits glued to an identifier that do not make it a different number: a date or date-time (20240501,
+    240501, 202405011230, 20240501123000). Not any short number: a millisecond timestamp (1714521600000) would
+    read as a mobile and a glued digit."""
+    return _GLUE_DATE.fullmatch(rest) is not None
+
+
+def _joinable(groups: list[str]) -> bool:
+    """Whether neighbouring digit groups are plausibly one number written apart: groups of three or more digits
+    (138 1234 5678, 340104 19900101 1239, 6222 0212 3456 7890 128), the first and last may have two (+86 …,
+    … 0112 39); or digits spaced out one or two at a time (1 3 8 1 2 …). Not a date next to a number
+    (2024-05-01 20), nor any mix of short and long groups: random numbers side by side join by chance."""
+    if all(len(g) <= 2 for g in groups):
+        return True
+    inner = groups[1:-1]
+    return all(len(g) >= 3 for g in inner) and len(groups[0]) >= 2 and len(groups[-1]) >= 2
+
+
+def _expand(chain: str) -> tuple[set[str], set[str]]:
+    """The numbers a chain of digit groups (``|`` between groups written apart) may be: every group on its own
+    and every plausible join (``_joinable``) of neighbouring groups of 11–19 digits (138 1234 5678, …),
+    and windows inside a long group so that a glued identifier cannot hide: an 18-character ID (its check
+    character keeps random digits out) at every position; a mobile, a card or a 15-digit ID (weaker checks:
+    prefix, issuer + Luhn, province + date) only at a group's start or end, the rest a date (``_is_glue``).
+    A trailing X stays on its group (an ID's check character). Returns (numbers to check as every kind,
+    18-character windows to check as IDs only)."""
+    runs = chain.split("|")
+    out: set[str] = set()
+    ids: set[str] = set()
+    for i in range(len(runs)):
+        total = 0
+        for j in range(i, len(runs)):
+            total += len(runs[j])
+            if total > 19:
+                break
+            if total >= 11 and (i == j or _joinable(runs[i:j + 1])):
+                out.add("".join(runs[i:j + 1]))
+    for run in runs:
+        n = len(run)
+        if n <= 11:
+            continue
+        if n > 18:
+            ids.update(run[k:k + 18] for k in range(n - 17))
+        for width in (11, 15, 16, 17, 18, 19):
+            if width < n:
+                if _is_glue(run[width:]):
+                    out.add(run[:width])
+                if _is_glue(run[:n - width]):
+                    out.add(run[n - width:])
+    return out, ids - out
+
+
+def _digit_tokens(s: pa.StringArray) -> tuple[pa.StringArray, np.ndarray, np.ndarray]:
+    """The numbers each text (NFKC) may hold (``_expand``): (tokens of 11–19 characters, the index of the text
+    each came from, whether a token is checked as an ID only). Groups are digit runs (an ID's trailing X kept); groups split by up to two separators
+    (``_SEP``) form one chain."""
+    # An X right after a digit and ending a word is an ID's check character: marked (\x01) so that it survives
+    # the removal of everything else, then written back as X.
+    marked = pc.replace_substring_regex(s, r"(\d)[Xx]([^0-9A-Za-z]|$)", "\\1\x01\\2")
     for _ in range(2):  # a single-digit group between separators needs a second pass
-        merged = pc.replace_substring_regex(merged, r"(\d)[ \-]+(\d)", r"\1\2")
-    marked = pc.replace_substring_regex(merged, r"(\d{17})[Xx]", r" \1# ")
-    spaced = pc.replace_substring(pc.replace_substring_regex(marked, r"[^0-9#]+", " "), "#", "X")
+        marked = pc.replace_substring_regex(marked, rf"([\d\x01]){_SEP}{{1,2}}(\d)", r"\1|\2")
+    spaced = pc.replace_substring(pc.replace_substring_regex(marked, "[^0-9\x01|]+", " "), "\x01", "X")
     parts = pc.split_pattern(spaced, " ")
-    tokens = pc.list_flatten(parts)
+    chains = pc.list_flatten(parts)
     parents = pc.list_parent_indices(parts).to_numpy(zero_copy_only=False)
-    keep = _bool(pc.greater_equal(pc.utf8_length(tokens), 11))
-    return tokens.filter(pa.array(keep)), parents[keep]
+    long = np.flatnonzero(_bool(pc.greater_equal(pc.utf8_length(chains), 11)))
+    tokens: list[str] = []
+    owners: list[int] = []
+    id_only: list[bool] = []
+    seen: set[tuple[int, str]] = set()
+    for k, chain in zip(long, chains.take(pa.array(long, pa.int64())).to_pylist(), strict=True):
+        owner = int(parents[k])
+        numbers, ids = _expand(chain)
+        for only, group in ((False, numbers), (True, ids)):
+            for token in group:
+                if (owner, token) not in seen:
+                    seen.add((owner, token))
+                    tokens.append(token)
+                    owners.append(owner)
+                    id_only.append(only)
+    return pa.array(tokens, pa.string()), np.array(owners, dtype=np.int64), np.array(id_only, dtype=bool)
+
+
+def _usccs_in(upper: pa.StringArray) -> list[tuple[int, str]]:
+    """Individual-business USCCs inside upper-case texts: the words as written, and the words with separators
+    between letters and digits removed (9234 0100 MA2N 1234 XP), where every 18-character window starting at
+    92 and holding a letter is checked (a split code glued to a neighbouring word). ``(text index, code)``."""
+    merged = upper
+    for _ in range(2):
+        merged = pc.replace_substring_regex(merged, rf"([0-9A-Z]){_SEP}{{1,2}}([0-9A-Z])", r"\1\2")
+    found: set[tuple[int, str]] = set()
+    for text in (upper, merged):
+        words = pc.split_pattern_regex(text, r"[^0-9A-Z]+")
+        flat = pc.list_flatten(words)
+        parents = pc.list_parent_indices(words).to_numpy(zero_copy_only=False)
+        for t in np.flatnonzero(individual_usccs(flat)):
+            found.add((int(parents[t]), flat[int(t)].as_py()))
+        long = np.flatnonzero(_bool(pc.match_substring_regex(flat, r"^.{19,}$")) & _bool(pc.match_substring(flat, "92")))
+        for t, word in zip(long, flat.take(pa.array(long, pa.int64())).to_pylist(), strict=True):
+            windows = [word[k:k + 18] for k in range(len(word) - 17)
+                       if word.startswith("92", k) and not word[k:k + 18].isdigit()]
+            for k, ok in enumerate(individual_usccs(pa.array(windows, pa.string())) if windows else ()):
+                if ok:
+                    found.add((int(parents[t]), windows[k]))
+    return sorted(found)
 
 
 def identifiers_in_text(arr: Array) -> list[tuple[int, str, str]]:
@@ -336,19 +444,20 @@ def identifiers_in_text(arr: Array) -> list[tuple[int, str, str]]:
         return []
     cand = _strings(raw.take(pa.array(rows, pa.int64())))
     found: list[tuple[int, str, str]] = []
-    tokens, parents = _digit_tokens(cand)
+    tokens, parents, id_only = _digit_tokens(cand)
     if len(tokens):
+        numbers: dict[int, list[tuple[str, str]]] = {}
         for kind, detector in ((RESIDENT_ID, resident_ids), (BANK_CARD, bank_cards), (MOBILE, mobiles)):
-            hit = detector(tokens)
-            for t in np.flatnonzero(hit):
-                found.append((int(rows[parents[t]]), kind, tokens[int(t)].as_py()))
-    words = pc.split_pattern_regex(pc.utf8_upper(cand), r"[^0-9A-Z]+")
-    flat = pc.list_flatten(words)
-    parents_w = pc.list_parent_indices(words).to_numpy(zero_copy_only=False)
-    for t in np.flatnonzero(individual_usccs(flat)):
-        found.append((int(rows[parents_w[t]]), INDIVIDUAL_USCC, flat[int(t)].as_py()))
-    for i in np.flatnonzero(house_numbers(cand)):
-        found.append((int(rows[i]), ADDRESS, cand[int(i)].as_py()))
+            for t in np.flatnonzero(detector(tokens) & (~id_only if kind != RESIDENT_ID else True)):
+                numbers.setdefault(int(parents[t]), []).append((kind, tokens[int(t)].as_py()))
+        for i, hits in numbers.items():  # one number is one hit: not also the windows inside it (+86 138…)
+            for kind, token in hits:
+                if not any(len(other) > len(token) and token in other for _k, other in hits):
+                    found.append((int(rows[i]), kind, token))
+    for j, code in _usccs_in(pc.utf8_upper(cand)):
+        found.append((int(rows[j]), INDIVIDUAL_USCC, code))
+    for h in np.flatnonzero(house_numbers(cand)):
+        found.append((int(rows[h]), ADDRESS, cand[int(h)].as_py()))
     return sorted(found)
 
 
