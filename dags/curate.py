@@ -18,17 +18,10 @@ from airflow.sdk import AssetAlias, AssetAny, dag, task
 from pipelines.curate.plan import build_order, curated_specs
 from pipelines.dag_defaults import START, default_args
 from pipelines.departments import department_name, load_departments
+from pipelines.lake.assets import table_asset
 from pipelines.settings import TZ, load_settings
 
 log = logging.getLogger(__name__)
-
-
-def table_asset(identifier: str) -> Any:
-    """The Airflow Asset of a lake table, as ``ingest_factory.table_asset`` names it (a DAG file cannot import
-    another DAG file: tests/test_dags.py checks the two agree)."""
-    from airflow.sdk import Asset
-
-    return Asset(name=identifier, uri=f"iceberg://citylake/{identifier.replace('.', '/')}")
 
 
 def _doc(domain: str, datasets: list[str], specs: dict[str, dict[str, Any]], department: str,
@@ -84,7 +77,12 @@ def build_curate_dag(domain: str, specs: dict[str, dict[str, Any]], departments:
 
                 alert_held(exc, context=context)  # never raises: the hold stands whether mail got through
                 raise AirflowFailException(str(exc)) from exc
-            if result.status == "published":  # a nothing_new build changed nothing downstream could read
+            if result.status == "waiting":  # an input not loaded yet: not a failure, nothing to retry
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                raise AirflowSkipException(f"curated.{dataset} waits for {', '.join(result.waiting_for)} "
+                                           "(not in the lake yet)")
+            if result.status in ("published", "released"):  # a nothing_new build changed nothing to read
                 context["outlet_events"][alias].add(
                     table_asset(f"curated.{dataset}"),
                     extra={"snapshot_id": result.snapshot_id, "rows": result.rows, "build_id": result.build_id})

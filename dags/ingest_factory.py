@@ -10,19 +10,15 @@ import logging
 from pathlib import Path
 
 import yaml
-from airflow.sdk import Asset, AssetAlias, CronDataIntervalTimetable, dag, task
+from airflow.sdk import AssetAlias, CronDataIntervalTimetable, dag, task
 
 from pipelines.dag_defaults import START, default_args
 from pipelines.departments import department_name, load_departments
+from pipelines.lake.assets import table_asset
 from pipelines.registry import SourceSystem, load_registry
 from pipelines.settings import TZ, load_settings
 
 log = logging.getLogger(__name__)
-
-
-def table_asset(identifier: str) -> Asset:
-    """The Airflow Asset of a lake table; later DAGs schedule on it."""
-    return Asset(name=identifier, uri=f"iceberg://citylake/{identifier.replace('.', '/')}")
 
 
 def _doc(system: SourceSystem, department: str) -> str:

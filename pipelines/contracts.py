@@ -714,23 +714,6 @@ DEID_FITS: dict[str, tuple[Any, str]] = {
 release the value unchanged or fail at release time."""
 
 
-def build_order(curated: dict[str, CuratedContract]) -> list[str]:
-    """Curated datasets in dependency order (a curated input before the datasets built from it; ties by
-    name). The loader has refused cycles."""
-    from graphlib import TopologicalSorter
-
-    graph = {name: sorted(ds for ns, ds in c.input_datasets if ns == "curated" and ds in curated)
-             for name, c in sorted(curated.items())}
-    sorter = TopologicalSorter(graph)
-    sorter.prepare()
-    order: list[str] = []
-    while sorter.is_active():
-        ready = sorted(sorter.get_ready())
-        order.extend(ready)
-        sorter.done(*ready)
-    return order
-
-
 def load_curated_contracts(directory: Path, standards: Standards, contracts: dict[str, DatasetContract],
                            departments: dict[str, Any] | None = None,
                            models_dir: Path | None = None) -> dict[str, CuratedContract]:

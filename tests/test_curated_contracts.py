@@ -13,7 +13,8 @@ import pytest
 
 from pipelines.code_lists import load_code_list
 from pipelines.config import load_all, load_curated
-from pipelines.contracts import CuratedContract, build_order, load_contracts, load_curated_contracts
+from pipelines.contracts import CuratedContract, load_contracts, load_curated_contracts
+from pipelines.curate.plan import build_order
 from pipelines.errors import ConfigError
 from pipelines.registry import load_registry
 from pipelines.settings import PROJECT_ROOT, load_settings
@@ -104,7 +105,7 @@ def test_the_seven_curated_contracts_load(base: tuple[Standards, dict[str, Any]]
     # the two opened more strictly than their grade's default carry the demo's marked override
     assert {n for n, c in curated.items() if c.overrides} == {"enterprise_registrations_monthly", "bus_ridership_daily"}
     assert all(o["approved_by"].startswith("示例 (演示数据, 未经实际审批)") for c in curated.values() for o in c.overrides)
-    order = build_order(curated)
+    order = build_order({n: c.inputs for n, c in curated.items()})  # the one order: CLI, DAGs, demo
     assert sorted(order) == sorted(COLUMNS) and order.index("air_quality_daily") < order.index(
         "air_quality_district_daily")
     # every derived element names a column that carries it

@@ -211,7 +211,7 @@ def test_curate_dags_one_per_domain_scheduled_on_their_outside_inputs_in_input_o
     specs = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in (ROOT / "schemas" / "curated").glob("*.yml")}
     dags = _curate_dags()
     assert set(dags) == {f"curate__{s['domain']}" for s in specs.values()}
-    ingest = runpy_globals("dags/ingest_factory.py")["table_asset"]
+    from pipelines.lake.assets import table_asset as ingest  # the one naming rule both DAG files import
     for dag_id, dag in dags.items():
         domain = dag_id.removeprefix("curate__")
         mine = {d for d, s in specs.items() if s["domain"] == domain}
@@ -219,7 +219,7 @@ def test_curate_dags_one_per_domain_scheduled_on_their_outside_inputs_in_input_o
         outside = sorted({i for d in mine for i in specs[d]["inputs"]} - {f"curated.{d}" for d in mine})
         condition = dag.timetable.asset_condition
         assert type(condition).__name__ == "AssetAny"
-        # the same Assets publish_std emits: one naming rule for both DAG files
+        # the Assets publish_std emits
         assert sorted((a.name, a.uri) for a in condition.objects) == \
             sorted((ingest(i).name, ingest(i).uri) for i in outside)
         for d in mine:  # a task runs after the curated datasets of its domain it reads
@@ -244,6 +244,45 @@ def test_publish_std_emits_std_assets_through_an_alias(airflow_home: Path, monke
     monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(ROOT / "schemas" / "sources"))
     publish = _dagbag().get_dag("ingest__enterprise").get_task("publish_std")
     assert [(type(o).__name__, o.name) for o in publish.outlets] == [("AssetAlias", "std__enterprise")]
+
+
+def test_publish_std_run_emits_the_std_asset_only_when_it_published(
+        airflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real run of ingest__poi (its loads skipped, the gate's verdict stubbed): a publish emits std.poi's Asset
+    through the std__poi alias, a nothing_new run emits nothing."""
+    import pipelines.ingest
+    import pipelines.quality.gate as gate
+    from airflow.models.asset import AssetActive, AssetEvent, AssetModel
+    from airflow.sdk.exceptions import AirflowSkipException
+    from airflow.utils.session import create_session
+
+    from pipelines.settings import TZ
+
+    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(ROOT / "schemas" / "sources"))
+    verdicts = iter(["published", "nothing_new"])
+
+    def run_quality(dataset: str, **kwargs: object) -> gate.GateResult:
+        status = next(verdicts)
+        return gate.GateResult(dataset, str(kwargs["run_id"]), ["b1"] if status == "published" else [], status,
+                               published=3 if status == "published" else 0, std_snapshot=42)
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AirflowSkipException("no source in this test")
+
+    monkeypatch.setattr(gate, "run_quality", run_quality)
+    monkeypatch.setattr(pipelines.ingest, "ingest_table", no_load)
+    name, uri = "std.poi", "iceberg://citylake/std/poi"
+    with create_session() as session:  # curate__geo, scheduled on it, registers it; stand in for it here
+        if not session.query(AssetModel).filter(AssetModel.uri == uri).count():
+            session.add(AssetModel(name=name, uri=uri))
+            session.add(AssetActive(name=name, uri=uri))
+    dag = _dagbag().get_dag("ingest__poi")
+    for day in (10, 11):
+        run = dag.test(logical_date=datetime(2026, 11, day, 3, tzinfo=TZ))
+        assert [str(ti.state) for ti in run.get_task_instances() if ti.task_id == "publish_std"] == ["success"]
+    with create_session() as session:
+        events = [e for e in session.query(AssetEvent).all() if e.asset.uri == uri]
+    assert len(events) == 1 and events[0].extra == {"snapshot_id": 42, "rows": 3, "batches": ["b1"]}
 
 
 def test_curate_dag_parses_without_heavy_imports() -> None:
@@ -278,12 +317,15 @@ def test_curate_dag_run_builds_and_emits_its_asset_only_when_it_published(
                     "longitude": [117.2, 117.3], "latitude": [31.8, 31.85], "poi_district_code": ["340104", "340104"],
                     "_batch_id": ["b", "b"], "_extracted_at": pa.array([0, 0], pa.timestamp("us", tz="UTC")),
                     "_load_seq": pa.array([1, 1], pa.int64()), "_warnings": pa.array([[], []], pa.list_(pa.string()))})
+    dag = _curate_dags()["curate__geo"]
+    # std.poi not loaded yet: the build waits (skipped), not failed and retried
+    (ti,) = dag.test(logical_date=datetime(2026, 11, 19, 7, tzinfo=TZ)).get_task_instances()
+    assert str(ti.state).endswith("skipped")
     append(get_catalog(), "std.poi", poi)
     name, uri = "curated.poi_wgs84", "iceberg://citylake/curated/poi_wgs84"
     with create_session() as session:  # a downstream DAG scheduled on it registers it; stand in for it here
         session.add(AssetModel(name=name, uri=uri))
         session.add(AssetActive(name=name, uri=uri))
-    dag = _curate_dags()["curate__geo"]
     statuses = []
     for day in (20, 21):
         run = dag.test(logical_date=datetime(2026, 11, day, 7, tzinfo=TZ))
