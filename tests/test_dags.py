@@ -250,12 +250,12 @@ def test_publish_std_run_emits_the_std_asset_only_when_it_published(
         airflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real run of ingest__poi (its loads skipped, the gate's verdict stubbed): a publish emits std.poi's Asset
     through the std__poi alias, a nothing_new run emits nothing."""
-    import pipelines.ingest
-    import pipelines.quality.gate as gate
     from airflow.models.asset import AssetActive, AssetEvent, AssetModel
     from airflow.sdk.exceptions import AirflowSkipException
     from airflow.utils.session import create_session
 
+    import pipelines.ingest
+    import pipelines.quality.gate as gate
     from pipelines.settings import TZ
 
     monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(ROOT / "schemas" / "sources"))
