@@ -495,6 +495,54 @@ def test_not_passed_and_unknown_dataset(lake: Lake, tmp_path: Path) -> None:
         _release(settings, D1, datasets=["nope"])
 
 
+def _catalogued(exports: Path) -> set[str]:
+    """The datasets the pointer's catalog lists (dcat:Dataset ids)."""
+    doc = json.loads((exports / _pointer(exports)["catalog"]).read_text(encoding="utf-8"))
+    return {d["@id"].split("#")[-1] for d in doc.get("dcat:dataset", [])}
+
+
+def test_withdrawal_when_not_open_or_uncontracted_and_by_hand(lake: Lake, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from pipelines.publish.release import finish_release
+
+    exports = tmp_path / "exports"
+    settings = lake.exports(exports)
+    some = ["air_quality_district_daily", "bus_ridership_daily", "poi_wgs84"]
+    _release(settings, D1, datasets=some)
+    assert _catalogued(exports) == set(some)
+    # 1. the contract becomes 不予开放: the entry goes (catalog rewritten), the folder is left to retention
+    bus = lake.config.curated["bus_ridership_daily"]
+    monkeypatch.setitem(lake.config.curated, bus.dataset,
+                        bus.model_copy(update={"open": bus.open.model_copy(update={"type": "不予开放"})}))
+    out = _release(settings, D1, datasets=["bus_ridership_daily"], finish=False)
+    assert (out.outcomes[0].status, out.outcomes[0].folder) == ("withdrawn", f"open/{D1}/bus_ridership_daily/")
+    assert "bus_ridership_daily" not in assert_complete(exports)["datasets"]
+    assert _catalogued(exports) == {"air_quality_district_daily", "poi_wgs84"}
+    assert (exports / "open" / str(D1) / "bus_ridership_daily" / "manifest.json").exists()
+    again = _release(settings, D1, datasets=["bus_ridership_daily"], finish=False)
+    assert again.outcomes[0].status == "not_open"  # withdrawn once
+    # 2. the contract is deleted: finish_release withdraws it
+    monkeypatch.delitem(lake.config.curated, "air_quality_district_daily")
+    finish_release(settings, release_date=D1)
+    assert set(_pointer(exports)["datasets"]) == {"poi_wgs84"} and _catalogued(exports) == {"poi_wgs84"}
+    monkeypatch.undo()
+    # 3. by hand, e.g. a leak found after the release: the folder the pointer named is deleted too
+    monkeypatch.setenv("CITYLAKE_EXPORTS_DIR", str(exports))
+    cli = CliRunner().invoke(app, ["open", "withdraw", "poi_wgs84", "--reason", f"发现证件号 {PLANTED}"])
+    assert cli.exit_code == 0, cli.output
+    assert _pointer(exports)["datasets"] == {} and not (exports / "open" / str(D1) / "poi_wgs84").exists()
+    assert _catalogued(exports) == set()
+    missing = CliRunner().invoke(app, ["open", "withdraw", "poi_wgs84", "--reason", "again"])
+    assert missing.exit_code == 1 and "not in" in missing.output
+    events = {e["dataset"]: e for e in _events(settings) if e["status"] == "withdrawn"
+              and e["release_date"] in (str(D1), str(date.today()))}
+    assert set(events) >= {"bus_ridership_daily", "air_quality_district_daily", "poi_wgs84"}
+    assert PLANTED not in (events["poi_wgs84"]["reason"] or "") and "人工撤回" in events["poi_wgs84"]["reason"]
+
+
 # --- S3 ---------------------------------------------------------------------------------------------------------
 
 
@@ -536,6 +584,92 @@ def test_s3_release_has_the_local_files_and_checksums(lake: Lake, tmp_path: Path
         assert f"city/open/{D1}/golden_legal_person/manifest.json" in keys
     finally:
         lake.build("bus_ridership_daily")
+
+
+def test_s3_same_day_rebuild_failed_upload_and_pointer_race(lake: Lake, tmp_path: Path, moto_endpoint: str,
+                                                             aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On S3: a same-day rebuild goes to a new prefix (the old one untouched until the pointer moved); an upload
+    that fails midway leaves nothing (its .incomplete prefix deleted) and the pointer where it was; a killed
+    upload's marked prefix is never listed and sweep removes it once stale; objects carry SHA-256 checksums;
+    a pointer changed by another host between read and write is re-read and the change retried."""
+    import boto3
+
+    from pipelines.publish import release as release_mod
+    from pipelines.publish import store as store_mod
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    s3.create_bucket(Bucket="open-race")
+    settings = lake.exports("s3://open-race/city", s3_endpoint=moto_endpoint)  # type: ignore[arg-type]
+    ds = "air_quality_district_daily"
+
+    def keys(prefix: str) -> dict[str, str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket="open-race", Prefix=f"city/{prefix}")
+        return {o["Key"].removeprefix("city/"): o["ETag"] for p in pages for o in p.get("Contents", [])}
+
+    def remote_pointer() -> dict[str, Any]:
+        return json.loads(s3.get_object(Bucket="open-race", Key="city/open/latest.json")["Body"].read())
+
+    first = _release(settings, D1, datasets=[ds])
+    old = f"open/{D1}/{ds}/"
+    assert first.outcomes[0].folder == old
+    head = s3.head_object(Bucket="open-race", Key=f"city/{old}{ds}.csv", ChecksumMode="ENABLED")
+    assert head.get("ChecksumSHA256")  # uploaded with a SHA-256 checksum, verified against it
+    old_objects = keys(old)
+    # a same-day rebuild: at the moment the pointer moves the old prefix is as it was, the new one complete
+    build = lake.build(ds, [{**r, "stations": r["stations"] + 1} for r in lake.clean[ds]])
+    new = f"open/{D1}/{ds}~{build.removeprefix('build__')[:8]}/"
+    real_move = release_mod.move_dataset
+    seen = []
+
+    def move(store: Any, dataset: str, entry: dict[str, Any]) -> dict[str, Any]:
+        listed = keys(entry["path"])
+        manifest = json.loads(s3.get_object(Bucket="open-race", Key=f"city/{entry['path']}manifest.json")["Body"].read())
+        seen.append((entry["path"], keys(old) == old_objects,
+                     set(listed) == {f"{entry['path']}{f['name']}" for f in manifest["files"]} | {f"{entry['path']}manifest.json"}))
+        # another host's release moves the pointer between our read and our write: the PUT must not win blindly
+        other = {**remote_pointer(), "other_host": True}
+        s3.put_object(Bucket="open-race", Key="city/open/latest.json", Body=json.dumps(other).encode())
+        return real_move(store, dataset, entry)
+
+    monkeypatch.setattr(release_mod, "move_dataset", move)
+    try:
+        rebuilt = _release(settings, D1, datasets=[ds])
+        assert rebuilt.outcomes[0].status == "released" and seen == [(new, True, True)]
+        after = remote_pointer()
+        # both changes kept: the stale If-Match PUT failed (412) and the read-modify-write was retried
+        assert after["datasets"][ds]["path"] == new and after["other_host"] is True
+        assert rebuilt.removed == [old] and not keys(old)  # superseded: retention removed it
+        monkeypatch.setattr(release_mod, "move_dataset", real_move)
+        # an upload failing midway (the third file): the new prefix is deleted, the pointer stays
+        real_upload = boto3.s3.inject.upload_file  # type: ignore[attr-defined]
+        calls = []
+
+        def flaky(client: Any, filename: str, bucket: str, key: str, **kw: Any) -> Any:
+            calls.append(key)
+            if len(calls) == 3:
+                raise OSError("connection reset (injected)")
+            return real_upload(client, filename, bucket, key, **kw)
+
+        store = release_mod.store_for(settings)
+        monkeypatch.setattr(store.client, "upload_file", lambda *a, **kw: flaky(store.client, *a, **kw))
+        monkeypatch.setattr(release_mod, "store_for", lambda _settings: store)
+        lake.build(ds)
+        failed = _release(settings, D1, datasets=[ds])
+        assert failed.outcomes[0].status == "failed" and "injected" in (failed.outcomes[0].reason or "")
+        assert len(calls) == 3 and not keys(calls[0].removeprefix("city/").rsplit("/", 1)[0] + "/")
+        assert remote_pointer()["datasets"][ds]["path"] == new
+        # a killed upload (marker left): not listed, not catalogued, swept once stale
+        killed = f"open/{D1}/poi_wgs84/"
+        for name in (".incomplete", "poi_wgs84.csv"):
+            s3.put_object(Bucket="open-race", Key=f"city/{killed}{name}", Body=b"x")
+        assert "poi_wgs84" not in store.folders(str(D1))
+        store.sweep()
+        assert keys(killed)  # young: may be another host's upload in progress
+        monkeypatch.setattr(store_mod, "STALE_SECONDS", -1)
+        store.sweep()
+        assert not keys(killed)
+    finally:
+        lake.build(ds)
 
 
 # --- the DAG ----------------------------------------------------------------------------------------------------
