@@ -23,17 +23,16 @@ from airflow.sdk import CronTriggerTimetable, dag, task
 
 from pipelines.curate.plan import curated_specs
 from pipelines.dag_defaults import START, default_args
-from pipelines.departments import department_name, load_departments
 from pipelines.settings import TZ, load_settings
 
 log = logging.getLogger(__name__)
 
-OWNER_CODE = "11340100003009991Q"
-"""合肥市数据资源局 (schemas/departments.yml): the bureau runs the open-data portal."""
 SCHEDULE = "30 6 * * *"
 
-try:
-    OWNER = department_name(load_departments(), OWNER_CODE)
+try:  # the bureau that runs the portal (CITYLAKE_OPEN_PUBLISHER or 合肥市数据资源局, schemas/departments.yml)
+    from pipelines.publish.dcat import open_publisher
+
+    OWNER = open_publisher()[1]
 except Exception:  # noqa: BLE001 - a broken registry must not hide this DAG; the ingest DAGs report it
     OWNER = "合肥市数据资源局"
 

@@ -203,6 +203,10 @@ def test_dcat_parses_with_rdflib_and_has_the_mandatory_properties(release: Datas
     assert sorted(rows("SELECT ?code ?name WHERE { ?d a dcat:Dataset ; dct:spatial [ a dct:Location ; dct:identifier ?code ; "
                        "skos:prefLabel ?name ] }")) == [("340103", "庐阳区"), ("340104", "蜀山区"), ("340171", "高新区")]
     assert {"兴趣点样例", "自然资源和空间地理", "有条件开放"} <= {r[0] for r in rows("SELECT ?k WHERE { ?d dcat:keyword ?k }")}
+    # RESTRICTED (STANDARDS.md) yet a public download: dct:rights says which condition the derivative meets
+    ((label,),) = rows("""SELECT ?l WHERE { ?d a dcat:Dataset ; dct:rights [ a dct:RightsStatement ;
+                   <http://www.w3.org/2000/01/rdf-schema#label> ?l ] }""")
+    assert "有条件开放" in label and str(release.contract.open.met_by) in label and "可公开下载" in label
     # Distribution: accessURL (mandatory) on every one, checksum = the file's sha256, licence, size
     dists = rows("""SELECT ?url ?dl ?sum ?alg ?size ?lic WHERE { ?d a dcat:Dataset ; dcat:distribution ?x .
                    ?x a dcat:Distribution ; dcat:accessURL ?url ; dcat:downloadURL ?dl ; dct:license ?lic ;
@@ -233,6 +237,21 @@ def test_dcat_links_are_relative_to_the_catalog_without_a_base_url(release: Data
     assert len(served) == len(absolute) > 50 and isomorphic(served, absolute)
     urls = {str(o) for o in served.objects(None, served.namespace_manager.expand_curie("dcat:downloadURL"))}
     assert f"https://portal.example.org/exports/open/2026-11-28/{DATASET}/{DATASET}.parquet" in urls
+
+
+def test_catalog_publisher_comes_from_the_department_registry(release: DatasetRelease,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.errors import CitylakeError
+    from pipelines.publish.dcat import open_publisher
+
+    monkeypatch.delenv("CITYLAKE_OPEN_PUBLISHER", raising=False)
+    assert open_publisher() == ("11340100003009991Q", "合肥市数据资源局")  # looked up by name
+    monkeypatch.setenv("CITYLAKE_OPEN_PUBLISHER", "11340100003007777F")
+    doc = dcat_catalog([release], date(2026, 11, 30), None)
+    assert doc["dct:publisher"]["dct:identifier"] == "11340100003007777F"
+    monkeypatch.setenv("CITYLAKE_OPEN_PUBLISHER", "不存在的局")
+    with pytest.raises(CitylakeError, match="CITYLAKE_OPEN_PUBLISHER='不存在的局'"):
+        open_publisher()
 
 
 def test_open_base_url(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -59,9 +59,29 @@ FILE_TYPES = {"csv": EU + "file-type/CSV", "parquet": EU + "file-type/PARQUET", 
               "jsonl": "https://jsonlines.org/"}
 """Format → dct:format IRI: the EU file-type table, and the JSON Lines specification for JSON Lines (not
 plain JSON, and not in the table)."""
-CATALOG_PUBLISHER = ("11340100003009991Q", "合肥市数据资源局")
-"""The body that runs the open-data portal (schemas/departments.yml)."""
+PUBLISHER_ENV = "CITYLAKE_OPEN_PUBLISHER"
+PUBLISHER_NAME = "合肥市数据资源局"
+"""The body that runs the open-data portal, looked up by name in schemas/departments.yml unless
+``CITYLAKE_OPEN_PUBLISHER`` names another department (its code or its name)."""
 CATALOG_TITLE = "合肥市公共数据开放目录"
+
+
+def open_publisher(departments: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """(code, name) of the catalog's publisher: ``CITYLAKE_OPEN_PUBLISHER`` (a department code or name) or
+    合肥市数据资源局, found in the department registry (schemas/departments.yml) so the code is never written
+    twice."""
+    from pipelines.errors import CitylakeError
+
+    if departments is None:
+        from pipelines.departments import load_departments
+
+        departments = load_departments()
+    wanted = (os.environ.get(PUBLISHER_ENV) or "").strip() or PUBLISHER_NAME
+    for code, department in departments.items():
+        name = str(getattr(department, "name", ""))
+        if wanted in (code, name):
+            return code, name
+    raise CitylakeError(f"{PUBLISHER_ENV}={wanted!r}: no such department code or name in schemas/departments.yml")
 
 
 def open_base_url(source: Settings | str | Path | None = None) -> str | None:
@@ -162,6 +182,7 @@ def _dataset(release: DatasetRelease, link: _Links, names: Mapping[str, str],
         "dcat:keyword": [_text(w) for w in keywords(release)],
         "dct:accrualPeriodicity": {"@id": EU + "frequency/" + FREQUENCY[c.update_cycle], "@type": "dct:Frequency"},
         "dct:accessRights": {"@id": EU + "access-right/" + ACCESS_RIGHTS[c.open.type], "@type": "dct:RightsStatement"},
+        **_rights(c),
         "dct:modified": _date(release.release_date),
         "dcat:version": f"{release.release_date.year}.{release.release_date.month}.{release.release_date.day}",
         "dct:language": {"@id": EU + "language/ZHO", "@type": "dct:LinguisticSystem"},
@@ -184,6 +205,17 @@ def _dataset(release: DatasetRelease, link: _Links, names: Mapping[str, str],
     return out
 
 
+def _rights(contract: Any) -> dict[str, Any]:
+    """dct:rights of a 有条件开放 dataset: access rights stay RESTRICTED (STANDARDS.md's mapping of the
+    catalogue entry), and this statement says why the released derivative is a public download: the open
+    condition and how the release meets it (``met_by``)."""
+    if contract.open.type != "有条件开放":
+        return {}
+    text = (f"有条件开放：{contract.open.condition or '见开放条件'}。本次发布的是已满足该条件的衍生数据"
+            f"（{contract.open.met_by}），可公开下载。")
+    return {"dct:rights": {"@type": "dct:RightsStatement", "rdfs:label": _text(text)}}
+
+
 def division_names(root: Path | None = None) -> dict[str, str]:
     """GB/T 2260 code → name from the project's division code list, with the development zones."""
     from pipelines.code_lists import DEV_ZONES, load_code_list
@@ -197,7 +229,7 @@ def division_names(root: Path | None = None) -> dict[str, str]:
 
 def dcat_catalog(releases: Iterable[DatasetRelease], release_date: date, base_url: str | None, *,
                  names: Mapping[str, str] | None = None, departments: Mapping[str, Any] | None = None,
-                 publisher: tuple[str, str] = CATALOG_PUBLISHER) -> dict[str, Any]:
+                 publisher: tuple[str, str] | None = None) -> dict[str, Any]:
     """The DCAT-AP 3 JSON-LD catalog of ``releases`` (every dataset the pointer names after this release's
     date, each at its own folder). ``names``: district code → name (default: the project's division code
     list); ``departments``: the registry, for contact points (default: the project's). ``base_url`` None:
@@ -208,6 +240,8 @@ def dcat_catalog(releases: Iterable[DatasetRelease], release_date: date, base_ur
         from pipelines.departments import load_departments
 
         departments = load_departments()
+    if publisher is None:
+        publisher = open_publisher(departments)
     link = _Links(base_url, release_date)
     datasets = [_dataset(r, link, names, departments) for r in sorted(releases, key=lambda r: r.dataset)]
     return {
