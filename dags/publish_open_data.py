@@ -1,9 +1,11 @@
-"""``publish__open_data``: every morning at 06:30 Asia/Shanghai, after the night's loads and curate runs, the
-open-data release (``pipelines.publish.release``) to ``<exports>/open/<YYYY-MM-DD>/``.
+"""``publish__open_data``: every morning at 06:30 Asia/Shanghai the open-data release
+(``pipelines.publish.release``) to ``<exports>/open/<YYYY-MM-DD>/``. It is scheduled by the clock, not by the
+loads: it releases whatever curated builds had passed the gate by then (a build still running or held is
+released by a later run; the pointer keeps the previous release meanwhile).
 
 One task per curated dataset (the task id is the dataset), run one after another with
 ``trigger_rule=all_done``, so a blocked or failed dataset never stops the next and the grid shows which:
-released / unchanged → success, not open (不予开放) or not passed the gate → skipped, blocked by the leak gate
+released / unchanged / withdrawn → success, not open (不予开放) or not passed the gate → skipped, blocked by the leak gate
 → failed without retry (a verdict on data, like a held batch), failed otherwise → failed after retries.
 One at a time on purpose: each dataset moves ``open/latest.json`` when its folder is verified, and the
 pointer is read, changed for that dataset and replaced whole. Then ``catalog`` (``trigger_rule=all_done``)
@@ -40,7 +42,8 @@ DATASETS = sorted(curated_specs(load_settings().root / "schemas" / "curated"))
 
 DOC = f"""### 开放数据发布 (open-data release)
 
-每天 06:30（北京时间）在夜间入湖与数据加工之后运行，发布日期为本次运行的逻辑日期（北京时间）。
+每天 06:30（北京时间）按时钟运行（不等待夜间入湖与数据加工）：发布此时已通过质量检查的构建；仍在加工或被拦截的
+构建由之后的运行发布，其间指针保持上一版本。发布日期为本次运行的逻辑日期（北京时间）。
 
 每个治理后数据集一个任务（依次运行，前一个失败不影响后一个）：读取 `curated.<数据集>` 当前通过质量检查的构建，
 按契约脱敏（删除、遮蔽、泛化到年/区县/网格、小于 k 抑制），写出 CSV（UTF-8 BOM）、JSON Lines、Parquet 与
@@ -50,13 +53,13 @@ DOC = f"""### 开放数据发布 (open-data release)
 
 | 任务状态 | 含义 |
 |---|---|
-| success | 已发布，或构建未变化（不生成新目录） |
+| success | 已发布，或构建未变化（不生成新目录），或已撤回（改为不予开放：指针条目删除，目录待保留期清理） |
 | skipped | 不予开放，或当前构建未通过质量检查 |
 | failed（不重试） | 泄露检查拦截：文件已删除，指针保持上一版本，`meta.releases` 记录（已遮蔽） |
 | failed（重试后） | 其他错误，指针保持上一版本 |
 
-最后 `catalog` 任务写出当日 DCAT-AP 3 目录 `open/<日期>/catalog.jsonld` 并按保留期清理旧目录（指针引用的目录
-永不删除）。Datasets: {", ".join(f"`{d}`" for d in DATASETS)}.
+最后 `catalog` 任务撤回契约已删除的数据集，写出当日 DCAT-AP 3 目录 `open/<日期>/catalog.jsonld` 并按保留期清理
+旧目录（指针引用的目录永不删除；同日被新构建取代的目录删除）。Datasets: {", ".join(f"`{d}`" for d in DATASETS)}.
 Local equivalent: `citylake open release --date <YYYY-MM-DD>`. Owner: {OWNER}.
 """
 
