@@ -23,6 +23,8 @@ from pipelines.catalog.requests import (
     inbox_dir,
     list_requests,
     mask_contact,
+    mask_free,
+    mask_person,
     read_rows,
 )
 from pipelines.lake.catalog import get_catalog
@@ -124,6 +126,24 @@ def test_contact_masks() -> None:
     assert mask_contact(MOBILE) == "139****5678" and mask_contact("+86 139 1234 5678") == "+86 139****5678"
     assert mask_contact(EMAIL) == "w***@example.cn"
     assert mask_contact(LANDLINE) == "0551*******34" and mask_contact(None) is None
+
+
+def test_requesters_fail_closed_and_free_text_hides_names_and_house_numbers() -> None:
+    from pipelines.departments import load_departments
+
+    departments = load_departments()
+    masked = {v: mask_person(v, departments) for v in ["张伟（个人）", "市民张伟", "Zhang Wei", EMAIL, PERSON, "王科",
+                                                       "欧阳建科", "某人"]}
+    assert masked == {"张伟（个人）": "张*****", "市民张伟": "市***", "Zhang Wei": "Z********", EMAIL: "w***@example.cn",
+                      PERSON: "张*", "王科": "王*", "欧阳建科": "欧***", "某人": "某*"}
+    clear = ["合肥工业大学", "合肥工业大学（科研处）", "数据资源局开放科", "合肥某科技有限公司", "Hefei University",
+             "统计局", "合肥市公安局", "11340100003001113F"]
+    assert {v: mask_person(v, departments) for v in clear} == {v: v for v in clear}
+    assert mask_person("合肥工业大学（电话13912345678）", departments) == "合肥工业大学（电话139****5678）"
+    free = mask_free("申请人张伟，住长江西路88号，电话13912345678；市民王芳申请公交数据；联系人：李娜 住长江西路八十八号")
+    assert free == "申请人张*，住长江西路**号，电话139****5678；市民王*申请公交数据；联系人：李* 住长江西路***号"
+    for text in ["公交线路日客流", "空气质量日数据用于出行研究", "企业登记月度统计", "地名地址兴趣点"]:
+        assert mask_free(text) == text
 
 
 def _write_inbox(folder: Path) -> None:

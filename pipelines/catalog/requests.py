@@ -15,8 +15,9 @@ file dropped twice, a crash between the commit and the move) records nothing new
 content, and a request already stored with the same content is a duplicate.
 
 The requester's contact is personal: stored as given, masked wherever a request is shown (``public``:
-the CLI listing, ``catalog.json``, the report); a requester or answerer that the name detector reads as a
-person's name is masked as a name; free text (title, purpose, answer) through ``mask_message``.
+the CLI listing, ``catalog.json``, the report). Fail closed: a requester or answerer is shown in clear only when
+it is a registered department or ends like an organisation (``mask_person``), else only its first character;
+free text (title, purpose, answer) through ``mask_free`` (identifiers, house numbers, names set off in the text).
 """
 
 from __future__ import annotations
@@ -222,39 +223,113 @@ def mask_contact(value: Any) -> str | None:
     return text[:4] + "*" * (len(text) - 6) + text[-2:]
 
 
-def mask_person(value: Any) -> str | None:
-    """A requester or answerer: masked as a name when the detector reads it as a person's name (张*), an
-    organisation (合肥工业大学, 数据资源局开放科) as it is; identifiers inside it masked either way."""
+ORG_SUFFIXES = ("大学", "学院", "学校", "中学", "小学", "幼儿园", "公司", "集团", "事务所", "中心", "协会", "学会",
+                "研究会", "基金会", "商会", "联合会", "合作社", "银行", "医院", "研究院", "研究所", "委员会", "办公室",
+                "政府", "法院", "检察院", "出版社", "报社", "电视台", "图书馆", "博物馆", "实验室", "工作室")
+"""Endings that make a requester an organisation, shown in clear."""
+ORG_ENDINGS = "局委办院所厅处科部室站队馆社"
+"""One-character organisation endings: trusted only on a word no person's name can be (five characters or more,
+or not starting with a surname: 数据资源局开放科, 统计局), since 王科 or 欧阳建科 is a name."""
+_EN_ORG = re.compile(r"(?i)\b(?:university|college|institute|school|academy|company|co\.?,?\s*ltd|ltd|limited|inc|"
+                     r"corp(?:oration)?|group|bureau|department|dept|centre|center|association|society|bank|hospital|"
+                     r"office|commission|foundation|laboratory|lab)\.?$")
+_TRAILING_NOTE = re.compile(r"\s*[（(][^（()）]*[)）]\s*$")
+# Words that stand between a name and the rest of a sentence in a request's free text (申请人张伟, 联系人：李娜,
+# 市民王芳申请…): the Han text is cut at them, at punctuation, spaces and digits, and each piece checked as a name.
+_NAME_CUT = re.compile(r"[^\u3400-\u9fff·]+|申请人|联系人|经办人|负责人|申请|需要|希望|请求|咨询|查询|用于|用途|市民|居民|"
+                       r"个人|先生|女士|同志|老师|本人|我们|我|您|他|她|的|是|和|与|及|或|在|为|由|向|对|给|把|被|了|等|自|从")
+
+_NOT_NAMES = frozenset({"单元", "公交", "公共", "公开", "公园", "公寓", "公路", "高速", "方向", "范围", "安全", "文化",
+                        "周边", "明细", "经济", "交通", "车站", "金额", "时间", "程序", "江南", "林业", "农业"})
+"""Common words that start with a surname character (单元, 公交): a free-text piece the name detector would
+otherwise read as a name."""
+
+
+def _is_organisation(text: str) -> bool:
+    from pipelines.privacy.detect import surnames
+
+    core = _TRAILING_NOTE.sub("", text).strip()  # 合肥工业大学（科研处）: the note does not make it a person
+    if not core:
+        return False
+    if core.endswith(ORG_SUFFIXES) or _EN_ORG.search(core):
+        return True
+    single, double = surnames()
+    could_be_name = len(core) <= 4 and (core[:1] in single or core[:2] in double)
+    return core[-1] in ORG_ENDINGS and not could_be_name
+
+
+def mask_person(value: Any, departments: Mapping[str, Any] | None = None) -> str | None:
+    """A requester or answerer, fail closed: shown in clear only when it is a registered department (code or
+    name in ``schemas/departments.yml``) or ends like an organisation (``ORG_SUFFIXES``, ``ORG_ENDINGS``, the
+    English equivalents), identifiers inside it masked; anything else (张伟, 张伟（个人）, 市民张伟, Zhang Wei,
+    an e-mail) may be a person and shows its first character only (an e-mail as z***@example.cn)."""
     if value is None:
         return None
-    import pyarrow as pa
-
-    from pipelines.privacy.detect import PERSON_NAME, person_names
-    from pipelines.privacy.mask import mask_kind, mask_text
+    from pipelines.privacy.mask import mask_text
 
     text = str(value).strip()
-    if person_names(pa.array([text], pa.string()))[0]:
-        return mask_kind(text, PERSON_NAME)
-    return mask_text(text)
+    if departments and (text in departments or text in {getattr(d, "name", None) for d in departments.values()}):
+        return text  # a registered department's code or name (a credit code is shaped like an ID: not masked)
+    if _is_organisation(text):
+        return mask_text(text)
+    if _EMAIL.match(text):
+        return mask_contact(text)
+    return text[:1] + "*" * max(1, len(text) - 1)
+
+
+def mask_free(text: Any) -> str | None:
+    """A request's free text (title, purpose, answer) as pages show it: identifiers masked (``mask_message``),
+    house-number addresses (``detect.HOUSE_NUMBER``, anywhere in the text) with their numbers hidden
+    (长江西路**号), and personal names hidden: the Han text is cut at punctuation, spaces, digits and the
+    words that set a name off (``_NAME_CUT``) and each piece of a name's length (2–3 characters, 4 with a
+    two-character surname) the name detector reads as a name is masked.
+    A name run into the middle of an unbroken sentence is not found (no word segmenter in the project)."""
+    if text is None:
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipelines.privacy.detect import HOUSE_NUMBER, house_numbers, person_names, surnames
+    from pipelines.privacy.mask import mask_message
+
+    out = mask_message(text) or ""
+    for _ in range(20):  # one house number per pass (RE2 extracts the first match)
+        arr = pa.array([out], pa.string())
+        if not house_numbers(arr)[0]:
+            break
+        found = pc.extract_regex(pc.utf8_normalize(arr, "NFKC"), f"(?P<a>{HOUSE_NUMBER})").flatten()[0][0].as_py()
+        hidden = re.sub(r"[0-9０-９零〇一二三四五六七八九十百千两]", "*", found)
+        if found not in out or hidden == found:
+            out = re.sub(r"[0-9０-９]", "*", out)  # full-width text: hide every digit rather than the address
+            break
+        out = out.replace(found, hidden)
+    _single, double = surnames()
+    pieces = [p for p in _NAME_CUT.split(out)
+              if (2 <= len(p) <= 3 or (len(p) == 4 and p[:2] in double)) and p not in _NOT_NAMES]
+    if pieces:
+        names = {p for p, n in zip(pieces, person_names(pa.array(pieces, pa.string())), strict=True) if n}
+        for name in sorted(names, key=len, reverse=True):
+            out = out.replace(name, name[:1] + "*" * (len(name) - 1))
+    return out
 
 
 def public(r: Request, departments: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The request as every listing and page shows it (JSON-safe): contact, requester and answerer masked,
     free text through ``mask_message``, times ISO UTC, the requesting department's name from the registry."""
     from pipelines.departments import department_name
-    from pipelines.privacy.mask import mask_file_name, mask_message
+    from pipelines.privacy.mask import mask_file_name
 
     source = r.source
     if source.startswith("inbox:"):  # inbox files are named after people too
         source = "inbox:" + (mask_file_name(source.removeprefix("inbox:")) or "")
     return {
         "request_id": r.request_id, "kind": r.kind, "kind_label": KIND_LABELS.get(r.kind, r.kind),
-        "dataset": r.dataset, "title": mask_message(r.title), "requester": mask_person(r.requester),
+        "dataset": r.dataset, "title": mask_free(r.title), "requester": mask_person(r.requester, departments),
         "requester_department": ({"code": r.requester_department,
                                   "name": department_name(departments or {}, r.requester_department)}
                                  if r.requester_department else None),
-        "contact": mask_contact(r.contact), "purpose": mask_message(r.purpose), "status": r.status,
-        "answer": mask_message(r.answer), "answered_by": mask_person(r.answered_by),
+        "contact": mask_contact(r.contact), "purpose": mask_free(r.purpose), "status": r.status,
+        "answer": mask_free(r.answer), "answered_by": mask_person(r.answered_by, departments),
         "received_at": _iso(r.received_at), "source": source, "updated_at": _iso(r.recorded_at),
     }
 
