@@ -18,6 +18,7 @@ approved_by}`` beside it; an override on an attribute a rule fixes is an error (
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -750,6 +751,7 @@ def load_curated_contracts(directory: Path, standards: Standards, contracts: dic
         problems += _input_problems(c, contracts, out, departments, broken)
         problems += catalog_problems(c, standards)
         problems += _open_problems(c, standards)
+        problems += _sharing_problems(c, standards, contracts, out)
     problems += _cycles(out)
     problems += _sequences([*contracts.values(), *out.values()], only=CuratedContract)
     problems += _derived_problems(standards, out, broken)
@@ -810,6 +812,12 @@ def _open_problems(c: CuratedContract, standards: Standards) -> list[str]:
     for i, col in enumerate(c.columns):
         e = standards.elements[col.element]
         where = f"{c.where('columns', i, 'deid')}: columns.{i}.deid: column {col.name} ({e.code}, {e.name_zh})"
+        if opened and e.sensitivity == "内部" and col.deid == "keep":
+            problems.append(f"{where} is 内部 (internal: not for the public) and the open release keeps it in a "
+                            f"{c.open.type} dataset: write deid: drop (or open type 不予开放)")
+        if opened and col.deid == "mask" and _identifier(e):
+            problems.append(f"{where} is an identifier: a masked one (6+4 of an ID, 3+4 of a mobile) still singles "
+                            "a person out in open data; write deid: drop")
         if opened and e.sensitivity == "敏感个人信息" and col.deid != "drop":
             problems.append(f"{where} is 敏感个人信息 (grade 4) and the open release keeps it (deid {col.deid}) in a "
                             f"{c.open.type} dataset: grade 4 is never opened; write deid: drop (or open type 不予开放)")
@@ -825,6 +833,67 @@ def _open_problems(c: CuratedContract, standards: Standards) -> list[str]:
     if "k" in c.open.model_fields_set and not any(col.deid == "suppress" for col in c.columns):
         problems.append(f"{c.where('open', 'k')}: open.k: the small-cell threshold applies to deid suppress; no "
                         "column suppresses: remove k")
+    return problems
+
+
+IDENTIFIER_VALIDATORS = frozenset({"resident_id", "mobile", "bank_card", "passport"})
+"""Validators whose values identify a person; an element with one is never masked for open data, only dropped."""
+_IDENTIFIER_CODE = re.compile(r"(^|_)(resident_id|id_number|mobile|phone|account|card|card_no|passport)(_|$)")
+
+
+def _identifier(e: Any) -> bool:
+    """A personal identifier: its validator is an identifier kind, or a personal element named as an account,
+    card, phone or ID number (housing_fund_account, bank_card_no, mobile_phone)."""
+    return e.validator in IDENTIFIER_VALIDATORS or (
+        e.sensitivity in ("个人信息", "敏感个人信息") and _IDENTIFIER_CODE.search(e.code) is not None)
+
+
+SHARING_RANK = {"无条件共享": 0, "有条件共享": 1, "不予共享": 2}
+
+
+def _sharing_problems(c: CuratedContract, standards: Standards, contracts: dict[str, DatasetContract],
+                      curated: dict[str, CuratedContract]) -> list[str]:
+    """A curated dataset is shared no more loosely than the input its column's values come from: the input
+    carrying the column's element as its authority (else the inputs carrying the element); a derived personal
+    column may come from any input. Looser needs a ``sharing.override`` saying why; when a hard rule fixes the
+    curated dataset's sharing type, no override lifts it: the column moves out."""
+    from pipelines.resource_classification import UnknownClass, resolve
+
+    inputs: list[tuple[str, Any]] = []
+    for ns, ds in c.input_datasets:
+        known: dict[str, Any] = contracts if ns == "std" else curated
+        if ds in known and ds != c.dataset:
+            inputs.append((f"{ns}.{ds}", known[ds]))
+    try:
+        path = resolve(standards.resource_classes, c.catalog.parts())
+        fixed = "sharing.type" in attribute_defaults(c, standards, path[1].name, path[0].code == "1").rules
+    except (UnknownClass, IndexError):
+        fixed = False  # catalog_problems reports the catalog
+    problems = []
+    for i, col in enumerate(c.columns):
+        e = standards.elements[col.element]
+        carriers = [(n, k) for n, k in inputs if any(x.element == e.code for x in k.columns)]
+        ref = e.authority
+        if ref is not None:
+            own = [(n, k) for n, k in carriers
+                   if getattr(k, "source", None) and (k.source["system"], k.source["table"]) == (ref.system, ref.table)]
+            carriers = own or carriers
+        elif e.sensitivity in ("个人信息", "敏感个人信息"):
+            carriers = inputs  # derived from personal data: from any input
+        if not carriers:
+            continue
+        name, strict = max(carriers, key=lambda x: SHARING_RANK[x[1].sharing.type])
+        if SHARING_RANK[strict.sharing.type] <= SHARING_RANK[c.sharing.type]:
+            continue
+        where = (f"{c.where('columns', i, 'element')}: columns.{i}: column {col.name} ({e.code}, {e.name_zh}) comes "
+                 f"from {name}, shared {strict.sharing.type} ({strict.where('sharing', 'type')}), and "
+                 f"curated.{c.dataset} is shared {c.sharing.type}")
+        if fixed:
+            problems.append(f"{where} by a hard rule ({c.resource_category}): no override lifts it; move the column "
+                            f"out to a dataset shared {strict.sharing.type}")
+        elif c.sharing.override is None:
+            problems.append(f"{where}: share it {strict.sharing.type} (or stricter), say under sharing.override "
+                            "{reason, approved_by} why these values may be shared more widely, or move the column out")
     return problems
 
 

@@ -92,7 +92,7 @@ def rows(dataset: str, rng: random.Random, n: int = 200) -> list[dict[str, Any]]
     if dataset == "golden_resident":
         return [{"resident_id": None, "person_name": fake.name(), "sex_code": "1", "birth_date": date(1990, 1, 1),
                  "residence_district_code": "340104", "residence_address": fake.address(), "mobile_phone": None,
-                 "insurance_types": "110", "housing_fund_account": None, "field_provenance": "{}"}
+                 "field_provenance": "{}"}
                 for _ in range(20)]
     raise KeyError(dataset)
 

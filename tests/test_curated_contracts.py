@@ -25,8 +25,7 @@ CURATED = SCHEMAS / "curated"
 # The fixed names and column orders every helper of issue 10 codes against (its shared spec).
 COLUMNS = {
     "golden_resident": ["resident_id", "person_name", "sex_code", "birth_date", "residence_district_code",
-                        "residence_address", "mobile_phone", "insurance_types", "housing_fund_account",
-                        "field_provenance"],
+                        "residence_address", "mobile_phone", "field_provenance"],
     "golden_legal_person": ["uscc", "enterprise_name", "legal_representative", "registered_capital", "established_on",
                             "enterprise_district_code", "industry_code", "enterprise_status", "credit_red_count",
                             "credit_black_count", "credit_watch_count", "field_provenance"],
@@ -319,3 +318,34 @@ def test_a_broken_curated_contract_does_not_stop_a_std_held_alert(monkeypatch: p
     assert alert.dataset_or_table == "enterprise" and alert.count == 3
     with pytest.raises(ConfigError, match="x.yml:3"):  # a curated dataset's alert needs its (broken) contract
         held_alert(load_settings(), QualityGateError("held", dataset="poi_wgs84", held=1, failures=exc.failures))
+
+
+def test_an_internal_column_kept_in_an_open_dataset_is_refused(base: tuple[Standards, dict[str, Any]],
+                                                               tmp_path: Path) -> None:
+    d, models, (line,) = _edited(tmp_path, "golden_legal_person", (
+        "required: true, deid: drop}  # 内部", "required: true}  # 内部"))
+    found = _one(_problems(base, d, models), r"column field_provenance .* is 内部")
+    assert found.startswith(f"{d / 'golden_legal_person.yml'}:{line}: columns.11.deid: ") and "deid: drop" in found
+
+
+def test_a_masked_identifier_in_open_data_is_refused(base: tuple[Standards, dict[str, Any]], tmp_path: Path) -> None:
+    d, models, (line,) = _edited(tmp_path, "golden_legal_person", (
+        "- {name: registered_capital, element: registered_capital}\n",
+        "- {name: registered_capital, element: registered_capital}\n"
+        "- {name: mobile_phone, element: mobile_phone, deid: mask}\n"))
+    found = _one(_problems(base, d, models), r"column mobile_phone .* is an identifier")
+    assert found.startswith(f"{d / 'golden_legal_person.yml'}:{line + 1}: ") and "write deid: drop" in found
+
+
+def test_a_column_from_a_stricter_shared_input_is_refused(base: tuple[Standards, dict[str, Any]],
+                                                          tmp_path: Path) -> None:
+    """golden_resident is 人口, 无条件共享 by Hefei's base-resource rule; 公积金账号 comes from std.housing_fund_account,
+    有条件共享 (社会保障): the column cannot be carried, and no override lifts a hard rule."""
+    d, models, (line,) = _edited(tmp_path, "golden_resident", (
+        "- {name: mobile_phone, element: mobile_phone}\n",
+        "- {name: mobile_phone, element: mobile_phone}\n"
+        "- {name: housing_fund_account, element: housing_fund_account}\n"))
+    found = _one(_problems(base, d, models), r"column housing_fund_account")
+    assert found.startswith(f"{d / 'golden_resident.yml'}:{line + 1}: columns.7: ")
+    assert "comes from std.housing_fund_account, shared 有条件共享" in found and "无条件共享 by a hard rule" in found
+    assert "move the column out" in found

@@ -4,26 +4,12 @@
 -- system, table and snapshot the value came from and whether that source is the element's authority.
 --   std.person (population.person): authority of resident_id, person_name, sex_code, birth_date, residence
 --     district and address, mobile_phone
---   std.insured (social_insurance.insured): authority of insurance_type; copies of resident_id and person_name
---   std.housing_fund_account (housing_fund.account): authority of housing_fund_account; copies of resident_id
---     and person_name
+--   std.insured (social_insurance.insured), std.housing_fund_account (housing_fund.account): copies of resident_id
+--     and person_name only. Their own items (insurance types, fund accounts) are 有条件共享 and stay out of this
+--     无条件共享 dataset.
 -- provenance(dataset, column) is the runner's macro: the std column's system, table, input snapshot and whether
 -- it is its element's authoritative source.
-WITH insured AS (
-    SELECT resident_id, string_agg(DISTINCT insurance_type, '|' ORDER BY insurance_type) AS insurance_types
-    FROM std_insured
-    WHERE resident_id IS NOT NULL AND insurance_type IS NOT NULL
-    GROUP BY resident_id
-),
-fund AS (
-    -- several accounts (a change of employer): the one opened last
-    SELECT resident_id, housing_fund_account
-    FROM std_housing_fund_account
-    WHERE resident_id IS NOT NULL
-    QUALIFY row_number() OVER (PARTITION BY resident_id
-                               ORDER BY account_opened_on DESC NULLS LAST, housing_fund_account DESC) = 1
-),
-copies AS (
+WITH copies AS (
     SELECT resident_id, person_name, _extracted_at, 'insured' AS dataset FROM std_insured
     WHERE resident_id IS NOT NULL
     UNION ALL
@@ -53,8 +39,6 @@ SELECT
     p.residence_district_code,
     p.residence_address,
     p.mobile_phone,
-    i.insurance_types,
-    f.housing_fund_account,
     to_json({
         'resident_id': CASE WHEN p.resident_id IS NOT NULL THEN provenance('person', 'resident_id')
                             WHEN k.dataset = 'insured' THEN provenance('insured', 'resident_id')
@@ -68,14 +52,9 @@ SELECT
         'residence_district_code': CASE WHEN p.resident_id IS NOT NULL
                                         THEN provenance('person', 'residence_district_code') END,
         'residence_address': CASE WHEN p.resident_id IS NOT NULL THEN provenance('person', 'residence_address') END,
-        'mobile_phone': CASE WHEN p.resident_id IS NOT NULL THEN provenance('person', 'mobile_phone') END,
-        'insurance_types': CASE WHEN i.resident_id IS NOT NULL THEN provenance('insured', 'insurance_type') END,
-        'housing_fund_account': CASE WHEN f.resident_id IS NOT NULL
-                                     THEN provenance('housing_fund_account', 'housing_fund_account') END
+        'mobile_phone': CASE WHEN p.resident_id IS NOT NULL THEN provenance('person', 'mobile_phone') END
     })::VARCHAR AS field_provenance
 FROM residents AS r
 LEFT JOIN std_person AS p ON p.resident_id = r.resident_id
 LEFT JOIN name_copy AS n ON n.resident_id = r.resident_id
 LEFT JOIN key_copy AS k ON k.resident_id = r.resident_id
-LEFT JOIN insured AS i ON i.resident_id = r.resident_id
-LEFT JOIN fund AS f ON f.resident_id = r.resident_id
