@@ -285,6 +285,58 @@ def test_a_detector_change_changes_every_release_fingerprint(lake: Lake, monkeyp
     assert fingerprint(contract) != before
 
 
+def test_glued_and_split_identifiers_in_free_text_block_the_dataset(lake: Lake, tmp_path: Path) -> None:
+    """An ID after a date, an ID written in groups, a mobile written with dots, a card after a date: each a
+    hit in every format (the same free-text column), and the dataset blocked."""
+    from stdnum import luhn
+
+    card = "622202123456789012"
+    card += luhn.calc_check_digit(card)
+    planted = {3: f"登记日期2024-05-01 {PLANTED}", 5: f"证件 {PLANTED[:6]} {PLANTED[6:14]} {PLANTED[14:]}",
+               7: "来电 138.1234.5678", 9: "2024-05-01 " + " ".join(card[i:i + 4] for i in range(0, 19, 4)),
+               11: f"第3{PLANTED}号"}
+    leaky = [dict(r) for r in lake.clean["poi_wgs84"]]
+    for i, text in planted.items():
+        leaky[i]["poi_name"] = text
+    lake.build("poi_wgs84", leaky)
+    try:
+        result = _release(lake.exports(tmp_path / "exports"), D1, datasets=["poi_wgs84"], finish=False)
+        outcome = {o.dataset: o for o in result.outcomes}["poi_wgs84"]
+        assert outcome.status == "blocked"
+        kinds = {4: "resident_id", 6: "resident_id", 8: "mobile", 10: "bank_card", 12: "resident_id"}
+        assert {(h["file"], h["row"], h["kind"]) for h in outcome.leak_hits} == {
+            (f"poi_wgs84.{x}", row, kind) for x in DATA for row, kind in kinds.items()}
+        assert PLANTED not in json.dumps(outcome.leak_hits) and card not in json.dumps(outcome.leak_hits)
+    finally:
+        lake.build("poi_wgs84")
+
+
+def test_snapshot_ids_are_exempt_only_under_snapshot_in_provenance(tmp_path: Path) -> None:
+    """A snapshot id that reads as a card is the lake's bookkeeping only as a provenance column's "snapshot"
+    value: the same digits in another column, or under another key, are a hit."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.publish.leak import ScanColumn, scan_file
+
+    snap = "6222021234567890128"  # issuer 62 + Luhn: a card by every check
+    table = pa.table({"note": ["正常", f"流水{snap}"],
+                      "field_provenance": [json.dumps({"poi_name": {"snapshot": int(snap)}}),
+                                           json.dumps({"poi_name": {"snapshot": 1, "batch": int(snap)}})]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    columns = [ScanColumn("note", pa.string()), ScanColumn("field_provenance", pa.string(), provenance=True)]
+    scan = scan_file(tmp_path / "t.parquet", "parquet", columns, exempt=frozenset({snap}))
+    assert {(h.column, h.row) for h in scan.hits} == {("note", 2), ("field_provenance", 2)}
+    with (tmp_path / "t.jsonl").open("w", encoding="utf-8") as f:
+        for row in table.to_pylist():
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    scan = scan_file(tmp_path / "t.jsonl", "jsonl", columns, exempt=frozenset({snap}))
+    assert {(h.column, h.row) for h in scan.hits} == {("note", 2), ("field_provenance", 2)}
+    plain = [ScanColumn("note", pa.string()), ScanColumn("field_provenance", pa.string())]
+    scan = scan_file(tmp_path / "t.parquet", "parquet", plain, exempt=frozenset({snap}))
+    assert {(h.column, h.row) for h in scan.hits} == {("note", 2), ("field_provenance", 1), ("field_provenance", 2)}
+
+
 ID_TOKEN = re.compile(r"[0-9Xx]{18,}")
 MOBILE = re.compile(r"(?<![0-9A-Za-z])(?:\+?86)?1[3-9][0-9]{9}(?![0-9A-Za-z])")
 """A mobile number not inside a longer word: the metadata's SHA-256 hex digests hold digit runs."""

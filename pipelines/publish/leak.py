@@ -7,12 +7,15 @@ Each format is read as it is published, a block at a time (memory follows a bloc
   string column, whatever its name says, is scanned for resident IDs (check character), mobiles, bank
   cards (issuer prefix + Luhn), USCCs of individual businesses (个体工商户) and house-number addresses
   ANYWHERE inside the text (``detect.identifiers_in_text``: one candidate scan, then only the candidates
-  are checked); integer columns for IDs, cards and (unless the element is a measure with a unit) mobiles;
-  person names: every value of a column whose data element is a person's name, and of any string column
-  where most values of a block's sample read as names (``detect.person_names``).
-- JSON Lines as text, line by line (every byte of every value is scanned, keys too): a line with a
-  candidate is parsed and the hit attributed to its field under the same per-column rules; names are
-  checked on a parsed sample of each block, and a name-typed or name-looking column is parsed whole.
+  are checked); integer columns for IDs, cards and (unless the element is a measure with a unit) mobiles.
+  Person names (``detect.person_names``, a whole cell that reads as a name): EVERY value of a column whose
+  data element is a person's name; in any other string column a sample (the first ``SAMPLE`` values of the
+  first block, then of a block every ``NAME_EVERY`` rows), and the whole column from then on once most of a
+  sample reads as names. A name inside a longer free text is not looked for (no word segmenter).
+- JSON Lines as text, line by line (every byte of every value is scanned, keys too) for identifiers: a
+  line with a candidate is parsed and the hit attributed to its field under the same per-column rules.
+  Names are not re-checked there: they are the Parquet's and CSV's values, already checked.
+Snapshot ids (``exempt``) are exempt only as the value of a ``"snapshot"`` key in a provenance column.
 A hit blocks the dataset; hits are reported with the value masked (``mask_kind``), never in clear.
 """
 
@@ -57,6 +60,9 @@ class ScanColumn:
     """Its element is a person's name (any value that reads as a name is a leak)."""
     measure: bool = False
     """Its element is a quantity with a unit (an 11-digit amount is not a mobile)."""
+    provenance: bool = False
+    """Its element is a ``*_field_provenance`` element (lineage JSON quoting the lake's snapshot ids under
+    ``"snapshot"``): the only place the snapshot-id exemption applies."""
 
     @property
     def text(self) -> bool:
@@ -131,7 +137,8 @@ def scan_columns(schema: pa.Schema, elements: dict[str, Any]) -> list[ScanColumn
     for f in schema:
         e = elements.get(f.name)
         out.append(ScanColumn(f.name, f.type, person_name=is_person_name_element(e),
-                              measure=bool(e is not None and e.unit)))
+                              measure=bool(e is not None and e.unit),
+                              provenance=bool(e is not None and str(e.code).endswith("field_provenance"))))
     return out
 
 
@@ -144,11 +151,34 @@ def _is_text(t: pa.DataType) -> bool:
 # --- one column of one block -------------------------------------------------------------------------
 
 
+def _snapshot_pattern(exempt: frozenset[str]) -> str | None:
+    """A JSON ``"snapshot": <id>`` pair quoting one of ``exempt`` (escaped quotes too: JSON Lines holds the
+    provenance JSON as a string), or None when nothing is exempt."""
+    ids = sorted(t for t in exempt if t.isdigit())
+    if not ids:
+        return None
+    return r'(\\?"snapshot\\?"\s*:\s*)(?:' + "|".join(ids) + r")([^0-9]|$)"
+
+
+def without_snapshots(values: pa.Array, exempt: frozenset[str]) -> pa.Array:
+    """Provenance text with the exempt snapshot ids under ``"snapshot"`` replaced by 0: the lake's own
+    bookkeeping (a random 63-bit id reads as a bank card about one time in 35), and nothing else exempt."""
+    pattern = _snapshot_pattern(exempt)
+    if pattern is None:
+        return values
+    if pa.types.is_dictionary(values.type):
+        return pa.DictionaryArray.from_arrays(values.indices, without_snapshots(values.dictionary, exempt))
+    return pc.replace_substring_regex(values, pattern, r"\10\2")  # RE2 rewrites: \1, then a literal 0
+
+
 def scan_array(values: pa.Array | pa.ChunkedArray, column: ScanColumn, base: int, into: FileScan,
                exempt: frozenset[str] = frozenset()) -> None:
     """Scan one column of one block; ``base`` is the file row number of its first value. A dictionary-encoded
-    column is scanned by its distinct values, each hit counted on every row that holds it."""
+    column is scanned by its distinct values, each hit counted on every row that holds it. ``exempt``: snapshot
+    ids, exempt only under ``"snapshot"`` in a provenance column (``without_snapshots``)."""
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if column.provenance and column.text:
+        arr = without_snapshots(arr, exempt)
     indices: np.ndarray | None = None
     distinct = arr
     if pa.types.is_dictionary(arr.type):
@@ -161,8 +191,7 @@ def scan_array(values: pa.Array | pa.ChunkedArray, column: ScanColumn, base: int
     found = detect.identifiers_in_numbers(distinct, mobile=not column.measure) if column.integer \
         else detect.identifiers_in_text(distinct)
     for i, kind, text in found:
-        if text not in exempt:
-            into.add(column.name, rows_of(i), kind, text)
+        into.add(column.name, rows_of(i), kind, text)
     if column.integer:
         return
     if not (column.person_name or column.name in into.name_columns):
@@ -271,30 +300,24 @@ def _scan_table_file(batches: Iterator[pa.RecordBatch], scanned: Sequence[ScanCo
 
 
 def _scan_jsonl(path: Path, scanned: Sequence[ScanColumn], result: FileScan, exempt: frozenset[str]) -> None:
+    """Identifiers only: every line as text (keys and values), a line with a hit parsed to name its column.
+    Person names are not looked for here: the Parquet and CSV scans check the same values column by column
+    (parsing every line of a name column per block cost a json.loads per line and column)."""
     by_name = {c.name: c for c in scanned}
-    text_columns = [c for c in scanned if c.text]
+    provenance = any(c.provenance for c in scanned)
     for group in _regrouped(_lines(path)):
         lines = pa.concat_arrays(group)
         base = result.rows + 1
-        for i, kind, token in detect.identifiers_in_text(lines):
-            if token in exempt:
-                continue
+        # the exempt snapshot ids dropped from the whole line first (no parse for them), then again per column
+        # below: a hit counts only where its column holds it, the exemption only in a provenance column
+        for i, kind, token in detect.identifiers_in_text(without_snapshots(lines, exempt) if provenance else lines):
             record = json.loads(lines[i].as_py())
             for name, value in record.items() if isinstance(record, dict) else ():
                 c = by_name.get(name)
+                if c is not None and c.provenance and isinstance(value, str):
+                    value = without_snapshots(pa.array([value], pa.string()), exempt)[0].as_py()
                 if c is not None and _holds(c, value, kind, token):
                     result.add(name, [base + i], kind, token)
-        due = [c for c in text_columns if c.person_name or c.name in result.name_columns
-               or result.names_due(c.name, base)]
-        if due:
-            sample = [json.loads(x) for x in lines.slice(0, SAMPLE).to_pylist()]
-            for c in due:
-                values = pa.array([r.get(c.name) if isinstance(r, dict) else None for r in sample], pa.string())
-                if c.person_name or c.name in result.name_columns or _mostly_names(values):
-                    result.name_columns.add(c.name)
-                    whole = pa.array([json.loads(x).get(c.name) for x in lines.to_pylist()], pa.string())
-                    for j in np.flatnonzero(detect.person_names(whole)):
-                        result.add(c.name, [base + int(j)], detect.PERSON_NAME, whole[int(j)].as_py())
         result.rows += len(lines)
 
 
@@ -324,8 +347,8 @@ def _count_rows(path: Path, fmt: str, first: str) -> int:
 
 def scan_file(path: Path, fmt: str, columns: Sequence[ScanColumn], exempt: frozenset[str] = frozenset(),
               dictionary: frozenset[str] = frozenset()) -> FileScan:
-    """Scan one written file (``fmt``: parquet, csv or jsonl) for personal values; ``exempt``: exact tokens
-    known not to be personal (the lake's snapshot ids that provenance text quotes); ``dictionary``: text
+    """Scan one written file (``fmt``: parquet, csv or jsonl) for personal values; ``exempt``: the lake's
+    snapshot ids, exempt only under ``"snapshot"`` in a provenance column (``without_snapshots``); ``dictionary``: text
     columns to read dictionary-encoded (``low_cardinality``: a speed choice, the result is the same)."""
     result = FileScan(path.name)
     scanned = _scanned(columns)

@@ -469,7 +469,8 @@ def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str
 def _snapshot_ids(catalog: Any, inputs: dict[str, int]) -> frozenset[str]:
     """Every snapshot id of the build's input tables: ``field_provenance`` quotes them (``"snapshot": …``), and
     a random 63-bit id looks like a bank card (issuer prefix + Luhn) about one time in 35. They are the lake's
-    own bookkeeping, exempt from the leak gate as exact tokens."""
+    own bookkeeping, exempt from the leak gate only as a ``"snapshot"`` value in a provenance column
+    (``leak.without_snapshots``), nowhere else."""
     from pipelines.lake.raw import open_table
 
     ids = {str(v) for v in inputs.values()}
