@@ -301,13 +301,13 @@ def rejected_alert(settings: Settings, system: SourceSystem, table: str,
 
 def held_alert(settings: Settings, exc: QualityGateError) -> Alert:
     """The alert of a held batch, from the gate's error (dataset, blocking rules and their counts)."""
-    from pipelines.config import load_all, load_config
+    from pipelines.config import load_config, load_for
 
     if exc.dataset is None or not exc.failures:
         raise ValueError("the held-batch error carries no dataset or blocking rule")
     # std contracts first: a broken curated contract must not silence a held std batch's alert; a held curated
     # build alerts its owner like a held std batch (load_all only then)
-    contract: Any = load_config(settings)[2].get(exc.dataset) or load_all(settings).curated[exc.dataset]
+    contract: Any = load_config(settings)[2].get(exc.dataset) or load_for(settings, exc.dataset).curated[exc.dataset]
     first, *others = exc.failures
     details = tuple(f"{f['rule']}（{f['description']}）：{_n(f['failed'])} / {_n(f['evaluated'])} 行" for f in others)
     return Alert("held", contract.dataset, contract.owner, first["rule"], first["failed"],

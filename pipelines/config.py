@@ -14,7 +14,7 @@ from pipelines.registry import load_registry
 from pipelines.settings import Settings
 from pipelines.standards import Standards, load_standards
 
-__all__ = ["Config", "load_all", "load_config", "load_curated", "load_departments"]  # load_departments re-exported:
+__all__ = ["Config", "load_all", "load_config", "load_curated", "load_departments", "load_for"]  # load_departments re-exported:
 # the one department registry loader
 
 _CACHE: dict[tuple[Any, ...], tuple[tuple[Any, ...], Config]] = {}
@@ -80,3 +80,27 @@ def load_curated(settings: Settings, standards: Standards | None = None,
         return dict(load_all(settings).curated)
     return load_curated_contracts(settings.root / "schemas" / "curated", standards, contracts,
                                   load_departments(settings))
+
+
+def load_for(settings: Settings, dataset: str) -> Config:
+    """The config a build or an alert of ``dataset`` needs: ``load_all``, or, when some curated contract is
+    broken, the std config and only ``dataset``'s own curated contract and those of its curated inputs (a broken
+    file elsewhere is that file's error, not this dataset's; one of its own is raised with its file and line)."""
+    try:
+        return load_all(settings)
+    except ConfigError:
+        standards, systems, contracts = load_config(settings)  # a std problem is everyone's
+    from pipelines.curate.plan import curated_specs
+
+    specs = curated_specs(settings.root / "schemas" / "curated")
+    needed: set[str] = set()
+    todo = [dataset]
+    while todo:
+        d = todo.pop()
+        if d in needed:
+            continue
+        needed.add(d)
+        todo += [i.partition(".")[2] for i in specs.get(d, {}).get("inputs", []) if i.startswith("curated.")]
+    curated = load_curated_contracts(settings.root / "schemas" / "curated", standards, contracts,
+                                     load_departments(settings), only=needed)
+    return Config(standards, systems, contracts, curated)

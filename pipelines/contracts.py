@@ -717,7 +717,7 @@ release the value unchanged or fail at release time."""
 
 def load_curated_contracts(directory: Path, standards: Standards, contracts: dict[str, DatasetContract],
                            departments: dict[str, Any] | None = None,
-                           models_dir: Path | None = None) -> dict[str, CuratedContract]:
+                           models_dir: Path | None = None, only: set[str] | None = None) -> dict[str, CuratedContract]:
     """Every curated contract (``schemas/curated/*.yml``), cross-checked with the standards (elements exist;
     each element's ``derived_by`` names a curated column carrying it), the std ``contracts`` (inputs exist; the
     provider owns an input; 顺序码 unique per provider across both kinds), one another (inputs, no cycles) and
@@ -731,6 +731,8 @@ def load_curated_contracts(directory: Path, standards: Standards, contracts: dic
     problems: list[str] = []
     broken: set[str] = set()  # files that did not parse: their own problems say why, references to them are not news
     for path in sorted(directory.glob("*.yml")) if directory.is_dir() else []:
+        if only is not None and path.stem not in only:
+            continue  # a build reads its own contract and its curated inputs' (a broken other file is not its)
         try:
             c: CuratedContract = _read(path, {"standards": standards, "departments": departments}, CuratedContract)
         except ConfigError as exc:
@@ -754,7 +756,8 @@ def load_curated_contracts(directory: Path, standards: Standards, contracts: dic
         problems += _sharing_problems(c, standards, contracts, out)
     problems += _cycles(out)
     problems += _sequences([*contracts.values(), *out.values()], only=CuratedContract)
-    problems += _derived_problems(standards, out, broken)
+    problems += _derived_problems(standards, out, broken if only is None else broken | (
+        {e.derived_by.dataset for e in standards.elements.values() if e.derived_by} - set(out)))
     if problems:
         raise ConfigError(*problems)
     return out

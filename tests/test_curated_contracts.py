@@ -300,24 +300,30 @@ def test_industry_and_station_code_lists(base: tuple[Standards, dict[str, Any]],
     assert load_code_list(SCHEMAS / "standards" / "code_lists" / "sex.csv").extra == {}
 
 
-def test_a_broken_curated_contract_does_not_stop_a_std_held_alert(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipelines.config
+def test_a_broken_curated_contract_does_not_stop_a_std_held_alert(tmp_path: Path) -> None:
+    """A broken schemas/curated/air_quality_daily.yml: a held std batch still alerts, poi_wgs84 still loads for
+    its build and alert; what reads air_quality_daily gets that file's error."""
+    from conftest import scoped_env
+
     from pipelines.alerts import held_alert
-    from pipelines.errors import ConfigError
+    from pipelines.config import load_for
     from pipelines.quality.gate import QualityGateError
-    from pipelines.settings import load_settings
 
-    def broken(settings: Any) -> Any:
-        raise ConfigError("schemas/curated/x.yml:3: inputs: std.nope has no contract")
-
-    monkeypatch.setattr(pipelines.config, "load_all", broken)
-    exc = QualityGateError("std.enterprise held", dataset="enterprise", held=5, failures=[
-        {"rule": "enterprise.uscc.check_digit", "description": "统一社会信用代码校验位", "failed": 3, "evaluated": 5,
-         "threshold": 0.2}])
-    alert = held_alert(load_settings(), exc)
-    assert alert.dataset_or_table == "enterprise" and alert.count == 3
-    with pytest.raises(ConfigError, match="x.yml:3"):  # a curated dataset's alert needs its (broken) contract
-        held_alert(load_settings(), QualityGateError("held", dataset="poi_wgs84", held=1, failures=exc.failures))
+    shutil.copytree(SCHEMAS, tmp_path / "schemas")
+    broken = tmp_path / "schemas" / "curated" / "air_quality_daily.yml"
+    broken.write_text(broken.read_text(encoding="utf-8").replace("domain: environment", "domain: [environment"),
+                      encoding="utf-8")
+    failures = [{"rule": "enterprise.uscc.check_digit", "description": "统一社会信用代码校验位", "failed": 3,
+                 "evaluated": 5, "threshold": 0.2}]
+    with scoped_env({"CITYLAKE_ROOT": str(tmp_path), "CITYLAKE_REGISTRY_DIR": str(tmp_path / "schemas" / "sources")}):
+        settings = load_settings()
+        alert = held_alert(settings, QualityGateError("held", dataset="enterprise", held=5, failures=failures))
+        assert alert.dataset_or_table == "enterprise" and alert.count == 3
+        assert held_alert(settings, QualityGateError("held", dataset="poi_wgs84", held=5, failures=failures)) \
+            .dataset_or_table == "poi_wgs84"
+        assert set(load_for(settings, "poi_wgs84").curated) == {"poi_wgs84"}
+        with pytest.raises(ConfigError, match=r"air_quality_daily\.yml:\d+"):
+            load_for(settings, "air_quality_district_daily")  # its input's contract is the broken one
 
 
 def test_an_internal_column_kept_in_an_open_dataset_is_refused(base: tuple[Standards, dict[str, Any]],

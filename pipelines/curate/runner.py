@@ -546,10 +546,10 @@ def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str
     columns or types do not fit its contract (nothing written either way). An input not in the lake yet is
     status ``waiting`` (nothing built). ``release`` (a reason) publishes a build its critical rules would hold:
     passing rows to ``curated.<dataset>``, failing ones to quarantine, recorded ``released`` with the reason."""
-    from pipelines.config import load_all
+    from pipelines.config import load_for
 
     settings = settings or load_settings()
-    config = load_all(settings)
+    config = load_for(settings, dataset)  # a broken contract of another curated dataset does not stop this one
     if dataset not in config.curated:
         raise CitylakeError(f"no curated contract {dataset!r} (known: {', '.join(sorted(config.curated))})")
     contract = config.curated[dataset]
