@@ -593,6 +593,10 @@ def test_withdrawal_when_not_open_or_uncontracted_and_by_hand(lake: Lake, tmp_pa
               and e["release_date"] in (str(D1), str(date.today()))}
     assert set(events) >= {"bus_ridership_daily", "air_quality_district_daily", "poi_wgs84"}
     assert PLANTED not in (events["poi_wgs84"]["reason"] or "") and "人工撤回" in events["poi_wgs84"]["reason"]
+    listed = CliRunner().invoke(app, ["open", "ls", "--json"])  # the latest event per dataset, nothing older
+    assert listed.exit_code == 0, listed.output
+    latest = json.loads(listed.stdout)["latest_events"]
+    assert latest["poi_wgs84"]["status"] == "withdrawn" and latest["bus_ridership_daily"]["status"] == "not_open"
 
 
 # --- S3 ---------------------------------------------------------------------------------------------------------
