@@ -58,6 +58,18 @@ def require_cjk_font() -> str:
     unavailable("no font with Chinese glyphs is installed (make test installs fonts-noto-cjk from Debian's packages)")
 
 
+def apply_edits(path: Path, edits: tuple[tuple[str, str], ...]) -> list[int]:
+    """Apply ``(old, new)`` text edits to one config file (each ``old`` must occur once); the line each starts on,
+    so a test can require the loader's error to name it."""
+    lines = []
+    for old, new in edits:
+        text = path.read_text(encoding="utf-8")
+        assert text.count(old) == 1, old
+        lines.append(text[: text.index(old)].count("\n") + 1)
+        path.write_text(text.replace(old, new), encoding="utf-8")
+    return lines
+
+
 @contextmanager
 def scoped_env(env: dict[str, str]) -> Iterator[None]:
     """Set environment variables for a module-scoped fixture and restore them afterwards."""

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import apply_edits
 
 from pipelines.contracts import load_contracts
 from pipelines.errors import ConfigError
@@ -73,14 +74,7 @@ def _edited(tmp_path: Path, dataset: str, *edits: tuple[str, str]) -> tuple[Path
     """The project's contracts under tmp_path with ``edits`` applied to one; the line each edit starts on."""
     d = tmp_path / "datasets"
     shutil.copytree(SCHEMAS / "datasets", d)
-    path = d / f"{dataset}.yml"
-    lines = []
-    for old, new in edits:
-        text = path.read_text(encoding="utf-8")
-        assert text.count(old) == 1, old
-        lines.append(text[: text.index(old)].count("\n") + 1)
-        path.write_text(text.replace(old, new), encoding="utf-8")
-    return d, lines
+    return d, apply_edits(d / f"{dataset}.yml", edits)
 
 
 def test_resource_code_path_and_overrides_of_the_project_contracts() -> None:

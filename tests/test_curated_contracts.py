@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import apply_edits
 
 from pipelines.code_lists import load_code_list
 from pipelines.config import load_all, load_curated
@@ -57,14 +58,7 @@ def _edited(tmp_path: Path, dataset: str, *edits: tuple[str, str]) -> tuple[Path
     models.mkdir()
     for path in d.glob("*.yml"):
         (models / f"{path.stem}.sql").write_text("SELECT 1\n", encoding="utf-8")
-    path = d / f"{dataset}.yml"
-    lines = []
-    for old, new in edits:
-        text = path.read_text(encoding="utf-8")
-        assert text.count(old) == 1, old
-        lines.append(text[: text.index(old)].count("\n") + 1)
-        path.write_text(text.replace(old, new), encoding="utf-8")
-    return d, models, lines
+    return d, models, apply_edits(d / f"{dataset}.yml", edits)
 
 
 def _problems(base: tuple[Standards, dict[str, Any]], d: Path, models: Path) -> list[str]:
