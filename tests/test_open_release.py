@@ -766,3 +766,47 @@ def test_table_of_matches_contract_types(lake: Lake) -> None:
     for ds, data in lake.clean.items():
         table = table_of(lake.config.curated[ds], lake.config.standards, data)
         assert table.num_rows == len(data) and table.column_names == [c.name for c in lake.config.curated[ds].columns]
+
+
+def test_an_empty_dataset_releases_as_an_empty_valid_folder(lake: Lake, tmp_path: Path) -> None:
+    """0 rows (e.g. no station-day reached 20 hours): released, not failed: a CSV with its header only, an
+    empty JSON Lines file, a Parquet file with the schema; frictionless finds the package valid; checksums
+    right; no temporal coverage; the change summary counts every previous row as removed. The folder and
+    its files are readable by other users (a web server): 0755 / 0644."""
+    import pyarrow.parquet as pq
+    from frictionless import Package, system
+
+    ds = "air_quality_district_daily"
+    exports = tmp_path / "exports"
+    settings = lake.exports(exports)
+    _release(settings, D1, datasets=[ds])
+    try:
+        lake.build(ds, [])
+        result = _release(settings, D2, datasets=[ds])
+        outcome = result.outcomes[0]
+        assert (outcome.status, outcome.rows, outcome.folder) == ("released", 0, f"open/{D2}/{ds}/"), outcome.reason
+        folder = exports / outcome.folder
+        assert_complete(exports)
+        header = (folder / f"{ds}.csv").read_bytes()
+        assert header.startswith(b'\xef\xbb\xbf"station_district_code",') and header.count(b"\r\n") == 1
+        assert (folder / f"{ds}.jsonl").read_bytes() == b""
+        table = pq.read_table(folder / f"{ds}.parquet")
+        assert table.num_rows == 0 and table.column_names[0] == "station_district_code"
+        with system.use_context(trusted=True):
+            report = Package(str(folder / "datapackage.json")).validate()
+        assert report.valid, [f"{e.type}: {e.message}" for task in report.tasks for e in task.errors][:5]
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["rows"] == 0 and not (manifest.get("coverage") or {}).get("temporal")
+        changes = json.loads((folder / "changes.json").read_text(encoding="utf-8"))
+        assert (changes["added"], changes["changed"], changes["removed"]) == (0, 0, len(lake.clean[ds]))
+        assert folder.stat().st_mode & 0o777 == 0o755
+        assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o644}
+        assert (exports / "open" / "latest.json").stat().st_mode & 0o777 == 0o644
+        lake.build("air_quality_daily", [])  # a dataset with a card: the card of 0 rows too
+        carded = _release(settings, D2, datasets=["air_quality_daily"]).outcomes[0]
+        assert (carded.status, carded.rows) == ("released", 0), carded.reason
+        assert (exports / carded.folder / "card.md").stat().st_size > 0
+        assert_complete(exports)
+    finally:
+        lake.build(ds)
+        lake.build("air_quality_daily")

@@ -15,6 +15,9 @@ What ``frictionless validate datapackage.json`` (frictionless-py 5.21) checks:
   ``blank-row``, and a null in a date column raises (``NaTType does not support time``) — an open release with
   a suppressed count or an unknown date would fail or crash the validator though the file is right. It also
   loads the whole file into memory. Declared as a table, Parquet also fails ``byte-count`` (no byte stream).
+- A dataset of 0 rows: the CSV is its header line (a valid empty table); the JSON Lines file is empty, which
+  frictionless cannot read as a table (it takes the keys from the first line), so that file alone is declared
+  ``"type": "file"`` too (``bytes`` and ``hash`` checked).
 """
 
 from __future__ import annotations
@@ -101,7 +104,9 @@ def schema_version(release: DatasetRelease) -> str:
 
 
 def _resource(release: DatasetRelease, file: FileInfo, schema: dict[str, Any]) -> dict[str, Any]:
-    tabular = file.format != "parquet"  # see the module docstring
+    # see the module docstring; an empty JSON Lines file (0 rows) is no table to frictionless (its reader takes
+    # the first line for the keys and fails on none), so it is declared a file resource like Parquet
+    tabular = file.format != "parquet" and not (file.format in ("jsonl", "ndjson") and file.bytes == 0)
     out: dict[str, Any] = {"name": f"{release.dataset}-{file.format}".lower(), "path": file.name,
                            "profile": "tabular-data-resource" if tabular else "data-resource",
                            "title": f"{release.contract.name}（{file.format.upper()}）", "format": file.format,

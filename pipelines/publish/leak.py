@@ -265,6 +265,8 @@ def _lines(path: Path) -> Iterator[pa.Array]:
     line; JSON escapes every control character, so the delimiter never occurs)."""
     import pyarrow.csv as pcsv
 
+    if path.stat().st_size == 0:  # a dataset of 0 rows: the CSV reader refuses an empty file
+        return
     reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(column_names=["line"], block_size=BLOCK_BYTES,
                                                                use_threads=False),
                            parse_options=pcsv.ParseOptions(delimiter="\x1f", quote_char=False),

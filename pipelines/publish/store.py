@@ -180,6 +180,10 @@ class LocalStore:
         target = self.root / folder.rstrip("/")
         if target.exists():  # os.rename would silently replace an empty directory
             raise ReleaseStoreError(f"{target}: exists; a release folder is never overwritten")
+        # mkdtemp makes the stage 0700: a web server running as another user must read the published folder
+        stage.chmod(0o755)
+        for path in stage.iterdir():
+            path.chmod(0o644)
         _fsync_tree(stage)
         stage.rename(target)
         _fsync_dir(target.parent)
@@ -214,6 +218,7 @@ class LocalStore:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        tmp.chmod(0o644)  # latest.json and catalog.jsonld are read by the portal's web server
         os.replace(tmp, path)
         _fsync_dir(path.parent)
 
