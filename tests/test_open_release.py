@@ -810,3 +810,33 @@ def test_an_empty_dataset_releases_as_an_empty_valid_folder(lake: Lake, tmp_path
     finally:
         lake.build(ds)
         lake.build("air_quality_daily")
+
+
+def test_a_resident_id_in_metadata_text_blocks_the_dataset(lake: Lake, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The metadata files and the catalog entry are scanned as text: a resident ID in a (test copy of a)
+    contract's description, or in its card's text, blocks the dataset like a data value; the digests and
+    snapshot ids the metadata quotes do not."""
+    import pipelines.config
+
+    config = lake.config
+    curated = dict(config.curated)
+    air = curated["air_quality_daily"]
+    curated["bus_ridership_daily"] = curated["bus_ridership_daily"].model_copy(
+        update={"description": f"公交客流（联系人证件 {PLANTED}）"})
+    curated["air_quality_daily"] = air.model_copy(
+        update={"card": air.card.model_copy(update={"intended_use": f"研究用途，申请人 {PLANTED}"})})
+    monkeypatch.setattr(pipelines.config, "load_all", lambda settings: config._replace(curated=curated))
+    exports = tmp_path / "exports"
+    result = _release(lake.exports(exports), D1, datasets=["bus_ridership_daily", "air_quality_daily", "poi_wgs84"])
+    status = {o.dataset: o for o in result.outcomes}
+    assert status["poi_wgs84"].status == "released"  # its metadata quotes digests and snapshot ids: no hit
+    for ds, files in (("bus_ridership_daily", {"datapackage.json", "catalog.jsonld"}),
+                      ("air_quality_daily", {"card.md", "card.json"})):
+        outcome = status[ds]
+        assert outcome.status == "blocked" and outcome.leak_counts.get("resident_id"), (ds, outcome.reason)
+        hits = {h["file"] for h in outcome.leak_hits}
+        assert files <= hits, (ds, hits)
+        assert all(h["value"] == "340104********1239" for h in outcome.leak_hits)
+        assert not (exports / "open" / str(D1) / ds).exists()
+    assert set(_pointer(exports)["datasets"]) == {"poi_wgs84"} and not _stages(exports)

@@ -1,5 +1,5 @@
 """The leak gate: every written open file read back and scanned with the privacy detectors before a
-pointer moves.
+pointer moves (the three data files, the metadata files, the dataset's catalog entry).
 
 Each format is read as it is published, a block at a time (memory follows a block, not the file):
 - Parquet by its columns (string columns read dictionary-encoded, so a low-cardinality column costs its
@@ -16,12 +16,15 @@ Each format is read as it is published, a block at a time (memory follows a bloc
   line with a candidate is parsed and the hit attributed to its field under the same per-column rules.
   Names are not re-checked there: they are the Parquet's and CSV's values, already checked.
 Snapshot ids (``exempt``) are exempt only as the value of a ``"snapshot"`` key in a provenance column.
+- The metadata files (``METADATA_FILES``) and the date's ``catalog.jsonld`` as text, line by line, for
+  identifiers and house numbers (``scan_text``: a contract's or card's text quoting a resident ID).
 A hit blocks the dataset; hits are reported with the value masked (``mask_kind``), never in clear.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -368,6 +371,35 @@ def scan_file(path: Path, fmt: str, columns: Sequence[ScanColumn], exempt: froze
         _scan_jsonl(path, scanned, result, exempt)
     else:
         raise ValueError(f"leak scan: unknown format {fmt!r}")
+    return result
+
+
+METADATA_FILES = ("datapackage.json", "dictionary.csv", "card.md", "card.json", "changes.json", "manifest.json")
+"""The metadata files of a release folder, scanned as text (``scan_text``) like the date's ``catalog.jsonld``."""
+TEXT_COLUMN = "(文本)"
+"""The ``column`` of a hit in a metadata file (its ``row`` is the line number)."""
+_DIGEST = re.compile(r"(?<![0-9A-Za-z])(?=[0-9]*[a-f])[0-9a-f]{16,}(?![0-9A-Za-z])")
+"""A lower-case hex run of 16+ characters holding a letter: the digests and ids the release itself writes
+(SHA-256 of files, build ids, fingerprints), whose digit runs could pass a card's Luhn check."""
+
+
+def scan_text(name: str, data: bytes, exempt: frozenset[str] = frozenset()) -> FileScan:
+    """A metadata file (``name``; JSON, JSON-LD, CSV or Markdown) read as text, line by line, with the
+    identifier and house-number detectors (``detect.identifiers_in_text``): a contract's description, card or
+    element text that quotes a resident ID blocks like a data value. Exempt, as the release's own
+    bookkeeping: hex digests (``_DIGEST``) and the lake's snapshot ids in ``exempt`` (the manifest and the
+    catalog quote the inputs' snapshots), each as a whole number only."""
+    result = FileScan(name)
+    lines = data.decode("utf-8-sig").splitlines()
+    ids = sorted((t for t in exempt if t.isdigit()), key=len, reverse=True)
+    snapshots = re.compile(r"(?<![0-9])(?:" + "|".join(ids) + r")(?![0-9])") if ids else None
+    cleaned = []
+    for line in lines:
+        line = _DIGEST.sub("0", line)
+        cleaned.append(snapshots.sub("0", line) if snapshots is not None else line)
+    for i, kind, token in detect.identifiers_in_text(pa.array(cleaned, pa.string())):
+        result.add(TEXT_COLUMN, [i + 1], kind, token)
+    result.rows = len(lines)
     return result
 
 

@@ -11,10 +11,11 @@ For each curated dataset, in turn (one dataset's failure never stops the next):
 2. ``curated.<ds>`` streamed at that snapshot (``stream_scan``, dropped columns never read) → de-identified
    (``pipelines.privacy.deid``) → Parquet, CSV and JSON Lines written in one pass into a staging folder,
    SHA-256 and rows counted while writing;
-3. the leak gate: every written file read back and scanned (``leak``); a hit blocks the dataset: its staged
+3. the leak gate: the three data files read back and scanned (``leak``); a hit blocks the dataset: its staged
    files are deleted, its pointer stays, ``meta.releases`` says ``blocked`` with the hits masked;
 4. metadata (``datapackage.json``, ``dictionary.csv``, ``changes.json`` against the release the pointer names,
-   ``card.md``/``card.json`` when the contract has a ``card``, then ``manifest.json`` over all of them);
+   ``card.md``/``card.json`` when the contract has a ``card``, then ``manifest.json`` over all of them), each
+   scanned as text with the dataset's entry of the date's catalog (``leak.scan_text``): a hit blocks as in 3;
 5. the folder moved into place under a NEW name and verified there (``store``): ``open/<d>/<ds>/`` for
    the day's first build, ``open/<d>/<ds>~<8 hex of the build id>/`` for a later one (folders are immutable;
    the pointer carries the path), then ``latest.json`` replaced atomically for this dataset only
@@ -441,8 +442,9 @@ def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str
     outcome.seconds["write"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     inputs = {str(k): int(v) for k, v in json.loads(summary_value(snap, "citylake.inputs") or "{}").items()}
+    exempt = _snapshot_ids(run.catalog, inputs)
     scans = leak.scan_files([(w.path, w.format) for w in written], leak.scan_columns(schema, elements),
-                            exempt=_snapshot_ids(run.catalog, inputs))
+                            exempt=exempt)
     outcome.seconds["scan"] = round(time.perf_counter() - t0, 3)
     release_memory()
     rows = written[0].rows
@@ -463,7 +465,27 @@ def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str
     release = _describe(run, contract, written, rows, build_id, inputs, coverage, fp, entry, stage, outcome,
                         cutoff, folder)
     outcome.seconds["metadata"] = round(time.perf_counter() - t0, 3)
+    if _scan_metadata(run, release, stage, exempt, outcome):
+        return None, True
     return release, False
+
+
+def _scan_metadata(run: _Run, release: Any, stage: Path, exempt: frozenset[str], outcome: DatasetOutcome) -> bool:
+    """The leak gate over the folder's metadata files and the dataset's entry of the date's catalog, as text
+    (``leak.scan_text``); True (blocked) on a hit, the hits recorded in ``outcome`` like a data file's."""
+    from pipelines.publish import leak
+    from pipelines.publish.dcat import dcat_catalog, division_names, open_base_url
+
+    scans = [leak.scan_text(f.name, (stage / f.name).read_bytes(), exempt) for f in release.files
+             if f.name in leak.METADATA_FILES]
+    entry = dcat_catalog([release], run.release_date, open_base_url(run.settings),
+                         names=division_names(run.settings.root), departments=run.departments)
+    scans.append(leak.scan_text("catalog.jsonld", _json(entry), exempt))
+    for s in scans:
+        for kind, n in s.counts.items():
+            outcome.leak_counts[kind] = outcome.leak_counts.get(kind, 0) + n
+        outcome.leak_hits += [h.to_dict() for h in s.hits]
+    return bool(outcome.leak_counts)
 
 
 def _snapshot_ids(catalog: Any, inputs: dict[str, int]) -> frozenset[str]:
@@ -687,6 +709,7 @@ def _write_catalog(run: _Run, force: bool = False) -> str | None:
     """``open/<d>/catalog.jsonld`` when something was released on this date (now or earlier the same day), or
     with ``force`` (a withdrawal rewriting the pointer's catalog)."""
     from pipelines.publish.dcat import dcat_catalog, division_names, open_base_url
+    from pipelines.publish.leak import scan_text
 
     if not force and not run.store.folders(run.day):
         return None
@@ -706,7 +729,12 @@ def _write_catalog(run: _Run, force: bool = False) -> str | None:
     doc = dcat_catalog(releases, run.release_date, open_base_url(run.settings),
                        names=division_names(run.settings.root), departments=run.departments)
     rel = f"open/{run.day}/catalog.jsonld"
-    run.store.write_atomic(rel, _json(doc))
+    data = _json(doc)
+    scan = scan_text("catalog.jsonld", data, frozenset(str(v) for r in releases for v in r.inputs.values()))
+    if scan.hits:  # each entry was scanned at its release: only a catalog-level text can get here
+        found = ", ".join(f"{h.kind} {h.value} 第 {h.row} 行" for h in scan.hits)
+        raise CitylakeError(f"{rel}: 泄露检查发现个人信息 ({found})；目录未写入")
+    run.store.write_atomic(rel, data)
     set_catalog(run.store, rel)
     return rel
 
