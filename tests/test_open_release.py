@@ -840,3 +840,25 @@ def test_a_resident_id_in_metadata_text_blocks_the_dataset(lake: Lake, tmp_path:
         assert all(h["value"] == "340104********1239" for h in outcome.leak_hits)
         assert not (exports / "open" / str(D1) / ds).exists()
     assert set(_pointer(exports)["datasets"]) == {"poi_wgs84"} and not _stages(exports)
+
+
+def test_a_month_column_gives_temporal_coverage(lake: Lake, tmp_path: Path) -> None:
+    """registration_month (YYYY-MM text, element format ^\\d{4}-(0[1-9]|1[0-2])$): coverage from the first day
+    of its first month to the last day of its last month, in the manifest and as dct:temporal."""
+    from pipelines.publish.release import is_month_element
+
+    ds = "enterprise_registrations_monthly"
+    standards = lake.config.standards
+    assert is_month_element(standards.element("registration_month"))
+    assert not is_month_element(standards.element("industry_section"))
+    months = sorted(r["registration_month"] for r in lake.clean[ds])
+    first, last = months[0], months[-1]
+    year, month = (int(p) for p in last.split("-"))
+    end = (date(year + month // 12, month % 12 + 1, 1) - date.resolution).isoformat()
+    exports = tmp_path / "exports"
+    result = _release(lake.exports(exports), D1, datasets=[ds])
+    assert result.outcomes[0].status == "released", result.outcomes[0].reason
+    manifest = json.loads((exports / result.outcomes[0].folder / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["coverage"]["temporal"] == [f"{first}-01", end]
+    catalog = (exports / "open" / str(D1) / "catalog.jsonld").read_text(encoding="utf-8")
+    assert f"{first}-01" in catalog and end in catalog and "dct:temporal" in catalog

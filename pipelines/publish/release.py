@@ -42,6 +42,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -360,8 +361,9 @@ def _release_one(run: _Run, contract: Any, outcome: DatasetOutcome) -> DatasetOu
 class _Coverage:
     """Temporal and spatial coverage of the released rows, gathered batch by batch."""
 
-    def __init__(self, schema: pa.Schema, division_columns: list[str]) -> None:
+    def __init__(self, schema: pa.Schema, division_columns: list[str], month_columns: Sequence[str] = ()) -> None:
         self.dates = [f.name for f in schema if pa.types.is_date(f.type) or pa.types.is_timestamp(f.type)]
+        self.months = [c for c in month_columns if c in schema.names and pa.types.is_string(schema.field(c).type)]
         self.divisions = [c for c in division_columns if c in schema.names and pa.types.is_string(schema.field(c).type)]
         self.low: Any = None
         self.high: Any = None
@@ -379,12 +381,43 @@ class _Coverage:
             if lo is not None:
                 self.low = lo if self.low is None else min(self.low, lo)
                 self.high = hi if self.high is None else max(self.high, hi)
+        for name in self.months:  # YYYY-MM text: the first day of the first month to the last of the last
+            mm = pc.min_max(batch.column(name))
+            lo, hi = _month(mm["min"].as_py()), _month(mm["max"].as_py(), last=True)
+            if lo is not None and hi is not None:
+                self.low = lo if self.low is None else min(self.low, lo)
+                self.high = hi if self.high is None else max(self.high, hi)
         for name in self.divisions:
             self.codes.update(v for v in pc.unique(batch.column(name)).to_pylist() if v)
 
     @property
     def temporal(self) -> tuple[date, date] | None:
         return (self.low, self.high) if self.low is not None else None
+
+
+def _month(text: str | None, last: bool = False) -> date | None:
+    """The first (``last``: the last) day of a ``YYYY-MM`` month; None for anything else."""
+    import calendar
+
+    try:
+        year, month = (int(p) for p in str(text).split("-"))
+        return date(year, month, calendar.monthrange(year, month)[1] if last else 1)
+    except (ValueError, TypeError):
+        return None
+
+
+def is_month_element(element: Any) -> bool:
+    """Whether an element holds a calendar month as ``YYYY-MM`` text (its ``format`` accepts 2024-01 and
+    2024-12, not a date): such a column gives the release its temporal coverage like a date column."""
+    import re
+
+    fmt = getattr(element, "format", None)
+    if not fmt or getattr(element, "type", None) != "string":
+        return False
+    try:
+        return all(re.fullmatch(fmt, m) for m in ("2024-01", "2024-12")) and not re.fullmatch(fmt, "2024-01-01")
+    except re.error:
+        return False
 
 
 def _normalized(schema: pa.Schema) -> pa.Schema:
@@ -430,7 +463,8 @@ def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str
     elements = {c.name: standards.element(c.element) for c in contract.columns}
     divisions = [c.name for c in contract.columns if elements[c.name].code_list == "division"
                  and c.deid in ("keep", "suppress")]
-    coverage = _Coverage(schema, divisions)
+    months = [c.name for c in contract.columns if c.deid == "keep" and is_month_element(elements[c.name])]
+    coverage = _Coverage(schema, divisions, months)
 
     def batches() -> Any:
         for batch in reader:
