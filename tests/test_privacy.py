@@ -478,3 +478,25 @@ def test_identifiers_in_text_precision_on_random_digits() -> None:
     assert share < 0.035
     order_numbers = [f"订单号{rng.randrange(10 ** 19, 10 ** 20)}" for _ in range(20_000)]  # 20 digits, no date
     assert len(identifiers_in_text(pa.array(order_numbers))) / len(order_numbers) < 0.001
+
+
+def test_deid_mask_and_district_outputs() -> None:
+    """deid ``mask``: the element's display mask, each distinct value once (nulls stay null); deid
+    ``district``: the GB/T 2260 county-level division an address names, null when it names none."""
+    from pipelines.privacy.deid import ColumnRule, Deidentifier, county_names
+    from pipelines.standards import load_standards
+
+    standards = load_standards(PROJECT_ROOT / "schemas" / "standards")
+    deid = Deidentifier([ColumnRule("name", "mask", standards.element("person_name")),
+                         ColumnRule("address", "district"),
+                         ColumnRule("mobile", "mask", standards.element("mobile_phone"))],
+                        counties=county_names(standards.code_list("division")))
+    batch = pa.record_batch({
+        "name": ["张三", "欧阳娜娜", None, "张三"],
+        "address": ["合肥市蜀山区长江西路88号", "安徽省合肥市包河区徽州大道1号", "长江西路88号", None],
+        "mobile": ["13812345678", None, "13812345678", "13900001111"]})
+    out = deid.apply(batch)
+    assert out.column("name").to_pylist() == ["张*", "欧***", None, "张*"]
+    assert out.column("address").to_pylist() == ["蜀山区", "包河区", None, None]
+    assert out.column("mobile").to_pylist() == ["138****5678", None, "138****5678", "139****1111"]
+    assert out.schema.names == ["name", "address", "mobile"]
