@@ -138,6 +138,8 @@ def test_release_writes_complete_folders_that_read_back_identically(lake: Lake, 
     result = _release(lake.exports(exports), D1)
     status = {o.dataset: o.status for o in result.outcomes}
     assert status == {**{ds: "released" for ds in OPEN}, "golden_resident": "not_open"}
+    not_open = next(o.reason for o in result.outcomes if o.dataset == "golden_resident")
+    assert re.search(r"\(schemas/curated/golden_resident\.yml:\d+\)", not_open or ""), not_open  # not the server's path
     assert result.folder == f"{exports}/open/{D1}/" and result.catalog == f"open/{D1}/catalog.jsonld"
     pointer = assert_complete(exports)
     assert set(pointer["datasets"]) == set(OPEN) and pointer["catalog"] == result.catalog

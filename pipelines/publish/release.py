@@ -308,9 +308,9 @@ def _release_one(run: _Run, contract: Any, outcome: DatasetOutcome) -> DatasetOu
     stage: Path | None = None
     try:
         if contract.open.type == "不予开放":
-            outcome.status, outcome.reason = "not_open", f"开放类型为不予开放 ({contract.where('open', 'type')})"
+            outcome.status, outcome.reason = "not_open", f"开放类型为不予开放 ({_where(run, contract, 'open', 'type')})"
             if ds in read_pointer(run.store)["datasets"]:  # it was open before: take it off the portal
-                _withdraw(run, ds, outcome, f"开放类型改为不予开放，撤回 ({contract.where('open', 'type')})")
+                _withdraw(run, ds, outcome, f"开放类型改为不予开放，撤回 ({_where(run, contract, 'open', 'type')})")
             return outcome
         table, snap, build_id, why = current_build(run.catalog, contract, run.gate)
         outcome.build_id = build_id
@@ -356,6 +356,17 @@ def _release_one(run: _Run, contract: Any, outcome: DatasetOutcome) -> DatasetOu
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
         outcome.seconds["total"] = round(time.perf_counter() - started, 3)
+
+
+def _where(run: _Run, contract: Any, *loc: Any) -> str:
+    """``contract.where`` with the file relative to the project root (``schemas/curated/<ds>.yml:24``): the
+    reason is recorded in meta.releases and shown on the open page, not the server's absolute path."""
+    text = str(contract.where(*loc))
+    for root in (run.settings.root, run.settings.root.resolve()):
+        prefix = f"{root}/"
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
 
 
 class _Coverage:
