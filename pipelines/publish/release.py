@@ -536,8 +536,10 @@ def _scan_metadata(run: _Run, release: Any, stage: Path, exempt: frozenset[str],
 def _snapshot_ids(catalog: Any, inputs: dict[str, int]) -> frozenset[str]:
     """Every snapshot id of the build's input tables: ``field_provenance`` quotes them (``"snapshot": …``), and
     a random 63-bit id looks like a bank card (issuer prefix + Luhn) about one time in 35. They are the lake's
-    own bookkeeping, exempt from the leak gate only as a ``"snapshot"`` value in a provenance column
-    (``leak.without_snapshots``), nowhere else."""
+    own bookkeeping, exempt in the data files only as a ``"snapshot"`` value in a released provenance column
+    (``leak.without_snapshots``), nowhere else — and no current contract releases one (golden_legal_person
+    drops field_provenance, golden_resident is not open), so there the exemption applies to nothing today. The
+    metadata files quote them as the build's inputs (manifest, catalog): ``leak.scan_text`` exempts them there."""
     from pipelines.lake.raw import open_table
 
     ids = {str(v) for v in inputs.values()}
