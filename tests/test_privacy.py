@@ -500,3 +500,27 @@ def test_deid_mask_and_district_outputs() -> None:
     assert out.column("address").to_pylist() == ["蜀山区", "包河区", None, None]
     assert out.column("mobile").to_pylist() == ["138****5678", None, "138****5678", "139****1111"]
     assert out.schema.names == ["name", "address", "mobile"]
+
+
+def test_jsonl_line_hits_are_attributed_to_columns_in_one_pass(tmp_path: Path) -> None:
+    """A decimal's digits read across its point look like a card at line level (2238909333.00 →
+    223890933300…): no column holds it, so no hit; an ID inside a text field and a mobile stored as an
+    integer are attributed to their columns."""
+    import pyarrow as pa
+    from stdnum.cn import ric
+
+    from pipelines.publish.leak import ScanColumn, scan_file
+
+    rid = "11010119900307457" + ric.calc_check_digit("110101199003074570")
+    rows = [{"name": f"企业{i}", "capital": 2238909333.0 + i, "count": 0} for i in range(200)]
+    rows[7]["name"] = f"负责人{rid}"
+    rows[9]["count"] = 13812345678
+    path = tmp_path / "x.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).replace(".0,", ".0000000000,"),
+                    encoding="utf-8")
+    columns = [ScanColumn("name", pa.string()), ScanColumn("capital", pa.decimal128(20, 10)),
+               ScanColumn("count", pa.int64())]
+    found = scan_file(path, "jsonl", columns)
+    assert found.rows == 200
+    assert sorted((h.column, h.row, h.kind) for h in found.hits) == [("count", 10, "mobile"),
+                                                                      ("name", 8, "resident_id")]

@@ -305,38 +305,45 @@ def _scan_table_file(batches: Iterator[pa.RecordBatch], scanned: Sequence[ScanCo
 
 
 def _scan_jsonl(path: Path, scanned: Sequence[ScanColumn], result: FileScan, exempt: frozenset[str]) -> None:
-    """Identifiers only: every line as text (keys and values), a line with a hit parsed to name its column.
-    Person names are not looked for here: the Parquet and CSV scans check the same values column by column
-    (parsing every line of a name column per block cost a json.loads per line and column)."""
-    by_name = {c.name: c for c in scanned}
+    """Identifiers only: every line as text (keys and values), the lines with a hit parsed to name its column.
+    Person names are not looked for here: the Parquet and CSV scans check the same values column by column.
+    A line-level hit is often no hit in any column (digits of neighbouring fields read together, e.g. a
+    decimal's ``1234567.00``): the hit lines are parsed once each and every column checked over all of them
+    at once, so such lines cost a parse, not a detector call per hit and column."""
     provenance = any(c.provenance for c in scanned)
     for group in _regrouped(_lines(path)):
         lines = pa.concat_arrays(group)
         base = result.rows + 1
         # the exempt snapshot ids dropped from the whole line first (no parse for them), then again per column
         # below: a hit counts only where its column holds it, the exemption only in a provenance column
-        for i, kind, token in detect.identifiers_in_text(without_snapshots(lines, exempt) if provenance else lines):
-            record = json.loads(lines[i].as_py())
-            for name, value in record.items() if isinstance(record, dict) else ():
-                c = by_name.get(name)
-                if c is not None and c.provenance and isinstance(value, str):
-                    value = without_snapshots(pa.array([value], pa.string()), exempt)[0].as_py()
-                if c is not None and _holds(c, value, kind, token):
-                    result.add(name, [base + i], kind, token)
+        hits = detect.identifiers_in_text(without_snapshots(lines, exempt) if provenance else lines)
+        if hits:
+            _attribute(lines, hits, scanned, base, result, exempt)
         result.rows += len(lines)
 
 
-def _holds(column: ScanColumn, value: Any, kind: str, token: str) -> bool:
-    """Whether a parsed JSON value of ``column`` is where a line-level hit came from, under the column's rules
-    (text: anywhere inside; integer: the whole number, a mobile only where the element is no measure)."""
-    if value is None:
-        return False
-    if column.text and isinstance(value, str):
-        return (0, kind, token) in detect.identifiers_in_text(pa.array([value], pa.string()))
-    if column.integer and isinstance(value, int) and not isinstance(value, bool):
-        return (0, kind, token) in detect.identifiers_in_numbers(pa.array([value], pa.int64()),
-                                                                 mobile=not column.measure)
-    return False
+def _attribute(lines: pa.Array, hits: list[tuple[int, str, str]], scanned: Sequence[ScanColumn], base: int,
+               result: FileScan, exempt: frozenset[str]) -> None:
+    """Line-level hits → the columns that hold them, under each column's rules (text: anywhere inside;
+    integer: the whole number, a mobile only where the element is no measure)."""
+    rows = sorted({i for i, _kind, _token in hits})
+    wanted = {(i, kind, token) for i, kind, token in hits}
+    records = [json.loads(lines[i].as_py()) for i in rows]
+    for c in scanned:
+        values = [r.get(c.name) if isinstance(r, dict) else None for r in records]
+        if c.text:
+            arr = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+            if c.provenance:
+                arr = without_snapshots(arr, exempt)
+            found = detect.identifiers_in_text(arr)
+        elif c.integer:
+            ints = [v if isinstance(v, int) and not isinstance(v, bool) else None for v in values]
+            found = detect.identifiers_in_numbers(pa.array(ints, pa.int64()), mobile=not c.measure)
+        else:
+            continue
+        for j, kind, token in found:
+            if (rows[j], kind, token) in wanted:
+                result.add(c.name, [base + rows[j]], kind, token)
 
 
 def _count_rows(path: Path, fmt: str, first: str) -> int:
