@@ -716,3 +716,11 @@ def test_the_seeded_city_has_the_open_page_and_a_page_per_curated_dataset(city_s
     index = (root / "index.html").read_text(encoding="utf-8")
     assert 'href="open.html"' in index and 'id="leak-alert"' not in index
     assert 'data-layer="curated"' in index  # the overview's dataset table lists them, marked 主题层
+
+
+def test_every_leak_kind_has_its_chinese_label() -> None:
+    """The open page names each leak-gate hit by the detector's kind; a kind without a label shows its code."""
+    from pipelines.privacy import detect
+    from pipelines.report.data import HIT_KINDS
+
+    assert set(HIT_KINDS) == set(detect.LEAK_KINDS)

@@ -85,7 +85,7 @@ def _blank(v: Any) -> Any:
 
 
 class RequestForm(BaseModel):
-    """One request as it arrives (CLI or inbox); ``context`` = {"datasets": codes, "departments": codes}."""
+    """One request as it arrives (CLI or inbox); ``context`` = {"datasets": codes, "departments": the registry}."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     kind: Kind = "open"
@@ -130,9 +130,11 @@ class RequestForm(BaseModel):
     @classmethod
     def _department(cls, v: str | None, info: ValidationInfo) -> str | None:
         known = (info.context or {}).get("departments")
-        if v is None or known is None or v in known:
+        if v is None or known is None:
             return v
-        raise ValueError(f"department code {v!r} is not in schemas/departments.yml")
+        from pipelines.departments import check_department
+
+        return check_department(v, known)  # the registry's one message: its file and the near matches
 
     @field_validator("contact")
     @classmethod
@@ -401,7 +403,7 @@ def _context(settings: Settings) -> dict[str, Any]:
     from pipelines.catalog.build import load_everything
 
     loaded = load_everything(settings)
-    return {"datasets": set(loaded.contracts) | set(loaded.curated), "departments": set(loaded.departments)}
+    return {"datasets": set(loaded.contracts) | set(loaded.curated), "departments": loaded.departments}
 
 
 def _new(form: RequestForm, existing: Mapping[str, Request], source: str, now: datetime) -> Request:

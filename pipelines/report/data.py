@@ -49,7 +49,7 @@ RELEASE_LABELS = {"released": "已发布", "unchanged": "未变化", "blocked": 
                   "not_passed": "未通过质量检查", "none": "尚未发布"}
 """``meta.releases`` status → what the open-data page says."""
 HIT_KINDS = {"resident_id": "公民身份号码", "mobile": "手机号码", "bank_card": "银行卡号", "person_name": "姓名",
-             "address": "住址（门牌号）", "uscc_individual": "个体工商户统一社会信用代码", "uscc": "统一社会信用代码"}
+             "address": "住址（门牌号）", "individual_uscc": "个体工商户统一社会信用代码"}
 """Leak-gate hit kinds (``pipelines.privacy.detect`` and the release's extra detectors) in Chinese."""
 
 
