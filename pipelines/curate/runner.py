@@ -37,7 +37,6 @@ holds the current build's failing rows only); ``meta.quality_results``, ``meta.b
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -67,7 +66,7 @@ from pipelines.lake.raw import (
     summary_value,
     total_records,
 )
-from pipelines.lake.tables import PROPS, STAGED_BATCH_ROWS, append, table_for
+from pipelines.lake.tables import PROPS, append, append_staged, table_for
 from pipelines.privacy import mask_message
 from pipelines.quality.gate import (
     CHUNK_ROWS,
@@ -455,8 +454,6 @@ def _replace(catalog: Any, contract: CuratedContract, good: Path, schema: pa.Sch
     snapshot: readers see the previous build or this one, never a mix), written a data file's worth at a time.
     Refused by a concurrent commit, it is decided again on the reloaded table; when that commit was this very
     build, nothing is written. Returns (snapshot id, whether another run had committed it)."""
-    from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
-
     rows = pq.ParquetFile(good) if good.exists() else None
     file_schema = rows.schema_arrow if rows is not None else \
         schema.append(pa.field("_batch_id", pa.string())).append(pa.field("_warnings", pa.list_(pa.string())))
@@ -467,27 +464,7 @@ def _replace(catalog: Any, contract: CuratedContract, good: Path, schema: pa.Sch
         if _same_build(head, build_id):
             return head.snapshot_id, True
         tx = single_attempt(table).transaction()
-        meta = tx.table_metadata
-        _check_pyarrow_schema_compatible(meta.schema(), provided_schema=file_schema,
-                                         format_version=meta.format_version)
-        target = int(meta.properties.get("write.target-file-size-bytes", 512 << 20))
-        counter = itertools.count(0)
-        with tx.update_snapshot(snapshot_properties=props).overwrite() as overwrite:
-            if head is not None:
-                for task in table.scan().plan_files():
-                    overwrite.delete_data_file(task.file)
-            pending: list[pa.RecordBatch] = []
-            size = 0
-            batches = rows.iter_batches(batch_size=STAGED_BATCH_ROWS) if rows is not None else iter(())
-            for batch in itertools.chain(batches, [None]):
-                if batch is not None:
-                    pending.append(batch)
-                    size += batch.nbytes
-                if pending and (batch is None or size >= target):
-                    for f in _dataframe_to_data_files(table_metadata=meta, df=pa.Table.from_batches(pending),
-                                                      io=table.io, write_uuid=overwrite.commit_uuid, counter=counter):
-                        overwrite.append_data_file(f)
-                    pending, size = [], 0
+        append_staged(tx, table, rows, props, overwrite=True, schema=file_schema)
         tx.commit_transaction()
         snap = catalog.load_table(contract.table).current_snapshot()
         return (snap.snapshot_id if snap else None), False

@@ -44,10 +44,13 @@ def table_for(catalog: Any, name: str, schema: pa.Schema, properties: dict[str, 
     return table
 
 
-def append_staged(tx: Any, table: Any, rows: pq.ParquetFile, props: dict[str, str],
-                  keep: Callable[[pa.RecordBatch], pa.Array] | None = None, batch_rows: int = 0) -> None:
+def append_staged(tx: Any, table: Any, rows: pq.ParquetFile | None, props: dict[str, str],
+                  keep: Callable[[pa.RecordBatch], pa.Array] | None = None, batch_rows: int = 0, *,
+                  overwrite: bool = False, schema: pa.Schema | None = None) -> None:
     """One append snapshot of a staged Parquet file, written a file's worth of rows at a time; ``keep``
-    filters each record batch first.
+    filters each record batch first. With ``overwrite`` it is one overwrite snapshot instead, which also
+    deletes every current data file of ``table``; ``rows`` may then be None (nothing staged, checked against
+    ``schema``), which leaves the table empty.
 
     ``Transaction.append`` of a ``RecordBatchReader`` hands every target-sized bin to an executor at once
     (``executor.map`` submits eagerly), so the whole stream is read ahead of the writers; this is the same
@@ -55,14 +58,20 @@ def append_staged(tx: Any, table: Any, rows: pq.ParquetFile, props: dict[str, st
     from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
 
     meta = tx.table_metadata
-    _check_pyarrow_schema_compatible(meta.schema(), provided_schema=rows.schema_arrow,
+    provided = rows.schema_arrow if rows is not None else schema
+    _check_pyarrow_schema_compatible(meta.schema(), provided_schema=provided,
                                      format_version=meta.format_version)
     target = int(meta.properties.get("write.target-file-size-bytes", 512 << 20))
     counter = itertools.count(0)
-    with tx.update_snapshot(snapshot_properties=props).fast_append() as fast:
+    update = tx.update_snapshot(snapshot_properties=props)
+    with (update.overwrite() if overwrite else update.fast_append()) as snapshot:
+        if overwrite and table.current_snapshot() is not None:
+            for task in table.scan().plan_files():
+                snapshot.delete_data_file(task.file)
         pending: list[pa.RecordBatch] = []
         size = 0
-        for batch in itertools.chain(rows.iter_batches(batch_size=batch_rows or STAGED_BATCH_ROWS), [None]):
+        batches = rows.iter_batches(batch_size=batch_rows or STAGED_BATCH_ROWS) if rows is not None else iter(())
+        for batch in itertools.chain(batches, [None]):
             if batch is not None and keep is not None:
                 batch = batch.filter(keep(batch))
             if batch is not None:
@@ -70,8 +79,8 @@ def append_staged(tx: Any, table: Any, rows: pq.ParquetFile, props: dict[str, st
                 size += batch.nbytes
             if pending and (batch is None or size >= target):
                 for f in _dataframe_to_data_files(table_metadata=meta, df=pa.Table.from_batches(pending), io=table.io,
-                                                  write_uuid=fast.commit_uuid, counter=counter):
-                    fast.append_data_file(f)
+                                                  write_uuid=snapshot.commit_uuid, counter=counter):
+                    snapshot.append_data_file(f)
                 pending, size = [], 0
 
 
