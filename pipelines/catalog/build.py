@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipelines.config import load_all, load_curated, load_departments
@@ -41,8 +40,6 @@ FILL_IN = "信息资源分类（类/项/目/细目、顺序码）、分级、共
 DEID_LABELS = {"keep": "原样开放", "drop": "不开放（删除）", "mask": "遮蔽后开放", "year": "泛化到年",
                "district": "泛化到区县", "grid": "坐标网格化", "suppress": "小数抑制"}
 """What the open release does to a curated column (``CuratedColumn.deid``), as the catalog and report say it."""
-LATEST = "open/latest.json"
-"""The open release's pointer file under the exports root: dataset → its current release folder."""
 
 
 class Loaded(NamedTuple):
@@ -66,29 +63,15 @@ def read_latest(settings: Settings) -> dict[str, Any]:
     release yet or it cannot be read (the catalog and the report then show no release, never fail)."""
     import logging
 
-    root = settings.exports.rstrip("/")  # CITYLAKE_EXPORTS_DIR (an s3:// prefix in production) or <lake>/exports
-    try:
-        if root.startswith("s3://"):
-            import boto3
+    from pipelines.publish.pointer import POINTER, read_pointer
+    from pipelines.publish.release import store_for
 
-            bucket, _, prefix = root.removeprefix("s3://").partition("/")
-            s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint) if settings.s3_endpoint else boto3.client("s3")
-            key = f"{prefix}/{LATEST}".lstrip("/")
-            try:
-                body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            except s3.exceptions.NoSuchKey:
-                return {}
-        else:
-            path = Path(root) / LATEST
-            if not path.is_file():
-                return {}
-            body = path.read_bytes()
-        doc = json.loads(body)
+    try:  # CITYLAKE_EXPORTS_DIR (an s3:// prefix in production) or <lake>/exports
+        datasets = read_pointer(store_for(settings))["datasets"]
     except Exception as exc:  # noqa: BLE001 - a broken pointer is shown as "no release", and logged
-        logging.getLogger(__name__).warning("cannot read %s/%s: %s", root, LATEST, exc)
+        logging.getLogger(__name__).warning("cannot read %s/%s: %s", settings.exports.rstrip("/"), POINTER, exc)
         return {}
-    datasets = doc.get("datasets") if isinstance(doc, dict) else None
-    return {str(k): v for k, v in datasets.items() if isinstance(v, dict)} if isinstance(datasets, dict) else {}
+    return {str(k): v for k, v in datasets.items() if isinstance(v, dict)}
 
 
 @dataclass
@@ -193,15 +176,17 @@ class _Context:
         from pipelines.catalog.requests import list_requests, public
         from pipelines.quality.scorecard import latest_scores
 
+        departments = None
         if config is None:
             everything = load_everything(settings)
             config, curated = everything[:3], everything.curated if curated is None else curated
+            departments = everything.departments
         self.standards: Any = config[0]
         self.systems: dict[str, Any] = config[1]
         self.contracts: dict[str, Any] = config[2]
         self.curated: dict[str, Any] = (curated if curated is not None
                                         else load_curated(settings, self.standards, self.contracts))
-        self.departments = load_departments(settings)
+        self.departments = departments if departments is not None else load_departments(settings)
         # GB/T 36344 overall of each dataset's latest day (None: no rules); the report passes the ones it shows
         self.scores = scores if scores is not None else latest_scores(catalog, self.contracts)
         self.registrations = latest_registrations(catalog)
