@@ -17,8 +17,6 @@ import pyarrow as pa
 
 from pipelines.settings import PROJECT_ROOT
 
-ARROW_TYPES = {"string": pa.string(), "integer": pa.int64(), "float": pa.float64(), "decimal": pa.decimal128(18, 2),
-               "date": pa.date32(), "timestamp": pa.timestamp("us", tz="UTC"), "boolean": pa.bool_()}
 DISTRICTS = ["340102", "340103", "340104", "340111", "340121", "340122", "340123", "340124", "340181"]
 INPUT_SNAPSHOTS = {"std.poi": 7123456789012345678, "std.enterprise": 6212345678901234567}
 """Input snapshot ids the fake builds name (citylake.inputs): big random-looking ids, as Iceberg's are."""
@@ -98,8 +96,9 @@ def rows(dataset: str, rng: random.Random, n: int = 200) -> list[dict[str, Any]]
 
 
 def table_of(contract: Any, standards: Any, data: list[dict[str, Any]]) -> pa.Table:
-    schema = pa.schema([(c.name, ARROW_TYPES[standards.element(c.element).type]) for c in contract.columns])
-    return pa.Table.from_pylist(data, schema=schema)
+    from pipelines.curate.runner import target_schema  # the types the curate runner writes
+
+    return pa.Table.from_pylist(data, schema=target_schema(contract, standards))
 
 
 def write_build(settings: Any, contract: Any, standards: Any, data: list[dict[str, Any]], build_id: str,

@@ -226,8 +226,10 @@ def test_air_quality_daily_indexes_the_24_hour_means_and_needs_20_hours(lake: Se
         # PM2.5 75 and PM10 150 both index to 100: both primary, joined with "|" as the element's format says
         {**station("340100057", "瑶海区", 24, 75.0, 150.0, 100, "二级", "良", "PM2.5|PM10"),
          "observed_date": DAY + timedelta(days=1)}]
-    hourly_mean = sum(r["aqi"] for r in CLEAN_DIRTY) / len(CLEAN_DIRTY)
-    assert hourly_mean == 175 != got[0]["aqi_daily"]
+    # the mean of the hours' own indices (what HJ 633 forbids) would have given 175, not 200
+    from pipelines.curate.aqi import iaqi
+
+    assert float(iaqi("pm25_24h", [r["pm25"] for r in CLEAN_DIRTY]).mean()) == 175 != got[0]["aqi_daily"]
 
 
 def test_district_daily_indexes_the_mean_of_its_stations_through_the_gate(lake: Settings) -> None:

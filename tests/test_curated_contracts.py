@@ -225,7 +225,9 @@ def test_fitting_generalisations_load(base: tuple[Standards, dict[str, Any]], tm
     poi: CuratedContract = curated["poi_wgs84"]
     assert [(c.deid, c.grid) for c in poi.columns if c.name in ("longitude", "latitude")] == [("grid", 0.01),
                                                                                               ("grid", 0.05)]
-    assert {c.name: c.deid for c in curated["golden_resident"].columns}["birth_date"] == "year"
+    assert {c.name: c.deid for c in curated["golden_resident"].columns
+            if c.name in ("birth_date", "residence_address", "person_name")} == {
+        "birth_date": "year", "residence_address": "district", "person_name": "mask"}
 
 
 def test_grid_size_without_grid_is_refused(base: tuple[Standards, dict[str, Any]], tmp_path: Path) -> None:

@@ -234,12 +234,6 @@ def test_curate_dags_one_per_domain_scheduled_on_their_outside_inputs_in_input_o
     assert "合肥市生态环境局" in dags["curate__environment"].tags
 
 
-def runpy_globals(path: str) -> dict:
-    import runpy
-
-    return runpy.run_path(str(ROOT / path))
-
-
 def test_publish_std_emits_std_assets_through_an_alias(airflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(ROOT / "schemas" / "sources"))
     publish = _dagbag().get_dag("ingest__enterprise").get_task("publish_std")

@@ -364,7 +364,7 @@ def assert_no_identifiers(exports: Path) -> None:
 # --- kills, reruns, retention ---------------------------------------------------------------------------------
 
 
-def test_release_killed_after_a_pointer_moved_leaves_every_pointer_complete(
+def test_release_interrupted_after_a_pointer_moved_leaves_every_pointer_complete(
         lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An exception that escapes the release (KeyboardInterrupt: not one dataset's failure) right after the
     first dataset's pointer moved: that dataset is on the new release, the others on the previous one, every
@@ -765,9 +765,14 @@ def test_dag_parses_light_and_follows_policy(lake: Lake, tmp_path: Path) -> None
 
 def test_table_of_matches_contract_types(lake: Lake) -> None:
     """The fixture's rows carry the element types the curate runner writes (a guard for the tests above)."""
+    from pipelines.curate.runner import element_type
+
     for ds, data in lake.clean.items():
-        table = table_of(lake.config.curated[ds], lake.config.standards, data)
-        assert table.num_rows == len(data) and table.column_names == [c.name for c in lake.config.curated[ds].columns]
+        contract = lake.config.curated[ds]
+        table = table_of(contract, lake.config.standards, data)
+        assert table.num_rows == len(data) and table.column_names == [c.name for c in contract.columns]
+        assert [table.schema.field(c.name).type for c in contract.columns] == [
+            element_type(lake.config.standards.element(c.element)) for c in contract.columns]
 
 
 def test_an_empty_dataset_releases_as_an_empty_valid_folder(lake: Lake, tmp_path: Path) -> None:

@@ -502,22 +502,25 @@ def test_deid_mask_and_district_outputs() -> None:
     assert out.schema.names == ["name", "address", "mobile"]
 
 
-def test_jsonl_line_hits_are_attributed_to_columns_in_one_pass(tmp_path: Path) -> None:
-    """A decimal's digits read across its point look like a card at line level (2238909333.00 →
-    223890933300…): no column holds it, so no hit; an ID inside a text field and a mobile stored as an
-    integer are attributed to their columns."""
+def test_jsonl_line_hits_are_attributed_to_their_columns(tmp_path: Path) -> None:
+    """A decimal's digits read across its point look like a card at line level (22389093.3300000000 as DuckDB's
+    JSON writes it → 223890933300000000, issuer prefix and Luhn): no column holds it, so no hit; an ID inside a
+    text field and a mobile stored as an integer are attributed to their columns."""
     import pyarrow as pa
     from stdnum.cn import ric
 
+    from pipelines.privacy import detect
     from pipelines.publish.leak import ScanColumn, scan_file
 
     rid = "11010119900307457" + ric.calc_check_digit("110101199003074570")
-    rows = [{"name": f"企业{i}", "capital": 2238909333.0 + i, "count": 0} for i in range(200)]
+    rows = [{"name": f"企业{i}", "capital": "@", "count": 0} for i in range(200)]
     rows[7]["name"] = f"负责人{rid}"
     rows[9]["count"] = 13812345678
+    lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")).replace('"@"', "22389093.3300000000")
+             for r in rows]
+    assert any(kind == detect.BANK_CARD for _i, kind, _t in detect.identifiers_in_text(pa.array(lines)))
     path = tmp_path / "x.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).replace(".0,", ".0000000000,"),
-                    encoding="utf-8")
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     columns = [ScanColumn("name", pa.string()), ScanColumn("capital", pa.decimal128(20, 10)),
                ScanColumn("count", pa.int64())]
     found = scan_file(path, "jsonl", columns)
