@@ -73,19 +73,20 @@ from pipelines.quality.gate import (
     QUARANTINE_PROPS,
     GateResult,
     Masker,
-    QualityGateError,
     RuleTally,
     Staged,
     chunks,
     duplicate_rule,
-    hold_summary,
+    flag_rules,
+    hold_error,
     ordered_map,
+    over_threshold,
     record_batches,
     record_results,
     split_staged,
     write_gx_result,
 )
-from pipelines.quality.rules import Rule, evaluate
+from pipelines.quality.rules import Rule
 from pipelines.quality.suites import load_suite
 from pipelines.settings import TZ, Settings, load_settings
 
@@ -406,11 +407,7 @@ def _stage(reader: pa.RecordBatchReader, contract: CuratedContract, schema: pa.S
         extra = positions[chunk.column("_extra").to_numpy(zero_copy_only=False).astype(bool)]
         rows = data.append_column("_batch_id", pa.repeat(pa.scalar(build_id), n)) \
             .append_column("_pos", pa.array(positions))
-        errors = {}
-        for i, r in enumerate(evaluate(rows, rules)):
-            if r.error:
-                errors[i] = r.error
-            rows = rows.append_column(f"_f{i}", r.failed_mask)
+        rows, errors = flag_rules(rows, rules)
         return rows, extra, errors
 
     writer: pq.ParquetWriter | None = None
@@ -576,8 +573,7 @@ def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str
         split = split_staged(staged, extras, rules, tallies, dup, masker, run_id, good, quarantine, BATCH_ROWS)
         release_memory()
         result.produced = staged.rows
-        over = [t for t in tallies
-                if t.rule.severity == "critical" and t.evaluated and t.failed / t.evaluated > t.rule.threshold]
+        over = over_threshold(tallies)
         if len(extras) and staged.rows and len(extras) / staged.rows > dup.rule.threshold:
             over.append(dup)  # a model writing many copies of a key is broken: hold rather than pick one
         record_results(catalog, run_id, contract, [*tallies, dup])
@@ -593,10 +589,7 @@ def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str
             gate.batch_counts = {build_id: {"extracted": staged.rows, "published": 0, "quarantined": 0,
                                             "held": staged.rows}}
             record_batches(catalog, contract, gate, None)
-            raise QualityGateError(hold_summary(contract, over), dataset=dataset, held=staged.rows, failures=[
-                {"rule": t.rule.id, "description": t.rule.description, "failed": t.failed,
-                 "evaluated": t.evaluated, "threshold": t.rule.threshold}
-                for t in sorted(over, key=lambda t: -t.failed)])
+            raise hold_error(contract, over, staged.rows)
         assert staged.rows == split.published + split.quarantined, (staged.rows, split)
         # quarantine first, replaced whole (it holds the current build's failing rows only): a crash after the
         # curated commit then loses nothing, and a retry writes the same rows again

@@ -190,6 +190,31 @@ def _summary(contract: AnyContract, blocking: list[RuleTally]) -> str:
     return f"{contract.std_table} held at its previous snapshot: " + "; ".join(parts)
 
 
+def over_threshold(tallies: list[RuleTally]) -> list[RuleTally]:
+    """The critical rules failing more of their evaluated rows than their threshold allows."""
+    return [t for t in tallies
+            if t.rule.severity == "critical" and t.evaluated and t.failed / t.evaluated > t.rule.threshold]
+
+
+def hold_error(contract: AnyContract, over: list[RuleTally], held: int) -> QualityGateError:
+    """The error a held run raises: the summary, and the failing rules, most failures first."""
+    return QualityGateError(_summary(contract, over), dataset=contract.dataset, held=held, failures=[
+        {"rule": t.rule.id, "description": t.rule.description, "failed": t.failed,
+         "evaluated": t.evaluated, "threshold": t.rule.threshold}
+        for t in sorted(over, key=lambda t: -t.failed)])
+
+
+def flag_rules(table: pa.Table, rules: list[Rule]) -> tuple[pa.Table, dict[int, str]]:
+    """Evaluate every rule on ``table``: one failure flag column ``_f<i>`` per rule appended, and the errors
+    of rules that could not be evaluated, by rule index."""
+    errors = {}
+    for i, r in enumerate(evaluate(table, rules)):
+        if r.error:
+            errors[i] = r.error
+        table = table.append_column(f"_f{i}", r.failed_mask)
+    return table, errors
+
+
 def _rule_lists(table: pa.Table, flags: list[int], rules: list[Rule]) -> pa.Array:
     """For each row, the ids of the rules (among ``flags``) it broke, in rule order; vectorised (a per-row
     Python loop cost seconds per million rows)."""
@@ -293,11 +318,7 @@ def _stage(reader: pa.RecordBatchReader, contract: DatasetContract, standards: A
         live = np.flatnonzero(~tomb.to_numpy(zero_copy_only=False)) + pos
         std = (std.append_column("_batch_id", chunk["_batch_id"]).append_column("_extracted_at", chunk["_extracted_at"])
                .append_column("_load_seq", load_seqs(chunk)).append_column("_pos", pa.array(live.astype(np.int64))))
-        errors = {}
-        for i, r in enumerate(evaluate(std, rules)):
-            if r.error:
-                errors[i] = r.error
-            std = std.append_column(f"_f{i}", r.failed_mask)
+        std, errors = flag_rules(std, rules)
         return n, std, gone, log, errors
 
     writer: pq.ParquetWriter | None = None
@@ -474,8 +495,7 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
         split = _split(staged, extras, rules, tallies, dup, masker, run_id, good_path, quarantine_path)
         _release_memory()
         result.extracted = staged.extracted
-        over = [t for t in tallies
-                if t.rule.severity == "critical" and t.evaluated and t.failed / t.evaluated > t.rule.threshold]
+        over = over_threshold(tallies)
         blocking = [] if release is not None else over
         _record_results(catalog, run_id, contract, [*tallies, dup])
         write_gx_result(settings, contract, [*tallies, dup], run_id, reference_date, batches)
@@ -488,10 +508,7 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
             result.batch_counts = {b: {"extracted": staged.extracted_by_batch[b], "published": 0, "quarantined": 0,
                                        "held": staged.extracted_by_batch[b]} for b in batches}
             _record_batches(catalog, contract, result, None)
-            raise QualityGateError(_summary(contract, blocking), dataset=dataset, held=result.held, failures=[
-                {"rule": t.rule.id, "description": t.rule.description, "failed": t.failed,
-                 "evaluated": t.evaluated, "threshold": t.rule.threshold}
-                for t in sorted(blocking, key=lambda t: -t.failed)])
+            raise hold_error(contract, blocking, result.held)
         result.quarantined = split.quarantined
         result.warned = split.warned
         result.deleted = staged.gone.num_rows
