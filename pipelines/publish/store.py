@@ -277,27 +277,33 @@ def _error_code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
-def s3_etag(path: Path) -> str:
-    """The ETag S3 gives ``path`` uploaded with ``PART_SIZE`` parts: the bytes' MD5 below the threshold, else
-    the MD5 of the parts' MD5s and ``-<parts>``."""
+def s3_client(s3_endpoint: str | None = None) -> Any:
+    """A boto3 S3 client, of ``s3_endpoint`` when given (MinIO, moto) else of the default endpoint."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_endpoint) if s3_endpoint else boto3.client("s3")
+
+
+def s3_etag(path: Path, chunk: int = PART_SIZE) -> str:
+    """The ETag S3 gives ``path`` uploaded with ``chunk``-byte parts (``PART_SIZE``, boto3's default multipart
+    chunk size): the bytes' MD5 below the threshold, else the MD5 of the parts' MD5s and ``-<parts>``."""
     size = path.stat().st_size
     with path.open("rb") as f:
-        if size < PART_SIZE:
+        if size < chunk:
             return hashlib.md5(f.read(), usedforsecurity=False).hexdigest()
         parts = []
-        while block := f.read(PART_SIZE):
+        while block := f.read(chunk):
             parts.append(hashlib.md5(block, usedforsecurity=False).digest())
     return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
 class S3Store:
     def __init__(self, exports: str, *, s3_endpoint: str | None = None, scratch: Path | None = None) -> None:
-        import boto3
         from boto3.s3.transfer import TransferConfig
 
         self.bucket, _, prefix = exports.removeprefix("s3://").partition("/")
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.client = boto3.client("s3", endpoint_url=s3_endpoint) if s3_endpoint else boto3.client("s3")
+        self.client = s3_client(s3_endpoint)
         self.transfer = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE)
         self.location = f"s3://{self.bucket}/{self.prefix}"
         self.scratch = scratch or Path(tempfile.gettempdir()) / "citylake-open"

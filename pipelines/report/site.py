@@ -7,7 +7,6 @@ report (no marker file) is never replaced.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import mimetypes
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import CitylakeError
+from pipelines.publish.store import s3_client, s3_etag
 from pipelines.report.data import SiteData, collect
 from pipelines.report.pages import ASSETS, page_name, render
 from pipelines.settings import TZ, Settings, load_settings
@@ -109,27 +109,8 @@ def _swap(stage: Path, out: Path) -> None:
 
 
 def _s3(settings: Settings) -> tuple[Any, str, str]:
-    import boto3
-
     bucket, _, prefix = settings.warehouse.removeprefix("s3://").partition("/")
-    client = boto3.client("s3", endpoint_url=settings.s3_endpoint) if settings.s3_endpoint else boto3.client("s3")
-    return client, bucket, prefix.strip("/")
-
-
-MULTIPART_CHUNK = 8 * 1024 * 1024
-"""boto3's default multipart chunk size (``TransferConfig``): how ``upload_file`` splits a large file."""
-
-
-def s3_etag(path: Path, chunk: int = MULTIPART_CHUNK) -> str:
-    """The ETag S3 gives ``path`` uploaded by ``upload_file`` with default settings: the MD5 of the bytes
-    for a single-part upload, else the MD5 of the parts' MD5s followed by ``-<parts>``."""
-    parts = []
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            parts.append(hashlib.md5(block, usedforsecurity=False).digest())
-    if len(parts) <= 1 and path.stat().st_size < chunk:
-        return parts[0].hex() if parts else hashlib.md5(b"", usedforsecurity=False).hexdigest()
-    return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
+    return s3_client(settings.s3_endpoint), bucket, prefix.strip("/")
 
 
 def _sync(s3: Any, folder: Path, bucket: str, prefix: str, *, delete: bool, changed_only: bool) -> int:
