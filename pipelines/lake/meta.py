@@ -147,19 +147,21 @@ def append_log(catalog: Any, name: str, rows: list[dict[str, Any]]) -> None:
         append(catalog, name, _rows(name, rows), properties=META_PROPS)
 
 
-def latest_events(events: pa.Table) -> pa.Table:
+def latest_events(events: pa.Table, by: tuple[str, ...] = ("dataset", "raw_batch_id")) -> pa.Table:
     """The status of every raw batch: its latest ``meta.batches`` row per (dataset, raw batch id), newest
     first. Rows written before ``recorded_at`` existed count as the oldest. The one rule for "latest event"
-    (the gate decides what to validate with it, the report shows it)."""
+    (the gate decides what to validate with it, the report shows it); ``by``: the columns an event log is
+    partitioned by instead (``meta.releases``: ``("dataset",)``)."""
     import duckdb
 
     if "recorded_at" not in events.column_names:  # a log older than the column: every row equally old
         events = events.append_column("recorded_at", pa.nulls(events.num_rows, RECORDED_AT[1]))
+    partition = ", ".join(f'"{c}"' for c in by)
     con = duckdb.connect()
     try:
         con.register("events", events)
         return con.sql(
-            "SELECT * FROM events QUALIFY row_number() OVER (PARTITION BY dataset, raw_batch_id "
+            f"SELECT * FROM events QUALIFY row_number() OVER (PARTITION BY {partition} "
             "ORDER BY recorded_at DESC NULLS LAST) = 1 ORDER BY recorded_at DESC NULLS LAST").to_arrow_table()
     finally:
         con.close()

@@ -93,21 +93,14 @@ def open_withdraw(
 
 def _latest_events(settings: Any) -> dict[str, dict[str, Any]]:
     from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.meta import latest_events
     from pipelines.lake.raw import open_table
 
     table = open_table(get_catalog(settings), "meta.releases")
     if table is None or table.current_snapshot() is None:
         return {}
-    import duckdb
-
     # the log grows by a row per dataset per night: only the latest row per dataset becomes Python rows
-    con = duckdb.connect()
-    try:
-        con.register("releases", table.scan().to_arrow())
-        rows = con.sql("SELECT * FROM releases QUALIFY row_number() OVER (PARTITION BY dataset "
-                       "ORDER BY recorded_at DESC NULLS LAST) = 1").to_arrow_table().to_pylist()
-    finally:
-        con.close()
+    rows = latest_events(table.scan().to_arrow(), by=("dataset",)).to_pylist()
     return {row["dataset"]: row for row in rows}
 
 
