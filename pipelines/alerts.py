@@ -301,13 +301,14 @@ def rejected_alert(settings: Settings, system: SourceSystem, table: str,
 
 def held_alert(settings: Settings, exc: QualityGateError) -> Alert:
     """The alert of a held batch, from the gate's error (dataset, blocking rules and their counts)."""
-    from pipelines.config import load_config, load_for
+    from pipelines.config import load_for
 
     if exc.dataset is None or not exc.failures:
         raise ValueError("the held-batch error carries no dataset or blocking rule")
-    # std contracts first: a broken curated contract must not silence a held std batch's alert; a held curated
-    # build alerts its owner like a held std batch (load_all only then)
-    contract: Any = load_config(settings)[2].get(exc.dataset) or load_for(settings, exc.dataset).curated[exc.dataset]
+    # load_for falls back to the std config when some curated contract is broken: that must not silence a held
+    # std batch's alert; a held curated build alerts its owner like a held std batch
+    config = load_for(settings, exc.dataset)
+    contract: Any = config.contracts.get(exc.dataset) or config.curated[exc.dataset]
     first, *others = exc.failures
     details = tuple(f"{f['rule']}（{f['description']}）：{_n(f['failed'])} / {_n(f['evaluated'])} 行" for f in others)
     return Alert("held", contract.dataset, contract.owner, first["rule"], first["failed"],
