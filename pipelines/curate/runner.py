@@ -296,7 +296,7 @@ def prepare(con: Any, catalog: Any, settings: Settings, contract: CuratedContrac
         for col in c.columns:
             key = (c.source["system"], c.source["table"], col.source)
             element = standards.elements[col.element]
-            authority = element.authoritative[0].key() if element.authoritative else None
+            authority = element.authority.key() if element.authority else None
             columns.append({"dataset": c.dataset, "column_name": col.name, "element": col.element,
                             "system": key[0], "table_name": key[1], "source_column": key[2],
                             "authoritative": authority == key})
@@ -306,7 +306,7 @@ def prepare(con: Any, catalog: Any, settings: Settings, contract: CuratedContrac
         ("table_name", pa.string()), ("source_column", pa.string()), ("authoritative", pa.bool_())])).to_reader())
     elements = []
     for e in standards.elements.values():
-        ref = e.authoritative[0] if e.authoritative else None
+        ref = e.authority
         std = carriers.get(ref.key()) if ref is not None else None
         elements.append({"element": e.code, "name_zh": e.name_zh, "type": e.type,
                          "authoritative_system": ref.system if ref else None,
