@@ -75,6 +75,4 @@ def load_code_list(path: Path) -> CodeList:
                 aliases[alias] = code
     if problems:
         raise ConfigError(*problems)
-    if problems:
-        raise ConfigError(*problems)
     return CodeList(path.stem, codes, aliases, parents, extra, columns, first_line)
