@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.errors import CitylakeError
-from pipelines.settings import TZ, load_settings
+from pipelines.settings import TZ, Settings, load_settings
 
 
 def airflow_env(root: Path, home: Path | None = None) -> dict[str, str]:
@@ -59,10 +59,21 @@ def ensure_pools(systems: dict[str, Any]) -> None:
                                    f"{s.name}: concurrent connections", include_deferred=False)
 
 
-def run_ingest_dags(logical_date: datetime, only: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run every ``ingest__*`` DAG with dag.test(); one row per mapped table task."""
+def _dag_bag(settings: Settings, file: str, dag_id: str | None = None) -> Any:
+    """``dags/<file>`` (all of ``dags/`` for "") loaded into a DagBag; CitylakeError on an import error, or when
+    ``dag_id`` is given and did not load."""
     from airflow.dag_processing.dagbag import DagBag
 
+    bag = DagBag(dag_folder=str(settings.root / "dags" / file))
+    if dag_id is None and bag.import_errors:
+        raise CitylakeError(f"DAG import errors: {bag.import_errors}")
+    if dag_id is not None and (bag.import_errors or dag_id not in bag.dags):
+        raise CitylakeError(f"{dag_id} did not load: {bag.import_errors}")
+    return bag
+
+
+def run_ingest_dags(logical_date: datetime, only: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run every ``ingest__*`` DAG with dag.test(); one row per mapped table task."""
     from pipelines.registry import load_registry
 
     settings = load_settings()
@@ -70,9 +81,7 @@ def run_ingest_dags(logical_date: datetime, only: list[str] | None = None) -> li
     if errors:
         raise CitylakeError("; ".join(str(e) for e in errors.values()))
     ensure_pools(systems)
-    bag = DagBag(dag_folder=str(settings.root / "dags"))
-    if bag.import_errors:
-        raise CitylakeError(f"DAG import errors: {bag.import_errors}")
+    bag = _dag_bag(settings, "")
     rows: list[dict[str, Any]] = []
     for code, system in systems.items():
         if only and code not in only:
@@ -94,14 +103,10 @@ def run_ingest_dags(logical_date: datetime, only: list[str] | None = None) -> li
 def run_curate_dags(logical_date: datetime) -> list[dict[str, Any]]:
     """Run every ``curate__<domain>`` DAG with dag.test(), a domain after the domains whose curated datasets it
     reads (dag.test does not trigger Asset-scheduled DAGs); one row per dataset task with its build result."""
-    from airflow.dag_processing.dagbag import DagBag
-
     from pipelines.curate.plan import curated_specs, domains_in_order
 
     settings = load_settings()
-    bag = DagBag(dag_folder=str(settings.root / "dags" / "curate.py"))
-    if bag.import_errors:
-        raise CitylakeError(f"DAG import errors: {bag.import_errors}")
+    bag = _dag_bag(settings, "curate.py")
     rows: list[dict[str, Any]] = []
     for domain in domains_in_order(curated_specs(settings.root / "schemas" / "curated")):
         run = bag.dags[f"curate__{domain}"].test(logical_date=logical_date)
@@ -124,14 +129,10 @@ def _print_curated(rows: list[dict[str, Any]], console: Console) -> None:
 def run_release_dag(release_date: Any) -> tuple[list[dict[str, Any]], str]:
     """Run ``publish__open_data`` with dag.test() for ``release_date`` (06:30 Asia/Shanghai that day): one row
     per task (its outcome when it ran) and the release folder (``<exports>/open/<date>/``)."""
-    from airflow.dag_processing.dagbag import DagBag
-
     from pipelines.publish.release import store_for
 
     settings = load_settings()
-    bag = DagBag(dag_folder=str(settings.root / "dags" / "publish_open_data.py"))
-    if bag.import_errors or "publish__open_data" not in bag.dags:
-        raise CitylakeError(f"publish__open_data did not load: {bag.import_errors}")
+    bag = _dag_bag(settings, "publish_open_data.py", "publish__open_data")
     logical = datetime(release_date.year, release_date.month, release_date.day, 6, 30, tzinfo=TZ)
     run = bag.dags["publish__open_data"].test(logical_date=logical)
     rows = []
@@ -159,12 +160,8 @@ def _print_release(rows: list[dict[str, Any]], console: Console) -> list[str]:
 def run_report_dag() -> Path:
     """Run ``report__quality`` (GX Data Docs, then the governance site) with dag.test(); the site's index.
     The report day is today: meta rows carry the wall-clock time they were recorded."""
-    from airflow.dag_processing.dagbag import DagBag
-
     settings = load_settings()
-    bag = DagBag(dag_folder=str(settings.root / "dags" / "report_quality.py"))
-    if bag.import_errors or "report__quality" not in bag.dags:
-        raise CitylakeError(f"report__quality did not load: {bag.import_errors}")
+    bag = _dag_bag(settings, "report_quality.py", "report__quality")
     run = bag.dags["report__quality"].test(logical_date=datetime.now(TZ).replace(microsecond=0))
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     if not str(states.get("build_report", "")).endswith("success"):
