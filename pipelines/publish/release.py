@@ -150,6 +150,8 @@ class _Run:
     run_id: str
     scratch: Path
     departments: Any = None
+    names: dict[str, str] | None = None
+    """GB/T 2260 code → name (``dcat.division_names``), read once per run like ``departments``."""
     scores: dict[str, float | None] | None = None
     gate: dict[tuple[str, str], str] = field(default_factory=dict)
     """(dataset, build id) → its latest ``meta.batches`` status (``gate_status``)."""
@@ -159,6 +161,22 @@ class _Run:
     @property
     def day(self) -> str:
         return self.release_date.isoformat()
+
+    def registry(self) -> Any:
+        """The department registry, loaded on first use."""
+        if self.departments is None:
+            from pipelines.departments import load_departments
+
+            self.departments = load_departments(self.settings)
+        return self.departments
+
+    def division_names(self) -> dict[str, str]:
+        """The division names the DCAT catalog uses, read on first use."""
+        if self.names is None:
+            from pipelines.publish.dcat import division_names
+
+            self.names = division_names(self.settings.root)
+        return self.names
 
     def quality_score(self, dataset: str) -> float | None:
         if self.scores is None:
@@ -487,7 +505,7 @@ def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str
     outcome.seconds["write"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     inputs = {str(k): int(v) for k, v in json.loads(summary_value(snap, "citylake.inputs") or "{}").items()}
-    exempt = _snapshot_ids(run.catalog, inputs)
+    exempt, input_time = _input_snapshots(run.catalog, inputs)
     scans = leak.scan_files([(w.path, w.format) for w in written], leak.scan_columns(schema, elements),
                             exempt=exempt)
     outcome.seconds["scan"] = round(time.perf_counter() - t0, 3)
@@ -497,16 +515,13 @@ def _build_folder(run: _Run, contract: Any, table: Any, snap: Any, build_id: str
     if short:
         raise CitylakeError(f"{ds}: written {rows} rows, but {'; '.join(short)}")
     outcome.rows = rows
-    outcome.leak_counts = {}
-    for s in scans:
-        for kind, n in s.counts.items():
-            outcome.leak_counts[kind] = outcome.leak_counts.get(kind, 0) + n
-    outcome.leak_hits = [h.to_dict() for s in scans for h in s.hits]
+    outcome.leak_counts, outcome.leak_hits = {}, []
+    _merge_scans(outcome, scans)
     if outcome.leak_counts:
         return None, True
     t0 = time.perf_counter()
     # the build's own commit when no input snapshot can be found any more (expired): an upper bound
-    cutoff = _latest_input_time(run.catalog, inputs) or datetime.fromtimestamp(snap.timestamp_ms / 1000, TZ)
+    cutoff = input_time or datetime.fromtimestamp(snap.timestamp_ms / 1000, TZ)
     release = _describe(run, contract, written, rows, build_id, inputs, coverage, fp, entry, stage, outcome,
                         cutoff, folder)
     outcome.seconds["metadata"] = round(time.perf_counter() - t0, 3)
@@ -519,49 +534,48 @@ def _scan_metadata(run: _Run, release: Any, stage: Path, exempt: frozenset[str],
     """The leak gate over the folder's metadata files and the dataset's entry of the date's catalog, as text
     (``leak.scan_text``); True (blocked) on a hit, the hits recorded in ``outcome`` like a data file's."""
     from pipelines.publish import leak
-    from pipelines.publish.dcat import dcat_catalog, division_names, open_base_url
+    from pipelines.publish.dcat import dcat_catalog, open_base_url
 
     scans = [leak.scan_text(f.name, (stage / f.name).read_bytes(), exempt) for f in release.files
              if f.name in leak.METADATA_FILES]
     entry = dcat_catalog([release], run.release_date, open_base_url(run.settings),
-                         names=division_names(run.settings.root), departments=run.departments)
+                         names=run.division_names(), departments=run.registry())
     scans.append(leak.scan_text("catalog.jsonld", _json(entry), exempt))
+    _merge_scans(outcome, scans)
+    return bool(outcome.leak_counts)
+
+
+def _merge_scans(outcome: DatasetOutcome, scans: Sequence[Any]) -> None:
+    """Add the leak scans' counts by kind and their hits to ``outcome``."""
     for s in scans:
         for kind, n in s.counts.items():
             outcome.leak_counts[kind] = outcome.leak_counts.get(kind, 0) + n
         outcome.leak_hits += [h.to_dict() for h in s.hits]
-    return bool(outcome.leak_counts)
 
 
-def _snapshot_ids(catalog: Any, inputs: dict[str, int]) -> frozenset[str]:
-    """Every snapshot id of the build's input tables: ``field_provenance`` quotes them (``"snapshot": …``), and
+def _input_snapshots(catalog: Any, inputs: dict[str, int]) -> tuple[frozenset[str], datetime | None]:
+    """(every snapshot id of the build's input tables: ``field_provenance`` quotes them (``"snapshot": …``), and
     a random 63-bit id looks like a bank card (issuer prefix + Luhn) about one time in 35. They are the lake's
     own bookkeeping, exempt in the data files only as a ``"snapshot"`` value in a released provenance column
     (``leak.without_snapshots``), nowhere else — and no current contract releases one (golden_legal_person
     drops field_provenance, golden_resident is not open), so there the exemption applies to nothing today. The
-    metadata files quote them as the build's inputs (manifest, catalog): ``leak.scan_text`` exempts them there."""
+    metadata files quote them as the build's inputs (manifest, catalog): ``leak.scan_text`` exempts them there;
+    and when the newest input snapshot the build read was committed: the data cut-off (the std tables' last
+    publish, or an input curated table's build, before this build), None when none is found). Each input
+    table is opened once."""
     from pipelines.lake.raw import open_table
 
     ids = {str(v) for v in inputs.values()}
-    for identifier in inputs:
-        table = open_table(catalog, identifier)
-        if table is not None:
-            ids.update(str(s.snapshot_id) for s in table.metadata.snapshots)
-    return frozenset(ids)
-
-
-def _latest_input_time(catalog: Any, inputs: dict[str, int]) -> datetime | None:
-    """When the newest input snapshot the build read was committed: the data cut-off (the std tables' last
-    publish, or an input curated table's build, before this build)."""
-    from pipelines.lake.raw import open_table
-
     times = []
     for identifier, snapshot_id in inputs.items():
         table = open_table(catalog, identifier)
-        snap = table.snapshot_by_id(snapshot_id) if table is not None else None
+        if table is None:
+            continue
+        ids.update(str(s.snapshot_id) for s in table.metadata.snapshots)
+        snap = table.snapshot_by_id(snapshot_id)
         if snap is not None:
             times.append(snap.timestamp_ms)
-    return datetime.fromtimestamp(max(times) / 1000, TZ) if times else None
+    return frozenset(ids), datetime.fromtimestamp(max(times) / 1000, TZ) if times else None
 
 
 def _previous(run: _Run, entry: dict[str, Any] | None) -> str | None:
@@ -583,7 +597,7 @@ def _describe(run: _Run, contract: Any, written: list[Any], rows: int, build_id:
               coverage: _Coverage, fp: str, entry: dict[str, Any] | None, stage: Path,
               outcome: DatasetOutcome, cutoff: datetime | None, folder: str) -> Any:
     """The DatasetRelease and its metadata files in ``stage`` (C2's writers), manifest last."""
-    from pipelines.departments import department_name, load_departments
+    from pipelines.departments import department_name
     from pipelines.publish.card import card
     from pipelines.publish.datapackage import datapackage, schema_version
     from pipelines.publish.dictionary import dictionary_csv
@@ -592,8 +606,6 @@ def _describe(run: _Run, contract: Any, written: list[Any], rows: int, build_id:
     from pipelines.publish.model import DatasetRelease, FileInfo, open_columns
 
     ds = contract.dataset
-    if run.departments is None:
-        run.departments = load_departments(run.settings)
     previous = _previous(run, entry)
     old = run.store.local_copy(f"{previous}{ds}.parquet", run.scratch) if previous else None
     changes = change_summary(stage / f"{ds}.parquet", old, list(contract.primary_key),
@@ -610,7 +622,7 @@ def _describe(run: _Run, contract: Any, written: list[Any], rows: int, build_id:
         # the largest date in the data: coverage.temporal says which days the rows are about
         latest_event_time=cutoff,
         temporal=coverage.temporal, spatial=sorted(coverage.codes), quality_score=run.quality_score(ds),
-        changes=changes, publisher=(contract.owner, department_name(run.departments, contract.owner)),
+        changes=changes, publisher=(contract.owner, department_name(run.registry(), contract.owner)),
         extra={"created_at": datetime.now(TZ), "run_id": run.run_id, "fingerprint": fp,
                "suppressed": outcome.suppressed})
 
@@ -755,7 +767,7 @@ def withdraw(dataset: str, reason: str, *, settings: Settings | None = None, run
 def _write_catalog(run: _Run, force: bool = False) -> str | None:
     """``open/<d>/catalog.jsonld`` when something was released on this date (now or earlier the same day), or
     with ``force`` (a withdrawal rewriting the pointer's catalog)."""
-    from pipelines.publish.dcat import dcat_catalog, division_names, open_base_url
+    from pipelines.publish.dcat import dcat_catalog, open_base_url
     from pipelines.publish.leak import scan_text
 
     if not force and not run.store.folders(run.day):
@@ -769,12 +781,8 @@ def _write_catalog(run: _Run, force: bool = False) -> str | None:
                         ds, POINTER)
             continue
         releases.append(release)
-    if run.departments is None:
-        from pipelines.departments import load_departments
-
-        run.departments = load_departments(run.settings)
     doc = dcat_catalog(releases, run.release_date, open_base_url(run.settings),
-                       names=division_names(run.settings.root), departments=run.departments)
+                       names=run.division_names(), departments=run.registry())
     rel = f"open/{run.day}/catalog.jsonld"
     data = _json(doc)
     scan = scan_text("catalog.jsonld", data, frozenset(str(v) for r in releases for v in r.inputs.values()))
@@ -796,12 +804,13 @@ def _retention(run: _Run) -> list[str]:
     dates = run.store.release_dates()
     removed = []
     for day in dates[:-run.settings.open_keep] if len(dates) > run.settings.open_keep else []:
-        kept = [ds for ds in run.store.folders(day) if f"open/{day}/{ds}" in referenced]
+        names = run.store.folders(day)
+        kept = [ds for ds in names if f"open/{day}/{ds}" in referenced]
         if not kept and day not in catalog_day:
             run.store.delete(f"open/{day}/")
             removed.append(f"open/{day}/")
             continue
-        for ds in run.store.folders(day):
+        for ds in names:
             if f"open/{day}/{ds}" not in referenced:
                 run.store.delete(f"open/{day}/{ds}/")
                 removed.append(f"open/{day}/{ds}/")
