@@ -16,10 +16,10 @@ from typing import Any
 from airflow.sdk import AssetAlias, AssetAny, dag, task
 
 from pipelines.curate.plan import build_order, curated_specs
-from pipelines.dag_defaults import START, default_args
+from pipelines.dag_defaults import START, default_args, run_day
 from pipelines.departments import department_name, load_departments
 from pipelines.lake.assets import table_asset
-from pipelines.settings import TZ, load_settings
+from pipelines.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,10 @@ def build_curate_dag(domain: str, specs: dict[str, dict[str, Any]], departments:
             from pipelines.curate.runner import build_curated
             from pipelines.quality.gate import QualityGateError
 
-            when = context.get("logical_date") or context["dag_run"].run_after
             try:
                 # the run id is the dag run's and the dataset's: a retry or a cleared task replaces what it recorded
                 result = build_curated(dataset, run_id=f"{context['dag_run'].run_id}__{dataset}",
-                                       reference_date=when.astimezone(TZ).date())
+                                       reference_date=run_day(context))
             except QualityGateError as exc:
                 from pipelines.alerts import alert_held
 

@@ -24,8 +24,8 @@ from typing import Any
 from airflow.sdk import CronTriggerTimetable, dag, task
 
 from pipelines.curate.plan import curated_specs
-from pipelines.dag_defaults import START, default_args
-from pipelines.settings import TZ, load_settings
+from pipelines.dag_defaults import START, default_args, run_day
+from pipelines.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,6 @@ Local equivalent: `citylake open release --date <YYYY-MM-DD>`. Owner: {OWNER}.
 """
 
 
-def _release_date(context: Any) -> Any:
-    when = context.get("logical_date") or context["dag_run"].run_after
-    return when.astimezone(TZ).date()
-
-
 @dag(
     dag_id="publish__open_data",
     schedule=CronTriggerTimetable(SCHEDULE, timezone="Asia/Shanghai"),
@@ -89,7 +84,7 @@ def publish_open_data() -> None:
         from pipelines.publish.release import release_open_data
 
         # the run id is the dag run's and the dataset's: a retry's meta.releases rows are told apart by it
-        result = release_open_data(release_date=_release_date(context), datasets=[dataset],
+        result = release_open_data(release_date=run_day(context), datasets=[dataset],
                                    run_id=f"{context['dag_run'].run_id}__{dataset}", finish=False)
         outcome = result.outcomes[0]
         summary = outcome.to_dict()
@@ -109,7 +104,7 @@ def publish_open_data() -> None:
     def catalog(**context: Any) -> dict:
         from pipelines.publish.release import finish_release
 
-        written, removed = finish_release(release_date=_release_date(context))
+        written, removed = finish_release(release_date=run_day(context))
         return {"catalog": written, "removed": removed}
 
     previous = None

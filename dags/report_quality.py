@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from airflow.sdk import CronTriggerTimetable, dag, task
 
-from pipelines.dag_defaults import START, default_args
+from pipelines.dag_defaults import START, default_args, run_day
 from pipelines.departments import department_name, load_departments
-from pipelines.settings import TZ
 
 OWNER_CODE = "11340100003009991Q"
 """合肥市数据资源局 (schemas/departments.yml): the governance bureau owns the report."""
@@ -74,9 +73,8 @@ def report_quality() -> None:
     def build_report(**context: object) -> dict:
         from pipelines.report import build_site
 
-        when = context.get("logical_date") or context["dag_run"].run_after  # type: ignore[attr-defined]
         # publish explicitly: a cleared or re-run earlier logical date is still the production site
-        index = build_site(today=when.astimezone(TZ).date(), publish=True)  # type: ignore[union-attr]
+        index = build_site(today=run_day(context), publish=True)
         return {"index": str(index)}
 
     [data_docs(), consistency()] >> build_report()

@@ -7,12 +7,18 @@ instead of its own copy.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pipelines.settings import TZ
 
 START = datetime(2026, 1, 1, tzinfo=TZ)
+
+
+def run_day(context: Any) -> date:
+    """A task's day in Asia/Shanghai: its logical date, or when the run was triggered for a run without one."""
+    when = context.get("logical_date") or context["dag_run"].run_after
+    return when.astimezone(TZ).date()
 
 
 def default_args(owner: str) -> dict[str, Any]:
