@@ -212,7 +212,7 @@ def mask_contact(value: Any) -> str | None:
     import pyarrow as pa
 
     from pipelines.privacy.detect import MOBILE, mobiles
-    from pipelines.privacy.mask import mask_kind
+    from pipelines.privacy.mask import keep_ends, mask_kind
 
     text = str(value).strip()
     if mobiles(pa.array([text], pa.string()))[0]:
@@ -220,9 +220,7 @@ def mask_contact(value: Any) -> str | None:
     if _EMAIL.match(text):
         local, _, domain = text.partition("@")
         return f"{local[:1]}***@{domain}"
-    if len(text) <= 6:
-        return text[:1] + "*" * max(1, len(text) - 1)
-    return text[:4] + "*" * (len(text) - 6) + text[-2:]
+    return keep_ends(text, 4, 2)
 
 
 ORG_SUFFIXES = ("大学", "学院", "学校", "中学", "小学", "幼儿园", "公司", "集团", "事务所", "中心", "协会", "学会",
@@ -267,7 +265,8 @@ def mask_person(value: Any, departments: Mapping[str, Any] | None = None) -> str
     an e-mail) may be a person and shows its first character only (an e-mail as z***@example.cn)."""
     if value is None:
         return None
-    from pipelines.privacy.mask import mask_text
+    from pipelines.privacy.detect import PERSON_NAME
+    from pipelines.privacy.mask import mask_kind, mask_text
 
     text = str(value).strip()
     if departments and (text in departments or text in {getattr(d, "name", None) for d in departments.values()}):
@@ -276,7 +275,7 @@ def mask_person(value: Any, departments: Mapping[str, Any] | None = None) -> str
         return mask_text(text)
     if _EMAIL.match(text):
         return mask_contact(text)
-    return text[:1] + "*" * max(1, len(text) - 1)
+    return mask_kind(text, PERSON_NAME)
 
 
 def mask_free(text: Any) -> str | None:

@@ -20,7 +20,9 @@ def _text(value: Any) -> str:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
-def _keep(text: str, head: int, tail: int) -> str:
+def keep_ends(text: str, head: int, tail: int) -> str:
+    """``text`` with only its first ``head`` and last ``tail`` characters shown; one no longer than both shows
+    its first character only."""
     if len(text) <= head + tail:
         return text[:1] + "*" * max(1, len(text) - 1)
     return text[:head] + "*" * (len(text) - head - tail) + text[len(text) - tail:]
@@ -34,7 +36,7 @@ def _address(text: str) -> str:
 def _mobile(text: str) -> str:
     digits = "".join(ch for ch in text if ch.isdigit())
     if len(digits) < 11:
-        return _keep(text, 3, 4)
+        return keep_ends(text, 3, 4)
     national = digits[-11:]
     return ("+86 " if len(digits) > 11 else "") + national[:3] + "****" + national[-4:]
 
@@ -71,7 +73,7 @@ def mask_kind(value: Any, kind: str) -> str | None:
         return None
     text = _text(value)
     if kind in (RESIDENT_ID, BANK_CARD):
-        return _keep(text, 6, 4)
+        return keep_ends(text, 6, 4)
     if kind == MOBILE:
         return _mobile(text)
     if kind == ADDRESS:
@@ -109,8 +111,8 @@ def _sub(m: re.Match[str]) -> str:
         run, tail = m["run"], m["tail"]
         card = not tail and len(run) >= 16 and has_card_prefix(run)
         resident_id = len(run) == 17 or (len(run) in (15, 18) and not tail)
-        return _keep(text, 6, 4) if card or resident_id else text
-    return _keep(text, 6, 4)
+        return keep_ends(text, 6, 4) if card or resident_id else text
+    return keep_ends(text, 6, 4)
 
 
 def mask_text(text: Any) -> str | None:
