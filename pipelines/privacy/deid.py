@@ -18,7 +18,7 @@ release streams tens of millions of rows through here.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -206,9 +206,3 @@ class Deidentifier:
             return self.apply(empty).schema
         finally:
             self.suppressed = saved
-
-
-def deidentify(batches: Iterable[pa.RecordBatch], deid: Deidentifier) -> Iterable[pa.RecordBatch]:
-    """Every batch through ``deid`` (a generator: the stream stays a stream)."""
-    for batch in batches:
-        yield deid.apply(batch)

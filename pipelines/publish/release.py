@@ -126,9 +126,6 @@ class ReleaseResult:
         """Whether the release-date folder holds something (this run's or an earlier run's of the same day)."""
         return self.catalog is not None or any(o.status == "released" for o in self.outcomes)
 
-    def by_status(self, status: str) -> list[str]:
-        return [o.dataset for o in self.outcomes if o.status == status]
-
     @property
     def ok(self) -> bool:
         """No dataset blocked or failed."""
