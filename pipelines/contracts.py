@@ -244,6 +244,15 @@ class ContractBase(_Model):
         return f"{self._file}:{line_of(self._lines, *loc)}" if self._file else f"dataset {self.dataset}"
 
 
+def _check_columns(names: list[str], keys: list[str], what: str) -> None:
+    """A contract's column names are unique and each of ``keys`` (its ``what``) is one of them."""
+    if len(set(names)) != len(names):
+        raise ValueError("column names repeat")
+    for k in keys:
+        if k not in names:
+            raise ValueError(f"{k!r} ({what}) is not one of the columns")
+
+
 class DatasetContract(ContractBase):
     """A std dataset: ``std.<dataset>`` built from one raw source table (``schemas/datasets/<dataset>.yml``)."""
 
@@ -273,12 +282,8 @@ class DatasetContract(ContractBase):
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetContract:
-        names = [c.name for c in self.columns]
-        if len(set(names)) != len(names):
-            raise ValueError("column names repeat")
-        for k in [*self.primary_key, *([self.cursor] if self.cursor else [])]:
-            if k not in names:
-                raise ValueError(f"{k!r} (primary key/cursor) is not one of the columns")
+        _check_columns([c.name for c in self.columns], [*self.primary_key, *([self.cursor] if self.cursor else [])],
+                       "primary key/cursor")
         # grade, sharing and open against their defaults and the rules: load_contracts (needs the elements)
         return self
 
@@ -422,12 +427,7 @@ class CuratedContract(ContractBase):
 
     @model_validator(mode="after")
     def _consistent(self) -> CuratedContract:
-        names = [c.name for c in self.columns]
-        if len(set(names)) != len(names):
-            raise ValueError("column names repeat")
-        for k in self.primary_key:
-            if k not in names:
-                raise ValueError(f"{k!r} (primary key) is not one of the columns")
+        _check_columns([c.name for c in self.columns], self.primary_key, "primary key")
         return self
 
     @property
