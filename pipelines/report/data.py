@@ -535,6 +535,14 @@ def _hits_text(hits: list[dict[str, Any]]) -> str:
     return f"{len(hits)} 处个人信息" + (f"：{'、'.join(kinds)}" if kinds else "")
 
 
+def _held_rule(ds: dict[str, Any]) -> str:
+    """The rule the newest held batch (or build) failed, by its description when it has one."""
+    b = ds["held"][0]
+    rule_id = b["failures"][0]["rule"] if b["failures"] else None
+    described = {r["rule"]: r["description"] for r in ds["rules"] if r["description"]}
+    return described.get(rule_id, f"规则 {rule_id}") if rule_id else "阻断规则"
+
+
 def _curated_action(ds: dict[str, Any]) -> str | None:
     """The one thing to do about a curated dataset when it differs from a std one's (None: as std)."""
     name = ds["dataset"]
@@ -544,10 +552,7 @@ def _curated_action(ds: dict[str, Any]) -> str | None:
                 f"开放平台仍指向上一版本：请{ds['department_name']}核对模型 pipelines/curate/{name}.sql 与契约 "
                 f"schemas/curated/{name}.yml 的脱敏设置（deid），修正后重新构建（citylake curate {name}），下次发布时再检查")
     if ds["held"]:
-        b = ds["held"][0]
-        rule_id = b["failures"][0]["rule"] if b["failures"] else None
-        described = {r["rule"]: r["description"] for r in ds["rules"] if r["description"]}
-        rule = described.get(rule_id, f"规则 {rule_id}") if rule_id else "阻断规则"
+        b, rule = ds["held"][0], _held_rule(ds)
         return (f"{beijing_time(b['at'])} 的构建未通过「{rule}」，主题层未更新：核对输入数据集"
                 f"（{'、'.join(ds['inputs'])}）与模型 pipelines/curate/{name}.sql，修正后运行 citylake curate {name}")
     if ds["freshness"]["state"] == "none":
@@ -572,10 +577,7 @@ def _action(ds: dict[str, Any]) -> str:
     if ds["held"]:
         # as the alert the department got says it: the department fixes its data, governance staff
         # re-check or release (their commands are in the page's 暂扣批次 section)
-        b = ds["held"][0]
-        rule_id = b["failures"][0]["rule"] if b["failures"] else None
-        described = {r["rule"]: r["description"] for r in ds["rules"] if r["description"]}
-        rule = described.get(rule_id, f"规则 {rule_id}") if rule_id else "阻断规则"
+        b, rule = ds["held"][0], _held_rule(ds)
         more = f"（另有 {len(ds['held']) - 1} 个批次暂扣）" if len(ds["held"]) > 1 else ""
         return (f"{beijing_time(b['at'])} 的批次未通过「{rule}」，已暂停发布{more}：请{ds['department_name']}核对并修正源数据；"
                 "修正后由治理人员重新校验，或说明理由后放行（见数据集页面「暂扣批次」）")
