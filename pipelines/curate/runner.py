@@ -578,7 +578,7 @@ def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str
             over.append(dup)  # a model writing many copies of a key is broken: hold rather than pick one
         record_results(catalog, run_id, contract, [*tallies, dup])
         write_gx_result(settings, contract, [*tallies, dup], run_id, reference_date, [build_id],
-                        batch_spec={"raw_table": None, "build_id": build_id, "inputs": snapshots,
+                        batch_spec={"build_id": build_id, "inputs": snapshots,
                                     "model": str(contract.model_path.name)})
         result.failures = [{"rule": t.rule.id, "failed": t.failed, "evaluated": t.evaluated} for t in over]
         gate = GateResult(dataset, run_id, [build_id], "held", extracted=staged.rows, failures=result.failures,

@@ -387,7 +387,7 @@ class _Split:
 
 
 def _split(staged: _Staged, extras: pa.Array, rules: list[Rule], tallies: list[RuleTally], dup: RuleTally,
-           masker: _Masker, run_id: str, good_path: Path, quarantine_path: Path, batch_rows: int = 0) -> _Split:
+           masker: _Masker, run_id: str, good_path: Path, quarantine_path: Path, batch_rows: int = CHUNK_ROWS) -> _Split:
     """Pass 2, a chunk at a time (``batch_rows``, default ``CHUNK_ROWS``): count every rule over the kept rows
     (extra copies excluded) and stage the passing rows (with the warning rules they broke) and the quarantined
     ones (with the critical rules they broke, or the duplicate rule); a held batch leaves them unused."""
@@ -428,7 +428,7 @@ def _split(staged: _Staged, extras: pa.Array, rules: list[Rule], tallies: list[R
         return chunk.num_rows, kept.num_rows, failing, extra.select(masker.keys), good_out, quarantined, warned
 
     try:
-        batches = source.iter_batches(batch_size=batch_rows or CHUNK_ROWS)
+        batches = source.iter_batches(batch_size=batch_rows)
         for n, n_kept, failing, extra_keys, good, quarantined, warned in _ordered_map(work, batches):
             for t, rows in zip(tallies, failing, strict=True):
                 t.evaluated += n_kept
@@ -818,7 +818,6 @@ def write_gx_result(settings: Settings, contract: AnyContract, results: list[Rul
 Masker = _Masker
 Staged = _Staged
 duplicate_rule = _duplicate_rule
-hold_summary = _summary
 split_staged = _split
 chunks = _chunks
 ordered_map = _ordered_map
