@@ -44,6 +44,14 @@ class Settings:
     open_base_url: str | None = None
     """Public URL the portal serves ``<exports>`` at (``CITYLAKE_OPEN_BASE_URL``), for the DCAT catalog's
     download links; None: links relative to the catalog."""
+    grants_dir: Path | None = None
+    """Folder of the sharing grants, ``<grants>/*.yml`` (``CITYLAKE_GRANTS_DIR``; default
+    ``<root>/schemas/grants``; None in a hand-built Settings means that too)."""
+
+    @property
+    def grants(self) -> Path:
+        """``grants_dir``, or ``<root>/schemas/grants`` when it is None."""
+        return self.grants_dir or self.root / "schemas" / "grants"
 
     @property
     def exports(self) -> str:
@@ -112,4 +120,5 @@ def load_settings() -> Settings:
         exports_dir=os.environ.get("CITYLAKE_EXPORTS_DIR") or str(lake_dir / "exports"),
         open_keep=_int_env("CITYLAKE_OPEN_KEEP", 30),
         open_base_url=os.environ.get("CITYLAKE_OPEN_BASE_URL") or None,
+        grants_dir=_path("CITYLAKE_GRANTS_DIR", root / "schemas" / "grants"),
     )
