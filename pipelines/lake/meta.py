@@ -1,6 +1,6 @@
 """Every ``meta.*`` table: its schema and its idempotent write.
 
-Three kinds of table:
+The kinds of table:
 - per-run tables (``quality_results``, ``standardization_log``, ``conflicts``): what one run found. A rerun
   of the same run id (an Airflow retry, a held batch validated again by the run that held it) replaces
   that run's rows in one commit (delete + append in one transaction) instead of adding them again;
@@ -13,6 +13,11 @@ Three kinds of table:
   latest row of a dataset is its registration (``pipelines.catalog.registration``).
 - ``requests``: an append-only log of open-data (and sharing) requests, one row per intake or status change
   (``append_log``); the latest row of a request id is its state (``pipelines.catalog.requests``).
+- ``deleted_keys``: per-run, replaced per (run id, dataset): the keys each std publish deleted at the source
+  (one row per key, with its raw batch and std snapshot), so a consumer's incremental delivery can pass
+  the deletions on (``pipelines.lake.changes.deleted_keys``).
+- ``sharing_audit``: an append-only log (``append_log``) of every departmental delivery and refusal; never
+  updated in place.
 Every row carries ``recorded_at`` (UTC). Old lakes lack the newer columns: the tables evolve on write.
 
 Run ids: an Airflow task uses its dag run id (plus the mapped dataset), so a retry reuses it; every CLI
@@ -77,12 +82,29 @@ RELEASES = pa.schema([
     ("rows", pa.int64()), ("build_id", pa.string()), ("reason", pa.string()), ("leak_hits", pa.string()),
     ("run_id", pa.string()), RECORDED_AT])
 
+# The keys a std publish deleted at the source (tombstones applied), one row per key; ``key`` is the JSON
+# array of the key's values as text, in primary_key order. Per-run: replaced per (run_id, dataset).
+DELETED_KEYS = pa.schema([
+    ("dataset", pa.string()), ("raw_batch_id", pa.string()), ("run_id", pa.string()),
+    ("std_snapshot_id", pa.int64()), ("key", pa.string()), RECORDED_AT])
+
+# Departmental sharing (pipelines.share): one row per delivery attempt or refusal of a grant; append-only.
+# outcome: delivered | nothing_new | refused | failed; ``detail`` masks personal values and holds no secret;
+# ``columns`` is JSON {column: deid method}; ``batches`` a JSON list; ``checksum`` sha256 hex of the
+# manifest (file) or of the delivered rows (database).
+SHARING_AUDIT = pa.schema([
+    *[(n, pa.string()) for n in ("audit_id", "run_id", "delivery_date", "consumer", "dataset", "grant_id",
+                                 "grant_file", "outcome", "reason", "detail", "mode", "columns")],
+    ("rows", pa.int64()), ("deleted", pa.int64()), ("std_snapshot_id", pa.int64()), ("batches", pa.string()),
+    ("method", pa.string()), ("target", pa.string()), ("checksum", pa.string()), RECORDED_AT])
+
 SCHEMAS = {"meta.quality_results": QUALITY_RESULTS, "meta.standardization_log": STANDARDIZATION_LOG,
            "meta.conflicts": CONFLICTS, "meta.batches": BATCHES, "meta.registrations": REGISTRATIONS,
-           "meta.requests": REQUESTS, "meta.releases": RELEASES}
-APPEND_ONLY = {"meta.batches", "meta.registrations", "meta.requests", "meta.releases"}
+           "meta.requests": REQUESTS, "meta.releases": RELEASES, "meta.deleted_keys": DELETED_KEYS,
+           "meta.sharing_audit": SHARING_AUDIT}
+APPEND_ONLY = {"meta.batches", "meta.registrations", "meta.requests", "meta.releases", "meta.sharing_audit"}
 """Event logs: appended to, never replaced per run (``replace_run`` refuses them)."""
-PER_DATASET = {"meta.quality_results", "meta.standardization_log"}
+PER_DATASET = {"meta.quality_results", "meta.standardization_log", "meta.deleted_keys"}
 """Per-run tables replaced per (run id, dataset): several datasets share one CLI run id."""
 
 # Exact (not 16-character truncated) column bounds for the columns a replace filters on, so that a
