@@ -2,8 +2,9 @@
 
 Airflow runs with a project-local AIRFLOW_HOME and SQLite metadata; DAGs execute with ``dag.test()``,
 which does not trigger Asset-scheduled DAGs, so the demo runs downstream DAGs itself: the curate DAGs, then
-``publish__open_data`` (the open release of the reference date), then ``report__quality``; the last line is
-the open release's folder.
+``publish__open_data`` (the open release of the reference date), ``publish__sharing`` (the demo grants'
+deliveries, with a demo-only master key), then ``report__quality``; the last lines are the open release's
+folder and the share folder with the audit's deliveries and refusals.
 """
 
 from __future__ import annotations
@@ -157,6 +158,65 @@ def _print_release(rows: list[dict[str, Any]], console: Console) -> list[str]:
     return bad
 
 
+DEMO_KEY_FILE = ".demo_share_master_key"
+
+
+def demo_master_key(settings: Settings) -> None:
+    """Set ``CITYLAKE_SHARE_MASTER_KEY`` for the demo's sharing run, only when it is not set already: a random
+    demo-only key made once per lake and kept in ``<lake>/.demo_share_master_key`` (0600), so the demo's
+    pseudonyms stay stable across reruns on one lake. Production sets its own key (environment variable or the
+    Airflow connection ``citylake_share_master_key``) and never uses this file."""
+    import secrets
+
+    from pipelines.privacy.pseudonym import MASTER_ENV
+
+    if os.environ.get(MASTER_ENV):
+        return
+    path = settings.lake_dir / DEMO_KEY_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secrets.token_hex(32))
+    os.environ[MASTER_ENV] = path.read_text(encoding="ascii").strip()
+
+
+def run_sharing_dag(delivery_day: Any) -> tuple[list[dict[str, Any]], str, dict[str, int]]:
+    """Run ``publish__sharing`` with dag.test() for ``delivery_day`` (07:00 Asia/Shanghai): one row per grant
+    task (its result when it ran), the share folder (``<exports>/share``) and the audit's counts by outcome."""
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.share.audit import counts
+
+    settings = load_settings()
+    demo_master_key(settings)
+    bag = _dag_bag(settings, "publish_sharing.py", "publish__sharing")
+    logical = datetime(delivery_day.year, delivery_day.month, delivery_day.day, 7, 0, tzinfo=TZ)
+    run = bag.dags["publish__sharing"].test(logical_date=logical)
+    rows = []
+    for ti in sorted(run.get_task_instances(), key=lambda t: t.task_id):
+        result = ti.xcom_pull(task_ids=ti.task_id) if str(ti.state).endswith("success") else None
+        rows.append({**(result or {}), "task": ti.task_id, "state": str(ti.state), "seconds": ti.duration or 0.0})
+    return rows, f"{settings.exports.rstrip('/')}/share", counts(get_catalog(settings))
+
+
+def _print_sharing(rows: list[dict[str, Any]], console: Console) -> list[str]:
+    """The sharing table; returns the grants whose task did not succeed (a refusal succeeds)."""
+    t = Table("grant", "consumer", "dataset", "outcome", "mode", "rows", "deleted", "target", "seconds", "state",
+              title="departmental sharing (publish__sharing)")
+    bad = []
+    for r in rows:
+        outcome = r.get("outcome", "")
+        if outcome == "refused":
+            outcome = f"refused: {r.get('reason')}"
+        t.add_row(r["task"], r.get("consumer", ""), r.get("dataset", ""), outcome, r.get("mode") or "",
+                  f"{r['rows']:,}" if "rows" in r else "", f"{r['deleted']:,}" if "deleted" in r else "",
+                  r.get("target") or "", f"{r['seconds']:.1f}", r["state"])
+        if not r["state"].endswith("success"):
+            bad.append(r["task"])
+    console.print(t)
+    return bad
+
+
 def run_report_dag() -> Path:
     """Run ``report__quality`` (GX Data Docs, then the governance site) with dag.test(); the site's index.
     The report day is today: meta rows carry the wall-clock time they were recorded."""
@@ -210,6 +270,9 @@ def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
     with console.status("publish__open_data through Airflow: de-identify, write, leak-scan, verify, move latest.json…"):
         released, release_folder = run_release_dag(logical.date())
     failed += [f"open release {task}" for task in _print_release(released, console)]
+    with console.status("publish__sharing through Airflow: grants decided, de-identified, delivered, audited…"):
+        shared, share_folder, audit_counts = run_sharing_dag(logical.date())
+    failed += [f"sharing {task}" for task in _print_sharing(shared, console)]
     with console.status("a mostly bad delivery: enterprise re-sends records with corrupted credit codes…"):
         held = _bad_delivery(settings, logical)
     console.print(f"[yellow]held[/] std.enterprise: a batch of {held['extracted']:,} rows was not published, the std "
@@ -227,6 +290,9 @@ def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
     console.print(f"数据治理报告 (governance report, opens offline): {report}", highlight=False, soft_wrap=True)
     console.print(f"开放数据发布 (open-data release, latest.json beside it): {release_folder}", highlight=False,
                   soft_wrap=True)
+    console.print(f"部门数据共享 (departmental sharing): {share_folder} · meta.sharing_audit: "
+                  f"{audit_counts.get('delivered', 0)} 次交付 (deliveries), {audit_counts.get('refused', 0)} 次拒绝 "
+                  f"(refusals) · `citylake share audit`", highlight=False, soft_wrap=True)
     if failed:
         raise CitylakeError(f"demo: {len(failed)} table loads failed: {', '.join(failed)}")
 
