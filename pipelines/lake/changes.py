@@ -1,4 +1,8 @@
-"""Which extracted rows are new or changed, and which keys are gone: compared in DuckDB, on local disk.
+"""Which rows changed: extracted rows against raw (the compare), and std's published changes (sharing).
+
+Raw compare
+-----------
+Which extracted rows are new or changed, and which keys are gone: compared in DuckDB, on local disk.
 
 A full refresh compares every row of the source with the latest version of every key in the lake. Holding
 both sides' keys and hashes in Python (5 M keys: ~1 GB) made memory follow the table; here both sides go
@@ -9,14 +13,23 @@ come back to pick them out of that file. Memory follows a record batch, not the 
 "Latest version of a key" is the lake's order of versions: ``_load_seq`` (the table's load sequence), then
 ``_extracted_at``; rows written before ``_load_seq`` existed read null and order first. Every row of that
 latest load counts (a source without a unique key has several).
+
+std changes (departmental sharing)
+----------------------------------
+``std_changes`` says which raw batches a std table published after a consumer's last delivered snapshot,
+from snapshot summaries (``citylake.batches``) checked against ``meta.batches``: metadata only, std data is
+never scanned. ``deleted_keys`` reads back the keys those batches deleted at the source (the gate records
+them in ``meta.deleted_keys``, ``key_json``). Curated tables have no batches and do not come through here.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +37,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyiceberg.expressions import And, NotEqualTo
+from pyiceberg.expressions import And, EqualTo, In, NotEqualTo
 
-from pipelines.lake.raw import BATCH_ID, file_batches, hash_sql, stream_scan, summary_value, total_records
+from pipelines.lake.raw import (
+    BATCH_ID,
+    PUBLISHED_BATCHES,
+    file_batches,
+    hash_sql,
+    open_table,
+    stream_scan,
+    summary_value,
+    total_records,
+)
 
 MEMORY_LIMIT = "48MB"
 """DuckDB's buffer limit for a compare; beyond it DuckDB spills to the compare's folder."""
@@ -279,3 +301,92 @@ def raw_batch_ids(table: Any) -> set[str]:
                 ids = pq.ParquetFile(f).read(columns=["_batch_id"]).column(0)
             found.update(v for v in pc.unique(ids).to_pylist() if v)
     return {str(b) for b in found}
+
+
+# --- std changes since a consumer's last delivery (departmental sharing) ------------------------------
+
+DELIVERABLE = ("published", "released")
+"""Latest ``meta.batches`` statuses of a batch whose publish is complete (its deletions recorded too)."""
+
+
+@dataclass
+class StdChanges:
+    snapshot_id: int | None
+    """The std snapshot to deliver through (None: the table is empty or missing)."""
+    batches: list[str]
+    """Raw batch ids published in the snapshots after ``since`` up to ``snapshot_id``."""
+    full: bool
+    """First delivery (``since`` None), or ``since`` is no longer in the table's history."""
+    reason: str
+
+
+def std_changes(catalog: Any, dataset: str, since: int | None) -> StdChanges:
+    """What ``std.<dataset>`` published after snapshot ``since`` (a consumer's last delivery), from metadata.
+
+    The current snapshot's ancestry is walked back to ``since``; each snapshot's batches come from its
+    summary. Delivery goes only through the newest snapshot whose batches, and every earlier one's, are
+    recorded as published or released in ``meta.batches``: the gate records a batch after its std commit and
+    its deleted keys, so a publish that crashed before recording is picked up by a later delivery, never
+    skipped. A full delivery (``since`` None or gone from the history) applies the same rule from the start."""
+    from pyiceberg.table.snapshots import ancestors_of
+
+    from pipelines.lake.meta import batch_status  # meta imports tables, which imports raw: no cycle, kept local
+
+    table = open_table(catalog, f"std.{dataset}")
+    current = table.current_snapshot() if table is not None else None
+    ancestry = list(ancestors_of(current, table.metadata)) if table is not None else []  # newest first
+    ids = [s.snapshot_id for s in ancestry]
+    if since is None:
+        full, reason = True, "首次交付"
+    elif since not in ids:
+        full, reason = True, "上次交付的快照已不在表历史中"
+    else:
+        full, reason = False, ""
+        ancestry = ancestry[: ids.index(since)]
+    if current is None:
+        return StdChanges(None, [], full, reason or "增量: 0 个批次")
+    recorded = {b for b, row in batch_status(catalog, dataset).items() if row["status"] in DELIVERABLE}
+    through = None if full else since
+    batches: list[str] = []
+    for snap in reversed(ancestry):  # oldest first: stop at the first snapshot with an unrecorded batch
+        text = summary_value(snap, PUBLISHED_BATCHES)
+        carried = [str(b) for b in json.loads(text)] if text else []
+        if not recorded.issuperset(carried):
+            break
+        through = snap.snapshot_id
+        batches.extend(b for b in carried if b not in batches)
+    return StdChanges(through, batches, full, reason or f"增量: {len(batches)} 个批次")
+
+
+def key_json(table: pa.Table, keys: list[str], rows: int = 64 * 1024) -> pa.ChunkedArray:
+    """Each row's key as ``meta.deleted_keys`` stores it: the JSON array of its values as text, in
+    ``keys`` order (null stays null); ``deleted_keys`` parses it back. Built a slice at a time: Python
+    objects for one slice, Arrow strings for the rest."""
+    texts = [pc.cast(table.column(k), pa.string()) for k in keys]
+    chunks = []
+    for start in range(0, table.num_rows, rows):
+        columns = [t.slice(start, rows).to_pylist() for t in texts]
+        chunks.append(pa.array([json.dumps(list(values), ensure_ascii=False)
+                                for values in zip(*columns, strict=True)], pa.string()))
+    return pa.chunked_array(chunks, pa.string())
+
+
+def deleted_keys(catalog: Any, dataset: str, batches: list[str], key_schema: pa.Schema) -> pa.Table:
+    """The distinct keys the publishes of ``batches`` deleted at the source (``meta.deleted_keys``), one
+    column per key column, typed as ``key_schema``."""
+    import duckdb
+
+    empty = key_schema.empty_table()
+    table = open_table(catalog, "meta.deleted_keys")
+    if not batches or table is None or table.current_snapshot() is None:
+        return empty
+    scan = table.scan(row_filter=And(EqualTo("dataset", dataset), In("raw_batch_id", sorted(set(batches)))),
+                      selected_fields=("key",))
+    con = duckdb.connect()
+    try:
+        con.register("rows", stream_scan(scan))
+        parts = ", ".join(f"json_extract_string(key, '$[{i}]') AS {_q(f.name)}" for i, f in enumerate(key_schema))
+        texts = con.sql(f"SELECT {parts} FROM (SELECT DISTINCT key FROM rows)").to_arrow_table()
+    finally:
+        con.close()
+    return pa.table({f.name: texts.column(f.name).cast(f.type) for f in key_schema}, schema=key_schema)

@@ -118,30 +118,43 @@ def new_run_id(prefix: str = "cli") -> str:
     return f"{prefix}__{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}__{uuid.uuid4().hex[:6]}"
 
 
-def _rows(name: str, rows: list[dict[str, Any]]) -> pa.Table:
+def _rows(name: str, rows: list[dict[str, Any]] | pa.Table) -> pa.Table:
     schema = SCHEMAS[name]
-    unknown = {k for r in rows for k in r} - set(schema.names)
+    given = set(rows.column_names) if isinstance(rows, pa.Table) else {k for r in rows for k in r}
+    unknown = given - set(schema.names)
     if unknown:  # from_pylist would drop them silently: a new column belongs in the schema above
         raise ValueError(f"{name}: columns {sorted(unknown)} are not in its schema (pipelines/lake/meta.py)")
     now = datetime.now(UTC)
+    if isinstance(rows, pa.Table):  # many rows (deleted keys): no Python object per row
+        return pa.table({f.name: rows.column(f.name).cast(f.type) if f.name in given and f.name != "recorded_at"
+                         else pa.repeat(pa.scalar(now if f.name == "recorded_at" else None, f.type), rows.num_rows)
+                         for f in schema}, schema=schema)
     return pa.Table.from_pylist([{**r, "recorded_at": now} for r in rows], schema=schema)
 
 
-def replace_run(catalog: Any, name: str, run_id: str, rows: list[dict[str, Any]],
-                datasets: Iterable[str] | None = None, tag: str | None = None) -> None:
-    """Replace run ``run_id``'s rows of a per-run meta table with ``rows``, in one commit.
+def replace_run(catalog: Any, name: str, run_id: str, rows: list[dict[str, Any]] | pa.Table,
+                datasets: Iterable[str] | None = None, tag: str | None = None,
+                raw_batches: Iterable[str] | None = None) -> None:
+    """Replace run ``run_id``'s rows of a per-run meta table with ``rows`` (dicts, or an Arrow table of the
+    schema's columns), in one commit.
 
-    For ``quality_results`` and ``standardization_log`` only the run's rows of ``datasets`` (default: the
-    datasets in ``rows``) are replaced; ``conflicts`` are replaced by run id. ``tag`` narrows the replace to
-    the run's ``quality_results`` rows with that tag (the consistency check beside the gate's rules under one
-    CLI run id). No rows still replaces: a rerun that found nothing erases the earlier attempt's rows."""
+    For the PER_DATASET tables only the run's rows of ``datasets`` (default: the datasets in ``rows``) are
+    replaced; ``conflicts`` are replaced by run id. ``tag`` narrows the replace to the run's
+    ``quality_results`` rows with that tag (the consistency check beside the gate's rules under one CLI run
+    id); ``raw_batches`` to the run's ``deleted_keys`` rows of those batches (a rerun that validates a new
+    batch keeps the deletions an earlier attempt recorded for the batches it published). No rows still
+    replaces: a rerun that found nothing erases the earlier attempt's rows."""
     if name not in SCHEMAS or name in APPEND_ONLY:
         raise ValueError(f"{name}: not a per-run meta table")
     scope: BooleanExpression = EqualTo("run_id", run_id)
     if tag is not None:
         scope = And(scope, EqualTo("tag", tag))
+    if raw_batches is not None:
+        scope = And(scope, In("raw_batch_id", sorted(set(raw_batches))))
     if name in PER_DATASET:
-        names = sorted(set(datasets if datasets is not None else (r["dataset"] for r in rows)))
+        if datasets is None:
+            datasets = rows.column("dataset").to_pylist() if isinstance(rows, pa.Table) else [r["dataset"] for r in rows]
+        names = sorted(set(datasets))
         if names:  # none (no rows, no datasets): the scope above alone, every dataset of the run (and tag)
             scope = And(scope, In("dataset", names))
     append(catalog, name, _rows(name, rows), props={"citylake.run-id": run_id}, properties=META_PROPS,
