@@ -89,13 +89,16 @@ class Store(Protocol):
     def url(self, rel: str) -> str: ...
 
 
-def open_store(exports: str, *, s3_endpoint: str | None = None, scratch: Path | None = None) -> Store:
-    """The store of ``exports``: ``s3://bucket/prefix`` or a local folder."""
+def open_store(exports: str, *, s3_endpoint: str | None = None, scratch: Path | None = None,
+               base: str = "open") -> Store:
+    """The store of ``exports``: ``s3://bucket/prefix`` or a local folder. ``base`` is the folder under it that
+    ``lock``, ``sweep``, ``stage``, ``release_dates`` and ``folders`` work in (the open release's ``open``; a
+    share delivery's ``share/<consumer>/<dataset>``); the other methods take paths relative to ``exports``."""
     if exports.startswith("s3://"):
-        return S3Store(exports, s3_endpoint=s3_endpoint, scratch=scratch)
+        return S3Store(exports, s3_endpoint=s3_endpoint, scratch=scratch, base=base)
     if "://" in exports and not exports.startswith("file://"):
         raise CitylakeError(f"exports {exports!r}: a local folder or s3://bucket/prefix (CITYLAKE_EXPORTS_DIR)")
-    return LocalStore(Path(exports.removeprefix("file://")))
+    return LocalStore(Path(exports.removeprefix("file://")), base=base)
 
 
 @contextlib.contextmanager
@@ -152,16 +155,17 @@ def verify_folder(folder: Path, expected: Expected) -> None:
 
 
 class LocalStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, base: str = "open") -> None:
         self.root = root
+        self.base = base.strip("/")
         self.location = str(root)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
-        return _flock(self.root / "open" / ".release.lock")
+        return _flock(self.root / self.base / ".release.lock")
 
     def sweep(self) -> None:
         """Remove what a killed release left (staging folders, swapped-out folders, temp files)."""
-        base = self.root / "open"
+        base = self.root / self.base
         if not base.is_dir():
             return
         for parent in [base, *(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))]:
@@ -170,7 +174,7 @@ class LocalStore:
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def stage(self, release_date: str, dataset: str) -> Path:
-        parent = self.root / "open" / release_date
+        parent = self.root / self.base / release_date  # "": the stage directly in base
         parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{dataset}-", dir=parent))
 
@@ -227,11 +231,11 @@ class LocalStore:
         return path if path.is_file() else None
 
     def release_dates(self) -> list[str]:
-        base = self.root / "open"
+        base = self.root / self.base
         return sorted(p.name for p in base.iterdir() if p.is_dir() and _is_date(p.name)) if base.is_dir() else []
 
     def folders(self, release_date: str) -> list[str]:
-        base = self.root / "open" / release_date
+        base = self.root / self.base / release_date
         return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if base.is_dir() else []
 
@@ -298,9 +302,11 @@ def s3_etag(path: Path, chunk: int = PART_SIZE) -> str:
 
 
 class S3Store:
-    def __init__(self, exports: str, *, s3_endpoint: str | None = None, scratch: Path | None = None) -> None:
+    def __init__(self, exports: str, *, s3_endpoint: str | None = None, scratch: Path | None = None,
+                 base: str = "open") -> None:
         from boto3.s3.transfer import TransferConfig
 
+        self.base = base.strip("/")
         self.bucket, _, prefix = exports.removeprefix("s3://").partition("/")
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.client = s3_client(s3_endpoint)
@@ -312,7 +318,9 @@ class S3Store:
         return self.prefix + rel
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
-        name = hashlib.sha256(self.location.encode()).hexdigest()[:16]
+        # the open release's lock name is unchanged; another base locks apart from it
+        scope = self.location if self.base == "open" else f"{self.location}{self.base}/"
+        name = hashlib.sha256(scope.encode()).hexdigest()[:16]
         return _flock(self.scratch / f".release-{name}.lock")
 
     def sweep(self) -> None:
@@ -323,13 +331,14 @@ class S3Store:
                 if p.is_dir() and p.name.startswith(STAGE_PREFIX):
                     shutil.rmtree(p, ignore_errors=True)
         now = time.time()
-        for key, obj in self._listing(self.key("open/")).items():
+        for key, obj in self._listing(self.key(f"{self.base}/")).items():
             if key.endswith("/" + INCOMPLETE) and now - obj["LastModified"].timestamp() > STALE_SECONDS:
                 self._delete_prefix(key[: -len(INCOMPLETE)])
 
     def stage(self, release_date: str, dataset: str) -> Path:
         self.scratch.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{release_date}-{dataset}-", dir=self.scratch))
+        name = f"{STAGE_PREFIX}{release_date}-{dataset}-".replace("/", "-")
+        return Path(tempfile.mkdtemp(prefix=name, dir=self.scratch))
 
     def _listing(self, prefix: str) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -469,11 +478,11 @@ class S3Store:
         return sorted(out)
 
     def release_dates(self) -> list[str]:
-        return [d for d in self._children(self.key("open/")) if _is_date(d)]
+        return [d for d in self._children(self.key(f"{self.base}/")) if _is_date(d)]
 
     def folders(self, release_date: str) -> list[str]:
         """The complete folders of a date (an upload in progress or killed keeps its ``.incomplete`` marker)."""
-        base = self.key(f"open/{release_date}/")
+        base = self.key(f"{self.base}/{release_date}/")
         incomplete = {k[len(base):].split("/")[0] for k in self._listing(base) if k.endswith("/" + INCOMPLETE)}
         return [d for d in self._children(base) if not d.startswith(".") and d not in incomplete]
 

@@ -217,21 +217,27 @@ class _Parquet:
 
 
 def write_formats(batches: Iterable[pa.RecordBatch], schema: pa.Schema, folder: Path, dataset: str,
-                  observe: Callable[[pa.RecordBatch], None] | None = None) -> list[Written]:
-    """Write ``<dataset>.parquet``, ``.csv`` and ``.jsonl`` into ``folder`` from one pass over ``batches``
-    (already de-identified, all of ``schema``); ``observe`` sees each batch (coverage statistics). Each format
-    is written by a thread of its own; the first writer error is raised here."""
-    sinks = {fmt: HashingSink(folder / f"{dataset}.{fmt}") for fmt in FORMATS}
+                  observe: Callable[[pa.RecordBatch], None] | None = None,
+                  formats: Iterable[str] = tuple(FORMATS)) -> list[Written]:
+    """Write ``<dataset>.parquet``, ``.csv`` and ``.jsonl`` (or only ``formats`` of them: a share delivery has
+    no JSON Lines) into ``folder`` from one pass over ``batches`` (already de-identified, all of ``schema``);
+    ``observe`` sees each batch (coverage statistics). Each format is written by a thread of its own; the
+    first writer error is raised here."""
+    wanted = set(formats)
+    sinks = {fmt: HashingSink(folder / f"{dataset}.{fmt}") for fmt in FORMATS if fmt in wanted}
     lanes: list[_Lane] = []
     rows = 0
     try:
-        parquet = _Parquet(sinks["parquet"], schema)
-        lanes.append(_Lane("parquet", parquet.write, parquet.close))
-        sinks["csv"].write(BOM)
-        csv = pcsv.CSVWriter(sinks["csv"], text_schema(schema), write_options=pcsv.WriteOptions(**CSV_OPTIONS))
-        lanes.append(_Lane("csv", lambda b: csv.write_batch(text_batch(b)), csv.close))
-        jsonl = _Jsonl(sinks["jsonl"])
-        lanes.append(_Lane("jsonl", lambda b: jsonl.write(text_batch(b)), jsonl.close))
+        if "parquet" in sinks:
+            parquet = _Parquet(sinks["parquet"], schema)
+            lanes.append(_Lane("parquet", parquet.write, parquet.close))
+        if "csv" in sinks:
+            sinks["csv"].write(BOM)
+            csv = pcsv.CSVWriter(sinks["csv"], text_schema(schema), write_options=pcsv.WriteOptions(**CSV_OPTIONS))
+            lanes.append(_Lane("csv", lambda b: csv.write_batch(text_batch(b)), csv.close))
+        if "jsonl" in sinks:
+            jsonl = _Jsonl(sinks["jsonl"])
+            lanes.append(_Lane("jsonl", lambda b: jsonl.write(text_batch(b)), jsonl.close))
         for lane in lanes:
             lane.start()
         for batch in batches:
