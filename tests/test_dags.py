@@ -330,3 +330,89 @@ def test_curate_dag_run_builds_and_emits_its_asset_only_when_it_published(
     with create_session() as session:
         events = [e for e in session.query(AssetEvent).all() if e.asset.uri == uri]
     assert len(events) == 1 and events[0].extra["rows"] == 2
+
+
+SHARING_GRANTS = """\
+grants:
+  - id: dags-person-file
+    consumer: "113401000030088844"
+    dataset: person
+    columns: [resident_id, sex_code]
+    purpose: DAG 测试
+    deid: {resident_id: pseudonym}
+    delivery: {method: file}
+  - id: dags-unknown-dataset
+    consumer: "113401000030088844"
+    dataset: no_such_dataset
+    columns: [id]
+    delivery: {method: file}
+"""
+
+
+def _sharing_dag(grants: Path):  # noqa: ANN202
+    from airflow.dag_processing.dagbag import DagBag
+
+    with scoped_env({"CITYLAKE_GRANTS_DIR": str(grants)}):
+        bag = DagBag(dag_folder=str(ROOT / "dags" / "publish_sharing.py"))
+    assert bag.import_errors == {}
+    return bag.dags["publish__sharing"]
+
+
+def test_sharing_dag_policy_schedule_and_one_task_per_grant(airflow_home: Path, tmp_path: Path) -> None:
+    from pipelines.dag_defaults import START
+
+    (tmp_path / "grants").mkdir()
+    (tmp_path / "grants" / "113401000030088844.yml").write_text(SHARING_GRANTS, encoding="utf-8")
+    dag = _sharing_dag(tmp_path / "grants")
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert dag.timetable.expression == "0 7 * * *" and str(dag.timetable.timezone) == "Asia/Shanghai"
+    assert dag.start_date == START and not dag.catchup and dag.max_active_runs == 1
+    assert {"publish", "sharing", "合肥市数据资源局"} <= set(dag.tags) and "07:00" in (dag.doc_md or "")
+    assert {t.task_id for t in dag.tasks} == {"dags-person-file", "dags-unknown-dataset"}
+    for t in dag.tasks:  # independent: one grant's failure or refusal never holds up another's delivery
+        assert t.upstream_task_ids == set() and t.downstream_task_ids == set()
+        assert t.retries == 3 and t.retry_exponential_backoff and t.owner == "合肥市数据资源局"
+
+
+def test_sharing_dag_parses_without_heavy_imports(tmp_path: Path) -> None:
+    script = (
+        "import sys, time, runpy, airflow.sdk, yaml, pydantic\n"
+        "before = set(sys.modules); t = time.perf_counter(); g = runpy.run_path('dags/publish_sharing.py')\n"
+        "heavy = [m for m in ('duckdb', 'pyiceberg', 'pyarrow', 'psycopg', 'pipelines.share.deliver',\n"
+        "                     'pipelines.share.targets', 'pipelines.share.policy') if m in sys.modules and m not in before]\n"
+        "print(time.perf_counter() - t, len(g['GRANTS']), ','.join(heavy) or '-')\n"
+    )
+    (tmp_path / "grants").mkdir()
+    (tmp_path / "grants" / "113401000030088844.yml").write_text(SHARING_GRANTS, encoding="utf-8")
+    env = {**os.environ, "CITYLAKE_GRANTS_DIR": str(tmp_path / "grants"), "AIRFLOW_HOME": str(tmp_path / "af")}
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True, env=env)
+    seconds, n, heavy = out.stdout.split()
+    assert heavy == "-", f"publish_sharing.py imports {heavy} at parse time"
+    assert int(n) == 2 and float(seconds) < 1.0, f"parsing publish_sharing.py took {seconds}s"
+
+
+def test_sharing_dag_run_records_a_refusal_and_succeeds(airflow_home: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real run (dag.test) on an empty lake: the refused grant's task succeeds (the refusal is audited, the
+    log warns), the other finds nothing published (nothing_new); run ids are ``<dag run id>__<grant id>`` and
+    the delivery date is the run's Asia/Shanghai day."""
+    from datetime import UTC
+
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.share.audit import read_audit
+
+    (tmp_path / "grants").mkdir()
+    (tmp_path / "grants" / "113401000030088844.yml").write_text(SHARING_GRANTS, encoding="utf-8")
+    monkeypatch.setenv("CITYLAKE_GRANTS_DIR", str(tmp_path / "grants"))
+    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(ROOT / "schemas" / "sources"))
+    monkeypatch.setenv("CITYLAKE_LAKE_DIR", str(tmp_path / "lake"))
+    monkeypatch.setenv("CITYLAKE_SHARE_MASTER_KEY", "dags-test-only-master-key-0123456789abcdef")
+    run = _sharing_dag(tmp_path / "grants").test(logical_date=datetime(2026, 11, 19, 23, 0, tzinfo=UTC))
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert all(s.endswith("success") for s in states.values()), states
+    outcomes = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id)["outcome"] for ti in run.get_task_instances()}
+    assert outcomes == {"dags-person-file": "nothing_new", "dags-unknown-dataset": "refused"}
+    rows = {r["grant_id"]: r for r in read_audit(get_catalog())}
+    assert rows["dags-unknown-dataset"]["reason"] == "unknown_dataset"
+    assert rows["dags-unknown-dataset"]["run_id"] == f"{run.run_id}__dags-unknown-dataset"
+    assert {r["delivery_date"] for r in rows.values()} == {"2026-11-20"}  # 23:00 UTC is the 20th in Shanghai

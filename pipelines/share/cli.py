@@ -48,6 +48,17 @@ def _department(code: str | None) -> str | None:
         fail(f"--department: {exc}")
 
 
+def _names() -> Any:
+    """code → department name (the code itself when the registry cannot be read or does not know it)."""
+    from pipelines.departments import department_name, load_departments
+
+    try:
+        departments = load_departments(load_settings())
+    except CitylakeError:
+        return lambda code: code
+    return lambda code: department_name(departments, code) if code in departments else code
+
+
 def _when(ts: Any) -> str:
     return ts.astimezone(TZ).strftime("%Y-%m-%d %H:%M") if ts else ""
 
@@ -119,12 +130,13 @@ def share_ls(
         sys.stdout.write(json.dumps({"delivered": delivered, "last": last}, ensure_ascii=False, indent=2,
                                     default=str) + "\n")
         return
+    name = _names()
     t = Table("授权", "用数部门", "数据集", "方式", "交付位置", "行数", "删除", "模式", "交付日期", "快照", "最近一次",
-              title=f"共享交付（{settings.exports.rstrip('/')}/share）")
+              title=f"共享交付 {settings.exports.rstrip('/')}/share")
     t.columns[0].no_wrap = True
     for gid in sorted(set(delivered) | set(last)):
         d, latest = delivered.get(gid, {}), last[gid]
-        t.add_row(gid, latest["consumer"], latest["dataset"], METHOD_ZH.get(latest.get("method") or "", ""),
+        t.add_row(gid, name(latest["consumer"]), latest["dataset"], METHOD_ZH.get(latest.get("method") or "", ""),
                   d.get("target") or "—", f"{d['rows']:,}" if d else "—", f"{d.get('deleted') or 0:,}" if d else "—",
                   MODE_ZH.get(d.get("mode") or "", "—"), d.get("delivery_date") or "—",
                   str(d.get("std_snapshot_id") or "—"),
@@ -133,10 +145,11 @@ def share_ls(
 
 
 def _print_results(results: list[Any], title: str) -> None:
+    name = _names()
     t = Table("授权", "用数部门", "数据集", "结果", "模式", "行数", "删除", "位置", "说明", title=title)
     t.columns[0].no_wrap = True
     for r in results:
-        t.add_row(r.grant_id, r.consumer, r.dataset, _outcome(r.outcome), MODE_ZH.get(r.mode or "", "—"),
+        t.add_row(r.grant_id, name(r.consumer), r.dataset, _outcome(r.outcome), MODE_ZH.get(r.mode or "", "—"),
                   f"{r.rows:,}", f"{r.deleted:,}", r.target or "", r.detail or "")
     wide(9).print(t)
 
@@ -198,10 +211,11 @@ def share_audit(
         sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2, default=str) + "\n")
         return
     shown = rows[:limit] if limit > 0 else rows
+    name = _names()
     t = Table("记录（北京时间）", "授权", "用数部门", "数据集", "结果", "原因", "模式", "行数", "删除", "位置", "说明",
               title=f"共享审计（{len(shown)} / {len(rows)} 条）")
     for r in shown:
-        t.add_row(_when(r.get("recorded_at")), r["grant_id"], r["consumer"], r["dataset"], _outcome(r["outcome"]),
+        t.add_row(_when(r.get("recorded_at")), r["grant_id"], name(r["consumer"]), r["dataset"], _outcome(r["outcome"]),
                   r.get("reason") or "", MODE_ZH.get(r.get("mode") or "", ""), f"{r.get('rows') or 0:,}",
                   f"{r.get('deleted') or 0:,}", r.get("target") or "", r.get("detail") or "")
     wide(11).print(t)

@@ -1,0 +1,285 @@
+"""Departmental sharing end to end on a small synthetic lake: std.person (seeded city, scale 0.01) published
+through the gate, a file grant and a database grant (real PostgreSQL, scratch database) of person with
+pseudonymised resident IDs to two departments. The first delivery is full; after a source change (names
+updated, one key deleted) ingested and published, the second delivery carries only the changed rows and the
+deletion (a deletions file; the row gone in PostgreSQL); ungranted columns are absent; pseudonyms differ between
+the two departments and stay stable across deliveries; a retry of the same run delivers nothing twice. Refused
+grants (expired, unknown column, unknown dataset) are audited and deliver nothing; a missing master key fails
+the delivery with nothing delivered and no clear value anywhere; a file delivery to S3 (moto server) works."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import scoped_env
+from open_lake import project_copy
+
+from pipelines.settings import PROJECT_ROOT, TZ, Settings, load_settings
+
+D1, D2, D3 = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)
+AT = datetime(2026, 11, 20, 2, tzinfo=TZ)
+MASTER = "test-only-share-master-key-0123456789abcdef"
+RSJ = "113401000030088844"   # 合肥市人力资源和社会保障局: file grant
+GJJ = "123401004850066616"   # 合肥住房公积金管理中心: database grant
+SCJG = "113401000030022204"  # 合肥市市场监督管理局: an expired grant
+ZRZY = "11340100003007777F"  # 合肥市自然资源和规划局: a grant naming a column person does not have
+JTYS = "11340100003004445F"  # 合肥市交通运输局: a grant of an unknown dataset
+GRANTED = ["resident_id", "person_name", "sex_code", "residence_district_code"]
+UNGRANTED = ["birth_date", "residence_address", "mobile_phone", "person_updated_at", "_batch_id"]
+PG_CONN = "share_pg_test"
+
+
+def _grant(gid: str, consumer: str, method: str, *, dataset: str = "person", columns: list[str] | None = None,
+           **extra: Any) -> dict[str, Any]:
+    delivery: dict[str, Any] = {"method": method}
+    if method == "database":
+        delivery["conn_id"] = PG_CONN
+    return {"id": gid, "consumer": consumer, "dataset": dataset, "columns": columns or GRANTED,
+            "purpose": "社保待遇资格认证（测试）", "deid": {"resident_id": "pseudonym"}, "delivery": delivery, **extra}
+
+
+GRANTS = {
+    RSJ: [_grant("rsj-person-file", RSJ, "file")],
+    GJJ: [_grant("gjj-person-db", GJJ, "database")],
+    SCJG: [_grant("scjg-person-expired", SCJG, "database", expires="2026-01-01")],
+    ZRZY: [_grant("zrzy-person-salary", ZRZY, "database", columns=["resident_id", "salary"])],
+    JTYS: [_grant("jtys-unknown", JTYS, "database", dataset="no_such_dataset", columns=["id"], deid={})],
+}
+
+
+@dataclasses.dataclass
+class City:
+    settings: Settings
+    env: dict[str, str]
+    exports: Path
+    source: Path
+
+    def std_ids(self) -> list[str]:
+        from pipelines.lake.catalog import get_catalog
+
+        table = get_catalog(self.settings).load_table("std.person")
+        return table.scan(selected_fields=("resident_id",)).to_arrow()["resident_id"].to_pylist()
+
+    def publish(self, run_id: str) -> None:
+        from pipelines.quality.gate import run_quality
+
+        run_quality("person", settings=self.settings, reference_date=AT.date(), run_id=run_id)
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[City]:
+    """The project's schemas, the seeded city's population system ingested and std.person published; the test grants; a master key."""
+    import yaml
+
+    base = tmp_path_factory.mktemp("share")
+    root = project_copy(base / "root")
+    shutil.copytree(PROJECT_ROOT / "expectations", root / "expectations")  # the gate's suites
+    assert "file" in yaml.safe_load((root / "schemas" / "datasets" / "person.yml").read_text(encoding="utf-8"))[
+        "sharing"]["methods"]  # the contract offers file drops: the file grant below is not refused for its method
+    grants = base / "grants"
+    grants.mkdir()
+    for code, items in GRANTS.items():
+        (grants / f"{code}.yml").write_text(yaml.safe_dump({"grants": items}, allow_unicode=True, sort_keys=False),
+                                            encoding="utf-8")
+    env = {"CITYLAKE_ROOT": str(root), "CITYLAKE_REGISTRY_DIR": str(root / "schemas" / "sources"),
+           "CITYLAKE_LAKE_DIR": str(base / "lake"), "CITYLAKE_DATA_DIR": str(base / "data"),
+           "CITYLAKE_EXPORTS_DIR": str(base / "exports"), "CITYLAKE_GRANTS_DIR": str(grants),
+           "CITYLAKE_SHARE_MASTER_KEY": MASTER}
+    with scoped_env(env):
+        from pipelines.ingest import ingest_table
+        from pipelines.registry import get_system
+        from pipelines.seed import seed_city
+
+        settings = load_settings()
+        seed_city(settings.data_dir, scale=0.01)
+        ingest_table(get_system(settings.registry_dir, "population"), "person", settings=settings, batch_id="b1",
+                     extracted_at=AT)
+        c = City(settings, env, base / "exports", settings.data_dir / "sources" / "population.db")
+        c.publish("first")
+        yield c
+
+
+def _pseudonyms(ids: list[str], consumer: str) -> list[str]:
+    from pipelines.privacy.pseudonym import consumer_key, master_key, pseudonymize
+
+    return pseudonymize(pa.array(ids, pa.string()), consumer_key(master_key(), consumer)).to_pylist()
+
+
+def _audit(settings: Settings) -> list[dict[str, Any]]:
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.share.audit import read_audit
+
+    return read_audit(get_catalog(settings))
+
+
+def _pg_rows(pg_url: str) -> dict[str, dict[str, Any]]:
+    import psycopg
+
+    with psycopg.connect(pg_url.replace("+psycopg", "")) as con:
+        cur = con.execute(f'SELECT * FROM "share_{GJJ.lower()}"."person"')
+        names = [d.name for d in cur.description or []]
+        return {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+
+
+def _folder(city: City, consumer: str, day: date) -> Path:
+    return city.exports / "share" / consumer / "person" / day.isoformat()
+
+
+def _results(results: list[Any]) -> dict[str, Any]:
+    return {r.grant_id: r for r in results}
+
+
+def test_full_then_incremental_to_a_folder_and_a_database(city: City, pg_url: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.share.deliver import deliver_all
+
+    monkeypatch.setenv(f"CITYLAKE_CONN_{PG_CONN.upper()}", pg_url)
+    ids = city.std_ids()
+    assert len(ids) > 20
+    first = _results(deliver_all(city.settings, delivery_date=D1, run_id="run1"))
+    assert {g: r.outcome for g, r in first.items()} == {
+        "rsj-person-file": "delivered", "gjj-person-db": "delivered", "scjg-person-expired": "refused",
+        "zrzy-person-salary": "refused", "jtys-unknown": "refused"}
+    assert first["scjg-person-expired"].reason == "expired"
+    assert first["zrzy-person-salary"].reason == "unknown_column"
+    assert first["jtys-unknown"].reason == "unknown_dataset"
+    for gid in ("rsj-person-file", "gjj-person-db"):
+        assert (first[gid].mode, first[gid].rows, first[gid].deleted) == ("full", len(ids), 0)
+
+    # the file drop: only the granted columns, resident IDs as this department's pseudonyms, names masked
+    folder = _folder(city, RSJ, D1)
+    data = pq.read_table(folder / "data.parquet")
+    assert data.column_names == GRANTED and not set(UNGRANTED) & set(data.column_names)
+    rsj = dict(zip(ids, _pseudonyms(ids, RSJ), strict=True))
+    assert sorted(data["resident_id"].to_pylist()) == sorted(rsj.values())
+    assert all(len(p) == 64 and int(p, 16) >= 0 for p in rsj.values())
+    assert all(n is None or n.endswith("*") for n in data["person_name"].to_pylist())
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    assert (manifest["mode"], manifest["rows"], manifest["columns"]["resident_id"]) == ("full", len(ids), "pseudonym")
+    assert not (folder / "deletions.parquet").exists()
+    # the database: the same rows under the other department's pseudonyms; the two never join
+    gjj = dict(zip(ids, _pseudonyms(ids, GJJ), strict=True))
+    pg = _pg_rows(pg_url)
+    assert set(pg) == set(gjj.values()) and not set(pg) & set(rsj.values())
+    assert set(next(iter(pg.values()))) == set(GRANTED)
+
+    # the source changes: five names updated, one person deleted; ingested and published
+    from pipelines.ingest import ingest_table
+    from pipelines.registry import get_system
+
+    con = sqlite3.connect(city.source)
+    (latest,) = con.execute("SELECT max(updated_at) FROM person").fetchone()
+    later = (datetime.fromisoformat(str(latest)) + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+    live = [r for (r,) in con.execute("SELECT resident_id FROM person ORDER BY rowid") if r in rsj]
+    changed, gone = live[:5], live[5]
+    con.executemany("UPDATE person SET name = '测' || substr(name, 2), updated_at = ? WHERE resident_id = ?",
+                    [(later, k) for k in changed])
+    con.execute("DELETE FROM person WHERE resident_id = ?", (gone,))
+    con.commit()
+    system = get_system(city.settings.registry_dir, "population")
+    ingest_table(system, "person", settings=city.settings, batch_id="b2", extracted_at=AT + timedelta(days=1))
+    ingest_table(system, "person", settings=city.settings, mode="deletions", batch_id="d2",
+                 extracted_at=AT + timedelta(days=1, hours=1))
+    city.publish("second")
+    assert gone not in city.std_ids()
+
+    second = _results(deliver_all(city.settings, delivery_date=D2, run_id="run2"))
+    for gid in ("rsj-person-file", "gjj-person-db"):
+        assert (second[gid].outcome, second[gid].mode, second[gid].rows, second[gid].deleted) == \
+            ("delivered", "incremental", 5, 1), second[gid]
+    folder2 = _folder(city, RSJ, D2)
+    data2 = pq.read_table(folder2 / "data.parquet")
+    assert data2.column_names == GRANTED
+    assert sorted(data2["resident_id"].to_pylist()) == sorted(rsj[k] for k in changed)  # stable pseudonyms
+    assert all(n.startswith("测") for n in data2["person_name"].to_pylist())
+    deletions = pq.read_table(folder2 / "deletions.parquet")
+    assert deletions.column_names == ["resident_id"] and deletions["resident_id"].to_pylist() == [rsj[gone]]
+    manifest2 = json.loads((folder2 / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest2["previous"] == D1.isoformat() and manifest2["mode"] == "incremental"
+    pg2 = _pg_rows(pg_url)
+    assert gjj[gone] not in pg2 and set(pg2) == set(gjj.values()) - {gjj[gone]}
+    assert all(pg2[gjj[k]]["person_name"].startswith("测") for k in changed)
+
+    # an Airflow retry of the same run (and a later day with nothing published) delivers nothing twice
+    again = _results(deliver_all(city.settings, delivery_date=D2, run_id="run2"))
+    assert {again[g].outcome for g in ("rsj-person-file", "gjj-person-db")} == {"nothing_new"}
+    assert sorted(p.name for p in (city.exports / "share" / RSJ / "person").iterdir() if p.is_dir()) == \
+        [D1.isoformat(), D2.isoformat()]
+    assert len(_pg_rows(pg_url)) == len(pg2)
+
+    # refusals deliver nothing and are on record with their reason; every attempt is audited
+    for code in (SCJG, ZRZY, JTYS):
+        assert not (city.exports / "share" / code).exists()
+    audit = _audit(city.settings)
+    refused = {(r["grant_id"], r["reason"]) for r in audit if r["outcome"] == "refused"}
+    assert {("scjg-person-expired", "expired"), ("zrzy-person-salary", "unknown_column"),
+            ("jtys-unknown", "unknown_dataset")} <= refused
+    delivered = [r for r in audit if r["outcome"] == "delivered"]
+    assert sorted((r["grant_id"], r["mode"], r["rows"]) for r in delivered) == [
+        ("gjj-person-db", "full", len(ids)), ("gjj-person-db", "incremental", 5),
+        ("rsj-person-file", "full", len(ids)), ("rsj-person-file", "incremental", 5)]
+    file_rows = [r for r in delivered if r["grant_id"] == "rsj-person-file"]
+    assert file_rows[-1]["checksum"] == hashlib.sha256((folder2 / "manifest.json").read_bytes()).hexdigest()
+    # what went, column by column: personal columns not named in deid are masked, the district code is clear
+    assert json.loads(file_rows[-1]["columns"]) == {"resident_id": "pseudonym", "person_name": "mask",
+                                                    "sex_code": "mask", "residence_district_code": "keep"}
+    assert json.loads(file_rows[-1]["batches"]) == ["b2", "d2"] and file_rows[-1]["std_snapshot_id"] is not None
+    text = json.dumps(audit, ensure_ascii=False, default=str)
+    assert not any(k in text for k in ids)  # no clear resident ID in the audit trail
+
+
+def test_missing_master_key_fails_and_delivers_nothing(city: City, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.errors import CitylakeError
+    from pipelines.share.deliver import deliver_grant
+
+    before = sorted(str(p) for p in city.exports.rglob("*")) if city.exports.exists() else []
+    monkeypatch.delenv("CITYLAKE_SHARE_MASTER_KEY")
+    with pytest.raises(CitylakeError, match="CITYLAKE_SHARE_MASTER_KEY") as err:
+        deliver_grant(city.settings, "rsj-person-file", delivery_date=D3, run_id="nokey")
+    assert "\n" not in str(err.value)
+    after = sorted(str(p) for p in city.exports.rglob("*")) if city.exports.exists() else []
+    assert after == before  # no folder, no stage, no latest.json change
+    rows = [r for r in _audit(city.settings) if r["run_id"] == "nokey"]
+    assert [(r["outcome"], r["reason"], r["rows"]) for r in rows] == [("failed", "missing_key", 0)]
+    ids = set(city.std_ids())
+    for path in city.exports.rglob("*"):  # nowhere a clear resident ID, in any delivery
+        if path.is_file():
+            body = path.read_bytes()
+            assert not any(k.encode() in body for k in ids), path
+
+
+def test_file_delivery_to_s3(city: City, moto_endpoint: str, aws_env: None) -> None:
+    import io
+
+    import boto3
+
+    from pipelines.share.deliver import deliver_grant
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    s3.create_bucket(Bucket="share-test")
+    settings = dataclasses.replace(city.settings, exports_dir="s3://share-test/exports", s3_endpoint=moto_endpoint)
+    result = deliver_grant(settings, "rsj-person-file", delivery_date=D3, run_id="s3run")
+    ids = city.std_ids()
+    # another destination: its own first (full) delivery, whatever was delivered to the local folder
+    assert (result.outcome, result.mode, result.rows) == ("delivered", "full", len(ids)), result
+    prefix = f"exports/share/{RSJ}/person/{D3.isoformat()}/"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="share-test", Prefix=prefix)["Contents"]}
+    assert {prefix + n for n in ("data.parquet", "data.csv", "manifest.json")} <= keys
+    assert not any(k.endswith(".incomplete") for k in keys)
+    data = pq.read_table(io.BytesIO(s3.get_object(Bucket="share-test", Key=prefix + "data.parquet")["Body"].read()))
+    assert data.column_names == GRANTED
+    assert sorted(data["resident_id"].to_pylist()) == sorted(_pseudonyms(ids, RSJ))
+    latest = json.loads(s3.get_object(Bucket="share-test", Key=f"exports/share/{RSJ}/person/latest.json")["Body"].read())
+    assert latest["folder"] == D3.isoformat()
+    assert result.target and result.target.startswith("s3://share-test/exports/share/")
