@@ -42,7 +42,7 @@ def test_every_page_exists_in_chinese_with_the_cjk_font_stack(city_site: tuple[S
 
     settings, root = city_site
     _standards, _systems, contracts = load_config(settings)
-    expected = {"index.html", "conflicts.html", "catalog.html", "catalog.json", "catalog.csv",
+    expected = {"index.html", "conflicts.html", "catalog.html", "open.html", "share.html", "catalog.json", "catalog.csv",
                 "assets/site.css", "assets/site.js", "assets/vendor/chartjs/chart.umd.js"}
     expected |= {f"datasets/{name}.html" for name in contracts}
     expected |= {f"departments/{page_name(c.owner)}.html" for c in contracts.values()}
@@ -724,3 +724,100 @@ def test_every_leak_kind_has_its_chinese_label() -> None:
     from pipelines.report.data import HIT_KINDS
 
     assert set(HIT_KINDS) == set(detect.LEAK_KINDS)
+
+
+def test_share_page_lists_deliveries_refusals_department_counts_and_requests(empty_lake: Settings, tmp_path: Path) -> None:
+    """meta.sharing_audit rows as the delivery writes them (two deliveries of one grant, refusals, a failure)
+    and a sharing request: share.html shows the grant's latest delivery, each refusal with its reason in
+    Chinese and its detail masked, per-department counts over the whole audit, the request masked; the
+    overview a one-line summary linking the page. A lake from before sharing (no audit table) shows an
+    empty state, not an error."""
+    from pipelines.catalog.requests import add_request
+    from pipelines.config import load_all, load_departments
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.meta import append_log
+    from pipelines.report import build_site
+    from pipelines.report.data import SHARE_REASONS
+
+    before = build_site(empty_lake, out_dir=tmp_path / "before").parent
+    html = (before / "share.html").read_text(encoding="utf-8")
+    assert 'id="share-empty"' in html and "尚无共享审计记录" in html
+    assert "尚无共享记录" in (before / "index.html").read_text(encoding="utf-8")
+    assert 'href="share.html">数据共享</a>' in (before / "conflicts.html").read_text(encoding="utf-8")  # in the nav
+
+    departments = load_departments(empty_lake)
+    market, police = (next(c for c, d in departments.items() if d.name == n) for n in ("合肥市市场监督管理局", "合肥市公安局"))
+    person = load_all(empty_lake).contracts["person"]
+    resident_id, mobile = "340104199003071234", "13912345678"
+    checksum = hashlib.sha256(b"manifest").hexdigest()
+
+    def audit(grant: str, consumer: str, outcome: str, **extra: object) -> dict[str, object]:
+        return {"audit_id": f"{grant}-{outcome}-{extra.get('rows')}", "run_id": "share-1", "delivery_date": "2026-11-21",
+                "consumer": consumer, "dataset": "person", "grant_id": grant, "grant_file": "schemas/grants/x.yml",
+                "outcome": outcome, "reason": None, "detail": None, "mode": None, "columns": None, "rows": None,
+                "deleted": None, "std_snapshot_id": None, "batches": None, "method": "file", "target": None,
+                "checksum": None, **extra}
+
+    delivered = {"columns": json.dumps({"resident_id": "pseudonym", "person_name": "mask", "gender": "keep"}),
+                 "method": "file", "std_snapshot_id": 7}
+    catalog = get_catalog(empty_lake)
+    append_log(catalog, "meta.sharing_audit", [audit("scjg-person", market, "delivered", mode="full", rows=100, deleted=0,
+                                                     target="exports/share/x/person/2026-11-20/", checksum="0" * 64,
+                                                     batches=json.dumps(["b1"]), **delivered)])
+    append_log(catalog, "meta.sharing_audit", [
+        audit("scjg-person", market, "delivered", mode="incremental", rows=5, deleted=2, checksum=checksum,
+              target=f"exports/share/{market}/person/2026-11-21/", batches=json.dumps(["b2", "b3"]), **delivered),
+        audit("ga-person-old", police, "refused", reason="expired",
+              detail=f"授权 ga-person-old（x.yml:3，{police}）已于 2026-01-01 过期：联系人 '张伟' {mobile}，证件 {resident_id}"),
+        audit("ga-secret", police, "refused", reason="not_shared", detail="数据集为不予共享"),
+        audit("ga-person", police, "failed", reason="missing_key", detail="共享主密钥未配置"),
+        audit("ghost", "UNKNOWN-DEPT", "refused", reason="unknown_department", detail="未知部门 UNKNOWN-DEPT")])
+    add_request(empty_lake, kind="share", title="人口基础信息共享", requester="李娜", purpose="企业登记核验",
+                requester_department=market, dataset="person", contact=mobile, received_at="2026-11-19")
+
+    root = build_site(empty_lake, out_dir=tmp_path / "site").parent
+    html = (root / "share.html").read_text(encoding="utf-8")
+    assert 'id="share-empty"' not in html
+    table = re.search(r'<table id="share-deliveries">(.*?)</table>', html, re.S)
+    assert table
+    rows = re.findall(r'<tr data-grant="([^"]+)" data-mode="([^"]+)">(.*?)</tr>', table.group(1), re.S)
+    assert [(g, m) for g, m, _ in rows] == [("scjg-person", "incremental")]  # the grant's latest delivery only
+    row = rows[0][2]
+    assert "合肥市市场监督管理局" in row and person.name in row and person.sharing.type in row and "增量" in row
+    assert '<td class="num">5</td>' in row and '<td class="num">2</td>' in row and "2026-11-21" in row
+    # a registered department's code stays readable in the target (a credit code is shaped like an ID)
+    assert f'title="{checksum}">{checksum[:12]}<' in row and f"exports/share/{market}/person/2026-11-21/" in row
+    assert "（假名）" in row and "（掩码）" in row
+
+    refusals = re.search(r'<table id="share-refusals">(.*?)</table>', html, re.S)
+    assert refusals
+    reasons = dict(re.findall(r'<tr data-grant="([^"]+)" data-reason="([^"]+)">', refusals.group(1)))
+    assert reasons == {"ga-person-old": "expired", "ga-secret": "not_shared", "ghost": "unknown_department"}
+    expired = re.search(r'<tr data-grant="ga-person-old".*?</tr>', refusals.group(1), re.S).group(0)  # type: ignore[union-attr]
+    assert "授权已过期" in expired and "合肥市公安局" in expired and "2026-01-01 过期" in expired
+    assert "张*" in expired and "139****5678" in expired and "340104********1234" in expired and police in expired
+    assert "不予共享" in refusals.group(1) and "未知部门" in refusals.group(1) and "UNKNOWN-DEPT" in refusals.group(1)
+    failures = re.search(r'<table id="share-failures">(.*?)</table>', html, re.S)
+    assert failures and "ga-person" in failures.group(1) and "共享密钥未配置" in failures.group(1)
+
+    counts = re.search(r'<table id="share-department-counts">(.*?)</table>', html, re.S)
+    assert counts
+    cells = {c: re.findall(r'<td class="num">([^<]+)</td>', r) for c, r in
+             re.findall(r'<tr data-consumer="([^"]*)">(.*?)</tr>', counts.group(1), re.S)}
+    # deliveries, rows, deleted keys, refusals, failures
+    assert cells[market] == ["2", "105", "2", "0", "0"] and cells[police] == ["0", "0", "0", "2", "1"]
+    assert cells[""] == ["0", "0", "0", "1", "0"]  # an unknown consumer is counted, not dropped
+
+    requests = re.search(r'<table id="share-requests">(.*?)</table>', html, re.S)
+    assert requests and "REQ-20261119-" in requests.group(1) and "人口基础信息共享" in requests.group(1)
+    assert "合肥市市场监督管理局" in requests.group(1) and "139****5678" in requests.group(1)
+    assert _card(html, "share-today-delivered") == 2 and _card(html, "share-today-refused") == 3
+    for page in root.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        for personal in (resident_id, mobile, "张伟", "李娜"):
+            assert personal not in text, (page.name, personal)
+
+    summary = re.search(r'<p id="share-summary">(.*?)</p>', (root / "index.html").read_text(encoding="utf-8"), re.S)
+    assert summary and "报告日交付 2 次，拒绝 3 次，失败 1 次" in summary.group(1) and 'href="share.html"' in summary.group(1)
+    assert "待答复的共享申请 1 项" in summary.group(1)
+    assert len(SHARE_REASONS) == 15 and all(HAN.search(v) for v in SHARE_REASONS.values())

@@ -285,7 +285,7 @@ def test_every_page_loads_without_errors_or_network(site: tuple[Settings, Path],
     settings, root = site
     pages = _pages(root)
     names = {p.relative_to(root).as_posix() for p in pages}
-    assert {"index.html", "conflicts.html", "catalog.html"} <= names, names
+    assert {"index.html", "conflicts.html", "catalog.html", "open.html", "share.html"} <= names, names
     assert any(n.startswith("departments/") for n in names) and any(n.startswith("datasets/") for n in names)
     assert any(n.startswith("catalog/") for n in names) and "datasets/enterprise.html" in names
 

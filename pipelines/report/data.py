@@ -8,13 +8,16 @@ except a bounded sample of each quarantine table for failing-row examples (maske
 Curated datasets (主题层) get dataset pages as std ones do (their gate's results, builds, lineage, and each
 column's grade and de-identification); the open-data page reads ``meta.releases`` (each curated dataset's
 latest release event, with the leak gate's masked hits), ``open/latest.json`` (the portal's pointers) and
-``meta.requests`` (开放需求, contacts masked).
+``meta.requests`` (开放需求, contacts masked). The sharing page reads ``meta.sharing_audit`` (each grant's
+latest delivery, every refusal and failure with its reason in Chinese, counts per consumer department) and
+the requests of kind ``share``; a lake from before sharing has no audit table and the page says so.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -26,8 +29,8 @@ import pyarrow.compute as pc
 
 from pipelines.departments import department_name
 from pipelines.formats import beijing_time, percent_floor
-from pipelines.lake.meta import BATCHES, CONFLICTS, STANDARDIZATION_LOG, latest_events
-from pipelines.privacy.mask import mask_file_name, mask_message
+from pipelines.lake.meta import BATCHES, CONFLICTS, SHARING_AUDIT, STANDARDIZATION_LOG, latest_events
+from pipelines.privacy.mask import mask_file_name, mask_message, mask_text
 from pipelines.quality import scorecard
 from pipelines.quality.scorecard import DIMENSIONS, Card
 from pipelines.settings import TZ, Settings
@@ -51,6 +54,20 @@ RELEASE_LABELS = {"released": "已发布", "unchanged": "未变化", "blocked": 
 HIT_KINDS = {"resident_id": "公民身份号码", "mobile": "手机号码", "bank_card": "银行卡号", "person_name": "姓名",
              "address": "住址（门牌号）", "individual_uscc": "个体工商户统一社会信用代码"}
 """Leak-gate hit kinds (``pipelines.privacy.detect`` and the release's extra detectors) in Chinese."""
+SHARE_REASONS = {
+    "expired": "授权已过期", "unknown_dataset": "未知数据集", "unknown_department": "未知部门", "unknown_column": "未知字段",
+    "column_outside_grant": "超出授权范围的字段", "not_shared": "不予共享", "missing_approver": "缺少审批人",
+    "missing_expiry": "缺少有效期", "missing_purpose": "缺少用途", "clear_not_allowed": "个人信息明文未获核验授权",
+    "key_not_granted": "未授权主键", "key_masked": "主键不可掩码", "method_not_offered": "共享方式未开放",
+    "unknown_scenario": "未知免审即享场景", "missing_key": "共享密钥未配置"}
+"""``meta.sharing_audit`` reason codes (``pipelines.share.policy`` refusals, the delivery's failures) in Chinese."""
+SHARE_OUTCOMES = {"delivered": "已交付", "nothing_new": "无新数据", "refused": "已拒绝", "failed": "失败"}
+SHARE_MODES = {"full": "全量", "incremental": "增量"}
+SHARE_METHODS = {"file": "文件", "database": "数据库"}
+DEID_LABELS = {"keep": "原值", "pseudonym": "假名", "mask": "掩码"}
+SHARE_ROWS_SHOWN = 500
+"""Refusals and failures listed on the sharing page, newest first (a refusing grant repeats every day)."""
+_USERINFO = re.compile(r"(//)[^/@\s]+@")
 
 
 @dataclass
@@ -68,6 +85,8 @@ class SiteData:
     """The ``CatalogEntry`` objects behind ``catalog`` (for ``write_catalog``)."""
     open: dict[str, Any] = field(default_factory=dict)
     """The open-data page: the latest release per curated dataset, the pointers, the requests."""
+    share: dict[str, Any] = field(default_factory=dict)
+    """The sharing page: each grant's latest delivery, refusals, failures, department counts, requests."""
 
 
 def _arrow(catalog: Any, identifier: str, schema: pa.Schema, row_filter: Any = None) -> pa.Table:
@@ -424,6 +443,46 @@ class _Reader:
 
         return [public(r, self.departments) for r in list_requests(self.catalog, until=self.until)]
 
+    # --- departmental sharing ----------------------------------------------------------------------------
+    def sharing(self) -> dict[str, Any] | None:
+        """``meta.sharing_audit`` read once, up to the report day's end, aggregated in DuckDB: each grant's
+        latest delivery, the newest refusals and failures (with their totals), counts per consumer, and the
+        report day's deliveries and refusals. None: a lake from before sharing (no audit table)."""
+        table = self.table("meta.sharing_audit")
+        if table is None:
+            return None
+        data = (scorecard.conform(table.scan().to_arrow(), SHARING_AUDIT) if table.current_snapshot() is not None
+                else SHARING_AUDIT.empty_table())
+        day_start = datetime.combine(self.today, datetime.min.time(), TZ)
+        params = {"until": self.until}
+        self.con.register("a", data)
+        try:
+            def rows(sql: str, **extra: Any) -> list[dict[str, Any]]:
+                return self.con.sql(f"WITH s AS (SELECT * FROM a WHERE recorded_at <= $until) {sql}",
+                                    params={**params, **extra}).to_arrow_table().to_pylist()
+
+            latest = rows("SELECT * FROM s WHERE outcome = 'delivered' QUALIFY row_number() OVER "
+                          "(PARTITION BY grant_id ORDER BY recorded_at DESC, audit_id DESC) = 1 "
+                          "ORDER BY consumer, dataset, grant_id")
+            listed = rows("SELECT * FROM s WHERE outcome IN ('refused', 'failed') QUALIFY row_number() OVER "
+                          "(PARTITION BY outcome ORDER BY recorded_at DESC, grant_id, audit_id) <= $n "
+                          "ORDER BY recorded_at DESC, grant_id, audit_id", n=SHARE_ROWS_SHOWN)
+            per_consumer = rows(
+                "SELECT consumer, count(*) FILTER (WHERE outcome = 'delivered')::BIGINT AS deliveries, "
+                "coalesce(sum(rows) FILTER (WHERE outcome = 'delivered'), 0)::BIGINT AS rows, "
+                "coalesce(sum(deleted) FILTER (WHERE outcome = 'delivered'), 0)::BIGINT AS deleted, "
+                "count(*) FILTER (WHERE outcome = 'refused')::BIGINT AS refusals, "
+                "count(*) FILTER (WHERE outcome = 'failed')::BIGINT AS failures, max(recorded_at) AS last_at "
+                "FROM s GROUP BY consumer ORDER BY consumer")
+            totals = rows("SELECT outcome, count(*)::BIGINT AS n, "
+                          "count(*) FILTER (WHERE recorded_at >= $day_start)::BIGINT AS today FROM s GROUP BY outcome",
+                          day_start=day_start)
+        finally:
+            self.con.unregister("a")
+        return {"latest": latest, "refused": [r for r in listed if r["outcome"] == "refused"],
+                "failed": [r for r in listed if r["outcome"] == "failed"], "per_consumer": per_consumer,
+                "total": {t["outcome"]: t["n"] for t in totals}, "today": {t["outcome"]: t["today"] for t in totals}}
+
 
 def _owned_by(results: pa.Table, owners: dict[str, str]) -> pa.Table:
     """Results of curated datasets counted for their contract's owner (``by_contract`` knows std contracts)."""
@@ -663,6 +722,7 @@ def collect(settings: Settings, today: date) -> SiteData:
         entries, catalog = _catalog(r, {d: c.overall for d, c in ds_cards.items()})
         release_events = r.releases()
         requests = r.requests()
+        audit = r.sharing()
     finally:
         r.con.close()
     entry_by_id = {e["identifier"]: e for e in catalog}
@@ -715,8 +775,107 @@ def collect(settings: Settings, today: date) -> SiteData:
     overview["uncontracted"] = uncontracted
     opened = _open_page(datasets, requests)
     overview["open"] = {k: opened[k] for k in ("latest_date", "counts", "blocked", "pending_requests")}
+    shared = _share_page(r, datasets, audit, requests)
+    overview["share"] = {k: shared[k] for k in ("audited", "today", "total", "pending_requests")}
     return SiteData(today=today, generated_at=datetime.now(TZ), overview=overview, departments=departments,
-                    datasets=datasets, conflicts=conflicts, catalog=catalog, catalog_entries=entries, open=opened)
+                    datasets=datasets, conflicts=conflicts, catalog=catalog, catalog_entries=entries, open=opened,
+                    share=shared)
+
+
+def _share_text(value: Any, codes: re.Pattern[str] | None = None) -> str | None:
+    """Free text of an audit row as the page shows it: the writer masked personal values already; masked
+    again (identifiers, quoted names: ``mask_message``) and a URL's user:password part hidden, whatever it did.
+    Registered department codes (``codes``) stay readable: a credit code is shaped like a resident ID, and a
+    delivery's folder or schema is named after the consumer's code."""
+    if value is None or value == "":
+        return None
+    text = _USERINFO.sub(r"\1***@", str(value))
+    if codes is None:
+        return mask_message(text)
+    kept = codes.findall(text)
+    # mask the text between the codes (a placeholder would be read as part of a longer digit run)
+    parts = [mask_message(part) or "" for part in codes.split(text)]
+    return "".join(p + (kept[i] if i < len(kept) else "") for i, p in enumerate(parts))
+
+
+def _code_pattern(departments: dict[str, Any]) -> re.Pattern[str] | None:
+    """Registered department codes as whole tokens, any case (a PostgreSQL schema lower-cases them)."""
+    codes = sorted((c for c in departments if c), key=len, reverse=True)
+    if not codes:
+        return None
+    return re.compile(r"(?<![0-9A-Za-z])(?:" + "|".join(map(re.escape, codes)) + r")(?![0-9A-Za-z])", re.IGNORECASE)
+
+
+def _json(value: Any, default: Any) -> Any:
+    try:
+        return json.loads(value) if value else default
+    except ValueError:
+        return default
+
+
+def _share_row(r: _Reader, datasets: dict[str, dict[str, Any]], sharing: dict[str, str], row: dict[str, Any],
+               codes: re.Pattern[str] | None) -> dict[str, Any]:
+    """One ``meta.sharing_audit`` row for the page: names from the registries, labels in Chinese, text masked."""
+    consumer, dataset = row.get("consumer") or "", row.get("dataset") or ""
+    known = consumer in r.departments
+    ds = datasets.get(dataset)
+    columns = _json(row.get("columns"), {})
+    checksum = row.get("checksum") or None
+    reason = row.get("reason")
+    return {
+        "grant_id": mask_text(row.get("grant_id")), "grant_file": mask_file_name(row.get("grant_file")),
+        "consumer": consumer if known else None,
+        # an unknown consumer is shown as written, identifiers masked (the code may be anything)
+        "consumer_name": department_name(r.departments, consumer) if known else (mask_text(consumer) or "未指定部门"),
+        "dataset": dataset if ds else None, "dataset_code": mask_text(dataset) or "—",
+        "dataset_name": ds["name"] if ds else None, "layer": ds["layer"] if ds else None,
+        "sharing_type": sharing.get(dataset), "outcome": row.get("outcome"),
+        "outcome_label": SHARE_OUTCOMES.get(row.get("outcome") or "", row.get("outcome") or "—"),
+        "reason": reason, "reason_label": SHARE_REASONS.get(reason or "", reason) if reason else None,
+        "detail": _share_text(row.get("detail"), codes), "mode": row.get("mode"),
+        "mode_label": SHARE_MODES.get(row.get("mode") or "", row.get("mode") or "—"),
+        "method_label": SHARE_METHODS.get(row.get("method") or "", row.get("method") or "—"),
+        "columns": [{"column": c, "method": m, "label": DEID_LABELS.get(m, m)} for c, m in columns.items()]
+        if isinstance(columns, dict) else [],
+        "rows": row.get("rows"), "deleted": row.get("deleted"), "std_snapshot_id": row.get("std_snapshot_id"),
+        "batches": len(b) if isinstance(b := _json(row.get("batches"), []), list) else 0,
+        "delivery_date": row.get("delivery_date"), "target": _share_text(row.get("target"), codes),
+        "checksum": checksum, "checksum_short": checksum[:12] if checksum else None,
+        "at": _local(row.get("recorded_at")), "run_id": row.get("run_id"),
+    }
+
+
+def _share_page(r: _Reader, datasets: dict[str, dict[str, Any]], audit: dict[str, Any] | None,
+                requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sharing page: each grant's latest delivery, the newest refusals and failures with their reasons in
+    Chinese, per consumer department its deliveries, rows and refusals over the whole audit, and the
+    departments' sharing requests (``meta.requests`` kind ``share``, masked as ``requests.public`` does).
+    ``audited`` is False on a lake from before sharing (no ``meta.sharing_audit``)."""
+    from pipelines.catalog.requests import NEEDS_ANSWER
+
+    sharing = {c.dataset: c.sharing.type for c in [*r.contracts.values(), *r.curated.values()]}
+    shared = [q for q in requests if q["kind"] == "share"]
+    page: dict[str, Any] = {"audited": audit is not None, "requests": shared,
+                            "pending_requests": sum(1 for q in shared if q["status"] not in NEEDS_ANSWER),
+                            "deliveries": [], "refusals": [], "failures": [], "departments": [],
+                            "total": {}, "today": {}, "shown": SHARE_ROWS_SHOWN, "reasons": SHARE_REASONS}
+    if audit is None:
+        return page
+    codes = _code_pattern(r.departments)
+    page["deliveries"] = [_share_row(r, datasets, sharing, x, codes) for x in audit["latest"]]
+    page["refusals"] = [_share_row(r, datasets, sharing, x, codes) for x in audit["refused"]]
+    page["failures"] = [_share_row(r, datasets, sharing, x, codes) for x in audit["failed"]]
+    page["total"] = {k: audit["total"].get(k, 0) for k in SHARE_OUTCOMES}
+    page["today"] = {k: audit["today"].get(k, 0) for k in SHARE_OUTCOMES}
+    departments = []
+    for c in audit["per_consumer"]:
+        code = c["consumer"] or ""
+        known = code in r.departments
+        departments.append({**c, "consumer": code if known else None, "at": _local(c["last_at"]),
+                            "consumer_name": department_name(r.departments, code) if known
+                            else (mask_text(code) or "未指定部门")})
+    page["departments"] = sorted(departments, key=lambda d: (-d["deliveries"], d["consumer_name"]))
+    return page
 
 
 def _open_page(datasets: dict[str, dict[str, Any]], requests: list[dict[str, Any]]) -> dict[str, Any]:

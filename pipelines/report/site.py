@@ -65,6 +65,7 @@ def _write(settings: Settings, stage: Path, final: Path, data: SiteData) -> None
                ds=ds, gx_page=gx_page, **ctx)
     render("conflicts.html", stage / "conflicts.html", root="", title="一数一源冲突", conflicts=data.conflicts, **ctx)
     render("open.html", stage / "open.html", root="", title="开放数据", open=data.open, **ctx)
+    render("share.html", stage / "share.html", root="", title="数据共享", share=data.share, **ctx)
     facets = _facets(data.catalog)
     render("catalog.html", stage / "catalog.html", root="", title="数据资源目录（一本账）", entries=data.catalog,
            facets=facets, **ctx)
