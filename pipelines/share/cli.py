@@ -82,7 +82,7 @@ def share_grants(
         config, departments, grants = load_all(settings), load_departments(settings), load_grants(settings)
     except CitylakeError as exc:
         fail(str(exc))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for gid, grant in sorted(grants.grants.items()):
         if code is not None and grant.consumer != code:
             continue
