@@ -737,7 +737,6 @@ def test_share_page_lists_deliveries_refusals_department_counts_and_requests(emp
     from pipelines.lake.catalog import get_catalog
     from pipelines.lake.meta import append_log
     from pipelines.report import build_site
-    from pipelines.report.data import SHARE_REASONS
 
     before = build_site(empty_lake, out_dir=tmp_path / "before").parent
     html = (before / "share.html").read_text(encoding="utf-8")
@@ -820,4 +819,12 @@ def test_share_page_lists_deliveries_refusals_department_counts_and_requests(emp
     summary = re.search(r'<p id="share-summary">(.*?)</p>', (root / "index.html").read_text(encoding="utf-8"), re.S)
     assert summary and "报告日交付 2 次，拒绝 3 次，失败 1 次" in summary.group(1) and 'href="share.html"' in summary.group(1)
     assert "待答复的共享申请 1 项" in summary.group(1)
-    assert len(SHARE_REASONS) == 15 and all(HAN.search(v) for v in SHARE_REASONS.values())
+
+
+def test_every_sharing_reason_has_its_chinese_label() -> None:
+    """share.html names each refusal and failure by its code in Chinese; a code without a label shows raw."""
+    from pipelines.report.data import SHARE_REASONS
+    from pipelines.share.policy import REFUSAL_CODES
+
+    assert set(SHARE_REASONS) == {*REFUSAL_CODES, "missing_key", "target_failed", "error"}
+    assert all(HAN.search(v) for v in SHARE_REASONS.values())

@@ -59,8 +59,9 @@ SHARE_REASONS = {
     "column_outside_grant": "超出授权范围的字段", "not_shared": "不予共享", "missing_approver": "缺少审批人",
     "missing_expiry": "缺少有效期", "missing_purpose": "缺少用途", "clear_not_allowed": "个人信息明文未获核验授权",
     "key_not_granted": "未授权主键", "key_masked": "主键不可掩码", "method_not_offered": "共享方式未开放",
-    "unknown_scenario": "未知免审即享场景", "missing_key": "共享密钥未配置"}
-"""``meta.sharing_audit`` reason codes (``pipelines.share.policy`` refusals, the delivery's failures) in Chinese."""
+    "unknown_scenario": "未知免审即享场景", "missing_key": "共享密钥未配置", "target_failed": "交付目标写入失败",
+    "error": "交付出错"}
+"""``meta.sharing_audit`` reason codes (``pipelines.share.policy.REFUSAL_CODES``, the delivery's failures) in Chinese."""
 SHARE_OUTCOMES = {"delivered": "已交付", "nothing_new": "无新数据", "refused": "已拒绝", "failed": "失败"}
 SHARE_MODES = {"full": "全量", "incremental": "增量"}
 SHARE_METHODS = {"file": "文件", "database": "数据库"}
