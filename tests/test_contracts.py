@@ -237,8 +237,8 @@ def test_social_security_is_shared_conditionally(tmp_path: Path) -> None:
 def test_idle_override_on_a_rule_bound_attribute_fails(tmp_path: Path) -> None:
     """An override beside a value a rule fixes records nothing: it is an error like any idle override."""
     d, (line,) = _edited(tmp_path, "person", (
-        "  methods: [database, service]\n",
-        "  methods: [database, service]\n  override: {reason: 人口数据无条件共享, approved_by: 某局}\n"))
+        "  methods: [database, file, service]\n",
+        "  methods: [database, file, service]\n  override: {reason: 人口数据无条件共享, approved_by: 某局}\n"))
     assert _problems(d) == [
         f"{d / 'person.yml'}:{line + 1}: sharing.override: sharing.type is fixed by a rule (人口 is a base resource: "
         "Hefei shares it 无条件共享 whatever its level or grade) and an override cannot lift it; remove the override "
