@@ -8,7 +8,9 @@ quarantined as ``duplicate_key``), evaluate every rule, then either
   ``quarantine.<dataset>`` with every rule they broke, warning-only rows are published and flagged.
 Every raw batch records its own extracted = published + quarantined + held in ``meta.batches``; every rule
 result lands in ``meta.quality_results`` and every standardization change in ``meta.standardization_log``,
-replaced (not repeated) when the same run id runs again (``pipelines.lake.meta``).
+replaced (not repeated) when the same run id runs again (``pipelines.lake.meta``). The keys a publish
+deleted at the source go to ``meta.deleted_keys`` after the std commit and before the batches are recorded,
+so a batch recorded as published has its deletions on record (sharing passes them on).
 
 A held batch stays parked (later batches publish without it) until someone acts on it:
 - rerunning the run that held it (clearing the Airflow task) validates it again, e.g. after a code-list fix;
@@ -42,7 +44,7 @@ from pipelines.config import load_config
 from pipelines.contracts import AnyContract, DatasetContract
 from pipelines.errors import CitylakeError
 from pipelines.lake.catalog import get_catalog
-from pipelines.lake.changes import latest_order, raw_batch_ids
+from pipelines.lake.changes import key_json, latest_order, raw_batch_ids
 from pipelines.lake.changes import release_memory as _release_memory  # between passes: each started at the last peak
 from pipelines.lake.meta import append_events, batch_status, new_run_id, replace_run
 from pipelines.lake.raw import PUBLISHED_BATCHES, arrow_schema, open_table, retry_conflicts, single_attempt, stream_scan
@@ -53,8 +55,10 @@ from pipelines.quality.standardize import standardize
 from pipelines.quality.suites import load_suite
 from pipelines.settings import TZ, Settings, load_settings
 
-# std files are rewritten whole when one of their keys changes: keep them moderate (64 MB in memory).
-STD_PROPS = {**PROPS, "write.target-file-size-bytes": str(64 << 20)}
+# std files are rewritten whole when one of their keys changes: keep them moderate (64 MB in memory). Exact
+# batch id bounds: a sharing delivery scans std filtered on the batches published since its last one, and
+# the statistics let it skip the other files (``table_for`` adds the property to older std tables).
+STD_PROPS = {**PROPS, "write.target-file-size-bytes": str(64 << 20), "write.metadata.metrics.column._batch_id": "full"}
 # exact bounds on the batch id: a retry's replace finds the earlier attempt's files by their statistics
 QUARANTINE_PROPS = {**PROPS, "write.metadata.metrics.column._batch_id": "full"}
 CHUNK_ROWS = 128 * 1024
@@ -520,8 +524,9 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
                                    "quarantined": split.quarantined_by_batch[b], "held": 0} for b in batches}
         for b, n in result.batch_counts.items():  # the invariant holds per raw batch, not only in total
             assert n["extracted"] == n["published"] + n["quarantined"], (b, n)
+        applied: list[pa.Table] = []
         result.std_snapshot, done = _publish(catalog, contract, good_path, staged.gone, keys, run_id, batches,
-                                             _raw_versions(catalog, contract, standards))
+                                             _raw_versions(catalog, contract, standards), applied)
         if done:  # a concurrent run published these first: they are its to record, not this run's
             batches = result.batches = [b for b in batches if b not in done]
             for b in done:
@@ -532,6 +537,7 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
             if not batches:
                 result.status, result.std_snapshot = "nothing_new", None
                 return result
+        _record_deletions(catalog, dataset, run_id, batches, result.std_snapshot, keys, applied)
         # a retry (its batches not yet recorded) replaces the rows an earlier attempt quarantined
         kept = quarantine_path
         if done and quarantine_path.exists():
@@ -689,7 +695,8 @@ def _published_elsewhere(table: Any, run_id: str) -> set[str]:
 
 
 def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table, keys: list[str],
-             run_id: str, batches: list[str] | None = None, later: Later | None = None) -> tuple[int | None, set[str]]:
+             run_id: str, batches: list[str] | None = None, later: Later | None = None,
+             applied: list[pa.Table] | None = None) -> tuple[int | None, set[str]]:
     """One commit: replace the std rows of every key the batch carries (upsert) and drop the keys deleted
     at the source; the passing rows stream in from their staged file. A first publish only appends. When
     a run validates several batches, a key's latest event wins: a row extracted before the batch that
@@ -698,12 +705,18 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
 
     The commit is a single attempt (pyiceberg's retry would re-apply a fast append of keys another publish
     just appended: two copies); refused, everything is decided again on the reloaded table, and the batches
-    another run published meanwhile are left out. Returns (std snapshot, those batches)."""
+    another run published meanwhile are left out. Returns (std snapshot, those batches); ``applied`` gets the
+    tombstones the committed attempt applied (key columns typed as std's, ``_batch_id``): not those of the
+    batches left out, nor stale keys."""
     name = contract.std_table
     rows = pq.ParquetFile(good) if good.exists() else None
 
     def attempt() -> tuple[int | None, set[str]]:
-        table = table_for(catalog, name, rows.schema_arrow, STD_PROPS) if rows is not None else open_table(catalog, name)
+        if applied is not None:
+            applied.clear()
+        table = open_table(catalog, name)
+        if rows is not None or table is not None:  # creates or evolves it, and gives older std tables STD_PROPS
+            table = table_for(catalog, name, rows.schema_arrow if rows is not None else arrow_schema(table), STD_PROPS)
         if table is None:
             return None, set()
         done = _published_elsewhere(table, run_id) & set(batches or ())
@@ -715,6 +728,11 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
         gone_keys = pa.table({k: pc.cast(gone.column(k), types.field(k).type) for k in keys})
         incoming = _incoming(good, gone_keys, gone, keys, done)
         stale = _stale_keys(incoming, keys, later)
+        if applied is not None:
+            dead = gone_keys.append_column("_batch_id", gone["_batch_id"]).filter(_not_done(gone, done))
+            if len(stale):
+                dead = dead.filter(pc.invert(pc.is_in(_key_strings(dead, keys), value_set=stale)))
+            applied.append(dead)
         tx = single_attempt(table).transaction()
         if table.current_snapshot() is not None:  # a first publish has nothing to replace
             replace = pc.unique(incoming["key"].combine_chunks())
@@ -747,6 +765,22 @@ def _record_results(catalog: Any, run_id: str, contract: AnyContract, tallies: l
              "evaluated": t.evaluated, "failed": t.failed, "severity": t.rule.severity,
              "passed": t.failed == 0, "error": t.error} for t in tallies]
     replace_run(catalog, "meta.quality_results", run_id, rows, datasets=[contract.dataset])
+
+
+def _record_deletions(catalog: Any, dataset: str, run_id: str, batches: list[str], snapshot: int | None,
+                      keys: list[str], applied: list[pa.Table]) -> None:
+    """The keys this publish deleted at the source, once per (raw batch, key), in ``meta.deleted_keys``;
+    replaces what an earlier attempt of the run recorded for these batches (also when none are left)."""
+    dead = pa.concat_tables(applied) if applied else None
+    rows = pa.table({"raw_batch_id": pa.array([], pa.string()), "key": pa.array([], pa.string())})
+    if dead is not None and dead.num_rows:
+        rows = pa.table({"raw_batch_id": dead["_batch_id"], "key": key_json(dead, keys)}) \
+            .group_by(["raw_batch_id", "key"], use_threads=False).aggregate([])
+    n = rows.num_rows
+    rows = rows.append_column("dataset", pa.repeat(pa.scalar(dataset), n)) \
+        .append_column("run_id", pa.repeat(pa.scalar(run_id), n)) \
+        .append_column("std_snapshot_id", pa.repeat(pa.scalar(snapshot, pa.int64()), n))
+    replace_run(catalog, "meta.deleted_keys", run_id, rows, datasets=[dataset], raw_batches=batches)
 
 
 def _record_batches(catalog: Any, contract: AnyContract, result: GateResult, snapshot: int | None) -> None:
