@@ -159,7 +159,7 @@ GRANT = """\
     dataset: person
     columns: [resident_id, person_name, sex_code, birth_date, residence_district_code, residence_address,
               mobile_phone, person_updated_at]
-    purpose: 基准测试: 按户籍核对登记信息
+    purpose: "基准测试: 按户籍核对登记信息"
     legal_basis: 基准测试 (合成数据)
     delivery: {{method: file}}
     deid: {{resident_id: pseudonym, person_name: mask, residence_address: mask, mobile_phone: mask}}

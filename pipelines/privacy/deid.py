@@ -120,12 +120,32 @@ def mask_values(arr: Array, element: DataElement) -> pa.Array:
     """The display mask of ``element`` (``pipelines.privacy.mask.mask``, the one rule every output shows)
     applied to each distinct value once: the column is dictionary-encoded and only its dictionary goes
     through the mask, so a masked column costs its distinct values, not its rows."""
-    from pipelines.privacy.mask import mask
+    from pipelines.privacy.mask import is_personal, mask, mask_sql
 
     a = _flat(arr)
+    if pa.types.is_string(a.type) or pa.types.is_large_string(a.type):
+        sql = mask_sql(element, '"v"')
+        if sql is not None:  # the same rule in DuckDB, vectorised: names and addresses are mostly distinct
+            return _duck_mask(a, sql)
+    if pa.types.is_date32(a.type) and element.type == "date" and is_personal(element) and not element.code_list \
+            and element.validator not in ("resident_id", "mobile"):
+        year = pc.utf8_slice_codeunits(pc.cast(a, pa.string()), 0, 4)  # Arrow writes dates as isoformat does
+        return pc.binary_join_element_wise(year, pa.scalar("-**-**"), "")
     encoded = a if pa.types.is_dictionary(a.type) else pc.dictionary_encode(a)
     masked = pa.array([mask(v, element) for v in encoded.dictionary.to_pylist()], pa.string())
     return pc.take(masked, encoded.indices)
+
+
+def _duck_mask(a: pa.Array, sql: str) -> pa.Array:
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("t", pa.table({"v": a}))
+        out = con.sql(f"SELECT {sql} AS m FROM t").to_arrow_table().column("m")  # DuckDB keeps the row order
+    finally:
+        con.close()
+    return out.combine_chunks().cast(pa.string())
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,27 @@ def mask(value: Any, element: DataElement) -> str | None:
     return _name(text)
 
 
+def mask_sql(element: DataElement, v: str) -> str | None:
+    """``mask`` for a text column as one DuckDB expression over ``v`` (characters counted as Python counts
+    them: code points), so a column is masked without a Python call per value; None where the rule depends on
+    more than the text (a date or timestamp column's own type goes through ``mask``)."""
+    name = f"left({v}, 1) || repeat('*', greatest(1, length({v}) - 1))"
+    if not is_personal(element) or element.code_list:
+        return v
+    if element.type in ("date", "timestamp"):
+        return None
+    rules = []
+    if element.validator == "resident_id":
+        rules.append(f"WHEN length({v}) = 18 THEN left({v}, 6) || '********' || right({v}, 4)")
+    if element.validator == "mobile":
+        rules.append(f"WHEN length({v}) = 11 THEN left({v}, 3) || '****' || right({v}, 4)")
+    if "address" in element.code:
+        cut = f"greatest(instr({v}, '区'), instr({v}, '县'))"  # 1-based, 0 when absent: Python's find + 1
+        rules.append(f"WHEN {cut} > 1 THEN left({v}, {cut}) || '***'")
+        name = f"left({v}, 6) || '***'"
+    return f"CASE WHEN {v} IS NULL THEN NULL {' '.join(rules)} ELSE {name} END"
+
+
 def mask_kind(value: Any, kind: str) -> str | None:
     """Display mask for a value a detector recognised as ``kind`` (see ``pipelines.privacy.detect``)."""
     if value is None:
