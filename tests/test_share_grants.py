@@ -15,7 +15,7 @@ from pipelines.config import Config, load_all, load_departments
 from pipelines.contracts import Sharing
 from pipelines.errors import ConfigError
 from pipelines.settings import Settings, load_settings
-from pipelines.share.grants import Grants, grant_ids, load_grants
+from pipelines.share.grants import Grants, grant_ids, load_grants, read_grant_ids
 from pipelines.share.policy import REFUSAL_CODES, Decision, decide
 
 DAY = date(2026, 11, 20)  # the demo city's reference date
@@ -135,6 +135,41 @@ def test_every_problem_of_every_file_at_once(tmp_path: Path) -> None:
     assert any(p == f"{scenarios}:2: scenarios.0.columns: required field is missing" for p in problems)
 
 
+def test_one_grant_per_consumer_dataset_and_delivery(tmp_path: Path) -> None:
+    first = _write(tmp_path, "a.yml", GOOD)
+    renewal = _write(tmp_path, "b.yml", GOOD.replace("g1", "g1-2027"))
+    with pytest.raises(ConfigError) as err:
+        load_grants(_settings(tmp_path))
+    [problem] = err.value.problems
+    assert problem.startswith(f"{renewal}:3: grants.0: grant 'g1-2027' gives consumer {SCJG} dataset enterprise "
+                              f"by file like grant 'g1' at {first}:3")
+    assert "a renewal under a new id replaces the old entry" in problem
+    # another destination of the same dataset is another grant
+    _write(tmp_path, "b.yml", GOOD.replace("g1", "g1-db").replace("{method: file}",
+                                                                  "{method: database, conn_id: scjg_pg}"))
+    assert list(load_grants(_settings(tmp_path)).grants) == ["g1", "g1-db"]
+
+
+def test_isolate_leaves_a_broken_file_out_and_says_why(tmp_path: Path) -> None:
+    _write(tmp_path, "a.yml", GOOD)
+    broken = _write(tmp_path, "b.yml", GOOD.replace("g1", "g2").replace("enterprise", "poi") + "    purpse: x\n")
+    twice = _write(tmp_path, "c.yml", GOOD.replace("g1", "g3").replace("enterprise", "person"))
+    _write(tmp_path, "d.yml", GOOD.replace("g1", "g4").replace("enterprise", "person"))  # same place as g3
+    scenarios = _write(tmp_path, "scenarios.yml", "scenarios:\n  - id: s1\n")
+    settings = _settings(tmp_path)
+    with pytest.raises(ConfigError):
+        load_grants(settings)
+    grants = load_grants(settings, isolate=True)
+    assert list(grants.grants) == ["g1", "g3"] and grants.scenarios == {}
+    assert list(grants.problems) == [str(broken), str(tmp_path / "d.yml"), str(scenarios)]
+    assert grants.problems[str(broken)] == [f"{broken}:8: grants.0.purpse: unknown field; allowed fields: "
+                                            "approved_on, approver, columns, consumer, dataset, deid, delivery, "
+                                            "expires, id, legal_basis, purpose, scenario, verification"]
+    assert grants.problems[str(tmp_path / "d.yml")][0].startswith(f"{tmp_path / 'd.yml'}:3: grants.0: grant 'g4'")
+    assert f"like grant 'g3' at {twice}:3" in grants.problems[str(tmp_path / "d.yml")][0]
+    assert load_grants(_settings(tmp_path / "none"), isolate=True) == Grants({}, {}, {})
+
+
 def test_file_delivery_takes_no_conn_id_and_dates_are_ordered(tmp_path: Path) -> None:
     conn = _write(tmp_path, "a.yml", GOOD.replace("{method: file}", "{method: file, conn_id: pg}"))
     dates = _write(tmp_path, "b.yml", GOOD.replace("g1", "g2").replace(
@@ -151,6 +186,10 @@ def test_grant_ids_read_only_the_yaml(tmp_path: Path) -> None:
     _write(tmp_path, "b.yml", "grants:\n  - id: g3\n    expires: 2026-02-30\n  - {dataset: x}\n")
     _write(tmp_path, "scenarios.yml", "scenarios:\n  - id: s1\n")
     assert grant_ids(tmp_path) == ["g1", "g2", "g3"]
+    # an id that cannot name a task is left out of the DAG; the loader names it with file:line
+    _write(tmp_path, "b.yml", "grants:\n  - id: Bad Id\n  - id: g3\n")
+    assert grant_ids(tmp_path) == ["g1", "g2", "g3"]
+    assert read_grant_ids(tmp_path) == (["g1", "g2", "g3"], ["Bad Id"])
     _write(tmp_path, "c.yml", "grants: [\n")
     with pytest.raises(ConfigError, match=r"c\.yml:2: invalid YAML"):
         grant_ids(tmp_path)
@@ -160,7 +199,7 @@ def test_grant_ids_read_only_the_yaml(tmp_path: Path) -> None:
 
 SCENARIO = {"id": "loan_check", "name": "公积金贷款社保缴存核验", "dataset": "insured",
             "columns": ["resident_id", "insurance_type", "uscc"], "purpose": "贷款审核核验参保",
-            "legal_basis": "测试", "approved_by": "测试决定"}
+            "legal_basis": "测试", "approved_by": "测试决定", "consumers": [SCJG]}
 
 
 def _grant(**fields: Any) -> dict[str, Any]:
@@ -172,12 +211,12 @@ def _grant(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-def _decide(tmp_path: Path, config: Config, entry: dict[str, Any], on: date = DAY) -> Decision:
+def _decide(tmp_path: Path, config: Config, entry: dict[str, Any], on: date = DAY, today: date = DAY) -> Decision:
     _write(tmp_path, "t.yml", "# crafted\n" + yaml.safe_dump({"grants": [entry]}, allow_unicode=True, sort_keys=False))
     _write(tmp_path, "scenarios.yml", yaml.safe_dump({"scenarios": [SCENARIO]}, allow_unicode=True))
     settings = _settings(tmp_path)
     grants = load_grants(settings)
-    return decide(grants.grants[entry["id"]], config, load_departments(settings), grants, on)
+    return decide(grants.grants[entry["id"]], config, load_departments(settings), grants, on, today=today)
 
 
 APPROVED = {"approver": "人社局 审批", "approved_on": "2026-10-01", "expires": "2027-12-31"}
@@ -274,11 +313,48 @@ def test_non_personal_columns_need_no_purpose_and_may_be_pseudonymised(tmp_path:
 
 def test_clear_personal_values_only_for_approved_verification(tmp_path: Path, config: Config) -> None:
     clear = {"resident_id": "keep", "person_name": "keep"}
-    d = _decide(tmp_path, config, _grant(deid=clear, verification=True, approver="公安局 审批"))
+    d = _decide(tmp_path, config, _grant(deid=clear, verification=True, **APPROVED))
     assert d.refusal is None and d.columns["person_name"] == "keep" and d.columns["resident_id"] == "keep"
     d = _decide(tmp_path, config, _grant(deid=clear, verification=True))
     assert d.refusal is not None and d.refusal.code == "missing_approver"
     assert "个人信息列 resident_id、person_name 以明文交付 (身份核验) 需要审批人" in d.refusal.detail
+    # an approver alone is not an approval: it needs its date and an expiry
+    d = _decide(tmp_path, config, _grant(deid=clear, verification=True, approver="公安局 审批"))
+    assert d.refusal is not None and d.refusal.code == "missing_approver" and "缺少 approved_on" in d.refusal.detail
+    d = _decide(tmp_path, config, _grant(deid=clear, verification=True, **{**APPROVED, "expires": None}))
+    assert d.refusal is not None and d.refusal.code == "missing_expiry"
+
+
+def test_mask_that_leaves_values_clear_is_recorded_as_keep(tmp_path: Path, config: Config) -> None:
+    # sex_code is personal but a code list (its mask is the value); uscc is not personal
+    d = _decide(tmp_path, config, _grant(columns=["resident_id", "sex_code", "person_name"],
+                                         deid={"resident_id": "pseudonym", "sex_code": "mask"}))
+    assert d.refusal is None, d.refusal
+    assert list(d.columns.items()) == [("resident_id", "pseudonym"), ("person_name", "mask"), ("sex_code", "keep")]
+    d = _decide(tmp_path, config, _grant(dataset="enterprise", columns=["uscc", "enterprise_name"], purpose=None,
+                                         deid={"uscc": "mask"}))
+    assert d.refusal is None and d.columns == {"uscc": "keep", "enterprise_name": "keep"}
+
+
+def test_expired_by_today_even_for_an_earlier_delivery_day(tmp_path: Path, config: Config) -> None:
+    entry = _grant(expires="2026-11-25")
+    assert _decide(tmp_path, config, entry, on=DAY, today=date(2026, 11, 25)).refusal is None
+    d = _decide(tmp_path, config, entry, on=DAY, today=date(2026, 11, 26))
+    assert d.refusal is not None and d.refusal.code == "expired"
+    assert "授权已于 2026-11-25 到期 (今天 2026-11-26" in d.refusal.detail
+    # the default today is the real one (Asia/Shanghai): an expiry long past is refused for any delivery day
+    settings = _settings(tmp_path)
+    grants = load_grants(settings)
+    past = grants.grants["t1"].model_copy(update={"expires": date(2020, 1, 1)})
+    d = decide(past, config, load_departments(settings), grants, date(2019, 6, 1))
+    assert d.refusal is not None and d.refusal.code == "expired"
+
+
+def test_approval_after_the_delivery_day_is_not_yet_an_approval(tmp_path: Path, config: Config) -> None:
+    # unconditional data too: clear values under an approval dated after the delivery day
+    d = _decide(tmp_path, config, _grant(deid={"resident_id": "keep"}, verification=True,
+                                         **{**APPROVED, "approved_on": "2026-11-21"}))
+    assert d.refusal is not None and d.refusal.code == "missing_approver" and "晚于交付日" in d.refusal.detail
 
 
 def test_conditional_dataset_needs_an_unexpired_approval(tmp_path: Path, config: Config) -> None:
@@ -301,6 +377,10 @@ def test_scenario_shares_a_conditional_dataset_without_approver(tmp_path: Path, 
     d = _decide(tmp_path, config, _grant(scenario="loan_check"))  # a scenario of another dataset
     assert d.refusal is not None and d.refusal.code == "unknown_scenario"
     assert "适用于数据集 insured，不适用于 person" in d.refusal.detail
+    # a department the scenario's decision does not name may not cite it
+    d = _decide(tmp_path, config, _grant(**INSURED, scenario="loan_check", consumer=GJJ))
+    assert d.refusal is not None and d.refusal.code == "unknown_scenario"
+    assert f"用数部门 {GJJ} 不在免审即享场景 loan_check" in d.refusal.detail and "不具备引用资格" in d.refusal.detail
 
 
 def test_curated_dataset(tmp_path: Path, config: Config) -> None:

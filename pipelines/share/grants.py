@@ -12,8 +12,10 @@ A grant file (by convention one per consumer department) lists grants::
         delivery: {method: file}
 
 Loading refuses only what is wrong with the files themselves (YAML syntax, an unknown or missing field, a
-wrong type, a bad date, a grant id used twice, a database delivery without ``conn_id``), every problem as
-``file:line: field: message``. What the files say about the rest of the configuration (an unknown department,
+wrong type, a bad date, a grant id used twice, two grants of one consumer for the same dataset and delivery, a
+database delivery without ``conn_id``), every problem as ``file:line: field: message``. ``isolate=True`` (the
+delivery) leaves a broken file's grants out instead of raising and says why in ``Grants.problems``, so one
+department's typo does not stop every other department's delivery. What the files say about the rest of the configuration (an unknown department,
 dataset or column, an expired or unapproved grant) is not a load error: ``pipelines.share.policy.decide``
 refuses such a grant, and the refusal is audited like a delivery.
 """
@@ -21,7 +23,7 @@ refuses such a grant, and the refusal is audited like a delivery.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -161,6 +163,9 @@ class ScenarioEntry(_Model):
     legal_basis: Text
     approved_by: Text
     """The bureau's decision that made the scenario 免审即享."""
+    consumers: list[Annotated[Text, BeforeValidator(lambda v: quoted_code(v, "consumers"))]] = Field(min_length=1)
+    """The department codes the decision names as eligible: a grant of another department citing the scenario
+    is refused (``unknown_scenario``)."""
 
     @field_validator("id")
     @classmethod
@@ -186,6 +191,9 @@ class Grants:
     grants: dict[str, Grant]
     """Grant id → grant, in file order (files sorted by name)."""
     scenarios: dict[str, Scenario]
+    problems: dict[str, list[str]] = field(default_factory=dict)
+    """File (as ``Grant.file`` shows it) → its ``file:line: …`` problems, for ``load_grants(isolate=True)``: that
+    file's grants (or scenarios) are left out."""
 
 
 def _shown(path: Path, root: Path) -> str:
@@ -229,54 +237,87 @@ def grant_files(directory: Path) -> list[Path]:
     return [p for p in sorted(directory.glob("*.yml")) if p.name != SCENARIOS_FILE]
 
 
-def load_grants(settings: Settings) -> Grants:
-    """Every grant and scenario of ``settings.grants``; one ConfigError listing each structural problem of every
-    file as ``file:line: field: message`` (a missing folder is no grants)."""
+def load_grants(settings: Settings, *, isolate: bool = False) -> Grants:
+    """Every grant and scenario of ``settings.grants`` (a missing folder is no grants).
+
+    Every structural problem of every file is a ``file:line: field: message`` line: one ConfigError listing them
+    all, or, with ``isolate``, ``Grants.problems`` per file and that file's grants (scenarios) left out."""
     directory = settings.grants
-    problems: list[str] = []
+    problems: dict[str, list[str]] = {}
     grants: dict[str, Grant] = {}
     scenarios: dict[str, Scenario] = {}
+    # one grant per consumer, dataset and destination: two would deliver into the same place under two ids
+    places: dict[tuple[str, str, str, str | None], Grant] = {}
     for path in grant_files(directory):
+        shown = _shown(path, settings.root)
         lines: dict[tuple[Any, ...], int] = {}
         try:
             parsed: GrantFile = _parse(path, GrantFile, lines)
         except ConfigError as exc:
-            problems += exc.problems
+            problems[shown] = exc.problems
             continue
+        found: list[str] = []
+        loaded: list[Grant] = []
         for i, entry in enumerate(parsed.grants):
             line = line_of(lines, "grants", i)
-            if entry.id in grants:
-                problems.append(f"{path}:{line_of(lines, 'grants', i, 'id')}: grants.{i}.id: grant id {entry.id!r} "
-                                f"is already used at {grants[entry.id].where}")
+            taken = grants.get(entry.id) or next((g for g in loaded if g.id == entry.id), None)
+            if taken is not None:
+                found.append(f"{path}:{line_of(lines, 'grants', i, 'id')}: grants.{i}.id: grant id {entry.id!r} "
+                             f"is already used at {taken.where}")
                 continue
-            grants[entry.id] = Grant(**entry.model_dump(), file=_shown(path, settings.root), line=line)
+            grant = Grant(**entry.model_dump(), file=shown, line=line)
+            place = (grant.consumer, grant.dataset, grant.delivery.method, grant.delivery.conn_id)
+            other = places.get(place) or next((g for g in loaded if _place(g) == place), None)
+            if other is not None:
+                target = grant.delivery.method + (f" ({grant.delivery.conn_id})" if grant.delivery.conn_id else "")
+                found.append(f"{path}:{line}: grants.{i}: grant {grant.id!r} gives consumer {grant.consumer} dataset "
+                             f"{grant.dataset} by {target} like grant {other.id!r} at {other.where}: one grant per "
+                             f"consumer, dataset and delivery; a renewal under a new id replaces the old entry "
+                             f"(delete {other.id!r} or edit it in place)")
+                continue
+            loaded.append(grant)
+        if found:
+            problems[shown] = found
+            if isolate:
+                continue  # a file is fixed as a whole: none of its grants go while it has a problem
+        for grant in loaded:
+            grants[grant.id] = grant
+            places[_place(grant)] = grant
     path = directory / SCENARIOS_FILE
     if path.exists():
+        shown = _shown(path, settings.root)
         lines = {}
         try:
-            found: ScenarioFile = _parse(path, ScenarioFile, lines)
+            listed: ScenarioFile = _parse(path, ScenarioFile, lines)
         except ConfigError as exc:
-            problems += exc.problems
+            problems[shown] = exc.problems
         else:
-            for i, s in enumerate(found.scenarios):
+            found = []
+            for i, s in enumerate(listed.scenarios):
                 if s.id in scenarios:
-                    problems.append(f"{path}:{line_of(lines, 'scenarios', i, 'id')}: scenarios.{i}.id: scenario id "
-                                    f"{s.id!r} is already used at {scenarios[s.id].where}")
+                    found.append(f"{path}:{line_of(lines, 'scenarios', i, 'id')}: scenarios.{i}.id: scenario id "
+                                 f"{s.id!r} is already used at {scenarios[s.id].where}")
                     continue
-                scenarios[s.id] = Scenario(**s.model_dump(), file=_shown(path, settings.root),
-                                           line=line_of(lines, "scenarios", i))
-    if problems:
-        raise ConfigError(*problems)
-    return Grants(grants, scenarios)
+                scenarios[s.id] = Scenario(**s.model_dump(), file=shown, line=line_of(lines, "scenarios", i))
+            if found:
+                problems[shown] = found
+                if isolate:
+                    scenarios = {}
+    if problems and not isolate:
+        raise ConfigError(*[p for found_ in problems.values() for p in found_])
+    return Grants(grants, scenarios, problems)
 
 
-def grant_ids(source: Settings | Path) -> list[str]:
-    """The grant ids of a grants folder, read from the YAML alone (no validation, no other config): for the
-    ``publish__sharing`` DAG file at parse time. ``source``: the settings (their ``grants``) or the grants
-    folder itself. A file that is not valid YAML is a ConfigError naming file:line; entries without a text id
-    are skipped (the task of a grant that fails to load reports it)."""
+def _place(grant: Grant) -> tuple[str, str, str, str | None]:
+    return grant.consumer, grant.dataset, grant.delivery.method, grant.delivery.conn_id
+
+
+def read_grant_ids(source: Settings | Path) -> tuple[list[str], list[str]]:
+    """``(valid, invalid)`` grant ids of a grants folder, read from the YAML alone (see ``grant_ids``); an
+    invalid id (not matching ``ID_RE``) cannot name a task, ``load_grants`` reports it with file:line."""
     directory = source.grants if isinstance(source, Settings) else Path(source)
-    ids: list[str] = []
+    valid: list[str] = []
+    invalid: list[str] = []
     for path in grant_files(directory):
         try:
             data, _ = load_yaml(path)
@@ -287,6 +328,16 @@ def grant_ids(source: Settings | Path) -> list[str]:
         entries = data.get("grants") if isinstance(data, dict) else None
         for entry in entries if isinstance(entries, list) else []:
             gid = entry.get("id") if isinstance(entry, dict) else None
-            if isinstance(gid, str) and gid not in ids:
-                ids.append(gid)
-    return ids
+            if isinstance(gid, str):
+                ids = valid if ID_RE.fullmatch(gid) else invalid
+                if gid not in ids:
+                    ids.append(gid)
+    return valid, invalid
+
+
+def grant_ids(source: Settings | Path) -> list[str]:
+    """The valid grant ids of a grants folder, read from the YAML alone (no validation, no other config): for the
+    ``publish__sharing`` DAG file at parse time. ``source``: the settings (their ``grants``) or the grants
+    folder itself. A file that is not valid YAML is a ConfigError naming file:line; entries without a text id
+    and ids that cannot name a task are skipped (``load_grants`` reports them when a task runs)."""
+    return read_grant_ids(source)[0]
