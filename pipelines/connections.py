@@ -41,13 +41,21 @@ def _airflow_connection(conn_id: str) -> str | None:
         return None
 
 
-def resolve_url(system: SourceSystem, settings: Settings) -> str:
-    """The source URL of a system; ConfigError (without any secret) when nothing provides one."""
-    env_id = system.connection.upper()
+def connection_url(conn_id: str) -> str | None:
+    """The URL set for a connection id, or None: ``CITYLAKE_CONN_<ID>`` (as given), ``AIRFLOW_CONN_<ID>`` (an
+    Airflow URI, its scheme mapped to the SQLAlchemy driver), an Airflow connection (inside a task only). No
+    default: a caller with a demo fallback (``resolve_url``) applies its own."""
+    env_id = conn_id.upper()
     url = os.environ.get(f"CITYLAKE_CONN_{env_id}")
     if not url and os.environ.get(f"AIRFLOW_CONN_{env_id}"):
         url = _from_airflow_uri(os.environ[f"AIRFLOW_CONN_{env_id}"])
-    url = url or _airflow_connection(system.connection)
+    return url or _airflow_connection(conn_id)
+
+
+def resolve_url(system: SourceSystem, settings: Settings) -> str:
+    """The source URL of a system; ConfigError (without any secret) when nothing provides one."""
+    env_id = system.connection.upper()
+    url = connection_url(system.connection)
     if not url and system.default_url:
         url = system.default_url
         if url.startswith("sqlite:///"):

@@ -26,6 +26,7 @@ from pipelines.settings import Settings
 from pipelines.share.targets import (
     Delivery,
     FileTarget,
+    NeedsFull,
     PostgresTarget,
     TargetError,
     libpq_url,
@@ -146,7 +147,7 @@ def _file_scenario(settings: Settings, read: Callable[[str], bytes | None], list
     before = list_dir()
     latest_before = read(f"{base}/latest.json")
 
-    with pytest.raises(RuntimeError, match="mid-way"):
+    with pytest.raises(TargetError, match="mid-way"):
         target.deliver(_delivery("incremental", "2026-11-22", 4), _failing(CHANGES + FULL), _deletions(DELETED))
     assert list_dir() == before   # no new folder, no stage, no marker left in sight
     assert read(f"{base}/latest.json") == latest_before
@@ -247,11 +248,11 @@ def test_postgres_full_incremental_and_rollback(pg_url: str) -> None:
     assert first.checksum != second.checksum and len(first.checksum) == 64
 
     # a failure mid-way rolls back everything: rows, deletions, ledger
-    with pytest.raises(RuntimeError, match="mid-way"):
+    with pytest.raises(TargetError, match="mid-way"):
         target.deliver(_delivery("incremental", "2026-11-22", 3), _failing([_row("p1", 77), _row("p4", 77)]),
                        _deletions(["p5"]))
     assert _pg_rows(pg_url) == AFTER and len(_ledger(pg_url)) == 2
-    with pytest.raises(RuntimeError, match="mid-way"):
+    with pytest.raises(TargetError, match="mid-way"):
         target.deliver(_delivery("full", "2026-11-22", 3), _failing(FULL), NO_DELETIONS)
     assert _pg_rows(pg_url) == AFTER and len(_ledger(pg_url)) == 2
 
@@ -260,7 +261,7 @@ def test_postgres_full_incremental_and_rollback(pg_url: str) -> None:
     third = target.deliver(_delivery("full", "2026-11-23", 4, narrow),
                            _batches([{"person_id": "p1", "age": 1}], schema=narrow), NO_DELETIONS)
     assert third.rows == 1 and _pg_rows(pg_url) == {"p1": {"person_id": "p1", "age": 1}}
-    with pytest.raises(TargetError, match="deliver in full"):
+    with pytest.raises(NeedsFull, match="deliver in full"):
         target.deliver(_delivery("incremental", "2026-11-24", 5), _batches(CHANGES), NO_DELETIONS)
     assert _pg_rows(pg_url) == {"p1": {"person_id": "p1", "age": 1}}
 
