@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -144,9 +145,8 @@ def gate(run_id: str) -> dict:
 
 
 def deliver(grant_id: str, run_id: str) -> dict:
-    from pipelines.share.deliver import deliver_grant
-
     from pipelines.settings import load_settings
+    from pipelines.share.deliver import deliver_grant
 
     r = deliver_grant(load_settings(), grant_id, delivery_date=DAY, run_id=run_id)
     return {"outcome": r.outcome, "mode": r.mode, "rows": r.rows, "deleted": r.deleted, "target": r.target,
@@ -208,7 +208,9 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         lake, grants = work / "lake", work / "grants"
-        grants.mkdir(exist_ok=True)
+        for old in (lake, grants, work / "exports"):  # a fresh lake each run; the generated Parquet is kept
+            shutil.rmtree(old, ignore_errors=True)
+        grants.mkdir()
         env = {**os.environ, "CITYLAKE_LAKE_DIR": str(lake), "CITYLAKE_GRANTS_DIR": str(grants),
                "CITYLAKE_EXPORTS_DIR": str(work / "exports"),
                "CITYLAKE_SHARE_MASTER_KEY": os.environ.get("CITYLAKE_SHARE_MASTER_KEY", "bench-" + "k" * 40)}
