@@ -76,26 +76,28 @@ def consumer_key(master: bytes, consumer: str) -> bytes:
     return hmac.digest(master, CONSUMER_CONTEXT + consumer.encode("utf-8"), "sha256")
 
 
-def _pads(key: bytes) -> tuple[str, str]:
-    """The inner and outer padded keys of RFC 2104, in hex (a key longer than the block is hashed first)."""
+def _pads(key: bytes) -> tuple[bytes, bytes]:
+    """The inner and outer padded keys of RFC 2104 (a key longer than the block is hashed first)."""
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
     block = key.ljust(64, b"\0")
-    return bytes(b ^ 0x36 for b in block).hex(), bytes(b ^ 0x5C for b in block).hex()
+    return bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)
 
 
 def _hex_digests(values: pa.Array, key: bytes) -> pa.Array:
     """One 64-character lowercase hex HMAC-SHA256 per (non-null binary) value: RFC 2104 spelled in DuckDB's
     vectorised ``sha256`` over the padded keys, H((K^opad) || H((K^ipad) || m)), on both cores and off the GIL
-    (0.8 M values/s here against 0.5 M/s for the best per-value Python loop). The pads are SQL literals
-    inside this process only: never logged, never in an error (DuckDB's errors do not quote the query)."""
+    (0.8 M values/s here against 0.5 M/s for the best per-value Python loop). The pads are bound as BLOB
+    query parameters, never spelled in the SQL text, so no error or log of the query can carry them."""
     import duckdb
 
     inner, outer = _pads(key)
     con = duckdb.connect()
     try:
+        con.execute("SET enable_progress_bar = false")  # a long hash would draw a bar on the terminal
         con.register("t", pa.table({"v": values}))
-        out = con.sql(f"SELECT sha256(unhex('{outer}') || unhex(sha256(unhex('{inner}') || v))) AS h FROM t")
+        out = con.sql("SELECT sha256($outer || unhex(sha256($inner || v))) AS h FROM t",
+                      params={"outer": outer, "inner": inner})
         return out.to_arrow_table().column("h").combine_chunks().cast(pa.string())
     finally:
         con.close()
