@@ -8,6 +8,11 @@ its log (a verdict on the grant, not an error to retry); nothing new → success
 task without retry (it stops the delivery until configured, never sends clear values); a target failure is
 recorded and retried (the consumer keeps its previous delivery meanwhile).
 
+A grant file that does not load (YAML syntax, or a grant id that cannot name a task) adds one task,
+``grant_config``, which fails without retry with the loader's ``file:line`` message, so the operator sees it in
+the UI; the grants of the files that load still deliver (``load_grants(isolate=True)``). A task whose grant is
+in a broken file fails without retry naming the file's problems.
+
 Parse time reads only the grant files as plain YAML (the grant ids) and the local department registry (the
 owner's name); pyarrow and Iceberg are imported inside the tasks. The delivery date is the run's day in
 Asia/Shanghai; the run id is ``<dag run id>__<grant id>``, so a retry finds what its earlier attempt
@@ -36,13 +41,17 @@ try:
 except Exception:  # noqa: BLE001 - a broken registry must not hide this DAG; the ingest DAGs report it
     OWNER = "合肥市数据资源局"
 
-try:  # the grant files as plain YAML: ids only, no validation (a task reports a broken file when it runs)
-    from pipelines.share.grants import grant_ids
+CONFIG_TASK = "grant_config"
+"""The task reporting grant files that do not load (``pipelines.share.grants.CONFIG_TASK``: no grant takes it)."""
 
-    GRANTS = sorted(grant_ids(load_settings().grants))
+try:  # the grant files as plain YAML: ids only, no validation (a task reports a broken file when it runs)
+    from pipelines.share.grants import read_grant_ids
+
+    _valid, INVALID = read_grant_ids(load_settings().grants)
+    GRANTS = sorted(_valid)
     PROBLEM = ""
-except Exception as exc:  # noqa: BLE001 - the DAG still loads and says why it has no tasks
-    GRANTS, PROBLEM = [], f"{type(exc).__name__}: {exc}"
+except Exception as exc:  # noqa: BLE001 - the DAG still loads and says why (the grant_config task fails)
+    GRANTS, INVALID, PROBLEM = [], [], f"{type(exc).__name__}: {exc}".replace("\n", "; ")
 
 DOC = f"""### 部门数据共享 (departmental sharing)
 
@@ -63,9 +72,11 @@ DOC = f"""### 部门数据共享 (departmental sharing)
 |---|---|
 | success | 已交付、无新数据，或授权被拒绝（原因见审计表与任务日志） |
 | failed（不重试） | 共享主密钥未配置 |
+| failed（不重试） | 授权文件有错误（该文件的授权不交付；`grant_config` 任务或该授权的任务给出 文件:行号） |
 | failed（重试后） | 交付目标写入失败或其他错误，部门保留上一次交付 |
 
-Grants: {", ".join(f"`{g}`" for g in GRANTS) or "none" + (f" ({PROBLEM})" if PROBLEM else "")}.
+Grants: {", ".join(f"`{g}`" for g in GRANTS) or "none"}{f" (load error: {PROBLEM})" if PROBLEM else ""}{
+    f" (ids that cannot name a task: {', '.join(repr(g) for g in INVALID)})" if INVALID else ""}.
 Local equivalent: `citylake share deliver --all --date <YYYY-MM-DD>`. Owner: {OWNER}.
 """
 
@@ -85,6 +96,7 @@ def publish_sharing() -> None:
     def deliver(grant_id: str, **context: Any) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
+        from pipelines.errors import ConfigError
         from pipelines.privacy.pseudonym import MissingKeyError
         from pipelines.share.deliver import deliver_grant
 
@@ -94,6 +106,8 @@ def publish_sharing() -> None:
                                    run_id=f"{context['dag_run'].run_id}__{grant_id}")
         except MissingKeyError as exc:  # retrying cannot make a key appear; audited as failed already
             raise AirflowFailException(str(exc)) from None
+        except ConfigError as exc:  # a broken grant file does not heal by retrying: one line for the UI
+            raise AirflowFailException("; ".join(exc.problems)) from None
         if result.outcome == "refused":
             log.warning("grant %s refused (%s): %s", grant_id, result.reason, result.detail)
         else:
@@ -101,8 +115,25 @@ def publish_sharing() -> None:
                      result.rows, result.deleted, result.target or "-")
         return result.to_dict()
 
+    @task(task_id=CONFIG_TASK, retries=0)
+    def grant_config() -> None:
+        """Fail with the grant files' load error (file:line), once per run, where the operator looks."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines.errors import ConfigError
+        from pipelines.share.grants import load_grants
+
+        try:
+            load_grants(load_settings())
+        except ConfigError as exc:
+            raise AirflowFailException("; ".join(exc.problems)) from None
+        # fixed since this DAG file was parsed: the next parse has the grants' tasks
+        log.info("grant files load now (at parse time: %s)", PROBLEM or f"invalid grant ids {INVALID}")
+
     for grant_id in GRANTS:
         deliver.override(task_id=grant_id)(grant_id=grant_id)
+    if PROBLEM or INVALID:
+        grant_config()
 
 
 publish_sharing()

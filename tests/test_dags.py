@@ -416,3 +416,60 @@ def test_sharing_dag_run_records_a_refusal_and_succeeds(airflow_home: Path, tmp_
     assert rows["dags-unknown-dataset"]["reason"] == "unknown_dataset"
     assert rows["dags-unknown-dataset"]["run_id"] == f"{run.run_id}__dags-unknown-dataset"
     assert {r["delivery_date"] for r in rows.values()} == {"2026-11-20"}  # 23:00 UTC is the 20th in Shanghai
+
+
+BAD_ID_GRANTS = """\
+grants:
+  - id: Bad Id
+    consumer: "113401000030088844"
+    dataset: enterprise
+    columns: [uscc]
+    delivery: {method: file}
+"""
+
+
+def test_sharing_dag_reports_grant_files_that_do_not_load(airflow_home: Path, tmp_path: Path) -> None:
+    """A broken grant file adds one ``grant_config`` task (no retry) beside the tasks of the grants that load;
+    a file that is not YAML leaves only that task, and the DAG still imports."""
+    grants = tmp_path / "grants"
+    grants.mkdir()
+    (grants / "113401000030088844.yml").write_text(SHARING_GRANTS, encoding="utf-8")
+    dag = _sharing_dag(grants)
+    assert "grant_config" not in {t.task_id for t in dag.tasks}
+    (grants / "bad.yml").write_text(BAD_ID_GRANTS, encoding="utf-8")
+    dag = _sharing_dag(grants)
+    assert {t.task_id for t in dag.tasks} == {"dags-person-file", "dags-unknown-dataset", "grant_config"}
+    assert dag.get_task("grant_config").retries == 0 and "'Bad Id'" in (dag.doc_md or "")
+    (grants / "bad.yml").write_text("grants: [\n", encoding="utf-8")
+    dag = _sharing_dag(grants)
+    assert {t.task_id for t in dag.tasks} == {"grant_config"} and "bad.yml:2: invalid YAML" in (dag.doc_md or "")
+
+
+def test_sharing_dag_run_without_master_key_fails_the_pseudonym_grant_without_retry(
+        airflow_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No master key: the grant that needs pseudonyms fails at once (AirflowFailException, no retry) with the
+    key's one-line message and a ``missing_key`` audit row; the refused grant still succeeds; the broken
+    grant file's ``grant_config`` task fails with its file:line."""
+    from datetime import UTC
+
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.privacy.pseudonym import MASTER_CONN, MASTER_ENV
+    from pipelines.share.audit import read_audit
+
+    grants = tmp_path / "grants"
+    grants.mkdir()
+    (grants / "113401000030088844.yml").write_text(SHARING_GRANTS, encoding="utf-8")
+    (grants / "bad.yml").write_text(BAD_ID_GRANTS, encoding="utf-8")
+    monkeypatch.setenv("CITYLAKE_GRANTS_DIR", str(grants))
+    monkeypatch.setenv("CITYLAKE_REGISTRY_DIR", str(ROOT / "schemas" / "sources"))
+    monkeypatch.setenv("CITYLAKE_LAKE_DIR", str(tmp_path / "lake"))
+    monkeypatch.delenv(MASTER_ENV, raising=False)
+    monkeypatch.delenv(f"AIRFLOW_CONN_{MASTER_CONN.upper()}", raising=False)
+    run = _sharing_dag(grants).test(logical_date=datetime(2026, 11, 19, 23, 0, tzinfo=UTC))
+    tis = {ti.task_id: ti for ti in run.get_task_instances()}
+    states = {task_id: str(ti.state).rsplit(".", 1)[-1] for task_id, ti in tis.items()}
+    assert states == {"dags-person-file": "failed", "dags-unknown-dataset": "success", "grant_config": "failed"}
+    assert tis["dags-person-file"].try_number == 1 and tis["grant_config"].try_number == 1  # not retried
+    rows = [r for r in read_audit(get_catalog()) if r["grant_id"] == "dags-person-file"]
+    assert [(r["outcome"], r["reason"]) for r in rows] == [("failed", "missing_key")]
+    assert MASTER_ENV in rows[0]["detail"]

@@ -42,6 +42,13 @@ SCENARIOS_FILE = "scenarios.yml"
 ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,99}")
 """Grant ids: lowercase letters, digits, ``_`` and ``-`` (each is a ``publish__sharing`` task id)."""
 
+CONFIG_TASK = "grant_config"
+"""``publish__sharing``'s task reporting grant files that do not load: no grant may take its id."""
+
+
+def valid_id(gid: str) -> bool:
+    return bool(ID_RE.fullmatch(gid)) and gid != CONFIG_TASK
+
 DeidMethod = Literal["keep", "pseudonym", "mask"]
 """What a delivery does to a granted column: clear value, keyed pseudonym (per consumer), display mask."""
 
@@ -117,6 +124,8 @@ class GrantEntry(_Model):
     def _id(cls, v: str) -> str:
         if not ID_RE.fullmatch(v):
             raise ValueError(f"grant id {v!r} must match {ID_RE.pattern} (it names an Airflow task)")
+        if v == CONFIG_TASK:
+            raise ValueError(f"grant id {v!r} is publish__sharing's own check of the grant files: choose another")
         return v
 
     @field_validator("columns")
@@ -314,7 +323,8 @@ def _place(grant: Grant) -> tuple[str, str, str, str | None]:
 
 def read_grant_ids(source: Settings | Path) -> tuple[list[str], list[str]]:
     """``(valid, invalid)`` grant ids of a grants folder, read from the YAML alone (see ``grant_ids``); an
-    invalid id (not matching ``ID_RE``) cannot name a task, ``load_grants`` reports it with file:line."""
+    invalid id (not matching ``ID_RE``, or ``CONFIG_TASK``) cannot name a task, ``load_grants`` reports it with
+    file:line."""
     directory = source.grants if isinstance(source, Settings) else Path(source)
     valid: list[str] = []
     invalid: list[str] = []
@@ -329,7 +339,7 @@ def read_grant_ids(source: Settings | Path) -> tuple[list[str], list[str]]:
         for entry in entries if isinstance(entries, list) else []:
             gid = entry.get("id") if isinstance(entry, dict) else None
             if isinstance(gid, str):
-                ids = valid if ID_RE.fullmatch(gid) else invalid
+                ids = valid if valid_id(gid) else invalid
                 if gid not in ids:
                     ids.append(gid)
     return valid, invalid
