@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import date, datetime
 from typing import Annotated, Any
@@ -59,6 +60,26 @@ def _names() -> Any:
     return lambda code: department_name(departments, code) if code in departments else code
 
 
+def _dataset_names() -> Any:
+    """dataset → ``dataset 中文名`` (the dataset alone when the contracts cannot be read or do not know it)."""
+    from pipelines.config import load_all
+
+    try:
+        config = load_all(load_settings())
+    except CitylakeError:
+        return lambda ds: ds
+    names = {**{k: c.name for k, c in config.curated.items()}, **{k: c.name for k, c in config.contracts.items()}}
+    return lambda ds: f"{ds} {names[ds]}" if ds in names else ds
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def _unexpected(exc: BaseException) -> str:
+    """An unexpected error as one line, with any URL password hidden (a driver may quote its URL)."""
+    return _URL_PASSWORD.sub(r"\1***@", f"{type(exc).__name__}: {exc}")
+
+
 def _when(ts: Any) -> str:
     return ts.astimezone(TZ).strftime("%Y-%m-%d %H:%M") if ts else ""
 
@@ -78,8 +99,9 @@ def share_grants(
     settings = load_settings()
     code = _department(department)
     when = _date(on)
-    try:
-        config, departments, grants = load_all(settings), load_departments(settings), load_grants(settings)
+    try:  # isolate: a broken file is named below, the others' grants are still shown
+        config = load_all(settings)
+        departments, grants = load_departments(settings), load_grants(settings, isolate=True)
     except CitylakeError as exc:
         fail(str(exc))
     rows: list[dict[str, Any]] = []
@@ -87,26 +109,52 @@ def share_grants(
         if code is not None and grant.consumer != code:
             continue
         decision = decide(grant, config, departments, grants, when)
-        tier = config.contracts[grant.dataset].sharing.type if grant.dataset in config.contracts else (
-            config.curated[grant.dataset].sharing.type if grant.dataset in config.curated else "—")
+        contract = config.contracts.get(grant.dataset) or config.curated.get(grant.dataset)
+        scenario = grants.scenarios.get(grant.scenario) if grant.scenario else None
         rows.append({"grant_id": gid, "consumer": grant.consumer,
                      "consumer_name": department_name(departments, grant.consumer)
                      if grant.consumer in departments else grant.consumer,
-                     "dataset": grant.dataset, "tier": tier, "method": grant.delivery.method,
-                     "columns": decision.columns, "expires": grant.expires.isoformat() if grant.expires else None,
+                     "dataset": grant.dataset, "dataset_name": contract.name if contract else None,
+                     "tier": contract.sharing.type if contract else "—", "method": grant.delivery.method,
+                     "columns": decision.columns,
+                     "purpose": grant.purpose or (scenario.purpose if scenario else None),
+                     "approver": grant.approver,
+                     "approved_on": grant.approved_on.isoformat() if grant.approved_on else None,
+                     "scenario": grant.scenario, "scenario_name": scenario.name if scenario else None,
+                     "expires": grant.expires.isoformat() if grant.expires else None,
                      "valid": decision.refusal is None,
                      "refusal": decision.refusal.code if decision.refusal else None,
-                     "detail": decision.refusal.detail if decision.refusal else None})
+                     "detail": decision.refusal.detail if decision.refusal else None,
+                     "file": grant.where})
     if as_json:
         sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
-        return
-    t = Table("授权", "用数部门", "数据集", "共享类型", "方式", "到期", "状态", title=f"共享授权（{when}，{len(rows)} 项）")
-    t.columns[0].no_wrap = True
-    for r in rows:
-        status = "有效" if r["valid"] else f"将拒绝：{r['refusal']} {r['detail']}"
-        t.add_row(r["grant_id"], r["consumer_name"], r["dataset"], r["tier"], METHOD_ZH.get(r["method"], r["method"]),
-                  r["expires"] or "—", status)
-    wide(7).print(t)
+    else:
+        t = Table("授权", "用数部门", "数据集", "共享类型", "方式", "用途", "审批 / 场景", "到期", "状态",
+                  title=f"共享授权（{when}，{len(rows)} 项）")
+        for c in t.columns[1:]:
+            c.overflow = "fold"  # every reason and purpose in full, wrapped, never cut with …
+        t.columns[0].no_wrap = True
+        for r in rows:
+            # the row names the grant: its detail without the "授权 <id> (<file:line>)：" head
+            reason = r["detail"].split("：", 1)[-1] if r["detail"] else ""
+            status = "有效" if r["valid"] else f"将拒绝：{r['refusal']}（{reason}）"
+            if r["scenario"]:
+                basis = f"免审即享：{r['scenario_name'] or r['scenario']}"
+            elif r["approver"]:
+                basis = f"{r['approver']}（{r['approved_on'] or '无审批日期'}）"
+            else:
+                basis = "—"
+            dataset = f"{r['dataset']} {r['dataset_name']}" if r["dataset_name"] else r["dataset"]
+            t.add_row(r["grant_id"], r["consumer_name"], dataset, r["tier"], METHOD_ZH.get(r["method"], r["method"]),
+                      r["purpose"] or "—", basis, r["expires"] or "不限", status)
+        wide(9).print(t)
+        if not rows:
+            out.print("没有共享授权" + (f"（部门 {code}）" if code else f"（{settings.grants}）"), highlight=False)
+    if grants.problems:  # the grants of these files are not listed and do not deliver
+        for file, lines in grants.problems.items():
+            err.print(f"[bold red]error:[/] 授权文件 {file} 有错误，其授权未列出也不交付：{'; '.join(lines)}",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @share_app.command("ls")
@@ -130,13 +178,19 @@ def share_ls(
         sys.stdout.write(json.dumps({"delivered": delivered, "last": last}, ensure_ascii=False, indent=2,
                                     default=str) + "\n")
         return
-    name = _names()
+    if not last:
+        out.print("还没有共享交付记录" + (f"（部门 {code}）" if code else "") + "：用 citylake share deliver 交付",
+                  highlight=False)
+        return
+    name, dataset_name = _names(), _dataset_names()
+    # the place is per row (a folder under the exports or a database schema.table), not one path for all
     t = Table("授权", "用数部门", "数据集", "方式", "交付位置", "行数", "删除", "模式", "交付日期", "快照", "最近一次",
-              title=f"共享交付 {settings.exports.rstrip('/')}/share")
+              title=f"共享交付（{len(last)} 项授权）")
     t.columns[0].no_wrap = True
     for gid in sorted(set(delivered) | set(last)):
         d, latest = delivered.get(gid, {}), last[gid]
-        t.add_row(gid, name(latest["consumer"]), latest["dataset"], METHOD_ZH.get(latest.get("method") or "", ""),
+        t.add_row(gid, name(latest["consumer"]), dataset_name(latest["dataset"]),
+                  METHOD_ZH.get(latest.get("method") or "", ""),
                   d.get("target") or "—", f"{d['rows']:,}" if d else "—", f"{d.get('deleted') or 0:,}" if d else "—",
                   MODE_ZH.get(d.get("mode") or "", "—"), d.get("delivery_date") or "—",
                   str(d.get("std_snapshot_id") or "—"),
@@ -145,11 +199,14 @@ def share_ls(
 
 
 def _print_results(results: list[Any], title: str) -> None:
-    name = _names()
+    if not results:
+        out.print("没有要交付的授权", highlight=False)
+        return
+    name, dataset_name = _names(), _dataset_names()
     t = Table("授权", "用数部门", "数据集", "结果", "模式", "行数", "删除", "位置", "说明", title=title)
     t.columns[0].no_wrap = True
     for r in results:
-        t.add_row(r.grant_id, name(r.consumer), r.dataset, _outcome(r.outcome), MODE_ZH.get(r.mode or "", "—"),
+        t.add_row(r.grant_id, name(r.consumer), dataset_name(r.dataset), _outcome(r.outcome), MODE_ZH.get(r.mode or "", "—"),
                   f"{r.rows:,}", f"{r.deleted:,}", r.target or "", r.detail or "")
     wide(9).print(t)
 
@@ -161,11 +218,14 @@ def share_deliver(
     department: Annotated[str | None, typer.Option("--department", help="Every grant of this consumer department.")] = None,
     delivery_date: Annotated[str | None, typer.Option("--date", help="Delivery date (default today, Asia/Shanghai).")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run id recorded in meta.sharing_audit (default: a new one).")] = None,
+    full: Annotated[bool, typer.Option("--full", help="A full delivery whatever was delivered before (the consumer "
+                                       "replaces its copy).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
 ) -> None:
     """Deliver one grant, a department's grants or all of them (incremental since each grant's last delivery).
 
-    Exit code 1 when a delivery failed (refusals are recorded in meta.sharing_audit and are not failures)."""
+    Exit code 1 when a delivery failed (refusals are recorded in meta.sharing_audit and are not failures); any
+    error is one line on stderr."""
     from pipelines.lake.meta import new_run_id
     from pipelines.share.deliver import deliver_all, deliver_grant
 
@@ -177,11 +237,13 @@ def share_deliver(
     try:
         with err.status("share: decide, read the changes, de-identify, deliver…"):
             if grant_id is not None:
-                results = [deliver_grant(load_settings(), grant_id, delivery_date=when, run_id=rid)]
+                results = [deliver_grant(load_settings(), grant_id, delivery_date=when, run_id=rid, full=full)]
             else:
-                results = deliver_all(load_settings(), delivery_date=when, run_id=rid, consumer=code)
+                results = deliver_all(load_settings(), delivery_date=when, run_id=rid, consumer=code, full=full)
     except CitylakeError as exc:
         fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - the operator gets one line, not a traceback
+        fail(_unexpected(exc))
     if as_json:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=2) + "\n")
     else:
@@ -210,12 +272,17 @@ def share_audit(
     if as_json:
         sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2, default=str) + "\n")
         return
+    if not rows:
+        scope = "、".join(f for f in (f"部门 {code}" if code else "", f"数据集 {dataset}" if dataset else "") if f)
+        out.print("共享审计表中没有记录" + (f"（{scope}）" if scope else ""), highlight=False)
+        return
     shown = rows[:limit] if limit > 0 else rows
-    name = _names()
+    name, dataset_name = _names(), _dataset_names()
     t = Table("记录（北京时间）", "授权", "用数部门", "数据集", "结果", "原因", "模式", "行数", "删除", "位置", "说明",
               title=f"共享审计（{len(shown)} / {len(rows)} 条）")
     for r in shown:
-        t.add_row(_when(r.get("recorded_at")), r["grant_id"], name(r["consumer"]), r["dataset"], _outcome(r["outcome"]),
+        t.add_row(_when(r.get("recorded_at")), r["grant_id"], name(r["consumer"]), dataset_name(r["dataset"]),
+                  _outcome(r["outcome"]),
                   r.get("reason") or "", MODE_ZH.get(r.get("mode") or "", ""), f"{r.get('rows') or 0:,}",
                   f"{r.get('deleted') or 0:,}", r.get("target") or "", r.get("detail") or "")
     wide(11).print(t)
