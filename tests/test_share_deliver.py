@@ -5,7 +5,11 @@ updated, one key deleted) ingested and published, the second delivery carries on
 deletion (a deletions file; the row gone in PostgreSQL); ungranted columns are absent; pseudonyms differ between
 the two departments and stay stable across deliveries; a retry of the same run delivers nothing twice. Refused
 grants (expired, unknown column, unknown dataset) are audited and deliver nothing; a missing master key fails
-the delivery with nothing delivered and no clear value anywhere; a file delivery to S3 (moto server) works."""
+the delivery with nothing delivered and no clear value anywhere; a file delivery to S3 (moto server) works.
+Round 2: moving a grant to another database starts in full; the consumer side's record is reconciled with the
+audit (a lost ledger → full; a delivery whose audit append failed → 补记, not delivered twice; a reshaped table →
+NeedsFull → full); a rotated master key re-bases the consumer; failures are audited and raised masked; a broken
+grant file stops only its own grants."""
 
 from __future__ import annotations
 
@@ -231,9 +235,10 @@ def test_full_then_incremental_to_a_folder_and_a_database(city: City, pg_url: st
         ("rsj-person-file", "full", len(ids)), ("rsj-person-file", "incremental", 5)]
     file_rows = [r for r in delivered if r["grant_id"] == "rsj-person-file"]
     assert file_rows[-1]["checksum"] == hashlib.sha256((folder2 / "manifest.json").read_bytes()).hexdigest()
-    # what went, column by column: personal columns not named in deid are masked, the district code is clear
+    # what went, column by column: personal columns not named in deid are masked; a code-list element's mask
+    # leaves it clear, so it is recorded as kept; the district code is clear
     assert json.loads(file_rows[-1]["columns"]) == {"resident_id": "pseudonym", "person_name": "mask",
-                                                    "sex_code": "mask", "residence_district_code": "keep"}
+                                                    "sex_code": "keep", "residence_district_code": "keep"}
     assert json.loads(file_rows[-1]["batches"]) == ["b2", "d2"] and file_rows[-1]["std_snapshot_id"] is not None
     text = json.dumps(audit, ensure_ascii=False, default=str)
     assert not any(k in text for k in ids)  # no clear resident ID in the audit trail
@@ -283,3 +288,184 @@ def test_file_delivery_to_s3(city: City, moto_endpoint: str, aws_env: None) -> N
     latest = json.loads(s3.get_object(Bucket="share-test", Key=f"exports/share/{RSJ}/person/latest.json")["Body"].read())
     assert latest["folder"] == D3.isoformat()
     assert result.target and result.target.startswith("s3://share-test/exports/share/")
+
+
+def _ledger(pg_url: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(pg_url.replace("+psycopg", "")) as con:
+        return con.execute(f'SELECT mode, std_snapshot_id, fingerprint FROM "share_{GJJ.lower()}"."_deliveries" '
+                           "ORDER BY delivered_at").fetchall()
+
+
+def _pg(pg_url: str, statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as con:
+        con.execute(statement)
+
+
+def _rename_one(city: City, batch: str, run: str) -> None:
+    """One person renamed at the source, ingested as ``batch`` and published by run ``run``."""
+    from pipelines.ingest import ingest_table
+    from pipelines.registry import get_system
+
+    con = sqlite3.connect(city.source)
+    (latest,) = con.execute("SELECT max(updated_at) FROM person").fetchone()
+    later = (datetime.fromisoformat(str(latest)) + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+    con.execute("UPDATE person SET name = '改' || substr(name, 2), updated_at = ? "
+                "WHERE rowid = (SELECT min(rowid) FROM person)", (later,))
+    con.commit()
+    con.close()
+    ingest_table(get_system(city.settings.registry_dir, "population"), "person", settings=city.settings,
+                 batch_id=batch, extracted_at=AT + timedelta(days=3))
+    city.publish(run)
+
+
+def test_database_moves_reconciles_and_recovers_a_lost_audit_row(city: City, pg_url: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.errors import CitylakeError
+    from pipelines.lake import changes
+    from pipelines.share import audit
+    from pipelines.share.deliver import deliver_grant
+
+    monkeypatch.setenv(f"CITYLAKE_CONN_{PG_CONN.upper()}", pg_url)
+    n = len(city.std_ids())
+    db = pg_url.rsplit("/", 1)[-1]
+
+    # another database (this test's scratch one): the grant starts again in full there
+    first = deliver_grant(city.settings, "gjj-person-db", delivery_date=D3, run_id="move")
+    assert (first.outcome, first.mode, first.rows) == ("delivered", "full", n), first
+    row = [r for r in _audit(city.settings) if r["run_id"] == "move"][-1]
+    assert row["target"] == f"127.0.0.1:5432/{db}/share_{GJJ.lower()}.person"  # where, never who
+    assert json.loads(row["batches"]) == []  # a full delivery is its snapshot, not the table's batch history
+    basis = json.loads(row["grant_basis"])
+    assert basis["purpose"] == "社保待遇资格认证（测试）" and len(basis["grant_sha256"]) == 64
+    assert row["fingerprint"] == _ledger(pg_url)[-1][2] and len(row["fingerprint"]) == 16
+
+    # nothing new, and the consumer side agrees with the audit: nothing delivered
+    same = deliver_grant(city.settings, "gjj-person-db", delivery_date=D3, run_id="same")
+    assert same.outcome == "nothing_new", same
+    # a publish not yet recorded in meta.batches is named in the detail
+    real = changes.std_changes
+
+    def blocked(catalog: Any, dataset: str, since: int | None) -> Any:
+        found = real(catalog, dataset, since)
+        found.blocked = "批次 b9（运行 r9）已写入 std 但未记入 meta.batches，交付停在它之前"
+        return found
+
+    monkeypatch.setattr(changes, "std_changes", blocked)
+    held = deliver_grant(city.settings, "gjj-person-db", delivery_date=D3, run_id="held")
+    assert held.outcome == "nothing_new" and "批次 b9" in str(held.detail), held
+    monkeypatch.setattr(changes, "std_changes", real)
+
+    # the consumer's ledger lost its record: the audit's last delivery is not shown there → full again
+    _pg(pg_url, f'DELETE FROM "share_{GJJ.lower()}"."_deliveries"')
+    again = deliver_grant(city.settings, "gjj-person-db", delivery_date=D3, run_id="lost")
+    assert (again.outcome, again.mode, again.rows) == ("delivered", "full", n), again
+    assert "接收方的交付记录与审计的上次交付不符" in str(again.detail)
+
+    # the delivery commits at the target, then the audit append fails: reported as such, not as a target failure
+    real_record = audit.record
+    monkeypatch.setattr("pipelines.share.deliver.time.sleep", lambda s: None)
+
+    def no_delivered_rows(catalog: Any, rows: Any) -> None:
+        rows = list(rows)
+        if any(r["outcome"] == "delivered" for r in rows):
+            raise OSError("catalog unavailable")
+        real_record(catalog, rows)
+
+    _rename_one(city, "b3", "third")  # a new std snapshot to deliver incrementally
+    monkeypatch.setattr(audit, "record", no_delivered_rows)
+    with pytest.raises(CitylakeError, match="审计行未能写入") as err:
+        deliver_grant(city.settings, "gjj-person-db", delivery_date=D3, run_id="crash")
+    assert "已交付" in str(err.value)
+    assert not [r for r in _audit(city.settings) if r["run_id"] == "crash"]  # no false "failed" row
+    landed = _ledger(pg_url)
+    assert [m for m, _, _ in landed] == ["full", "incremental"]
+    monkeypatch.setattr(audit, "record", real_record)
+
+    # the next run finds the delivery at the target, records it (补记) and does not deliver it again
+    recovered = deliver_grant(city.settings, "gjj-person-db", delivery_date=D3, run_id="recover")
+    assert recovered.outcome == "nothing_new", recovered
+    rows = [r for r in _audit(city.settings) if r["run_id"] == "recover"]
+    assert [r["outcome"] for r in rows] == ["delivered", "nothing_new"]
+    assert "补记" in rows[0]["detail"] and rows[0]["std_snapshot_id"] == landed[-1][1]
+    assert _ledger(pg_url) == landed
+
+    # the table changed under the consumer: the target refuses the incremental and it is redone in full once
+    _pg(pg_url, f'ALTER TABLE "share_{GJJ.lower()}"."person" ADD COLUMN note text')
+    _rename_one(city, "b4", "fourth")
+    redone = deliver_grant(city.settings, "gjj-person-db", delivery_date=D3, run_id="redo")
+    assert (redone.outcome, redone.mode, redone.rows) == ("delivered", "full", n), redone
+    assert "接收方无法应用增量" in str(redone.detail)
+    assert "note" not in next(iter(_pg_rows(pg_url).values()))
+
+
+def test_master_key_rotation_rebases_the_consumer(city: City, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.share.deliver import deliver_grant
+
+    ids = city.std_ids()
+    before = [r for r in _audit(city.settings) if r["grant_id"] == "rsj-person-file" and r["outcome"] == "delivered"
+              and str(r["target"]).startswith(str(city.exports))][-1]
+    monkeypatch.setenv("CITYLAKE_SHARE_MASTER_KEY", "rotated-share-master-key-fedcba9876543210")
+    result = deliver_grant(city.settings, "rsj-person-file", delivery_date=D3, run_id="rotate")
+    # nothing new was published, yet every row goes again under the new key: old and new pseudonyms never mix
+    assert (result.outcome, result.mode, result.rows) == ("delivered", "full", len(ids)), result
+    assert "交付指纹已变更" in str(result.detail)
+    data = pq.read_table(_folder(city, RSJ, D3) / "data.parquet")
+    new = _pseudonyms(ids, RSJ)
+    assert sorted(data["resident_id"].to_pylist()) == sorted(new)
+    monkeypatch.setenv("CITYLAKE_SHARE_MASTER_KEY", MASTER)
+    assert not set(new) & set(_pseudonyms(ids, RSJ))
+    row = [r for r in _audit(city.settings) if r["run_id"] == "rotate"][-1]
+    assert row["fingerprint"] != before["fingerprint"]
+    manifest = json.loads((_folder(city, RSJ, D3) / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["fingerprint"] == row["fingerprint"]
+
+
+def test_failures_are_audited_and_raised_masked(city: City, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.errors import CitylakeError
+    from pipelines.share import policy
+    from pipelines.share.deliver import deliver_grant
+    from pipelines.share.targets import FileTarget
+
+    resident = city.std_ids()[0]
+
+    def quoting(self: Any, d: Any, rows: Any, deletions: Any) -> Any:
+        raise pa.ArrowInvalid(f"Failed to parse string: '{resident}' as a scalar of type int64")
+
+    monkeypatch.setattr(FileTarget, "deliver", quoting)
+    with pytest.raises(CitylakeError) as err:
+        deliver_grant(city.settings, "rsj-person-file", delivery_date=D3, run_id="quoting", full=True)
+    assert resident not in str(err.value) and "\n" not in str(err.value) and "rsj-person-file" in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    row = [r for r in _audit(city.settings) if r["run_id"] == "quoting"][-1]
+    assert (row["outcome"], row["reason"]) == ("failed", "target_failed") and resident not in row["detail"]
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("policy exploded")
+
+    monkeypatch.setattr(policy, "decide", broken)
+    with pytest.raises(CitylakeError, match="policy exploded"):
+        deliver_grant(city.settings, "rsj-person-file", delivery_date=D3, run_id="decide")
+    row = [r for r in _audit(city.settings) if r["run_id"] == "decide"][-1]
+    assert (row["outcome"], row["reason"]) == ("failed", "error") and json.loads(row["grant_basis"])["grant_sha256"]
+
+
+def test_a_broken_grant_file_stops_only_its_own_grants(city: City) -> None:
+    from pipelines.errors import ConfigError
+    from pipelines.share.deliver import deliver_all, deliver_grant
+
+    broken = Path(city.env["CITYLAKE_GRANTS_DIR"]) / "11340100003000000X.yml"
+    broken.write_text("grants:\n  - id: broken-grant\n    consumer: 11340100003000000X\n    bogus: 1\n",
+                      encoding="utf-8")
+    try:
+        with pytest.raises(ConfigError, match="11340100003000000X.yml"):
+            deliver_grant(city.settings, "broken-grant", delivery_date=D3, run_id="broken")
+        results = _results(deliver_all(city.settings, delivery_date=D3, run_id="broken-all"))
+        assert results["rsj-person-file"].outcome in ("delivered", "nothing_new")
+        failed = [r for g, r in results.items() if g.endswith("11340100003000000X.yml")]
+        assert [r.outcome for r in failed] == ["failed"] and "bogus" in str(failed[0].detail)
+    finally:
+        broken.unlink()

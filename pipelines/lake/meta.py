@@ -91,12 +91,15 @@ DELETED_KEYS = pa.schema([
 # Departmental sharing (pipelines.share): one row per delivery attempt or refusal of a grant; append-only.
 # outcome: delivered | nothing_new | refused | failed; ``detail`` masks personal values and holds no secret;
 # ``columns`` is JSON {column: deid method}; ``batches`` a JSON list; ``checksum`` sha256 hex of the
-# manifest (file) or of the delivered rows (database).
+# manifest (file) or of the delivered rows (database); ``fingerprint`` what the consumer's copy depends on
+# besides the rows (a change re-bases it in full); ``grant_basis`` JSON of the grant's purpose, legal basis,
+# approval, expiry, scenario, verification and grant_sha256.
 SHARING_AUDIT = pa.schema([
     *[(n, pa.string()) for n in ("audit_id", "run_id", "delivery_date", "consumer", "dataset", "grant_id",
                                  "grant_file", "outcome", "reason", "detail", "mode", "columns")],
     ("rows", pa.int64()), ("deleted", pa.int64()), ("std_snapshot_id", pa.int64()), ("batches", pa.string()),
-    ("method", pa.string()), ("target", pa.string()), ("checksum", pa.string()), RECORDED_AT])
+    ("method", pa.string()), ("target", pa.string()), ("checksum", pa.string()), ("fingerprint", pa.string()),
+    ("grant_basis", pa.string()), RECORDED_AT])
 
 SCHEMAS = {"meta.quality_results": QUALITY_RESULTS, "meta.standardization_log": STANDARDIZATION_LOG,
            "meta.conflicts": CONFLICTS, "meta.batches": BATCHES, "meta.registrations": REGISTRATIONS,

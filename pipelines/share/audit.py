@@ -2,12 +2,14 @@
 
 One row per attempt (``delivered``, ``nothing_new``, ``refused``, ``failed``), written through
 ``meta.append_log`` and never updated: the latest ``delivered`` row of a grant, method and target is where its
-next incremental delivery starts (``last_delivered``). Rows carry no secret and no clear personal value: the
+next incremental delivery starts (``last_delivered``). Every row carries the grant's basis (``grant_basis``)
+and a delivery its fingerprint (``pipelines.share.deliver``). Rows carry no secret and no clear personal value: the
 detail is masked before it is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Mapping
@@ -16,7 +18,7 @@ from typing import Any
 TABLE = "meta.sharing_audit"
 OUTCOMES = ("delivered", "nothing_new", "refused", "failed")
 OUTCOME_ZH = {"delivered": "已交付", "nothing_new": "无新数据", "refused": "已拒绝", "failed": "失败"}
-_JSON = ("columns", "batches")
+_JSON = ("columns", "batches", "grant_basis")
 
 
 def _row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,15 +77,31 @@ def same_target(recorded: str | None, target: str | None) -> bool:
     return recorded.rstrip("/") == base or recorded.startswith(base + "/")
 
 
-def last_delivered(catalog: Any, grant_id: str, method: str, target: str | None = None) -> dict[str, Any] | None:
-    """The latest ``delivered`` row of ``grant_id`` by ``method`` to ``target`` (``same_target``), None when the
-    grant never delivered there (its next delivery is full)."""
+def delivered_rows(catalog: Any, grant_id: str, method: str, target: str | None = None) -> list[dict[str, Any]]:
+    """Every ``delivered`` row of ``grant_id`` by ``method`` to ``target`` (``same_target``), oldest first."""
     from pyiceberg.expressions import And, EqualTo
 
     rows = _scan(catalog, And(And(EqualTo("grant_id", grant_id), EqualTo("method", method)),
                               EqualTo("outcome", "delivered")))
-    rows = [r for r in rows if same_target(r.get("target"), target)]
+    return [r for r in rows if same_target(r.get("target"), target)]
+
+
+def last_delivered(catalog: Any, grant_id: str, method: str, target: str | None = None) -> dict[str, Any] | None:
+    """The latest ``delivered`` row of ``grant_id`` by ``method`` to ``target`` (``same_target``), None when the
+    grant never delivered there (its next delivery is full)."""
+    rows = delivered_rows(catalog, grant_id, method, target)
     return rows[-1] if rows else None
+
+
+def grant_basis(grant: Any) -> dict[str, Any]:
+    """What the grant rested on when the row was written: purpose, legal basis, approval, expiry, scenario,
+    verification, and the sha256 of the whole grant (its canonical JSON, without where it was written), so
+    an audit shows which version of a grant a delivery or refusal followed even after the file changed."""
+    data = grant.model_dump(mode="json", exclude={"file", "line"})
+    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    basis = {k: data.get(k) for k in ("purpose", "legal_basis", "approver", "approved_on", "expires", "scenario",
+                                      "verification")}
+    return {**basis, "grant_sha256": hashlib.sha256(canonical.encode("utf-8")).hexdigest()}
 
 
 def latest_per_grant(rows: Iterable[Mapping[str, Any]], outcome: str | None = "delivered") -> dict[str, dict[str, Any]]:
