@@ -314,3 +314,202 @@ def test_postgres_types_empty_delivery_and_no_snapshot(pg_url: str) -> None:
     empty = target.deliver(d, iter([]), pa.table({"k": pa.array([], pa.int64())}))
     assert empty.rows == 0 and _pg_rows(pg_url) == {}
     assert [r[3] for r in _ledger(pg_url)] == [None, None]
+
+
+# --- round 2: fingerprint, dataset info, destination/last_record, NeedsFull, races, swaps, masked errors ------
+
+INFO = {"name": "人员基本信息", "columns": {"person_id": {"title": "人员编号", "type": "string"}},
+        "purpose": "社保待遇核验", "legal_basis": "社会保险法第八十一条", "expires": "2027-12-31"}
+
+
+def _round2(mode: str, day: str, snapshot: int, **kw: Any) -> Delivery:
+    return dataclasses.replace(_delivery(mode, day, snapshot), fingerprint="f" * 16, info=INFO, **kw)
+
+
+def _bad_cast(value: str) -> Iterator[pa.RecordBatch]:
+    """The rows iterator failing the way a de-identification cast does: Arrow quotes the value."""
+    yield pa.RecordBatch.from_pylist(FULL[:2], schema=SCHEMA)
+    pa.array([value]).cast(pa.int32())
+    yield pa.RecordBatch.from_pylist(FULL[2:], schema=SCHEMA)  # pragma: no cover
+
+
+def _assert_safe(exc: BaseException, value: str, masked: str) -> None:
+    text = str(exc)
+    assert type(exc) is TargetError and "\n" not in text and "g-test" in text and "ArrowInvalid" in text
+    assert value not in text and f"'{masked}'" in text
+    assert exc.__cause__ is None and exc.__suppress_context__
+
+
+def test_file_manifest_fingerprint_info_last_record_and_needs_full(lake_settings: Settings) -> None:
+    """manifest.json carries the fingerprint, ``dataset_info`` and the Chinese/English ``how_to_apply``;
+    latest.json the fingerprint; ``last_record`` merges both; an incremental against another record (expected
+    snapshot, fingerprint, or no delivery at all) is NeedsFull and changes nothing; a failing cast leaves as
+    one masked TargetError."""
+    target = FileTarget(lake_settings)
+    root = Path(lake_settings.exports)
+    assert target.destination(CONSUMER, DATASET) == f"{root}/share/{CONSUMER}/{DATASET}"
+    assert target.last_record(CONSUMER, DATASET) is None
+    with pytest.raises(NeedsFull, match="no record of a previous delivery"):
+        target.deliver(_round2("incremental", "2026-11-20", 1, expect={"std_snapshot_id": 0}), _batches(CHANGES),
+                       NO_DELETIONS)
+    assert not (root / "share" / CONSUMER / DATASET / "2026-11-20").exists()
+
+    placed = target.deliver(_round2("full", "2026-11-20", 1), _batches(FULL), NO_DELETIONS)
+    manifest = json.loads((Path(placed.target) / "manifest.json").read_bytes())
+    assert manifest["fingerprint"] == "f" * 16 and manifest["dataset_info"] == INFO
+    assert set(manifest["how_to_apply"]) == {"full", "incremental"}
+    assert "deletions" in manifest["how_to_apply"]["incremental"]["en"] and "主键" in \
+        manifest["how_to_apply"]["incremental"]["zh"]
+    assert (read_latest(lake_settings, CONSUMER, DATASET) or {})["fingerprint"] == "f" * 16
+    last = target.last_record(CONSUMER, DATASET)
+    assert last is not None and {k: last[k] for k in ("folder", "grant_id", "std_snapshot_id", "fingerprint",
+                                                      "mode", "keys")} == {
+        "folder": "2026-11-20", "grant_id": "g-test", "std_snapshot_id": 1, "fingerprint": "f" * 16,
+        "mode": "full", "keys": KEYS}
+
+    latest_before = (root / "share" / CONSUMER / DATASET / "latest.json").read_bytes()
+    for bad in ({"std_snapshot_id": 7}, {"fingerprint": "other"}):
+        with pytest.raises(NeedsFull, match="last delivery differs"):
+            target.deliver(_round2("incremental", "2026-11-21", 2, expect=bad), _batches(CHANGES), NO_DELETIONS)
+    with pytest.raises(NeedsFull, match="fingerprint"):
+        target.deliver(dataclasses.replace(_round2("incremental", "2026-11-21", 2), fingerprint="0" * 16),
+                       _batches(CHANGES), NO_DELETIONS)
+    with pytest.raises(TargetError) as info:
+        target.deliver(_round2("incremental", "2026-11-21", 2), _bad_cast("张伟"), NO_DELETIONS)
+    _assert_safe(info.value, "张伟", "张*")
+    assert (root / "share" / CONSUMER / DATASET / "latest.json").read_bytes() == latest_before
+    assert not (root / "share" / CONSUMER / DATASET / "2026-11-21").exists()
+
+    ok = target.deliver(_round2("incremental", "2026-11-21", 2, expect={"std_snapshot_id": 1,
+                                                                       "fingerprint": "f" * 16}),
+                        _batches(CHANGES), _deletions(DELETED))
+    assert ok.target.rstrip("/").endswith("2026-11-21")
+
+
+def test_s3_latest_is_a_conditional_write(lake_settings: Settings, moto_endpoint: str, aws_env: None,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """latest.json on S3: another writer's change between read and write (a 412 on ``If-Match``) is retried;
+    another host's delivery that moved latest.json to its own folder meanwhile stays current: this delivery
+    fails and its folder goes, latest.json never moves back."""
+    import boto3
+
+    from pipelines.publish.store import S3Store
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    s3.create_bucket(Bucket="share-race")
+    settings = dataclasses.replace(lake_settings, exports_dir="s3://share-race/city", s3_endpoint=moto_endpoint)
+    key = f"city/share/{CONSUMER}/{DATASET}/latest.json"
+    target = FileTarget(settings)
+    assert target.destination(CONSUMER, DATASET) == f"s3://share-race/city/share/{CONSUMER}/{DATASET}/"
+    target.deliver(_round2("full", "2026-11-20", 1), _batches(FULL), NO_DELETIONS)
+
+    # a writer rewrites latest.json (same folder) right after this delivery read it: the PUT gets 412, retried
+    real_read = S3Store.read_versioned
+    calls: list[str] = []
+
+    def read_then_touch(self: S3Store, rel: str) -> tuple[bytes | None, str | None]:
+        got = real_read(self, rel)
+        if rel.endswith("latest.json") and not calls:
+            calls.append(rel)
+            s3.put_object(Bucket="share-race", Key=key, Body=(got[0] or b"") + b"\n")
+        return got
+
+    monkeypatch.setattr(S3Store, "read_versioned", read_then_touch)
+    second = target.deliver(_round2("incremental", "2026-11-21", 2), _batches(CHANGES), NO_DELETIONS)
+    monkeypatch.setattr(S3Store, "read_versioned", real_read)
+    assert calls and json.loads(s3.get_object(Bucket="share-race", Key=key)["Body"].read())["folder"] == "2026-11-21"
+    assert second.target.endswith("/2026-11-21/")
+
+    # another host places 2026-11-23 and points latest.json at it while this delivery uploads 2026-11-22
+    real_place = S3Store.place
+    newer = json.dumps({"folder": "2026-11-23", "mode": "incremental", "std_snapshot_id": 9}).encode()
+
+    def place_and_race(self: S3Store, stage: Path, folder: str, expected: Any) -> None:
+        real_place(self, stage, folder, expected)
+        s3.put_object(Bucket="share-race", Key=key, Body=newer)
+
+    monkeypatch.setattr(S3Store, "place", place_and_race)
+    with pytest.raises(TargetError, match="2026-11-23 stays current"):
+        target.deliver(_round2("incremental", "2026-11-22", 3), _batches(CHANGES), NO_DELETIONS)
+    assert s3.get_object(Bucket="share-race", Key=key)["Body"].read() == newer
+    listed = s3.list_objects_v2(Bucket="share-race", Prefix=f"city/share/{CONSUMER}/{DATASET}/2026-11-22")
+    assert not listed.get("Contents")   # the loser's folder is removed
+
+
+def _pg(url: str, statement: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        cur = conn.execute(statement)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
+def test_postgres_swap_ledger_fingerprint_last_record_and_needs_full(pg_url: str) -> None:
+    """A full delivery loads ``person__load_*`` while the old table stays readable (a reader with a 1 s lock
+    timeout reads it mid-load), then swaps it in (index ``person_pkey``, the department role's SELECT kept, no
+    load table left); a ledger made before fingerprints gets the column; ``last_record`` is the newest
+    ledger row; incrementals against another shape or record are NeedsFull; a dependent view blocks the swap
+    (one line, previous state kept); a failing cast is one masked line."""
+    schema = f"share_{CONSUMER.lower()}"
+    target = PostgresTarget(pg_url)
+    assert target.destination(CONSUMER, DATASET) == f"127.0.0.1:5432/{pg_url.rsplit('/', 1)[1]}/{schema}.{DATASET}"
+    assert target.last_record(CONSUMER, DATASET) is None
+    with pytest.raises(NeedsFull, match="table missing"):
+        target.deliver(_round2("incremental", "2026-11-19", 1), _batches(CHANGES), NO_DELETIONS)
+
+    target.deliver(_delivery("full"), _batches(FULL), NO_DELETIONS)
+    _pg(pg_url, f'ALTER TABLE "{schema}"._deliveries DROP COLUMN fingerprint')   # as an old ledger was
+    role = f"share_reader_{pg_url.rsplit('_', 1)[1]}"
+    _pg(pg_url, f'CREATE ROLE "{role}"')
+    try:
+        _pg(pg_url, f'GRANT SELECT ON "{schema}"."{DATASET}" TO "{role}"')
+        seen: list[int] = []
+
+        def read_during_load() -> Iterator[pa.RecordBatch]:
+            yield from _batches(FULL[:2])
+            import psycopg
+
+            with psycopg.connect(libpq_url(pg_url), autocommit=True) as conn:
+                conn.execute("SET lock_timeout = '1s'")
+                seen.append(conn.execute(f'SELECT count(*) FROM "{schema}"."{DATASET}"').fetchone()[0])  # type: ignore[index]
+            yield from _batches(FULL[2:])
+
+        placed = target.deliver(_round2("full", "2026-11-20", 2), read_during_load(), NO_DELETIONS)
+        assert seen == [len(FULL)] and placed.rows == len(FULL) and _pg_rows(pg_url) == {r["person_id"]: r for r in FULL}
+        assert _pg(pg_url, f"SELECT has_table_privilege('{role}', '{schema}.{DATASET}', 'SELECT')") == [(True,)]
+    finally:
+        _pg(pg_url, f'REVOKE ALL ON ALL TABLES IN SCHEMA "{schema}" FROM "{role}"')
+        _pg(pg_url, f'DROP ROLE "{role}"')
+    assert _pg(pg_url, f"SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                       f"WHERE nspname = '{schema}' AND relname LIKE '%load%'") == []
+    assert _pg(pg_url, f"SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = "
+                       f"'\"{schema}\".\"{DATASET}\"'::regclass AND indisprimary") == [(f"{schema}.{DATASET}_pkey",)]
+    last = target.last_record(CONSUMER, DATASET)
+    assert last is not None and (last["mode"], last["std_snapshot_id"], last["fingerprint"], last["rows"],
+                                 last["delivery_date"], last["keys"]) == ("full", 2, "f" * 16, 6, "2026-11-20", KEYS)
+    assert last["checksum"] == placed.checksum
+
+    for bad in ({"std_snapshot_id": 1}, {"fingerprint": "0" * 16}):
+        with pytest.raises(NeedsFull, match="last delivery differs"):
+            target.deliver(_round2("incremental", "2026-11-21", 3, expect=bad), _batches(CHANGES), NO_DELETIONS)
+    narrow = pa.schema([f for f in SCHEMA if f.name != "score"])
+    with pytest.raises(NeedsFull, match="columns, types or key differ"):
+        target.deliver(dataclasses.replace(_round2("incremental", "2026-11-21", 3), schema=narrow),
+                       _batches([{k: v for k, v in r.items() if k != "score"} for r in CHANGES], schema=narrow),
+                       NO_DELETIONS)
+    with pytest.raises(TargetError) as info:
+        target.deliver(_round2("incremental", "2026-11-21", 3), _bad_cast("13812345678"), NO_DELETIONS)
+    _assert_safe(info.value, "13812345678", "138****5678")
+    with pytest.raises(TargetError) as info:
+        target.deliver(_round2("full", "2026-11-21", 3), _bad_cast("李秀英"), NO_DELETIONS)
+    _assert_safe(info.value, "李秀英", "李**")
+    target.deliver(_round2("incremental", "2026-11-21", 3, expect={"std_snapshot_id": 2, "fingerprint": "f" * 16}),
+                   _batches(CHANGES), _deletions(DELETED))
+    assert _pg_rows(pg_url) == AFTER
+
+    _pg(pg_url, f'CREATE VIEW "{schema}".adults AS SELECT person_id FROM "{schema}"."{DATASET}" WHERE age >= 18')
+    with pytest.raises(TargetError, match="depend") as info:
+        target.deliver(_round2("full", "2026-11-22", 4), _batches(FULL), NO_DELETIONS)
+    assert "\n" not in str(info.value) and f"{schema}.{DATASET}" in str(info.value)
+    assert _pg_rows(pg_url) == AFTER and len(_ledger(pg_url)) == 3
+    assert _pg(pg_url, f'SELECT count(*) FROM "{schema}".adults') == [(len(AFTER),)]

@@ -161,13 +161,15 @@ def _one_line(text: str, url: str | None = None) -> str:
 
 def _escaped(exc: Exception, where: str, url: str | None = None) -> Exception:
     """What leaves a target for ``exc``: our own errors (``TargetError``, ``NeedsFull``, ``MissingKeyError``)
-    keep their type, anything else (the rows iterator's Arrow cast error quoting a value, a driver's error,
-    boto's) becomes a ``TargetError`` naming the delivery; always one line, scrubbed and masked."""
+    keep their type and text (built here from names and codes, any foreign text in them already through
+    ``_one_line``; masking would blank the consumer's credit code), anything else (the rows iterator's Arrow
+    cast error quoting a value, a driver's error, boto's) becomes a ``TargetError`` naming the delivery with
+    its text scrubbed and masked; always one line."""
     from pipelines.privacy.pseudonym import MissingKeyError
 
     if isinstance(exc, TargetError | MissingKeyError):
-        text = _one_line(str(exc), url)
-        return exc if text == str(exc) else type(exc)(text)
+        lines = str(exc).strip().splitlines()
+        return exc if len(lines) <= 1 else type(exc)(lines[0])
     return TargetError(f"{where}: {type(exc).__name__}: {_one_line(str(exc), url)}")
 
 
