@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -21,6 +25,7 @@ from pipelines.privacy.pseudonym import (
 
 MASTER = b"test-only-master-key-0123456789abcdef"
 RSJ, GJJ = "113401000030088844", "123401004850066616"
+ROOT = Path(__file__).resolve().parent.parent
 IDS = ["340104199003071234", "34010419900307123X", "340102198512120016"]
 
 
@@ -113,16 +118,37 @@ def test_short_master_key_is_refused_and_not_quoted(monkeypatch: pytest.MonkeyPa
     assert len(master_key()) == MIN_KEY_BYTES
 
 
-def test_master_key_from_the_airflow_connection(monkeypatch: pytest.MonkeyPatch, no_key: None) -> None:
-    try:
-        import airflow.sdk  # noqa: F401
-    except ImportError as exc:  # the Airflow extra is part of the project: missing it fails under CI=true
-        unavailable(f"airflow.sdk cannot be imported ({exc})")
+AIRFLOW_SCRIPT = """\
+import sys
+try:
+    import airflow.sdk  # noqa: F401
+except ImportError as exc:
+    print(f"airflow.sdk cannot be imported ({exc})")
+    sys.exit(3)
+from pipelines.privacy.pseudonym import MissingKeyError, master_key
+try:
+    print("key", master_key().decode())
+except MissingKeyError as exc:
+    print("error", exc)
+"""
+
+
+def _master_key_under_airflow(tmp_path: Path, password: str) -> str:
+    """``master_key()`` in a fresh interpreter with only the Airflow connection set: importing Airflow fixes
+    its home and metadata database for the whole process, which would leak into the DAG tests after this one."""
+    env = {k: v for k, v in os.environ.items() if k not in (MASTER_ENV, "AIRFLOW_CTX_DAG_ID")}
+    env.update({"AIRFLOW_HOME": str(tmp_path / "airflow"),
+                f"AIRFLOW_CONN_{MASTER_CONN.upper()}": f'{{"conn_type": "generic", "password": "{password}"}}'})
+    ran = subprocess.run([sys.executable, "-c", AIRFLOW_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT)
+    if ran.returncode == 3:  # the Airflow extra is part of the project: missing it fails under CI=true
+        unavailable(ran.stdout.strip())
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout.strip()
+
+
+def test_master_key_from_the_airflow_connection(tmp_path: Path) -> None:
     secret = "airflow-held-master-key-0123456789abcdef"
-    monkeypatch.setenv(f"AIRFLOW_CONN_{MASTER_CONN.upper()}", f'{{"conn_type": "generic", "password": "{secret}"}}')
-    assert master_key() == secret.encode()
-    monkeypatch.setenv(f"AIRFLOW_CONN_{MASTER_CONN.upper()}", '{"conn_type": "generic", "password": "too-short-0"}')
-    with pytest.raises(MissingKeyError) as err:
-        master_key()
-    assert "Airflow connection citylake_share_master_key 只有 11 字节" in str(err.value)
-    assert "too-short-0" not in str(err.value)
+    assert _master_key_under_airflow(tmp_path, secret) == f"key {secret}"
+    short = _master_key_under_airflow(tmp_path, "too-short-0")
+    assert short.startswith("error ") and "Airflow connection citylake_share_master_key 只有 11 字节" in short
+    assert "too-short-0" not in short
