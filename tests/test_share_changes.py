@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sqlite3
 from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pytest
 from pyiceberg.expressions import EqualTo, In
+from typer.testing import CliRunner
 
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.changes import deleted_keys, key_json, std_changes
 from pipelines.lake.meta import replace_run
+from pipelines.lake.raw import open_table
 from pipelines.registry import get_system
 from pipelines.settings import PROJECT_ROOT, TZ, Settings, load_settings
 
@@ -58,7 +61,9 @@ def _second_load(settings: Settings) -> tuple[set[str], str]:
 
 
 def _deleted_rows(settings: Settings) -> list[dict[str, object]]:
-    table = get_catalog(settings).load_table("meta.deleted_keys")
+    table = open_table(get_catalog(settings), "meta.deleted_keys")
+    if table is None:
+        return []
     return table.scan(row_filter=EqualTo("dataset", "person")).to_arrow().to_pylist()
 
 
@@ -76,8 +81,8 @@ def test_changes_since_a_snapshot_are_its_batches_and_deletions(person: Settings
     assert result.status == "published" and result.deleted == 1
     std = catalog.load_table("std.person")
     changes = std_changes(catalog, "person", first)
-    assert (changes.snapshot_id, changes.batches, changes.full, changes.reason) == \
-        (std.current_snapshot().snapshot_id, [B2], False, "增量: 1 个批次")
+    assert (changes.snapshot_id, changes.batches, changes.full, changes.reason, changes.blocked) == \
+        (std.current_snapshot().snapshot_id, [B2], False, "增量: 1 个批次", None)
 
     scan = std.scan(row_filter=In("_batch_id", changes.batches), snapshot_id=changes.snapshot_id)
     assert set(scan.to_arrow()["resident_id"].to_pylist()) == updated  # only the changed rows
@@ -96,8 +101,11 @@ def test_changes_since_a_snapshot_are_its_batches_and_deletions(person: Settings
     assert (lost.full, lost.reason, lost.batches) == (True, "上次交付的快照已不在表历史中", [B1, B2])
 
 
+@pytest.mark.parametrize("crash_at", ["_record_batches", "_record_deletions"])
 def test_an_unrecorded_publish_is_not_delivered_through_and_its_rerun_replaces_its_deletions(
-        person: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+        person: Settings, monkeypatch: pytest.MonkeyPatch, crash_at: str) -> None:
+    """A run stops after its std commit (before or after recording its deletions): the rerun finds the
+    deleted key already gone from std, and still records it (the run's own earlier commit removed it)."""
     import pipelines.quality.gate as gate
 
     catalog = get_catalog(person)
@@ -107,26 +115,36 @@ def test_an_unrecorded_publish_is_not_delivered_through_and_its_rerun_replaces_i
     def crash(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("worker lost after the std commit")
 
-    monkeypatch.setattr(gate, "_record_batches", crash)
-    with pytest.raises(RuntimeError):
+    with monkeypatch.context() as patched, pytest.raises(RuntimeError):  # undo only this (the lake's env stays)
+        patched.setattr(gate, crash_at, crash)
         gate.run_quality("person", settings=person, reference_date=AT.date(), run_id="r2")
-    monkeypatch.undo()
     crashed = catalog.load_table("std.person").current_snapshot().snapshot_id
-    assert crashed != first and len(_deleted_rows(person)) == 1  # std committed, deletions recorded
-    # B2 is in std but not in meta.batches: no delivery goes through it yet
+    assert crashed != first  # std committed
+    assert len(_deleted_rows(person)) == (crash_at == "_record_batches")  # deletions recorded before the crash
+    # B2 is in std but not in meta.batches: no delivery goes through it yet, and blocked says why
     held_back = std_changes(catalog, "person", first)
     assert (held_back.snapshot_id, held_back.batches, held_back.full) == (first, [], False)
+    assert held_back.blocked == (
+        f"批次 {B2} 已由运行 r2 发布到 std.person 但未记录到 meta.batches（该运行中断）："
+        "重跑 `citylake quality run person --run-id r2` 后继续交付")
     initial = std_changes(catalog, "person", None)
-    assert (initial.snapshot_id, initial.batches) == (first, [B1])
+    assert (initial.snapshot_id, initial.batches, initial.blocked) == (first, [B1], held_back.blocked)
 
-    # the run's retry publishes B2 again and records it; its deletions replace the earlier attempt's
-    again = gate.run_quality("person", settings=person, reference_date=AT.date(), run_id="r2")
-    assert again.status == "published" and again.batches == [B2]
+    # the command blocked quotes, run as it is written: publishes B2 again and records it; its deletions
+    # replace the earlier attempt's
+    from pipelines.cli import app
+
+    command = held_back.blocked.split("`")[1]
+    assert command.startswith("citylake ")
+    ran = CliRunner().invoke(app, shlex.split(command)[1:])
+    assert ran.exit_code == 0, ran.output
+    again = gate.batch_status(catalog, "person")[B2]
+    assert (again["status"], again["run_id"]) == ("published", "r2")
     rows = _deleted_rows(person)
     assert [(r["run_id"], r["std_snapshot_id"], json.loads(r["key"])) for r in rows] == \
-        [("r2", again.std_snapshot, [gone])]
+        [("r2", again["std_snapshot_id"], [gone])]
     changes = std_changes(catalog, "person", first)
-    assert changes.snapshot_id == again.std_snapshot and changes.batches == [B2]
+    assert changes.snapshot_id == again["std_snapshot_id"] and changes.batches == [B2] and changes.blocked is None
     assert deleted_keys(catalog, "person", changes.batches, KEY)["resident_id"].to_pylist() == [gone]
 
 
@@ -162,3 +180,59 @@ def test_deleted_keys_come_back_typed_distinct_and_per_batch(lake_settings: Sett
     # a rerun of run r narrowed to batch c replaces c's rows only
     replace_run(catalog, "meta.deleted_keys", "r", rows.slice(0, 0), datasets=["t"], raw_batches=["c"])
     assert deleted_keys(catalog, "t", ["a", "b", "c"], schema).num_rows == 2
+
+
+def test_only_keys_std_held_are_recorded_as_deleted(person: Settings) -> None:
+    """A tombstone for a key whose rows were always quarantined (it never passed the gate) is not recorded:
+    meta.deleted_keys goes to consumers, and would name a key std never had. A real deletion is."""
+    from pipelines.quality.gate import run_quality
+
+    catalog = get_catalog(person)
+    published = set(catalog.load_table("std.person").scan(selected_fields=("resident_id",)).to_arrow()
+                    ["resident_id"].to_pylist())
+    con = sqlite3.connect(person.data_dir / "sources" / "population.db")
+    ids = [r for (r,) in con.execute("SELECT resident_id FROM person WHERE resident_id IS NOT NULL ORDER BY rowid")]
+    # a person whose only row failed a critical rule (its key is nowhere in std), and one std holds
+    never = next(r for r in ids if r not in published and r.strip().upper() not in published and ids.count(r) == 1)
+    real = next(r for r in ids if r in published)
+    con.executemany("DELETE FROM person WHERE resident_id = ?", [(never,), (real,)])
+    con.commit()
+    con.close()
+    quarantined = catalog.load_table("quarantine.person").scan(selected_fields=("resident_id",)).to_arrow()
+    assert never.strip().upper() in quarantined["resident_id"].to_pylist()
+    ingest_table(get_system(person.registry_dir, "population"), "person", settings=person, mode="full",
+                 batch_id=B2, extracted_at=AT + timedelta(hours=1))
+    result = run_quality("person", settings=person, reference_date=AT.date(), run_id="r2")
+    assert result.status == "published" and result.deleted == 2  # both tombstones went through the gate
+    assert [json.loads(r["key"]) for r in _deleted_rows(person)] == [[real]]
+    assert deleted_keys(catalog, "person", [B2], KEY)["resident_id"].to_pylist() == [real]
+
+
+def test_lake_show_masks_deleted_keys_by_the_datasets_primary_key(person: Settings) -> None:
+    """meta.deleted_keys holds resident IDs in clear (pseudonyms are made from them per consumer): every
+    rendering masks them by the dataset's key column, like meta.conflicts' keys."""
+    from pipelines.cli import app
+    from pipelines.privacy.policy import Declarations, deleted_key
+    from pipelines.quality.gate import run_quality
+
+    _updated, gone = _second_load(person)
+    run_quality("person", settings=person, reference_date=AT.date(), run_id="r2")
+    shown = CliRunner().invoke(app, ["lake", "show", "meta.deleted_keys"])
+    assert shown.exit_code == 0, shown.output
+    assert gone not in shown.stdout and f'["{gone[:6]}********{gone[-4:]}"]' in shown.stdout
+    clear = CliRunner().invoke(app, ["lake", "show", "meta.deleted_keys", "--unmasked"])
+    assert clear.exit_code == 0 and gone in clear.stdout
+
+    from pipelines.config import load_all
+
+    config = load_all(person)
+    decl = Declarations(config.standards, config.contracts)
+    name = "欧阳娜娜"
+    # an unknown dataset, a key of another length, or text that is no JSON array: masked as undeclared
+    for row in ({"dataset": "gone", "key": json.dumps([gone, name], ensure_ascii=False)},
+                {"dataset": "person", "key": json.dumps([gone, name], ensure_ascii=False)},
+                {"dataset": "person", "key": f"{gone}|{name}"}):
+        masked = deleted_key(row, decl)
+        assert gone not in masked and name not in masked, masked
+    assert deleted_key({"dataset": "person", "key": None}, decl) is None
+    assert gone not in deleted_key({"dataset": "person", "key": json.dumps([gone])}, None)  # config unreadable

@@ -318,6 +318,21 @@ class StdChanges:
     full: bool
     """First delivery (``since`` None), or ``since`` is no longer in the table's history."""
     reason: str
+    blocked: str | None = None
+    """Chinese: the raw batch (and the run that published it) that stops delivery before a newer snapshot:
+    in std but not recorded as published in ``meta.batches`` (the run stopped between the two), and how to
+    finish it; None when nothing newer waits."""
+
+
+def _blocked_text(dataset: str, snap: Any, batch: str, status: dict[str, Any] | None) -> str:
+    run_id = summary_value(snap, "citylake.run-id")
+    where = "未记录到 meta.batches（该运行中断）" if status is None else \
+        f"在 meta.batches 中的最新状态为 {status['status']}（运行 {status['run_id']}），不是已发布"
+    if run_id is None:  # a snapshot written before run ids were kept: the operator has to find the run
+        return (f"批次 {batch} 已发布到 std.{dataset}（快照 {snap.snapshot_id} 未记运行 id）但{where}："
+                f"以该运行的 run id 重跑 `citylake quality run {dataset} --run-id <run id>` 后继续交付")
+    return (f"批次 {batch} 已由运行 {run_id} 发布到 std.{dataset} 但{where}："
+            f"重跑 `citylake quality run {dataset} --run-id {run_id}` 后继续交付")
 
 
 def std_changes(catalog: Any, dataset: str, since: int | None) -> StdChanges:
@@ -327,7 +342,8 @@ def std_changes(catalog: Any, dataset: str, since: int | None) -> StdChanges:
     summary. Delivery goes only through the newest snapshot whose batches, and every earlier one's, are
     recorded as published or released in ``meta.batches``: the gate records a batch after its std commit and
     its deleted keys, so a publish that crashed before recording is picked up by a later delivery, never
-    skipped. A full delivery (``since`` None or gone from the history) applies the same rule from the start."""
+    skipped (``blocked`` names its batch and run). A full delivery (``since`` None or gone from the history)
+    applies the same rule from the start."""
     from pyiceberg.table.snapshots import ancestors_of
 
     from pipelines.lake.meta import batch_status  # meta imports tables, which imports raw: no cycle, kept local
@@ -345,17 +361,21 @@ def std_changes(catalog: Any, dataset: str, since: int | None) -> StdChanges:
         ancestry = ancestry[: ids.index(since)]
     if current is None:
         return StdChanges(None, [], full, reason or "增量: 0 个批次")
-    recorded = {b for b, row in batch_status(catalog, dataset).items() if row["status"] in DELIVERABLE}
+    status = batch_status(catalog, dataset)
+    recorded = {b for b, row in status.items() if row["status"] in DELIVERABLE}
     through = None if full else since
     batches: list[str] = []
+    blocked = None
     for snap in reversed(ancestry):  # oldest first: stop at the first snapshot with an unrecorded batch
         text = summary_value(snap, PUBLISHED_BATCHES)
         carried = [str(b) for b in json.loads(text)] if text else []
-        if not recorded.issuperset(carried):
+        missing = [b for b in carried if b not in recorded]
+        if missing:
+            blocked = _blocked_text(dataset, snap, missing[0], status.get(missing[0]))
             break
         through = snap.snapshot_id
         batches.extend(b for b in carried if b not in batches)
-    return StdChanges(through, batches, full, reason or f"增量: {len(batches)} 个批次")
+    return StdChanges(through, batches, full, reason or f"增量: {len(batches)} 个批次", blocked)
 
 
 def key_json(table: pa.Table, keys: list[str], rows: int = 64 * 1024) -> pa.ChunkedArray:

@@ -12,6 +12,7 @@ to the year; only code-like values (no space, no Han, short) stay readable.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -206,6 +207,29 @@ def conflict_key(row: Mapping[str, Any], decl: Declarations | None) -> Any:
     return KEY_SEP.join(str(_key_part(p, e)) for p, e in zip(parts, elements, strict=True))
 
 
+def deleted_key(row: Mapping[str, Any], decl: Declarations | None) -> Any:
+    """A ``meta.deleted_keys`` key (JSON array of the key's values as text, in the dataset's ``primary_key``
+    order) as a person may read it: each value masked by its key column's declared element, like
+    ``conflict_key``. A key of no known dataset, with another number of values, or not a JSON array is
+    masked as undeclared (fail closed)."""
+    key = row.get("key")
+    if key is None:
+        return None
+    try:
+        parts = json.loads(str(key))
+    except ValueError:
+        parts = None
+    if not isinstance(parts, list):
+        return _key_part(str(key), None)
+    contract = decl.contracts.get(str(row.get("dataset"))) if decl is not None else None
+    elements: list[DataElement | None] = [None] * len(parts)
+    if contract is not None and decl is not None and len(parts) == len(contract.primary_key):
+        declared = {c.name: c.element for c in contract.columns}
+        elements = [decl.standards.elements.get(declared.get(k) or "") for k in contract.primary_key]
+    return json.dumps([None if p is None else _key_part(str(p), e) for p, e in zip(parts, elements, strict=True)],
+                      ensure_ascii=False)
+
+
 def masked_rows(table: str, data: pa.Table, decl: Declarations | None) -> list[dict[str, Any]]:
     """The rows of lake table ``table`` as a person may read them (every rendering goes through here)."""
     masks = column_masks(data, decl.columns_of(table) if decl is not None else None)
@@ -222,5 +246,7 @@ def masked_rows(table: str, data: pa.Table, decl: Declarations | None) -> list[d
                     out[col] = _conflict_value(row, col, decl)
             if "key" in row:
                 out["key"] = conflict_key(row, decl)
+        if table == "meta.deleted_keys" and "key" in row:  # resident IDs in clear: masked by the dataset's key
+            out["key"] = deleted_key(row, decl)
         rows.append(out)
     return rows

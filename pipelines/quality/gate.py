@@ -558,12 +558,48 @@ def _key_strings(table: pa.Table, keys: list[str]) -> pa.Array:
     return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 
 
-def _drop_keys(tx: Any, table: Any, keys: list[str], replace: pa.Array, props: dict[str, str]) -> None:
+def _removed_by_run(table: Any, run_id: str, batches: set[str], keys: list[str], watch: pa.Array) -> pa.Array:
+    """The key strings of ``watch`` held by the std data files that earlier commits of this run (for any of
+    ``batches``) removed: a rerun after a crash between the std commit and the batches' record finds those
+    keys gone from std, yet that commit deleted them from what std held. Metadata first; only the removed
+    files' key columns are read, and only on such a rerun."""
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import ArrowScan
+    from pyiceberg.manifest import ManifestEntryStatus
+    from pyiceberg.table import FileScanTask
+
+    own = [snap for snap in table.metadata.snapshots
+           if snap.summary is not None and snap.summary.get("citylake.run-id") == run_id
+           and batches & set(json.loads(snap.summary.get(PUBLISHED_BATCHES) or "[]"))]
+    found: list[pa.Array] = []
+    projected = table.metadata.schema().select(*keys)
+    for snap in own:
+        for manifest in snap.manifests(table.io):
+            if manifest.added_snapshot_id != snap.snapshot_id:
+                continue  # a manifest carried over from an earlier snapshot: nothing this commit removed
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+                if entry.status != ManifestEntryStatus.DELETED or entry.snapshot_id != snap.snapshot_id:
+                    continue
+                scan = ArrowScan(table_metadata=table.metadata, io=table.io, projected_schema=projected,
+                                 row_filter=AlwaysTrue())
+                held = _key_strings(scan.to_table(tasks=[FileScanTask(entry.data_file)]), keys)
+                hit = held.filter(pc.is_in(held, value_set=watch))
+                if len(hit):
+                    found.append(pc.unique(hit))
+    return pc.unique(pa.concat_arrays(found)) if found else pa.array([], pa.string())
+
+
+def _drop_keys(tx: Any, table: Any, keys: list[str], replace: pa.Array, props: dict[str, str],
+               watch: pa.Array | None = None) -> pa.Array:
     """Copy-on-write removal of every std row whose key is in ``replace``, one data file at a time.
 
     This is what pyiceberg's ``Transaction.delete`` does, with a hashed key-set test instead of an
     expression: its ``upsert`` builds ``In(key, [...])`` (or an ``Or`` of ``And`` per composite key) with a
-    literal per key, which took 13 s for 0.5 M keys. Only files holding a replaced key are read whole."""
+    literal per key, which took 13 s for 0.5 M keys. Only files holding a replaced key are read whole.
+
+    Returns the key strings of ``watch`` (the tombstones) that std held: found in the key columns this
+    already reads, so a recorded deletion is one std really had (never a key that was always quarantined),
+    at no extra scan; memory is bounded by ``watch``."""
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files  # pyiceberg is pinned (0.12.0)
 
@@ -571,14 +607,20 @@ def _drop_keys(tx: Any, table: Any, keys: list[str], replace: pa.Array, props: d
     schema = meta.schema()
     commit, counter = uuid.uuid4(), itertools.count(0)
     replaced: list[tuple[Any, list[Any]]] = []
+    present: list[pa.Array] = []
     for task in table.scan().plan_files():
         if task.delete_files:  # citylake writes copy-on-write only; another writer added delete files
             raise CitylakeError(f"{table.name()}: data file {task.file.file_path} has delete files; "
                                 "citylake cannot upsert into merge-on-read tables")
         scan = ArrowScan(table_metadata=meta, io=table.io, projected_schema=schema.select(*keys), row_filter=AlwaysTrue())
-        hit = pc.is_in(_key_strings(scan.to_table(tasks=[task]), keys), value_set=replace)
+        held = _key_strings(scan.to_table(tasks=[task]), keys)
+        hit = pc.is_in(held, value_set=replace)
         if not pc.any(hit).as_py():
             continue
+        if watch is not None and len(watch):
+            found = held.filter(pc.is_in(held, value_set=watch))
+            if len(found):
+                present.append(pc.unique(found))
         if pc.all(hit).as_py():
             replaced.append((task.file, []))
             continue
@@ -593,6 +635,7 @@ def _drop_keys(tx: Any, table: Any, keys: list[str], replace: pa.Array, props: d
                 overwrite.delete_data_file(original)
                 for f in new:
                     overwrite.append_data_file(f)
+    return pc.unique(pa.concat_arrays(present)) if present else pa.array([], pa.string())
 
 
 def load_seqs(table: pa.Table | pa.RecordBatch) -> pa.Array | pa.ChunkedArray:
@@ -706,8 +749,8 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
     The commit is a single attempt (pyiceberg's retry would re-apply a fast append of keys another publish
     just appended: two copies); refused, everything is decided again on the reloaded table, and the batches
     another run published meanwhile are left out. Returns (std snapshot, those batches); ``applied`` gets the
-    tombstones the committed attempt applied (key columns typed as std's, ``_batch_id``): not those of the
-    batches left out, nor stale keys."""
+    tombstones the committed attempt applied (key columns typed as std's, ``_batch_id``): only keys std held
+    before the commit (``_drop_keys`` says which), not those of the batches left out, nor stale keys."""
     name = contract.std_table
     rows = pq.ParquetFile(good) if good.exists() else None
 
@@ -728,18 +771,25 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
         gone_keys = pa.table({k: pc.cast(gone.column(k), types.field(k).type) for k in keys})
         incoming = _incoming(good, gone_keys, gone, keys, done)
         stale = _stale_keys(incoming, keys, later)
-        if applied is not None:
-            dead = gone_keys.append_column("_batch_id", gone["_batch_id"]).filter(_not_done(gone, done))
-            if len(stale):
-                dead = dead.filter(pc.invert(pc.is_in(_key_strings(dead, keys), value_set=stale)))
-            applied.append(dead)
+        dead = gone_keys.append_column("_batch_id", gone["_batch_id"]) if "_batch_id" in gone.schema.names \
+            else gone_keys
+        dead = dead.filter(_not_done(gone, done))
+        if len(stale):
+            dead = dead.filter(pc.invert(pc.is_in(_key_strings(dead, keys), value_set=stale)))
+        dead_keys = _key_strings(dead, keys)
+        held = pa.array([], pa.string())  # the tombstoned keys std holds: those this commit really deletes
         tx = single_attempt(table).transaction()
         if table.current_snapshot() is not None:  # a first publish has nothing to replace
             replace = pc.unique(incoming["key"].combine_chunks())
             if len(stale):
                 replace = replace.filter(pc.invert(pc.is_in(replace, value_set=stale)))
             if len(replace):
-                _drop_keys(tx, table, keys, replace, props)
+                held = _drop_keys(tx, table, keys, replace, props, dead_keys)
+            if len(dead_keys):  # a rerun: an earlier attempt of this run may have removed them already
+                earlier = _removed_by_run(table, run_id, set(batches or ()) - done, keys, dead_keys)
+                held = pc.unique(pa.concat_arrays([held, earlier])) if len(earlier) else held
+        if applied is not None:  # a key std never held (always quarantined, never published) is not recorded
+            applied.append(dead.filter(pc.is_in(dead_keys, value_set=held)))
         if rows is not None:
             live_gone = gone.filter(_not_done(gone, done))
             deleted = _deleted_since(gone_keys.filter(_not_done(gone, done)), live_gone, keys)
@@ -769,8 +819,9 @@ def _record_results(catalog: Any, run_id: str, contract: AnyContract, tallies: l
 
 def _record_deletions(catalog: Any, dataset: str, run_id: str, batches: list[str], snapshot: int | None,
                       keys: list[str], applied: list[pa.Table]) -> None:
-    """The keys this publish deleted at the source, once per (raw batch, key), in ``meta.deleted_keys``;
-    replaces what an earlier attempt of the run recorded for these batches (also when none are left)."""
+    """The keys this publish deleted at the source (std held them), once per (raw batch, key), in
+    ``meta.deleted_keys``; replaces what an earlier attempt of the run recorded for these batches (also
+    when none are left)."""
     dead = pa.concat_tables(applied) if applied else None
     rows = pa.table({"raw_batch_id": pa.array([], pa.string()), "key": pa.array([], pa.string())})
     if dead is not None and dead.num_rows:
