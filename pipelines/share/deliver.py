@@ -320,7 +320,7 @@ class _Plan:
         result = self.result("delivered", mode=mode, rows=int(record.get("rows") or 0),
                              deleted=int(record.get("deleted") or 0), target=self.destination,
                              checksum=record.get("checksum") or record.get("manifest"),
-                             detail=f"补记：接收方记录显示快照 {snapshot} 已交付（{record.get('delivered_at') or '时间未知'}），"
+                             detail=f"补记：接收方记录显示该快照已交付（{record.get('delivered_at') or '时间未知'}），"
                                     "审计缺此行（上次运行在目标提交后、审计写入前中断），按接收方记录补记，不重复交付")
         _audit(self.ctx, self.grant, result, columns=self.columns, std_snapshot_id=snapshot, batches=[],
                fingerprint=record.get("fingerprint"))
@@ -348,8 +348,9 @@ class _Plan:
         except Exception as exc:
             exc.share_reason = "target_failed"  # type: ignore[attr-defined]
             raise
+        # snapshot ids stay in their own column: a 19-digit id in text reads as a bank card to every masker
         detail = (f"{why}；交付 {placed.rows} 行" + (f"，删除 {placed.deleted} 个主键" if placed.deleted else "")
-                  + f"（快照 {self.snapshot_id}）" + (f"；{self.blocked}" if self.blocked else ""))
+                  + (f"；{self.blocked}" if self.blocked else ""))
         # the audit's target is the destination for a database (``schema.table`` alone would not say which
         # database) and the delivery folder inside it for a file drop
         where = placed.target if _inside(placed.target, self.destination) else self.destination
@@ -391,9 +392,9 @@ class _Plan:
         if not changes.batches or changes.snapshot_id == since:
             if last.get("run_id") == self.ctx.run_id:  # an Airflow retry after its delivery was recorded
                 return self.result("nothing_new", target=self.destination,
-                                   detail=f"本次运行已于 {last.get('delivery_date')} 交付快照 {since}，不重复交付{tail}")
+                                   detail=f"本次运行已于 {last.get('delivery_date')} 交付同一快照，不重复交付{tail}")
             return self.result("nothing_new", target=self.destination,
-                               detail=f"快照 {since} 之后没有新发布的批次{tail}")
+                               detail=f"上次交付的快照之后没有新发布的批次{tail}")
         return False, changes.reason
 
     def _curated(self, last: dict[str, Any] | None) -> ShareResult | tuple[bool, str]:
