@@ -133,15 +133,20 @@ def run_release_dag(release_date: Any) -> tuple[list[dict[str, Any]], str]:
     from pipelines.publish.release import store_for
 
     settings = load_settings()
-    bag = _dag_bag(settings, "publish_open_data.py", "publish__open_data")
     logical = datetime(release_date.year, release_date.month, release_date.day, 6, 30, tzinfo=TZ)
-    run = bag.dags["publish__open_data"].test(logical_date=logical)
+    rows = _task_rows(settings, "publish_open_data.py", "publish__open_data", logical)
+    return rows, store_for(settings).url(f"open/{release_date.isoformat()}/")
+
+
+def _task_rows(settings: Settings, file: str, dag_id: str, logical: datetime) -> list[dict[str, Any]]:
+    """Run one publish DAG with dag.test(): one row per task, its returned result when it succeeded."""
+    run = _dag_bag(settings, file, dag_id).dags[dag_id].test(logical_date=logical)
     rows = []
     for ti in sorted(run.get_task_instances(), key=lambda t: t.task_id):
         result = ti.xcom_pull(task_ids=ti.task_id) if str(ti.state).endswith("success") else None
-        # the task's own fields last: the outcome's "seconds" is its per-step breakdown
+        # the task's own fields last: a result's "seconds" is its per-step breakdown
         rows.append({**(result or {}), "task": ti.task_id, "state": str(ti.state), "seconds": ti.duration or 0.0})
-    return rows, store_for(settings).url(f"open/{release_date.isoformat()}/")
+    return rows
 
 
 def _print_release(rows: list[dict[str, Any]], console: Console) -> list[str]:
@@ -189,13 +194,8 @@ def run_sharing_dag(delivery_day: Any) -> tuple[list[dict[str, Any]], str, dict[
 
     settings = load_settings()
     demo_master_key(settings)
-    bag = _dag_bag(settings, "publish_sharing.py", "publish__sharing")
     logical = datetime(delivery_day.year, delivery_day.month, delivery_day.day, 7, 0, tzinfo=TZ)
-    run = bag.dags["publish__sharing"].test(logical_date=logical)
-    rows = []
-    for ti in sorted(run.get_task_instances(), key=lambda t: t.task_id):
-        result = ti.xcom_pull(task_ids=ti.task_id) if str(ti.state).endswith("success") else None
-        rows.append({**(result or {}), "task": ti.task_id, "state": str(ti.state), "seconds": ti.duration or 0.0})
+    rows = _task_rows(settings, "publish_sharing.py", "publish__sharing", logical)
     return rows, f"{settings.exports.rstrip('/')}/share", counts(get_catalog(settings))
 
 

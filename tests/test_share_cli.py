@@ -7,23 +7,15 @@ department's request lands in meta.requests as kind ``share`` and shows in ``cit
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import scoped_env
-from open_lake import project_copy
+from share_lake import AT, share_lake
 from typer.testing import CliRunner, Result
 
-from pipelines.settings import PROJECT_ROOT, TZ, load_settings
-
-AT = datetime(2026, 11, 20, 2, tzinfo=TZ)
 DAY = "2026-11-20"
-MASTER = "test-only-share-master-key-0123456789abcdef"
 RSJ = "113401000030088844"   # 合肥市人力资源和社会保障局: a file grant of person
 SCJG = "113401000030022204"  # 合肥市市场监督管理局: an expired grant
 GJJ = "123401004850066616"   # 合肥住房公积金管理中心: a 免审即享 scenario grant
@@ -46,29 +38,9 @@ SCENARIOS = {"scenarios": [{"id": "loan_check", "name": "公积金贷款社保�
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """The project's schemas, the population system ingested and std.person published; the test grants; a key."""
-    base = tmp_path_factory.mktemp("share_cli")
-    root = project_copy(base / "root")
-    shutil.copytree(PROJECT_ROOT / "expectations", root / "expectations")  # the gate's suites
-    grants = base / "grants"
-    grants.mkdir()
-    for code, items in GRANTS.items():
-        (grants / f"{code}.yml").write_text(yaml.safe_dump({"grants": items}, allow_unicode=True, sort_keys=False),
-                                            encoding="utf-8")
-    (grants / "scenarios.yml").write_text(yaml.safe_dump(SCENARIOS, allow_unicode=True), encoding="utf-8")
-    env = {"CITYLAKE_ROOT": str(root), "CITYLAKE_REGISTRY_DIR": str(root / "schemas" / "sources"),
-           "CITYLAKE_LAKE_DIR": str(base / "lake"), "CITYLAKE_DATA_DIR": str(base / "data"),
-           "CITYLAKE_EXPORTS_DIR": str(base / "exports"), "CITYLAKE_GRANTS_DIR": str(grants),
-           "CITYLAKE_SHARE_MASTER_KEY": MASTER}
-    with scoped_env(env):
-        from pipelines.ingest import ingest_table
+    with share_lake(tmp_path_factory.mktemp("share_cli"), GRANTS, SCENARIOS) as (settings, env):
         from pipelines.quality.gate import run_quality
-        from pipelines.registry import get_system
-        from pipelines.seed import seed_city
 
-        settings = load_settings()
-        seed_city(settings.data_dir, scale=0.01)
-        ingest_table(get_system(settings.registry_dir, "population"), "person", settings=settings, batch_id="b1",
-                     extracted_at=AT)
         run_quality("person", settings=settings, reference_date=AT.date(), run_id="first")
         yield env
 

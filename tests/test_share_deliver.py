@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -26,14 +25,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import scoped_env
-from open_lake import project_copy
+import yaml
+from share_lake import AT, MASTER, share_lake
 
-from pipelines.settings import PROJECT_ROOT, TZ, Settings, load_settings
+from pipelines.settings import PROJECT_ROOT, Settings
 
 D1, D2, D3 = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)
-AT = datetime(2026, 11, 20, 2, tzinfo=TZ)
-MASTER = "test-only-share-master-key-0123456789abcdef"
 RSJ = "113401000030088844"   # 合肥市人力资源和社会保障局: file grant
 GJJ = "123401004850066616"   # 合肥住房公积金管理中心: database grant
 SCJG = "113401000030022204"  # 合肥市市场监督管理局: an expired grant
@@ -84,31 +81,10 @@ class City:
 @pytest.fixture(scope="module")
 def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[City]:
     """The project's schemas, the seeded city's population system ingested and std.person published; the test grants; a master key."""
-    import yaml
-
     base = tmp_path_factory.mktemp("share")
-    root = project_copy(base / "root")
-    shutil.copytree(PROJECT_ROOT / "expectations", root / "expectations")  # the gate's suites
-    assert "file" in yaml.safe_load((root / "schemas" / "datasets" / "person.yml").read_text(encoding="utf-8"))[
+    assert "file" in yaml.safe_load((PROJECT_ROOT / "schemas" / "datasets" / "person.yml").read_text(encoding="utf-8"))[
         "sharing"]["methods"]  # the contract offers file drops: the file grant below is not refused for its method
-    grants = base / "grants"
-    grants.mkdir()
-    for code, items in GRANTS.items():
-        (grants / f"{code}.yml").write_text(yaml.safe_dump({"grants": items}, allow_unicode=True, sort_keys=False),
-                                            encoding="utf-8")
-    env = {"CITYLAKE_ROOT": str(root), "CITYLAKE_REGISTRY_DIR": str(root / "schemas" / "sources"),
-           "CITYLAKE_LAKE_DIR": str(base / "lake"), "CITYLAKE_DATA_DIR": str(base / "data"),
-           "CITYLAKE_EXPORTS_DIR": str(base / "exports"), "CITYLAKE_GRANTS_DIR": str(grants),
-           "CITYLAKE_SHARE_MASTER_KEY": MASTER}
-    with scoped_env(env):
-        from pipelines.ingest import ingest_table
-        from pipelines.registry import get_system
-        from pipelines.seed import seed_city
-
-        settings = load_settings()
-        seed_city(settings.data_dir, scale=0.01)
-        ingest_table(get_system(settings.registry_dir, "population"), "person", settings=settings, batch_id="b1",
-                     extracted_at=AT)
+    with share_lake(base, GRANTS) as (settings, env):
         c = City(settings, env, base / "exports", settings.data_dir / "sources" / "population.db")
         c.publish("first")
         yield c
