@@ -272,10 +272,31 @@ def load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1
         raise ConfigError(f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    except ValueError as exc:  # a date YAML recognises but the calendar lacks (2026-02-30): not a YAMLError
+        bad = _bad_scalar(node)
+        where = f"{path}:{bad.start_mark.line + 1}: {bad.value!r}" if bad is not None else f"{path}:1"
+        raise ConfigError(f"{where}: invalid date in YAML: {exc}") from None
     lines: dict[tuple[Any, ...], int] = {}
     if node is not None:
         _line_index(node, (), lines)
     return data, lines
+
+
+def _bad_scalar(node: Any) -> Any:
+    """The first scalar of a composed YAML tree that its resolved tag cannot construct (an impossible date)."""
+    if isinstance(node, yaml.ScalarNode):
+        try:
+            yaml.SafeLoader("").construct_object(node)
+        except ValueError:
+            return node
+        return None
+    children = node.value if isinstance(node, yaml.SequenceNode) else \
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+    for child in children:
+        found = _bad_scalar(child)
+        if found is not None:
+            return found
+    return None
 
 
 def line_of(lines: dict[tuple[Any, ...], int], *loc: Any) -> int:

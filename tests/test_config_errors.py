@@ -253,3 +253,15 @@ def test_missing_source_column_fails_at_load_ingest_and_publish(small_city: Sett
     with pytest.raises(ConfigError, match=expected.format(where=r"raw\.population__person")):
         run_quality("person", settings=small_city)
     assert open_table(catalog, "std.person") is None and open_table(catalog, "meta.batches") is None
+
+
+def test_an_impossible_date_names_its_file_and_line(tmp_path: Path) -> None:
+    """YAML reads 2026-02-30 as a date and the calendar refuses it with a bare ValueError: every loader must
+    still get a one-line ConfigError naming the file and the line."""
+    from pipelines.registry import load_yaml
+
+    bad = tmp_path / "x.yml"
+    bad.write_text("dataset: x\ncolumns:\n  - name: a\n    since: 2026-02-30\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_yaml(bad)
+    assert str(err.value).startswith(f"{bad}:4: '2026-02-30': invalid date")
