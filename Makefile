@@ -46,6 +46,7 @@ bench: install
 	$(PY) benchmarks/ingest_postgres.py
 	$(PY) benchmarks/validate_resident.py
 	$(PY) benchmarks/open_export.py
+	$(PY) benchmarks/share_delivery.py
 
 # The Airflow UI on the same DAGs (project-local AIRFLOW_HOME, SQLite): http://localhost:8080
 airflow-ui: install

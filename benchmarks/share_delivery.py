@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-CONSUMER_A = "113401000030022204"  # 合肥市市场监督管理局
-CONSUMER_B = "123401004850066616"  # 合肥住房公积金管理中心
+# One grant per (consumer, dataset, delivery): each repetition delivers to departments of its own.
+CONSUMERS_A = ["113401000030022204", "11340100003003338T", "11340100003001113F"]  # 市场监管局, 生态环境局, 公安局
+CONSUMERS_B = ["123401004850066616", "11340100003004445F", "113401000030055524"]  # 公积金中心, 交通运输局, 发改委
 DAY = date(2026, 11, 20)
 SURNAMES = list("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
                 "姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤")
@@ -199,7 +200,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--changed", type=float, default=0.01)
-    ap.add_argument("--repeat", type=int, default=1, help="timed deliveries per mode (fresh consumers each time)")
+    ap.add_argument("--repeat", type=int, default=1, choices=(1, 2, 3),
+                    help="timed deliveries per mode (other consumer departments each time)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (kept; default: a temporary one)")
     args = ap.parse_args()
     from validate_resident import make_table
@@ -219,8 +221,8 @@ def main() -> None:
         if not parquet.exists():
             make_table(parquet, args.rows)
         (grants / "bench.yml").write_text("# benchmark grants (synthetic)\ngrants:\n" + "".join(
-            GRANT.format(who=f"{who}{i}", code=code)
-            for who, code in (("a", CONSUMER_A), ("b", CONSUMER_B)) for i in range(args.repeat)), encoding="utf-8")
+            GRANT.format(who=f"{who}{i}", code=codes[i])
+            for who, codes in (("a", CONSUMERS_A), ("b", CONSUMERS_B)) for i in range(args.repeat)), encoding="utf-8")
         run("land", str(parquet), {**env, "BENCH_CHANGED": "0"}, "raw batch 1")
         run("gate", "bench-gate-1", env, "gate → std.person")
         for i in range(args.repeat):
