@@ -137,15 +137,9 @@ def mask_values(arr: Array, element: DataElement) -> pa.Array:
 
 
 def _duck_mask(a: pa.Array, sql: str) -> pa.Array:
-    import duckdb
+    from pipelines.privacy.duck import column_sql
 
-    con = duckdb.connect()
-    try:
-        con.register("t", pa.table({"v": a}))
-        out = con.sql(f"SELECT {sql} AS m FROM t").to_arrow_table().column("m")  # DuckDB keeps the row order
-    finally:
-        con.close()
-    return out.combine_chunks().cast(pa.string())
+    return column_sql(a, sql).cast(pa.string())
 
 
 @dataclass(frozen=True)

@@ -89,18 +89,11 @@ def _hex_digests(values: pa.Array, key: bytes) -> pa.Array:
     vectorised ``sha256`` over the padded keys, H((K^opad) || H((K^ipad) || m)), on both cores and off the GIL
     (0.8 M values/s here against 0.5 M/s for the best per-value Python loop). The pads are bound as BLOB
     query parameters, never spelled in the SQL text, so no error or log of the query can carry them."""
-    import duckdb
+    from pipelines.privacy.duck import column_sql
 
     inner, outer = _pads(key)
-    con = duckdb.connect()
-    try:
-        con.execute("SET enable_progress_bar = false")  # a long hash would draw a bar on the terminal
-        con.register("t", pa.table({"v": values}))
-        out = con.sql("SELECT sha256($outer || unhex(sha256($inner || v))) AS h FROM t",
-                      params={"outer": outer, "inner": inner})
-        return out.to_arrow_table().column("h").combine_chunks().cast(pa.string())
-    finally:
-        con.close()
+    return column_sql(values, "sha256($outer || unhex(sha256($inner || v)))",
+                      {"outer": outer, "inner": inner}).cast(pa.string())
 
 
 def pseudonymize(values: pa.Array | pa.ChunkedArray, key: bytes) -> pa.Array:
