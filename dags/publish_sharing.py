@@ -47,9 +47,9 @@ CONFIG_TASK = "grant_config"
 try:  # the grant files as plain YAML: ids only, no validation (a task reports a broken file when it runs)
     from pipelines.share.grants import read_grant_ids
 
-    _valid, INVALID = read_grant_ids(load_settings().grants)
+    _valid, INVALID, _problems = read_grant_ids(load_settings().grants)
     GRANTS = sorted(_valid)
-    PROBLEM = ""
+    PROBLEM = "; ".join(_problems)  # a file that is not YAML: the other files' grants still deliver
 except Exception as exc:  # noqa: BLE001 - the DAG still loads and says why (the grant_config task fails)
     GRANTS, INVALID, PROBLEM = [], [], f"{type(exc).__name__}: {exc}".replace("\n", "; ")
 

@@ -369,6 +369,23 @@ def test_database_moves_reconciles_and_recovers_a_lost_audit_row(city: City, pg_
     assert "补记" in rows[0]["detail"] and rows[0]["std_snapshot_id"] == landed[-1][1]
     assert _ledger(pg_url) == landed
 
+    # a re-base at the already-audited snapshot (a rotated master key) lands and loses its audit row: the next
+    # run finds it by (snapshot, fingerprint) — 补记 — and does not deliver the full copy again
+    monkeypatch.setenv("CITYLAKE_SHARE_MASTER_KEY", MASTER[::-1])
+    monkeypatch.setattr(audit, "record", no_delivered_rows)
+    with pytest.raises(CitylakeError, match="审计行未能写入"):
+        deliver_grant(city.settings, "gjj-person-db", delivery_date=D3, run_id="full-crash")
+    monkeypatch.setattr(audit, "record", real_record)
+    assert [m for m, _, _ in _ledger(pg_url)] == ["full", "incremental", "full"]
+    again = deliver_grant(city.settings, "gjj-person-db", delivery_date=D3, run_id="full-recover")
+    assert again.outcome == "nothing_new", again
+    rows = [r for r in _audit(city.settings) if r["run_id"] == "full-recover"]
+    assert [r["outcome"] for r in rows] == ["delivered", "nothing_new"] and "补记" in rows[0]["detail"]
+    assert len(_ledger(pg_url)) == 3  # not delivered twice
+    monkeypatch.setenv("CITYLAKE_SHARE_MASTER_KEY", MASTER)
+    back = deliver_grant(city.settings, "gjj-person-db", delivery_date=D3, run_id="key-back")
+    assert (back.outcome, back.mode) == ("delivered", "full"), back  # the old key's pseudonyms again: re-based
+
     # the table changed under the consumer: the target refuses the incremental and it is redone in full once
     _pg(pg_url, f'ALTER TABLE "share_{GJJ.lower()}"."person" ADD COLUMN note text')
     _rename_one(city, "b4", "fourth")

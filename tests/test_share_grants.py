@@ -93,7 +93,7 @@ def test_typo_key_names_file_and_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("value", "line_text"), [
-    ("2026-02-30", "invalid date: day is out of range for month (write YYYY-MM-DD)"),  # YAML cannot build it
+    ("2026-02-30", "'2026-02-30': invalid date in YAML: day is out of range for month"),  # YAML cannot build it
     ('"2026-13-01"', "grants.0.expires: Input should be a valid date"),
     ("20261231", "grants.0.expires: write a date as YYYY-MM-DD, not 20261231"),
     ("2026-12-31 10:00:00", "grants.0.expires: write a date as YYYY-MM-DD"),
@@ -189,10 +189,12 @@ def test_grant_ids_read_only_the_yaml(tmp_path: Path) -> None:
     # an id that cannot name a task is left out of the DAG; the loader names it with file:line
     _write(tmp_path, "b.yml", "grants:\n  - id: Bad Id\n  - id: g3\n")
     assert grant_ids(tmp_path) == ["g1", "g2", "g3"]
-    assert read_grant_ids(tmp_path) == (["g1", "g2", "g3"], ["Bad Id"])
+    assert read_grant_ids(tmp_path) == (["g1", "g2", "g3"], ["Bad Id"], [])
     _write(tmp_path, "c.yml", "grants: [\n")
     with pytest.raises(ConfigError, match=r"c\.yml:2: invalid YAML"):
         grant_ids(tmp_path)
+    valid, _, problems = read_grant_ids(tmp_path)  # the DAG's reader: the other files' ids stay
+    assert valid == ["g1", "g2", "g3"] and len(problems) == 1 and "c.yml:2: invalid YAML" in problems[0]
 
 
 # --- the policy -----------------------------------------------------------------------------------

@@ -329,7 +329,7 @@ def _blocked_text(dataset: str, snap: Any, batch: str, status: dict[str, Any] | 
     where = "未记录到 meta.batches（该运行中断）" if status is None else \
         f"在 meta.batches 中的最新状态为 {status['status']}（运行 {status['run_id']}），不是已发布"
     if run_id is None:  # a snapshot written before run ids were kept: the operator has to find the run
-        return (f"批次 {batch} 已发布到 std.{dataset}（快照 {snap.snapshot_id} 未记运行 id）但{where}："
+        return (f"批次 {batch} 已发布到 std.{dataset}（该快照未记运行 id）但{where}："
                 f"以该运行的 run id 重跑 `citylake quality run {dataset} --run-id <run id>` 后继续交付")
     return (f"批次 {batch} 已由运行 {run_id} 发布到 std.{dataset} 但{where}："
             f"重跑 `citylake quality run {dataset} --run-id {run_id}` 后继续交付")

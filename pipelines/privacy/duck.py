@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 import pyarrow as pa
 
 _local = threading.local()
+# DuckDB does not survive a fork: a forked child (a Celery or multiprocessing worker) opens its own
+os.register_at_fork(after_in_child=lambda: _local.__dict__.clear())
 
 
 def column_sql(values: pa.Array, expression: str, params: dict[str, Any] | None = None) -> pa.Array:

@@ -771,8 +771,8 @@ def _publish(catalog: Any, contract: DatasetContract, good: Path, gone: pa.Table
         gone_keys = pa.table({k: pc.cast(gone.column(k), types.field(k).type) for k in keys})
         incoming = _incoming(good, gone_keys, gone, keys, done)
         stale = _stale_keys(incoming, keys, later)
-        dead = gone_keys.append_column("_batch_id", gone["_batch_id"]) if "_batch_id" in gone.schema.names \
-            else gone_keys
+        batch_ids = gone["_batch_id"] if "_batch_id" in gone.schema.names else pa.nulls(gone.num_rows, pa.string())
+        dead = gone_keys.append_column("_batch_id", batch_ids)  # every publish's tombstones carry it; bare tests not
         dead = dead.filter(_not_done(gone, done))
         if len(stale):
             dead = dead.filter(pc.invert(pc.is_in(_key_strings(dead, keys), value_set=stale)))

@@ -225,16 +225,30 @@ def _failure(grant: Any, reason: str, exc: BaseException) -> str:
     if reason == "missing_key":  # the key error names the variable and connection, never a value
         return f"授权 {grant.id}：共享主密钥未配置，需要化名的交付已停止，未交付任何数据 ({_safe(exc)})"
     if reason == "target_failed":
-        return f"授权 {grant.id}：交付目标写入失败，{grant.consumer} 保留上一次交付 ({_safe(exc)})"
+        return f"授权 {grant.id}：交付目标写入失败，接收方保留上一次交付 ({_safe(exc)})"  # no code: masking mangles it
     return f"授权 {grant.id}：交付失败 ({_safe(exc)})"
 
 
-def _fingerprint(key: bytes | None, keys: list[str], columns: dict[str, str], schema: pa.Schema) -> str:
+def _fingerprint(key: bytes | None, keys: list[str], columns: dict[str, str], schema: pa.Schema,
+                 elements: dict[str, Any]) -> str:
     """What a consumer's copy depends on besides the rows: keyed by the consumer's pseudonym key, so a
-    rotated master key changes it without revealing either key."""
+    rotated master key changes it without revealing either key. A masked column's element attributes count
+    too: a standards edit (a new validator, another type) changes its masked form."""
+    masks = {c: [e.code, e.type, e.validator, e.sensitivity, bool(e.code_list)]
+             for c, e in elements.items() if columns.get(c) == "mask"}
     text = json.dumps({"keys": keys, "columns": columns, "schema": [[f.name, str(f.type)] for f in schema],
-                       "mask": MASK_RULES}, sort_keys=True, ensure_ascii=False)
+                       "mask": MASK_RULES, "elements": masks}, sort_keys=True, ensure_ascii=False)
     return hmac.new(key or b"", text.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+def _at_target(call: Any) -> Any:
+    """A call that reaches the consumer's side (its folder, its database): a failure there is the target's."""
+    try:
+        return call()
+    except Exception as exc:
+        if not hasattr(exc, "share_reason"):
+            exc.share_reason = "target_failed"  # type: ignore[attr-defined]
+        raise
 
 
 class _Plan:
@@ -270,11 +284,12 @@ class _Plan:
         if table is None:
             return self.audit(self.result("nothing_new", detail=f"{self.decision.table} 尚未建立"))
         arrow = table.schema().as_arrow()
-        deid = _Deid(self.columns, self._elements(), key)
+        elements = self._elements()
+        deid = _Deid(self.columns, elements, key)
         source = _normalized(pa.schema([arrow.field(c) for c in self.columns]))
-        self.fingerprint = _fingerprint(key, self.keys, self.columns, deid.schema(source))
+        self.fingerprint = _fingerprint(key, self.keys, self.columns, deid.schema(source), elements)
         target = open_target(ctx.settings, grant)
-        self.destination = target.destination(grant.consumer, grant.dataset)
+        self.destination = _at_target(lambda: target.destination(grant.consumer, grant.dataset))
         last, why_full = self._last(target)
         since = None if why_full else last  # full even when nothing new was published: the copy is re-based
         found = self._curated(since) if self.decision.kind == "curated" else self._std(since)
@@ -292,16 +307,18 @@ class _Plan:
         delivery) gets everything again."""
         from pipelines.share.audit import delivered_rows
 
-        if self.force_full:
-            return None, "按要求全量交付"
         ctx, grant = self.ctx, self.grant
         rows = delivered_rows(ctx.catalog, grant.id, grant.delivery.method, self.destination)
         last = rows[-1] if rows else None
-        record = target.last_record(grant.consumer, grant.dataset)
-        if record is not None and record.get("grant_id") == grant.id and record.get("fingerprint") \
-                and record.get("std_snapshot_id") is not None \
-                and record["std_snapshot_id"] not in {r.get("std_snapshot_id") for r in rows}:
+        record = _at_target(lambda: target.last_record(grant.consumer, grant.dataset))
+        landed = (record.get("std_snapshot_id"), record.get("fingerprint")) if record is not None else None
+        # by snapshot AND fingerprint: a full re-base at an audited snapshot (rotated key, --full) is a delivery too
+        if landed is not None and record is not None and record.get("grant_id") == grant.id and landed[1] \
+                and landed[0] is not None \
+                and landed not in {(r.get("std_snapshot_id"), r.get("fingerprint")) for r in rows}:
             last = self._recover(record)
+        if self.force_full:  # after the recovery: a landed delivery is recorded whatever the next one does
+            return None, "按要求全量交付"
         if last is None:
             return None, None
         if record is None or (record.get("grant_id"), record.get("std_snapshot_id"), record.get("fingerprint")) != \

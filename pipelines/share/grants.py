@@ -214,31 +214,8 @@ def _shown(path: Path, root: Path) -> str:
 
 
 def _parse(path: Path, model: type[BaseModel], lines: dict[tuple[Any, ...], int]) -> Any:
-    """``parse_yaml_model``, plus a file:line error for a date YAML itself cannot build (2026-02-30), which
-    ``load_yaml`` lets through as a bare ValueError."""
-    try:
-        return parse_yaml_model(path, model, lines=lines)
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        for node in _scalars(yaml.compose(path.read_text(encoding="utf-8"))):
-            if node.tag == "tag:yaml.org,2002:timestamp":
-                try:
-                    yaml.safe_load(node.value)
-                except ValueError:
-                    raise ConfigError(f"{path}:{node.start_mark.line + 1}: invalid date: {exc} (write YYYY-MM-DD)") \
-                        from None
-        raise ConfigError(f"{path}:1: invalid value: {exc}") from None
-
-
-def _scalars(node: yaml.Node | None) -> list[yaml.ScalarNode]:
-    if isinstance(node, yaml.ScalarNode):
-        return [node]
-    if isinstance(node, yaml.SequenceNode):
-        return [s for item in node.value for s in _scalars(item)]
-    if isinstance(node, yaml.MappingNode):
-        return [s for k, v in node.value for s in (*_scalars(k), *_scalars(v))]
-    return []
+    """``parse_yaml_model`` (an impossible date such as 2026-02-30 is already a file:line ConfigError there)."""
+    return parse_yaml_model(path, model, lines=lines)
 
 
 def grant_files(directory: Path) -> list[Path]:
@@ -321,20 +298,22 @@ def _place(grant: Grant) -> tuple[str, str, str, str | None]:
     return grant.consumer, grant.dataset, grant.delivery.method, grant.delivery.conn_id
 
 
-def read_grant_ids(source: Settings | Path) -> tuple[list[str], list[str]]:
-    """``(valid, invalid)`` grant ids of a grants folder, read from the YAML alone (see ``grant_ids``); an
-    invalid id (not matching ``ID_RE``, or ``CONFIG_TASK``) cannot name a task, ``load_grants`` reports it with
-    file:line."""
+def read_grant_ids(source: Settings | Path) -> tuple[list[str], list[str], list[str]]:
+    """``(valid, invalid, problems)`` of a grants folder, read from the YAML alone (see ``grant_ids``): an invalid
+    id (not matching ``ID_RE``, or ``CONFIG_TASK``) cannot name a task; ``problems`` are the ``file:line`` lines
+    of files that are not YAML at all. One broken file never hides another file's ids."""
     directory = source.grants if isinstance(source, Settings) else Path(source)
     valid: list[str] = []
     invalid: list[str] = []
+    problems: list[str] = []
     for path in grant_files(directory):
         try:
             data, _ = load_yaml(path)
-        except ValueError as exc:  # a date YAML cannot build: the ids are still there, read them as text
-            if isinstance(exc, ConfigError):
-                raise
-            data = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
+        except ConfigError as exc:
+            if "invalid date in YAML" not in str(exc):
+                problems += exc.problems
+                continue
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.BaseLoader)  # ids are still text
         entries = data.get("grants") if isinstance(data, dict) else None
         for entry in entries if isinstance(entries, list) else []:
             gid = entry.get("id") if isinstance(entry, dict) else None
@@ -342,7 +321,7 @@ def read_grant_ids(source: Settings | Path) -> tuple[list[str], list[str]]:
                 ids = valid if valid_id(gid) else invalid
                 if gid not in ids:
                     ids.append(gid)
-    return valid, invalid
+    return valid, invalid, problems
 
 
 def grant_ids(source: Settings | Path) -> list[str]:
@@ -350,4 +329,7 @@ def grant_ids(source: Settings | Path) -> list[str]:
     ``publish__sharing`` DAG file at parse time. ``source``: the settings (their ``grants``) or the grants
     folder itself. A file that is not valid YAML is a ConfigError naming file:line; entries without a text id
     and ids that cannot name a task are skipped (``load_grants`` reports them when a task runs)."""
-    return read_grant_ids(source)[0]
+    valid, _invalid, problems = read_grant_ids(source)
+    if problems:
+        raise ConfigError(*problems)
+    return valid
