@@ -27,7 +27,7 @@ import pytest
 from conftest import scoped_env
 from open_lake import project_copy, rows, table_of, write_build
 
-from pipelines.settings import Settings, load_settings
+from pipelines.settings import TZ, Settings, load_settings
 
 D1, D2, D3 = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)
 OPEN = ["air_quality_daily", "air_quality_district_daily", "bus_ridership_daily", "enterprise_registrations_monthly",
@@ -592,7 +592,7 @@ def test_withdrawal_when_not_open_or_uncontracted_and_by_hand(lake: Lake, tmp_pa
     missing = CliRunner().invoke(app, ["open", "withdraw", "poi_wgs84", "--reason", "again"])
     assert missing.exit_code == 1 and "not in" in missing.output
     events = {e["dataset"]: e for e in _events(settings) if e["status"] == "withdrawn"
-              and e["release_date"] in (str(D1), str(date.today()))}
+              and e["release_date"] in (str(D1), str(datetime.now(TZ).date()))}  # a withdrawal is dated in Shanghai
     assert set(events) >= {"bus_ridership_daily", "air_quality_district_daily", "poi_wgs84"}
     assert PLANTED not in (events["poi_wgs84"]["reason"] or "") and "人工撤回" in events["poi_wgs84"]["reason"]
     listed = CliRunner().invoke(app, ["open", "ls", "--json"])  # the latest event per dataset, nothing older
