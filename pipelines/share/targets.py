@@ -229,7 +229,8 @@ class FileTarget:
         manifest = store.read_bytes(f"{base}/{latest.get('folder')}/manifest.json") if latest.get("folder") else None
         if manifest is not None:
             m = json.loads(manifest)
-            latest |= {k: m.get(k) for k in ("grant_id", "std_snapshot_id", "fingerprint", "mode", "keys")}
+            latest |= {k: m.get(k) for k in ("grant_id", "std_snapshot_id", "fingerprint", "mode", "keys", "rows",
+                                             "deleted")}  # rows/deleted: a 补记 audit row states what landed
         return latest
 
     def deliver(self, d: Delivery, rows: Iterator[pa.RecordBatch], deletions: pa.Table) -> Placed:
