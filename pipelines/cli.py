@@ -20,6 +20,7 @@ from pipelines.publish.cli import open_app
 from pipelines.report.cli import report as report_command
 from pipelines.settings import TZ, load_settings
 from pipelines.share.cli import share_app
+from pipelines.platform.cli import platform_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="citylake: the Hefei city data lake.")
 sources_app = typer.Typer(no_args_is_help=True, help="The source registry (schemas/sources/).")
@@ -33,6 +34,7 @@ app.add_typer(catalog_app, name="catalog", help="The resource catalog (数据资
 app.add_typer(request_app, name="request", help="Requests for data (开放需求受理反馈): add, ls, show, answer, import.")
 app.add_typer(open_app, name="open", help="The open-data release (开放数据): release, ls.")
 app.add_typer(share_app, name="share", help="Departmental sharing (数据共享): grants, ls, deliver, audit, request.")
+app.add_typer(platform_app, name="platform")
 app.command("report")(report_command)
 
 
