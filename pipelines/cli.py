@@ -16,11 +16,11 @@ from pipelines.catalog.contract_cli import contract_app
 from pipelines.catalog.request_cli import request_app
 from pipelines.console import err, fail, out, wide
 from pipelines.errors import CitylakeError
+from pipelines.platform.cli import platform_app
 from pipelines.publish.cli import open_app
 from pipelines.report.cli import report as report_command
 from pipelines.settings import TZ, load_settings
 from pipelines.share.cli import share_app
-from pipelines.platform.cli import platform_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="citylake: the Hefei city data lake.")
 sources_app = typer.Typer(no_args_is_help=True, help="The source registry (schemas/sources/).")
