@@ -115,7 +115,11 @@ class SqlSource:
                     raise SourceError(
                         f"system {self.system} ({describe(self.url)}): table {table.source!r} does not exist at the source"
                     )
-            return sa.Table(table.source, sa.MetaData(), schema=table.source_schema, autoload_with=self.engine)
+            t = sa.Table(table.source, sa.MetaData(), schema=table.source_schema, autoload_with=self.engine)
+            for c in t.columns:  # MySQL's FLOAT/DOUBLE reflect with asdecimal=True, which rounds the driver's
+                if isinstance(c.type, T.Float) and c.type.asdecimal:  # float to a 10-digit Decimal: keep the float
+                    c.type.asdecimal = False
+            return t
         except SourceError:
             raise
         except Exception as exc:
