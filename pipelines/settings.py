@@ -41,9 +41,18 @@ class Settings:
     open_keep: int = 30
     """Release-date folders the open release keeps (``CITYLAKE_OPEN_KEEP``); a folder ``latest.json``
     points into is never deleted."""
+    snapshot_retention_days: int = 7
+    """Days a table's snapshots stay before lake maintenance may expire them
+    (``CITYLAKE_SNAPSHOT_RETENTION_DAYS``): time travel reaches this far back; snapshots still needed
+    (held batches, sharing's last deliveries, the current and latest data snapshot) stay longer."""
     open_base_url: str | None = None
     """Public URL the portal serves ``<exports>`` at (``CITYLAKE_OPEN_BASE_URL``), for the DCAT catalog's
     download links; None: links relative to the catalog."""
+    artifacts_dir: str = ""
+    """Root of the files every worker must see (``CITYLAKE_ARTIFACTS_DIR``): GX validation results
+    (``gx/validations/``), GX Data Docs (``gx/data_docs/``) and the governance report (``report/``), a local
+    path or ``s3://bucket/prefix``. Default: the warehouse when it is on S3, else the lake folder, where they
+    are written anyway: no copy is made (empty in a hand-built Settings means the lake folder too)."""
     grants_dir: Path | None = None
     """Folder of the sharing grants, ``<grants>/*.yml`` (``CITYLAKE_GRANTS_DIR``; default
     ``<root>/schemas/grants``; None in a hand-built Settings means that too)."""
@@ -52,6 +61,11 @@ class Settings:
     def grants(self) -> Path:
         """``grants_dir``, or ``<root>/schemas/grants`` when it is None."""
         return self.grants_dir or self.root / "schemas" / "grants"
+
+    @property
+    def artifacts(self) -> str:
+        """``artifacts_dir``, or the lake folder when it is empty."""
+        return self.artifacts_dir or str(self.lake_dir)
 
     @property
     def exports(self) -> str:
@@ -104,21 +118,33 @@ def _int_env(env: str, default: int) -> int:
     return number
 
 
+def _artifacts_dir(lake_dir: Path, warehouse: str) -> str:
+    """``CITYLAKE_ARTIFACTS_DIR`` (a local path is resolved); unset: the warehouse on S3 (where the report
+    went before this setting existed), else the lake folder."""
+    value = os.environ.get("CITYLAKE_ARTIFACTS_DIR")
+    if value:
+        return value.rstrip("/") if "://" in value else str(Path(value).expanduser().resolve())
+    return warehouse.rstrip("/") if warehouse.startswith("s3://") else str(lake_dir)
+
+
 def load_settings() -> Settings:
     """Read the settings from the environment (cheap: no I/O)."""
     root = _path("CITYLAKE_ROOT", PROJECT_ROOT)
     lake_dir = _path("CITYLAKE_LAKE_DIR", root / "lake")
+    warehouse = os.environ.get("CITYLAKE_WAREHOUSE", f"file://{lake_dir / 'warehouse'}")
     return Settings(
         root=root,
         registry_dir=_path("CITYLAKE_REGISTRY_DIR", root / "schemas" / "sources"),
         data_dir=_path("CITYLAKE_DATA_DIR", root / "data"),
         lake_dir=lake_dir,
         catalog_uri=os.environ.get("CITYLAKE_CATALOG_URI", f"sqlite:///{lake_dir / 'catalog.db'}"),
-        warehouse=os.environ.get("CITYLAKE_WAREHOUSE", f"file://{lake_dir / 'warehouse'}"),
+        warehouse=warehouse,
         s3_endpoint=os.environ.get("CITYLAKE_S3_ENDPOINT") or None,
         rejected_dir=os.environ.get("CITYLAKE_REJECTED_DIR", str(lake_dir / "rejected")),
         exports_dir=os.environ.get("CITYLAKE_EXPORTS_DIR") or str(lake_dir / "exports"),
         open_keep=_int_env("CITYLAKE_OPEN_KEEP", 30),
+        snapshot_retention_days=_int_env("CITYLAKE_SNAPSHOT_RETENTION_DAYS", 7),
         open_base_url=os.environ.get("CITYLAKE_OPEN_BASE_URL") or None,
         grants_dir=_path("CITYLAKE_GRANTS_DIR", root / "schemas" / "grants"),
+        artifacts_dir=_artifacts_dir(lake_dir, warehouse),
     )

@@ -1,55 +1,12 @@
-"""S3 access for drops: a boto3 client (listing, copies) and pyarrow's S3 filesystem (reads)."""
+"""S3 access for drops: a boto3 client (listing, copies) and pyarrow's S3 filesystem (reads), both from
+``pipelines.lake.s3``, and how a botocore error is told."""
 
 from __future__ import annotations
 
-import os
-from typing import Any
-from urllib.parse import urlsplit
-
-from pipelines.errors import ConfigError
-from pipelines.settings import Settings
-
-
-def s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client honouring ``settings.s3_endpoint`` and the standard ``AWS_*`` variables."""
-    import boto3
-    from botocore.config import Config
-
-    kwargs: dict[str, Any] = {}
-    s3_config: dict[str, Any] = {}
-    if settings.s3_endpoint:
-        kwargs["endpoint_url"] = settings.s3_endpoint
-        s3_config["addressing_style"] = "path"
-    config = Config(retries={"max_attempts": 5, "mode": "standard"}, s3=s3_config or None)
-    return boto3.client("s3", config=config, **kwargs)
-
-
-def s3_filesystem(settings: Settings, bucket: str) -> Any:
-    """pyarrow's S3 filesystem (random access for Parquet); credentials come from the AWS chain."""
-    from pyarrow import fs
-
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if settings.s3_endpoint:
-        parts = urlsplit(settings.s3_endpoint if "://" in settings.s3_endpoint else f"https://{settings.s3_endpoint}")
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return fs.S3FileSystem(
-            endpoint_override=host,
-            scheme=parts.scheme or "https",
-            region=region or "us-east-1",
-            force_virtual_addressing=False,
-        )
-    return fs.S3FileSystem(region=region or fs.resolve_s3_region(bucket))
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/key`` → (``bucket``, ``some/key``)."""
-    rest = uri[len("s3://") :]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise ConfigError(f"{uri!r}: an S3 location needs a bucket (s3://bucket/prefix)")
-    return bucket, key
+# moved one floor down (pipelines.lake.artifacts uses them too); the drop modules import them from here
+from pipelines.lake.s3 import s3_client as s3_client
+from pipelines.lake.s3 import s3_filesystem as s3_filesystem
+from pipelines.lake.s3 import split_s3 as split_s3
 
 
 def s3_error(exc: Exception) -> str:
