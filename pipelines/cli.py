@@ -259,22 +259,85 @@ def lake_ls(as_json: Annotated[bool, typer.Option("--json", help="Print only JSO
 def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__person")],
               limit: Annotated[int, typer.Option(help="Rows to show.")] = 20,
               unmasked: Annotated[bool, typer.Option("--unmasked", help="Show personal values in clear.")] = False,
+              as_of: Annotated[str | None, typer.Option(
+                  "--as-of", help="Time travel: a snapshot id, or a time (2026-11-01, 2026-11-01T08:00:00; "
+                                  "Asia/Shanghai unless it says its zone).")] = None,
               ) -> None:
     """The first rows of a lake table (personal values masked unless --unmasked)."""
     from pyiceberg.exceptions import NoSuchTableError
 
     from pipelines.lake.inspect import show
 
+    when: int | datetime | None = None
+    if as_of is not None:
+        when = int(as_of) if as_of.strip().isdigit() else _parse_when(as_of, "--as-of")
     try:
-        columns, rows, warning = show(table, limit, load_settings(), unmasked=unmasked)
+        columns, rows, warning = show(table, limit, load_settings(), unmasked=unmasked, as_of=when)
     except NoSuchTableError:
         fail(f"no table {table!r} in the lake (see `citylake lake ls`)")
+    except CitylakeError as exc:
+        fail(str(exc))
     if warning:
         err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     t = Table(*columns)
     for row in rows:
         t.add_row(*[_cell(row[c]) for c in columns])
     _print_wide(t, len(columns))
+
+
+@lake_app.command("history")
+def lake_history(table: Annotated[str, typer.Argument(help="e.g. std.person")],
+                 as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False) -> None:
+    """A table's kept snapshots, oldest first: id, time (Asia/Shanghai), operation, rows added/deleted, batch,
+    maintenance tag (time travel: `citylake lake show <table> --as-of <id|time>`)."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from pipelines.lake.inspect import history
+
+    try:
+        rows = history(table, load_settings())
+    except NoSuchTableError:
+        fail(f"no table {table!r} in the lake (see `citylake lake ls`)")
+    if as_json:
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        return
+    t = Table("snapshot_id", "committed_at", "operation", "added", "deleted", "rows", "batch", "maintenance", "")
+    for r in rows:
+        batch = r["batch_id"] or (", ".join(r["batches"]) if r["batches"] else None) or r["build_id"] or ""
+        t.add_row(str(r["snapshot_id"]), r["committed_at"], r["operation"] or "", _count(r["added_rows"]),
+                  _count(r["deleted_rows"]), _count(r["total_rows"]), batch, r["maintenance"] or "",
+                  "current" if r["current"] else "")
+    _print_wide(t, 9)
+
+
+def _count(n: int | None) -> str:
+    return "" if n is None else f"{n:,}"
+
+
+@lake_app.command("maintain")
+def lake_maintain(tables: Annotated[list[str] | None, typer.Argument(help="Tables (default: every table).")] = None,
+                  dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go; change nothing.")] = False,
+                  as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False) -> None:
+    """Lake maintenance, as the weekly `maintain__lake` DAG runs it: compact small files (std, meta,
+    quarantine), expire snapshots past CITYLAKE_SNAPSHOT_RETENTION_DAYS except those still needed, delete
+    unreferenced files older than the orphan window. Exit 1 when a table failed."""
+    from pipelines.lake.maintenance import maintain, orphan_window
+
+    reports = maintain(load_settings(), tables or None, dry_run=dry_run)
+    if as_json:
+        sys.stdout.write(json.dumps([r.to_dict() for r in reports], ensure_ascii=False, indent=2) + "\n")
+    else:
+        t = Table("table", "compacted", "expired", "kept (old)", "orphans deleted", "young orphans", "note",
+                  title=("dry run: nothing changed; " if dry_run else "") + f"orphan window {orphan_window()}")
+        for r in reports:
+            kept = ", ".join(f"{why} {n}" for why, n in sorted(r.kept.items()))
+            t.add_row(r.table, f"{r.compacted_files} → {r.compacted_into}" if r.compacted_files else "",
+                      _count(r.expired) if r.expired else "", kept,
+                      f"{r.orphans:,} ({r.orphan_bytes:,} B)" if r.orphans else "",
+                      _count(r.young_orphans) if r.young_orphans else "", r.skipped or "")
+        _print_wide(t, 7)
+    if any(r.skipped and r.skipped.startswith("failed") for r in reports):
+        raise typer.Exit(1)
 
 
 @quality_app.command("run")

@@ -59,6 +59,7 @@ from pipelines.lake.changes import release_memory
 from pipelines.lake.meta import new_run_id
 from pipelines.lake.raw import (
     PUBLISHED_BATCHES,
+    data_snapshot,
     open_table,
     retry_conflicts,
     single_attempt,
@@ -151,7 +152,8 @@ def build_id_of(inputs: dict[str, int], definition: str) -> str:
 
 
 def input_snapshots(catalog: Any, contract: CuratedContract, *, missing: list[str] | None = None) -> dict[str, int]:
-    """Each input's current snapshot id (0 for a table created but never written). A missing input stops the
+    """Each input's current snapshot id (its data snapshot: lake maintenance's compaction is no new input; 0
+    for a table created but never written). A missing input stops the
     build with the dataset and the input named, or, given a ``missing`` list, is added to it (and left out)."""
     out: dict[str, int] = {}
     for identifier in contract.inputs:
@@ -163,7 +165,7 @@ def input_snapshots(catalog: Any, contract: CuratedContract, *, missing: list[st
             by = "its curate build" if identifier.startswith("curated.") else "its ingest and quality run"
             raise CitylakeError(f"curated.{contract.dataset}: input {identifier} is not in the lake yet ({by} "
                                 "publishes it); nothing was built")
-        snap = table.current_snapshot()
+        snap = data_snapshot(table)  # a compaction after the last publish is not a new input
         out[identifier] = snap.snapshot_id if snap is not None else 0
     return out
 

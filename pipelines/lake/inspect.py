@@ -8,16 +8,28 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.errors import CitylakeError
 from pipelines.lake.catalog import NAMESPACES, get_catalog
-from pipelines.lake.raw import STATE_PROPERTY, total_records
+from pipelines.lake.raw import (
+    BATCH_ID,
+    MAINTENANCE,
+    PUBLISHED_BATCHES,
+    STATE_PROPERTY,
+    data_snapshot,
+    summary_int,
+    summary_value,
+    total_records,
+)
 from pipelines.settings import TZ, Settings
 
 
 def table_info(table: Any, name: str) -> dict[str, Any]:
+    """``committed_at`` is the last commit that changed rows: a maintenance commit (compaction) is not one."""
     snap = table.current_snapshot()
     state = json.loads(table.properties.get(STATE_PROPERTY, "{}"))
     rows = total_records(snap) or 0
-    committed = datetime.fromtimestamp(snap.timestamp_ms / 1000, TZ).isoformat() if snap else None
+    data = data_snapshot(table)
+    committed = datetime.fromtimestamp(data.timestamp_ms / 1000, TZ).isoformat() if data else None
     return {
         "table": name,
         "rows": rows,
@@ -38,14 +50,75 @@ def list_tables(settings: Settings | None = None, namespaces: tuple[str, ...] = 
     return out
 
 
-def head(name: str, limit: int = 20, settings: Settings | None = None) -> pa.Table:
-    """The first ``limit`` rows of a lake table."""
+def head(name: str, limit: int = 20, settings: Settings | None = None, *,
+         as_of: int | datetime | None = None) -> pa.Table:
+    """The first ``limit`` rows of a lake table, now or ``as_of`` a snapshot id or a time (``snapshot_at``)."""
     catalog = get_catalog(settings)
-    return catalog.load_table(name).scan(limit=limit).to_arrow()
+    table = catalog.load_table(name)
+    if as_of is None:
+        return table.scan(limit=limit).to_arrow()
+    return table.scan(limit=limit, snapshot_id=snapshot_at(table, name, as_of)).to_arrow()
 
 
-def show(name: str, limit: int = 20, settings: Settings | None = None, *,
-         unmasked: bool = False) -> tuple[list[str], list[dict[str, Any]], str | None]:
+def _local(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, TZ).isoformat(timespec="seconds")
+
+
+def snapshot_at(table: Any, name: str, as_of: int | datetime) -> int:
+    """The snapshot id ``as_of`` names: that id, or the snapshot that was current at that time (the table's
+    snapshot log). A time before the first snapshot, or a snapshot lake maintenance expired, is a
+    ``CitylakeError`` naming the table."""
+    kept = {s.snapshot_id for s in table.metadata.snapshots}
+    oldest = min(table.metadata.snapshots, key=lambda s: s.timestamp_ms, default=None)
+    since = f"the oldest kept is {oldest.snapshot_id} at {_local(oldest.timestamp_ms)}" if oldest else "it has none"
+    if isinstance(as_of, int):
+        if as_of not in kept:
+            raise CitylakeError(f"{name}: snapshot {as_of} is not in its history (expired by lake maintenance or "
+                                f"never this table's; {since}; see `citylake lake history {name}`)")
+        return as_of
+    ms = int(as_of.timestamp() * 1000)
+    log = [e for e in table.metadata.snapshot_log if e.timestamp_ms <= ms]
+    if not log:
+        first = min([e.timestamp_ms for e in table.metadata.snapshot_log] +
+                    [s.timestamp_ms for s in table.metadata.snapshots], default=None)
+        raise CitylakeError(f"{name}: no snapshot at or before {as_of.astimezone(TZ).isoformat()} (its first is "
+                            f"{_local(first) if first is not None else 'not written yet'})")
+    found = log[-1].snapshot_id
+    if found not in kept:
+        raise CitylakeError(f"{name}: the snapshot current at {as_of.astimezone(TZ).isoformat()} ({found}) was "
+                            f"expired by lake maintenance; {since}")
+    return found
+
+
+def history(name: str, settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Every kept snapshot of a lake table, oldest first: id, parent, time (Asia/Shanghai), operation, rows
+    added/deleted/total, the batch it loaded (raw) or the batches it published (std), run and build ids, the
+    maintenance tag, and whether it is current."""
+    table = get_catalog(settings).load_table(name)
+    current = table.metadata.current_snapshot_id
+    out = []
+    for snap in sorted(table.metadata.snapshots, key=lambda s: (s.timestamp_ms, s.sequence_number or 0)):
+        published = summary_value(snap, PUBLISHED_BATCHES)
+        out.append({
+            "snapshot_id": snap.snapshot_id,
+            "parent_id": snap.parent_snapshot_id,
+            "committed_at": _local(snap.timestamp_ms),
+            "operation": snap.summary.operation.value if snap.summary is not None else None,
+            "added_rows": summary_int(snap, "added-records"),
+            "deleted_rows": summary_int(snap, "deleted-records"),
+            "total_rows": total_records(snap),
+            "batch_id": summary_value(snap, BATCH_ID),
+            "batches": json.loads(published) if published else None,
+            "run_id": summary_value(snap, "citylake.run-id"),
+            "build_id": summary_value(snap, "citylake.build-id"),
+            "maintenance": summary_value(snap, MAINTENANCE),
+            "current": snap.snapshot_id == current,
+        })
+    return out
+
+
+def show(name: str, limit: int = 20, settings: Settings | None = None, *, unmasked: bool = False,
+         as_of: int | datetime | None = None) -> tuple[list[str], list[dict[str, Any]], str | None]:
     """(columns, rows, warning): the first rows of a lake table as a person may read them. Personal values
     are masked by declaration and by detection (``pipelines.privacy``) unless ``unmasked``; when the config
     cannot be read, masking fails closed and ``warning`` says why."""
@@ -53,7 +126,7 @@ def show(name: str, limit: int = 20, settings: Settings | None = None, *,
     from pipelines.settings import load_settings
 
     settings = settings or load_settings()
-    data = head(name, limit, settings)
+    data = head(name, limit, settings, as_of=as_of)
     if unmasked:
         return data.column_names, data.to_pylist(), None
     declarations, why = load_declarations(settings)

@@ -289,6 +289,22 @@ def last_publish(table: Any, until_ms: int | None = None) -> Any:
     return max(published, key=lambda sn: sn.timestamp_ms) if published else None
 
 
+MAINTENANCE = "citylake.maintenance"
+"""Snapshot summary key of a lake-maintenance commit (``compact``): same rows, no batch, no state."""
+
+
+def data_snapshot(table: Any) -> Any:
+    """The snapshot whose rows the table holds now: the current one, or, when lake maintenance committed
+    last (a compaction rewrites files, not rows), its newest ancestor that is not a maintenance commit
+    (maintenance keeps that one); the current snapshot when that ancestor is gone. None for an empty table.
+    What a reader that keys on a snapshot id (a curated build's inputs) uses, so a compaction is no change."""
+    current = table.current_snapshot()
+    for snap in ancestors_of(current, table.metadata):
+        if summary_value(snap, MAINTENANCE) is None:
+            return snap
+    return current
+
+
 def total_records(snap: Any) -> int | None:
     """Rows of the table at a snapshot (``total-records``); None without a snapshot or the field."""
     return summary_int(snap, "total-records")
