@@ -28,10 +28,12 @@ DOC = f"""### 数据质量报告 (governance report)
 
 每天 06:00（北京时间）在夜间入湖之后运行，包括有批次被暂扣的夜晚：
 
-1. `data_docs`: GX Data Docs（工程师视图，`<lake>/gx/uncommitted/data_docs/local_site/`）。
+1. `data_docs`: GX Data Docs（工程师视图，`<lake>/gx/uncommitted/data_docs/local_site/`；共享目录
+   `CITYLAKE_ARTIFACTS_DIR` 另有位置时，先取回各 worker 的校验结果，再放到 `<artifacts>/gx/data_docs/`）。
 2. `consistency`（与 `data_docs` 并行）: 一数一源比对，每个副本与权威来源逐键比对，结果写入
    `meta.conflicts` 与 `meta.quality_results`（一致性维度）。
-3. `build_report`: 中文数据治理报告（`<lake>/report/index.html`；S3 湖则同时上传到 `<warehouse>/report/`）：
+3. `build_report`: 中文数据治理报告（`<lake>/report/index.html`；共享目录另有位置时同时放到 `<artifacts>/report/`，
+   S3 湖默认即 `<warehouse>/report/`）：
    总览、各部门、各数据集、一数一源冲突、数据资源目录（一本账）。
 
 `build_report` runs even when `data_docs` or `consistency` failed (`trigger_rule=all_done`): the governance
@@ -59,7 +61,7 @@ def report_quality() -> None:
 
         built = build_data_docs()
         return {"index": str(built.index), "suites": built.suites, "new_results": built.new_results,
-                "vendored": built.vendored}
+                "vendored": built.vendored, "published": built.published}
 
     @task
     def consistency(**context: object) -> dict:

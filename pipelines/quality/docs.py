@@ -5,6 +5,10 @@ The GX project lives at ``<lake>/gx`` (a file data context: ``great_expectations
 result JSON files ``pipelines.quality.gate`` keeps under ``<lake>/gx/validations`` that the store does not
 hold yet, then renders only those pages and the index. The results carry masked keys only, so the pages
 show no personal value.
+
+With an artifacts root elsewhere than the lake folder (``CITYLAKE_ARTIFACTS_DIR``, ``pipelines.lake.artifacts``)
+the gate on any worker puts its results there too: the build first fetches the ones this machine lacks, so
+every worker builds the same site, and then puts the site under ``<artifacts>/gx/data_docs/``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from pipelines.errors import CitylakeError
+from pipelines.lake import artifacts
 from pipelines.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,8 @@ class DocsBuild:
     total_results: int
     vendored: bool
     """True when the pages load only the site's own files (no CDN)."""
+    published: str | None = None
+    """Where the site was put under the artifacts root (None: the artifacts root is the lake folder)."""
 
 
 def _suite_documents(directory: Path) -> dict[str, list[dict[str, Any]]]:
@@ -108,6 +115,10 @@ def build_data_docs(settings: Settings | None = None) -> DocsBuild:
 
     import pipelines.quality.gx_expectations  # noqa: F401 - registers the custom expectation types to render
 
+    shared = artifacts.open_artifacts(settings)
+    if shared is not None:  # results of runs on other workers
+        fetched = artifacts.get_folder(shared, artifacts.VALIDATIONS, settings.lake_dir / "gx" / "validations")
+        log.info("Data Docs: %d validation result(s) fetched from %s", fetched, shared.where(artifacts.VALIDATIONS))
     context = gx.get_context(mode="file", project_root_dir=settings.lake_dir)
     _prepare_context(context)
     suites = _suite_documents(settings.root / "expectations")
@@ -154,4 +165,9 @@ def build_data_docs(settings: Settings | None = None) -> DocsBuild:
     sites = context.build_data_docs(resource_identifiers=[*suite_keys, *new])
     index = Path(unquote(sites["local_site"].removeprefix("file://")))
     vendored = _localize(index.parent, started)
-    return DocsBuild(index, len(suites), len(new), len(files), vendored)
+    published = None
+    if shared is not None:  # the pages rendered now, and any the artifacts root lacks; the index last
+        sent = artifacts.put_folder(shared, index.parent, artifacts.DATA_DOCS, changed_since=started)
+        published = shared.where(f"{artifacts.DATA_DOCS}/{artifacts.INDEX}")
+        log.info("Data Docs: %d file(s) put under %s", sent, shared.where(artifacts.DATA_DOCS))
+    return DocsBuild(index, len(suites), len(new), len(files), vendored, published)

@@ -43,6 +43,7 @@ from pyiceberg.expressions import GreaterThan, In
 from pipelines.config import load_config
 from pipelines.contracts import AnyContract, DatasetContract
 from pipelines.errors import CitylakeError
+from pipelines.lake import artifacts
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.changes import key_json, latest_order, raw_batch_ids
 from pipelines.lake.changes import release_memory as _release_memory  # between passes: each started at the last peak
@@ -852,8 +853,10 @@ def write_gx_result(settings: Settings, contract: AnyContract, results: list[Rul
                     reference_date: date, raw_batches: list[str] | None = None,
                     batch_spec: dict[str, Any] | None = None) -> Path:
     """Keep the run's result in GX's ExpectationSuiteValidationResult JSON shape, every failing key listed
-    (personal values masked), under ``<lake>/gx/validations/<dataset>/<run_id>.json``. ``batch_spec`` adds to
-    (or replaces) the batch spec's entries: a curated build names its build and input snapshots there."""
+    (personal values masked), under ``<lake>/gx/validations/<dataset>/<run_id>.json``, and a copy under the
+    artifacts root's ``gx/validations/`` when that is elsewhere (``pipelines.lake.artifacts``: the Data Docs
+    build may run on another worker). ``batch_spec`` adds to (or replaces) the batch spec's entries: a curated
+    build names its build and input snapshots there."""
     keys = contract.primary_key
     entries = []
     for r in results:
@@ -894,6 +897,8 @@ def write_gx_result(settings: Settings, contract: AnyContract, results: list[Rul
     path.parent.mkdir(parents=True, exist_ok=True)
     # compact: with ``indent`` json falls back to its pure-Python encoder (3.4 s for 0.5 M failing keys)
     path.write_text(json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str), encoding="utf-8")
+    if (store := artifacts.open_artifacts(settings)) is not None:
+        artifacts.put_file(store, path, f"{artifacts.VALIDATIONS}/{contract.dataset}/{path.name}")
     return path
 
 

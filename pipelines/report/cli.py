@@ -12,8 +12,8 @@ import typer
 def report(out: Annotated[Path | None, typer.Option("--out", help="Folder to write the site to (default <lake>/report; "
                                                     "for a past --date without --publish <lake>/report-<date>).")] = None,
            day: Annotated[str | None, typer.Option("--date", help="Report day YYYY-MM-DD (Asia/Shanghai; default today).")] = None,
-           publish: Annotated[bool, typer.Option("--publish", help="S3 lake: upload this build to <warehouse>/report/ "
-                                                 "even with --out or a past --date (the default build always does).")] = False) -> None:
+           publish: Annotated[bool, typer.Option("--publish", help="Put this build under <artifacts>/report/ (CITYLAKE_ARTIFACTS_DIR; "
+                                                 "default the S3 warehouse) even with --out or a past --date (the default build always does).")] = False) -> None:
     """Build the Chinese governance report (static HTML, opens offline) and print its index.html."""
     from pipelines.errors import CitylakeError
     from pipelines.report.site import build_site

@@ -1,15 +1,17 @@
-"""``build_site``: the Chinese governance site, written to a local folder (and uploaded beside an S3 lake).
+"""``build_site``: the Chinese governance site, written to a local folder (and, when published, put under the
+artifacts root's ``report/``: ``pipelines.lake.artifacts``).
 
 The site is built in a staging folder next to the target and swapped in whole, so a reader never sees half
 a build and pages of datasets that left the registry do not linger. A target folder that is not a citylake
-report (no marker file) is never replaced.
+report (no marker file) is never replaced. Under the artifacts root every file is put, ``index.html`` last,
+and files of an earlier build that this one lacks are deleted after.
 """
 
 from __future__ import annotations
 
 import logging
-import mimetypes
 import os
+import posixpath
 import shutil
 import tempfile
 import time
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import CitylakeError
-from pipelines.publish.store import s3_client, s3_etag
+from pipelines.lake import artifacts
 from pipelines.report.data import SiteData, collect
 from pipelines.report.pages import ASSETS, page_name, render
 from pipelines.settings import TZ, Settings, load_settings
@@ -36,10 +38,21 @@ def _rel(target: Path, page_dir: Path) -> str:
     return Path(os.path.relpath(target, page_dir)).as_posix()
 
 
-def _gx_links(settings: Settings, out: Path, data: SiteData) -> dict[str, Any]:
-    """Relative links from the site's pages to GX Data Docs: the index and each dataset's suite page."""
-    site = gx_docs_site(settings)
+def _gx_links(settings: Settings, out: Path, data: SiteData, shared: artifacts.Artifacts | None) -> dict[str, Any]:
+    """Relative links from the site's pages to GX Data Docs: the index and each dataset's suite page, those
+    that exist where the site is served: the artifacts root when it is ``shared`` there (whichever worker
+    built the Data Docs), else this machine's lake folder."""
     links: dict[str, Any] = {"index": None, "datasets": {}}
+    if shared is not None:  # (the local copy then carries the same links: it is this build's staging)
+        docs = posixpath.relpath(artifacts.DATA_DOCS, artifacts.REPORT)
+        if artifacts.exists(shared, f"{artifacts.DATA_DOCS}/{artifacts.INDEX}"):
+            links["index"] = posixpath.join(docs, artifacts.INDEX)
+        suites = artifacts.listing(shared, f"{artifacts.DATA_DOCS}/expectations")  # not the validation pages
+        for name in data.datasets:
+            if f"{name}.html" in suites:
+                links["datasets"][name] = posixpath.join("..", docs, "expectations", f"{name}.html")
+        return links
+    site = gx_docs_site(settings)
     if (site / "index.html").exists():
         links["index"] = _rel(site / "index.html", out)
     for name in data.datasets:
@@ -49,9 +62,9 @@ def _gx_links(settings: Settings, out: Path, data: SiteData) -> dict[str, Any]:
     return links
 
 
-def _write(settings: Settings, stage: Path, final: Path, data: SiteData) -> None:
+def _write(settings: Settings, stage: Path, final: Path, data: SiteData, shared: artifacts.Artifacts | None) -> None:
     shutil.copytree(ASSETS, stage / "assets")
-    gx = _gx_links(settings, final, data)
+    gx = _gx_links(settings, final, data, shared)
     common = {"generated_at": data.generated_at, "today": data.today, "gx_index": gx["index"]}
     departments = {code: page_name(code) for code in data.departments}
     ctx = {**common, "department_pages": departments}
@@ -109,58 +122,16 @@ def _swap(stage: Path, out: Path) -> None:
         stage.rename(out)
 
 
-def _s3(settings: Settings) -> tuple[Any, str, str]:
-    bucket, _, prefix = settings.warehouse.removeprefix("s3://").partition("/")
-    return s3_client(settings.s3_endpoint), bucket, prefix.strip("/")
-
-
-def _sync(s3: Any, folder: Path, bucket: str, prefix: str, *, delete: bool, changed_only: bool) -> int:
-    """Upload ``folder`` under ``prefix`` (``changed_only``: files whose content differs, by ETag, or that
-    are missing: a same-size edit is sent too); ``delete``: remove objects under the prefix the folder no
-    longer has. Returns files uploaded."""
-    existing: dict[str, str] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        existing.update({o["Key"]: o["ETag"].strip('"') for o in page.get("Contents", [])})
-    written, sent = set(), 0
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        key = prefix + path.relative_to(folder).as_posix()
-        written.add(key)
-        if changed_only and existing.get(key) == s3_etag(path):
-            continue
-        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
-            kind += "; charset=utf-8"
-        s3.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": kind})
-        sent += 1
-    stale = [{"Key": k} for k in existing if k not in written] if delete else []
-    for i in range(0, len(stale), 1000):
-        s3.delete_objects(Bucket=bucket, Delete={"Objects": stale[i:i + 1000]})
-    return sent
-
-
-def upload(folder: Path, settings: Settings, with_docs: bool = True) -> str:
-    """Copy the site to ``<warehouse>/report/`` on S3 (beside the lake's tables), removing pages of an
-    earlier build that this one no longer has; with ``with_docs`` also GX Data Docs to
-    ``<warehouse>/gx/uncommitted/data_docs/local_site/`` (new or changed files only), where the site's
-    relative links to them lead. Returns the s3:// prefix of the site."""
-    s3, bucket, base = _s3(settings)
-    prefix = f"{base}/report/".lstrip("/")
-    _sync(s3, folder, bucket, prefix, delete=True, changed_only=False)
-    docs = gx_docs_site(settings)
-    if with_docs and docs.is_dir():
-        rel = docs.relative_to(settings.lake_dir).as_posix()
-        _sync(s3, docs, bucket, f"{base}/{rel}/".lstrip("/"), delete=False, changed_only=True)
-    return f"s3://{bucket}/{prefix}"
-
-
 def build_site(settings: Settings | None = None, out_dir: Path | None = None, today: date | None = None,
                publish: bool | None = None) -> Path:
     """Build the site; returns its ``index.html``. Default folder ``<lake>/report``; a past ``today`` that
     is not published defaults to ``<lake>/report-<day>`` instead. ``today`` is the report day
-    (Asia/Shanghai). With an s3:// warehouse the site is uploaded to ``<warehouse>/report/`` (replacing
-    what is there) only when ``publish``; by default (None) only the default build publishes (default
-    folder, today's report), so a preview with ``--out`` or a past ``--date`` never overwrites the
-    production site, on S3 or on disk. The DAG passes ``publish=True`` (its logical date may be past)."""
+    (Asia/Shanghai). With an artifacts root elsewhere than the lake folder (``CITYLAKE_ARTIFACTS_DIR``; by
+    default the warehouse when it is on S3) the site is put under ``<artifacts>/report/`` (replacing what is
+    there) only when ``publish``, its links to GX Data Docs then leading to ``<artifacts>/gx/data_docs/``; by
+    default (None) only the default build publishes (default folder, today's report), so a preview with
+    ``--out`` or a past ``--date`` never overwrites the production site, there or on disk. The DAG passes
+    ``publish=True`` (its logical date may be past)."""
     settings = settings or load_settings()
     now = datetime.now(TZ).date()
     if publish is None:
@@ -170,19 +141,20 @@ def build_site(settings: Settings | None = None, out_dir: Path | None = None, to
         out = Path(out_dir).resolve()
     else:  # <lake>/report is the site the DAG serves and the alerts link to: a past-day preview goes beside it
         out = settings.lake_dir / ("report" if publish or today == now else f"report-{today.isoformat()}")
+    shared = artifacts.open_artifacts(settings) if publish else None
     started = time.perf_counter()
     data = collect(settings, today)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
     try:
-        _write(settings, stage, out, data)
+        _write(settings, stage, out, data, shared)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     _swap(stage, out)
     log.info("report: %d departments, %d datasets, %d catalog entries in %.1fs → %s", len(data.departments),
              len(data.datasets), len(data.catalog), time.perf_counter() - started, out)
-    if publish and settings.warehouse.startswith("s3://"):
-        # the Data Docs links are relative to the lake folder: they hold on S3 only for the default folder
-        log.info("report uploaded to %s", upload(out, settings, with_docs=out_dir is None))
+    if shared is not None:
+        artifacts.put_folder(shared, out, artifacts.REPORT, delete=True)
+        log.info("report put under %s", shared.where(artifacts.REPORT))
     return out / "index.html"
