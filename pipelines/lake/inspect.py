@@ -81,8 +81,9 @@ def snapshot_at(table: Any, name: str, as_of: int | datetime) -> int:
     if not log:
         first = min([e.timestamp_ms for e in table.metadata.snapshot_log] +
                     [s.timestamp_ms for s in table.metadata.snapshots], default=None)
-        raise CitylakeError(f"{name}: no snapshot at or before {as_of.astimezone(TZ).isoformat()} (its first is "
-                            f"{_local(first) if first is not None else 'not written yet'})")
+        raise CitylakeError(f"{name}: no snapshot kept at or before {as_of.astimezone(TZ).isoformat()} (the first "
+                            f"it knows is {_local(first) if first is not None else 'not written yet'}: earlier ones "
+                            "were expired by lake maintenance, or the table did not exist yet)")
     found = log[-1].snapshot_id
     if found not in kept:
         raise CitylakeError(f"{name}: the snapshot current at {as_of.astimezone(TZ).isoformat()} ({found}) was "
