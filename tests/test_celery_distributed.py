@@ -158,6 +158,7 @@ def _cluster_env(tmp: Path, af_db: str, ice_db: str, broker: str, s3: str, data_
         "CITYLAKE_S3_ENDPOINT": s3,
         "CITYLAKE_REJECTED_DIR": "s3://citylake-lake/rejected",
         "CITYLAKE_EXPORTS_DIR": "s3://citylake-lake/exports",
+        "CITYLAKE_ARTIFACTS_DIR": "s3://citylake-lake/artifacts",  # GX results every worker must see
         "CITYLAKE_RETRY_DELAY_SECONDS": "0.2",
         "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
         "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
@@ -321,3 +322,11 @@ def _compare_lakes(tmp: Path, ice_db: str, s3: str, local_rows: list[dict[str, A
               for d in datasets}
     assert all(counts.values()), counts  # every parallel publish kept its rule results
     assert len(local_rows) == 6
+
+    # each publish, whichever worker ran it, put its GX validation result on the one shared artifacts root
+    import boto3
+
+    listed = boto3.client("s3", endpoint_url=s3).list_objects_v2(Bucket="citylake-lake",
+                                                                  Prefix="artifacts/gx/validations/")
+    keys = [o["Key"] for o in listed.get("Contents", [])]
+    assert sorted(k.split("/")[3] for k in keys) == sorted(datasets), keys
