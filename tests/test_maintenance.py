@@ -343,3 +343,22 @@ def test_dag_namespaces_are_the_catalogs() -> None:
 
     text = (ROOT / "dags" / "maintain_lake.py").read_text(encoding="utf-8")
     assert f'NAMESPACES = {NAMESPACES!r}'.replace("'", '"') in text
+
+
+def test_dag_parses_without_heavy_imports_and_follows_policy() -> None:
+    script = (
+        "import sys, time, runpy, json, airflow.sdk\n"
+        "before = set(sys.modules); t = time.perf_counter(); ns = runpy.run_path('dags/maintain_lake.py')\n"
+        "heavy = [m for m in ('duckdb', 'pyiceberg', 'pyarrow', 'sqlalchemy') if m in sys.modules and m not in before]\n"
+        "dag = ns['maintain_lake']()\n"
+        "task = dag.get_task('maintain_namespace')\n"
+        "print(json.dumps({'s': time.perf_counter() - t, 'heavy': heavy, 'tags': sorted(dag.tags),\n"
+        "    'owner': task.owner, 'retries': task.retries, 'cron': dag.timetable.expression,\n"
+        "    'tz': str(dag.timetable.timezone), 'doc': bool(dag.doc_md)}))\n")
+    res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["heavy"] == [] and got["s"] < 1.0, got
+    assert got["owner"] == "合肥市数据资源局" and got["retries"] == 3 and got["doc"]
+    assert got["cron"] == "0 3 * * 0" and got["tz"] == "Asia/Shanghai"
+    assert {"maintenance", "lake", "合肥市数据资源局"} <= set(got["tags"])
