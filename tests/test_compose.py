@@ -328,6 +328,10 @@ def test_airflow_services_share_one_environment() -> None:
     for key in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"):
         assert common.get(key, "").startswith("${"), key
     assert common["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    # Airflow derives its async engine's URL by mapping postgresql to asyncpg (not installed): set it
+    sync, async_ = (_VAR.sub("x", common[f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN{s}"]) for s in ("", "_ASYNC"))
+    assert async_ == sync
+    assert common["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://")
     api = urlsplit(common["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
     assert api.hostname == "airflow-apiserver" and api.port == 8080 and api.path == "/execution/"
     assert "airflow-apiserver" in spec["services"]
