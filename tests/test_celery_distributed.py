@@ -330,3 +330,23 @@ def _compare_lakes(tmp: Path, ice_db: str, s3: str, local_rows: list[dict[str, A
                                                                   Prefix="artifacts/gx/validations/")
     keys = [o["Key"] for o in listed.get("Contents", [])]
     assert sorted(k.split("/")[3] for k in keys) == sorted(datasets), keys
+
+
+def test_platform_init_names_the_failing_step_without_the_password(lake_settings: Settings,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.platform import init
+
+    assert init.mask_urls("db+postgresql+psycopg://airflow:s3cr3t@pg:5432/a and redis://:pw@redis:6379/0") == \
+        "db+postgresql+psycopg://airflow:***@pg:5432/a and redis://:***@redis:6379/0"
+    lines: list[str] = []
+    # the catalog and warehouse steps on the local lake (the pools step needs a migrated Airflow DB: the test above)
+    monkeypatch.setattr(init, "STEPS", init.STEPS[1:])
+    assert init.run_init(lake_settings, echo=lines.append) == lines
+    assert lines[0].startswith("catalog: namespaces curated, meta, quarantine, raw, std at sqlite:///")
+    assert lines[1].startswith("warehouse: file://") and lines[1].endswith("writable (probe written, read back, deleted)")
+    assert init.run_init(lake_settings, echo=lines.append)  # idempotent
+    unreachable = replace(lake_settings, catalog_uri="postgresql+psycopg://citylake:s3cr3t@127.0.0.1:1/iceberg")
+    with pytest.raises(init.InitError) as caught:
+        init.run_init(unreachable, echo=lines.append)
+    message = str(caught.value)
+    assert message.startswith("catalog: OperationalError") and "s3cr3t" not in message and "\n" not in message
