@@ -253,8 +253,8 @@ def test_dockerfile_copies_every_path_the_tasks_read() -> None:
 
 def test_every_copy_source_exists_and_is_not_dockerignored() -> None:
     assert (ROOT / ".dockerignore").is_file(), ".dockerignore is missing: the build context would hold .venv, data, .env"
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
-               if line.strip() and not line.startswith("#")]
+    ignored = [line.strip().lstrip("/") for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+               if line.strip() and not line.startswith("#")]  # Docker: "/x" and "x" both mean x at the root
     assert {".venv", "data", "lake", "airflow_home", ".git", ".env"} <= set(ignored)
     for sources, _dest in _copies(_dockerfile()):
         for source in sources:
