@@ -71,13 +71,13 @@ class Alert:
 
 def report_url(settings: Settings, page: str) -> str:
     """The URL of a report page: ``CITYLAKE_REPORT_URL`` (where the site is served); unset, where the site
-    is built: ``<warehouse>/report`` on an S3 lake (``report__quality`` uploads it there), else the local
-    ``file://<lake>/report`` (which only the machine that built it can open; ``send_alert`` warns)."""
+    is published: ``<artifacts>/report`` (``report__quality`` puts it there: on S3 in production, else the
+    local ``file://<lake>/report``, which only the machine that built it can open; ``send_alert`` warns)."""
     base = os.environ.get("CITYLAKE_REPORT_URL")
     if not base:
-        warehouse = settings.warehouse
-        base = (warehouse.rstrip("/") + "/report" if warehouse.startswith("s3://")
-                else (settings.lake_dir / "report").as_uri())
+        artifacts = settings.artifacts
+        base = (artifacts.rstrip("/") + "/report" if "://" in artifacts
+                else (Path(artifacts) / "report").as_uri())
     return base.rstrip("/") + "/" + page.lstrip("/")
 
 

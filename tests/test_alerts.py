@@ -317,6 +317,10 @@ def test_report_link_without_report_url(endpoint: _Endpoint, caplog: pytest.LogC
     monkeypatch.delenv("CITYLAKE_REPORT_URL", raising=False)
     monkeypatch.setenv("CITYLAKE_WAREHOUSE", "s3://citylake-lake/warehouse/")
     assert alerts.report_url(load_settings(), "datasets/person.html") == "s3://citylake-lake/warehouse/report/datasets/person.html"
+    # the shared artifacts root (compose: s3://lake/artifacts) is where report__quality publishes the site
+    monkeypatch.setenv("CITYLAKE_ARTIFACTS_DIR", "s3://lake/artifacts")
+    assert alerts.report_url(load_settings(), "index.html") == "s3://lake/artifacts/report/index.html"
+    monkeypatch.delenv("CITYLAKE_ARTIFACTS_DIR")
     monkeypatch.setenv("CITYLAKE_WAREHOUSE", "file:///srv/lake/warehouse")
     assert alerts.report_url(load_settings(), "index.html") == (load_settings().lake_dir / "report" / "index.html").as_uri()
 
