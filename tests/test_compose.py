@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -171,6 +172,165 @@ def test_secrets_are_required_from_the_environment_never_literal() -> None:
         assert match.group(2).startswith("${"), match.group(0)
     for password in re.findall(r"://[^:/\s@]*:([^@\s]+)@", text):
         assert password.startswith("${"), password
+
+
+ARGV_SECRET = re.compile(r"PASSWORD|SECRET|KEY|FERNET|AUTH|TOKEN")
+
+
+def _argv_strings(service: dict[str, Any]) -> list[str]:
+    """What becomes a process's argv: ``command``, ``entrypoint`` and the healthcheck's ``test``."""
+    return _strings([service.get("command"), service.get("entrypoint"), (service.get("healthcheck") or {}).get("test")])
+
+
+def _shell_secret_refs_outside_heredocs(script: str) -> list[str]:
+    """``$NAME``/``${NAME}`` secret references a shell script passes as arguments: every reference outside a
+    here-document's body (a here-document is stdin, not argv). After compose's ``$$`` → ``$``."""
+    refs, terminator = [], None
+    for line in script.splitlines():
+        if terminator is not None:
+            if line.strip() == terminator:
+                terminator = None
+            continue
+        refs += [n for n in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", line) if ARGV_SECRET.search(n)]
+        heredoc = re.search(r"<<-?\s*['\"]?(\w+)", line)
+        if heredoc:
+            terminator = heredoc.group(1)
+    return refs
+
+
+def test_no_secret_on_a_command_line() -> None:
+    """A secret interpolated into ``command``/``entrypoint``/``healthcheck`` ends up in a process's argv, which
+    ``ps`` on the Docker host shows to every user: secrets go in through the environment (or stdin) only."""
+    for name, service in _compose()["services"].items():
+        for text in _argv_strings(service):
+            leaked = sorted(n for n in interpolated_names(text) if ARGV_SECRET.search(n))
+            assert not leaked, f"{name}: {leaked} interpolated into a command line: {text!r}"
+            shell = text.replace("$$", "$")
+            assert not _shell_secret_refs_outside_heredocs(shell), f"{name}: a secret passed as an argument: {text!r}"
+    # the check itself: the old redis command is caught, the stdin form passes
+    assert interpolated_names('redis-server --requirepass ${REDIS_PASSWORD}') == {"REDIS_PASSWORD"}
+    assert _shell_secret_refs_outside_heredocs('redis-server --requirepass "$REDIS_PASSWORD"') == ["REDIS_PASSWORD"]
+    assert _shell_secret_refs_outside_heredocs("exec redis-server - <<EOF\nrequirepass $REDIS_PASSWORD\nEOF\n") == []
+    redis = _compose()["services"]["redis"]
+    assert "--requirepass" not in " ".join(_argv_strings(redis)) and "requirepass" in " ".join(_argv_strings(redis))
+
+
+def test_images_are_pinned() -> None:
+    """A floating tag (``latest``, a bare name) makes every ``docker compose pull`` a different platform."""
+    services = _compose()["services"]
+    for name, service in services.items():
+        image = service.get("image", "")
+        if "build" in service:
+            continue  # citylake's own image, built from this tree
+        repo, _, tag = image.rpartition(":")
+        assert repo and "/" not in tag and tag not in ("", "latest"), f"{name}: {image!r} is not pinned"
+        # a release line that only takes bug and security fixes: PostgreSQL's major (its on-disk format and
+        # features change only with the major), major.minor for the others, a release tag for MinIO
+        line = r"\d+" if repo == "postgres" else r"\d+\.\d+(\.\d+)?"
+        assert re.fullmatch(rf"{line}|RELEASE\.\d{{4}}-\d\d-\d\dT\d\d-\d\d-\d\dZ", tag), f"{name}: {image!r}"
+    # Docker Hub's minio/* repositories are gone: MinIO's own quay.io registry, release tags
+    for name in ("minio", "minio-init"):
+        assert services[name]["image"].startswith("quay.io/minio/"), services[name]["image"]
+
+
+def test_published_ports_listen_on_localhost_unless_configured() -> None:
+    env = env_example()
+    assert env["CITYLAKE_PUBLISH_ADDRESS"] == "127.0.0.1"
+    published = [(n, str(p)) for n, s in _compose()["services"].items() for p in s.get("ports", [])]
+    assert {n for n, _p in published} == {"airflow-apiserver", "minio"}, published
+    for name, port in published:
+        assert port.startswith("${CITYLAKE_PUBLISH_ADDRESS:-127.0.0.1}:"), f"{name}: {port} listens on every interface"
+    common = _common_env(_compose())
+    assert common["AIRFLOW__API__BASE_URL"] == "${AIRFLOW_BASE_URL:-http://localhost:8080/}"
+    assert env["AIRFLOW_BASE_URL"] == "http://localhost:8080/"
+
+
+# --- docker/minio/init.sh under a stub mc ---------------------------------------------------------------------
+
+# A stand-in for MinIO's client with the outputs and exit codes of mc RELEASE.2025-08-13 (the pinned image):
+# it logs its argv, keeps the server's state (bucket, policy, user, attachment) in files, and refuses a second
+# attach with mc's "already in effect" error. Only sh builtins, as in the image (no grep, sed, awk, touch).
+STUB_MC = r"""#!/bin/sh
+printf '%s\n' "$*" >> "$MC_LOG"
+case "${MC_HOST_root:-}" in
+  http://*:*@minio:9000) ;;
+  *) echo "mc: <ERROR> Unable to initialize new alias from the provided credentials." >&2; exit 1 ;;
+esac
+case "$1 $2 $3" in
+  "mb --ignore-existing root/lake")
+    : > "$MC_STATE/bucket"; echo 'Bucket created successfully `root/lake`.' ;;
+  "admin policy create")
+    [ -f "$6" ] || { echo "mc: <ERROR> Unable to read the policy file $6" >&2; exit 1; }
+    : > "$MC_STATE/policy"; echo "Created policy \`$5\` successfully." ;;
+  "admin user add")
+    [ "$#" -eq 6 ] || { echo "mc: <ERROR> Incorrect number of arguments" >&2; exit 1; }
+    : > "$MC_STATE/user"; echo "Added user \`$5\` successfully." ;;
+  "admin user info")
+    printf 'AccessKey: %s\nStatus: enabled\nPolicyName: \nMemberOf: []\n' "$5" ;;
+  "admin policy attach")
+    [ -e "$MC_STATE/policy" ] && [ -e "$MC_STATE/user" ] || { echo "mc: <ERROR> policy or user missing" >&2; exit 1; }
+    if [ -n "${MC_FAIL_ATTACH:-}" ]; then
+      echo "mc: <ERROR> Unable to make user/group policy association. Access Denied." >&2; exit 1
+    fi
+    if [ -e "$MC_STATE/attached" ]; then
+      echo "mc: <ERROR> Unable to make user/group policy association. The specified policy change is already in effect." >&2
+      exit 1
+    fi
+    : > "$MC_STATE/attached"; printf 'Attached Policies: [%s]\nTo User: %s\n' "$5" "$7" ;;
+  *) echo "mc: <ERROR> stub: unexpected call: $*" >&2; exit 1 ;;
+esac
+"""
+
+
+def _minio_init_script() -> Path:
+    init = _compose()["services"]["minio-init"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in init["volumes"]}
+    assert init["entrypoint"][-1].startswith("/init/"), init["entrypoint"]
+    return ROOT / mounted["/init"] / PurePosixPath(init["entrypoint"][-1]).relative_to("/init")
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_minio_init_attaches_the_policy_on_the_first_and_every_later_run(tmp_path: Path, shell: str) -> None:
+    if not Path(shell).exists():
+        pytest.skip(f"{shell} is not installed")
+    bindir, state = tmp_path / "bin", tmp_path / "state"
+    bindir.mkdir()
+    state.mkdir()
+    (bindir / "mc").write_text(STUB_MC, encoding="utf-8")
+    (bindir / "mc").chmod(0o755)
+    for tool in ("grep", "sed", "awk", "tr", "cut", "dirname"):  # the image has none of them: nor does this PATH
+        assert shutil.which(tool, path=str(bindir)) is None
+    env_compose = _compose()["services"]["minio-init"]["environment"]
+    assert env_compose["MC_HOST_root"] == "http://${MINIO_ROOT_USER}:${MINIO_ROOT_PASSWORD}@minio:9000"
+    secret = "lake-secret-Zq9"
+    log = tmp_path / "mc.log"
+    env = {"PATH": str(bindir), "MC_LOG": str(log), "MC_STATE": str(state),
+           "MC_HOST_root": "http://citylake-root:root-pw-8x@minio:9000",
+           # the access key equal to the policy name: what made the old `grep -q citylake-lake` always match
+           "LAKE_ACCESS_KEY": "citylake-lake", "LAKE_SECRET_KEY": secret}
+    script = _minio_init_script()
+    expected = ["mb --ignore-existing root/lake",
+                f"admin policy create root citylake-lake {script.parent}/lake-policy.json",
+                f"admin user add root citylake-lake {secret}",
+                "admin policy attach root citylake-lake --user citylake-lake"]
+    for run in (1, 2):  # the first `docker compose up`, then every later one
+        log.write_text("", encoding="utf-8")
+        done = subprocess.run([shell, str(script)], env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, (run, done.stdout, done.stderr)
+        assert log.read_text(encoding="utf-8").splitlines() == expected, run
+        assert (state / "attached").exists()
+        assert "ready" in done.stdout.splitlines()[-1] and secret not in done.stdout + done.stderr
+        if run == 2:
+            assert "already attached" in done.stdout, done.stdout
+    # another attach failure stops minio-init (and with it the platform) with mc's message
+    done = subprocess.run([shell, str(script)], env={**env, "MC_FAIL_ATTACH": "1"}, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 1 and "Access Denied" in done.stderr, (done.stdout, done.stderr)
+    # without the root alias in the environment it names what is missing, before any mc call
+    log.write_text("", encoding="utf-8")
+    done = subprocess.run([shell, str(script)], env={k: v for k, v in env.items() if k != "MC_HOST_root"},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and "MC_HOST_root" in done.stderr and log.read_text(encoding="utf-8") == ""
 
 
 # --- 3. the Dockerfile ----------------------------------------------------------------------------------------
