@@ -27,9 +27,14 @@ RUN pip install --requirement requirements.lock
 # 2. citylake itself, without dependencies, editable: the code runs from /opt/citylake/pipelines, so the files
 #    it reads next to its modules (curate/*.sql and aqi.py, report templates and assets) are there whatever
 #    the wheel's package data lists, and PROJECT_ROOT is /opt/citylake (= CITYLAKE_ROOT).
+#    The build backend is pinned too and used without build isolation: otherwise pip would fetch whatever
+#    setuptools is newest (pyproject says only >=68) into a throwaway environment at every build.
+#    setuptools is not in requirements.lock (a build tool, not a runtime dependency); bump it here on purpose.
+ARG SETUPTOOLS_VERSION=80.9.0
 COPY pyproject.toml README.md ./
 COPY pipelines ./pipelines
-RUN pip install --no-deps --editable .
+RUN pip install "setuptools==${SETUPTOOLS_VERSION}" \
+ && pip install --no-deps --no-build-isolation --editable .
 
 # 3. What tasks read at run time under settings.root: DAG files, the registry (schemas/sources), standards and
 #    code lists, dataset and curated contracts, departments, grants (schemas/…), and the quality suites.

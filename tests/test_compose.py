@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
 
 from pipelines.registry import load_registry
 from pipelines.seed.servers import server_of
@@ -400,6 +402,15 @@ def test_dockerfile_copies_every_path_the_tasks_read() -> None:
     assert (ROOT / "requirements.lock").is_file(), "requirements.lock is missing"
     assert any("requirements.lock" in sources for sources, _d in copies) and "requirements.lock" in runs
     assert re.search(r"pip install[^&;]*--no-deps", runs), "the project must be installed with --no-deps"
+    # ... and built by a pinned setuptools, without build isolation (which would fetch the newest one each build)
+    assert re.search(r"pip install[^&;]*--no-build-isolation[^&;]*--editable", runs), runs
+    pinned = re.search(r'pip install "?setuptools==([^"\s]+)', runs)
+    assert pinned, "the build backend must be pinned (setuptools==…)"
+    version = parser.args.get(pinned.group(1).strip("${}"), pinned.group(1))
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["build-system"]
+    assert build["build-backend"] == "setuptools.build_meta"
+    wanted = next(Requirement(r) for r in build["requires"] if Requirement(r).name == "setuptools")
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version) and version in wanted.specifier, (version, wanted)
     assert parser.baseimage.startswith("python:3.11"), parser.baseimage
     users = [i["value"].strip() for i in parser.structure if i["instruction"] == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as a non-root user"
