@@ -112,3 +112,79 @@ def test_seed_sources_unreachable_server_is_one_line_without_password(tmp_path: 
     assert result.exit_code == 1
     assert "s3cret-pw" not in result.output
     assert "error: platform seed-sources: system " in result.output
+
+
+def _small_sqlite(path: Path) -> None:
+    """Two tables (3 and 2 rows), as seed_city writes a system's file."""
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE person (resident_id TEXT, name TEXT, updated_at DATETIME)")
+        conn.exec_driver_sql("CREATE TABLE household (household_id TEXT, size INTEGER)")
+        conn.exec_driver_sql("INSERT INTO person VALUES ('p1', '张三', '2026-11-01 08:00:00'), "
+                             "('p2', '李四', '2026-11-02 08:00:00'), ('p3', '王五', '2026-11-03 08:00:00')")
+        conn.exec_driver_sql("INSERT INTO household VALUES ('h1', 2), ('h2', 3)")
+    engine.dispose()
+
+
+@pytest.mark.parametrize("server", ["mysql", "postgres"])
+def test_keep_existing_redoes_a_partial_seed(server: str, tmp_path: Path, request: pytest.FixtureRequest,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seeder killed mid-copy must not leave a system that the next start keeps as "already present": on
+    MariaDB each CREATE TABLE commits at once, so the tables of a half-done copy stay behind, empty or partial.
+    Only the marker written last (_citylake_seed, the tables' row counts) makes a system complete."""
+    from pipelines.seed import servers as seeding
+
+    url = request.getfixturevalue("mysql_url" if server == "mysql" else "pg_url")
+    sqlite_path = tmp_path / "population.db"
+    _small_sqlite(sqlite_path)
+    want = {"person": 3, "household": 2}
+    target = sa.create_engine(url)
+
+    # 1. the seeder dies while copying the second table: no marker, so --keep-existing copies again
+    real_rows = seeding._rows
+
+    def dying_rows(source: sa.Engine, table: sa.Table) -> Iterator[list[dict]]:
+        if table.name == sorted(want)[1]:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("server has gone away"))
+        yield from real_rows(source, table)
+
+    monkeypatch.setattr(seeding, "_rows", dying_rows)
+    with pytest.raises(sa.exc.OperationalError):
+        seeding.copy_sqlite(sqlite_path, url)
+    monkeypatch.setattr(seeding, "_rows", real_rows)
+    present = set(sa.inspect(target).get_table_names())
+    if server == "mysql":  # what the finding is about: the half-done copy's tables are there
+        assert set(want) <= present, present
+    assert seeding.MARKER not in present and seeding.seeded_counts(target) is None
+    assert seeding.copy_sqlite(sqlite_path, url, keep_existing=True) == want  # redone, not kept
+    assert seeding.seeded_counts(target) == want
+
+    # 2. complete: kept as it is
+    assert seeding.copy_sqlite(sqlite_path, url, keep_existing=True) is None
+
+    # 3. tables emptied since (or a marker from another city): the marker no longer matches, copied again
+    with target.begin() as conn:
+        conn.execute(sa.text("DELETE FROM household"))
+    assert seeding.copy_sqlite(sqlite_path, url, keep_existing=True) == want
+    with target.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM household")).scalar_one() == 2
+    # 4. a city of another size in the SQLite file: redone as well
+    extra = sa.create_engine(f"sqlite:///{sqlite_path}")
+    with extra.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO household VALUES ('h3', 1)")
+    extra.dispose()
+    assert seeding.copy_sqlite(sqlite_path, url, keep_existing=True) == {"person": 3, "household": 3}
+    target.dispose()
+
+
+def test_seed_sources_malformed_url_is_one_line_without_password(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, [
+        "platform", "seed-sources", "--scale", SCALE, "--data-dir", str(tmp_path / "city"),
+        "--postgres", "postgresql+psycopg://seed:s3cret-pw@127.0.0.1:notaport/postgres",
+        "--mysql", "mysql+pymysql://root:s3cret-pw@127.0.0.1:1/"])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "s3cret-pw" not in result.output and "Traceback" not in result.output
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "--postgres server URL (postgresql+psycopg://***) is not a valid SQLAlchemy URL" \
+        in error[0], result.output
