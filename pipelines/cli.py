@@ -260,8 +260,9 @@ def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__pe
               limit: Annotated[int, typer.Option(help="Rows to show.")] = 20,
               unmasked: Annotated[bool, typer.Option("--unmasked", help="Show personal values in clear.")] = False,
               as_of: Annotated[str | None, typer.Option(
-                  "--as-of", help="Time travel: a snapshot id, or a time (2026-11-01, 2026-11-01T08:00:00; "
-                                  "Asia/Shanghai unless it says its zone).")] = None,
+                  "--as-of", help="Time travel: a time (2026-11-01, 20261101, 2026-11-01T08:00:00; Asia/Shanghai "
+                                  "unless it says its zone) or a snapshot id (snapshot:<id>, or any other "
+                                  "all-digit value: 8 digits are a date).")] = None,
               ) -> None:
     """The first rows of a lake table (personal values masked unless --unmasked)."""
     from pyiceberg.exceptions import NoSuchTableError
@@ -270,7 +271,13 @@ def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__pe
 
     when: int | datetime | None = None
     if as_of is not None:
-        when = int(as_of) if as_of.strip().isdigit() else _parse_when(as_of, "--as-of")
+        text = as_of.strip()
+        if text.lower().startswith("snapshot:") and text[9:].strip().isdigit():
+            when = int(text[9:])
+        elif text.isdigit() and len(text) != 8:  # a snapshot id; YYYYMMDD is a date (fromisoformat reads it)
+            when = int(text)
+        else:
+            when = _parse_when(text, "--as-of")
     try:
         columns, rows, warning = show(table, limit, load_settings(), unmasked=unmasked, as_of=when)
     except NoSuchTableError:

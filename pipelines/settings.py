@@ -105,6 +105,19 @@ def _path(env: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
 
 
+MIN_SNAPSHOT_RETENTION_DAYS = 7
+"""Lake maintenance keeps snapshots at least this long: the governance report counts raw landings of its
+7-day window (``report.data.RECENT_DAYS``) from raw snapshots' summaries."""
+
+
+def _retention_days() -> int:
+    days = _int_env("CITYLAKE_SNAPSHOT_RETENTION_DAYS", 7)
+    if days < MIN_SNAPSHOT_RETENTION_DAYS:
+        raise ValueError(f"CITYLAKE_SNAPSHOT_RETENTION_DAYS={days}: expected {MIN_SNAPSHOT_RETENTION_DAYS} or more "
+                         "(the report's 7-day window of raw landings reads snapshots that old)")
+    return days
+
+
 def _int_env(env: str, default: int) -> int:
     value = os.environ.get(env)
     if not value:
@@ -143,7 +156,7 @@ def load_settings() -> Settings:
         rejected_dir=os.environ.get("CITYLAKE_REJECTED_DIR", str(lake_dir / "rejected")),
         exports_dir=os.environ.get("CITYLAKE_EXPORTS_DIR") or str(lake_dir / "exports"),
         open_keep=_int_env("CITYLAKE_OPEN_KEEP", 30),
-        snapshot_retention_days=_int_env("CITYLAKE_SNAPSHOT_RETENTION_DAYS", 7),
+        snapshot_retention_days=_retention_days(),
         open_base_url=os.environ.get("CITYLAKE_OPEN_BASE_URL") or None,
         grants_dir=_path("CITYLAKE_GRANTS_DIR", root / "schemas" / "grants"),
         artifacts_dir=_artifacts_dir(lake_dir, warehouse),

@@ -28,7 +28,15 @@ from typing import Any, NamedTuple
 from pipelines.config import load_all, load_curated, load_departments
 from pipelines.departments import department_name
 from pipelines.lake.catalog import get_catalog
-from pipelines.lake.raw import BATCH_ID, PUBLISHED_BATCHES, last_publish, summary_value, total_records
+from pipelines.lake.raw import (
+    BATCH_ID,
+    DATA_BATCHES,
+    PUBLISHED_BATCHES,
+    data_snapshot_ms,
+    last_publish,
+    summary_value,
+    total_records,
+)
 from pipelines.settings import Settings
 
 LAYERS = ("raw", "std", "curated")
@@ -153,10 +161,12 @@ def _lake_table(catalog: Any, identifier: str, tables: dict[str, Any] | None = N
 
 def _raw_snapshot_of(raw: _Lake, std: _Lake) -> tuple[int | None, str | None]:
     """The raw snapshot the std table's latest publish came from: the last raw commit of a batch that the
-    latest std snapshot carrying ``citylake.batches`` names; else the raw table's current snapshot."""
+    latest std snapshot carrying ``citylake.batches`` names (or a compaction's ``citylake.data-batches``: the
+    publish it holds may have expired; lake maintenance keeps these raw snapshots); else the raw table's
+    current snapshot."""
     batches: set[str] = set()
     for snap in sorted(std.table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True):
-        text = summary_value(snap, PUBLISHED_BATCHES)
+        text = summary_value(snap, PUBLISHED_BATCHES) or summary_value(snap, DATA_BATCHES)
         if text:
             batches = set(json.loads(text))
             break
@@ -363,7 +373,8 @@ def _input_step(identifier: str, lake: dict[str, _Lake], snapshot_id: int | None
     step = "curated" if identifier.startswith("curated.") else "std"
     if snapshot_id is None or here is None:
         return _step(step, here, identifier)
-    at = next((_iso(s.timestamp_ms) for s in here.table.metadata.snapshots if s.snapshot_id == snapshot_id), None)
+    ms = data_snapshot_ms(here.table, snapshot_id)  # kept, or carried by the compaction holding its rows
+    at = _iso(ms) if ms is not None else None
     return _step(step, here, identifier, (snapshot_id, at))
 
 

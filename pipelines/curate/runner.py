@@ -63,6 +63,7 @@ from pipelines.lake.raw import (
     open_table,
     retry_conflicts,
     single_attempt,
+    snapshot_with_data,
     stream_scan,
     summary_value,
     total_records,
@@ -152,8 +153,9 @@ def build_id_of(inputs: dict[str, int], definition: str) -> str:
 
 
 def input_snapshots(catalog: Any, contract: CuratedContract, *, missing: list[str] | None = None) -> dict[str, int]:
-    """Each input's current snapshot id (its data snapshot: lake maintenance's compaction is no new input; 0
-    for a table created but never written). A missing input stops the
+    """Each input's current snapshot id: its data snapshot (``raw.data_snapshot``: a compaction is no new
+    input, its summary names the data snapshot it holds, which may have expired; ``input_scan`` reads the
+    compaction); 0 for a table created but never written. A missing input stops the
     build with the dataset and the input named, or, given a ``missing`` list, is added to it (and left out)."""
     out: dict[str, int] = {}
     for identifier in contract.inputs:
@@ -168,6 +170,20 @@ def input_snapshots(catalog: Any, contract: CuratedContract, *, missing: list[st
         snap = data_snapshot(table)  # a compaction after the last publish is not a new input
         out[identifier] = snap.snapshot_id if snap is not None else 0
     return out
+
+
+def input_scan(table: Any, identifier: str, snapshot_id: int) -> Any:
+    """The scan of an input at data snapshot ``snapshot_id`` (``input_snapshots``): the newest snapshot of
+    the current ancestry holding its rows (a compaction of it: fewer files, and lake maintenance may have
+    expired the data snapshot itself), else that snapshot; 0 reads the (empty) table as it is. A
+    ``CitylakeError`` naming the input when neither is left (a newer publish came and it expired)."""
+    if not snapshot_id:
+        return table.scan()
+    snap = snapshot_with_data(table, snapshot_id)
+    if snap is None:
+        raise CitylakeError(f"{identifier}: snapshot {snapshot_id} of this build's input is no longer in its "
+                            "history (a newer publish came and lake maintenance expired it); rerun the build")
+    return table.scan(snapshot_id=snap.snapshot_id)
 
 
 def model_sql(contract: CuratedContract) -> str:
@@ -276,9 +292,7 @@ def prepare(con: Any, catalog: Any, settings: Settings, contract: CuratedContrac
     tables and macro, the AQI function."""
     for identifier, snap in snapshots.items():
         layer, _, dataset = identifier.partition(".")
-        table = catalog.load_table(identifier)
-        scan = table.scan(snapshot_id=snap) if snap else table.scan()
-        _load_table(con, f"{layer}_{dataset}", stream_scan(scan))
+        _load_table(con, f"{layer}_{dataset}", stream_scan(input_scan(catalog.load_table(identifier), identifier, snap)))
     for path in sorted(_code_list_dir(settings).glob("*.csv")):
         con.execute(f"CREATE VIEW {_q('code_list_' + path.stem)} AS SELECT * FROM read_csv({_lit(str(path))}, "
                     "header = true, all_varchar = true)")

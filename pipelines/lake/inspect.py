@@ -15,6 +15,7 @@ from pipelines.lake.raw import (
     MAINTENANCE,
     PUBLISHED_BATCHES,
     STATE_PROPERTY,
+    carried_data,
     data_snapshot,
     summary_int,
     summary_value,
@@ -65,30 +66,47 @@ def _local(ms: int) -> str:
 
 
 def snapshot_at(table: Any, name: str, as_of: int | datetime) -> int:
-    """The snapshot id ``as_of`` names: that id, or the snapshot that was current at that time (the table's
-    snapshot log). A time before the first snapshot, or a snapshot lake maintenance expired, is a
-    ``CitylakeError`` naming the table."""
-    kept = {s.snapshot_id for s in table.metadata.snapshots}
-    oldest = min(table.metadata.snapshots, key=lambda s: s.timestamp_ms, default=None)
+    """The snapshot id ``as_of`` names: that id (or, for a data snapshot lake maintenance expired, the
+    compaction that holds its rows), or the snapshot that was current at that time (the table's snapshot log).
+    A time before the first kept snapshot, in a stretch whose snapshot was expired, or an expired snapshot
+    id, is a ``CitylakeError`` naming the table.
+
+    Expiry drops an expired snapshot's snapshot-log entries and the parent link of its child, so the log
+    alone would answer a time in an expired stretch with the older kept snapshot before it: the entry after
+    the time must be a child of the one found (or a compaction holding rows committed by then)."""
+    meta = table.metadata
+    kept = {s.snapshot_id for s in meta.snapshots}
+    oldest = min(meta.snapshots, key=lambda s: s.timestamp_ms, default=None)
     since = f"the oldest kept is {oldest.snapshot_id} at {_local(oldest.timestamp_ms)}" if oldest else "it has none"
     if isinstance(as_of, int):
-        if as_of not in kept:
-            raise CitylakeError(f"{name}: snapshot {as_of} is not in its history (expired by lake maintenance or "
-                                f"never this table's; {since}; see `citylake lake history {name}`)")
-        return as_of
+        if as_of in kept:
+            return as_of
+        holders = [s for s in meta.snapshots if (c := carried_data(s)) is not None and c.snapshot_id == as_of]
+        if holders:
+            return int(min(holders, key=lambda s: s.timestamp_ms).snapshot_id)
+        raise CitylakeError(f"{name}: snapshot {as_of} is not in its history (expired by lake maintenance or "
+                            f"never this table's; {since}; see `citylake lake history {name}`)")
     ms = int(as_of.timestamp() * 1000)
-    log = [e for e in table.metadata.snapshot_log if e.timestamp_ms <= ms]
-    if not log:
-        first = min([e.timestamp_ms for e in table.metadata.snapshot_log] +
-                    [s.timestamp_ms for s in table.metadata.snapshots], default=None)
-        raise CitylakeError(f"{name}: no snapshot kept at or before {as_of.astimezone(TZ).isoformat()} (the first "
-                            f"it knows is {_local(first) if first is not None else 'not written yet'}: earlier ones "
-                            "were expired by lake maintenance, or the table did not exist yet)")
-    found = log[-1].snapshot_id
-    if found not in kept:
-        raise CitylakeError(f"{name}: the snapshot current at {as_of.astimezone(TZ).isoformat()} ({found}) was "
-                            f"expired by lake maintenance; {since}")
-    return found
+    when = as_of.astimezone(TZ).isoformat()
+    log = sorted(meta.snapshot_log, key=lambda e: e.timestamp_ms)
+    before = [e for e in log if e.timestamp_ms <= ms]
+    after = next((e for e in log if e.timestamp_ms > ms), None)
+    nxt = table.snapshot_by_id(after.snapshot_id) if after is not None else None
+    carried = carried_data(nxt)
+    if nxt is not None and carried is not None and carried.timestamp_ms <= ms:
+        return int(nxt.snapshot_id)  # a compaction of the data snapshot current then: the same rows
+    if not before:
+        first = min([e.timestamp_ms for e in log] + [s.timestamp_ms for s in meta.snapshots], default=None)
+        raise CitylakeError(f"{name}: no snapshot kept at or before {when} (the first it knows is "
+                            f"{_local(first) if first is not None else 'not written yet'}: earlier ones were "
+                            "expired by lake maintenance, or the table did not exist yet)")
+    found = before[-1].snapshot_id
+    gap = nxt is not None and nxt.parent_snapshot_id != found and (
+        nxt.parent_snapshot_id is None or nxt.parent_snapshot_id not in kept)
+    if found not in kept or gap:
+        raise CitylakeError(f"{name}: the snapshot current at {when} was expired by lake maintenance; {since} "
+                            f"(see `citylake lake history {name}`)")
+    return int(found)
 
 
 def history(name: str, settings: Settings | None = None) -> list[dict[str, Any]]:

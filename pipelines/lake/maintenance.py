@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pyarrow as pa
 
@@ -44,8 +45,12 @@ from pipelines.dag_defaults import EXECUTION_TIMEOUT
 from pipelines.lake.catalog import NAMESPACES, get_catalog
 from pipelines.lake.raw import (
     BATCH_ID,
+    DATA_BATCHES,
+    DATA_SNAPSHOT,
+    DATA_SNAPSHOT_MS,
     MAINTENANCE,
     PUBLISHED_BATCHES,
+    carried_data,
     data_snapshot,
     open_table,
     retry_conflicts,
@@ -67,7 +72,12 @@ SMALL_FRACTION = 4
 """A data file is small below its table's target file size divided by this."""
 MAX_PENDING_BYTES = 128 << 20
 """Arrow bytes gathered before a compacted file is written (caps memory below a 512 MB target)."""
+PENDING_BATCH_DAYS = SHARE_PIN_DAYS
+"""A raw snapshot of a batch no dataset reading the table has published or released stays at most this
+long (a contract that never publishes would keep them all forever). The gate does not need it: it finds a
+batch's rows by ``_batch_id`` and ``raw_batch_ids`` recovers batch ids from the data files' names."""
 DELIVERABLE = ("published", "released")
+T = TypeVar("T")
 
 
 def orphan_window() -> timedelta:
@@ -99,7 +109,8 @@ class TableReport:
 
 @dataclass
 class _Context:
-    """What the needed-snapshot rules read once per run: batch statuses, readers of raw, sharing pins."""
+    """What the needed-snapshot rules read once per run: batch statuses, readers of raw, sharing pins, the
+    inputs of curated builds, the raw batches of the latest std publishes."""
 
     status: dict[tuple[str, str], str]
     """(dataset, raw batch id) → latest ``meta.batches`` status."""
@@ -108,9 +119,37 @@ class _Context:
     share_pins: dict[str, set[int]]
     """std table → snapshot ids of grants' last deliveries."""
     why_no_config: str | None = None
+    build_inputs: dict[str, set[int]] = field(default_factory=dict)
+    """table → the (data) snapshot ids the current build of a curated table read (``citylake.inputs``)."""
+    lineage: dict[str, set[str]] = field(default_factory=dict)
+    """raw table → the batches its datasets' latest std publishes carried (the catalog's lineage shows the
+    raw snapshot they came from)."""
+
+
+def _latest_inputs(table: Any) -> dict[str, int]:
+    """``citylake.inputs`` of the newest snapshot of a curated table that carries it."""
+    for snap in sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True):
+        text = summary_value(snap, "citylake.inputs")
+        if text:
+            try:
+                return {str(k): int(v) for k, v in json.loads(text).items()}
+            except (ValueError, AttributeError):
+                return {}
+    return {}
+
+
+def _latest_batches(table: Any) -> set[str]:
+    """The batches of the newest publish of a std table (a compaction carries its data snapshot's)."""
+    for snap in sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True):
+        text = summary_value(snap, PUBLISHED_BATCHES) or summary_value(snap, DATA_BATCHES)
+        if text:
+            return {str(b) for b in json.loads(text)}
+    return set()
 
 
 def _context(catalog: Any, settings: Settings, now: datetime) -> _Context:
+    """Read once per run. Raises when ``meta.batches``, the sharing audit or a lake table cannot be read:
+    ``maintain`` then expires nothing (still compacts and sweeps) and reports every table failed."""
     from pipelines.lake.meta import latest_events
 
     status: dict[tuple[str, str], str] = {}
@@ -145,7 +184,17 @@ def _context(catalog: Any, settings: Settings, now: datetime) -> _Context:
                 latest[r["grant_id"]] = r
         for r in latest.values():
             pins.setdefault(f"std.{r['dataset']}", set()).add(int(r["std_snapshot_id"]))
-    return _Context(status, readers, pins, why)
+    inputs: dict[str, set[int]] = {}
+    for ident in sorted(catalog.list_tables("curated")):
+        for table_name, snap_id in _latest_inputs(catalog.load_table(ident)).items():
+            inputs.setdefault(table_name, set()).add(snap_id)
+    lineage: dict[str, set[str]] = {}
+    for raw_table, datasets in (readers or {}).items():
+        for dataset in datasets:
+            std = open_table(catalog, f"std.{dataset}")
+            if std is not None:
+                lineage.setdefault(raw_table, set()).update(_latest_batches(std))
+    return _Context(status, readers, pins, why, inputs, lineage)
 
 
 def _superseded_at(table: Any) -> dict[int, int]:
@@ -177,33 +226,56 @@ def needed_snapshots(table: Any, name: str, ctx: _Context, now_ms: int, recent_m
         if at > now_ms - recent_ms:
             keep.setdefault(snap_id, "recently current")
     ns, _, dataset = name.partition(".")
-    if ns in ("std", "curated") and current is not None:
-        data = data_snapshot(table)
-        keep.setdefault(data.snapshot_id, "latest data")
+    chain = [s.snapshot_id for s in ancestors_of(current, meta)] if current is not None else []  # newest first
+    if ns in ("std", "curated") and current is not None and carried_data(current) is None:
+        # the current snapshot is the data snapshot, or an older compaction that does not name it: kept.
+        # A compaction that names it (citylake.data-snapshot) stands for it: it may expire, with its files
+        keep.setdefault(data_snapshot(table).snapshot_id, "latest data")
+    for snap_id in ctx.build_inputs.get(name, set()):
+        # a current curated build read it (the release's cut-off and the catalog's lineage time): a
+        # compaction naming it keeps its id and time, else the snapshot itself stays
+        carriers = [s for s in meta.snapshots if (c := carried_data(s)) is not None and c.snapshot_id == snap_id]
+        if carriers:
+            keep.setdefault(max(carriers, key=lambda s: s.timestamp_ms).snapshot_id, "curated build input")
+        elif table.snapshot_by_id(snap_id) is not None:
+            keep.setdefault(snap_id, "curated build input")
     if ns == "std":
-        for snap in meta.snapshots:
-            carried = json.loads(summary_value(snap, PUBLISHED_BATCHES) or "[]")
-            if any(ctx.status.get((dataset, str(b))) not in DELIVERABLE for b in carried):
-                keep.setdefault(snap.snapshot_id, "unrecorded publish")
+        unrecorded = [snap.snapshot_id for snap in meta.snapshots
+                      if any(ctx.status.get((dataset, str(b))) not in DELIVERABLE
+                             for b in json.loads(summary_value(snap, PUBLISHED_BATCHES) or "[]"))]
+        # std_changes walks the ancestry: every snapshot from the oldest unrecorded publish to the current
+        # one stays, or expiry (which cuts the parent link of an expired snapshot's child) would hide it
+        reach = max((chain.index(u) for u in unrecorded if u in chain), default=-1)
+        for snap_id in [*unrecorded, *chain[: reach + 1]]:
+            keep.setdefault(snap_id, "unrecorded publish")
         pinned = ctx.share_pins.get(name, set())
-        if pinned and current is not None:
-            chain = [s.snapshot_id for s in ancestors_of(current, meta)]  # newest first
-            reach = max((chain.index(p) for p in pinned if p in chain), default=-1)
-            for snap_id in chain[: reach + 1]:
-                keep.setdefault(snap_id, "sharing delivery")
+        reach = max((chain.index(p) for p in pinned if p in chain), default=-1)
+        for snap_id in chain[: reach + 1]:
+            keep.setdefault(snap_id, "sharing delivery")
     if ns == "raw" and ctx.raw_readers is not None:
+        horizon = now_ms - PENDING_BATCH_DAYS * 86_400_000
+        newest: dict[str, Any] = {}
         for snap in meta.snapshots:
             batch = summary_value(snap, BATCH_ID)
-            if batch is not None and any(ctx.status.get((ds, batch)) not in DELIVERABLE
-                                         for ds in ctx.raw_readers.get(name, [])):
+            if batch is None:
+                continue
+            if snap.timestamp_ms >= horizon and any(ctx.status.get((ds, batch)) not in DELIVERABLE
+                                                    for ds in ctx.raw_readers.get(name, [])):
                 keep.setdefault(snap.snapshot_id, "batch not yet published")
+            if batch in ctx.lineage.get(name, set()) and (
+                    batch not in newest or snap.timestamp_ms > newest[batch].timestamp_ms):
+                newest[batch] = snap
+        for snap in newest.values():
+            keep.setdefault(snap.snapshot_id, "latest publish's source")
     return keep
 
 
 def expire_snapshots(catalog: Any, name: str, ctx: _Context, *, retention: timedelta, now: datetime,
                      recent: timedelta, dry_run: bool = False) -> tuple[int, dict[str, int]]:
     """Expire the table's snapshots older than ``retention`` that are not needed; (expired, kept by reason).
-    One commit, asserting the current snapshot it planned on: a concurrent commit plans it again."""
+    One commit, asserting the current snapshot it planned on: a concurrent commit, or another maintenance
+    run that expired some of them first, plans it again."""
+    from pyiceberg.exceptions import CommitFailedException
     from pyiceberg.table.update import AssertRefSnapshotId
     from pyiceberg.table.update.snapshot import ExpireSnapshots
 
@@ -224,11 +296,37 @@ def expire_snapshots(catalog: Any, name: str, ctx: _Context, *, retention: timed
             expire = ExpireSnapshots(tx).by_ids(gone)
             # pyiceberg stages no requirement: a snapshot another writer made current meanwhile would go too
             expire._requirements = (AssertRefSnapshotId(snapshot_id=table.metadata.current_snapshot_id, ref="main"),)
-            expire.commit()
-            tx.commit_transaction()
+            try:
+                expire.commit()
+                tx.commit_transaction()
+            except ValueError as exc:
+                # pyiceberg's RemoveSnapshots against the catalog's metadata: a snapshot it names is gone
+                # (another maintenance run expired it first). A conflict: planned again on the reloaded table
+                if "does not exist" not in str(exc):
+                    raise
+                raise CommitFailedException(f"{name}: snapshot already expired by another run") from exc
         return len(gone), kept
 
-    return retry_conflicts(f"{name}: snapshot expiry", attempt)
+    return _counted(f"{name}: snapshot expiry", attempt)
+
+
+CONFLICTS: Counter[str] = Counter()
+"""Maintenance commits refused by a concurrent writer and planned again, by what (compaction, expiry of a
+table): tests read it to see a conflict really happened."""
+
+
+def _counted(what: str, attempt: Callable[[], T]) -> T:
+    """``raw.retry_conflicts`` with each refused attempt counted in ``CONFLICTS``."""
+    from pyiceberg.exceptions import CommitFailedException, ValidationException
+
+    def counting() -> T:
+        try:
+            return attempt()
+        except (CommitFailedException, ValidationException):
+            CONFLICTS[what.split(": ", 1)[-1]] += 1
+            raise
+
+    return retry_conflicts(what, counting)
 
 
 # --- orphan files ----------------------------------------------------------------------------------
@@ -294,57 +392,152 @@ def delete_orphans(table: Any, *, older_than: timedelta, now: datetime, dry_run:
 # --- compaction ------------------------------------------------------------------------------------
 
 
-def compact(catalog: Any, name: str, *, min_files: int = COMPACT_MIN_FILES, dry_run: bool = False) -> tuple[int, int]:
-    """Rewrite the table's small data files (below target size / ``SMALL_FRACTION``, without delete files)
-    into files of its target size, in one overwrite commit that adds exactly the rows it deletes
-    (``citylake.maintenance=compact`` in its summary). Files keep their order (planning order, each file's
-    rows in order). (files rewritten, files written); nothing when fewer than ``min_files`` are small."""
-    from pyiceberg.expressions import AlwaysTrue
-    from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files  # pyiceberg is pinned (0.12)
+class _TrackedOutput:
+    """An output file that keeps the stream pyiceberg's Parquet writer opens on it: its ``tell()`` is the bytes
+    written so far, so a compacted file is closed by its size ON DISK (pyiceberg's writer sizes by Arrow bytes,
+    3-10x more: judged on disk, its files were all small again next week)."""
 
+    def __init__(self, output: Any) -> None:
+        self.output, self.stream = output, None
+
+    def create(self, overwrite: bool = False) -> Any:
+        self.stream = self.output.create(overwrite=overwrite)
+        return self.stream
+
+    def __len__(self) -> int:
+        return len(self.output)
+
+    @property
+    def location(self) -> str:
+        return str(self.output.location)
+
+
+def _rewrite(table: Any, tasks: list[Any], target: int, snapshot: Any) -> int:
+    """Write the rows of ``tasks`` (in order, one file read at a time) into new data files of about ``target``
+    bytes on disk, added to ``snapshot``; the files' statistics come from pyiceberg's Parquet writer with the
+    table's properties (metrics modes: std's full ``_batch_id`` bounds). A file is closed once it reaches the
+    target, unless what is left to read is itself small: that rest goes into the same file (no fragment).
+    Row groups gather input files up to the row-group limit / ``MAX_PENDING_BYTES``. Returns files written.
+    Hand-written around pyiceberg's per-file writer: its ``_dataframe_to_data_files`` cannot size by disk."""
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import (  # pyiceberg is pinned (0.12); tests/test_maintenance exercises these
+        DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE,
+        ArrowScan,
+        Config,
+        FileFormatFactory,
+        _to_requested_schema,
+        load_location_provider,
+        pyarrow_to_schema,
+        sanitize_column_names,
+    )
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+    from pyiceberg.table import WriteTask
+    from pyiceberg.typedef import Record
+
+    meta = table.metadata
+    schema = meta.schema()
+    file_schema = sanitize_column_names(schema)
+    model = FileFormatFactory.get(FileFormat.PARQUET)
+    locations = load_location_provider(table_location=meta.location, table_properties=meta.properties)
+    downcast = Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False
+    row_limit = int(meta.properties.get("write.parquet.row-group-limit", 1048576))
+    reader = ArrowScan(table_metadata=meta, io=table.io, projected_schema=schema, row_filter=AlwaysTrue())
+    counter = itertools.count(0)
+    written = 0
+    out: _TrackedOutput | None = None
+    writer: Any = None
+    path = ""
+    pending: list[pa.Table] = []
+    pending_rows = pending_bytes = pending_disk = 0
+    left = sum(t.file.file_size_in_bytes for t in tasks)
+    """Input bytes on disk not yet written out."""
+
+    def write_pending() -> None:
+        nonlocal out, writer, path, pending, pending_rows, pending_bytes, pending_disk
+        if not pending:
+            return
+        data = pa.concat_tables(pending)
+        task_schema = pyarrow_to_schema(data.schema, name_mapping=schema.name_mapping,
+                                        downcast_ns_timestamp_to_us=downcast, format_version=meta.format_version)
+        batches = [_to_requested_schema(requested_schema=file_schema, file_schema=task_schema, batch=b,
+                                        downcast_ns_timestamp_to_us=downcast, include_field_ids=True,
+                                        format_model=model) for b in data.to_batches()]
+        if writer is None:
+            name = WriteTask(write_uuid=snapshot.commit_uuid, task_id=next(counter), record_batches=[],
+                             schema=task_schema).generate_data_file_filename(model.file_extension())
+            path = locations.new_data_location(data_file_name=name)
+            out = _TrackedOutput(table.io.new_output(path))
+            writer = model.create_writer(cast(Any, out), file_schema, meta.properties)
+        writer.write(pa.Table.from_batches(batches))
+        pending, pending_rows, pending_bytes, pending_disk = [], 0, 0, 0
+
+    def close() -> None:
+        nonlocal out, writer, written
+        if writer is None:
+            return
+        stats = writer.close()
+        assert out is not None
+        snapshot.append_data_file(DataFile.from_args(
+            content=DataFileContent.DATA, file_path=path, file_format=FileFormat.PARQUET, partition=Record(),
+            file_size_in_bytes=len(out), sort_order_id=None, spec_id=meta.default_spec_id, equality_ids=None,
+            key_metadata=None, **stats.to_serialized_dict()))
+        written += 1
+        out = writer = None
+
+    for task in tasks:
+        part = reader.to_table(tasks=[task])
+        left -= task.file.file_size_in_bytes
+        if part.num_rows:
+            pending.append(part)
+            pending_rows += part.num_rows
+            pending_bytes += part.nbytes
+            pending_disk += task.file.file_size_in_bytes
+        on_disk = out.stream.tell() if out is not None and out.stream is not None else 0
+        if pending_rows >= row_limit or pending_bytes >= MAX_PENDING_BYTES or on_disk + pending_disk >= target:
+            write_pending()
+        on_disk = out.stream.tell() if out is not None and out.stream is not None else 0
+        if on_disk >= target and left >= target // SMALL_FRACTION:
+            close()
+    write_pending()
+    close()
+    return written
+
+
+def compact(catalog: Any, name: str, *, min_files: int = COMPACT_MIN_FILES, dry_run: bool = False) -> tuple[int, int]:
+    """Rewrite the table's small data files into files of its target size, in one overwrite commit that adds
+    exactly the rows it deletes (``citylake.maintenance=compact``, and the data snapshot it holds the rows
+    of: ``citylake.data-snapshot``/``-ms``/``-data-batches``). Small and target are both ON DISK (the table's
+    ``write.target-file-size-bytes``): a file is small below target / ``SMALL_FRACTION``; the outputs reach
+    the target (``_rewrite``), so they are not small next time and a rerun with no new data does nothing.
+    Rewritten only when it lowers the file count by 2 or more (estimated outputs: small bytes // target, at
+    least 1) and at least ``min_files`` are small. Files keep their order. (files rewritten, files written)."""
     def attempt() -> tuple[int, int]:
         table = catalog.load_table(name)
-        if table.current_snapshot() is None:
-            return 0, 0
-        meta = table.metadata
-        target = int(meta.properties.get("write.target-file-size-bytes", 512 << 20))
+        current = table.current_snapshot()
+        if current is None or not table.metadata.spec().is_unpartitioned():
+            return 0, 0  # no lake table is partitioned; one that is would need the partition-aware writer
+        target = int(table.metadata.properties.get("write.target-file-size-bytes", 512 << 20))
         small = [t for t in table.scan().plan_files()
                  if not t.delete_files and t.file.file_size_in_bytes < target // SMALL_FRACTION]
-        if len(small) < max(2, min_files):
+        outputs = max(1, sum(t.file.file_size_in_bytes for t in small) // target)
+        if len(small) < max(2, min_files) or outputs >= len(small) - 1:
             return 0, 0
         if dry_run:
-            total = sum(t.file.file_size_in_bytes for t in small)
-            return len(small), max(1, -(-total // target))
-        written = 0
+            return len(small), outputs
+        data = data_snapshot(table)
+        props = {MAINTENANCE: "compact", DATA_SNAPSHOT: str(data.snapshot_id), DATA_SNAPSHOT_MS: str(data.timestamp_ms)}
+        batches = summary_value(data, PUBLISHED_BATCHES) or summary_value(current, DATA_BATCHES)
+        if batches:
+            props[DATA_BATCHES] = batches
         tx = single_attempt(table).transaction()
-        counter = itertools.count(0)
-        reader = ArrowScan(table_metadata=meta, io=table.io, projected_schema=meta.schema(), row_filter=AlwaysTrue())
-        with tx.update_snapshot(snapshot_properties={MAINTENANCE: "compact"}).overwrite() as snapshot:
-            pending: list[pa.Table] = []
-            size = 0
-
-            def flush() -> None:
-                nonlocal pending, size, written
-                for f in _dataframe_to_data_files(table_metadata=meta, df=pa.concat_tables(pending), io=table.io,
-                                                  write_uuid=snapshot.commit_uuid, counter=counter):
-                    snapshot.append_data_file(f)
-                    written += 1
-                pending, size = [], 0
-
+        with tx.update_snapshot(snapshot_properties=props).overwrite() as snapshot:
             for task in small:
                 snapshot.delete_data_file(task.file)
-                part = reader.to_table(tasks=[task])
-                if part.num_rows:
-                    pending.append(part)
-                    size += part.nbytes
-                if size >= min(target, MAX_PENDING_BYTES):
-                    flush()
-            if pending:
-                flush()
+            written = _rewrite(table, small, target, snapshot)
         tx.commit_transaction()
         return len(small), written
 
-    return retry_conflicts(f"{name}: compaction", attempt)
+    return _counted(f"{name}: compaction", attempt)
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -370,7 +563,15 @@ def maintain(settings: Settings | None = None, tables: list[str] | None = None, 
     recent = recent if recent is not None else window
     orphans_older_than = orphans_older_than if orphans_older_than is not None else window
     names = tables if tables is not None else lake_tables(catalog, namespaces)
-    ctx = _context(catalog, settings, now)
+    ctx: _Context | None = None
+    why_no_ctx = ""
+    try:
+        ctx = _context(catalog, settings, now)
+    except Exception as exc:  # noqa: BLE001 - no expiry without it; compaction and the orphan sweep still run
+        from pipelines.privacy import mask_message
+
+        why_no_ctx = (f"failed: snapshot expiry not run: meta.batches, the sharing audit or a curated table "
+                      f"unreadable ({type(exc).__name__}: {mask_message(str(exc).splitlines()[0] if str(exc) else '')})")
     reports = []
     for name in names:
         report = TableReport(name)
@@ -382,7 +583,9 @@ def maintain(settings: Settings | None = None, tables: list[str] | None = None, 
             if name.partition(".")[0] in COMPACT_NAMESPACES:
                 report.compacted_files, report.compacted_into = compact(catalog, name, min_files=min_files,
                                                                         dry_run=dry_run)
-            if name.startswith("raw.") and ctx.raw_readers is None:
+            if ctx is None:
+                report.skipped = why_no_ctx
+            elif name.startswith("raw.") and ctx.raw_readers is None:
                 report.skipped = ctx.why_no_config
             else:
                 report.expired, report.kept = expire_snapshots(catalog, name, ctx, retention=retention, now=now,

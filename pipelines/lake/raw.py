@@ -282,27 +282,103 @@ def summary_int(snap: Any, key: str) -> int | None:
 def last_publish(table: Any, until_ms: int | None = None) -> Any:
     """The latest snapshot of a std table that a quality run committed (its summary names the batches it
     published, or the run), at or before ``until_ms`` (epoch ms): when its data last changed. A maintenance
-    commit (compaction, snapshot expiry) is not a publish. None when there is none. The report's freshness
-    and the catalog's 最近更新 both use it, so the two pages give one time."""
+    commit (compaction, snapshot expiry) is not a publish; when the publish a compaction rewrote has expired,
+    the compaction's ``citylake.data-snapshot`` stands for it (a ``DataSnapshot``: id and time, no summary).
+    None when there is none. The report's freshness and the catalog's 最近更新 both use it, so the two pages
+    give one time."""
     published = [sn for sn in table.metadata.snapshots if (until_ms is None or sn.timestamp_ms <= until_ms)
                  and (summary_value(sn, PUBLISHED_BATCHES) or summary_value(sn, "citylake.run-id"))]
-    return max(published, key=lambda sn: sn.timestamp_ms) if published else None
+    found = max(published, key=lambda sn: sn.timestamp_ms) if published else None
+    kept = {s.snapshot_id for s in table.metadata.snapshots}
+    for sn in table.metadata.snapshots:
+        carried = carried_data(sn)
+        if (carried is not None and carried.snapshot_id not in kept
+                and (until_ms is None or carried.timestamp_ms <= until_ms)
+                and (found is None or carried.timestamp_ms > found.timestamp_ms)):
+            found = carried
+    return found
 
 
 MAINTENANCE = "citylake.maintenance"
 """Snapshot summary key of a lake-maintenance commit (``compact``): same rows, no batch, no state."""
+DATA_SNAPSHOT = "citylake.data-snapshot"
+DATA_SNAPSHOT_MS = "citylake.data-snapshot-ms"
+"""A compaction's summary: the id and commit time (epoch ms) of the snapshot whose rows it holds (its data
+snapshot), so that snapshot, and its small files, may expire while readers keyed on it still resolve."""
+DATA_BATCHES = "citylake.data-batches"
+"""A compaction's summary: its data snapshot's ``citylake.batches`` (lineage: the raw batches the table's rows
+last came from). Not ``citylake.batches`` itself: a compaction publishes nothing (``std_changes``)."""
+
+
+@dataclass(frozen=True)
+class DataSnapshot:
+    """A data snapshot lake maintenance expired, as a compaction's summary names it: id and commit time. It has
+    no summary (``summary_value`` reads None) and cannot be scanned: ``snapshot_with_data`` finds what can."""
+
+    snapshot_id: int
+    timestamp_ms: int
+    summary: Any = None
+
+
+def carried_data(snap: Any) -> DataSnapshot | None:
+    """The data snapshot a compaction's summary names (``DATA_SNAPSHOT``), None for any other snapshot."""
+    text, ms = summary_value(snap, DATA_SNAPSHOT), summary_value(snap, DATA_SNAPSHOT_MS)
+    if text is None or ms is None:
+        return None
+    try:
+        return DataSnapshot(int(text), int(ms))
+    except ValueError:
+        return None
+
+
+def _data_id(snap: Any, chain: list[Any]) -> int:
+    """The id of the data snapshot of ``snap`` (``chain``: its ancestry after it, newest first)."""
+    if summary_value(snap, MAINTENANCE) is None:
+        return int(snap.snapshot_id)
+    carried = carried_data(snap)
+    if carried is not None:
+        return carried.snapshot_id
+    return next((int(a.snapshot_id) for a in chain if summary_value(a, MAINTENANCE) is None), int(snap.snapshot_id))
 
 
 def data_snapshot(table: Any) -> Any:
     """The snapshot whose rows the table holds now: the current one, or, when lake maintenance committed
-    last (a compaction rewrites files, not rows), its newest ancestor that is not a maintenance commit
-    (maintenance keeps that one); the current snapshot when that ancestor is gone. None for an empty table.
-    What a reader that keys on a snapshot id (a curated build's inputs) uses, so a compaction is no change."""
+    last (a compaction rewrites files, not rows), the data snapshot its summary names (the ``Snapshot`` while
+    kept, else a ``DataSnapshot`` with its id and time), or for a compaction without that summary its newest
+    ancestor that is not a maintenance commit. None for an empty table. What a reader that keys on a
+    snapshot id (a curated build's inputs) uses, so a compaction is no change."""
     current = table.current_snapshot()
     for snap in ancestors_of(current, table.metadata):
         if summary_value(snap, MAINTENANCE) is None:
             return snap
+        carried = carried_data(snap)
+        if carried is not None:
+            return table.snapshot_by_id(carried.snapshot_id) or carried
     return current
+
+
+def data_snapshot_ms(table: Any, snapshot_id: int) -> int | None:
+    """When data snapshot ``snapshot_id`` was committed (epoch ms): the snapshot's own time while it is kept,
+    else the time a compaction's summary carries for it; None when neither is left."""
+    snap = table.snapshot_by_id(snapshot_id)
+    if snap is not None:
+        return int(snap.timestamp_ms)
+    for sn in table.metadata.snapshots:
+        carried = carried_data(sn)
+        if carried is not None and carried.snapshot_id == snapshot_id:
+            return carried.timestamp_ms
+    return None
+
+
+def snapshot_with_data(table: Any, snapshot_id: int) -> Any:
+    """The newest snapshot of the current ancestry whose rows are those of data snapshot ``snapshot_id`` (a
+    compaction of it, what a reader should scan: fewer files; else that snapshot itself); None when none is
+    (a newer publish came and lake maintenance expired it)."""
+    chain = list(ancestors_of(table.current_snapshot(), table.metadata))  # newest first
+    for i, snap in enumerate(chain):
+        if _data_id(snap, chain[i + 1:]) == snapshot_id:
+            return snap
+    return None
 
 
 def total_records(snap: Any) -> int | None:

@@ -560,7 +560,7 @@ def _input_snapshots(catalog: Any, inputs: dict[str, int]) -> tuple[frozenset[st
     and when the newest input snapshot the build read was committed: the data cut-off (the std tables' last
     publish, or an input curated table's build, before this build), None when none is found). Each input
     table is opened once."""
-    from pipelines.lake.raw import open_table
+    from pipelines.lake.raw import data_snapshot_ms, open_table
 
     ids = {str(v) for v in inputs.values()}
     times = []
@@ -569,9 +569,9 @@ def _input_snapshots(catalog: Any, inputs: dict[str, int]) -> tuple[frozenset[st
         if table is None:
             continue
         ids.update(str(s.snapshot_id) for s in table.metadata.snapshots)
-        snap = table.snapshot_by_id(snapshot_id)
-        if snap is not None:
-            times.append(snap.timestamp_ms)
+        at = data_snapshot_ms(table, snapshot_id)  # kept, or carried by the compaction that holds its rows
+        if at is not None:
+            times.append(at)
     return frozenset(ids), datetime.fromtimestamp(max(times) / 1000, TZ) if times else None
 
 
