@@ -28,10 +28,15 @@ DOC = f"""### 数据湖维护 (lake maintenance)
 
 每周日 03:00（北京时间）按命名空间（raw / std / curated / quarantine / meta）各运行一个任务：
 
-1. 合并小文件（std、meta、quarantine）：一次提交、行不变，快照摘要标记 `citylake.maintenance=compact`。
+1. 合并小文件（std、meta、quarantine）：按磁盘大小判断，一次提交、行不变，快照摘要标记
+   `citylake.maintenance=compact` 并记下其数据快照（`citylake.data-snapshot`）。
 2. 过期快照：早于 `CITYLAKE_SNAPSHOT_RETENTION_DAYS`（默认 7 天）的快照删除，仍需要的保留：当前快照、
    暂扣或未发布批次的 raw 快照、未记录发布的 std 快照、各授权上次共享交付以来的 std 快照、最新数据快照。
 3. 删除孤儿文件：没有任何快照引用、且早于安全窗口（最长任务超时 + 余量）的文件。
+
+Maintenance reads the wall clock (now), not the run's logical date: the orphan window and the retention are
+ages measured against the files' real modification times, and a rerun days later must not delete a file
+younger than the window (conservative for orphans).
 
 Each task returns counts per table (compacted, expired, kept by reason, orphans deleted); a table that failed
 fails its namespace's task after the others ran (retried with backoff). Local equivalent:

@@ -388,6 +388,38 @@ def test_history_and_time_travel(lake_settings: Settings) -> None:
     assert res.exit_code == 0 and "dry run" in res.stdout
 
 
+def test_as_of_in_an_expired_gap_is_an_error(lake_settings: Settings) -> None:
+    """Expiry drops an expired snapshot's log entries: a time it was current must not resolve to the kept
+    snapshot before it. Also: 8 digits are a date, snapshot:<id> an id."""
+    from pipelines.cli import app
+
+    catalog = get_catalog(lake_settings)
+    times = []
+    for i in range(4):
+        append(catalog, "raw.sys__t", pa.table({"id": [i], "_batch_id": [f"b{i}"]}), props={BATCH_ID: f"b{i}"})
+        time.sleep(0.05)
+        times.append(datetime.now(TZ))
+        time.sleep(0.05)
+    snaps = _snapshot_ids(lake_settings, "raw.sys__t")
+    ctx = _ctx({("ds", "b1"): "published"}, {"raw.sys__t": ["ds"]})  # b0, b2, b3 unpublished: kept; b1 goes
+    assert expire_snapshots(catalog, "raw.sys__t", ctx, retention=WEEK, now=LATER, recent=timedelta(0))[0] == 1
+    assert snaps[1] not in _snapshot_ids(lake_settings, "raw.sys__t")
+    runner = CliRunner()
+    res = runner.invoke(app, ["lake", "show", "raw.sys__t", "--as-of", times[0].isoformat(), "--unmasked"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["lake", "show", "raw.sys__t", "--as-of", times[1].isoformat()])
+    assert res.exit_code == 1 and "raw.sys__t: the snapshot current at" in res.output
+    assert "expired by lake maintenance" in res.output and len(res.output.strip().splitlines()) <= 3
+    res = runner.invoke(app, ["lake", "show", "raw.sys__t", "--as-of", times[2].isoformat(), "--unmasked"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["lake", "show", "raw.sys__t", "--as-of", "20200101"])  # a date, not an id
+    assert res.exit_code == 1 and "no snapshot kept at or before 2020-01-01" in res.output
+    res = runner.invoke(app, ["lake", "show", "raw.sys__t", "--as-of", f"snapshot:{snaps[2]}", "--unmasked"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["lake", "show", "raw.sys__t", "--as-of", f"snapshot:{snaps[1]}"])
+    assert res.exit_code == 1 and f"snapshot {snaps[1]} is not in its history" in res.output
+
+
 def test_maintenance_during_loads_loses_nothing(lake_settings: Settings, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from pipelines.ingest import ingest_table
@@ -432,6 +464,39 @@ def test_maintenance_during_loads_loses_nothing(lake_settings: Settings, tmp_pat
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
+    from types import SimpleNamespace
+
+    import pipelines.lake.maintenance as m
+    from pipelines.quality.gate import _publish
+
+    # the gate's std commit (copy-on-write by key, single attempt, replanned when refused) against compaction
+    contract = SimpleNamespace(std_table="std.t", columns=[SimpleNamespace(name="line", source="线路")])
+    publishes = 10
+
+    def publish_std() -> None:
+        import pyarrow.parquet as pq
+
+        try:
+            for i in range(publishes):
+                good = tmp_path / f"good-{i}.parquet"
+                pq.write_table(pa.table({"line": [f"L{i}a", f"L{i}b"], "_batch_id": [f"g{i}"] * 2,
+                                         "_extracted_at": pa.array([datetime(2026, 11, 1, i)] * 2,
+                                                                   pa.timestamp("us", tz="UTC"))}), good)
+                _publish(catalog, contract, good, pa.table({"line": pa.array([], pa.string()),
+                                                            "_extracted_at": pa.array([], pa.timestamp("us", tz="UTC"))}),
+                         ["line"], f"run{i}", batches=[f"g{i}"])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    # maintenance commits slowed after planning: writers commit in between, so conflicts must happen
+    slow = m.single_attempt
+
+    def slowed(table: object) -> object:
+        time.sleep(0.1)
+        return slow(table)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(m, "single_attempt", slowed)
+    conflicts = sum(m.CONFLICTS.values())
     runs = 0
     did = {"compacted": 0, "expired": 0}
 
@@ -441,7 +506,7 @@ def test_maintenance_during_loads_loses_nothing(lake_settings: Settings, tmp_pat
             while not done.is_set():
                 # compaction, expiry with no retention, orphan deletion with the real window (in-flight
                 # files are young: a zero window here would delete a load's files before its commit)
-                for r in maintain(lake_settings, ["meta.log", "raw.biz__t"], retention=timedelta(0),
+                for r in maintain(lake_settings, ["meta.log", "raw.biz__t", "std.t"], retention=timedelta(0),
                                   recent=timedelta(0), min_files=2):
                     assert r.skipped in (None, "no such table"), r.skipped
                     did["compacted"] += r.compacted_files
@@ -450,7 +515,7 @@ def test_maintenance_during_loads_loses_nothing(lake_settings: Settings, tmp_pat
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
-    writers = [threading.Thread(target=load), threading.Thread(target=meta_appends)]
+    writers = [threading.Thread(target=load), threading.Thread(target=meta_appends), threading.Thread(target=publish_std)]
     keeper = threading.Thread(target=maintenance)
     for t in [*writers, keeper]:
         t.start()
@@ -460,17 +525,83 @@ def test_maintenance_during_loads_loses_nothing(lake_settings: Settings, tmp_pat
     keeper.join(timeout=60)
     assert not errors, errors
     assert runs >= 2 and did["compacted"] and did["expired"], (runs, did)
+    assert sum(m.CONFLICTS.values()) > conflicts, "no maintenance commit was refused: the test raced nothing"
+    std = catalog.load_table("std.t")
+    assert sorted(std.scan().to_arrow()["line"].to_pylist()) == sorted(f"L{i}{x}" for i in range(publishes) for x in "ab")
     raw = catalog.load_table("raw.biz__t")
     assert sorted(raw.scan().to_arrow()["id"].to_pylist()) == sorted(b * 100 + i for b in range(loads) for i in range(50))
     meta = catalog.load_table("meta.log")
     assert sorted(meta.scan().to_arrow()["k"].to_pylist()) == sorted(f"m{i}{x}" for i in range(appends) for x in "ab")
     # with no writer left, a zero window is safe: every unreferenced file goes and both tables still scan whole
-    maintain(lake_settings, ["meta.log", "raw.biz__t"], retention=timedelta(0), recent=timedelta(0),
+    maintain(lake_settings, ["meta.log", "raw.biz__t", "std.t"], retention=timedelta(0), recent=timedelta(0),
              orphans_older_than=timedelta(0), now=LATER, min_files=2)
-    for name, n in (("raw.biz__t", loads * 50), ("meta.log", appends * 2)):
+    for name, n in (("raw.biz__t", loads * 50), ("meta.log", appends * 2), ("std.t", publishes * 2)):
         table = catalog.load_table(name)
         assert table.scan().to_arrow().num_rows == n
         assert all(Path(p).exists() for p in live_files(table))
+
+
+@pytest.mark.parametrize("window, protected", [(4.0, True), (0.3, False)], ids=["window-longer", "window-shorter"])
+def test_orphan_window_is_what_protects_an_in_flight_load(lake_settings: Settings, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, window: float,
+                                                          protected: bool) -> None:
+    """A load whose commit is delayed (1.5 s after its Parquet files are written) while the orphan sweep runs in
+    a loop: a window longer than the delay leaves its files (young orphans) and the load commits whole; a
+    window shorter than the delay deletes them under it (negative control: the window is what protects it)."""
+    from pipelines.ingest import ingest_table
+    from pipelines.lake.raw import RawWriter
+    from pipelines.registry import SourceSystem
+
+    db = tmp_path / "src.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (id INTEGER, name TEXT, updated_at DATETIME)")
+    con.executemany("INSERT INTO t VALUES (?, ?, ?)", [(i, f"企业{i}", "2026-11-01 08:00:00") for i in range(50)])
+    con.commit()
+    system = SourceSystem.model_validate({
+        "system": "biz", "name": "企业", "department": TEST_DEPARTMENT, "connection": "src_biz",
+        "default_url": f"sqlite:///{db}",
+        "tables": [{"code": "t", "source": "t", "primary_key": ["id"], "cursor": "updated_at"}]})
+    ingest_table(system, "t", settings=lake_settings, batch_id="b0", extracted_at=datetime(2026, 11, 1, 9, tzinfo=TZ))
+    con.executemany("INSERT INTO t VALUES (?, ?, ?)", [(100 + i, f"企业x{i}", "2026-11-02 08:00:00") for i in range(50)])
+    con.commit()
+    real = RawWriter.commit
+
+    def delayed(self: RawWriter, *args: object, **kwargs: object) -> object:
+        time.sleep(1.5)  # the files are on disk, not yet referenced by any snapshot
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RawWriter, "commit", delayed)
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            ingest_table(system, "t", settings=lake_settings, batch_id="b1",
+                         extracted_at=datetime(2026, 11, 2, 9, tzinfo=TZ))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    young = deleted = 0
+    while loader.is_alive():
+        for r in maintain(lake_settings, ["raw.biz__t"], orphans_older_than=timedelta(seconds=window)):
+            young, deleted = max(young, r.young_orphans), deleted + r.orphans
+        time.sleep(0.05)
+    loader.join()
+    table = get_catalog(lake_settings).load_table("raw.biz__t")
+    if protected:
+        assert not errors, errors
+        assert young >= 1 and deleted == 0
+        assert sorted(table.scan().to_arrow()["id"].to_pylist()) == [*range(50), *range(100, 150)]
+    else:
+        assert deleted >= 1
+        broken = bool(errors)
+        if not broken:
+            try:
+                table.scan().to_arrow()
+            except (OSError, FileNotFoundError):
+                broken = True
+        assert broken, "the load's files were deleted before its commit, yet nothing broke"
 
 
 def test_orphan_window_exceeds_every_task_timeout(tmp_path: Path) -> None:

@@ -103,10 +103,31 @@ def snapshot_at(table: Any, name: str, as_of: int | datetime) -> int:
     found = before[-1].snapshot_id
     gap = nxt is not None and nxt.parent_snapshot_id != found and (
         nxt.parent_snapshot_id is None or nxt.parent_snapshot_id not in kept)
+    if gap and after is not None:
+        end = _current_until(table, found, before[-1].timestamp_ms, after.timestamp_ms)
+        gap = end is None or ms >= end
     if found not in kept or gap:
         raise CitylakeError(f"{name}: the snapshot current at {when} was expired by lake maintenance; {since} "
                             f"(see `citylake lake history {name}`)")
     return int(found)
+
+
+def _current_until(table: Any, snapshot_id: int, since_ms: int, until_ms: int) -> int | None:
+    """When ``snapshot_id`` stopped being current, between its log entry (``since_ms``) and the next kept one
+    (``until_ms``) when expiry removed the entries between: the first earlier metadata file of that stretch
+    (the metadata log, which expiry keeps) whose current snapshot is another; None when one cannot be read."""
+    from pyiceberg.serializers import FromInputFile
+
+    for entry in sorted(table.metadata.metadata_log, key=lambda e: e.timestamp_ms):
+        if not since_ms < entry.timestamp_ms <= until_ms:
+            continue
+        try:
+            meta = FromInputFile.table_metadata(table.io.new_input(entry.metadata_file))
+        except Exception:  # noqa: BLE001 - an unreadable file: the stretch cannot be placed (error upstream)
+            return None
+        if meta.current_snapshot_id != snapshot_id:
+            return int(meta.last_updated_ms)
+    return None
 
 
 def history(name: str, settings: Settings | None = None) -> list[dict[str, Any]]:
