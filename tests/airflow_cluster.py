@@ -23,7 +23,8 @@ import httpx
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 CITYLAKE = str(Path(sys.executable).with_name("citylake"))
-SECRET_ENV = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AWS_SECRET_ACCESS_KEY")
+SECRET_ENV = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AWS_SECRET_ACCESS_KEY",
+              "CITYLAKE_SHARE_MASTER_KEY")
 
 
 def free_port() -> int:

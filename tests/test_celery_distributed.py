@@ -5,7 +5,14 @@ and Redis (broker), the warehouse on S3 (moto's server mode). Two ingest DAGs ar
 API at once: ``ingest__bus_ridership`` (two mapped file-drop tables, two publish_std) and
 ``ingest__population`` (an SQL table whose publish quarantines rows). The test proves that tasks ran on both
 workers, that parallel tasks appending to the shared meta tables lost nothing, and that the lake matches a
-local ``dag.test()`` run of the same DAGs on the same seeded files, row for row.
+local ``dag.test()`` run of the same DAGs on the same seeded files, row for row (every table of raw, std,
+quarantine and meta), and that the cluster's tables live on S3.
+
+"Parallel" is arranged, not hoped for: the workers import a test-only ``sitecustomize`` (PUBLISH_BARRIER)
+that holds the first ``publish_std`` until a second one has started. The first holds its worker's only slot,
+so the second runs on the other worker, and both then write the meta tables at the same time; the test
+asserts from the task instances' start and end times (REST API) that two publishes on different workers
+overlapped.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import re
 import secrets
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,7 +45,7 @@ SCALE = 0.02
 REDIS_DB = 11  # a db number of its own, flushed before and after
 PG = "host=127.0.0.1 user=postgres dbname=postgres"
 WORKERS = ("worker-a", "worker-b")
-NAMESPACES = ("raw", "std", "quarantine")
+NAMESPACES = ("raw", "std", "quarantine", "meta")
 
 # The run id is the only run-specific part of what the tasks write: it is manual__<trigger time> in dag.test()
 # and manual__<logical date> through the REST API. It prefixes raw `_batch_id` (sanitised: "<run>__<table>"),
@@ -50,6 +58,50 @@ RUN_ID_COLUMNS = {"_batch_id", "_run_id", "run_id", "raw_batch_id"}
 #   `_extracted_at`, the data interval's end, which IS compared).
 # - std_snapshot_id: Iceberg snapshot ids are random 63-bit numbers drawn at each commit.
 RUN_SPECIFIC = {"recorded_at", "std_snapshot_id"}
+
+# Loaded by every Python process of the two workers (PYTHONPATH), including the task processes: wraps
+# pipelines.quality.gate.run_quality when that module is imported so that a publish_std first waits (at most
+# 90 s) until at least two publishes have started. Hand-written: Airflow has no hook to pause a task on a
+# condition, and a sleep would only make an overlap likely, not certain.
+PUBLISH_BARRIER = textwrap.dedent("""
+    import importlib.abc, importlib.util, os, sys, time
+
+    _DIR = os.environ.get("CITYLAKE_TEST_PUBLISH_BARRIER")
+
+    def _barrier(dataset):
+        os.makedirs(_DIR, exist_ok=True)
+        open(os.path.join(_DIR, dataset), "w").close()
+        deadline = time.monotonic() + 90
+        while len(os.listdir(_DIR)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "pipelines.quality.gate":
+                return None
+            sys.meta_path.remove(self)
+            try:
+                spec = importlib.util.find_spec(name)
+            finally:
+                sys.meta_path.insert(0, self)
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                real = module.run_quality
+
+                def run_quality(dataset, *args, **kwargs):
+                    _barrier(dataset)
+                    return real(dataset, *args, **kwargs)
+
+                module.run_quality = run_quality
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    if _DIR:
+        sys.meta_path.insert(0, _Finder())
+""")
 
 LOCAL_RUN = """
 import json, sys
@@ -136,7 +188,10 @@ def _cluster_env(tmp: Path, af_db: str, ice_db: str, broker: str, s3: str, data_
         "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}/",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}/",  # compose: ${AIRFLOW_BASE_URL}, the same form
+        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
         "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(password_file),
@@ -160,6 +215,7 @@ def _cluster_env(tmp: Path, af_db: str, ice_db: str, broker: str, s3: str, data_
         "CITYLAKE_EXPORTS_DIR": "s3://citylake-lake/exports",
         "CITYLAKE_ARTIFACTS_DIR": "s3://citylake-lake/artifacts",  # GX results every worker must see
         "CITYLAKE_RETRY_DELAY_SECONDS": "0.2",
+        "CITYLAKE_SHARE_MASTER_KEY": secrets.token_hex(32),  # as compose: every worker the same key
         "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
         "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
         "AWS_DEFAULT_REGION": os.environ["AWS_DEFAULT_REGION"],
@@ -167,18 +223,43 @@ def _cluster_env(tmp: Path, af_db: str, ice_db: str, broker: str, s3: str, data_
     }
 
 
+# What compose's x-airflow-common sets and the native cluster does not, each for a reason.
+NOT_IN_NATIVE_RUN = {
+    # the scheduler's health server listens on a fixed port (8974): the CI machine is shared
+    "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK",
+}
+
+
+def test_the_native_cluster_sets_what_compose_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The distributed run proves the compose platform only if it runs with the same Airflow settings."""
+    import yaml
+
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    shared = {k for k in compose["x-airflow-common"]["environment"] if k.startswith(("AIRFLOW__", "CITYLAKE_"))}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, "x")
+    env = _cluster_env(Path("/tmp/x"), "af", "ice", "redis://x", "http://s3", Path("/tmp/d"), 8080, Path("/tmp/p"))
+    # source connections: the native run reads the seeded SQLite files (the compose sources are servers)
+    missing = sorted(k for k in shared - set(env) - NOT_IN_NATIVE_RUN if not k.startswith("CITYLAKE_CONN_"))
+    assert missing == [], f"compose sets {missing}, the native Celery test does not"
+    assert compose["x-airflow-common"]["environment"]["AIRFLOW__API__BASE_URL"].startswith("${AIRFLOW_BASE_URL")
+    assert env["AIRFLOW__API__BASE_URL"].endswith("/")
+
+
 def _local_run(tmp: Path, data_dir: Path) -> subprocess.Popen:
     """The same DAGs through dag.test() on a local lake (SQLite catalog, local warehouse), in a process of its
-    own: its Airflow settings (SQLite, LocalExecutor) must not leak into this process's imported Airflow."""
+    own: its Airflow settings (SQLite, LocalExecutor) must not leak into this process's imported Airflow.
+    Its output goes to a file (a pipe nobody reads until the end would block it at 64 KB)."""
     from pipelines.demo import airflow_env
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CITYLAKE_"))}
     env.update(airflow_env(PROJECT_ROOT, tmp / "local_airflow"))
     env.update({"CITYLAKE_ROOT": str(PROJECT_ROOT), "CITYLAKE_DATA_DIR": str(data_dir),
                 "CITYLAKE_LAKE_DIR": str(tmp / "local_lake"), "CITYLAKE_RETRY_DELAY_SECONDS": "0.2"})
-    return subprocess.Popen([sys.executable, "-c", LOCAL_RUN, str(tmp / "local_airflow"), LOGICAL.isoformat(),
-                             ",".join(SYSTEMS)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    with (tmp / "local_run.log").open("wb") as out:
+        return subprocess.Popen([sys.executable, "-c", LOCAL_RUN, str(tmp / "local_airflow"), LOGICAL.isoformat(),
+                                 ",".join(SYSTEMS)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def test_two_celery_workers_on_s3_and_postgres_land_what_a_local_run_lands(
@@ -201,6 +282,9 @@ def test_two_celery_workers_on_s3_and_postgres_land_what_a_local_run_lands(
     # only for a user missing from it
     password_file.write_text(json.dumps({"admin": password}), encoding="utf-8")
     (tmp_path / "logs").mkdir()
+    hooks = tmp_path / "worker_hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(PUBLISH_BARRIER, encoding="utf-8")
     cluster = AirflowCluster(env=_cluster_env(tmp_path, af_db, ice_db, redis_db, moto_endpoint, data_dir, api_port,
                                               password_file),
                              logs=tmp_path / "logs", api_port=api_port, user="admin", password=password)
@@ -217,10 +301,14 @@ def test_two_celery_workers_on_s3_and_postgres_land_what_a_local_run_lands(
             cluster.start(name, [AIRFLOW, "celery", "worker", "--concurrency", "1", "--celery-hostname", f"{name}@%h",
                                  "--pid", str(tmp_path / "logs" / f"{name}.pid")],
                           extra_env={"CITYLAKE_HOSTNAME": name,
+                                     "PYTHONPATH": str(hooks),
+                                     "CITYLAKE_TEST_PUBLISH_BARRIER": str(tmp_path / "publish_barrier"),
                                      # two workers on one machine: each its own log server port
                                      "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())})
         _distributed_run(cluster, started)
-        local_rows = _local_result(local)
+        # the barrier ran in the workers' task processes (else the overlap above would be luck)
+        assert len(list((tmp_path / "publish_barrier").iterdir())) == 3, "the publish barrier hook did not run"
+        local_rows = _local_result(local, tmp_path / "local_run.log")
         _compare_lakes(tmp_path, ice_db, moto_endpoint, local_rows)
     except BaseException:
         print(cluster.tails())
@@ -272,10 +360,19 @@ def _distributed_run(cluster: AirflowCluster, started: float) -> None:
     assert all(t["state"] == "success" and t["try_number"] == 1 for t in instances), shown
     # every task instance names the worker that ran it, through hostname_callable; both workers took tasks
     assert {t["hostname"] for t in instances} == set(WORKERS), shown
+    # the publishes (each appends to meta.batches, meta.quality_results, meta.standardization_log) ran in
+    # parallel: two of them, on different workers, were running at the same time
+    publishes = [(datetime.fromisoformat(t["start_date"]), datetime.fromisoformat(t["end_date"]), t["hostname"],
+                  t["dag"], t["map_index"]) for t in instances if t["task_id"] == "publish_std"]
+    overlapping = [(a, b) for i, a in enumerate(publishes) for b in publishes[i + 1:]
+                   if a[2] != b[2] and a[0] < b[1] and b[0] < a[1]]
+    print(f"overlapping publishes on different workers: {overlapping}")
+    assert overlapping, f"no two publish_std overlapped on different workers: {publishes}"
 
 
-def _local_result(local: subprocess.Popen) -> list[dict[str, Any]]:
-    out, _ = local.communicate(timeout=240)
+def _local_result(local: subprocess.Popen, log: Path) -> list[dict[str, Any]]:
+    local.wait(timeout=240)
+    out = log.read_text(encoding="utf-8", errors="replace")
     line = next((x for x in reversed(out.splitlines()) if x.startswith("ROWS ")), None)
     assert local.returncode == 0 and line, f"local dag.test() run failed:\n{out[-4000:]}"
     rows = json.loads(line.removeprefix("ROWS "))
@@ -294,14 +391,19 @@ def _compare_lakes(tmp: Path, ice_db: str, s3: str, local_rows: list[dict[str, A
                                          warehouse="s3://citylake-lake/warehouse", s3_endpoint=s3)
     local, remote = get_catalog(local_settings), get_catalog(cluster_settings)
 
-    # the lake, row for row: every raw, std and quarantine table
+    # the lake, row for row: every raw, std, quarantine and meta table
     tables = _tables(local, NAMESPACES)
     assert tables == _tables(remote, NAMESPACES)
     assert {"raw.bus_ridership__ridership", "raw.bus_ridership__route", "raw.population__person", "std.bus_ridership",
-            "std.bus_route", "std.person", "quarantine.person"} <= set(tables), tables
+            "std.bus_route", "std.person", "quarantine.person", "meta.batches", "meta.quality_results",
+            "meta.standardization_log"} <= set(tables), tables
     for ident in tables:
+        # on the S3 warehouse, through the PostgreSQL catalog: metadata and table location both
+        table = remote.load_table(ident)
+        assert table.location().startswith("s3://citylake-lake/warehouse/"), (ident, table.location())
+        assert table.metadata_location.startswith("s3://citylake-lake/warehouse/"), (ident, table.metadata_location)
         mine, theirs = _rows(local, ident), _rows(remote, ident)
-        assert mine, ident
+        assert mine or ident.startswith("meta."), ident
         print(f"{ident}: {len(mine)} rows local, {len(theirs)} distributed")
         assert mine == theirs, f"{ident}: {len(mine)} local rows, {len(theirs)} distributed; first differing: " \
                                f"{next((a, b) for a, b in zip(mine, theirs, strict=False) if a != b) if len(mine) == len(theirs) else ''}"
@@ -316,8 +418,6 @@ def _compare_lakes(tmp: Path, ice_db: str, s3: str, local_rows: list[dict[str, A
         assert b["status"] == "published" and b["extracted"] == len(_rows(remote, raw_rows[b["dataset"]])), b
         assert b["published"] + b["quarantined"] == b["extracted"], b
     assert sum(b["quarantined"] for b in batches) == len(_rows(remote, "quarantine.person")) > 0
-    for meta in ("meta.batches", "meta.quality_results", "meta.standardization_log"):
-        assert _rows(local, meta) == _rows(remote, meta), meta
     counts = {d: sum(r["dataset"] == d for r in remote.load_table("meta.quality_results").scan().to_arrow().to_pylist())
               for d in datasets}
     assert all(counts.values()), counts  # every parallel publish kept its rule results
