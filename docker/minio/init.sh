@@ -20,12 +20,13 @@ mc mb --ignore-existing root/lake
 mc admin policy create root citylake-lake "$policy_file"        # an existing policy is overwritten
 mc admin user add root "$LAKE_ACCESS_KEY" "$LAKE_SECRET_KEY"    # an existing user gets the new secret
 # Attaching a policy the user already has fails with "The specified policy change is already in effect"
-# (exit 1): that is the state we want. Any other failure stops minio-init, and with it the platform.
+# (MinIO's XMinioAdminPolicyChangeAlreadyApplied; some releases say "policy update has no net effect"),
+# exit 1: that is the state we want. Any other failure stops minio-init, and with it the platform.
 if out=$(mc admin policy attach root citylake-lake --user "$LAKE_ACCESS_KEY" 2>&1); then
   echo "$out"
 else
   case "$out" in
-    *"already in effect"*) echo "citylake: policy citylake-lake already attached to $LAKE_ACCESS_KEY" ;;
+    *"already in effect"*|*"no net effect"*) echo "citylake: policy citylake-lake already attached to $LAKE_ACCESS_KEY" ;;
     *) echo "$out" >&2; exit 1 ;;
   esac
 fi
