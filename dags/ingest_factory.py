@@ -10,9 +10,9 @@ import logging
 from pathlib import Path
 
 import yaml
-from airflow.sdk import AssetAlias, CronDataIntervalTimetable, dag, task
+from airflow.sdk import AssetAlias, CronDataIntervalTimetable, Param, dag, task
 
-from pipelines.dag_defaults import START, default_args
+from pipelines.dag_defaults import START, TIME_PATTERN, default_args
 from pipelines.departments import department_name, load_departments
 from pipelines.lake.assets import table_asset
 from pipelines.registry import SourceSystem, load_registry
@@ -32,8 +32,25 @@ def _doc(system: SourceSystem, department: str) -> str:
         f"所属部门: {department} (`{system.department}`) · 连接: `{system.connection}` · 调度: `{system.schedule}` (Asia/Shanghai)\n\n"
         f"| table | lake table | primary key | cursor |\n|---|---|---|---|\n{rows}\n\n"
         "Each table is one mapped task instance; a failing table does not stop the others. "
-        "Local equivalent: `citylake ingest " + system.system + "`."
+        "Local equivalent: `citylake ingest " + system.system + "`.\n\n"
+        "**Trigger by hand** (params, all optional): nothing → incremental from each table's watermark, as a "
+        "scheduled run; `since` [+ `until`] (ISO, Asia/Shanghai unless zoned) → that window of the cursor; "
+        "`full_refresh` → the whole table, compared with the lake. Tables without a cursor are always a full "
+        "refresh and file drops load the files not loaded yet. `plan_run` checks the params before anything "
+        "loads and says what the run loads; each `load_table` logs and returns its rows, mode and window."
     )
+
+
+def _params() -> dict[str, Param]:
+    """A manual run's choices, checked by JSON schema when the run is triggered (UI form, REST, CLI ``--conf``);
+    how they combine is checked by ``plan_run`` (``pipelines.dag_defaults.ingest_run``)."""
+    when = {"type": ["null", "string"], "pattern": TIME_PATTERN}
+    return {
+        "since": Param(None, description="窗口起点 (ISO 日期或时间, 默认 Asia/Shanghai): 只装载游标在此之后的行; "
+                       "空 = 从水位线增量装载", **when),
+        "until": Param(None, description="窗口终点 (不含; 需同时给出 since; 空 = 本次运行的时间)", **when),
+        "full_refresh": Param(False, type="boolean", description="全量刷新: 读取整表并与数据湖比对 (不可与 since/until 同用)"),
+    }
 
 
 def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow DAG
@@ -50,27 +67,46 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
         default_args=default_args(department),
         tags=["ingest", system.system, department],
         doc_md=_doc(system, department),
+        params=_params(),
     )
     def ingest_dag() -> None:
+        # Checks the params and says what the run loads, before any load starts (a contradiction fails here,
+        # once, without retries). Its inlets are the tables whose watermarks decide an incremental run; they
+        # also register those Assets with Airflow (the alias alone does not: every event emitted through it
+        # for a table no DAG declared logged "AssetModel … not found"). An unmapped task also gives the DAG
+        # its owner in Airflow 3.3's DAG list, which reads owners only from unmapped tasks (all mapped → "airflow").
+        @task(inlets=[table_asset(system.raw_table(t.code)) for t in system.all_tables])
+        def plan_run(**context: object) -> dict:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from pipelines.dag_defaults import RunParamsError, ingest_run
+
+            try:
+                run = ingest_run(context)
+            except RunParamsError as exc:
+                raise AirflowFailException(str(exc)) from None
+            log.info("ingest__%s: %s", system.system, run.describe())
+            return run.to_dict()
+
         # max_connections is a hard cap: a load opens up to connections_per_load connections at once
         # (parallel ranges sharing one snapshot), so it takes that many slots of the system's pool.
         @task(pool=f"source__{system.system}", pool_slots=system.connections_per_load, outlets=[alias],
               map_index_template="{{ task.op_kwargs['table'] }}")
         def load_table(table: str, **context: object) -> dict:
+            from pipelines.dag_defaults import ingest_run
             from pipelines.ingest import ingest_table
-            from pipelines.registry import get_system
+            from pipelines.registry import SqlTable, get_system
 
             spec = get_system(load_settings().registry_dir, system.system)
             dag_run = context["dag_run"]
-            start, end = context["data_interval_start"], context["data_interval_end"]
-            backfill = str(getattr(dag_run, "run_type", "")).lower().endswith("backfill")
+            run = ingest_run(context)  # plan_run checked the params
+            cursor = getattr(spec.table(table), "cursor", None)
             result = ingest_table(
                 spec, table,
-                mode="backfill" if backfill and getattr(spec.table(table), "cursor", None) else "incremental",
-                since=start if backfill else None,
-                until=end if backfill else None,
-                batch_id=str(dag_run.run_id) + f"__{table}",
-                extracted_at=end,
+                mode=run.mode if cursor or run.mode == "full" else "incremental",  # type: ignore[arg-type]
+                since=run.since, until=run.until,
+                batch_id=str(dag_run.run_id) + f"__{table}",  # type: ignore[attr-defined]
+                extracted_at=run.end,
             )
             # Only a table that landed emits its Asset event.
             context["outlet_events"][alias].add(
@@ -79,8 +115,20 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
             )
             # Rejected drop files were copied aside and the good ones landed: the task succeeds, and says so.
             rejected = len(result.files_rejected)
-            log.info("%s: %d file(s) loaded, %d repeated, %d rejected", result.identifier,
-                     len(result.files_loaded), len(result.files_repeated), rejected)
+            # What landed, in one line (a task cannot write its run's note in Airflow 3.3: the Task SDK's
+            # execution API has no endpoint for it and tasks have no metadata-DB access; this line and the
+            # returned dict are the record, per table, in the task's log and XCom)
+            if isinstance(spec.table(table), SqlTable):
+                window = "whole table" if result.mode == "full" else \
+                    f"cursor from {run.since.isoformat() if run.since else 'the watermark'} to " \
+                    f"{run.until.isoformat() if run.until else 'the latest row'}"
+                log.info("%s: %s rows written of %s extracted, mode %s, %s, watermark now %s (%s run)",
+                         result.identifier, f"{result.rows_written:,}", f"{result.rows_extracted:,}", result.mode,
+                         window, result.watermark, run.kind)
+            else:
+                log.info("%s: %s rows written, %d file(s) loaded, %d repeated, %d rejected (%s run)",
+                         result.identifier, f"{result.rows_written:,}", len(result.files_loaded),
+                         len(result.files_repeated), rejected, run.kind)
             if rejected:
                 # file names (and the copies' paths) masked: the task log is shown in the Airflow UI
                 shown = result.to_dict()["files_rejected"]
@@ -90,9 +138,10 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
                 from pipelines.alerts import alert_rejected
 
                 alert_rejected(spec, table, result.files_rejected, context=context)
-            return {**result.to_dict(), "files_rejected_count": rejected}
+            return {**result.to_dict(), "files_rejected_count": rejected, "run": run.to_dict()}
 
         loads = load_table.expand(table=[t.code for t in system.all_tables])
+        plan_run() >> loads
         after_loads = [loads]
 
         checked = [t.code for t in system.tables if t.deletions is not None]
@@ -104,6 +153,7 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
             def check_deletions(table: str, **context: object) -> dict:
                 from airflow.sdk.exceptions import AirflowSkipException
 
+                from pipelines.dag_defaults import ingest_run
                 from pipelines.ingest import ingest_table
                 from pipelines.registry import SqlTable, get_system
 
@@ -111,9 +161,11 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
                 sql = spec.table(table)
                 check = sql.deletions if isinstance(sql, SqlTable) else None
                 dag_run = context["dag_run"]
-                start, end = context["data_interval_start"], context["data_interval_end"]
-                if check is None or str(getattr(dag_run, "run_type", "")).lower().endswith("backfill") \
-                        or not check.due(start, end):  # type: ignore[arg-type]
+                run = ingest_run(context)
+                end = run.end
+                if check is None or not run.deletion_check:
+                    raise AirflowSkipException(f"{table}: no deletion check in a {run.kind} run")
+                if not check.due(run.interval_start, end):  # type: ignore[arg-type]
                     raise AirflowSkipException(f"{table}: deletion check not due in this data interval")
                 result = ingest_table(spec, table, mode="deletions", batch_id=f"{dag_run.run_id}__{table}__deletions",  # type: ignore[attr-defined]
                                       extracted_at=end)  # type: ignore[arg-type]
@@ -138,9 +190,13 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
             def publish_std(dataset: str, **context: object) -> dict:
                 from airflow.sdk.exceptions import AirflowFailException
 
+                from pipelines.dag_defaults import RunParamsError, ingest_run
                 from pipelines.quality.gate import QualityGateError, run_quality
 
-                end = context["data_interval_end"]
+                try:
+                    end = ingest_run(context).end
+                except RunParamsError as exc:  # plan_run failed on them: nothing loaded, nothing to publish
+                    raise AirflowFailException(str(exc)) from None
                 # The run id is the dag run's and this mapped task's (its dataset): a retry or a cleared task
                 # reuses it, so the gate replaces that run's meta rows instead of adding them again.
                 try:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KIND_TITLE = {"held": "批次暂停发布", "rejected": "文件被拒收"}
+KIND_TITLE = {"held": "批次暂停发布", "rejected": "文件被拒收", "failed": "任务失败"}
 MAX_DETAILS = 5
 """Lines listed under the main rule (further blocking rules, rejected files); the page has the rest."""
 DEFAULT_FROM = "citylake@localhost"
@@ -45,14 +45,16 @@ HTTP_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class Alert:
-    kind: Literal["held", "rejected"]
+    kind: Literal["held", "rejected", "failed"]
     dataset_or_table: str
-    """The dataset code (held) or the raw table identifier, e.g. ``raw.permits__applications`` (rejected)."""
+    """The dataset code (held), the raw table identifier, e.g. ``raw.permits__applications`` (rejected), or
+    ``<dag_id>.<task_id>[<map index>]`` (failed)."""
     department_code: str
     rule: str
-    """held: the blocking rule id (the most failing one); rejected: why the files were refused."""
+    """held: the blocking rule id (the most failing one); rejected: why the files were refused; failed: the
+    exception's type."""
     count: int
-    """held: rows failing that rule; rejected: files rejected."""
+    """held: rows failing that rule; rejected: files rejected; failed: tries made."""
     page: str
     """Full URL of the report page to open (``report_url``)."""
     name: str | None = None
@@ -127,6 +129,11 @@ def alert_text(alert: Alert, departments: Mapping[str, Department]) -> tuple[str
             lines.append("同时超出阈值的规则：")
         action = (f"请核对并修正源数据；修正后由治理人员重新校验（citylake quality run {code} --retry-held），"
                   f"或说明理由后放行（citylake quality release {code} --reason …）。")
+    elif alert.kind == "failed":
+        subject = f"【数据平台告警】{code}：{KIND_TITLE['failed']}（{rule}）"
+        lines.append(f"任务「{code}」在 {_n(alert.count)} 次尝试后失败，本次运行未完成；已入湖的数据不受影响。")
+        lines.append(f"错误：{rule}" + (f"：{rule_text}" if rule_text else ""))
+        action = "请查看任务日志排查原因；修复后在 Airflow 中清除 (Clear) 该任务重跑（重跑幂等，不会重复装载）。"
     else:
         subject = f"【数据质量告警】{what}：{KIND_TITLE['rejected']} {_n(alert.count)} 个"
         lines.append(f"数据表{label}本次装载有 {_n(alert.count)} 个文件被拒收，其余文件不受影响。")
@@ -336,4 +343,45 @@ def alert_held(exc: QualityGateError, settings: Settings | None = None, context:
         return send_alert(held_alert(settings, exc), load_departments(settings), context)
     except Exception as err:  # noqa: BLE001
         log.warning("held-batch alert for %s not sent: %s: %s", exc.dataset, type(err).__name__, _safe(err))
+        return []
+
+
+def failed_alert(settings: Settings, context: Any, departments: Mapping[str, Department]) -> Alert | None:
+    """The alert of a task that failed for good (``on_failure_callback``), for the department named by the
+    task's owner (a department's Chinese name, ``dag_defaults.default_args``); None for a failure that is
+    already told or not the department's: a held batch (``publish_std`` sent its own alert) and a run's
+    contradictory params (the person who triggered it sees the one-line error)."""
+    ti = context.get("ti") or context.get("task_instance")
+    task = context.get("task")
+    exc = context.get("exception")
+    cause = getattr(exc, "__cause__", None)
+    if type(cause).__name__ == "QualityGateError" or type(exc).__name__ == "RunParamsError" \
+            or str(exc or "").startswith("params:"):
+        return None
+    owner = getattr(task, "owner", None)
+    code = next((c for c, d in departments.items() if d.name == owner or c == owner), None)
+    if code is None:
+        log.info("failure alert: task owner %r is not a department of the registry: not sent", owner)
+        return None
+    dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")
+    task_id = getattr(ti, "task_id", None) or getattr(task, "task_id", "?")
+    index = getattr(ti, "map_index", -1)
+    where = f"{dag_id}.{task_id}" + (f"[{index}]" if isinstance(index, int) and index >= 0 else "")
+    text = (str(exc).strip().splitlines() or [""])[0][:300] if exc is not None else None
+    page = getattr(ti, "log_url", None) or report_url(settings, "index.html")
+    return Alert("failed", where, code, type(exc).__name__ if exc is not None else "failed",
+                 int(getattr(ti, "try_number", 1) or 1), page, name=where,
+                 rule_text=_safe(text) if text else None)
+
+
+def alert_task_failed(context: Any, settings: Settings | None = None) -> list[str]:
+    """Every task's ``on_failure_callback`` (``dag_defaults.on_task_failure``): tell the owning department on
+    its routes; nothing when it has none or its connections are not configured; never raises."""
+    try:
+        settings = settings or load_settings()
+        departments = load_departments(settings)
+        alert = failed_alert(settings, context, departments)
+        return send_alert(alert, departments, context) if alert is not None else []
+    except Exception as err:  # noqa: BLE001 - a callback that raises only adds noise to a failed task
+        log.warning("failure alert not sent: %s: %s", type(err).__name__, _safe(err))
         return []

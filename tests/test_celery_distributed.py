@@ -354,7 +354,8 @@ def _distributed_run(cluster: AirflowCluster, started: float) -> None:
     # the seeded city plants no defect that holds these batches: every task succeeds, first try
     assert states == dict.fromkeys(DAG_IDS, "success"), shown
     assert sorted((t["dag"], t["task_id"], t["map_index"]) for t in instances) == sorted(
-        [("ingest__bus_ridership", "load_table", 0), ("ingest__bus_ridership", "load_table", 1),
+        [("ingest__bus_ridership", "plan_run", -1), ("ingest__population", "plan_run", -1),
+         ("ingest__bus_ridership", "load_table", 0), ("ingest__bus_ridership", "load_table", 1),
          ("ingest__bus_ridership", "publish_std", 0), ("ingest__bus_ridership", "publish_std", 1),
          ("ingest__population", "load_table", 0), ("ingest__population", "publish_std", 0)])
     assert all(t["state"] == "success" and t["try_number"] == 1 for t in instances), shown
@@ -421,7 +422,7 @@ def _compare_lakes(tmp: Path, ice_db: str, s3: str, local_rows: list[dict[str, A
     counts = {d: sum(r["dataset"] == d for r in remote.load_table("meta.quality_results").scan().to_arrow().to_pylist())
               for d in datasets}
     assert all(counts.values()), counts  # every parallel publish kept its rule results
-    assert len(local_rows) == 6
+    assert len(local_rows) == 8  # 6 loads and publishes, and each DAG's plan_run
 
     # each publish, whichever worker ran it, put its GX validation result on the one shared artifacts root
     import boto3
