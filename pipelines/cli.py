@@ -252,7 +252,7 @@ def lake_ls(as_json: Annotated[bool, typer.Option("--json", help="Print only JSO
     t = Table("table", "rows", "snapshot_id", "watermark", "committed_at")
     for r in rows:
         t.add_row(r["table"], f"{r['rows']:,}", str(r["snapshot_id"] or ""), r["watermark"] or "", r["committed_at"] or "")
-    out.print(t)
+    out.print(t)  # a TableConsole: full names piped or on a narrow terminal
 
 
 @lake_app.command("show")
@@ -263,6 +263,10 @@ def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__pe
                   "--as-of", help="Time travel: a time (2026-11-01, 20261101, 2026-11-01T08:00:00; Asia/Shanghai "
                                   "unless it says its zone) or a snapshot id (snapshot:<id>, or any other "
                                   "all-digit value: 8 digits are a date).")] = None,
+              where: Annotated[str | None, typer.Option(
+                  "--where", help="Only rows where this condition holds, e.g. \"sex_code = '1' AND birth_date >= "
+                                  "'1990-01-01'\" (one predicate over the table's columns, as a registry filter). "
+                                  "It is evaluated on the values as shown: on masked values unless --unmasked.")] = None,
               ) -> None:
     """The first rows of a lake table (personal values masked unless --unmasked)."""
     from pyiceberg.exceptions import NoSuchTableError
@@ -279,7 +283,12 @@ def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__pe
         else:
             when = _parse_when(text, "--as-of")
     try:
-        columns, rows, warning = show(table, limit, load_settings(), unmasked=unmasked, as_of=when)
+        if where is not None:
+            from pipelines.lake.query import show_where
+
+            columns, rows, warning = show_where(table, where, limit, load_settings(), unmasked=unmasked, as_of=when)
+        else:
+            columns, rows, warning = show(table, limit, load_settings(), unmasked=unmasked, as_of=when)
     except NoSuchTableError:
         fail(f"no table {table!r} in the lake (see `citylake lake ls`)")
     except CitylakeError as exc:
@@ -290,6 +299,97 @@ def lake_show(table: Annotated[str, typer.Argument(help="e.g. raw.population__pe
     for row in rows:
         t.add_row(*[_cell(row[c]) for c in columns])
     _print_wide(t, len(columns))
+
+
+@app.command("sql")
+def sql_command(query: Annotated[str, typer.Argument(help="One read-only query over lake tables by name, e.g. "
+                                                          "\"SELECT sex_code, count(*) FROM std.person GROUP BY 1\".")],
+                fmt: Annotated[str | None, typer.Option(
+                    "--format", help="table, csv or json (default: table on a terminal, csv when piped).")] = None,
+                limit: Annotated[int | None, typer.Option(
+                    help="At most this many rows (default 1000 for a table, all for csv/json; 0: all).")] = None,
+                unmasked: Annotated[bool, typer.Option(
+                    "--unmasked", help="Read personal values in clear (said on stderr).")] = False,
+                ) -> None:
+    """Read-only DuckDB SQL over lake tables (raw.<system>__<table>, std.<ds>, curated.<ds>, meta.<t>,
+    quarantine.<ds>), streamed through the lake's scan. Personal values are masked in the tables the query
+    reads, before it runs, unless --unmasked."""
+    from pipelines.lake.query import QueryError, run_sql
+
+    fmt = fmt or ("table" if out.is_terminal else "csv")
+    if fmt not in ("table", "csv", "json"):
+        fail(f"--format {fmt!r}: expected table, csv or json")
+    if limit is None:
+        limit = 1000 if fmt == "table" else 0
+    if limit < 0:
+        fail("--limit must be 0 (all) or more")
+    if unmasked:
+        err.print("[bold yellow]unmasked:[/] personal values are shown in clear (--unmasked)", highlight=False,
+                  soft_wrap=True)
+    try:
+        result = run_sql(query, load_settings(), unmasked=unmasked)
+        if result.warning:
+            err.print(f"[bold yellow]warning:[/] {result.warning}", highlight=False, soft_wrap=True)
+        columns = list(result.relation.columns)
+        rows = _Rows(result.batches(), limit)
+        if fmt == "table":
+            t = Table(*columns)
+            for row in rows:
+                t.add_row(*[_cell(v) for v in row])
+            _print_wide(t, len(columns))
+        elif fmt == "csv":
+            import csv
+
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(columns)
+            for row in rows:
+                writer.writerow([_cell(v) for v in row])
+        else:
+            shown = 0
+            sys.stdout.write("[")
+            for row in rows:
+                sys.stdout.write(("," if shown else "") + "\n" + json.dumps(
+                    {c: _json_value(v) for c, v in zip(columns, row, strict=True)}, ensure_ascii=False))
+                shown += 1
+            sys.stdout.write("\n]\n" if shown else "]\n")
+    except QueryError as exc:
+        fail(str(exc))
+    if rows.cut:
+        err.print(f"note: only the first {limit:,} rows shown (--limit; 0 for all)", highlight=False, soft_wrap=True)
+
+
+class _Rows:
+    """Rows of a query's record batches, at most ``limit`` (0: all); ``cut`` says more were there."""
+
+    def __init__(self, batches: Any, limit: int) -> None:
+        self.batches, self.limit, self.cut = batches, limit, False
+
+    def __iter__(self) -> Any:
+        n = 0
+        for batch in self.batches:
+            columns = [c.to_pylist() for c in batch.columns]
+            for row in zip(*columns, strict=True):
+                if self.limit and n == self.limit:
+                    self.cut = True
+                    return
+                n += 1
+                yield row
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.astimezone(TZ).isoformat() if v.tzinfo else v.isoformat()
+    if isinstance(v, date):
+        return v.isoformat()
+    if isinstance(v, (bytes, bytearray)):
+        return v.hex()
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_json_value(x) for x in v]
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)  # Decimal (exact, as text), time, UUID, interval
 
 
 @lake_app.command("history")

@@ -3,12 +3,42 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
-out = Console()
+
+class TableConsole(Console):
+    """A console that never cuts a table's cells (``raw.air_qualit…``). Piped (no terminal), a table is
+    printed at its natural width, each row one line a script can read whole; on a terminal narrower than the
+    table, cells that would be cut with an ellipsis fold onto the next line instead (every character kept)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # noqa: A003 - Console's own name
+        from rich.measure import Measurement
+
+        tables = [o for o in objects if isinstance(o, Table)]
+        unbounded = self.options.update_width(1 << 20)  # measure() is capped at the console's width
+        need = max((Measurement.get(self, unbounded, t).maximum for t in tables), default=0)
+        if need <= self.width:
+            super().print(*objects, **kwargs)
+        elif self.is_terminal:
+            for t in tables:
+                for column in t.columns:
+                    if column.overflow == "ellipsis":
+                        column.overflow = "fold"
+            super().print(*objects, **kwargs)
+        else:
+            saved = self._width
+            self._width = need
+            try:
+                super().print(*objects, crop=False, **kwargs)
+            finally:
+                self._width = saved
+
+
+out = TableConsole()
 err = Console(stderr=True)
 
 
@@ -20,5 +50,6 @@ def fail(message: str) -> NoReturn:
 
 
 def wide(columns: int = 16) -> Console:
-    """The console for a table: piped output has no terminal width, and a narrow one would cut identifiers."""
-    return out if out.is_terminal else Console(width=max(160, 24 * columns))
+    """The console for a table: piped output has no terminal width, and a narrow one would cut identifiers
+    (a ``TableConsole`` widens itself to the table's need)."""
+    return out if out.is_terminal else TableConsole(width=max(160, 24 * columns))
