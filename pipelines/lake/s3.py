@@ -13,15 +13,19 @@ from pipelines.errors import ConfigError
 from pipelines.settings import Settings
 
 
-def s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client honouring ``settings.s3_endpoint`` and the standard ``AWS_*`` variables."""
+def s3_client(endpoint: Settings | str | None = None) -> Any:
+    """A boto3 S3 client of ``endpoint`` (a URL, or ``settings.s3_endpoint``; None or empty: AWS's default
+    endpoint) with the standard ``AWS_*`` credentials, standard retries (5 attempts) and, for a custom
+    endpoint (MinIO, moto), path-style addressing. The one factory of the lake's, the drops' and the
+    exports' S3 clients (``pipelines.publish.store``)."""
     import boto3
     from botocore.config import Config
 
+    url = endpoint.s3_endpoint if isinstance(endpoint, Settings) else endpoint
     kwargs: dict[str, Any] = {}
     s3_config: dict[str, Any] = {}
-    if settings.s3_endpoint:
-        kwargs["endpoint_url"] = settings.s3_endpoint
+    if url:
+        kwargs["endpoint_url"] = url
         s3_config["addressing_style"] = "path"
     config = Config(retries={"max_attempts": 5, "mode": "standard"}, s3=s3_config or None)
     return boto3.client("s3", config=config, **kwargs)

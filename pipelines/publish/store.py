@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipelines.errors import CitylakeError
+from pipelines.lake.s3 import s3_client  # the one factory: retries, path style on a custom endpoint
 from pipelines.publish.writers import sha256_file
 
 STAGE_PREFIX = ".stage-"
@@ -279,13 +280,6 @@ def s3_sha256(path: Path) -> tuple[str, str]:
 
 def _error_code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-
-
-def s3_client(s3_endpoint: str | None = None) -> Any:
-    """A boto3 S3 client, of ``s3_endpoint`` when given (MinIO, moto) else of the default endpoint."""
-    import boto3
-
-    return boto3.client("s3", endpoint_url=s3_endpoint) if s3_endpoint else boto3.client("s3")
 
 
 def s3_etag(path: Path, chunk: int = PART_SIZE) -> str:
