@@ -289,8 +289,11 @@ def test_an_s3_lake_gets_the_site_beside_it(tmp_path: Path, moto_endpoint: str, 
     s3.put_object(Bucket=bucket, Key="warehouse/gx/data_docs/expectations/person.html", Body=b"<html>person suite</html>")
     index = build_site(load_settings())  # the default build (today's report, default folder) publishes
     assert index == tmp_path / "lake" / "report" / "index.html"
-    link = re.search(r'href="([^"]*expectations/person\.html)"', (index.parent / "datasets" / "person.html").read_text(encoding="utf-8"))
-    assert link, "the person page links to its GX suite page"
+    published = s3.get_object(Bucket=bucket, Key="warehouse/report/datasets/person.html")["Body"].read().decode()
+    link = re.search(r'href="([^"]*expectations/person\.html)"', published)
+    assert link, "the published person page links to its GX suite page"
+    # the local copy links only this machine's Data Docs, and it has none
+    assert "expectations/person.html" not in (index.parent / "datasets" / "person.html").read_text(encoding="utf-8")
     target = posixpath.normpath(posixpath.join("warehouse/report/datasets", link.group(1)))
     assert s3.get_object(Bucket=bucket, Key=target)["Body"].read() == b"<html>person suite</html>"
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="warehouse/report/")["Contents"]}

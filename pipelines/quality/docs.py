@@ -6,9 +6,15 @@ result JSON files ``pipelines.quality.gate`` keeps under ``<lake>/gx/validations
 hold yet, then renders only those pages and the index. The results carry masked keys only, so the pages
 show no personal value.
 
+A run id run again (a cleared task) leaves one file per attempt where an artifacts root is set; the store
+keeps, per (suite, run name), the newest run time of the files, so the index lists the latest attempt.
+
 With an artifacts root elsewhere than the lake folder (``CITYLAKE_ARTIFACTS_DIR``, ``pipelines.lake.artifacts``)
-the gate on any worker puts its results there too: the build first fetches the ones this machine lacks, so
-every worker builds the same site, and then puts the site under ``<artifacts>/gx/data_docs/``.
+the gate on any worker puts its results there too, one object per attempt that is never rewritten: the build
+first fetches the ones this machine lacks, imports them all, so every worker builds the same index, renders
+only the validation pages the shared site lacks and copies the others this machine lacks from there (a fresh
+worker does not render the whole history again; GX's index lists only the pages its local site holds), and
+puts under ``<artifacts>/gx/data_docs/`` what it rendered, ``index.html`` last.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -61,6 +67,17 @@ def _run_identifier(doc: dict[str, Any], path: Path) -> Any:
         run_time = run.get("run_time") or run_time
         run = run.get("run_name", path.stem)
     return RunIdentifier(run_name=run, run_time=datetime.fromisoformat(run_time) if run_time else None)
+
+
+def _run_time(key: Any) -> datetime:
+    run_time: datetime = key.run_id.run_time
+    return run_time if run_time.tzinfo else run_time.replace(tzinfo=UTC)
+
+
+def _page(key: Any) -> str:
+    """The site path GX renders a validation result's page at (its HtmlSiteStore: ``validations/`` + the key's
+    parts joined by ``/`` + ``.html``)."""
+    return "validations/" + "/".join(key.to_tuple()) + ".html"
 
 
 def _batch_identifier(doc: dict[str, Any]) -> str:
@@ -116,9 +133,11 @@ def build_data_docs(settings: Settings | None = None) -> DocsBuild:
     import pipelines.quality.gx_expectations  # noqa: F401 - registers the custom expectation types to render
 
     shared = artifacts.open_artifacts(settings)
-    if shared is not None:  # results of runs on other workers
+    published_pages: dict[str, tuple[int, float]] | None = None
+    if shared is not None:  # results of runs on other workers; one listing of each prefix per build
         fetched = artifacts.get_folder(shared, artifacts.VALIDATIONS, settings.lake_dir / "gx" / "validations")
         log.info("Data Docs: %d validation result(s) fetched from %s", fetched, shared.where(artifacts.VALIDATIONS))
+        published_pages = artifacts.listing(shared, artifacts.DATA_DOCS)
     context = gx.get_context(mode="file", project_root_dir=settings.lake_dir)
     _prepare_context(context)
     suites = _suite_documents(settings.root / "expectations")
@@ -137,12 +156,9 @@ def build_data_docs(settings: Settings | None = None) -> DocsBuild:
     store = context.validation_results_store
     new: list[Any] = []
     files = sorted((settings.lake_dir / "gx" / "validations").glob("*/*.json"))
-    # (suite, run name) → its keys in the store: a rerun of a run id rewrites its one result file, and the
-    # entry of the earlier attempt must leave the store (GX then drops its page from the site and index)
-    by_run: dict[tuple[str, str], list[Any]] = {}
-    stored: Any
-    for stored in store.list_keys():  # ValidationResultIdentifier (typed as its base class)
-        by_run.setdefault((stored.expectation_suite_identifier.name, stored.run_id.run_name), []).append(stored)
+    # (suite, run name) → the newest attempt among the files: a run id run again leaves one file per attempt
+    # (or, without an artifacts root, rewrites its one file), and the store keeps that run's latest only
+    latest: dict[tuple[str, str], tuple[Any, Path, dict[str, Any]]] = {}
     for path in files:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
@@ -152,22 +168,47 @@ def build_data_docs(settings: Settings | None = None) -> DocsBuild:
                 continue
             key = ValidationResultIdentifier(ExpectationSuiteIdentifier(doc["suite_name"]),
                                              _run_identifier(doc, path), _batch_identifier(doc))
-            if store.has_key(key):
-                continue
-            for earlier in by_run.pop((key.expectation_suite_identifier.name, key.run_id.run_name), []):
-                store.remove_key(earlier)
-            store.set(key, expectationSuiteValidationResultSchema.load(doc))
-            new.append(key)
         except Exception as exc:  # noqa: BLE001 - one unreadable result must not hide the others
             raise CitylakeError(f"{path}: cannot load as a GX validation result: {exc}") from exc
+        run = (key.expectation_suite_identifier.name, key.run_id.run_name)
+        if run not in latest or _run_time(key) > _run_time(latest[run][0]):
+            latest[run] = (key, path, doc)
+    # the store's entries of earlier attempts leave it (GX then drops them from the index)
+    by_run: dict[tuple[str, str], list[Any]] = {}
+    stored: Any
+    for stored in store.list_keys():  # ValidationResultIdentifier (typed as its base class)
+        by_run.setdefault((stored.expectation_suite_identifier.name, stored.run_id.run_name), []).append(stored)
+    for run, (key, path, doc) in latest.items():
+        if store.has_key(key):
+            continue
+        for earlier in by_run.pop(run, []):
+            store.remove_key(earlier)
+        try:
+            store.set(key, expectationSuiteValidationResultSchema.load(doc))
+        except Exception as exc:  # noqa: BLE001 - one unreadable result must not hide the others
+            raise CitylakeError(f"{path}: cannot load as a GX validation result: {exc}") from exc
+        new.append(key)
+    render: list[Any] = new
+    copied: list[str] = []
+    if shared is not None and published_pages is not None:
+        # a page this site lacks: fetched when the shared site has it (another worker rendered it; GX's index
+        # lists only the pages its site holds), else rendered here; one GET per page, once per worker
+        site = settings.lake_dir / "gx" / "uncommitted" / "data_docs" / "local_site"
+        missing = {_page(key): key for key, _path, _doc in latest.values() if not (site / _page(key)).is_file()}
+        copied = [page for page in missing if page in published_pages]
+        artifacts.get_files(shared, artifacts.DATA_DOCS, copied, site)
+        render = [key for page, key in missing.items() if page not in published_pages]
+        log.info("Data Docs: %d validation page(s) fetched from %s, %d to render", len(copied),
+                 shared.where(artifacts.DATA_DOCS), len(render))
     suite_keys = [ExpectationSuiteIdentifier(name) for name in suites]
     started = time.time() - 1  # coarse file-system clocks
-    sites = context.build_data_docs(resource_identifiers=[*suite_keys, *new])
+    sites = context.build_data_docs(resource_identifiers=[*suite_keys, *render])
     index = Path(unquote(sites["local_site"].removeprefix("file://")))
     vendored = _localize(index.parent, started)
     published = None
     if shared is not None:  # the pages rendered now, and any the artifacts root lacks; the index last
-        sent = artifacts.put_folder(shared, index.parent, artifacts.DATA_DOCS, changed_since=started)
+        sent = artifacts.put_folder(shared, index.parent, artifacts.DATA_DOCS, changed_since=started,
+                                    there=published_pages, skip=copied)
         published = shared.where(f"{artifacts.DATA_DOCS}/{artifacts.INDEX}")
         log.info("Data Docs: %d file(s) put under %s", sent, shared.where(artifacts.DATA_DOCS))
-    return DocsBuild(index, len(suites), len(new), len(files), vendored, published)
+    return DocsBuild(index, len(suites), len(new), len(latest), vendored, published)

@@ -853,9 +853,10 @@ def write_gx_result(settings: Settings, contract: AnyContract, results: list[Rul
                     reference_date: date, raw_batches: list[str] | None = None,
                     batch_spec: dict[str, Any] | None = None) -> Path:
     """Keep the run's result in GX's ExpectationSuiteValidationResult JSON shape, every failing key listed
-    (personal values masked), under ``<lake>/gx/validations/<dataset>/<run_id>.json``, and a copy under the
-    artifacts root's ``gx/validations/`` when that is elsewhere (``pipelines.lake.artifacts``: the Data Docs
-    build may run on another worker). ``batch_spec`` adds to (or replaces) the batch spec's entries: a curated
+    (personal values masked), under ``<lake>/gx/validations/<dataset>/<run_id>.json`` (written whole: temp
+    name and rename), and when the artifacts root is elsewhere (``pipelines.lake.artifacts``: the Data Docs
+    build may run on another worker) as ``<run_id>__<run time>.json`` (``artifacts.result_name``), locally and
+    there, one file per attempt. ``batch_spec`` adds to (or replaces) the batch spec's entries: a curated
     build names its build and input snapshots there."""
     keys = contract.primary_key
     entries = []
@@ -892,12 +893,16 @@ def write_gx_result(settings: Settings, contract: AnyContract, results: list[Rul
                                    **(batch_spec or {})},
                     "reference_date": reference_date.isoformat(), "std_table": contract.std_table,
                     "unexpected_index_column_names": keys, "masked": True}}
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
-    path = settings.lake_dir / "gx" / "validations" / contract.dataset / f"{safe}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    store = artifacts.open_artifacts(settings)
+    # with an artifacts root the attempt's own name (the store's, never rewritten: a Data Docs build on this
+    # worker fetching at the same moment cannot put an older attempt over it, and does not fetch it back);
+    # without one a rerun replaces ``<run>.json``
+    name = (artifacts.result_name(run_id, now) if store is not None
+            else f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', run_id)}.json")
+    path = settings.lake_dir / "gx" / "validations" / contract.dataset / name
     # compact: with ``indent`` json falls back to its pure-Python encoder (3.4 s for 0.5 M failing keys)
-    path.write_text(json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str), encoding="utf-8")
-    if (store := artifacts.open_artifacts(settings)) is not None:
+    artifacts.write_atomic(path, json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str).encode())
+    if store is not None:
         artifacts.put_file(store, path, f"{artifacts.VALIDATIONS}/{contract.dataset}/{path.name}")
     return path
 

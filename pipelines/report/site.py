@@ -4,7 +4,12 @@ artifacts root's ``report/``: ``pipelines.lake.artifacts``).
 The site is built in a staging folder next to the target and swapped in whole, so a reader never sees half
 a build and pages of datasets that left the registry do not linger. A target folder that is not a citylake
 report (no marker file) is never replaced. Under the artifacts root every file is put, ``index.html`` last,
-and files of an earlier build that this one lacks are deleted after.
+and files of an earlier build that this one lacks are deleted after: only those listed when this build
+started, so a publish running beside it (the CLI beside the DAG) never loses a page its index links.
+
+The published copy is rendered a second time from the same data, its links to GX Data Docs leading to the
+artifacts root's ``gx/data_docs/`` (whichever worker built them); the local copy links this machine's own
+Data Docs site (``gx_docs_site``), so both work where they are opened.
 """
 
 from __future__ import annotations
@@ -40,10 +45,10 @@ def _rel(target: Path, page_dir: Path) -> str:
 
 def _gx_links(settings: Settings, out: Path, data: SiteData, shared: artifacts.Artifacts | None) -> dict[str, Any]:
     """Relative links from the site's pages to GX Data Docs: the index and each dataset's suite page, those
-    that exist where the site is served: the artifacts root when it is ``shared`` there (whichever worker
-    built the Data Docs), else this machine's lake folder."""
+    that exist where this copy is served: the artifacts root for the ``shared`` copy (whichever worker built
+    the Data Docs), else this machine's lake folder (``out`` is where the local copy lands)."""
     links: dict[str, Any] = {"index": None, "datasets": {}}
-    if shared is not None:  # (the local copy then carries the same links: it is this build's staging)
+    if shared is not None:
         docs = posixpath.relpath(artifacts.DATA_DOCS, artifacts.REPORT)
         if artifacts.exists(shared, f"{artifacts.DATA_DOCS}/{artifacts.INDEX}"):
             links["index"] = posixpath.join(docs, artifacts.INDEX)
@@ -142,19 +147,27 @@ def build_site(settings: Settings | None = None, out_dir: Path | None = None, to
     else:  # <lake>/report is the site the DAG serves and the alerts link to: a past-day preview goes beside it
         out = settings.lake_dir / ("report" if publish or today == now else f"report-{today.isoformat()}")
     shared = artifacts.open_artifacts(settings) if publish else None
+    # what is there before this build: the only files its publish may delete (a concurrent publish's
+    # files put after this are kept, whatever the clocks say)
+    before = artifacts.listing(shared, artifacts.REPORT) if shared is not None else None
     started = time.perf_counter()
     data = collect(settings, today)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
     try:
-        _write(settings, stage, out, data, shared)
+        _write(settings, stage, out, data, None)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     _swap(stage, out)
     log.info("report: %d departments, %d datasets, %d catalog entries in %.1fs → %s", len(data.departments),
              len(data.datasets), len(data.catalog), time.perf_counter() - started, out)
-    if shared is not None:
-        artifacts.put_folder(shared, out, artifacts.REPORT, delete=True)
+    if shared is not None:  # the same data rendered again with the shared layout's Data Docs links
+        published = Path(tempfile.mkdtemp(prefix=f".{out.name}.publish-", dir=out.parent))
+        try:
+            _write(settings, published, published, data, shared)
+            artifacts.put_folder(shared, published, artifacts.REPORT, delete=True, there=before)
+        finally:
+            shutil.rmtree(published, ignore_errors=True)
         log.info("report put under %s", shared.where(artifacts.REPORT))
     return out / "index.html"
