@@ -252,3 +252,20 @@ def test_lake_ls_never_cuts_names(lake: Settings, monkeypatch: pytest.MonkeyPatc
     assert "…" not in text
     cells = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))
     assert LONG in cells  # folded over lines in its cell, every character kept
+
+
+def test_limit_does_not_read_the_whole_table(lake_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB pulls the stream batch by batch: LIMIT 1 over an 8-file table opens only the first files (the
+    masking decision reads the first 1,000 rows once, the query's scan what DuckDB pulls)."""
+    import pipelines.lake.raw as raw
+    from pipelines.lake.query import run_sql
+
+    catalog = get_catalog(lake_settings)
+    for i in range(8):
+        append(catalog, "meta.many", pa.table({"k": list(range(i * 1500, i * 1500 + 1500))}))
+    opened: list[int] = []
+    real = raw.file_batches
+    monkeypatch.setattr(raw, "file_batches", lambda *a, **k: (opened.append(1), real(*a, **k))[1])
+    result = run_sql("SELECT k FROM meta.many LIMIT 1", lake_settings)
+    assert sum(b.num_rows for b in result.batches()) == 1
+    assert 1 <= len(opened) <= 4, opened

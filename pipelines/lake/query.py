@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -246,7 +247,7 @@ class LakeStream:
             sample = pa.Table.from_batches(head, reader.schema).slice(0, SAMPLE_ROWS)
             self._masker = _Masker(self.name, sample, self.decl)
             masker = self._masker
-            return masker.schema, (masker.apply(b) for b in [*head, *reader])
+            return masker.schema, (masker.apply(b) for b in chain(head, reader))  # lazily: not a list
         masker = self._masker
         return masker.schema, (masker.apply(b) for b in reader)
 
