@@ -73,8 +73,7 @@ bench: install
 
 # The Airflow UI on the same DAGs (project-local AIRFLOW_HOME, SQLite): http://localhost:8080
 airflow-ui: install
-	@eval "$$($(PY) -c 'from pipelines.demo import airflow_env; from pathlib import Path; import shlex; [print(f"export {k}={shlex.quote(v)}") for k, v in airflow_env(Path.cwd()).items()]')"; \
-	  AIRFLOW__CORE__EXECUTOR=LocalExecutor $(VENV)/bin/airflow standalone
+	@$(PY) -c 'import sys; from pipelines.demo import run_airflow_ui; sys.exit(run_airflow_ui())'
 
 clean:
 	rm -rf data lake/catalog.db lake/warehouse lake/rejected airflow_home .pytest_cache

@@ -15,6 +15,7 @@ from pipelines.catalog.cli import catalog_app
 from pipelines.catalog.contract_cli import contract_app
 from pipelines.catalog.request_cli import request_app
 from pipelines.console import err, fail, out, wide
+from pipelines.demo import airflow_env_command
 from pipelines.errors import CitylakeError
 from pipelines.platform.cli import platform_app
 from pipelines.publish.cli import open_app
@@ -36,6 +37,7 @@ app.add_typer(open_app, name="open", help="The open-data release (开放数据):
 app.add_typer(share_app, name="share", help="Departmental sharing (数据共享): grants, ls, deliver, audit, request.")
 app.add_typer(platform_app, name="platform")
 app.command("report")(report_command)
+app.command("airflow-env", help="Print the demo's Airflow environment: eval \"$(.venv/bin/citylake airflow-env)\".")(airflow_env_command)
 
 
 def _print_wide(table: Table, columns: int) -> None:

@@ -39,6 +39,104 @@ def airflow_env(root: Path, home: Path | None = None) -> dict[str, str]:
     }
 
 
+def cli_env(root: Path) -> dict[str, str]:
+    """The demo's Airflow environment for the ``airflow`` CLI in a shell: ``airflow_env``, plus the venv's
+    ``bin`` first on PATH (``airflow`` and ``citylake`` live there) and SimpleAuthManager's admin user."""
+    env = airflow_env(root)
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    return {**env, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "PATH": path if path.split(os.pathsep)[:1] == [bin_dir] else os.pathsep.join([bin_dir, path])}
+
+
+def airflow_env_command() -> None:
+    """Print the demo's Airflow environment as shell exports: eval "$(.venv/bin/citylake airflow-env)"."""
+    import shlex
+
+    from pipelines.settings import PROJECT_ROOT
+
+    root = load_settings().root if os.environ.get("CITYLAKE_ROOT") else PROJECT_ROOT
+    for key, value in cli_env(root).items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+def _login(home: Path) -> tuple[str, str]:
+    """SimpleAuthManager's admin login for the local UI: the passwords file it reads (and would generate),
+    given a password here when it has none, so it can be printed before the server starts."""
+    import json
+    import secrets
+
+    file = home / "simple_auth_manager_passwords.json.generated"
+    try:
+        known = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not known.get("admin"):
+        known["admin"] = secrets.token_urlsafe(12)
+        file.write_text(json.dumps(known), encoding="utf-8")
+        file.chmod(0o600)
+    return "admin", str(known["admin"])
+
+
+def run_airflow_ui(port: int = 8080, console: Console | None = None) -> int:
+    """``make airflow-ui``: ``airflow standalone`` (api-server, scheduler with the LocalExecutor, dag-processor,
+    triggerer) on the demo's project-local home and DAGs; prints the URL and the login once it answers, and
+    stops the whole process group on Ctrl-C. Returns its exit code."""
+    import signal
+    import urllib.request
+
+    from pipelines.registry import load_registry
+
+    console = console or Console()
+    settings = load_settings()
+    env = {**os.environ, **cli_env(settings.root), "AIRFLOW__API__PORT": str(port)}
+    prepare_airflow(settings.root)
+    systems, _ = load_registry(settings.registry_dir)
+    ensure_pools(systems)
+    user, password = _login(Path(env["AIRFLOW_HOME"]))
+    # Its own session: Ctrl-C reaches this process only, which then stops standalone's whole group (its
+    # api-server, scheduler, dag-processor, triggerer and their task processes); SIGTERM likewise.
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"], env=env,
+                            start_new_session=True)
+
+    def _interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    url = f"http://localhost:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/api/v2/version", timeout=2):
+                    break
+            except OSError:
+                time.sleep(1)
+        if proc.poll() is None:
+            console.print(f"\nAirflow UI: {url}  ·  login: {user} / {password}  (SimpleAuthManager; password in "
+                          f"{env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated)\n"
+                          "DAGs start paused: unpause one in the UI or `airflow dags unpause ingest__population`; "
+                          "for the airflow CLI in another shell: eval \"$(.venv/bin/citylake airflow-env)\". "
+                          "Ctrl-C stops.", highlight=False, soft_wrap=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        console.print("stopping Airflow…")
+        return 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        try:  # what standalone's children left behind in the group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def prepare_airflow(root: Path, home: Path | None = None) -> None:
     """Set the environment (before Airflow is imported) and migrate the metadata DB."""
     env = airflow_env(root, home)
