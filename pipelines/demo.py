@@ -373,8 +373,7 @@ def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
     failed += [f"sharing {task}" for task in _print_sharing(shared, console)]
     with console.status("a mostly bad delivery: enterprise re-sends records with corrupted credit codes…"):
         held = _bad_delivery(settings, logical)
-    console.print(f"[yellow]held[/] std.enterprise: a batch of {held['extracted']:,} rows was not published, the std "
-                  f"snapshot stays {held['std_snapshot_id']}: {held['detail']}", highlight=False)
+    _print_held(held, console)
     with console.status("building GX Data Docs…"):
         from pipelines.quality.docs import build_data_docs
 
@@ -447,7 +446,11 @@ def _bad_delivery(settings: Any, logical: datetime) -> dict[str, Any]:
     stamp = max([logical, *([datetime.fromisoformat(mark)] if mark else [])]) + timedelta(hours=1)
     corrupt_enterprise_uscc(settings.data_dir, stamp.astimezone(TZ).strftime("%Y-%m-%d %H:%M:%S"))
     before = catalog.load_table("std.enterprise").current_snapshot().snapshot_id
-    rows = run_ingest_dags(logical + timedelta(days=1), only=["enterprise"])
+    # The held batch is the planned verdict: Airflow logs the failed publish_std with its whole traceback, which
+    # reads as a crash, so this run's output goes to a file (named in the paragraph) instead of the terminal.
+    log_file = settings.lake_dir / "demo_held_run.log"
+    with _output_to(log_file):
+        rows = run_ingest_dags(logical + timedelta(days=1), only=["enterprise"])
     publish = [r for r in rows if r["task"] == "publish_std"]
     after = catalog.load_table("std.enterprise").current_snapshot().snapshot_id
     batches = catalog.load_table("meta.batches").scan(row_filter="status = 'held'").to_arrow().to_pylist()
@@ -455,4 +458,49 @@ def _bad_delivery(settings: Any, logical: datetime) -> dict[str, Any]:
         if publish else []
     if not held or "failed" not in publish[0]["state"] or before != after:
         raise CitylakeError("demo: the mostly bad enterprise batch was not held")
-    return {**held[0], "std_snapshot_id": after, "task": publish[0]}
+    return {**held[0], "std_snapshot_id": after, "task": publish[0], "log": str(log_file)}
+
+
+def _output_to(path: Path) -> Any:
+    """Both output file descriptors (Airflow's task logs go straight to them) into ``path`` while it is open."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def redirect() -> Any:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as out:
+            os.dup2(out.fileno(), 1)
+            os.dup2(out.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                for fd in saved:
+                    os.close(fd)
+
+    return redirect()
+
+
+def _print_held(held: dict[str, Any], console: Console) -> None:
+    """The held batch as the verdict it is: which dataset and batch, why (the failing blocking rules and their
+    counts), what stays published, and how to fix or release it."""
+    import json
+
+    try:
+        rules = json.loads(held.get("detail") or "[]")
+    except ValueError:
+        rules = []
+    why = "; ".join(f"{r['rule']}: {r['failed']:,} of {r['evaluated']:,} rows fail" for r in rules) or held.get("detail")
+    console.print(
+        f"[yellow]held[/] (planned showcase of write-audit-publish) std.enterprise did not publish batch "
+        f"{held.get('raw_batch_id') or held.get('batch_id') or held.get('run_id')} ({held['extracted']:,} rows from raw.enterprise__enterprise): blocking rule "
+        f"{why}. std.enterprise stays at snapshot {held['std_snapshot_id']}; the DAG run's publish_std task is "
+        "failed on purpose, without retries (its log: " + held["log"] + "). Fix the source and re-check with "
+        "`citylake quality run enterprise --retry-held`, or, with a reason, `citylake quality release enterprise "
+        "--reason …`; `citylake quality held` lists held batches.", highlight=False, soft_wrap=True)

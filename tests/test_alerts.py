@@ -407,3 +407,40 @@ def test_load_task_alerts_on_rejected_files_and_succeeds(airflow_home: Path, smt
     [request] = endpoint.requests
     payload = json.loads(request["body"])
     assert payload["dataset_or_table"] == "raw.alertdrop__files" and payload["count"] == 1 and payload["page"] == link
+
+
+def _failed_context(exc: BaseException) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    ti = SimpleNamespace(dag_id="ingest__population", task_id="load_table", map_index=0, try_number=4,
+                         log_url="http://airflow.example/dags/ingest__population/runs/r/tasks/load_table?map_index=0")
+    return {"ti": ti, "task": SimpleNamespace(owner="合肥市公安局", task_id="load_table"), "exception": exc}
+
+
+def test_failure_callback_alerts_the_owner_and_is_silent_without_connections(
+        endpoint: _Endpoint, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dag_defaults.on_task_failure (every task's on_failure_callback) → alerts.alert_task_failed."""
+    import pipelines.alerts as alerts
+    from pipelines.quality.gate import QualityGateError
+
+    monkeypatch.setattr(alerts, "load_departments", lambda settings=None: _departments(smtp=None))
+    # no connection configured: nothing sent, nothing raised, one line
+    monkeypatch.delenv("AIRFLOW_CONN_TEST_ALERTS_HTTP", raising=False)
+    caplog.set_level(logging.INFO, logger="pipelines.alerts")
+    assert alerts.alert_task_failed(_failed_context(RuntimeError("source unreachable"))) == []
+    assert "is not configured" in caplog.text and endpoint.requests == []
+    # configured: the department gets the failure, the task and the log link
+    monkeypatch.setenv("AIRFLOW_CONN_TEST_ALERTS_HTTP", _http_conn(endpoint))
+    assert alerts.alert_task_failed(_failed_context(RuntimeError("source unreachable"))) == ["http:test_alerts_http"]
+    sent = json.loads(endpoint.requests[-1]["body"])
+    assert sent["kind"] == "failed" and sent["dataset_or_table"] == "ingest__population.load_table[0]"
+    assert "任务失败" in sent["subject"] and "source unreachable" in sent["text"] and sent["count"] == 4
+    assert sent["page"].startswith("http://airflow.example/")
+    # a held batch already sent its own alert; a run's bad params are the triggering person's to see
+    held = RuntimeError("held")
+    held.__cause__ = QualityGateError("std.x held")
+    assert alerts.alert_task_failed(_failed_context(held)) == []
+    assert alerts.alert_task_failed(_failed_context(RuntimeError("params: until … needs since"))) == []
+    assert len(endpoint.requests) == 1
+    # a callback never raises, even on a broken context
+    assert alerts.alert_task_failed({}) == []
