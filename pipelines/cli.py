@@ -329,31 +329,31 @@ def sql_command(query: Annotated[str, typer.Argument(help="One read-only query o
         err.print("[bold yellow]unmasked:[/] personal values are shown in clear (--unmasked)", highlight=False,
                   soft_wrap=True)
     try:
-        result = run_sql(query, load_settings(), unmasked=unmasked)
-        if result.warning:
-            err.print(f"[bold yellow]warning:[/] {result.warning}", highlight=False, soft_wrap=True)
-        columns = list(result.relation.columns)
-        rows = _Rows(result.batches(), limit)
-        if fmt == "table":
-            t = Table(*columns)
-            for row in rows:
-                t.add_row(*[_cell(v) for v in row])
-            _print_wide(t, len(columns))
-        elif fmt == "csv":
-            import csv
+        with run_sql(query, load_settings(), unmasked=unmasked) as result:  # closed before exit
+            if result.warning:
+                err.print(f"[bold yellow]warning:[/] {result.warning}", highlight=False, soft_wrap=True)
+            columns = list(result.relation.columns)
+            rows = _Rows(result.batches(), limit)
+            if fmt == "table":
+                t = Table(*columns)
+                for row in rows:
+                    t.add_row(*[_cell(v) for v in row])
+                _print_wide(t, len(columns))
+            elif fmt == "csv":
+                import csv
 
-            writer = csv.writer(sys.stdout, lineterminator="\n")
-            writer.writerow(columns)
-            for row in rows:
-                writer.writerow([_cell(v) for v in row])
-        else:
-            shown = 0
-            sys.stdout.write("[")
-            for row in rows:
-                sys.stdout.write(("," if shown else "") + "\n" + json.dumps(
-                    {c: _json_value(v) for c, v in zip(columns, row, strict=True)}, ensure_ascii=False))
-                shown += 1
-            sys.stdout.write("\n]\n" if shown else "]\n")
+                writer = csv.writer(sys.stdout, lineterminator="\n")
+                writer.writerow(columns)
+                for row in rows:
+                    writer.writerow([_cell(v) for v in row])
+            else:
+                shown = 0
+                sys.stdout.write("[")
+                for row in rows:
+                    sys.stdout.write(("," if shown else "") + "\n" + json.dumps(
+                        {c: _json_value(v) for c, v in zip(columns, row, strict=True)}, ensure_ascii=False))
+                    shown += 1
+                sys.stdout.write("\n]\n" if shown else "]\n")
     except QueryError as exc:
         fail(str(exc))
     if rows.cut:

@@ -266,6 +266,6 @@ def test_limit_does_not_read_the_whole_table(lake_settings: Settings, monkeypatc
     opened: list[int] = []
     real = raw.file_batches
     monkeypatch.setattr(raw, "file_batches", lambda *a, **k: (opened.append(1), real(*a, **k))[1])
-    result = run_sql("SELECT k FROM meta.many LIMIT 1", lake_settings)
-    assert sum(b.num_rows for b in result.batches()) == 1
+    with run_sql("SELECT k FROM meta.many LIMIT 1", lake_settings) as result:
+        assert sum(b.num_rows for b in result.batches()) == 1
     assert 1 <= len(opened) <= 4, opened

@@ -551,3 +551,27 @@ def test_vectorised_column_mask_is_the_per_value_mask_for_every_element() -> Non
     dates = pa.array([date(1952, 3, 1), None, date(2026, 11, 30), date(999, 1, 2)], pa.date32())
     for element in elements.values():
         assert mask_values(dates, element).to_pylist() == [mask(v, element) for v in dates.to_pylist()], element.code
+
+
+def _masks_in_forked_child() -> None:
+    import gc
+
+    from pipelines.privacy.duck import column_sql
+
+    gc.collect()  # whatever the parent left to the collector goes now, in the child
+    assert column_sql(pa.array(["ab"]), "upper(v)").to_pylist() == ["AB"]
+
+
+def test_a_fork_after_masking_leaves_the_child_working() -> None:
+    """A Celery or multiprocessing worker forked from a process that already masked (this thread holds a
+    DuckDB connection): the child opens its own and never destroys the inherited one, whose destructor
+    crashes outside the parent (SIGSEGV, seen after `citylake sql`)."""
+    import multiprocessing
+
+    from pipelines.privacy.duck import column_sql
+
+    assert column_sql(pa.array(["x"]), "upper(v)").to_pylist() == ["X"]
+    child = multiprocessing.get_context("fork").Process(target=_masks_in_forked_child)
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0

@@ -329,6 +329,17 @@ class Result:
     def error(self, exc: BaseException) -> QueryError:
         return _duck_error(exc, self.masked)
 
+    def close(self) -> None:
+        """Close the connection now: a DuckDB connection left to the garbage collector may be destroyed in
+        a forked child, whose destructor then crashes (its threads stayed in the parent)."""
+        self.con.close()
+
+    def __enter__(self) -> Result:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
 
 def _duck_error(exc: BaseException, masked: bool) -> QueryError:
     from pipelines.privacy import mask_message
@@ -360,8 +371,10 @@ def run_sql(sql: str, settings: Settings, *, unmasked: bool = False) -> Result:
     try:
         relation = con.sql(sql)
     except duckdb.Error as exc:
+        con.close()
         raise _duck_error(exc, not unmasked) from None
     if relation is None:
+        con.close()
         raise QueryError("the query returned nothing (not a SELECT)")
     return Result(con, relation, warning, not unmasked)
 
@@ -416,6 +429,8 @@ def show_where(name: str, condition: str, limit: int, settings: Settings, *, unm
         data = rel.to_arrow_table()
     except duckdb.Error as exc:
         raise _duck_error(exc, not unmasked) from None
+    finally:
+        con.close()  # never left to the garbage collector (see Result.close)
     masked = sorted(c for c in stream.fields if stream.masked(c) and c.lower() in _names(rendered))
     if masked:  # not an error (a masked ID's visible prefix is a fine filter), but say what was compared
         note = (f"--where compared the masked values of {', '.join(masked)} (as shown: 张*, 340104********1234, "

@@ -10,8 +10,18 @@ from typing import Any
 import pyarrow as pa
 
 _local = threading.local()
-# DuckDB does not survive a fork: a forked child (a Celery or multiprocessing worker) opens its own
-os.register_at_fork(after_in_child=lambda: _local.__dict__.clear())
+# DuckDB does not survive a fork: a forked child (a Celery or multiprocessing worker) opens its own. The
+# inherited connection is kept referenced, never destroyed: its destructor joins threads the child does not
+# have and segfaults (seen: a fork after `citylake sql`'s masks, the child died with SIGSEGV on clear()).
+_inherited: list[dict[str, Any]] = []
+
+
+def _after_fork_in_child() -> None:
+    _inherited.append(dict(_local.__dict__))
+    _local.__dict__.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def column_sql(values: pa.Array, expression: str, params: dict[str, Any] | None = None) -> pa.Array:
