@@ -113,9 +113,7 @@ def test_every_dag_shows_its_department_as_owner_with_timeout_and_failure_callba
     assert bag.import_errors == {}
     for dag in bag.dags.values():
         owner = LazyDeserializedDAG(data=DagSerialization.to_dict(dag)).owner
-        # maintain__lake (dags/maintain_lake.py, not this change's file) has only mapped tasks: it still shows
-        # "airflow" until it gets an unmapped task, as the ingest DAGs got plan_run
-        if dag.dag_id not in ("ingest__broken", "maintain__lake"):
+        if dag.dag_id != "ingest__broken":
             assert owner in names | {"合肥市数据资源局"}, (dag.dag_id, owner)
         for t in dag.tasks:
             assert t.execution_timeout is not None, (dag.dag_id, t.task_id)
