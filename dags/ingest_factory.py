@@ -101,6 +101,9 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
             dag_run = context["dag_run"]
             run = ingest_run(context)  # plan_run checked the params
             cursor = getattr(spec.table(table), "cursor", None)
+            from pipelines.lineage import attach_ingest
+
+            attach_ingest(context, spec, table, load_settings())  # OpenLineage: source table → raw table (if enabled)
             result = ingest_table(
                 spec, table,
                 mode=run.mode if cursor or run.mode == "full" else "incremental",  # type: ignore[arg-type]

@@ -36,6 +36,39 @@ app.add_typer(request_app, name="request", help="Requests for data (开放需求
 app.add_typer(open_app, name="open", help="The open-data release (开放数据): release, ls.")
 app.add_typer(share_app, name="share", help="Departmental sharing (数据共享): grants, ls, deliver, audit, request.")
 app.add_typer(platform_app, name="platform")
+
+
+@app.callback()
+def _logging(log_json: Annotated[bool, typer.Option(
+        "--log-json", help="Log as JSON lines on stderr (run id, dataset, batch, table); also CITYLAKE_LOG_FORMAT=json.")
+        ] = False) -> None:
+    from pipelines.logs import configure_logging
+
+    configure_logging(True if log_json else None)
+
+
+@app.command("runs")
+def runs_command(since: Annotated[str | None, typer.Option(help="Runs started at or after this time (2026-11-20, "
+                                                                "2026-11-20T08:00; Asia/Shanghai unless zoned).")] = None,
+                 kind: Annotated[str | None, typer.Option(help="ingest, publish, curate, share, release or maintenance.")] = None,
+                 limit: Annotated[int, typer.Option(help="Rows to show (newest first).")] = 50,
+                 as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False) -> None:
+    """The run ledger (meta.runs): what ran, rows in and out, seconds, snapshots, status, error."""
+    from pipelines.lake.catalog import get_catalog
+    from pipelines.lake.runs import KINDS, read_runs
+
+    if kind is not None and kind not in KINDS:
+        raise CitylakeError(f"runs: unknown --kind {kind!r} (one of {', '.join(KINDS)})")
+    rows = read_runs(get_catalog(load_settings()), since=_parse_when(since, "--since"), kind=kind)[:limit]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2, default=_cell) + "\n")
+        return
+    table = Table("started", "kind", "target", "status", "rows in", "rows out", "s", "snapshot", "run id", "error")
+    for r in rows:
+        table.add_row(_cell(r["started_at"])[:19], r["kind"], r["target"], r["status"], _cell(r["rows_in"]),
+                      _cell(r["rows_out"]), _cell(r["seconds"]), _cell(r["snapshot_after"]), r["run_id"],
+                      _cell(r["error"]))
+    wide(10).print(table)
 app.command("report")(report_command)
 app.command("airflow-env", help="Print the demo's Airflow environment: eval \"$(.venv/bin/citylake airflow-env)\".")(airflow_env_command)
 

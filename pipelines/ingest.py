@@ -272,12 +272,21 @@ def ingest_table(system: SourceSystem, table_code: str, *, settings: Settings | 
     extracted_at = (extracted_at or datetime.now(TZ)).astimezone(TZ)
     batch_id = make_batch_id(batch_id or f"{mode}_{extracted_at:%Y%m%dT%H%M%S%z}")
     result = LoadResult(system.system, spec.code, system.raw_table(spec.code), mode, batch_id)
-    started = time.perf_counter()
-    if isinstance(spec, SqlTable):
-        _load_sql(system, spec, settings, result, mode, since, until, extracted_at)
-    else:
-        _load_drop(system, spec, settings, result, extracted_at)
-    result.seconds = round(time.perf_counter() - started, 3)
+    from pipelines.lake.runs import record_run
+
+    # meta.runs: the batch id is the run id (an Airflow retry reuses it, so its row is replaced)
+    with record_run("ingest", run_id=batch_id, target=result.identifier, settings=settings,
+                    snapshot_of=result.identifier, system=system.system, table=result.identifier,
+                    batch_id=batch_id) as run:
+        started = time.perf_counter()
+        if isinstance(spec, SqlTable):
+            _load_sql(system, spec, settings, result, mode, since, until, extracted_at)
+        else:
+            _load_drop(system, spec, settings, result, extracted_at)
+        result.seconds = round(time.perf_counter() - started, 3)
+        run.done(rows_in=result.rows_extracted, rows_out=result.rows_written, snapshot=result.snapshot_id,
+                 detail=f"mode {mode}" + (f", {len(result.files_rejected)} file(s) rejected"
+                                          if result.files_rejected else ""))
     return result
 
 

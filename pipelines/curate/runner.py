@@ -535,17 +535,37 @@ def build_curated(dataset: str, *, settings: Settings | None = None, run_id: str
     (module docstring). Raises ``QualityGateError`` when the build is held, ``CitylakeError`` for a model whose
     columns or types do not fit its contract (nothing written either way). An input not in the lake yet is
     status ``waiting`` (nothing built). ``release`` (a reason) publishes a build its critical rules would hold:
-    passing rows to ``curated.<dataset>``, failing ones to quarantine, recorded ``released`` with the reason."""
-    from pipelines.config import load_for
+    passing rows to ``curated.<dataset>``, failing ones to quarantine, recorded ``released`` with the reason.
+    The run is recorded in ``meta.runs`` (kind ``curate``; a held build as ``held``)."""
+    from pipelines.lake.runs import record_run
+    from pipelines.quality.gate import QualityGateError
 
     settings = settings or load_settings()
+    run_id = run_id or new_run_id()
+    with record_run("curate", run_id=run_id, target=f"curated.{dataset}", settings=settings,
+                    snapshot_of=f"curated.{dataset}", statuses={QualityGateError: "held"}, dataset=dataset) as run:
+        try:
+            result = _build_curated(dataset, settings=settings, run_id=run_id, reference_date=reference_date,
+                                    release=release)
+        except QualityGateError as exc:
+            run.done(rows_in=exc.held, rows_out=0)
+            raise
+        run.done(status=result.status, rows_in=result.produced, rows_out=result.rows, snapshot=result.snapshot_id,
+                 batch_id=result.build_id or None,
+                 detail=f"waiting for {', '.join(result.waiting_for)}" if result.waiting_for else None)
+    return result
+
+
+def _build_curated(dataset: str, *, settings: Settings, run_id: str, reference_date: date | None,
+                   release: str | None) -> CurateResult:
+    from pipelines.config import load_for
+
     config = load_for(settings, dataset)  # a broken contract of another curated dataset does not stop this one
     if dataset not in config.curated:
         raise CitylakeError(f"no curated contract {dataset!r} (known: {', '.join(sorted(config.curated))})")
     contract = config.curated[dataset]
     standards = config.standards
     reference_date = reference_date or datetime.now(TZ).date()
-    run_id = run_id or new_run_id()
     catalog = get_catalog(settings)
     missing: list[str] = []
     snapshots = input_snapshots(catalog, contract, missing=missing)

@@ -550,12 +550,39 @@ def lake_tables(catalog: Any, namespaces: Iterable[str] = NAMESPACES) -> list[st
 def maintain(settings: Settings | None = None, tables: list[str] | None = None, *,
              namespaces: Iterable[str] = NAMESPACES, dry_run: bool = False, now: datetime | None = None,
              retention: timedelta | None = None, recent: timedelta | None = None,
-             orphans_older_than: timedelta | None = None, min_files: int = COMPACT_MIN_FILES) -> list[TableReport]:
+             orphans_older_than: timedelta | None = None, min_files: int = COMPACT_MIN_FILES,
+             run_id: str | None = None) -> list[TableReport]:
     """Compact, expire and sweep each table (``tables``, else every table of ``namespaces``); one report per
     table. ``retention`` defaults to the settings', ``recent`` and ``orphans_older_than`` to
     ``orphan_window()`` (tests shorten them). A table's failure is reported in it, not raised, so one bad
-    table does not stop the others; ``maintain_lake`` raises after the whole run when any failed."""
+    table does not stop the others; ``maintain_lake`` raises after the whole run when any failed. A run that
+    is not dry is recorded in ``meta.runs`` (kind ``maintenance``, one row per call, ``failed`` when a table
+    failed)."""
+    from pipelines.lake.meta import new_run_id
+    from pipelines.lake.runs import record_run
+
     settings = settings or load_settings()
+    kw = {"namespaces": namespaces, "dry_run": dry_run, "now": now, "retention": retention, "recent": recent,
+          "orphans_older_than": orphans_older_than, "min_files": min_files}
+    if dry_run:
+        return _maintain(settings, tables, **kw)  # type: ignore[arg-type]
+    target = "lake:" + ",".join(tables if tables is not None else namespaces)
+    with record_run("maintenance", run_id=run_id or new_run_id("maint"), target=target[:500],
+                    settings=settings) as run:
+        reports = _maintain(settings, tables, **kw)  # type: ignore[arg-type]
+        failed = [r.table for r in reports if r.skipped and r.skipped.startswith("failed")]
+        run.done(status="failed" if failed else "succeeded", rows_in=len(reports),
+                 detail=(f"failed: {', '.join(failed)}; " if failed else "")
+                 + f"compacted {sum(r.compacted_files for r in reports)} file(s), expired "
+                 f"{sum(r.expired for r in reports)} snapshot(s), {sum(r.orphans for r in reports)} orphan(s)")
+        if failed:
+            run.error = next(r.skipped for r in reports if r.skipped and r.skipped.startswith("failed"))
+    return reports
+
+
+def _maintain(settings: Settings, tables: list[str] | None, *, namespaces: Iterable[str], dry_run: bool,
+              now: datetime | None, retention: timedelta | None, recent: timedelta | None,
+              orphans_older_than: timedelta | None, min_files: int) -> list[TableReport]:
     catalog = get_catalog(settings)
     now = now or datetime.now(UTC)
     retention = retention if retention is not None else timedelta(days=settings.snapshot_retention_days)

@@ -18,6 +18,8 @@ The kinds of table:
   the deletions on (``pipelines.lake.changes.deleted_keys``).
 - ``sharing_audit``: an append-only log (``append_log``) of every departmental delivery and refusal; never
   updated in place.
+- ``runs``: the run ledger, one row per stage run (``pipelines.lake.runs.record_run``); a rerun of the same run
+  id, kind and target replaces its row (``replace_run(..., kind=, target=)``).
 Every row carries ``recorded_at`` (UTC). Old lakes lack the newer columns: the tables evolve on write.
 
 Run ids: an Airflow task uses its dag run id (plus the mapped dataset), so a retry reuses it; every CLI
@@ -101,10 +103,20 @@ SHARING_AUDIT = pa.schema([
     ("method", pa.string()), ("target", pa.string()), ("checksum", pa.string()), ("fingerprint", pa.string()),
     ("grant_basis", pa.string()), RECORDED_AT])
 
+# The run ledger (pipelines.lake.runs.record_run): one row per stage run (kind: ingest | publish | curate | share |
+# release | maintenance), what it ran on, rows in and out, seconds, the target's snapshot before and after, status
+# (succeeded | failed | held | refused | …) and a one-line masked error. Per-run: a rerun of the same
+# (run_id, kind, target) replaces its row (``record_run``).
+RUNS = pa.schema([
+    *[(n, pa.string()) for n in ("run_id", "kind", "target", "system", "dataset", "table", "batch_id", "status")],
+    ("rows_in", pa.int64()), ("rows_out", pa.int64()), ("seconds", pa.float64()),
+    ("snapshot_before", pa.int64()), ("snapshot_after", pa.int64()), ("error", pa.string()), ("detail", pa.string()),
+    ("started_at", pa.timestamp("us", tz="UTC")), ("finished_at", pa.timestamp("us", tz="UTC")), RECORDED_AT])
+
 SCHEMAS = {"meta.quality_results": QUALITY_RESULTS, "meta.standardization_log": STANDARDIZATION_LOG,
            "meta.conflicts": CONFLICTS, "meta.batches": BATCHES, "meta.registrations": REGISTRATIONS,
            "meta.requests": REQUESTS, "meta.releases": RELEASES, "meta.deleted_keys": DELETED_KEYS,
-           "meta.sharing_audit": SHARING_AUDIT}
+           "meta.sharing_audit": SHARING_AUDIT, "meta.runs": RUNS}
 APPEND_ONLY = {"meta.batches", "meta.registrations", "meta.requests", "meta.releases", "meta.sharing_audit"}
 """Event logs: appended to, never replaced per run (``replace_run`` refuses them)."""
 PER_DATASET = {"meta.quality_results", "meta.standardization_log", "meta.deleted_keys"}
@@ -137,7 +149,7 @@ def _rows(name: str, rows: list[dict[str, Any]] | pa.Table) -> pa.Table:
 
 def replace_run(catalog: Any, name: str, run_id: str, rows: list[dict[str, Any]] | pa.Table,
                 datasets: Iterable[str] | None = None, tag: str | None = None,
-                raw_batches: Iterable[str] | None = None) -> None:
+                raw_batches: Iterable[str] | None = None, kind: str | None = None, target: str | None = None) -> None:
     """Replace run ``run_id``'s rows of a per-run meta table with ``rows`` (dicts, or an Arrow table of the
     schema's columns), in one commit.
 
@@ -154,6 +166,8 @@ def replace_run(catalog: Any, name: str, run_id: str, rows: list[dict[str, Any]]
         scope = And(scope, EqualTo("tag", tag))
     if raw_batches is not None:
         scope = And(scope, In("raw_batch_id", sorted(set(raw_batches))))
+    if kind is not None and target is not None:  # meta.runs: one row per (run id, kind, target)
+        scope = And(scope, And(EqualTo("kind", kind), EqualTo("target", target)))
     if name in PER_DATASET:
         if datasets is None:
             datasets = rows.column("dataset").to_pylist() if isinstance(rows, pa.Table) else [r["dataset"] for r in rows]

@@ -206,6 +206,7 @@ def release_open_data(settings: Settings | None = None, *, release_date: date | 
     from pipelines.config import load_all
     from pipelines.lake.catalog import get_catalog
     from pipelines.lake.meta import new_run_id
+    from pipelines.lake.runs import record_run
 
     settings = settings or load_settings()
     config = load_all(settings)
@@ -226,7 +227,12 @@ def release_open_data(settings: Settings | None = None, *, release_date: date | 
             for name in names:
                 outcome = DatasetOutcome(name, "failed", reason=INTERRUPTED)
                 outcomes.append(outcome)
-                _release_one(run, config.curated[name], outcome)
+                # meta.runs: one row per dataset and release run (status: the outcome's)
+                with record_run("release", run_id=run.run_id, target=f"open:{run.day}/{name}", settings=settings,
+                                dataset=name, table=f"curated.{name}") as ledger:
+                    _release_one(run, config.curated[name], outcome)
+                    ledger.done(status=outcome.status, rows_out=outcome.rows, batch_id=outcome.build_id,
+                                detail=outcome.reason)
                 log.info("open release %s %s: %s %s", run.day, name, outcome.status, outcome.reason or "")
         finally:  # one commit for the run's events, also when it is interrupted between two datasets
             if outcomes and outcomes[-1].reason == INTERRUPTED:

@@ -460,14 +460,33 @@ def run_quality(dataset: str, *, settings: Settings | None = None, reference_dat
     """Standardize → validate → publish the new raw batches of one dataset (what the DAG task runs).
 
     ``release`` (a reason) publishes the held batches past their thresholds: passing rows go to std, every
-    failing row to quarantine, and the batches are recorded as ``released`` with the reason."""
+    failing row to quarantine, and the batches are recorded as ``released`` with the reason. The run is
+    recorded in ``meta.runs`` (kind ``publish``; a held batch as ``held``)."""
+    from pipelines.lake.runs import record_run
+
     settings = settings or load_settings()
+    run_id = run_id or new_run_id()  # a CLI call: its own run; Airflow passes its dag run's
+    with record_run("publish", run_id=run_id, target=f"std.{dataset}", settings=settings,
+                    snapshot_of=f"std.{dataset}", statuses={QualityGateError: "held"}, dataset=dataset) as run:
+        try:
+            result = _run_quality(dataset, settings=settings, reference_date=reference_date, run_id=run_id,
+                                  retry_held=retry_held, release=release)
+        except QualityGateError as exc:
+            run.done(rows_in=exc.held, rows_out=0)
+            raise
+        run.done(status=result.status, rows_in=result.extracted, rows_out=result.published,
+                 snapshot=result.std_snapshot, batch_id=",".join(result.batches) or None,
+                 detail=f"quarantined {result.quarantined}, deleted {result.deleted}" if result.batches else None)
+    return result
+
+
+def _run_quality(dataset: str, *, settings: Settings, reference_date: date | None, run_id: str,
+                 retry_held: bool, release: str | None) -> GateResult:
     standards, systems, contracts = load_config(settings)
     if dataset not in contracts:
         raise CitylakeError(f"no dataset contract {dataset!r} (known: {', '.join(sorted(contracts))})")
     contract = contracts[dataset]
     reference_date = reference_date or datetime.now(TZ).date()
-    run_id = run_id or new_run_id()  # a CLI call: its own run; Airflow passes its dag run's
     catalog = get_catalog(settings)
     raw = open_table(catalog, contract.raw_table)
     if raw is not None:  # a source column the raw table lacks would publish an all-null column

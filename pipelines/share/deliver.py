@@ -187,6 +187,18 @@ class _Unaudited(CitylakeError):
 
 
 def _deliver(ctx: _Context, grant: Any, full: bool = False) -> ShareResult:
+    """One grant's delivery, recorded in ``meta.runs`` (kind ``share``, target ``grant:<id>``, status the outcome)."""
+    from pipelines.lake.runs import record_run
+
+    with record_run("share", run_id=ctx.run_id, target=f"grant:{grant.id}", settings=ctx.settings,
+                    dataset=grant.dataset, table=f"std.{grant.dataset}") as run:
+        result = _deliver_once(ctx, grant, full)
+        run.done(status=result.outcome, rows_out=result.rows,
+                 detail=" ".join(x for x in (result.mode, result.reason) if x) or None)
+    return result
+
+
+def _deliver_once(ctx: _Context, grant: Any, full: bool = False) -> ShareResult:
     from pipelines.privacy.pseudonym import MissingKeyError
     from pipelines.share.policy import decide
 
