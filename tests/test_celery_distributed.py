@@ -52,12 +52,16 @@ NAMESPACES = ("raw", "std", "quarantine", "meta")
 # quarantine `_run_id` and meta's `run_id`/`raw_batch_id` ("<run>__<dataset>"), so those columns are compared
 # with the run id replaced by a placeholder rather than left out: what follows it must still agree.
 _RUN_ID = re.compile(r"^manual__[0-9T:._+\-]+?(?=__)")
-RUN_ID_COLUMNS = {"_batch_id", "_run_id", "run_id", "raw_batch_id"}
+RUN_ID_COLUMNS = {"_batch_id", "_run_id", "run_id", "raw_batch_id", "batch_id"}
 # Left out of the comparison, each for a reason:
 # - recorded_at: the wall-clock time a meta row was written (meta tables only; the lake's rows carry
 #   `_extracted_at`, the data interval's end, which IS compared).
-# - std_snapshot_id: Iceberg snapshot ids are random 63-bit numbers drawn at each commit.
-RUN_SPECIFIC = {"recorded_at", "std_snapshot_id"}
+# - std_snapshot_id, and meta.runs' snapshot_before/after: Iceberg snapshot ids are random 63-bit numbers
+#   drawn at each commit.
+# - meta.runs' started_at, finished_at, seconds: the wall clock and duration of each stage run (its counts,
+#   status, batch and detail ARE compared).
+RUN_SPECIFIC = {"recorded_at", "std_snapshot_id", "snapshot_before", "snapshot_after", "started_at", "finished_at",
+                "seconds"}
 
 # Loaded by every Python process of the two workers (PYTHONPATH), including the task processes: wraps
 # pipelines.quality.gate.run_quality when that module is imported so that a publish_std first waits (at most
@@ -227,6 +231,8 @@ def _cluster_env(tmp: Path, af_db: str, ice_db: str, broker: str, s3: str, data_
 NOT_IN_NATIVE_RUN = {
     # the scheduler's health server listens on a fixed port (8974): the CI machine is shared
     "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK",
+    # empty by default in compose as well: only alert links use it, and the native run sends no alert
+    "CITYLAKE_REPORT_URL",
 }
 
 
@@ -441,13 +447,30 @@ def test_platform_init_names_the_failing_step_without_the_password(lake_settings
         "db+postgresql+psycopg://airflow:***@pg:5432/a and redis://:***@redis:6379/0"
     lines: list[str] = []
     # the catalog and warehouse steps on the local lake (the pools step needs a migrated Airflow DB: the test above)
-    monkeypatch.setattr(init, "STEPS", init.STEPS[1:])
+    monkeypatch.setattr(init, "STEPS", tuple(s for s in init.STEPS if s[0] != "pools"))
     assert init.run_init(lake_settings, echo=lines.append) == lines
-    assert lines[0].startswith("catalog: namespaces curated, meta, quarantine, raw, std at sqlite:///")
-    assert lines[1].startswith("warehouse: file://") and lines[1].endswith("writable (probe written, read back, deleted)")
+    assert lines[0] == "secrets: no .env.example placeholder left"
+    assert lines[1].startswith("catalog: namespaces curated, meta, quarantine, raw, std at sqlite:///")
+    assert lines[2].startswith("warehouse: file://") and lines[2].endswith("writable (probe written, read back, deleted)")
     assert init.run_init(lake_settings, echo=lines.append)  # idempotent
     unreachable = replace(lake_settings, catalog_uri="postgresql+psycopg://citylake:s3cr3t@127.0.0.1:1/iceberg")
     with pytest.raises(init.InitError) as caught:
         init.run_init(unreachable, echo=lines.append)
     message = str(caught.value)
     assert message.startswith("catalog: OperationalError") and "s3cr3t" not in message and "\n" not in message
+
+
+def test_platform_init_refuses_the_env_example_placeholders(lake_settings: Settings,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`.env` copied from `.env.example` and not filled in: compose's ${VAR:?} passes (the variable is set), so
+    init stops the platform, naming every placeholder left (and never printing a value)."""
+    from pipelines.platform import init
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "change-me")
+    monkeypatch.setenv("CITYLAKE_CATALOG_URI", "postgresql+psycopg://citylake:change-me@postgres:5432/iceberg")
+    monkeypatch.setenv("AIRFLOW_ADMIN_PASSWORD", "change-me")
+    with pytest.raises(init.InitError) as caught:
+        init.run_init(lake_settings, echo=lambda _: None)
+    assert str(caught.value).startswith(
+        "secrets: AIRFLOW_ADMIN_PASSWORD, AWS_SECRET_ACCESS_KEY, CITYLAKE_CATALOG_URI still hold the .env.example")
+    assert "postgres:5432" not in str(caught.value)

@@ -33,6 +33,24 @@ def _one_line(exc: BaseException) -> str:
     return mask_urls(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
 
 
+PLACEHOLDER = "change-me"
+"""What ``.env.example`` puts in every secret: a deployment must not start with it."""
+
+
+def check_secrets(settings: Settings) -> str:
+    """No Airflow, lake or admin setting still holds ``.env.example``'s placeholder: ``${VAR:?}`` in the compose
+    file only catches an unset variable, and PostgreSQL or MinIO would take ``change-me`` as a password."""
+    import os
+
+    left = sorted(k for k, v in os.environ.items()
+                  if k.startswith(("AIRFLOW__", "CITYLAKE_", "AWS_")) or k == "AIRFLOW_ADMIN_PASSWORD"
+                  if PLACEHOLDER in v)
+    if left:
+        raise InitError(f"secrets: {', '.join(left)} still hold the .env.example placeholder {PLACEHOLDER!r}: "
+                        "set real values in .env (.env.example says how to generate each)")
+    return "secrets: no .env.example placeholder left"
+
+
 def init_pools(settings: Settings) -> str:
     """Create or update one Airflow pool per registered source system (needs the migrated metadata DB)."""
     from pipelines.demo import ensure_pools
@@ -75,7 +93,7 @@ def check_warehouse(settings: Settings) -> str:
 
 
 STEPS: tuple[tuple[str, Callable[[Settings], str]], ...] = (
-    ("pools", init_pools), ("catalog", init_namespaces), ("warehouse", check_warehouse))
+    ("secrets", check_secrets), ("pools", init_pools), ("catalog", init_namespaces), ("warehouse", check_warehouse))
 
 
 def run_init(settings: Settings | None = None, echo: Callable[[str], None] = print) -> list[str]:
