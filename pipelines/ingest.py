@@ -6,7 +6,9 @@ Modes:
   lost nor duplicated.
 - full: the whole table; unchanged rows are skipped, changed rows appended, and keys gone from the
   source recorded as deletion rows (``_deleted = true``).
-- backfill: ``since <= cursor < until``, deduplicated the same way; the watermark never moves back.
+- backfill: ``since <= cursor < until``, deduplicated the same way; the watermark never moves back, and moves
+  forward only when the window starts at or before ``watermark - lookback`` (a window after a gap, or on a table
+  with no watermark, leaves it: the next incremental run loads the gap).
 - deletions: the key-only check: only the primary-key columns are read from the source; keys live in the
   lake that the source no longer has get deletion rows (a cursor table sees deletions no other way).
 Versions of a key are ordered by the table's load sequence (``_load_seq``, allocated when a load starts).
@@ -16,6 +18,7 @@ Re-running a batch id replaces that batch (delete by batch id and append in one 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -49,6 +52,8 @@ from pipelines.settings import TZ, Settings, load_settings
 
 Mode = Literal["incremental", "full", "backfill", "deletions"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class LoadResult:
@@ -71,6 +76,8 @@ class LoadResult:
     files_rejected: list[dict[str, Any]] = field(default_factory=list)
     files_repeated: list[dict[str, str]] = field(default_factory=list)
     """Files whose bytes the table already had (``of``: the earlier file's name): nothing loaded."""
+    watermark_gap: str | None = None
+    """Set when a window (mode backfill) started after the watermark, so the watermark did not move (one line)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a task returns it (XCom, shown in the Airflow UI): drop file names masked, since
@@ -139,6 +146,37 @@ def _later(a: Any, b: Any) -> Any:
     if b is None:
         return a
     return max(a, b)
+
+
+def _contiguous(since: Any, old_wm: Any, lookback: float) -> bool:
+    """Whether a window starting at ``since`` may move the watermark: only when it read everything the next
+    incremental run would have read (below its ``until``): from the start of the cursor (``since`` None), or from
+    at or before ``watermark - lookback``. Otherwise rows between the watermark and ``since`` (or late rows inside
+    the lookback) were never read, and a watermark moved past them would drop them for good. An empty table's
+    window (no watermark) is a slice, not a start: the watermark stays unset and the next incremental run loads
+    everything (the window's rows are skipped as unchanged). Keeping the watermark costs a re-read, never a row."""
+    if since is None:
+        return True
+    if old_wm is None:
+        return False
+    old_wm = _minus_lookback(old_wm, lookback)
+    try:
+        return bool(since <= old_wm)
+    except TypeError:
+        pass
+    if isinstance(since, date) and isinstance(old_wm, date):  # a date cursor and a date-time bound (or reverse)
+        def as_dt(v: date) -> datetime:
+            return v if isinstance(v, datetime) else datetime(v.year, v.month, v.day, tzinfo=TZ)
+
+        return as_dt(since) <= as_dt(old_wm)
+    return False  # not comparable: keeping the watermark only costs the next run a re-read
+
+
+def _gap_note(since: Any, old_wm: Any) -> str:
+    where = f"the watermark {_to_text(old_wm)} (less the lookback)" if old_wm is not None else \
+        "a watermark (none yet)"
+    return (f"window from {_to_text(since)} does not start at or before {where}: the watermark is kept, so the "
+            "next incremental run loads the rows before the window")
 
 
 def _iceberg_literal(value: Any) -> Any:
@@ -394,6 +432,13 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             result.rows_written = writer.rows
             old_wm = _from_text(state.watermark, cursor_type) if state.watermark else None
             new_wm = _later(old_wm, high) if spec.cursor else None
+            if spec.cursor and mode == "backfill" and not full and not _contiguous(since, old_wm, lookback):
+                # The window does not start at or before the watermark: rows in [watermark, since) were never
+                # read, so moving the watermark past them would drop them for good. The next incremental run
+                # reads from the old watermark (and skips what this window landed).
+                new_wm = old_wm
+                result.watermark_gap = _gap_note(since, old_wm)
+                log.warning("%s: %s", result.identifier, result.watermark_gap)
             state.cursor = spec.cursor
             state.watermark = _to_text(new_wm)
             state.batch_id = result.batch_id

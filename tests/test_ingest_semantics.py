@@ -181,3 +181,76 @@ def test_stream_scan_reads_what_pyiceberg_reads_after_added_and_renamed_columns(
     assert sorted(ours["bb"].to_pylist()) == ["x", "y", "z"]
     filtered = stream_scan(table.scan(row_filter=EqualTo("extra", "e"), selected_fields=("k",))).read_all()
     assert filtered.to_pylist() == [{"k": "3"}]
+
+
+def _latest_rows(settings: Settings) -> list[tuple]:
+    """(id, name, salary, updated_at) of each key's latest live version in raw (std's reading)."""
+    data = _table(settings).scan().to_arrow().to_pylist()
+    latest: dict[int, dict] = {}
+    for r in data:
+        if r["id"] not in latest or r["_load_seq"] > latest[r["id"]]["_load_seq"]:
+            latest[r["id"]] = r
+    return sorted((r["id"], r["name"], str(r["salary"]), r["updated_at"].astimezone(TZ).replace(tzinfo=None))
+                  for r in latest.values() if not r["_deleted"])
+
+
+def _source_rows(db: Path) -> list[tuple]:
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT id, name, salary, updated_at FROM staff").fetchall()
+    con.close()
+    return sorted((i, n, f"{s:.2f}", datetime.fromisoformat(u)) for i, n, s, u in rows)
+
+
+def _no_repeated_versions(settings: Settings) -> None:
+    data = _table(settings).scan().to_arrow()
+    versions = data.group_by(["id", "name", "salary", "updated_at"]).aggregate([("id", "count")])
+    assert max(versions["id_count"].to_pylist()) == 1, "a version landed twice"
+
+
+def test_window_after_a_gap_leaves_the_gap_to_the_next_incremental_run(db: Path, lake_settings: Settings) -> None:
+    """Scheduled loads failed for days, then an operator loads only yesterday (params since/until): the window
+    must not move the watermark over the days before it, or the next incremental run starts after them and
+    those rows are never loaded."""
+    system = _system(db)
+    assert _load(system, lake_settings, "b1").watermark == "2026-11-03T08:00:00+08:00"
+    _exec(db, *[f"INSERT INTO staff VALUES ({100 + d}, '缺{d}', 1.00, '2026-11-0{d} 08:00:00')" for d in (5, 6, 7)])
+    window = _load(system, lake_settings, "b2", mode="backfill", since=datetime(2026, 11, 7, tzinfo=TZ),
+                   until=datetime(2026, 11, 8, tzinfo=TZ))
+    assert window.rows_written == 1 and window.watermark == "2026-11-03T08:00:00+08:00"
+    assert window.watermark_gap and "2026-11-03T08:00:00+08:00" in window.watermark_gap
+    nxt = _load(system, lake_settings, "b3")  # incremental: from the kept watermark
+    assert (nxt.rows_written, nxt.watermark) == (2, "2026-11-07T08:00:00+08:00")  # 11-05 and 11-06; 11-07 unchanged
+    assert _latest_rows(lake_settings) == _source_rows(db)
+    _no_repeated_versions(lake_settings)
+    # a window that starts at or before the watermark is contiguous with it: the watermark moves
+    _exec(db, "INSERT INTO staff VALUES (200, '新', 1.00, '2026-11-09 08:00:00')")
+    moved = _load(system, lake_settings, "b4", mode="backfill", since=datetime(2026, 11, 7, tzinfo=TZ),
+                  until=datetime(2026, 11, 10, tzinfo=TZ))
+    assert (moved.rows_written, moved.watermark, moved.watermark_gap) == (1, "2026-11-09T08:00:00+08:00", None)
+    # with a lookback, the window must also cover the late rows the next incremental run would re-read
+    from pipelines.ingest import _contiguous
+
+    wm = datetime(2026, 11, 9, 8, tzinfo=TZ)
+    assert not _contiguous(datetime(2026, 11, 9, tzinfo=TZ), wm, 24)
+    assert _contiguous(datetime(2026, 11, 8, 8, tzinfo=TZ), wm, 24) and _contiguous(None, None, 24)
+    assert not _contiguous(datetime(2026, 11, 1, tzinfo=TZ), None, 24)  # no watermark: a slice, not a start
+    # an old window (a backfill of a past interval) never moves it back
+    old = _load(system, lake_settings, "b5", mode="backfill", since=datetime(2026, 11, 1, tzinfo=TZ),
+                until=datetime(2026, 11, 2, tzinfo=TZ))
+    assert (old.rows_written, old.watermark) == (0, "2026-11-09T08:00:00+08:00")
+
+
+def test_window_on_an_empty_table_then_incremental_loads_everything_once(db: Path, lake_settings: Settings) -> None:
+    """A window on an empty table is a slice, not a start: it leaves no watermark, so the next incremental run
+    loads the whole table; what the window landed is skipped as unchanged (raw keeps each version once)."""
+    system = _system(db)
+    window = _load(system, lake_settings, "b1", mode="backfill", since=datetime(2026, 11, 2, tzinfo=TZ),
+                   until=datetime(2026, 11, 3, tzinfo=TZ))
+    assert window.rows_written == 10 and window.watermark is None and window.watermark_gap
+    _exec(db, "UPDATE staff SET salary = 7777, updated_at = '2026-11-04 08:00:00' WHERE id = 1")  # in the window
+    nxt = _load(system, lake_settings, "b2")
+    assert (nxt.rows_extracted, nxt.rows_written, nxt.rows_unchanged) == (30, 21, 9)
+    assert nxt.watermark == "2026-11-04T08:00:00+08:00"
+    assert _latest_rows(lake_settings) == _source_rows(db)
+    _no_repeated_versions(lake_settings)
+    assert _table(lake_settings).scan().to_arrow().num_rows == 31  # 30 keys, id 1 twice (two versions)

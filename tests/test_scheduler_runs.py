@@ -177,8 +177,10 @@ def test_every_ingest_dag_scheduled_manual_params_and_backfill_under_a_scheduler
             assert answer.status_code == 200, answer.text
             param_runs[name] = answer.json()["dag_run_id"]
 
-        # 3. a backfill of the interval before the scheduled one, for each DAG once its other runs finished (a
-        # backfill first on an empty lake would set the watermark past the older rows the scheduled run loads)
+        # 3. a backfill of the interval before the scheduled one, for each DAG once its other runs finished, so
+        # each run finds the lake the assertions below expect (a backfill first would find an empty lake: it would
+        # load its interval and leave the watermark unset, and the scheduled run would then load the rest; before
+        # the watermark fix it set the watermark past the older rows, which no later run loaded)
         backfills: dict[str, int] = {}
 
         def backfilled() -> dict[str, list] | None:
@@ -264,7 +266,13 @@ def test_every_ingest_dag_scheduled_manual_params_and_backfill_under_a_scheduler
         assert (window["run"]["kind"], window["mode"]) == ("window", "backfill"), window
         assert (window["run"]["since"], window["run"]["until"]) == tuple(
             datetime.fromisoformat(w).replace(tzinfo=TZ).isoformat() for w in WINDOW), window
-        assert window["rows_extracted"] > 0 and window["rows_written"] == 0, window  # re-read, unchanged: skipped
+        # the window read exactly the source rows whose cursor is inside it (and all were in the lake already)
+        lo, hi = (datetime.fromisoformat(w) for w in WINDOW)
+        with sqlite3.connect(data_dir / "sources" / "population.db") as con:
+            cursors = [v for (v,) in con.execute(f'SELECT "{person.cursor}" FROM "{person.source}"')]
+        inside = sum(1 for v in cursors if v is not None and lo <= datetime.fromisoformat(str(v)) < hi)
+        assert 0 < inside < len(cursors), (inside, len(cursors))  # a real slice, not the whole table
+        assert (window["rows_extracted"], window["rows_written"]) == (inside, 0), window  # re-read, unchanged
         full = results[(PARAM_DAGS["full_refresh"], "full_refresh")][0]
         assert (full["run"]["kind"], full["mode"], full["rows_written"]) == ("full_refresh", "full", 0), full
         enterprise = systems["enterprise"].tables[0].code
@@ -291,4 +299,6 @@ def _collect(cluster: AirflowCluster, finished: dict[str, list], manual: dict[st
         tis = cluster.api("GET", f"/dags/{dag_id}/dagRuns/{param_runs['invalid']}/taskInstances").json()
         states = {(t["task_id"], t["map_index"]): t["state"] for t in tis["task_instances"]}
         assert states[("plan_run", -1)] == "failed", states
+        loads = [state for (task, _), state in states.items() if task == "load_table"]
+        assert loads and set(loads) == {"upstream_failed"}, states  # nothing started loading
     return out
