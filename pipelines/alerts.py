@@ -367,11 +367,18 @@ def failed_alert(settings: Settings, context: Any, departments: Mapping[str, Dep
     task_id = getattr(ti, "task_id", None) or getattr(task, "task_id", "?")
     index = getattr(ti, "map_index", -1)
     where = f"{dag_id}.{task_id}" + (f"[{index}]" if isinstance(index, int) and index >= 0 else "")
-    text = (str(exc).strip().splitlines() or [""])[0][:300] if exc is not None else None
+    # scrubbed and masked whole, then cut: a cut first could end a URL inside its userinfo
+    # (``postgresql://user:passw``), which no longer looks like userinfo and would keep the password
+    text = _safe((str(exc).strip().splitlines() or [""])[0]) if exc is not None else None
+    if text and len(text) > _FAILED_CHARS:
+        text = text[:_FAILED_CHARS - 1] + "…"
     page = getattr(ti, "log_url", None) or report_url(settings, "index.html")
     return Alert("failed", where, code, type(exc).__name__ if exc is not None else "failed",
-                 int(getattr(ti, "try_number", 1) or 1), page, name=where,
-                 rule_text=_safe(text) if text else None)
+                 int(getattr(ti, "try_number", 1) or 1), page, name=where, rule_text=text or None)
+
+
+_FAILED_CHARS = 300
+"""The longest failure text an alert quotes (the exception's first line, scrubbed and masked)."""
 
 
 def alert_task_failed(context: Any, settings: Settings | None = None) -> list[str]:

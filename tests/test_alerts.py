@@ -444,3 +444,22 @@ def test_failure_callback_alerts_the_owner_and_is_silent_without_connections(
     assert len(endpoint.requests) == 1
     # a callback never raises, even on a broken context
     assert alerts.alert_task_failed({}) == []
+
+
+def test_failure_text_is_scrubbed_before_it_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """failed_alert quotes at most 300 characters of the exception: cut first, a URL ending inside its userinfo
+    (``postgresql://lake:S3cr``) no longer looked like userinfo and kept the start of the password."""
+    import pipelines.alerts as alerts
+
+    secret = "S3cretPassw0rdXYZ"
+    head = "could not connect to the source " * 5
+    url = f"postgresql://lake:{secret}@db.example:5432/city"
+    # the 300-character cut falls inside the password
+    pad = 300 - len(head) - 1 - len("postgresql://lake:S3c")
+    message = head + "x" * pad + " " + url + " and more"
+    assert message[:300].endswith("postgresql://lake:S3c")
+    alert = alerts.failed_alert(load_settings(), _failed_context(RuntimeError(message)), _departments(smtp=None))
+    assert alert is not None and alert.rule_text is not None
+    assert "S3c" not in alert.rule_text and "lake:" not in alert.rule_text
+    assert len(alert.rule_text) <= 300 and alert.rule_text.endswith("…")
+    assert "postgresql://db.ex" in alert.rule_text  # the host stays: it says which source
