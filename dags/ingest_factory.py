@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import yaml
 from airflow.sdk import AssetAlias, CronDataIntervalTimetable, Param, dag, task
@@ -18,7 +19,9 @@ from pipelines.lake.assets import table_asset
 from pipelines.registry import SourceSystem, load_registry
 from pipelines.settings import TZ, load_settings
 
-log = logging.getLogger(__name__)
+# Named, not __name__: the DagBag imports a DAG file as ``unusual_prefix_<sha1>_ingest_factory``, a logger outside
+# ``dags`` that the JSON lines (pipelines.logs, loggers pipelines and dags) would never catch.
+log = logging.getLogger("dags.ingest_factory")
 
 
 def _doc(system: SourceSystem, department: str) -> str:
@@ -34,7 +37,8 @@ def _doc(system: SourceSystem, department: str) -> str:
         "Each table is one mapped task instance; a failing table does not stop the others. "
         "Local equivalent: `citylake ingest " + system.system + "`.\n\n"
         "**Trigger by hand** (params, all optional): nothing → incremental from each table's watermark, as a "
-        "scheduled run; `since` [+ `until`] (ISO, Asia/Shanghai unless zoned) → that window of the cursor; "
+        "scheduled run; `since` [+ `until`] (ISO, Asia/Shanghai unless zoned) → that window of the cursor (a window "
+        "that starts after the watermark leaves it there: the next run loads the rows before the window); "
         "`full_refresh` → the whole table, compared with the lake. Tables without a cursor are always a full "
         "refresh and file drops load the files not loaded yet. `plan_run` checks the params before anything "
         "loads and says what the run loads; each `load_table` logs and returns its rows, mode and window."
@@ -95,7 +99,7 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
         def load_table(table: str, **context: object) -> dict:
             from pipelines.dag_defaults import ingest_run
             from pipelines.ingest import ingest_table
-            from pipelines.registry import SqlTable, get_system
+            from pipelines.registry import get_system
 
             spec = get_system(load_settings().registry_dir, system.system)
             dag_run = context["dag_run"]
@@ -116,6 +120,15 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
                 table_asset(result.identifier),
                 extra={"snapshot_id": result.snapshot_id, "rows": result.rows_written},
             )
+            from pipelines.logs import log_context
+
+            # the lines below belong to the load's run, as the lines logged inside ingest_table do
+            with log_context(run_id=result.batch_id, batch=result.batch_id, table=result.identifier):
+                return _report_load(spec, table, result, run, context)
+
+        def _report_load(spec: SourceSystem, table: str, result: Any, run: Any, context: Any) -> dict:
+            from pipelines.registry import SqlTable
+
             # Rejected drop files were copied aside and the good ones landed: the task succeeds, and says so.
             rejected = len(result.files_rejected)
             # What landed, in one line (a task cannot write its run's note in Airflow 3.3: the Task SDK's
@@ -125,9 +138,10 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
                 window = "whole table" if result.mode == "full" else \
                     f"cursor from {run.since.isoformat() if run.since else 'the watermark'} to " \
                     f"{run.until.isoformat() if run.until else 'the latest row'}"
-                log.info("%s: %s rows written of %s extracted, mode %s, %s, watermark now %s (%s run)",
+                log.info("%s: %s rows written of %s extracted, mode %s, %s, watermark now %s%s (%s run)",
                          result.identifier, f"{result.rows_written:,}", f"{result.rows_extracted:,}", result.mode,
-                         window, result.watermark, run.kind)
+                         window, result.watermark, " (kept: the window starts after it; the next incremental run "
+                         "loads the rows before the window)" if result.watermark_gap else "", run.kind)
             else:
                 log.info("%s: %s rows written, %d file(s) loaded, %d repeated, %d rejected (%s run)",
                          result.identifier, f"{result.rows_written:,}", len(result.files_loaded),
@@ -176,8 +190,11 @@ def build_ingest_dag(system: SourceSystem):  # noqa: ANN201 - returns an Airflow
                     context["outlet_events"][alias].add(  # type: ignore[index]
                         table_asset(result.identifier),
                         extra={"snapshot_id": result.snapshot_id, "rows": result.rows_written})
-                log.info("%s: %d key(s) read, %d deleted at the source", result.identifier,
-                         result.rows_extracted, result.rows_deleted)
+                from pipelines.logs import log_context
+
+                with log_context(run_id=result.batch_id, batch=result.batch_id, table=result.identifier):
+                    log.info("%s: %d key(s) read, %d deleted at the source", result.identifier,
+                             result.rows_extracted, result.rows_deleted)
                 return result.to_dict()
 
             deletions = check_deletions.expand(table=checked)

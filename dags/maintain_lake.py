@@ -81,7 +81,7 @@ def maintain_lake() -> None:
 
         keys = ("tables", "compacted_files", "expired", "orphans", "orphan_bytes")
         total = {k: sum(c[k] for c in counts) for k in keys}
-        logging.getLogger(__name__).info("lake maintenance: %s", ", ".join(f"{k} {v}" for k, v in total.items()))
+        logging.getLogger("dags.maintain_lake").info("lake maintenance: %s", ", ".join(f"{k} {v}" for k, v in total.items()))
         return total
 
     summarize(maintain_namespace.expand(namespace=list(NAMESPACES)))

@@ -30,7 +30,7 @@ from pipelines.dag_defaults import START, default_args, run_day
 from pipelines.departments import department_name, load_departments
 from pipelines.settings import load_settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dags.publish_sharing")  # named: the DagBag imports this file as unusual_prefix_…
 
 OWNER_CODE = "11340100003009991Q"
 """合肥市数据资源局 (schemas/departments.yml): the bureau runs sharing and answers for its audit trail."""

@@ -26,19 +26,25 @@ log = logging.getLogger(__name__)
 LAKE_NAMESPACE = "iceberg://citylake"
 
 
-def sql_dataset(url: str, table: str, schema: str | None = None) -> tuple[str, str]:
-    """(namespace, name) of a source table behind a SQLAlchemy URL."""
+def sql_dataset(url: str, table: str, schema: str | None = None) -> tuple[str, str] | None:
+    """(namespace, name) of a source table behind a SQLAlchemy URL; None when the URL does not say enough to
+    name it by the spec (a Unix-socket URL without a host, a MySQL URL without a database): no input is better
+    than a wrong one (``postgres://None:5432``)."""
     from sqlalchemy.engine import make_url
 
     u = make_url(url)
     backend = u.get_backend_name()
     if backend == "sqlite":
         return f"sqlite://{Path(u.database or '').resolve()}", f"{schema or 'main'}.{table}"
+    if not u.host:
+        return None
     if backend in ("postgresql", "postgres"):
-        return f"postgres://{u.host}:{u.port or 5432}", f"{u.database}.{schema or 'public'}.{table}"
+        return (f"postgres://{u.host}:{u.port or 5432}", f"{u.database}.{schema or 'public'}.{table}") \
+            if u.database else None
     if backend in ("mysql", "mariadb"):
-        return f"mysql://{u.host}:{u.port or 3306}", f"{schema or u.database}.{table}"
-    return f"{backend}://{u.host}:{u.port}" if u.host else f"{backend}://", ".".join(
+        return (f"mysql://{u.host}:{u.port or 3306}", f"{schema or u.database}.{table}") \
+            if schema or u.database else None
+    return f"{backend}://{u.host}" + (f":{u.port}" if u.port else ""), ".".join(
         p for p in (u.database, schema, table) if p)
 
 
@@ -56,25 +62,34 @@ def ingest_datasets(system: Any, table_code: str, settings: Any) -> tuple[list[t
     from pipelines.registry import SqlTable
 
     spec = system.table(table_code)
+    source: tuple[str, str] | None
     if isinstance(spec, SqlTable):
         from pipelines.connections import resolve_url
 
         source = sql_dataset(resolve_url(system, settings), spec.source, spec.source_schema)
     else:
         source = drop_dataset(system.drop.location if system.drop else "", spec.glob, settings.root)
-    return [source], [(LAKE_NAMESPACE, system.raw_table(table_code))]
+    return [source] if source else [], [(LAKE_NAMESPACE, system.raw_table(table_code))]
+
+
+def enabled() -> bool:
+    """Whether OpenLineage events are sent: the provider is installed and a transport is configured."""
+    try:
+        from airflow.providers.openlineage.conf import is_disabled
+    except ImportError:
+        return False
+    return not is_disabled()
 
 
 def attach(context: Any, inputs: list[tuple[str, str]], outputs: list[tuple[str, str]]) -> bool:
     """Make the running task's OpenLineage event name ``inputs`` and ``outputs`` (module docstring). Returns
     whether it did (False without the provider, or when OpenLineage is disabled: no transport configured)."""
+    if not enabled():
+        return False
     try:
-        from airflow.providers.openlineage.conf import is_disabled
         from airflow.providers.openlineage.extractors import OperatorLineage
         from openlineage.client.event_v2 import Dataset
     except ImportError:
-        return False
-    if is_disabled():
         return False
     lineage: Any = OperatorLineage(inputs=[Dataset(namespace=ns, name=n) for ns, n in inputs],
                                    outputs=[Dataset(namespace=ns, name=n) for ns, n in outputs])
@@ -86,8 +101,11 @@ def attach(context: Any, inputs: list[tuple[str, str]], outputs: list[tuple[str,
 
 
 def attach_ingest(context: Any, system: Any, table_code: str, settings: Any) -> None:
-    """``attach`` a load's datasets; lineage never fails a load (a problem is a warning in the task log)."""
+    """``attach`` a load's datasets; lineage never fails a load (a problem is a warning in the task log). When
+    OpenLineage is off nothing is computed: resolving the source URL may look up an Airflow connection."""
     try:
+        if not enabled():
+            return
         attach(context, *ingest_datasets(system, table_code, settings))
     except Exception as exc:  # noqa: BLE001 - observation only
         log.warning("OpenLineage: datasets of %s.%s not attached: %s", system.system, table_code,

@@ -207,8 +207,32 @@ def test_lineage_names_follow_the_openlineage_spec(tmp_path: Path) -> None:
         "postgres://db.example:5432", "city.public.person")
     assert sql_dataset("mysql+pymysql://root@127.0.0.1/credit", "rating") == ("mysql://127.0.0.1:3306", "credit.rating")
     assert sql_dataset(f"sqlite:///{tmp_path}/a.db", "t") == (f"sqlite://{tmp_path}/a.db", "main.t")
+    # not enough to name it by the spec: no input rather than postgres://None:5432 or mysql://h:3306 + None.t
+    assert sql_dataset("postgresql+psycopg://u@/city?host=/var/run/postgresql", "person") is None
+    assert sql_dataset("mysql+pymysql://root@127.0.0.1", "rating") is None
+    assert sql_dataset("mysql+pymysql://root@127.0.0.1", "rating", "credit") == ("mysql://127.0.0.1:3306", "credit.rating")
     assert drop_dataset("s3://drops/air/", "*.csv", tmp_path) == ("s3://drops", "air/*.csv")
     assert drop_dataset("data/drops", "*.csv", tmp_path) == ("file", f"{tmp_path}/data/drops/*.csv")
+
+
+def test_lineage_off_does_no_work(lake_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With OpenLineage disabled, attach_ingest resolves no source URL (an Airflow connection lookup)."""
+    import pipelines.connections
+    import pipelines.lineage as lineage
+
+    looked_up: list[str] = []
+    monkeypatch.setattr(pipelines.connections, "resolve_url", lambda system, settings: looked_up.append(system.system))
+    monkeypatch.setattr(lineage, "enabled", lambda: False)
+    context: dict[str, Any] = {"task": object()}
+    systems, _ = load_registry(PROJECT_ROOT / "schemas" / "sources")
+    lineage.attach_ingest(context, systems["population"], systems["population"].tables[0].code, lake_settings)
+    assert looked_up == []
+    # and without a transport the provider says disabled (in a child: the first Airflow import is for good)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "OPENLINEAGE"))}
+    env["AIRFLOW_HOME"] = str(lake_settings.lake_dir / "airflow")
+    done = subprocess.run([sys.executable, "-c", "from pipelines.lineage import enabled; print(enabled())"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.strip().splitlines()[-1:] == ["False"], done.stderr[-2000:]
 
 
 CHILD = '''
