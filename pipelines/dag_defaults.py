@@ -60,9 +60,12 @@ def default_args(owner: str) -> dict[str, Any]:
 
 # --- what an ingest run loads ---------------------------------------------------------------------------
 
-TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$"
 """What ``since``/``until`` accept (checked by the params' JSON schema when the run is triggered): an ISO date
-or date-time, Asia/Shanghai unless it carries an offset."""
+or date-time, Asia/Shanghai unless it carries an offset. An offset only after a time: Python 3.11's
+``fromisoformat`` drops the offset of a date-only value (``2026-11-01Z`` read as Shanghai midnight, 8 h off)."""
+
+_ZONED_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(Z|[+-]\d{2}:?\d{2})$")
 
 
 class RunParamsError(CitylakeError):
@@ -113,6 +116,9 @@ def parse_time(name: str, text: Any) -> datetime | None:
     """A ``since``/``until`` param: None/empty stays None; an ISO date or date-time, Asia/Shanghai when naive."""
     if text is None or text == "":
         return None
+    if isinstance(text, str) and _ZONED_DATE.match(text.strip()):
+        raise RunParamsError(f"params: {name}={text!r} has a zone but no time; give the time with it "
+                             f"(e.g. {text.strip()[:10]}T00:00{text.strip()[10:]}) or leave the zone out (Asia/Shanghai)")
     if not isinstance(text, str) or not re.match(TIME_PATTERN, text.strip()):
         raise RunParamsError(f"params: {name}={text!r} is not an ISO date or date-time (e.g. 2026-11-01T00:00)")
     try:

@@ -78,63 +78,124 @@ def _login(home: Path) -> tuple[str, str]:
     return "admin", str(known["admin"])
 
 
-def run_airflow_ui(port: int = 8080, console: Console | None = None) -> int:
+def run_airflow_ui(port: int = 8080, console: Console | None = None, answer_within: float = 180) -> int:
     """``make airflow-ui``: ``airflow standalone`` (api-server, scheduler with the LocalExecutor, dag-processor,
-    triggerer) on the demo's project-local home and DAGs; prints the URL and the login once it answers, and
-    stops the whole process group on Ctrl-C. Returns its exit code."""
+    triggerer) on the demo's project-local home and DAGs; prints the URL and the login once it answers (a notice
+    if it does not within ``answer_within`` seconds), and on Ctrl-C/SIGTERM stops everything it started
+    (``_stop_airflow``). Returns its exit code."""
     import signal
     import urllib.request
+    import uuid
 
     from pipelines.registry import load_registry
 
     console = console or Console()
     settings = load_settings()
-    env = {**os.environ, **cli_env(settings.root), "AIRFLOW__API__PORT": str(port)}
+    marker = uuid.uuid4().hex
+    # CITYLAKE_AIRFLOW_UI marks every process started below (the environment is inherited): task processes
+    # leave standalone's process group (the Task SDK supervisor calls setpgid), so the group alone misses them
+    env = {**os.environ, **cli_env(settings.root), "AIRFLOW__API__PORT": str(port), _UI_MARKER: marker}
     prepare_airflow(settings.root)
     systems, _ = load_registry(settings.registry_dir)
     ensure_pools(systems)
     user, password = _login(Path(env["AIRFLOW_HOME"]))
-    # Its own session: Ctrl-C reaches this process only, which then stops standalone's whole group (its
-    # api-server, scheduler, dag-processor, triggerer and their task processes); SIGTERM likewise.
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"], env=env,
-                            start_new_session=True)
+    stopping = False
 
     def _interrupt(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if stopping:  # a second Ctrl-C (or SIGTERM) while stopping must not cut the cleanup short
+            return
+        stopping = True
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    # installed before standalone starts: a signal in between would otherwise leave it running
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    proc: subprocess.Popen[bytes] | None = None
     url = f"http://localhost:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
+        # Its own session: Ctrl-C reaches this process only, which then stops what standalone started.
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"], env=env,
+                                start_new_session=True)
+        deadline, answered = time.monotonic() + answer_within, False
+        while not answered and time.monotonic() < deadline and proc.poll() is None:
             try:
                 with urllib.request.urlopen(f"{url}/api/v2/version", timeout=2):
-                    break
+                    answered = True
             except OSError:
                 time.sleep(1)
-        if proc.poll() is None:
+        if answered and proc.poll() is None:
             console.print(f"\nAirflow UI: {url}  ·  login: {user} / {password}  (SimpleAuthManager; password in "
                           f"{env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated)\n"
                           "DAGs start paused: unpause one in the UI or `airflow dags unpause ingest__population`; "
                           "for the airflow CLI in another shell: eval \"$(.venv/bin/citylake airflow-env)\". "
                           "Ctrl-C stops.", highlight=False, soft_wrap=True)
+        elif proc.poll() is None:
+            console.print(f"Airflow did not answer at {url}/api/v2/version within {answer_within:.0f} s (still "
+                          f"starting, or the port is taken?); its output is above. Ctrl-C stops it.",
+                          highlight=False, soft_wrap=True)
         return proc.wait()
     except KeyboardInterrupt:
         console.print("stopping Airflow…")
         return 0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        try:  # what standalone's children left behind in the group
-            os.killpg(proc.pid, signal.SIGKILL)
+        stopping = True
+        if proc is not None:
+            _stop_airflow(proc, marker)
+        for sig, handler in previous.items():
+            if handler is not None:  # None: a handler not installed from Python, nothing to restore
+                signal.signal(sig, handler)
+
+
+_UI_MARKER = "CITYLAKE_AIRFLOW_UI"
+
+
+def _marked(marker: str) -> list[int]:
+    """Processes whose environment carries ``CITYLAKE_AIRFLOW_UI=<marker>`` (Linux ``/proc``; empty elsewhere)."""
+    needle = f"{_UI_MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0") and int(entry.name) != os.getpid():
+                found.append(int(entry.name))
+        except (OSError, ValueError):  # gone meanwhile, or another user's
+            continue
+    return found
+
+
+def _stop_airflow(proc: subprocess.Popen[bytes], marker: str, grace: float = 30) -> None:
+    """SIGTERM standalone's process group and wait up to ``grace`` seconds, then SIGKILL it; then whatever it
+    started that is still running (task processes in process groups of their own, found by the marker in
+    their environment): SIGTERM, a few seconds, SIGKILL. Hand-written: no library stops a process tree whose
+    members left its process group."""
+    import signal
+
+    def signal_group(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
+
+    if proc.poll() is None:
+        signal_group(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            signal_group(signal.SIGKILL)
+            proc.wait()
+    signal_group(signal.SIGKILL)  # what its children left behind in the group
+    left = _marked(marker)
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = _marked(marker)
+        if not left:
+            break
 
 
 def prepare_airflow(root: Path, home: Path | None = None) -> None:
@@ -371,8 +432,8 @@ def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
     with console.status("publish__sharing through Airflow: grants decided, de-identified, delivered, audited…"):
         shared, share_folder, audit_counts = run_sharing_dag(logical.date())
     failed += [f"sharing {task}" for task in _print_sharing(shared, console)]
-    with console.status("a mostly bad delivery: enterprise re-sends records with corrupted credit codes…"):
-        held = _bad_delivery(settings, logical)
+    with console.status("a mostly bad delivery: enterprise re-sends records with corrupted credit codes…") as status:
+        held = _bad_delivery(settings, logical, status)
     _print_held(held, console)
     with console.status("building GX Data Docs…"):
         from pipelines.quality.docs import build_data_docs
@@ -431,9 +492,10 @@ def _print_quality(settings: Any, console: Console, reference: Any) -> None:
     console.print(s)
 
 
-def _bad_delivery(settings: Any, logical: datetime) -> dict[str, Any]:
+def _bad_delivery(settings: Any, logical: datetime, status: Any = None) -> dict[str, Any]:
     """Write-audit-publish in action: 60% of a new enterprise batch has broken USCC check characters, so
-    the batch is held and std.enterprise stays at its previous snapshot."""
+    the batch is held and std.enterprise stays at its previous snapshot. ``status``: the console's spinner,
+    stopped while the run's output goes to the log file (its frames would go there too)."""
     from datetime import timedelta
 
     from pipelines.lake.catalog import get_catalog
@@ -449,15 +511,28 @@ def _bad_delivery(settings: Any, logical: datetime) -> dict[str, Any]:
     # The held batch is the planned verdict: Airflow logs the failed publish_std with its whole traceback, which
     # reads as a crash, so this run's output goes to a file (named in the paragraph) instead of the terminal.
     log_file = settings.lake_dir / "demo_held_run.log"
-    with _output_to(log_file):
-        rows = run_ingest_dags(logical + timedelta(days=1), only=["enterprise"])
+    if status is not None:
+        status.stop()
+    try:
+        with _output_to(log_file):
+            rows = run_ingest_dags(logical + timedelta(days=1), only=["enterprise"])
+    finally:
+        if status is not None:
+            status.start()
     publish = [r for r in rows if r["task"] == "publish_std"]
     after = catalog.load_table("std.enterprise").current_snapshot().snapshot_id
     batches = catalog.load_table("meta.batches").scan(row_filter="status = 'held'").to_arrow().to_pylist()
     held = [b for b in batches if b["dataset"] == "enterprise" and b["run_id"].startswith(publish[0]["run_id"])] \
         if publish else []
     if not held or "failed" not in publish[0]["state"] or before != after:
-        raise CitylakeError("demo: the mostly bad enterprise batch was not held")
+        # only publish_std should have failed (on purpose); anything else is why nothing was held
+        others = [(f"load_table[{r['table']}]" if r["task"] == "load_table" else r["table"]) + f" {r['state']}" for r in rows
+                  if "success" not in r["state"] and r["task"] != "publish_std"]
+        raise CitylakeError(
+            "demo: the mostly bad enterprise batch was not held ("
+            + (f"tasks not successful: {', '.join(others)}; " if others else "")
+            + f"publish_std {publish[0]['state'] if publish else 'did not run'}, std.enterprise snapshot "
+            + ("unchanged" if before == after else f"{before} → {after}") + f"); the run's output: {log_file}")
     return {**held[0], "std_snapshot_id": after, "task": publish[0], "log": str(log_file)}
 
 

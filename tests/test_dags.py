@@ -216,11 +216,22 @@ def test_ingest_run_from_run_type_interval_and_params() -> None:
         "must be before until": dict(since="2026-11-02", until="2026-11-01"),
         "in the future": dict(since="2026-11-01", until="2026-12-01"),
         "not an ISO date": dict(since="yesterday"),
+        # Python 3.11 drops the offset of a date-only value: it would be read as Shanghai midnight, 8 h off
+        "has a zone but no time": dict(since="2026-11-01Z"),
+        "has a zone but no time;": dict(since="2026-11-01+00:00"),
     }
     for message, params in bad.items():
         with pytest.raises(RunParamsError, match=message) as err:
             ingest_run(_ctx(**params))
         assert "\n" not in str(err.value) and str(err.value).startswith("params: ")
+    # the params' JSON schema refuses it at trigger time too; an offset after a time stays accepted
+    import re
+
+    from pipelines.dag_defaults import TIME_PATTERN
+
+    assert not re.match(TIME_PATTERN, "2026-11-01Z") and not re.match(TIME_PATTERN, "2026-11-01+00:00")
+    assert all(re.match(TIME_PATTERN, t) for t in ("2026-11-01", "2026-11-01T00:00Z", "2026-11-01 08:00+08:00"))
+    assert ingest_run(_ctx(since="2026-11-01T00:00Z")).since == datetime(2026, 11, 1, 8, tzinfo=TZ)
 
 
 def _report_dag():  # noqa: ANN202
@@ -552,3 +563,90 @@ def test_sharing_dag_run_without_master_key_fails_the_pseudonym_grant_without_re
     rows = [r for r in read_audit(get_catalog()) if r["grant_id"] == "dags-person-file"]
     assert [(r["outcome"], r["reason"]) for r in rows] == [("failed", "missing_key")]
     assert MASTER_ENV in rows[0]["detail"]
+
+
+def test_demo_held_run_that_was_not_held_names_the_log_and_the_failed_tasks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The held run's output goes to a file; when the batch was not held (load_table really failed), the error
+    says which tasks did not succeed and where the output is, and the spinner was stopped around the run."""
+    from types import SimpleNamespace
+
+    import pipelines.demo as demo
+    import pipelines.lake.catalog
+    import pipelines.seed
+    from pipelines.errors import CitylakeError
+    from pipelines.settings import TZ
+
+    snapshot = SimpleNamespace(snapshot_id=7)
+    table = SimpleNamespace(properties={}, current_snapshot=lambda: snapshot,
+                            scan=lambda **kw: SimpleNamespace(to_arrow=lambda: SimpleNamespace(to_pylist=lambda: [])))
+    monkeypatch.setattr(pipelines.lake.catalog, "get_catalog", lambda settings: SimpleNamespace(load_table=lambda i: table))
+    monkeypatch.setattr(pipelines.seed, "corrupt_enterprise_uscc", lambda *a: None)
+    events: list[str] = []
+    status = SimpleNamespace(stop=lambda: events.append("stop"), start=lambda: events.append("start"))
+
+    def run(logical: datetime, only: list[str]) -> list[dict]:
+        events.append("run")
+        return [{"task": "plan_run", "table": "plan_run[-1]", "state": "success", "run_id": "r"},
+                {"task": "load_table", "table": "enterprise", "state": "failed", "run_id": "r"},
+                {"task": "publish_std", "table": "publish_std[0]", "state": "upstream_failed", "run_id": "r"}]
+
+    monkeypatch.setattr(demo, "run_ingest_dags", run)
+    settings = SimpleNamespace(lake_dir=tmp_path, data_dir=tmp_path)
+    with pytest.raises(CitylakeError) as err:
+        demo._bad_delivery(settings, datetime(2026, 11, 20, 2, tzinfo=TZ), status)
+    message = str(err.value)
+    assert "\n" not in message and "load_table[enterprise] failed" in message
+    assert "plan_run" not in message and str(tmp_path / "demo_held_run.log") in message
+    assert events == ["stop", "run", "start"]
+
+
+def test_airflow_ui_stop_reaches_processes_that_left_its_process_group(tmp_path: Path) -> None:
+    """make airflow-ui's cleanup: standalone's process group, and what left it (task processes call setpgid),
+    found by the marker in their environment."""
+    import signal
+
+    from pipelines.demo import _UI_MARKER, _marked, _stop_airflow
+
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("no /proc: only the process group is stopped here")
+    pid_file = tmp_path / "grandchild.pid"
+    script = ("import signal, subprocess, sys, time\n"
+              "p = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # a parent that ignores SIGTERM: SIGKILL after the grace
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+              "time.sleep(300)\n")
+    marker = "test" + os.urandom(4).hex()
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, _UI_MARKER: marker},
+                            start_new_session=True)
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    grandchild = int(pid_file.read_text())
+    assert os.getpgid(grandchild) != os.getpgid(proc.pid) and set(_marked(marker)) == {proc.pid, grandchild}
+    started = time.monotonic()
+    _stop_airflow(proc, marker, grace=1)
+    assert time.monotonic() - started < 15 and proc.returncode == -signal.SIGKILL
+
+    def gone(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] in ("Z", "X")  # a zombie is gone
+        except OSError:
+            return True
+
+    assert gone(grandchild) and _marked(marker) == []
+
+
+def test_dag_files_log_under_dags() -> None:
+    """The DagBag imports a DAG file as ``unusual_prefix_<sha1>_<file>``: a module logger (``__name__``) would
+    sit outside ``dags``, where the JSON lines (pipelines.logs.LOGGERS) never catch it."""
+    import re
+
+    from pipelines.logs import LOGGERS
+
+    assert "dags" in LOGGERS
+    for path in sorted((ROOT / "dags").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert "getLogger(__name__)" not in text, path.name
+        for name in re.findall(r"getLogger\(\"([^\"]+)\"\)", text):
+            assert name.startswith("dags."), (path.name, name)
