@@ -59,7 +59,7 @@ lint: install
 	$(VENV)/bin/mypy pipelines
 
 test: install lint browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(UV) pip install -q --compile-bytecode --python $(PY) -e '.[dev,bench]'

@@ -85,6 +85,26 @@ def scoped_env(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _airflow_bound_to_a_migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Airflow binds its metadata database when first imported in a process, for the rest of the session.
+    Serially, test_alerts' fixture happened to import it first (migrated); under pytest-xdist each worker runs
+    its own mix of files, and a module importing Airflow first with no home set bound an unmigrated database
+    ("no such table: slot_pool"). So every worker binds one migrated database before any test, exactly as
+    test_alerts did (environment restored afterwards; module fixtures still migrate and point at their own)."""
+    from pipelines.demo import airflow_env, prepare_airflow
+    from pipelines.settings import PROJECT_ROOT
+
+    home = tmp_path_factory.mktemp("airflow_session")
+    with scoped_env(airflow_env(PROJECT_ROOT, home)):
+        prepare_airflow(PROJECT_ROOT, home)
+        # logging is configured at the first import too: before any test's caplog starts
+        import airflow.providers.http.notifications.http  # noqa: F401
+        import airflow.providers.smtp.notifications.smtp  # noqa: F401
+        import airflow.settings  # noqa: F401
+    yield
+
+
 @pytest.fixture
 def lake_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings with a fresh local lake (SQLite catalog) and registry folder under tmp_path."""

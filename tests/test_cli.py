@@ -53,12 +53,14 @@ def test_backfill_window_then_ls_json(lake_settings: Settings, tmp_path: Path) -
     rows = json.loads(listed.stdout)  # stdout is only JSON
     (orders,) = [r for r in rows if r["table"] == "raw.shop__orders"]
     assert orders["rows"] == 20  # days 3 and 4 only
-    assert orders["watermark"] == "2026-11-04T12:00:00+08:00"
+    # a window on an empty table sets no watermark: the next incremental run must still load days 1-2
+    assert orders["watermark"] is None
     assert orders["committed_at"].endswith("+08:00") and isinstance(orders["snapshot_id"], int)
-    full = _run("ingest", "shop")  # incremental from the backfill's watermark (minus lookback)
+    full = _run("ingest", "shop")  # incremental from the start: nothing before the window is skipped
     assert full.returncode == 0, full.stderr
     rows = {r["table"]: r for r in json.loads(_run("lake", "ls", "--json").stdout)}
-    assert rows["raw.shop__orders"]["rows"] == 20 + 60  # days 5..10 added; day 4 not duplicated
+    assert rows["raw.shop__orders"]["rows"] == 20 + 20 + 60  # days 1-2 and 5..10 added; days 3-4 not duplicated
+    assert rows["raw.shop__orders"]["watermark"] == "2026-11-10T12:00:00+08:00"
     shown = _run("lake", "show", "raw.shop__orders", "--limit", "3")
     assert shown.returncode == 0 and "order_id" in shown.stdout
 
