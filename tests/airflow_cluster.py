@@ -27,6 +27,48 @@ SECRET_ENV = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIR
               "CITYLAKE_SHARE_MASTER_KEY")
 
 
+def airflow_env(tmp: Path, metadata: str, api_port: int, password_file: Path, executor: str) -> dict[str, str]:
+    """What every component of a native test cluster shares (what docker-compose sets once for all): this
+    process's environment without its AIRFLOW*/CITYLAKE_* settings, the metadata DB (psycopg 3 for the async
+    engine too: Airflow would map postgresql to asyncpg, not installed), fresh Fernet/JWT/API secrets, the
+    execution API on ``api_port``, SimpleAuthManager admin/admin, and fast scheduler and parsing loops."""
+    import secrets
+
+    from cryptography.fernet import Fernet
+
+    from pipelines.settings import PROJECT_ROOT
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CITYLAKE_"))}
+    return {
+        **base,
+        "AIRFLOW_HOME": str(tmp / "airflow_home"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DEFAULT_TIMEZONE": "Asia/Shanghai",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__CORE__EXECUTOR": executor,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": metadata,
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}/",  # compose: ${AIRFLOW_BASE_URL}, the same form
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(password_file),
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+        "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "2",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        "CITYLAKE_ROOT": str(PROJECT_ROOT),
+        "CITYLAKE_RETRY_DELAY_SECONDS": "0.2",
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow_cluster import AIRFLOW, CITYLAKE, AirflowCluster, free_port
+from airflow_cluster import AIRFLOW, CITYLAKE, AirflowCluster, airflow_env, free_port
 from conftest import require_service
 
 from pipelines.settings import PROJECT_ROOT, TZ, Settings, load_settings
@@ -170,46 +170,17 @@ def redis_db() -> Iterator[str]:
 
 def _cluster_env(tmp: Path, af_db: str, ice_db: str, broker: str, s3: str, data_dir: Path,
                  api_port: int, password_file: Path) -> dict[str, str]:
-    from cryptography.fernet import Fernet
-
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CITYLAKE_"))}
     metadata = f"postgresql+psycopg://postgres@127.0.0.1:5432/{af_db}"
     return {
-        **base,
         # --- shared by every Airflow component (what docker-compose sets once for all) ---
-        "AIRFLOW_HOME": str(tmp / "airflow_home"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DEFAULT_TIMEZONE": "Asia/Shanghai",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
-        # Airflow derives its async engine's URL by mapping postgresql to asyncpg (not installed): psycopg 3
-        # is async-capable under the same URL
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": metadata,
+        **airflow_env(tmp, metadata, api_port, password_file, "CeleryExecutor"),
         "AIRFLOW__CELERY__BROKER_URL": broker,
         "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata}",  # Celery's database backend: "db+" + SQLAlchemy URL
-        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}/",  # compose: ${AIRFLOW_BASE_URL}, the same form
-        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(password_file),
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "pipelines.platform.hostname.worker_hostname",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        # --- test speed: scheduled runs off (only the REST-triggered ones run), fast parsing and loops ---
+        # --- test speed: scheduled runs off (only the REST-triggered ones run) ---
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
-        "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "2",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
-        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         # --- the lake: catalog in PostgreSQL, warehouse on S3 (the same variables compose sets) ---
-        "CITYLAKE_ROOT": str(PROJECT_ROOT),
         "CITYLAKE_DATA_DIR": str(data_dir),
         "CITYLAKE_LAKE_DIR": str(tmp / "cluster_lake"),  # only local scratch; the lake itself is on S3
         "CITYLAKE_CATALOG_URI": f"postgresql+psycopg://postgres@127.0.0.1:5432/{ice_db}",
@@ -218,7 +189,6 @@ def _cluster_env(tmp: Path, af_db: str, ice_db: str, broker: str, s3: str, data_
         "CITYLAKE_REJECTED_DIR": "s3://citylake-lake/rejected",
         "CITYLAKE_EXPORTS_DIR": "s3://citylake-lake/exports",
         "CITYLAKE_ARTIFACTS_DIR": "s3://citylake-lake/artifacts",  # GX results every worker must see
-        "CITYLAKE_RETRY_DELAY_SECONDS": "0.2",
         "CITYLAKE_SHARE_MASTER_KEY": secrets.token_hex(32),  # as compose: every worker the same key
         "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
         "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
