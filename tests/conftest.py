@@ -106,6 +106,21 @@ def _airflow_bound_to_a_migrated_db(tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
+def s3_lake(tmp_path: Path, moto_endpoint: str, aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A lake whose warehouse and rejected area are in a fresh moto bucket (catalog: SQLite under tmp_path)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    bucket = f"lake-{tmp_path.name.lower().replace('_', '-')[-20:]}"
+    s3.create_bucket(Bucket=bucket)
+    monkeypatch.setenv("CITYLAKE_LAKE_DIR", str(tmp_path / "lake"))
+    monkeypatch.setenv("CITYLAKE_WAREHOUSE", f"s3://{bucket}/warehouse")
+    monkeypatch.setenv("CITYLAKE_REJECTED_DIR", f"s3://{bucket}/rejected")
+    monkeypatch.setenv("CITYLAKE_S3_ENDPOINT", moto_endpoint)
+    return load_settings()
+
+
+@pytest.fixture
 def lake_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings with a fresh local lake (SQLite catalog) and registry folder under tmp_path."""
     (tmp_path / "registry").mkdir()

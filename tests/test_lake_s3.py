@@ -7,26 +7,13 @@ from datetime import datetime
 from pathlib import Path
 
 import boto3
-import pytest
 from conftest import TEST_DEPARTMENT
 
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.inspect import list_tables
 from pipelines.registry import SourceSystem
-from pipelines.settings import TZ, Settings, load_settings
-
-
-@pytest.fixture
-def s3_lake(tmp_path: Path, moto_endpoint: str, aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
-    bucket = f"lake-{tmp_path.name.lower().replace('_', '-')[-20:]}"
-    s3.create_bucket(Bucket=bucket)
-    monkeypatch.setenv("CITYLAKE_LAKE_DIR", str(tmp_path / "lake"))
-    monkeypatch.setenv("CITYLAKE_WAREHOUSE", f"s3://{bucket}/warehouse")
-    monkeypatch.setenv("CITYLAKE_REJECTED_DIR", f"s3://{bucket}/rejected")
-    monkeypatch.setenv("CITYLAKE_S3_ENDPOINT", moto_endpoint)
-    return load_settings()
+from pipelines.settings import TZ, Settings
 
 
 def test_sql_source_into_s3_warehouse(s3_lake: Settings, tmp_path: Path) -> None:

@@ -335,14 +335,10 @@ def test_orphans_old_go_young_stay_live_untouched(lake_settings: Settings) -> No
     assert table.scan().to_arrow().num_rows == 6 and all(Path(p).exists() for p in live_files(table))
 
 
-def test_orphans_on_s3(tmp_path: Path, moto_endpoint: str, aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_orphans_on_s3(s3_lake: Settings, moto_endpoint: str) -> None:
     s3 = boto3.client("s3", endpoint_url=moto_endpoint)
-    bucket = f"maint-{tmp_path.name.lower().replace('_', '-')[-20:]}"
-    s3.create_bucket(Bucket=bucket)
-    monkeypatch.setenv("CITYLAKE_LAKE_DIR", str(tmp_path / "lake"))
-    monkeypatch.setenv("CITYLAKE_WAREHOUSE", f"s3://{bucket}/warehouse")
-    monkeypatch.setenv("CITYLAKE_S3_ENDPOINT", moto_endpoint)
-    settings = load_settings()
+    settings = s3_lake
+    bucket = settings.warehouse.removeprefix("s3://").split("/")[0]
     catalog = get_catalog(settings)
     _std(settings, 3, name="meta.log")
     table = catalog.load_table("meta.log")
