@@ -330,12 +330,9 @@ def ingest_table(system: SourceSystem, table_code: str, *, settings: Settings | 
 
 def _open_source(system: SourceSystem, settings: Settings) -> Any:
     from pipelines.connections import resolve_url
+    from pipelines.extract.sources import open_source
 
-    url = resolve_url(system, settings)
-    from pipelines.extract.sql import PostgresSource, SqlSource
-
-    cls = PostgresSource if url.startswith("postgresql") else SqlSource
-    return cls(system.system, url, system.max_connections)
+    return open_source(system, resolve_url(system, settings))
 
 
 def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: LoadResult,
