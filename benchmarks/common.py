@@ -284,3 +284,19 @@ def pg_table(db: str, table: str, rows: int) -> bool:
     psql(f"DROP TABLE IF EXISTS {table}", db)
     psql(PG_TABLES[table].format(rows=rows), db)
     return True
+
+
+def bench_venv(name: str, requirements: Sequence[str]) -> Path:
+    """The python of a venv of its own under ``benchmarks/.venvs/<name>`` holding exactly ``requirements``
+    (a peer whose wheel pins another DuckDB than the project's, say); made with the project's uv, remade
+    when the requirements change."""
+    venv = ROOT / "benchmarks" / ".venvs" / name
+    stamp, py = venv / ".requirements", venv / "bin" / "python"
+    wanted = "\n".join(requirements)
+    if py.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return py
+    uv = ROOT / ".venv" / "bin" / "uv"
+    subprocess.run([str(uv), "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run([str(uv), "pip", "install", "-q", "--python", str(py), *requirements], check=True)
+    stamp.write_text(wanted)
+    return py
