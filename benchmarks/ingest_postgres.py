@@ -1,8 +1,19 @@
-"""PostgreSQL → lake: `citylake ingest` side by side with the COPY floor, pandas and dlt, in one run.
+"""PostgreSQL → Parquet/lake on two tables: `citylake ingest` beside the COPY floor, DuckDB's postgres scanner
+(1.4.4 and 1.5.5, each in a venv of its own), ConnectorX, dlt (pyarrow and connectorx backends) and pandas,
+all in one run with interleaved repetitions.
 
-Each method runs as its own process (imports and commit included) and is timed as a whole; peak RSS
-is the process tree's, polled every 20 ms. Usage:
-    .venv/bin/python benchmarks/ingest_postgres.py [--rows 5000000] [--only citylake,copy] [--keep-data]
+    .venv/bin/python benchmarks/ingest_postgres.py [--rows 5000000] [--reps 3] [--tables resident,resident_real]
+                                                   [--only citylake,copy-floor] [--db-suffix S]
+
+Tables (benchmarks/common.py PG_TABLES): ``resident`` (the project's first table: names from 36 combinations,
+few distinct values) in database ``citylake_bench``, ``resident_real`` (random names and addresses,
+``char(n)``, ``timestamptz``, ``numeric(12,2)``) in ``citylake_bench_real``. At a row count other than 5 M the
+databases get a suffix (``citylake_bench_200000``) so that a smoke run never rebuilds the shared 5 M tables.
+
+Every method is a fresh process, timed whole (interpreter start, imports, connect, commit), peak RSS of its
+process tree polled every 20 ms; the methods of a table run in rotating order for ``--reps`` repetitions and
+each figure is the median. Each output is checked afterwards (untimed): the Parquet files' row counts, or the
+lake table's snapshot row count; a method that wrote fewer rows than the table holds is FAILED.
 """
 
 from __future__ import annotations
@@ -10,167 +21,343 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-DB = "citylake_bench"
-URL = f"postgresql://postgres@127.0.0.1:5432/{DB}"
-SA_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB}"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
-# 12 columns, id included: Chinese text, a numeric(12,2), dates and timestamps.
-CREATE = """
-CREATE TABLE resident (
-  id bigint PRIMARY KEY, resident_id varchar(18), name text, sex text, birth_date date, district_code varchar(6),
-  address text, phone varchar(11), monthly_income numeric(12,2), registered_at timestamp, status smallint,
-  updated_at timestamp);
-INSERT INTO resident
-SELECT g, '340104' || to_char(date '1950-01-01' + (g % 25000), 'YYYYMMDD') || lpad((g % 1000)::text, 3, '0')
-         || (g % 10)::text,
-  (array['张','王','李','赵','刘','陈'])[1 + g % 6] || (array['伟','芳','娜','敏','静','磊'])[1 + (g / 7) % 6],
-  (array['男','女'])[1 + g % 2], date '1950-01-01' + (g % 25000), (array['340102','340103','340104','340111'])[1 + g % 4],
-  '安徽省合肥市蜀山区长江西路' || (g % 500) || '号' || (g % 30) || '栋', '138' || lpad((g % 100000000)::text, 8, '0'),
-  round((g % 100000) * 1.37, 2), timestamp '2000-01-01' + (g % 100000) * interval '1 hour', (g % 3)::smallint,
-  timestamp '2026-01-01' + (g % 1000000) * interval '1 second'
-FROM generate_series(1, {rows}) g;
-VACUUM ANALYZE resident;
+FULL_ROWS = 5_000_000
+DATABASES = {"resident": "citylake_bench", "resident_real": "citylake_bench_real"}
+PG = "postgresql://postgres@127.0.0.1:5432/{db}"
+SA = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
+
+# DuckDB and its postgres extension come from PyPI wheels (DuckDB cannot download extensions here), each pinning
+# its DuckDB, so each peer gets a venv of its own. Both are loaded the same way in the timed process: SET
+# extension_directory to a directory in the standard layout, LOAD postgres.
+# - duckdb-ext-postgres ships the layout itself (duckdb_ext/extensions/v1.4.4/linux_amd64/
+#   postgres_scanner.duckdb_extension; its README: SET extension_directory to duckdb_ext's extensions folder);
+# - duckdb-extension-postgres ships a bare file (duckdb_extension_postgres/extensions/v1.5.5/
+#   postgres.duckdb_extension) that its helper package INSTALLs from the path; that INSTALL runs once at
+#   set-up (untimed) into <venv>/extensions.
+DUCKDB_PEERS = {
+    "duckdb-1.4.4": ("duckdb-pg-1.4.4", ["duckdb-ext-postgres==1.4.4.20260205"]),
+    "duckdb-1.5.5": ("duckdb-pg-1.5.5", ["duckdb-extension-postgres==1.5.5"]),
+}
+
+DUCKDB_SETUP = """
+import duckdb, os, sys
+import duckdb_extension_postgres as pkg
+venv = sys.argv[1]
+wheel_file = os.path.join(os.path.dirname(pkg.__file__), "extensions", "v" + duckdb.__version__, "postgres.duckdb_extension")
+con = duckdb.connect()
+con.execute("SET extension_directory = ?", [os.path.join(venv, "extensions")])
+con.execute(f"INSTALL '{wheel_file}'")
 """
 
-REGISTRY = """\
-system: bench_pg
-name: 基准测试
-department: "340100BM999"  # 测试局 (schemas/departments.yml)
-connection: src_bench
-tables:
-  - code: resident
-    source: resident
-    primary_key: [id]
+# DuckDB's defaults: threads = cores, pg_use_binary_copy = true, Parquet compression snappy, 122,880-row groups.
+# argv[5] (optional): extra SET statements separated by ';' (--duckdb-set), e.g. "threads=1".
+DUCKDB = """
+import duckdb, os, sys
+ext_dir, dsn, table, out = sys.argv[1:5]
+con = duckdb.connect()
+con.execute("SET autoinstall_known_extensions = false")
+con.execute("SET extension_directory = ?", [ext_dir])
+con.execute("LOAD postgres")
+for setting in filter(None, (sys.argv[5] if len(sys.argv) > 5 else "").split(";")):
+    con.execute("SET " + setting)
+con.execute(f"ATTACH '{dsn}' AS db (TYPE postgres, READ_ONLY)")
+con.execute(f"COPY (SELECT * FROM db.public.{table}) TO '{out}' (FORMAT parquet)")
 """
 
-PANDAS = f"""
-import pandas as pd, pyarrow as pa, pyarrow.parquet as pq, sqlalchemy as sa, sys
-engine = sa.create_engine({SA_URL!r})
+# ConnectorX 0.4: return_type="arrow_stream" yields Arrow record batches as its workers decode them (two
+# partitions on id = two connections and two threads, each running a `COPY … TO STDOUT (FORMAT binary)` of its
+# id range); batches go straight to a zstd Parquet writer, so memory stays near one batch per partition.
+CONNECTORX = """
+import sys, connectorx as cx, pyarrow.parquet as pq
+url, table, out = sys.argv[1:4]
+reader = cx.read_sql(url, f"SELECT * FROM {table}", return_type="arrow_stream", partition_on="id", partition_num=2,
+                     batch_size=100_000)
+writer = None
+for batch in reader:
+    writer = writer or pq.ParquetWriter(out, batch.schema, compression="zstd")
+    writer.write_batch(batch)
+writer.close()
+"""
+
+PANDAS = """
+import sys, pandas as pd, pyarrow as pa, pyarrow.parquet as pq, sqlalchemy as sa
+url, table, out = sys.argv[1:4]
+engine = sa.create_engine(url)
 writer = None
 with engine.connect().execution_options(stream_results=True) as conn:
-    for chunk in pd.read_sql("SELECT * FROM resident", conn, chunksize=100_000):
-        table = pa.Table.from_pandas(chunk, preserve_index=False)
-        writer = writer or pq.ParquetWriter(sys.argv[1] + "/resident.parquet", table.schema, compression="zstd")
-        writer.write_table(table)
+    for chunk in pd.read_sql(f"SELECT * FROM {table}", conn, chunksize=100_000):
+        t = pa.Table.from_pandas(chunk, preserve_index=False)
+        writer = writer or pq.ParquetWriter(out, t.schema, compression="zstd")
+        writer.write_table(t)
 writer.close()
 """
 
 DLT = """
 import sys, dlt
 from dlt.sources.sql_database import sql_table
-backend, out = sys.argv[1], sys.argv[2]
-source = sql_table(credentials={url!r}, table="resident", backend=backend, chunk_size=100_000)
+backend, url, table, out = sys.argv[1:5]
+source = sql_table(credentials=url, table=table, backend=backend, chunk_size=100_000)
 pipeline = dlt.pipeline(pipeline_name="bench_" + backend, pipelines_dir=out + "/pipelines",
                         destination=dlt.destinations.filesystem(bucket_url="file://" + out + "/data"),
                         dataset_name="bench")
 pipeline.run(source, loader_file_format="parquet")
-""".replace("{url!r}", repr(SA_URL))
+"""
+
+REGISTRY = """\
+system: bench_pg
+name: 基准测试
+department: "11340100003009991Q"  # 合肥市数据资源局 (schemas/departments.yml holds no test-only department)
+connection: src_bench
+tables:
+  - code: {table}
+    source: {table}
+    primary_key: [id]
+"""
+
+WHAT = """\
+Each method reads the whole table and writes it out, as a fresh process timed whole:
+- `copy-floor`: `psql -c "COPY (SELECT * FROM t) TO STDOUT (FORMAT binary)" > /dev/null` — the server's cost
+  of producing the rows, one backend, nothing decoded or written;
+- `duckdb-1.4.4`, `duckdb-1.5.5`: DuckDB's postgres scanner (`ATTACH … (TYPE postgres, READ_ONLY)`, then
+  `COPY (SELECT * FROM db.public.t) TO 'x.parquet' (FORMAT parquet)`) with DuckDB's defaults: threads = the
+  cores (2), binary COPY, parallel ctid-range scans, Parquet snappy, 122,880-row groups; each DuckDB from its
+  own venv (wheels `duckdb-ext-postgres==1.4.4.20260205`, `duckdb-extension-postgres==1.5.5`);
+- `connectorx`: ConnectorX `read_sql(return_type="arrow_stream", partition_on="id", partition_num=2)` (two
+  connections, two binary COPYs of id ranges, decoded to Arrow in Rust), batches to a zstd Parquet writer;
+- `dlt-pyarrow`, `dlt-connectorx`: dlt `sql_table` (backend pyarrow or connectorx, chunk 100,000) into a
+  filesystem destination as Parquet (dlt's extract, normalize and load steps, its state);
+- `pandas+pyarrow`: `pd.read_sql` in 100,000-row chunks on a server-side cursor, each chunk to Arrow and a
+  zstd Parquet writer;
+- `citylake`: `citylake ingest bench_pg` (a first load into a fresh lake: Parquet zstd files registered in
+  one Iceberg commit, the catalog, batch and watermark bookkeeping).
+"""
 
 
-def psql(sql: str, db: str = "postgres") -> None:
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-q", "-v", "ON_ERROR_STOP=1"],
-                   input=sql, text=True, check=True, capture_output=True)
+def database(table: str, rows: int, suffix: str | None) -> str:
+    base = DATABASES[table]
+    if suffix is None:
+        suffix = "" if rows == FULL_ROWS else f"_{rows}"
+    return base + suffix
 
 
-def prepare(rows: int) -> None:
-    psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    psql(f"CREATE DATABASE {DB}")
-    psql(CREATE.format(rows=rows), DB)
+def parquet_rows(path: Path) -> int:
+    """Rows in a Parquet file, or in every Parquet file under a folder (footers only)."""
+    import pyarrow.parquet as pq
+
+    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None, shell: bool = False) -> tuple[float, float, int, str]:
-    """Wall seconds, peak RSS (MB) of the process tree, exit code, stderr tail."""
-    import psutil
-
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd if not shell else " ".join(cmd), shell=shell, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    seconds = time.perf_counter() - started
-    err = proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:] if proc.stderr else []
-    return seconds, peak / 2**20, proc.returncode, (err[0] if err else "")
+def lake_rows(env: dict[str, str], table: str) -> int:
+    done = subprocess.run([str(Path(sys.executable).with_name("citylake")), "lake", "ls", "--json"],
+                          env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    return sum(int(t["rows"] or 0) for t in json.loads(done.stdout) if t["table"] == f"raw.bench_pg__{table}")
 
 
-def methods(work: Path) -> dict[str, tuple[list[str], dict[str, str], bool]]:
+def prepare_peers() -> dict[str, tuple[Path, Path]]:
+    """The python and the extension directory of each DuckDB peer's venv (made once, then reused)."""
+    peers = {}
+    for name, (venv_name, requirements) in DUCKDB_PEERS.items():
+        py = common.bench_venv(venv_name, requirements)
+        venv = py.parent.parent
+        if name == "duckdb-1.4.4":
+            found = list(venv.glob("lib/python*/site-packages/duckdb_ext/extensions"))
+            if not found:
+                raise SystemExit(f"{venv}: duckdb_ext/extensions not found (duckdb-ext-postgres changed layout?)")
+            ext_dir = found[0]
+        else:
+            ext_dir = venv / "extensions"
+            if not list(ext_dir.glob("v*/*/postgres_scanner.duckdb_extension")):
+                subprocess.run([str(py), "-c", DUCKDB_SETUP, str(venv)], check=True)
+        peers[name] = (py, ext_dir)
+    return peers
+
+
+def methods_for(table: str, db: str, rows: int, work: Path, peers: dict[str, tuple[Path, Path]],
+                duckdb_set: str, timeout: float) -> tuple[dict[str, Callable[[int], common.Run]], Callable[[str, int], None]]:
+    """The methods of one table, and the clean-up run before each (untimed): every output folder emptied."""
     py = sys.executable
-    lake, reg = work / "lake", work / "registry"
+    pg, sa = PG.format(db=db), SA.format(db=db)
+    dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={db}"
+    out = {name: work / table / name for name in
+           ("duckdb-1.4.4", "duckdb-1.5.5", "connectorx", "dlt-pyarrow", "dlt-connectorx", "pandas+pyarrow", "citylake")}
+    reg = work / table / "registry"
     reg.mkdir(parents=True, exist_ok=True)
-    (reg / "bench_pg.yml").write_text(REGISTRY, encoding="utf-8")
-    (work / "pandas").mkdir(exist_ok=True)
-    return {
-        "copy-floor": (["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", DB, "-c",
-                        "'COPY (SELECT * FROM resident) TO STDOUT (FORMAT binary)'", ">", "/dev/null"], {}, True),
-        "pandas+pyarrow": ([py, "-c", PANDAS, str(work / "pandas")], {}, False),
-        "dlt-pyarrow": ([py, "-c", DLT, "pyarrow", str(work / "dlt-pyarrow")], {}, False),
-        "dlt-connectorx": ([py, "-c", DLT, "connectorx", str(work / "dlt-connectorx")], {}, False),
-        "citylake": ([str(Path(py).with_name("citylake")), "ingest", "bench_pg"],
-                     {"CITYLAKE_REGISTRY_DIR": str(reg), "CITYLAKE_LAKE_DIR": str(lake),
-                      "CITYLAKE_CONN_SRC_BENCH": URL}, False),
+    (reg / "bench_pg.yml").write_text(REGISTRY.format(table=table), encoding="utf-8")
+    lake_env = {"CITYLAKE_REGISTRY_DIR": str(reg), "CITYLAKE_LAKE_DIR": str(out["citylake"]),
+                "CITYLAKE_CONN_SRC_BENCH": pg}
+
+    def checked(name: str, cmd: list[str] | str, env: dict[str, str] | None, count: Callable[[], int],
+                shell: bool = False) -> Callable[[int], common.Run]:
+        def run(rep: int) -> common.Run:
+            seconds, rss, rc, err = common.measure(cmd, env, shell=shell, timeout=timeout)
+            result = common.Run(name, rep, seconds, rss, rc, err if rc else "")
+            if result.ok:
+                try:
+                    got = count()
+                except Exception as exc:  # noqa: BLE001 - whatever broke, the run did not deliver
+                    got, result.error = -1, f"output unreadable: {exc}"
+                result.extra["rows_out"] = got
+                if got != rows:
+                    result.rc = result.rc or 99
+                    result.error = result.error or f"wrote {got:,} rows, expected {rows:,}"
+            return result
+
+        return run
+
+    copy_sql = f"COPY (SELECT * FROM {table}) TO STDOUT (FORMAT binary)"
+    floor_cmd = f"psql -X -h 127.0.0.1 -U postgres -d {db} -c {shlex.quote(copy_sql)} > /dev/null"
+    methods: dict[str, Callable[[int], common.Run]] = {
+        # psql exits non-zero on any error; its output is not counted (it goes to /dev/null by design).
+        "copy-floor": common.command_run("copy-floor", floor_cmd, shell=True, timeout=timeout),
     }
+    for name, (peer_py, ext_dir) in peers.items():
+        target = out[name] / f"{table}.parquet"
+        cmd = [str(peer_py), "-c", DUCKDB, str(ext_dir), dsn, table, str(target)] + ([duckdb_set] if duckdb_set else [])
+        methods[name] = checked(name, cmd, None, lambda t=target: parquet_rows(t))
+    cx_target = out["connectorx"] / f"{table}.parquet"
+    methods["connectorx"] = checked("connectorx", [py, "-c", CONNECTORX, pg, table, str(cx_target)], None,
+                                    lambda: parquet_rows(cx_target))
+    for backend in ("pyarrow", "connectorx"):
+        name = f"dlt-{backend}"
+        methods[name] = checked(name, [py, "-c", DLT, backend, sa, table, str(out[name])], None,
+                                lambda d=out[name]: parquet_rows(d / "data"))
+    pd_target = out["pandas+pyarrow"] / f"{table}.parquet"
+    methods["pandas+pyarrow"] = checked("pandas+pyarrow", [py, "-c", PANDAS, sa, table, str(pd_target)], None,
+                                        lambda: parquet_rows(pd_target))
+    methods["citylake"] = checked("citylake", [str(Path(py).with_name("citylake")), "ingest", "bench_pg"], lake_env,
+                                  lambda: lake_rows(lake_env, table))
+
+    def clean(name: str, rep: int) -> None:  # the previous run's output (a fresh lake for citylake), untimed
+        if name in out:
+            shutil.rmtree(out[name], ignore_errors=True)
+            out[name].mkdir(parents=True)
+
+    return methods, clean
+
+
+def verdicts(s: dict[str, common.Summary]) -> list[str]:
+    lines = []
+    city = s.get("citylake")
+    duck = [x for x in (s.get("duckdb-1.4.4"), s.get("duckdb-1.5.5")) if x and x.ok]
+    floor = s.get("copy-floor")
+    if not city or not city.ok:
+        return ["citylake: FAILED — no verdict"]
+    if duck:
+        best = min(duck, key=lambda x: x.seconds)
+        others = ", ".join(f"{x.method} {x.seconds:.2f} s" for x in duck)
+        ratio = best.seconds / city.seconds
+        lines.append(f"citylake / faster DuckDB scanner ({best.method}; {others}): {ratio:.2f}x "
+                     f"({'PASS' if ratio > 1 else 'FAIL'}: must be > 1)")
+    else:
+        lines.append("citylake / faster DuckDB scanner: no DuckDB run succeeded — no verdict")
+    lines.append(f"citylake peak RSS: {city.peak_rss_mb:.0f} MB ({'PASS' if city.peak_rss_mb <= 512 else 'FAIL'}: "
+                 "must be ≤ 512 MB)")
+    if floor and floor.ok:
+        r = floor.seconds / city.seconds
+        lines.append(f"citylake × COPY floor: {r:.2f} ({'met' if r >= 0.7 else 'not met'}: aim ≥ 0.7)")
+    return lines
+
+
+def report(table: str, db: str, rows: int, s: dict[str, common.Summary]) -> tuple[str, list[str]]:
+    floor = s.get("copy-floor")
+    body = []
+    for name, m in s.items():
+        if m.ok:
+            ratio = f"{floor.seconds / m.seconds:.2f}" if floor and floor.ok else "-"
+            body.append([name, rows, round(m.seconds, 2), round(m.rows_per_s(rows)), round(m.peak_rss_mb), ratio,
+                         m.reps_text()])
+        else:
+            err = next((r.error for r in m.each if not r.ok), "")
+            body.append([name, rows, "FAILED", "-", "-", "-", m.reps_text() + (f" ({err[:80]})" if err else "")])
+    text = common.table(["method", "rows", "median s", "rows/s", "peak RSS MB", "× COPY floor", "each rep (s/MB)"],
+                        body)
+    return text, verdicts(s)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=5_000_000)
-    ap.add_argument("--only", default="", help="comma-separated methods")
-    ap.add_argument("--keep-data", action="store_true", help="reuse the table if it has --rows rows")
+    ap.add_argument("--rows", type=int, default=FULL_ROWS)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tables", default=",".join(DATABASES), help="comma-separated, of: " + ", ".join(DATABASES))
+    ap.add_argument("--only", default="", help="comma-separated methods (default: all)")
+    ap.add_argument("--db-suffix", default=None,
+                    help="database name suffix (default: none at 5 M rows, _<rows> otherwise)")
+    ap.add_argument("--duckdb-set", default="",
+                    help="extra DuckDB settings for both scanners, ';'-separated (e.g. 'threads=1'); default: none")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per process before it is killed")
     args = ap.parse_args()
-    t = time.perf_counter()
-    if not args.keep_data or not _has_rows(args.rows):
-        prepare(args.rows)
-    print(f"source: {args.rows:,} rows × 12 columns in PostgreSQL ({time.perf_counter() - t:.0f}s to build)")
-    work = Path(tempfile.mkdtemp(prefix="citylake-bench-"))
-    results = []
+    tables = [t for t in args.tables.split(",") if t]
+    for t in tables:
+        if t not in DATABASES:
+            raise SystemExit(f"--tables: unknown table {t!r} (known: {', '.join(DATABASES)})")
+    command = "python benchmarks/ingest_postgres.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    started = time.strftime("%Y-%m-%d %H:%M %Z")
+
+    peers = prepare_peers()
+    peer_versions = {}
+    for name, (peer_py, _) in peers.items():
+        peer_versions[name] = subprocess.run(
+            [str(peer_py), "-c", "import duckdb; from importlib import metadata as m; "
+             "print(duckdb.__version__, *(d.metadata['Name'] + '==' + d.version for d in m.distributions() "
+             "if 'postgres' in d.metadata['Name']))"], capture_output=True, text=True, check=True).stdout.strip()
+
+    work = Path(tempfile.mkdtemp(prefix="citylake-bench-pg-"))
+    sections, raw = [], {}
     try:
-        for name, (cmd, env, shell) in methods(work).items():
-            if args.only and name not in args.only.split(","):
-                continue
-            seconds, rss, rc, err = measure(cmd, env, shell)
-            results.append({"method": name, "rows": args.rows, "seconds": round(seconds, 2),
-                            "rows_per_s": round(args.rows / seconds), "peak_rss_mb": round(rss),
-                            "ok": rc == 0, "error": err if rc else ""})
-            print(f"  {name:<16} {seconds:6.2f}s  {'ok' if rc == 0 else 'FAILED: ' + err}", flush=True)
+        for table in tables:
+            db = database(table, args.rows, args.db_suffix)
+            t0 = time.perf_counter()
+            built = common.pg_table(db, table, args.rows)
+            print(f"\n== {table}: {args.rows:,} rows × 12 columns in database {db} "
+                  f"({'built in %.0f s' % (time.perf_counter() - t0) if built else 'existing'})", flush=True)
+            methods, clean = methods_for(table, db, args.rows, work, peers, args.duckdb_set, args.timeout)
+            if args.only:
+                wanted = args.only.split(",")
+                unknown = [m for m in wanted if m not in methods]
+                if unknown:
+                    raise SystemExit(f"--only: unknown method(s) {unknown} (known: {', '.join(methods)})")
+                methods = {k: v for k, v in methods.items() if k in wanted}
+            runs = common.interleaved(methods, args.reps, before_each=clean)
+            summary = common.summarize(runs)
+            text, verdict = report(table, db, args.rows, summary)
+            print("\n" + text + "\n\n" + "\n".join(verdict), flush=True)
+            sections.append((table, db, text, verdict))
+            raw[table] = {"database": db, "rows": args.rows,
+                          "runs": [{"method": r.method, "rep": r.rep, "seconds": round(r.seconds, 3),
+                                    "peak_rss_mb": round(r.peak_rss_mb, 1), "rc": r.rc, "error": r.error, **r.extra}
+                                   for r in runs]}
+            clean("citylake", 0)  # leave no 5 M-row lake behind in the temp folder between tables
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    floor = next((r["seconds"] for r in results if r["method"] == "copy-floor" and r["ok"]), None)
-    print(f"\n{'method':<16} {'rows':>10} {'seconds':>8} {'rows/s':>11} {'peak RSS MB':>12} {'× COPY floor':>13}")
-    for r in results:
-        ratio = f"{floor / r['seconds']:.2f}" if floor and r["ok"] else "-"
-        print(f"{r['method']:<16} {r['rows']:>10,} {r['seconds']:>8.2f} {r['rows_per_s']:>11,} "
-              f"{r['peak_rss_mb']:>12,} {ratio:>13}")
-    by = {r["method"]: r for r in results if r["ok"]}
-    if "citylake" in by:
-        dlt_best = max((by[m]["rows_per_s"] for m in ("dlt-pyarrow", "dlt-connectorx") if m in by), default=None)
-        if dlt_best:
-            print(f"\ncitylake / fastest dlt backend: {by['citylake']['rows_per_s'] / dlt_best:.2f}x (target ≥ 2x)")
-        print(f"citylake vs best peer measured in the issue (0.61 M rows/s): "
-              f"{by['citylake']['rows_per_s'] / 610_000:.2f}x; peak RSS {by['citylake']['peak_rss_mb']} MB (≤ 512)")
-    out = ROOT / "benchmarks" / "out"
-    out.mkdir(exist_ok=True)
-    (out / "ingest_postgres.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
-
-def _has_rows(rows: int) -> bool:
-    done = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", DB, "-tAc", "SELECT count(*) FROM resident"],
-                          capture_output=True, text=True)
-    return done.returncode == 0 and done.stdout.strip() == str(rows)
+    md = ["## PostgreSQL ingest (`ingest_postgres.py`)", "",
+          f"Command: `{command}` — started {started}; load average before {load_before}, after {load_after}; "
+          f"{args.reps} interleaved repetitions, medians; DuckDB peers: "
+          + "; ".join(f"{k}: {v}" for k, v in peer_versions.items())
+          + (f"; DuckDB settings: {args.duckdb_set}" if args.duckdb_set else "") + ".", "", WHAT]
+    for table, db, text, verdict in sections:
+        md += [f"### `{table}` ({args.rows:,} rows, database `{db}`)", "", "```", text, "", *verdict, "```", ""]
+    common.write_section("ingest_postgres", "\n".join(md))
+    common.OUT.mkdir(parents=True, exist_ok=True)
+    (common.OUT / "ingest_postgres.json").write_text(json.dumps(
+        {"command": command, "started": started, "load_before": load_before, "load_after": load_after,
+         "duckdb": peer_versions, "duckdb_set": args.duckdb_set, "tables": raw}, indent=1, ensure_ascii=False),
+        encoding="utf-8")
 
 
 if __name__ == "__main__":
