@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -388,22 +389,30 @@ def run_report_dag() -> Path:
     return settings.lake_dir / "report" / "index.html"
 
 
-def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
+def run_demo(scale: float = 1.0, console: Console | None = None,
+             on_stage: Callable[[str], None] | None = None) -> None:
+    """The demo's nightly chain. ``on_stage`` (benchmarks/nightly_chain.py) is called with each stage's name as
+    it starts (seed, airflow, ingest, quality, curate, open release, sharing, held batch, data docs, report)
+    and with "done" at the end, so a caller can time the stages; it changes nothing the demo prints."""
     console = console or Console()
     settings = load_settings()
+    stage = on_stage or (lambda _name: None)
     from pipelines.seed import seed_city
 
     t0 = time.perf_counter()
+    stage("seed")
     with console.status("seeding the synthetic city…"):
         seeded = seed_city(settings.data_dir, scale=scale)
     console.print(f"seeded {sum(len(t) for t in seeded['systems'].values())} tables, "
                   f"{sum(seeded.get('files', {}).values())} drop files in {time.perf_counter() - t0:.1f}s")
+    stage("airflow")
     with console.status("preparing Airflow (SQLite metadata)…"):
         prepare_airflow(settings.root)
     import json
 
     manifest = json.loads(Path(seeded["manifest"]).read_text(encoding="utf-8"))
     logical = datetime.fromisoformat(manifest["reference_date"]).replace(hour=2, tzinfo=TZ)
+    stage("ingest")
     with console.status("running ingest DAGs through Airflow…"):
         tasks = run_ingest_dags(logical)
     from pipelines.lake.inspect import list_tables
@@ -420,29 +429,37 @@ def run_demo(scale: float = 1.0, console: Console | None = None) -> None:
         if "success" not in r["state"]:
             failed.append(ident)
     console.print(t)
+    stage("quality")
     _print_rejected(settings, console)
     _print_quality(settings, console, logical.date())
+    stage("curate")
     with console.status("curate__<domain> DAGs through Airflow: the curated layer…"):
         curated = run_curate_dags(logical)
     _print_curated(curated, console)
     failed += [f"curated.{r['dataset']}" for r in curated if "success" not in r["state"]]
+    stage("open release")
     with console.status("publish__open_data through Airflow: de-identify, write, leak-scan, verify, move latest.json…"):
         released, release_folder = run_release_dag(logical.date())
     failed += [f"open release {task}" for task in _print_release(released, console)]
+    stage("sharing")
     with console.status("publish__sharing through Airflow: grants decided, de-identified, delivered, audited…"):
         shared, share_folder, audit_counts = run_sharing_dag(logical.date())
     failed += [f"sharing {task}" for task in _print_sharing(shared, console)]
+    stage("held batch")
     with console.status("a mostly bad delivery: enterprise re-sends records with corrupted credit codes…") as status:
         held = _bad_delivery(settings, logical, status)
     _print_held(held, console)
+    stage("data docs")
     with console.status("building GX Data Docs…"):
         from pipelines.quality.docs import build_data_docs
 
         docs = build_data_docs(settings)
     console.print(f"GX Data Docs ({docs.suites} suites, {docs.total_results} validation results, keys masked): "
                   f"{docs.index}")
+    stage("report")
     with console.status("report__quality through Airflow: the governance site (数据治理报告)…"):
         report = run_report_dag()
+    stage("done")
     console.print(f"lake: {settings.lake_dir} (catalog {settings.catalog_uri}, warehouse {settings.warehouse})")
     console.print(f"total {time.perf_counter() - t0:.0f}s · see `citylake lake ls`, `citylake lake show <table>`")
     console.print(f"数据治理报告 (governance report, opens offline): {report}", highlight=False, soft_wrap=True)
