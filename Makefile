@@ -66,10 +66,8 @@ bench: install
 	@# The bench extra is not locked: dlt's s3fs moves boto3/botocore (and setuptools) off their pins, so the
 	@# next `make install` (or `make test`) puts the locked versions back.
 	rm -f $(STAMP)
-	$(PY) benchmarks/ingest_postgres.py
-	$(PY) benchmarks/validate_resident.py
-	$(PY) benchmarks/open_export.py
-	$(PY) benchmarks/share_delivery.py
+	@# Every benchmark, then benchmarks/results.md; a smoke run: make bench BENCH_ARGS=--quick (see run_all.py --help)
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 # The Airflow UI on the same DAGs (project-local AIRFLOW_HOME, SQLite): http://localhost:8080
 airflow-ui: install

@@ -62,7 +62,7 @@ con.execute(f"INSTALL '{wheel_file}'")
 """
 
 # DuckDB's defaults: threads = cores, pg_use_binary_copy = true, Parquet compression snappy, 122,880-row groups.
-# argv[5] (optional): extra SET statements separated by ';' (--duckdb-set), e.g. "threads=1".
+# argv[5] (optional): SET statements separated by ';' (--duckdb-variant), e.g. "threads=1".
 DUCKDB = """
 import duckdb, os, sys
 ext_dir, dsn, table, out = sys.argv[1:5]
@@ -186,7 +186,7 @@ def prepare_peers() -> dict[str, tuple[Path, Path]]:
 
 
 def methods_for(table: str, db: str, rows: int, work: Path, peers: dict[str, tuple[Path, Path]],
-                duckdb_set: str, timeout: float) -> tuple[dict[str, Callable[[int], common.Run]], Callable[[str, int], None]]:
+                variants: list[str], timeout: float) -> tuple[dict[str, Callable[[int], common.Run]], Callable[[str, int], None]]:
     """The methods of one table, and the clean-up run before each (untimed): every output folder emptied."""
     py = sys.executable
     pg, sa = PG.format(db=db), SA.format(db=db)
@@ -223,10 +223,13 @@ def methods_for(table: str, db: str, rows: int, work: Path, peers: dict[str, tup
         # psql exits non-zero on any error; its output is not counted (it goes to /dev/null by design).
         "copy-floor": common.command_run("copy-floor", floor_cmd, shell=True, timeout=timeout),
     }
-    for name, (peer_py, ext_dir) in peers.items():
-        target = out[name] / f"{table}.parquet"
-        cmd = [str(peer_py), "-c", DUCKDB, str(ext_dir), dsn, table, str(target)] + ([duckdb_set] if duckdb_set else [])
-        methods[name] = checked(name, cmd, None, lambda t=target: parquet_rows(t))
+    for peer, (peer_py, ext_dir) in peers.items():
+        for setting in ["", *variants]:  # DuckDB's defaults first; the verdict only uses those
+            name = f"{peer} {setting}" if setting else peer
+            out.setdefault(name, work / table / name.replace(" ", "_").replace(";", "_"))
+            target = out[name] / f"{table}.parquet"
+            cmd = [str(peer_py), "-c", DUCKDB, str(ext_dir), dsn, table, str(target)] + ([setting] if setting else [])
+            methods[name] = checked(name, cmd, None, lambda t=target: parquet_rows(t))
     cx_target = out["connectorx"] / f"{table}.parquet"
     methods["connectorx"] = checked("connectorx", [py, "-c", CONNECTORX, pg, table, str(cx_target)], None,
                                     lambda: parquet_rows(cx_target))
@@ -253,7 +256,9 @@ def verdicts(s: dict[str, common.Summary]) -> list[str]:
     city = s.get("citylake")
     duck = [x for x in (s.get("duckdb-1.4.4"), s.get("duckdb-1.5.5")) if x and x.ok]
     floor = s.get("copy-floor")
-    if not city or not city.ok:
+    if not city:
+        return ["citylake: not run — no verdict"]
+    if not city.ok:
         return ["citylake: FAILED — no verdict"]
     if duck:
         best = min(duck, key=lambda x: x.seconds)
@@ -295,8 +300,9 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated methods (default: all)")
     ap.add_argument("--db-suffix", default=None,
                     help="database name suffix (default: none at 5 M rows, _<rows> otherwise)")
-    ap.add_argument("--duckdb-set", default="",
-                    help="extra DuckDB settings for both scanners, ';'-separated (e.g. 'threads=1'); default: none")
+    ap.add_argument("--duckdb-variant", action="append", default=[], metavar="SETTINGS",
+                    help="also run both scanners with these DuckDB settings (';'-separated, e.g. 'threads=1' or "
+                         "'pg_use_binary_copy=false'), as extra rows beside the defaults; repeatable")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per process before it is killed")
     args = ap.parse_args()
     tables = [t for t in args.tables.split(",") if t]
@@ -324,13 +330,14 @@ def main() -> None:
             built = common.pg_table(db, table, args.rows)
             print(f"\n== {table}: {args.rows:,} rows × 12 columns in database {db} "
                   f"({'built in %.0f s' % (time.perf_counter() - t0) if built else 'existing'})", flush=True)
-            methods, clean = methods_for(table, db, args.rows, work, peers, args.duckdb_set, args.timeout)
+            methods, clean = methods_for(table, db, args.rows, work, peers, args.duckdb_variant, args.timeout)
             if args.only:
                 wanted = args.only.split(",")
                 unknown = [m for m in wanted if m not in methods]
                 if unknown:
                     raise SystemExit(f"--only: unknown method(s) {unknown} (known: {', '.join(methods)})")
-                methods = {k: v for k, v in methods.items() if k in wanted}
+                # a scanner named keeps its --duckdb-variant rows
+                methods = {k: v for k, v in methods.items() if k in wanted or k.split(" ")[0] in wanted}
             runs = common.interleaved(methods, args.reps, before_each=clean)
             summary = common.summarize(runs)
             text, verdict = report(table, db, args.rows, summary)
@@ -347,16 +354,16 @@ def main() -> None:
 
     md = ["## PostgreSQL ingest (`ingest_postgres.py`)", "",
           f"Command: `{command}` — started {started}; load average before {load_before}, after {load_after}; "
-          f"{args.reps} interleaved repetitions, medians; DuckDB peers: "
+          f"repetitions: {args.reps}, interleaved, medians; DuckDB peers: "
           + "; ".join(f"{k}: {v}" for k, v in peer_versions.items())
-          + (f"; DuckDB settings: {args.duckdb_set}" if args.duckdb_set else "") + ".", "", WHAT]
+          + ".", "", WHAT]
     for table, db, text, verdict in sections:
         md += [f"### `{table}` ({args.rows:,} rows, database `{db}`)", "", "```", text, "", *verdict, "```", ""]
     common.write_section("ingest_postgres", "\n".join(md))
     common.OUT.mkdir(parents=True, exist_ok=True)
     (common.OUT / "ingest_postgres.json").write_text(json.dumps(
         {"command": command, "started": started, "load_before": load_before, "load_after": load_after,
-         "duckdb": peer_versions, "duckdb_set": args.duckdb_set, "tables": raw}, indent=1, ensure_ascii=False),
+         "duckdb": peer_versions, "tables": raw}, indent=1, ensure_ascii=False),
         encoding="utf-8")
 
 

@@ -1,0 +1,203 @@
+"""What `make bench` runs: every benchmark script, then ``benchmarks/results.md`` from their sections.
+
+    .venv/bin/python benchmarks/run_all.py [--quick] [--only a,b] [--skip a,b] [--args 'name=--reps 5']
+
+Each script runs as its own process in a fixed order, its output streamed here. A script that calls
+``common.write_section`` leaves its section in ``benchmarks/out/<name>.md``; for the older scripts that only
+print (validate_resident, open_export, share_delivery) the section is their final table, cut from their
+stdout at its header line. A script that fails does not stop the others: its section says so, with the last
+lines it printed; a script that is not on disk is reported "not run: missing".
+
+``--quick`` is a smoke run (small row counts, one repetition, each passed as options the script accepts;
+figures from it mean nothing); without it every script runs at its own full-size defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+BENCH = common.ROOT / "benchmarks"
+RESULTS = BENCH / "results.md"
+
+
+@dataclass
+class Script:
+    name: str
+    title: str
+    quick: list[str]  # options for --quick (only those the script's --help lists are passed)
+    marker: str = ""  # scripts without write_section: the final table starts at the last line starting so
+    tail: list[str] = field(default_factory=list)
+
+
+SCRIPTS = [
+    Script("ingest_postgres", "PostgreSQL ingest", ["--rows", "200000", "--reps", "1"]),
+    Script("ingest_mysql", "MySQL-family ingest", ["--rows", "200000", "--flat-rows", "", "--reps", "1"]),
+    Script("scale_curve", "Scale curve", ["--sizes", "100000,200000", "--reps", "1"]),
+    Script("nightly_chain", "Nightly chain", ["--scale", "1", "--reps", "1"]),
+    Script("validate_resident", "Validation", ["--rows", "200000"], marker="engine "),
+    Script("open_export", "Open-data release", ["--rows", "200000", "--repeat", "1"], marker="method "),
+    Script("share_delivery", "Departmental sharing", ["--rows", "200000", "--repeat", "1"], marker="delivery "),
+]
+
+
+def accepted(path: Path, options: list[str]) -> tuple[list[str], list[str]]:
+    """The options (with their values) that ``path --help`` lists, and those it does not (dropped)."""
+    done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+    keep, dropped = [], []
+    i = 0
+    while i < len(options):
+        opt = options[i]
+        has_value = i + 1 < len(options) and not options[i + 1].startswith("--")
+        group = options[i:i + 2] if has_value else [opt]
+        listed = done.returncode == 0 and re.search(re.escape(opt) + r"(?![\w-])", done.stdout)
+        (keep if listed else dropped).extend(group)
+        i += len(group)
+    return keep, dropped
+
+
+def run_script(path: Path, args: list[str]) -> tuple[int, float, list[str]]:
+    """Run one script, streaming its output (stdout and stderr together); exit code, seconds, every line."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-u", str(path), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, cwd=common.ROOT, text=True, errors="replace")
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        lines.append(line.rstrip("\n"))
+    return proc.wait(), time.perf_counter() - started, lines
+
+
+def final_table(lines: list[str], marker: str) -> list[str]:
+    """From the last line that starts with ``marker`` (the final table's header) to the end; the last 60 lines
+    when there is none."""
+    starts = [i for i, x in enumerate(lines) if marker and x.startswith(marker)]
+    return lines[starts[-1]:] if starts else lines[-60:]
+
+
+def section(s: Script, command: str, rc: int | None, seconds: float, lines: list[str], fresh: str | None,
+            note: str = "") -> str:
+    head = f"## {s.title} (`{s.name}.py`)"
+    if rc is None:
+        return f"{head}\n\nnot run: {note}\n"
+    parts = []
+    if rc != 0:
+        tail = "\n".join(lines[-30:]) or "(no output)"
+        parts.append(f"{head}\n\n**FAILED** (exit {rc}, after {seconds:.0f} s): `{command}`\n\nLast lines of its "
+                     f"output:\n\n```\n{tail}\n```\n")
+        if fresh:
+            parts.append("Its section as written before the failure:\n\n" + fresh)
+        return "\n".join(parts)
+    if fresh:
+        return fresh
+    body = "\n".join(final_table(lines, s.marker)).strip("\n")
+    return f"{head}\n\nCommand: `{command}` ({seconds:.0f} s). Its final table as printed:\n\n```\n{body}\n```\n"
+
+
+def venv_versions() -> dict[str, str]:
+    """DuckDB and its extension wheels in each peer venv under benchmarks/.venvs (made by the scripts)."""
+    out = {}
+    for py in sorted((BENCH / ".venvs").glob("*/bin/python")):
+        code = ("from importlib import metadata as m; print(', '.join(sorted(d.metadata['Name'] + ' ' + d.version "
+                "for d in m.distributions() if 'duckdb' in d.metadata['Name'].lower())))")
+        try:
+            out[py.parent.parent.name] = subprocess.run([str(py), "-c", code], capture_output=True, text=True,
+                                                        timeout=60).stdout.strip() or "?"
+        except (OSError, subprocess.SubprocessError) as exc:
+            out[py.parent.parent.name] = f"unreadable: {exc}"
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    names = [s.name for s in SCRIPTS]
+    ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repetition")
+    ap.add_argument("--only", default="", help="comma-separated scripts to run, of: " + ", ".join(names))
+    ap.add_argument("--skip", default="", help="comma-separated scripts not to run")
+    ap.add_argument("--args", action="append", default=[], metavar="NAME=ARGS",
+                    help="extra options for one script, e.g. 'ingest_postgres=--reps 5' (repeatable; after --quick's)")
+    ap.add_argument("--output", type=Path, default=RESULTS, help="where to write (default benchmarks/results.md)")
+    args = ap.parse_args()
+    only = [x for x in args.only.split(",") if x]
+    skip = [x for x in args.skip.split(",") if x]
+    extra: dict[str, list[str]] = {}
+    for item in args.args:
+        name, _, rest = item.partition("=")
+        extra.setdefault(name, []).extend(shlex.split(rest))
+    for name in [*only, *skip, *extra]:
+        if name not in names:
+            raise SystemExit(f"unknown script {name!r} (known: {', '.join(names)})")
+
+    command = "python benchmarks/run_all.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    info = common.machine()  # includes the load average at start
+    started = time.strftime("%Y-%m-%d %H:%M %Z")
+    sections, ledger = [], []
+    for s in SCRIPTS:
+        path = BENCH / f"{s.name}.py"
+        if (only and s.name not in only) or s.name in skip:
+            ledger.append(f"- `{s.name}`: skipped (--only/--skip)")
+            sections.append(section(s, "", None, 0, [], None, "skipped (--only/--skip)"))
+            continue
+        if not path.exists():
+            ledger.append(f"- `{s.name}`: not run: missing")
+            sections.append(section(s, "", None, 0, [], None, f"missing (no benchmarks/{s.name}.py)"))
+            continue
+        options, dropped = accepted(path, s.quick) if args.quick else ([], [])
+        options += extra.get(s.name, [])
+        cmd_text = f"python benchmarks/{s.name}.py " + " ".join(shlex.quote(a) for a in options)
+        print(f"\n===== {cmd_text.strip()}" + (f"  (not accepted, dropped: {' '.join(dropped)})" if dropped else ""),
+              flush=True)
+        mark = time.time()
+        rc, seconds, lines = run_script(path, options)
+        out_md = common.OUT / f"{s.name}.md"
+        fresh = out_md.read_text(encoding="utf-8") if out_md.exists() and out_md.stat().st_mtime >= mark else None
+        sections.append(section(s, cmd_text.strip(), rc, seconds, lines, fresh))
+        ledger.append(f"- `{s.name}`: {'ok' if rc == 0 else f'FAILED (exit {rc})'}, {seconds:.0f} s")
+
+    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_before = info.pop("load average at start", "?")
+    info.pop("date", None)
+    vers = common.versions()
+    peers = venv_versions()
+    head = [
+        "# Benchmark results",
+        "",
+        f"Generated by `make bench` (`{command.strip()}`), {started} → {time.strftime('%H:%M %Z')}."
+        + (" **Quick smoke run: small sizes, one repetition — the figures mean nothing.**" if args.quick else ""),
+        "",
+        "Every figure in a table comes from the same run on the same machine and the same data as its baselines: "
+        "each method is a fresh process timed whole, the methods run in rotating order (interleaved repetitions) "
+        "and each figure is the median of its repetitions, every repetition shown beside it. Compare figures "
+        "within a table, not across runs or machines.",
+        "",
+        f"Load average (1, 5, 15 min): before {load_before}, after {load_after} (2 cores: above 2 the machine "
+        "was shared while measuring).",
+        "",
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()) + ".",
+        "",
+        "Versions (project venv): " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".",
+        "",
+        "Peer venvs (benchmarks/.venvs): " + ("; ".join(f"{k}: {v}" for k, v in peers.items()) or "none") + ".",
+        "",
+        "Scripts:",
+        *ledger,
+        "",
+    ]
+    args.output.write_text("\n".join(head) + "\n" + "\n".join(x.rstrip() + "\n" for x in sections), encoding="utf-8")
+    print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
