@@ -30,6 +30,30 @@ def check_code(value: str, what: str = "code") -> str:
     return value
 
 
+def check_encoding(value: str, where: str = "") -> str:
+    """A text encoding Python can decode (``gbk``, ``gb18030``, ``big5``…), as its canonical codec name."""
+    import codecs
+
+    try:
+        info = codecs.lookup(value)
+    except LookupError:
+        info = None
+    if info is None or not getattr(info, "_is_text_encoding", True):
+        raise ValueError(f"{where}encoding {value!r} is not a known text encoding (e.g. gbk, gb18030, big5)")
+    return info.name
+
+
+def check_zone(value: str) -> str:
+    """An IANA time zone name (``Asia/Shanghai``, ``UTC``)."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(value)
+    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+        raise ValueError(f"time_zone {value!r} is not an IANA time zone name (e.g. Asia/Shanghai, UTC)") from None
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -125,6 +149,12 @@ class SqlTable(_TableBase):
     deletions: DeletionCheck | None = None
     """A cursor table sees rows deleted at the source only on a full refresh; this schedules a cheap
     key-only check that records them (``citylake ingest <system> --deletions`` runs it by hand)."""
+    source_encoding: str | None = None
+    """MySQL-family only: the encoding of the bytes a legacy table keeps in its ``latin1`` text columns (e.g.
+    ``gbk`` stored through a latin1 connection). Those columns are read as bytes and decoded as declared."""
+    column_encodings: dict[str, str] = Field(default_factory=dict)
+    """MySQL-family only: source column name → encoding of its bytes, for a column of any character set (or
+    a binary one) that holds text in another encoding; it lands as text decoded as declared."""
 
     @model_validator(mode="after")
     def _deletions_need_a_cursor(self) -> SqlTable:
@@ -137,6 +167,16 @@ class SqlTable(_TableBase):
     @classmethod
     def _filter(cls, v: str | None) -> str | None:
         return check_filter(v) if v is not None else None
+
+    @field_validator("source_encoding")
+    @classmethod
+    def _source_encoding(cls, v: str | None) -> str | None:
+        return check_encoding(v) if v is not None else None
+
+    @field_validator("column_encodings")
+    @classmethod
+    def _column_encodings(cls, v: dict[str, str]) -> dict[str, str]:
+        return {column: check_encoding(enc, f"column {column!r}: ") for column, enc in v.items()}
 
 
 class DropTable(_TableBase):
@@ -181,6 +221,10 @@ class SourceSystem(_Model):
     the Airflow pool ``source__<system>``. Each table load holds ``connections_per_load`` slots (the
     PostgreSQL fast path's parallel ctid ranges, the first of which also holds the shared snapshot)."""
     lookback_hours: float = Field(default=24.0, ge=0)
+    time_zone: str = "Asia/Shanghai"
+    """The zone of the system's wall-clock date-times (MySQL DATETIME, which stores no zone): they land as
+    Asia/Shanghai wall time (the lake's naive timestamps) when it is Asia/Shanghai, else as the instant
+    (timestamp with zone UTC). MySQL TIMESTAMP columns are instants whatever this says."""
     tables: list[SqlTable] = Field(default_factory=list)
     drop: FileDrop | None = None
 
@@ -195,6 +239,11 @@ class SourceSystem(_Model):
         if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", v):
             raise ValueError(f"connection id {v!r} must be letters, digits and '_'")
         return v
+
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone(cls, v: str) -> str:
+        return check_zone(v)
 
     @field_validator("schedule")
     @classmethod
