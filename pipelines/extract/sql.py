@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -86,6 +86,7 @@ class SqlSource:
     """One relational source system: an engine with a pool capped at the system's connections."""
 
     pooled = True  # keep idle connections between uses (one table load uses one at a time)
+    connect_args: ClassVar[dict[str, Any]] = {}  # the driver's options a subclass always sets
 
     def __init__(self, system_code: str, url: str, max_connections: int = 2):
         self.system = system_code
@@ -95,7 +96,7 @@ class SqlSource:
         if not url.startswith("sqlite"):
             kw = {"pool_size": max_connections, "max_overflow": 0, "pool_pre_ping": True} if self.pooled else \
                 {"poolclass": sa.pool.NullPool}
-            kw["connect_args"] = {"connect_timeout": 10}
+            kw["connect_args"] = {"connect_timeout": 10, **self.connect_args}
         self.engine: Engine = sa.create_engine(url, **kw)
         self.dialect = self.engine.dialect.name
 

@@ -1,0 +1,386 @@
+"""MySQL-family sources (MySQL, MariaDB, TiDB, OceanBase's MySQL mode, GoldenDB): exact values, Arrow-native.
+
+Every column gets a read plan from ``information_schema.COLUMNS``: the SQL expression selected, the Arrow
+type both readers deliver it as (``read``), and the type it lands as (``target``). Types a reader could
+get wrong are rewritten on the server into text or bytes that carry the value exactly: DECIMAL and
+BIGINT UNSIGNED as their decimal text (cast to decimal128 in Arrow), DATE/DATETIME/TIMESTAMP/TIME as text
+(parsed in Arrow, so zero and invalid dates become null and are counted instead of failing the load or
+panicking the reader), JSON as text, spatial values as WKB. The session always reads ``utf8mb4`` with
+``time_zone = '+00:00'``, so TIMESTAMP text is UTC whatever the server's zone.
+
+Two readers produce the same ``read`` batches: ConnectorX (``mysql_fast``: the binary protocol decoded into
+Arrow in Rust, off the GIL, several primary-key ranges in parallel) and SQLAlchemy streaming (pymysql, the
+fallback when ConnectorX is not installed or ``CITYLAKE_MYSQL_FAST=0``). ``finish`` turns either into the
+target types, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+
+from pipelines.errors import SourceError
+from pipelines.extract.sql import SourceColumns, SqlSource
+from pipelines.registry import EXTRACT_RANGES, SqlTable
+from pipelines.settings import TZ
+
+log = logging.getLogger(__name__)
+
+FAST_ENV = "CITYLAKE_MYSQL_FAST"
+SESSION = ("SET NAMES utf8mb4", "SET time_zone = '+00:00'")
+"""Run first on every connection that reads rows: the text and TIMESTAMP values are then the same on every
+server, whatever its defaults (a server on Asia/Shanghai would otherwise return TIMESTAMPs as local time)."""
+
+_SHANGHAI = "Asia/Shanghai"
+_INT_TARGET = {  # (signed, unsigned): the narrowest Iceberg-able type that holds every value
+    "tinyint": (pa.int16(), pa.int16()), "smallint": (pa.int16(), pa.int32()),
+    "mediumint": (pa.int32(), pa.int32()), "int": (pa.int32(), pa.int64()), "integer": (pa.int32(), pa.int64()),
+    "bigint": (pa.int64(), None),  # BIGINT UNSIGNED: decimal(20,0), Iceberg has no unsigned 64-bit
+}
+_TEXT = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
+_BINARY = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit"}
+_SPATIAL = {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring", "multipolygon",
+            "geometrycollection", "geomcollection"}
+_BOOL_RE = re.compile(r"^tinyint\(1\)( unsigned)?( zerofill)?$")
+
+
+@dataclass(frozen=True)
+class PlannedColumn:
+    """How one source column is selected, delivered and landed."""
+
+    name: str
+    """Source column name."""
+    data_type: str
+    """``information_schema.COLUMNS.DATA_TYPE`` (lower case)."""
+    select: str
+    """The SQL expression selected (the column quoted, or a server-side rewrite of it)."""
+    read: pa.DataType
+    """The Arrow type both readers deliver (before ``finish``)."""
+    target: pa.DataType
+    """The Arrow type it lands as."""
+    kind: str
+    """The conversion from ``read`` to ``target``: same, bool, decimal, date, datetime, timestamp, time, year, decode."""
+    encoding: str | None = None
+    """The declared encoding of a column read as bytes (``decode``)."""
+
+
+def quote_name(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def plan_column(name: str, data_type: str, column_type: str, precision: int | None, scale: int | None,
+                charset: str | None, *, zone: str = _SHANGHAI, encoding: str | None = None) -> PlannedColumn:
+    """The read plan of one column (``encoding``: its declared source encoding, if any)."""
+    q = quote_name(name)
+    dt, ct = data_type.lower(), column_type.lower()
+    unsigned = " unsigned" in ct
+
+    def col(select: str, read: pa.DataType, target: pa.DataType, kind: str = "same") -> PlannedColumn:
+        return PlannedColumn(name, dt, select, read, target, kind)
+
+    if encoding is not None and (dt in _TEXT or dt in _BINARY - {"bit"}):
+        return PlannedColumn(name, dt, f"CAST({q} AS BINARY)", pa.binary(), pa.string(), "decode", encoding)
+    if dt == "tinyint" and _BOOL_RE.match(ct):
+        return col(q, pa.int64(), pa.bool_(), "bool")
+    if dt in _INT_TARGET:
+        signed_t, unsigned_t = _INT_TARGET[dt]
+        if unsigned and unsigned_t is None:
+            return col(f"CAST({q} AS CHAR)", pa.string(), pa.decimal128(20, 0), "decimal")
+        return col(q, pa.int64(), unsigned_t if unsigned else signed_t)
+    if dt in ("decimal", "numeric", "dec", "fixed"):
+        p, s = int(precision or 10), int(scale or 0)
+        if p > 38:  # Iceberg's decimal stops at 38 digits: the exact text rather than a rounded number
+            return col(f"CAST({q} AS CHAR)", pa.string(), pa.string())
+        return col(f"CAST({q} AS CHAR)", pa.string(), pa.decimal128(p, s), "decimal")
+    if dt == "float":
+        return col(q, pa.float32(), pa.float32())
+    if dt in ("double", "real", "double precision"):
+        return col(q, pa.float64(), pa.float64())
+    if dt == "date":
+        return col(f"CAST({q} AS CHAR)", pa.string(), pa.date32(), "date")
+    if dt == "datetime":
+        target = pa.timestamp("us") if zone == _SHANGHAI else pa.timestamp("us", tz="UTC")
+        return col(f"CAST({q} AS CHAR)", pa.string(), target, "datetime")
+    if dt == "timestamp":
+        return col(f"CAST({q} AS CHAR)", pa.string(), pa.timestamp("us", tz="UTC"), "timestamp")
+    if dt == "time":
+        return col(f"CAST({q} AS CHAR)", pa.string(), pa.time64("us"), "time")
+    if dt == "year":
+        return col(q, pa.int64(), pa.int16(), "year")
+    if dt in _BINARY:
+        return col(q, pa.binary(), pa.binary())
+    if dt in _SPATIAL:
+        return col(f"ST_AsBinary({q})", pa.binary(), pa.binary())
+    if dt in _TEXT:
+        return col(q, pa.string(), pa.string())
+    # JSON (MySQL's binary JSON; MariaDB's JSON is LONGTEXT), UUID, INET6, vectors and anything newer: the
+    # server's own text of the value, in utf8mb4
+    return col(f"CAST({q} AS CHAR)", pa.string(), pa.string())
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    columns: list[PlannedColumn]
+    key: str | None
+    """The single integer primary-key column the fast path splits into ranges (None: not splittable)."""
+    rows: int
+    """The server's row estimate (``information_schema.TABLES.TABLE_ROWS``)."""
+
+    @property
+    def read_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(f"c{i}", c.read) for i, c in enumerate(self.columns)])
+
+    def select_list(self) -> str:
+        return ", ".join(f"{c.select} AS `c{i}`" for i, c in enumerate(self.columns))
+
+
+_INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
+
+
+def read_plan(conn: Any, schema: str | None, table: str, *, zone: str, table_encoding: str | None,
+              column_encodings: dict[str, str]) -> ReadPlan:
+    """The read plan of a table from ``information_schema`` (``conn``: a SQLAlchemy connection)."""
+    where = "TABLE_SCHEMA = %s" if schema else "TABLE_SCHEMA = DATABASE()"
+    args: tuple[Any, ...] = ((schema,) if schema else ()) + (table,)
+    rows = conn.exec_driver_sql(
+        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE, CHARACTER_SET_NAME, "
+        f"COLUMN_KEY FROM information_schema.COLUMNS WHERE {where} AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+        args).fetchall()
+    if not rows:
+        raise SourceError(f"table {table!r} does not exist at the source")
+    missing = sorted(set(column_encodings) - {r[0] for r in rows})
+    if missing:
+        raise SourceError(f"table {table!r}: column_encodings names column(s) {missing} the source does not have")
+    columns = []
+    for name, dt, ct, prec, scale, charset, _ in rows:
+        enc = column_encodings.get(name) or (table_encoding if (charset or "").lower() == "latin1" else None)
+        columns.append(plan_column(name, str(dt), str(ct), prec, scale, charset, zone=zone, encoding=enc))
+    pk = [r for r in rows if r[6] == "PRI"]
+    key = pk[0][0] if len(pk) == 1 and str(pk[0][1]).lower() in _INTEGER_TYPES else None
+    est = conn.exec_driver_sql(
+        f"SELECT TABLE_ROWS FROM information_schema.TABLES WHERE {where} AND TABLE_NAME = %s", args).scalar()
+    return ReadPlan(columns, key, int(est or 0))
+
+
+# --- from read batches to landed ones -------------------------------------------------------------
+
+
+def _parse_each(values: pa.Array, parse: Any, target: pa.DataType) -> tuple[pa.Array, int]:
+    """Per-value parse of the rare batch Arrow's vectorised cast rejects: invalid values become null, counted."""
+    out: list[Any] = []
+    bad = 0
+    for v in values.to_pylist():
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            out.append(parse(v))
+        except ValueError:
+            out.append(None)
+            bad += 1
+    return pa.array(out, type=target), bad
+
+
+def _datetime(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _time(text: str) -> Any:
+    """MySQL TIME text (``-838:59:59.000000`` … ``838:59:59.000000``) as a time of day; ValueError outside
+    00:00:00–23:59:59.999999 (an interval, not a time of day: null and counted, as an invalid date is)."""
+    from datetime import time
+
+    m = re.fullmatch(r"(-?)(\d+):(\d\d):(\d\d)(?:\.(\d{1,6}))?", text)
+    if not m or m.group(1) or int(m.group(2)) > 23:
+        raise ValueError(text)
+    return time(int(m.group(2)), int(m.group(3)), int(m.group(4)), int((m.group(5) or "0").ljust(6, "0")))
+
+
+def finish(batch: pa.RecordBatch, plan: list[PlannedColumn], schema: pa.Schema, zone: str,
+           invalid: dict[str, int], where: str) -> pa.RecordBatch:
+    """Read arrays (any reader) → landed arrays of ``schema``; nulls made of invalid values add to ``invalid``
+    (by column code)."""
+    arrays = []
+    for array, c, field in zip(batch.columns, plan, schema, strict=True):
+        if array.type != c.read:
+            array = array.cast(c.read)
+        bad = 0
+        if c.kind == "same":
+            out = array if array.type == c.target else array.cast(c.target)
+        elif c.kind == "bool":
+            out = pc.not_equal(array, 0)  # MySQL's truth: any non-zero value of a BOOL column is true
+        elif c.kind == "decimal":
+            out = array.cast(c.target)
+        elif c.kind in ("date", "datetime", "timestamp"):
+            naive = pa.date32() if c.kind == "date" else pa.timestamp("us")
+            try:
+                out = array.cast(naive)
+            except pa.ArrowInvalid:  # zero (0000-00-00) or invalid (2023-02-30) dates in this batch
+                parse = date.fromisoformat if c.kind == "date" else _datetime
+                out, bad = _parse_each(array, parse, naive)
+            if c.kind == "timestamp":
+                out = out.cast(pa.timestamp("us", tz="UTC"))  # read with time_zone '+00:00': the values are UTC
+            elif c.kind == "datetime" and zone != _SHANGHAI:
+                out = pc.assume_timezone(out, zone, ambiguous="earliest", nonexistent="earliest").cast(c.target)
+        elif c.kind == "time":
+            out, bad = _parse_each(array, _time, c.target)
+        elif c.kind == "year":
+            zero = pc.equal(array, 0)  # YEAR 0000: MySQL's zero year, what it stores for an invalid year
+            bad = pc.sum(zero).as_py() or 0
+            out = pc.if_else(zero, pa.scalar(None, c.read), array).cast(c.target)
+        elif c.kind == "decode":
+            try:
+                out = pa.array([None if v is None else v.decode(c.encoding) for v in array.to_pylist()], pa.string())
+            except UnicodeDecodeError:
+                raise SourceError(f"{where}: column {c.name!r}: bytes that are not valid {c.encoding} (its "
+                                  "declared source encoding)") from None
+        else:  # pragma: no cover - every kind is handled above
+            raise AssertionError(c.kind)
+        if bad:
+            invalid[field.name] = invalid.get(field.name, 0) + bad
+        arrays.append(out)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+# --- the source -----------------------------------------------------------------------------------
+
+
+class MySqlSource(SqlSource):
+    """A MySQL-family source system: exact types through a read plan, ConnectorX when installed.
+
+    ``invalid_values`` holds, after ``batches`` has run, how many values of each column (by code) landed as
+    null because the server held no valid value (zero dates, invalid dates, the zero YEAR, TIME outside a day).
+    Reflection connections are closed after use (no pool): while a table streams, the load holds exactly the
+    connections its ranges use.
+    """
+
+    pooled = False
+    connect_args = {"charset": "utf8mb4"}
+
+    def __init__(self, system_code: str, url: str, max_connections: int = 2, time_zone: str = _SHANGHAI):
+        super().__init__(system_code, url, max_connections)
+        self.zone = time_zone
+        self.invalid_values: dict[str, int] = {}
+        self._plans: dict[tuple[str | None, str], ReadPlan] = {}
+
+    def plan(self, table: SqlTable) -> ReadPlan:
+        key = (table.source_schema, table.source)
+        if key not in self._plans:
+            try:
+                with self.engine.connect() as conn:
+                    self._plans[key] = read_plan(conn, table.source_schema, table.source, zone=self.zone,
+                                                 table_encoding=table.source_encoding,
+                                                 column_encodings=table.column_encodings)
+            except SourceError as exc:
+                raise self._fail(table, SourceError(str(exc).removeprefix(f"table {table.source!r}: "))) from None
+            except sa.exc.SQLAlchemyError as exc:
+                raise self._fail(table, exc) from None
+        return self._plans[key]
+
+    def columns(self, table: SqlTable, reflected: sa.Table | None = None) -> SourceColumns:
+        plan = self.plan(table)
+        names = [c.name for c in plan.columns]
+        return SourceColumns(names, pa.schema([pa.field(table.column_code(c.name), c.target) for c in plan.columns]))
+
+    def _literal(self, value: Any, c: PlannedColumn) -> str:
+        """A cursor bound as a MySQL literal, in the zone the column's text is in."""
+        import pymysql.converters
+
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=TZ)  # the lake's naive times are Asia/Shanghai
+            zone = UTC if c.kind == "timestamp" else ZoneInfo(self.zone) if c.kind == "datetime" else TZ
+            value = value.astimezone(zone).replace(tzinfo=None)
+        return str(pymysql.converters.escape_item(value, "utf8mb4"))
+
+    def where(self, table: SqlTable, t: sa.Table | None, since: Any = None, until: Any = None) -> list[str]:
+        plan = self.plan(table)
+        clauses = []
+        if table.filter:
+            reflected = t if t is not None else self.reflect(table)
+            clauses.append(f"({self.filter_sql(table, reflected)})")
+        if table.cursor and (since is not None or until is not None):
+            cols = self.columns(table)
+            c = plan.columns[cols.schema.names.index(table.cursor)]
+            for op, value in ((">=", since), ("<", until)):
+                if value is not None:
+                    clauses.append(f"{quote_name(c.name)} {op} {self._literal(value, c)}")
+        return clauses
+
+    def batches(self, table: SqlTable, *, since: Any = None, until: Any = None,
+                reflected: sa.Table | None = None, only: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream the table (or its cursor window) as record batches named by column code.
+
+        A whole-table read (a full refresh, the key-only deletion check, a first load) is one statement on one
+        connection: one consistent snapshot, so a key it misses is really gone. A cursor window is split into
+        primary-key ranges read in parallel: it writes no deletion rows, so ranges read at slightly different
+        moments cost nothing."""
+        plan = self.plan(table)
+        cols = self.columns(table)
+        picked = cols.select(only)
+        at = [cols.schema.names.index(n) for n in picked.schema.names]
+        sub = ReadPlan([plan.columns[i] for i in at], plan.key, plan.rows)
+        clauses = self.where(table, reflected, since, until)
+        whole = since is None and until is None
+        parallel = 1 if whole or sub.key is None else min(EXTRACT_RANGES, self.max_connections)
+        where = f"system {self.system}, table {table.source!r}"
+        self.invalid_values = {}
+        relation = (quote_name(table.source_schema) + "." if table.source_schema else "") + quote_name(table.source)
+        try:
+            for raw in self._read(sub, relation, clauses, parallel, table.batch_rows):
+                if raw.num_rows:
+                    yield finish(raw, sub.columns, picked.schema, self.zone, self.invalid_values, where)
+        except (SourceError, GeneratorExit):
+            raise
+        except Exception as exc:
+            raise self._fail(table, exc) from None
+        finally:
+            for code, n in self.invalid_values.items():
+                log.warning("%s: column %s: %d zero or invalid value(s) landed as null", where, code, n)
+
+    def _read(self, plan: ReadPlan, relation: str, clauses: list[str], parallel: int,
+              batch_rows: int) -> Iterator[pa.RecordBatch]:
+        if fast_enabled():
+            from pipelines.extract.mysql_fast import iter_mysql_batches
+
+            yield from iter_mysql_batches(self.engine.url, plan, relation, clauses, parallel, batch_rows)
+            return
+        yield from self._read_sqlalchemy(plan, relation, clauses, batch_rows)
+
+    def _read_sqlalchemy(self, plan: ReadPlan, relation: str, clauses: list[str],
+                         batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """The fallback reader: pymysql's unbuffered cursor, converted to Arrow one partition at a time."""
+        query = f"SELECT {plan.select_list()} FROM {relation}"
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        schema = plan.read_schema
+        with self.engine.connect() as conn:
+            for statement in SESSION:
+                conn.exec_driver_sql(statement)
+            # exec_driver_sql without parameters: a ':' or '%' inside a literal is never taken for a placeholder
+            result = conn.execution_options(stream_results=True, yield_per=batch_rows).exec_driver_sql(query)
+            for rows in result.partitions(batch_rows):
+                columns = list(zip(*rows, strict=True))
+                yield pa.RecordBatch.from_arrays([pa.array(v, type=f.type) for v, f in zip(columns, schema, strict=True)],
+                                                 schema=schema)
+
+
+def fast_enabled() -> bool:
+    """ConnectorX reads unless ``CITYLAKE_MYSQL_FAST=0`` or it is not installed."""
+    if os.environ.get(FAST_ENV, "1").strip() in ("0", "false", "no"):
+        return False
+    try:
+        import connectorx  # noqa: F401
+    except ImportError:
+        return False
+    return True
