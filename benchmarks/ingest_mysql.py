@@ -15,14 +15,16 @@ one) in the same repetitions, to show its peak RSS is flat in the table's size. 
 two venvs of its own (benchmarks/.venvs): the ``duckdb-ext-mysql`` wheel (pins duckdb 1.4.4) and
 ``duckdb-extension-mysql`` 1.5.5. Usage:
     .venv/bin/python benchmarks/ingest_mysql.py [--rows 5000000] [--flat-rows 1000000] [--reps 3]
-        [--timeout 900] [--only citylake,mysql-floor] [--db citylake_bench_mysql] [--rebuild]
-While developing, on a shared machine: ``--rows 200000 --flat-rows 50000 --db citylake_bench_mysql_small``.
+        [--timeout 900] [--only citylake,mysql-floor] [--db NAME] [--rebuild]
+Each size has its own database (citylake_bench_mysql at 5 M rows, citylake_bench_mysql_<rows> otherwise, the
+smaller sizes <db>_<rows>). While developing, on a shared machine: ``--rows 200000 --flat-rows 50000``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -49,6 +51,7 @@ from common import (  # noqa: E402
 )
 
 HOST, PORT, USER = "127.0.0.1", 3306, "root"
+DB = "citylake_bench_mysql"
 TABLE = "resident"
 SYSTEM = "bench_mysql"
 CONN_ID = "SRC_BENCH_MYSQL"
@@ -353,13 +356,16 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median reported)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds before a run is killed and shown FAILED")
     ap.add_argument("--only", default="", help="comma-separated methods, e.g. mysql-floor,connectorx,citylake")
-    ap.add_argument("--db", default="citylake_bench_mysql", help="database of the big table (smaller: <db>_<rows>)")
+    ap.add_argument("--db", default="", help=f"database of the big table (default {DB} at 5 M rows, else "
+                                              f"{DB}_<rows>); the smaller tables are in <db>_<rows>")
     ap.add_argument("--rebuild", action="store_true", help="generate the tables again even when they are there")
     args = ap.parse_args()
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     flat_sizes = sorted({int(x) for x in args.flat_rows.split(",") if x.strip()} - {args.rows})
     if any(n > args.rows for n in flat_sizes):
         ap.error("--flat-rows must be smaller than --rows")
+    # Each size has a database of its own, so a smoke run at another size leaves the full-size table in place.
+    args.db = args.db or (DB if args.rows == 5_000_000 else f"{DB}_{args.rows}")
     info = machine()  # load average before the build
 
     built = ensure_table(args.db, args.rows, args.rebuild)
@@ -392,8 +398,12 @@ def main() -> None:
     print("\n" + text + ("\n\n" + "\n".join(verdicts) if verdicts else ""))
 
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/ingest_mysql.py", *sys.argv[1:]])
-    vers = versions(["duckdb-ext-mysql", "duckdb-extension-mysql"])
-    vers.update({f"duckdb in {n}'s venv": v for n, v in duck_versions.items()})
+    vers = versions()
+    vers.update({f"{n} (own venv)": f"duckdb {v}, {' + '.join(DUCKDB_VENVS[n][1])}" for n, v in duck_versions.items()})
+    try:
+        info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        pass
     md = [f"## MariaDB → lake: `ingest_mysql.py` ({args.rows:,} rows × 12 columns)", "",
           f"`{command}`", "",
           "machine: " + "; ".join(f"{k} {v}" for k, v in info.items()), "",
