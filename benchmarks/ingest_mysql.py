@@ -308,7 +308,7 @@ def report(summaries: dict[str, Summary], rows_of: dict[str, int], reps: int) ->
         written = [r.extra.get("written") for r in s.each if r.ok]
         shown: object = "FAILED" if not s.ok else (f"{written[-1]:,}" if written and written[-1] is not None else
                                                    f"{n:,} (to /dev/null)")
-        lines.append([name, shown, s.seconds, round(s.rows_per_s(n)), round(s.peak_rss_mb),
+        lines.append([name, shown, s.seconds, round(s.rows_per_s(n)) if s.ok else "-", round(s.peak_rss_mb),
                       f"{floor_s / s.seconds:.2f}" if floor_s and s.ok else "-", s.reps_text()])
     text = table(["method", "rows", "seconds", "rows/s", "peak RSS MB", "× floor", "each rep (s/MB)"], lines)
     text = f"median of {reps} interleaved repetition(s)\n" + text
