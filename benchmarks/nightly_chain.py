@@ -88,13 +88,18 @@ def child(scale: float, timings: Path, log: Path) -> None:
                     stages[-1]["peak_rss_mb"] = max(stages[-1]["peak_rss_mb"], rss / 2**20)
             time.sleep(0.02)
 
+    def cpu() -> float:  # this process and its waited-for children (airflow db migrate), user + system
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
     def on_stage(name: str) -> None:
-        now = time.perf_counter()
+        now, used = time.perf_counter(), cpu()
         with lock:
             if stages:
                 stages[-1]["seconds"] = now - stages[-1].pop("started")
+                stages[-1]["cpu_seconds"] = used - stages[-1].pop("cpu_started")
             if name != "done":
-                stages.append({"stage": name, "started": now, "peak_rss_mb": 0.0})
+                stages.append({"stage": name, "started": now, "cpu_started": used, "peak_rss_mb": 0.0})
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -159,9 +164,10 @@ def report(scale: float, runs: list[common.Run]) -> str:
     stages = median_run.extra["stages"]
     total = median_run.extra["total"]
     lines = [[x["stage"], STAGE_TEXT.get(x["stage"], ""), round(x["seconds"], 1), f"{100 * x['seconds'] / total:.0f} %",
-              f"{x['peak_rss_mb']:,.0f}"] for x in stages]
-    lines.append(["total", "run_demo", round(total, 1), "100 %", f"{max(x['peak_rss_mb'] for x in stages):,.0f}"])
-    text = common.table(["stage", "what", "seconds", "share", "peak RSS MB"], lines)
+              round(x["cpu_seconds"], 1), f"{x['peak_rss_mb']:,.0f}"] for x in stages]
+    lines.append(["total", "run_demo", round(total, 1), "100 %", round(sum(x["cpu_seconds"] for x in stages), 1),
+                  f"{max(x['peak_rss_mb'] for x in stages):,.0f}"])
+    text = common.table(["stage", "what", "seconds", "share", "CPU s", "peak RSS MB"], lines)
     rows = median_run.extra.get("rows", {})
     text += (f"\n\nwhole process (spawn to exit, imports included): {s.seconds:.1f} s, peak RSS of the process tree "
              f"{s.peak_rss_mb:,.0f} MB" + (f"; reps {s.reps_text()}" if len(runs) > 1 else "")
@@ -206,7 +212,10 @@ def main() -> None:
         "(`CITYLAKE_ROOT`: sources, lake and `airflow_home` of its own); every DAG through Airflow's `dag.test()`. "
         "Stage seconds from the demo's stage hook; peak RSS of the process tree sampled every 20 ms.",
         "",
-        "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()) + ".",
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items())
+        + "; load average at end " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + ".",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in common.versions(["apache-airflow"]).items()
+                                 if v != "not installed") + ".",
         "",
         body,
     ])
