@@ -289,6 +289,7 @@ def _method(name: str, cmd: list[str] | str, env: dict[str, str] | None, out: Pa
             written = lake_rows(out) if name.startswith("citylake") else parquet_rows(where)
             if rc == 0 and written != expected:
                 rc, err = 1, f"wrote {written:,} rows, expected {expected:,}"
+        shutil.rmtree(out, ignore_errors=True)  # counted: only one method's output on disk at a time
         return Run(name, rep, seconds, rss, rc, err if rc else "", {"written": written})
 
     return run
