@@ -194,13 +194,15 @@ def report(stage: str, sizes: list[int], runs: list[Run]) -> str:
     if len(ok) >= 2:
         lo, hi = by[shown(ok[0])], by[shown(ok[-1])]
         linear = (hi.seconds / lo.seconds) / (ok[-1] / ok[0])
-        marginal = f"{(ok[-1] - ok[0]) / (hi.seconds - lo.seconds):,.0f} rows/s" if hi.seconds > lo.seconds else \
-            "n/a (the larger size ran faster: noise)"
         text += (f"\nlinearity: seconds({shown(ok[-1])}) / seconds({shown(ok[0])}) ÷ {ok[-1] / ok[0]:g} = {linear:.2f} "
-                 f"(1 = linear; below 1: the fixed start-up is spread over more rows); "
-                 f"marginal rate {shown(ok[0])}→{shown(ok[-1])}: {marginal}"
-                 f"\nmemory: peak RSS({shown(ok[-1])}) − peak RSS({shown(ok[0])}) = "
-                 f"{hi.peak_rss_mb - lo.peak_rss_mb:+,.0f} MB")
+                 "(1 = linear; below 1: the fixed start-up, imports and catalog, is spread over more rows)"
+                 f"\nmemory: peak RSS({shown(ok[-1])}) − peak RSS({shown(ok[0])}) = {hi.peak_rss_mb - lo.peak_rss_mb:+,.0f} MB")
+        for a, b in zip(ok, ok[1:], strict=False):  # step by step: the marginal rate leaves the fixed cost out
+            sa, sb = by[shown(a)], by[shown(b)]
+            rate = f"{(b - a) / (sb.seconds - sa.seconds):,.0f} rows/s" if sb.seconds > sa.seconds else \
+                "n/a (the larger size ran faster: noise)"
+            text += (f"\n{shown(a)} → {shown(b)}: seconds ratio ÷ rows ratio {(sb.seconds / sa.seconds) / (b / a):.2f}, "
+                     f"marginal rate {rate}, peak RSS {sb.peak_rss_mb - sa.peak_rss_mb:+,.0f} MB")
     failed = [f"{r.method} rep {r.rep}: {r.error}" for r in runs if not r.ok]
     if failed:
         text += "\nfailed: " + "; ".join(failed)
