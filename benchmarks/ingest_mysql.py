@@ -15,7 +15,7 @@ one) in the same repetitions, to show its peak RSS is flat in the table's size. 
 two venvs of its own (benchmarks/.venvs): the ``duckdb-ext-mysql`` wheel (pins duckdb 1.4.4) and
 ``duckdb-extension-mysql`` 1.5.5. Usage:
     .venv/bin/python benchmarks/ingest_mysql.py [--rows 5000000] [--flat-rows 1000000] [--reps 3]
-        [--timeout 900] [--only citylake,mysql-floor] [--db NAME] [--rebuild]
+        [--timeout 900] [--only citylake,mysql-floor] [--db NAME] [--rebuild] [--citylake-args=--full-refresh]
 Each size has its own database (citylake_bench_mysql at 5 M rows, citylake_bench_mysql_<rows> otherwise, the
 smaller sizes <db>_<rows>). While developing, on a shared machine: ``--rows 200000 --flat-rows 50000``.
 """
@@ -233,8 +233,8 @@ def _duckdb_extension_dir(py: Path) -> str:
     return str(ext_dir)
 
 
-def methods(work: Path, db: str, rows: int, flat: dict[int, str], timeout: float, only: set[str]) \
-        -> tuple[dict[str, Callable[[int], Run]], dict[str, Path], dict[str, str]]:
+def methods(work: Path, db: str, rows: int, flat: dict[int, str], timeout: float, only: set[str],
+            citylake_args: list[str]) -> tuple[dict[str, Callable[[int], Run]], dict[str, Path], dict[str, str]]:
     """The methods to run (name -> one measured run), each one's output folder, and the DuckDB versions."""
     py = sys.executable
     cx_url = f"mysql://{USER}@{HOST}:{PORT}/{db}"
@@ -274,7 +274,7 @@ def methods(work: Path, db: str, rows: int, flat: dict[int, str], timeout: float
         name = "citylake" if n == rows else f"citylake@{_short(n)}"
         env = {"CITYLAKE_REGISTRY_DIR": str(reg), "CITYLAKE_LAKE_DIR": str(work / name),
                f"CITYLAKE_CONN_{CONN_ID}": f"mysql+pymysql://{USER}@{HOST}:{PORT}/{database}"}
-        add(name, [citylake, "ingest", SYSTEM], n, env)
+        add(name, [citylake, "ingest", SYSTEM, *citylake_args], n, env)
     return found, outs, duck_versions
 
 
@@ -361,6 +361,8 @@ def main() -> None:
     ap.add_argument("--db", default="", help=f"database of the big table (default {DB} at 5 M rows, else "
                                               f"{DB}_<rows>); the smaller tables are in <db>_<rows>")
     ap.add_argument("--rebuild", action="store_true", help="generate the tables again even when they are there")
+    ap.add_argument("--citylake-args", default="", help="more options for `citylake ingest` (e.g. '--full-refresh'); "
+                                                        "default none: a first load into a fresh lake")
     args = ap.parse_args()
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     flat_sizes = sorted({int(x) for x in args.flat_rows.split(",") if x.strip()} - {args.rows})
@@ -381,7 +383,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="citylake-bench-mysql-"))
     try:
-        runs_of, outs, duck_versions = methods(work, args.db, args.rows, flat, args.timeout, only)
+        runs_of, outs, duck_versions = methods(work, args.db, args.rows, flat, args.timeout, only,
+                                               shlex.split(args.citylake_args))
         if not runs_of:
             ap.error(f"--only {args.only!r} names no method")
         rows_of = {name: args.rows for name in runs_of}
