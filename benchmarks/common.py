@@ -296,7 +296,7 @@ def bench_venv(name: str, requirements: Sequence[str]) -> Path:
     if py.exists() and stamp.exists() and stamp.read_text() == wanted:
         return py
     uv = ROOT / ".venv" / "bin" / "uv"
-    subprocess.run([str(uv), "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run([str(uv), "venv", "-q", "--clear", "--python", sys.executable, str(venv)], check=True)
     subprocess.run([str(uv), "pip", "install", "-q", "--python", str(py), *requirements], check=True)
     stamp.write_text(wanted)
     return py

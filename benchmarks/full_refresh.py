@@ -88,7 +88,7 @@ VACUUM ANALYZE resident;
 REGISTRY = """\
 system: bench_refresh
 name: 基准测试
-department: "340100BM999"  # 测试局 (schemas/departments.yml)
+department: "11340100003009991Q"  # 合肥市数据资源局 (schemas/departments.yml)
 connection: src_bench_refresh
 tables:
   - code: resident
