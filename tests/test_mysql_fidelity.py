@@ -381,3 +381,18 @@ def test_whole_table_reads_use_one_connection_windows_split(staff: tuple[str, An
     _load(system, lake_settings, "b2")  # incremental: the window from the watermark
     assert isinstance(calls[-1], list) and len(calls[-1]) == 2
     assert "`id` < " in calls[-1][0] and "`id` >= " in calls[-1][1]
+
+
+def test_unreachable_or_refused_names_system_and_host_never_the_password(
+        path: str, lake_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import require_service
+
+    require_service("MariaDB", "127.0.0.1", 3306)
+    secret = "s3cret-Pw_9x"
+    monkeypatch.setenv("CITYLAKE_CONN_SRC_FID", f"mysql+pymysql://nobody:{secret}@127.0.0.1:3306/mysql")
+    system = _system("", [{"code": "t", "source": "user", "primary_key": ["id"]}])
+    with pytest.raises(SourceError) as info:
+        ingest_table(system, "t", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    message = str(info.value)
+    assert "fid" in message and "127.0.0.1:3306" in message
+    assert secret not in message and "\n" not in message

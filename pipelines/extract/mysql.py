@@ -340,9 +340,9 @@ class MySqlSource(SqlSource):
             for raw in self._read(sub, relation, clauses, parallel, table.batch_rows):
                 if raw.num_rows:
                     yield finish(raw, sub.columns, picked.schema, self.zone, self.invalid_values, where)
-        except (SourceError, GeneratorExit):
+        except (SourceError, GeneratorExit, KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:
+        except BaseException as exc:  # ConnectorX reports a value it cannot convert as a Rust panic (BaseException)
             raise self._fail(table, exc) from None
         finally:
             for code, n in self.invalid_values.items():
