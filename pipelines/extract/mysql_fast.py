@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from pipelines.extract.mysql import ReadPlan
 
 _MIN_ROWS_TO_SPLIT = 200_000  # below this one stream is as fast as two
+# ConnectorX decodes ahead of the consumer, in batches of this many rows at most: 1 M rows × 12 columns
+# loaded at ~380 MB peak RSS with 50,000 (flat at 5 M) against ~490 MB with 100,000, at the same speed.
+_CX_BATCH_ROWS = 50_000
 
 
 def cx_url(url: Any) -> str:
@@ -67,7 +70,8 @@ def iter_mysql_batches(url: Any, plan: ReadPlan, relation: str, clauses: list[st
                        batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Record batches of ``plan.read_schema`` (columns ``c0``…), ``parallel`` key ranges at once.
 
-    Memory is bounded by ConnectorX's stream (a few batches of ``batch_rows`` per range in flight)."""
+    Batches hold at most ``min(batch_rows, 50,000)`` rows. ConnectorX's stream has no bound on how far it
+    reads ahead of a slower consumer: what waits in memory is what the consumer has not taken yet."""
     import connectorx as cx
 
     low = high = None
@@ -75,7 +79,7 @@ def iter_mysql_batches(url: Any, plan: ReadPlan, relation: str, clauses: list[st
         low, high = _bounds(url, relation, plan.key, clauses)
     queries = range_queries(plan.select_list(), relation, clauses, plan.key, parallel, low, high)
     reader = cx.read_sql(cx_url(url), queries if len(queries) > 1 else queries[0], return_type="arrow_stream",
-                         batch_size=batch_rows, pre_execution_query=list(SESSION))
+                         batch_size=min(batch_rows, _CX_BATCH_ROWS), pre_execution_query=list(SESSION))
     schema = plan.read_schema
     for batch in reader:
         if batch.num_rows:
