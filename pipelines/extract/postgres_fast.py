@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 _MIN_PAGES_TO_SPLIT = 2048  # below ~16 MB one stream is as fast as two
 LOCK_TIMEOUT_ENV = "CITYLAKE_PG_LOCK_TIMEOUT_S"
+# Path of an ADBC PostgreSQL driver library to use instead of the one in the adbc-driver-postgresql wheel.
+DRIVER_ENV = "CITYLAKE_ADBC_POSTGRESQL_DRIVER"
 # Long enough to ride out a short ALTER TABLE or a small table's VACUUM FULL, short enough that a load
 # stuck behind a long one fails (and Airflow retries it) well within its schedule.
 _LOCK_TIMEOUT_S = 600.0
@@ -58,7 +60,22 @@ _NATIVE = set(_TYPES)  # ADBC decodes these itself; everything else is selected 
 def _connect(url: str) -> Any:
     import adbc_driver_postgresql.dbapi as adbc
 
-    return adbc.connect(url)
+    driver = os.environ.get(DRIVER_ENV, "").strip()
+    if not driver:
+        return adbc.connect(url)
+    # The same driver as a library of its own (an optimised build: benchmarks/README.md, "Ingest"): loaded
+    # through the driver manager exactly as adbc_driver_postgresql loads the one in its wheel.
+    import adbc_driver_manager
+    import adbc_driver_manager.dbapi
+
+    if not os.path.isfile(driver):
+        raise ConfigError(f"{DRIVER_ENV}={driver!r}: no such file (the ADBC PostgreSQL driver library)")
+    db = adbc_driver_manager.AdbcDatabase(driver=driver, uri=url)
+    try:
+        return adbc_driver_manager.dbapi.Connection(db, adbc_driver_manager.AdbcConnection(db), autocommit=False)
+    except BaseException:
+        db.close()
+        raise
 
 
 def _quote(name: str) -> str:
