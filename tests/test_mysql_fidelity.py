@@ -396,3 +396,25 @@ def test_unreachable_or_refused_names_system_and_host_never_the_password(
     message = str(info.value)
     assert "fid" in message and "127.0.0.1:3306" in message
     assert secret not in message and "\n" not in message
+
+
+def test_a_read_not_compared_for_deletions_may_split(staff: tuple[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``consistent=False`` (a first load into an empty table: no deletion rows can come of it) splits even a
+    whole-table read; the rows are the same."""
+    import connectorx
+
+    from pipelines.extract.mysql import MySqlSource
+
+    url, _ = staff
+    monkeypatch.setenv("CITYLAKE_MYSQL_FAST", "1")
+    monkeypatch.setattr(mysql_fast, "_MIN_ROWS_TO_SPLIT", 0)
+    calls: list[Any] = []
+    real = connectorx.read_sql
+    monkeypatch.setattr(connectorx, "read_sql", lambda u, q, **kw: calls.append(q) or real(u, q, **kw))
+    source = MySqlSource("fid", url, max_connections=2)
+    spec = _staff(url).tables[0]
+    one = pa.Table.from_batches(list(source.batches(spec)))
+    split = pa.Table.from_batches(list(source.batches(spec, consistent=False)))
+    source.dispose()
+    assert isinstance(calls[0], str) and isinstance(calls[1], list) and len(calls[1]) == 2
+    assert split.sort_by("id").equals(one.sort_by("id")) and one.num_rows == 300

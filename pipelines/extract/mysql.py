@@ -318,21 +318,24 @@ class MySqlSource(SqlSource):
         return clauses
 
     def batches(self, table: SqlTable, *, since: Any = None, until: Any = None,
-                reflected: sa.Table | None = None, only: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+                reflected: sa.Table | None = None, only: list[str] | None = None,
+                consistent: bool | None = None) -> Iterator[pa.RecordBatch]:
         """Stream the table (or its cursor window) as record batches named by column code.
 
-        A whole-table read (a full refresh, the key-only deletion check, a first load) is one statement on one
-        connection: one consistent snapshot, so a key it misses is really gone. A cursor window is split into
-        primary-key ranges read in parallel: it writes no deletion rows, so ranges read at slightly different
-        moments cost nothing."""
+        ``consistent``: whether the caller derives deletions from what the read did not return, so the read must
+        be one snapshot. None (the default) takes every whole-table read (a full refresh, the key-only deletion
+        check, a first load) as such: one statement on one connection, so a key it misses is really gone. A
+        cursor window, or a read the caller says is not compared for deletions (``consistent=False``: a first
+        load into an empty table), is split into primary-key ranges read in parallel: ranges read at slightly
+        different moments cost nothing when no deletion row comes of them."""
         plan = self.plan(table)
         cols = self.columns(table)
         picked = cols.select(only)
         at = [cols.schema.names.index(n) for n in picked.schema.names]
         sub = ReadPlan([plan.columns[i] for i in at], plan.key, plan.rows)
         clauses = self.where(table, reflected, since, until)
-        whole = since is None and until is None
-        parallel = 1 if whole or sub.key is None else min(EXTRACT_RANGES, self.max_connections)
+        one_snapshot = (since is None and until is None) if consistent is None else consistent
+        parallel = 1 if one_snapshot or sub.key is None else min(EXTRACT_RANGES, self.max_connections)
         where = f"system {self.system}, table {table.source!r}"
         self.invalid_values = {}
         relation = (quote_name(table.source_schema) + "." if table.source_schema else "") + quote_name(table.source)
