@@ -309,7 +309,7 @@ def main() -> None:
     for t in tables:
         if t not in DATABASES:
             raise SystemExit(f"--tables: unknown table {t!r} (known: {', '.join(DATABASES)})")
-    command = "python benchmarks/ingest_postgres.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = " ".join(["python benchmarks/ingest_postgres.py", *(shlex.quote(a) for a in sys.argv[1:])])
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     started = time.strftime("%Y-%m-%d %H:%M %Z")
 
@@ -356,7 +356,11 @@ def main() -> None:
           f"Command: `{command}` — started {started}; load average before {load_before}, after {load_after}; "
           f"repetitions: {args.reps}, interleaved, medians; DuckDB peers: "
           + "; ".join(f"{k}: {v}" for k, v in peer_versions.items())
-          + ".", "", WHAT]
+          + ".", ""]
+    if max(float(load_before.split()[0]), float(load_after.split()[0])) > (os.cpu_count() or 1):
+        md += [f"**The load average exceeded the {os.cpu_count()} cores: other work shared the machine, so every "
+               "figure here is noisy; only large same-run ratios mean something.**", ""]
+    md += [WHAT]
     for table, db, text, verdict in sections:
         md += [f"### `{table}` ({args.rows:,} rows, database `{db}`)", "", "```", text, "", *verdict, "```", ""]
     common.write_section("ingest_postgres", "\n".join(md))

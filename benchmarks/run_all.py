@@ -128,6 +128,9 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated scripts not to run")
     ap.add_argument("--args", action="append", default=[], metavar="NAME=ARGS",
                     help="extra options for one script, e.g. 'ingest_postgres=--reps 5' (repeatable; after --quick's)")
+    ap.add_argument("--no-run", action="store_true",
+                    help="run nothing: assemble results.md from the sections already in benchmarks/out "
+                         "(the load average and versions are then today's, not the runs')")
     ap.add_argument("--output", type=Path, default=RESULTS, help="where to write (default benchmarks/results.md)")
     args = ap.parse_args()
     only = [x for x in args.only.split(",") if x]
@@ -140,8 +143,9 @@ def main() -> None:
         if name not in names:
             raise SystemExit(f"unknown script {name!r} (known: {', '.join(names)})")
 
-    command = "python benchmarks/run_all.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = " ".join(["python benchmarks/run_all.py", *(shlex.quote(a) for a in sys.argv[1:])])
     info = common.machine()  # includes the load average at start
+    vers_before = common.versions()
     started = time.strftime("%Y-%m-%d %H:%M %Z")
     sections, ledger = [], []
     for s in SCRIPTS:
@@ -149,6 +153,16 @@ def main() -> None:
         if (only and s.name not in only) or s.name in skip:
             ledger.append(f"- `{s.name}`: skipped (--only/--skip)")
             sections.append(section(s, "", None, 0, [], None, "skipped (--only/--skip)"))
+            continue
+        if args.no_run:
+            out_md = common.OUT / f"{s.name}.md"
+            if out_md.exists():
+                when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(out_md.stat().st_mtime))
+                ledger.append(f"- `{s.name}`: not run now; its section as written {when}")
+                sections.append(out_md.read_text(encoding="utf-8"))
+            else:
+                ledger.append(f"- `{s.name}`: not run now; no section in benchmarks/out")
+                sections.append(section(s, "", None, 0, [], None, "no section in benchmarks/out (--no-run)"))
             continue
         if not path.exists():
             ledger.append(f"- `{s.name}`: not run: missing")
@@ -163,13 +177,19 @@ def main() -> None:
         rc, seconds, lines = run_script(path, options)
         out_md = common.OUT / f"{s.name}.md"
         fresh = out_md.read_text(encoding="utf-8") if out_md.exists() and out_md.stat().st_mtime >= mark else None
-        sections.append(section(s, cmd_text.strip(), rc, seconds, lines, fresh))
+        text = section(s, cmd_text.strip(), rc, seconds, lines, fresh)
+        if rc == 0 and not fresh:  # a script that only prints: keep its section for --no-run
+            common.write_section(s.name, text)
+        sections.append(text)
         ledger.append(f"- `{s.name}`: {'ok' if rc == 0 else f'FAILED (exit {rc})'}, {seconds:.0f} s")
 
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     load_before = info.pop("load average at start", "?")
+    busy = max(float(x.split()[0]) for x in (load_before if load_before != "?" else "0", load_after)) > (
+        os.cpu_count() or 1)
     info.pop("date", None)
     vers = common.versions()
+    moved = {k: f"{vers_before[k]} → {v}" for k, v in vers.items() if vers_before.get(k) != v}
     peers = venv_versions()
     head = [
         "# Benchmark results",
@@ -182,12 +202,16 @@ def main() -> None:
         "and each figure is the median of its repetitions, every repetition shown beside it. Compare figures "
         "within a table, not across runs or machines.",
         "",
-        f"Load average (1, 5, 15 min): before {load_before}, after {load_after} (2 cores: above 2 the machine "
-        "was shared while measuring).",
+        (f"Load average (1, 5, 15 min): before {load_before}, after {load_after} ({os.cpu_count()} cores: above "
+         f"{os.cpu_count()} the machine was shared while measuring"
+         + ("; **it was: figures are noisy, only large same-run ratios mean something**)." if busy else ").")
+         if not args.no_run else "Assembled with --no-run: each section states its own run's load and command."),
         "",
         "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()) + ".",
         "",
-        "Versions (project venv): " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".",
+        "Versions (project venv, at the end): " + ", ".join(f"{k} {v}" for k, v in vers.items()) + "."
+        + (" **Changed during the run** (someone installed into the venv): "
+           + ", ".join(f"{k} {v}" for k, v in moved.items()) + "." if moved else ""),
         "",
         "Peer venvs (benchmarks/.venvs): " + ("; ".join(f"{k}: {v}" for k, v in peers.items()) or "none") + ".",
         "",
