@@ -78,6 +78,9 @@ class LoadResult:
     """Files whose bytes the table already had (``of``: the earlier file's name): nothing loaded."""
     watermark_gap: str | None = None
     """Set when a window (mode backfill) started after the watermark, so the watermark did not move (one line)."""
+    invalid_values: dict[str, int] = field(default_factory=dict)
+    """Source values that are no value of their type (MySQL zero or invalid dates, the zero YEAR, a TIME outside a
+    day), landed as null: column code → count. Also in ``meta.standardization_log`` under the raw table's name."""
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a task returns it (XCom, shown in the Airflow UI): drop file names masked, since
@@ -328,6 +331,23 @@ def ingest_table(system: SourceSystem, table_code: str, *, settings: Settings | 
     return result
 
 
+INVALID_TO_NULL = "源值非法（零日期、无效日期、零年份或超出一天的时间）→ 空值"
+
+
+def _log_invalid_values(catalog: Any, result: LoadResult) -> None:
+    """The values a load landed as null because the source's value is no value of its type, in
+    ``meta.standardization_log`` under the raw table's name (the gate logs std datasets under theirs);
+    the load's batch id is the run id, so a retry replaces its rows rather than adding them again."""
+    if not result.invalid_values:
+        return
+    from pipelines.lake.meta import replace_run
+
+    replace_run(catalog, "meta.standardization_log", result.batch_id,
+                [{"dataset": result.identifier, "column": column, "transformation": INVALID_TO_NULL,
+                  "rows_changed": n, "run_id": result.batch_id} for column, n in sorted(result.invalid_values.items())],
+                datasets=[result.identifier])
+
+
 def _open_source(system: SourceSystem, settings: Settings) -> Any:
     from pipelines.connections import resolve_url
     from pipelines.extract.sources import open_source
@@ -399,8 +419,11 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
                                      result.batch_id)
                 existing = existing if existing.num_rows else None
             whole = full or keys_only
+            # One snapshot is needed only where deletions come of what the read did not return; a first load
+            # may read in parallel ranges that start at slightly different moments (MySQL cannot share one).
             for batch in source.batches(spec, since=None if whole else since, until=None if whole else until,
-                                        reflected=reflected, only=spec.primary_key if keys_only else None):
+                                        reflected=reflected, only=spec.primary_key if keys_only else None,
+                                        consistent=keys_only or (full and has_rows)):
                 result.rows_extracted += batch.num_rows
                 if keys_only:
                     assert compare is not None
@@ -419,6 +442,7 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
                     writer.write_shaped(fresh)
                 else:
                     writer.write_shaped(shaped)
+            result.invalid_values = dict(getattr(source, "invalid_values", None) or {})
             if compare is not None:
                 for fresh_batch in compare.changed() if not keys_only else ():
                     writer.write_shaped(fresh_batch)
@@ -452,6 +476,7 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             # A commit another writer beat is merged and retried; rows it landed meanwhile are not added again.
             result.snapshot_id = writer.commit(state, summary, replace_batch=rerun, keys=spec.primary_key)
             result.rows_written = writer.rows
+            _log_invalid_values(catalog, result)
             for (_, deleted), n in writer.dropped.items():  # another load landed these first: not ours
                 if deleted:
                     result.rows_deleted -= n

@@ -189,7 +189,14 @@ def test_every_type_lands_as_the_server_holds_it(server: tuple[str, Any], path: 
     assert lake[2]["big_u"] == Decimal(2**63) and lake[2]["tags"] == ""
     assert lake[1]["instant"] == datetime(2023, 12, 31, 16, 30, 0, 123000, tzinfo=UTC)  # written at +08:00
     # zero and invalid values: null, and counted per column
-    assert opened[-1].invalid_values == {"day": 2, "wall": 2, "instant": 1, "yr": 1, "tm": 2}
+    counts = {"day": 2, "wall": 2, "instant": 1, "yr": 1, "tm": 2}
+    assert opened[-1].invalid_values == counts and res.invalid_values == counts
+    # ... and in the standardization log under the raw table's name, replaced (not repeated) by a rerun
+    ingest_table(system, "fid", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    log = get_catalog(lake_settings).load_table("meta.standardization_log").scan().to_arrow().to_pylist()
+    mine = [r for r in log if r["dataset"] == "raw.fid__fid"]
+    assert {r["column"]: r["rows_changed"] for r in mine} == counts and len(mine) == len(counts)
+    assert {r["run_id"] for r in mine} == {"b1"} and all("空值" in r["transformation"] for r in mine)
 
 
 def test_gbk_tables_and_gbk_bytes_under_latin1(server: tuple[str, Any], path: str, lake_settings: Settings,
@@ -360,8 +367,9 @@ def test_key_only_deletion_check(staff: tuple[str, Any], path: str, lake_setting
 
 def test_whole_table_reads_use_one_connection_windows_split(staff: tuple[str, Any], lake_settings: Settings,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """A full refresh writes deletion rows, so it must read one snapshot: one statement on one connection.
-    A cursor window (no deletions) is split into key ranges read in parallel."""
+    """A full refresh of a table with rows writes deletion rows, so it must read one snapshot: one statement on
+    one connection. A first load into an empty table and a cursor window (no deletions) are split into key ranges
+    read in parallel."""
     import connectorx
 
     url, conn = staff
@@ -376,6 +384,8 @@ def test_whole_table_reads_use_one_connection_windows_split(staff: tuple[str, An
 
     monkeypatch.setattr(connectorx, "read_sql", spy)
     system = _staff(url)
+    _load(system, lake_settings, "b0", mode="full")  # the first load: nothing to delete, so split
+    assert isinstance(calls[-1], list) and len(calls[-1]) == 2
     _load(system, lake_settings, "b1", mode="full")
     assert isinstance(calls[-1], str)  # one query
     _load(system, lake_settings, "b2")  # incremental: the window from the watermark

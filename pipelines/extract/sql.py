@@ -164,9 +164,11 @@ class SqlSource:
         return sa.literal(v, type_=sa.String) if isinstance(v, str) else v
 
     def batches(self, table: SqlTable, *, since: Any = None, until: Any = None,
-                reflected: sa.Table | None = None, only: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+                reflected: sa.Table | None = None, only: list[str] | None = None,
+                consistent: bool | None = None) -> Iterator[pa.RecordBatch]:
         """Stream the table (or its cursor window) as record batches named by column code; ``only``: just
-        these column codes (the key-only deletion check reads the primary key alone)."""
+        these column codes (the key-only deletion check reads the primary key alone). One statement on one
+        connection reads one snapshot whatever ``consistent`` says (see ``MySqlSource.batches``)."""
         t = reflected if reflected is not None else self.reflect(table)
         cols = self.columns(table, t)
         picked = cols.select(only)
@@ -255,7 +257,10 @@ class PostgresSource(SqlSource):
         return SourceColumns(names, pa.schema(fields))
 
     def batches(self, table: SqlTable, *, since: Any = None, until: Any = None,
-                reflected: sa.Table | None = None, only: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+                reflected: sa.Table | None = None, only: list[str] | None = None,
+                consistent: bool | None = None) -> Iterator[pa.RecordBatch]:
+        """As ``SqlSource.batches``; the parallel ranges always share one exported snapshot, so ``consistent``
+        changes nothing here."""
         from pipelines.extract.postgres_fast import iter_pg_batches, sql_literal
 
         t = reflected if reflected is not None else self.reflect(table)
