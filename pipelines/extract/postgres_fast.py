@@ -143,11 +143,45 @@ def _ranges(pages: int, parallel: int) -> list[tuple[int, int | None]]:
     return [(lo, cuts[i + 1] if i + 1 < parallel else None) for i, lo in enumerate(cuts)]
 
 
+def _scaled(typname: str, typmod: int) -> int | None:
+    """The scale of a numeric(p, s) column that fits int8 once multiplied by 10^s (p ≤ 18), else None.
+
+    Such a column is selected as ``(col * 10^s)::int8``: exact (the value has at most s decimals), cheaper
+    for the server than numeric's text output and for us than parsing that text (5 M rows of numeric(12,2):
+    0.26 s of casting here, ~0.5-1 s of the server's COPY), and it is how pyiceberg stores the decimal anyway."""
+    if typname != "numeric" or typmod < 4:
+        return None
+    precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+    return scale if 0 < precision <= 18 and scale <= precision else None
+
+
+def _select(name: str, typname: str, typmod: int) -> str:
+    q = _quote(name)
+    scale = _scaled(typname, typmod)
+    if scale is not None:
+        return f"({q} * {10 ** scale})::int8 AS {q}"
+    return q if typname in _NATIVE else f"{q}::text AS {q}"
+
+
+def _decimal_from_scaled(col: pa.Array, t: pa.DataType) -> pa.Array:
+    """An int64 array of unscaled values as decimal128 (two's complement over 16 bytes, little-endian)."""
+    import numpy as np
+
+    values = np.frombuffer(col.buffers()[1], dtype=np.int64, count=col.offset + len(col))[col.offset:]
+    words = np.empty((len(col), 2), dtype=np.int64)
+    words[:, 0] = values
+    words[:, 1] = values >> 63  # sign extension
+    validity = pc.is_valid(col).buffers()[1] if col.null_count else None
+    return pa.Array.from_buffers(t, len(col), [validity, pa.py_buffer(words)], null_count=col.null_count)
+
+
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     arrays = []
     for col, field in zip(batch.columns, schema, strict=True):
         if isinstance(col.type, pa.ExtensionType):
             col = col.storage
+        if col.type == pa.int64() and pa.types.is_decimal128(field.type):
+            col = _decimal_from_scaled(col, field.type)
         arrays.append(col if col.type == field.type else pc.cast(col, field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
@@ -243,7 +277,7 @@ def iter_pg_batches(url: str, schema: str | None, table: str, columns: list[str]
     if missing:
         raise SourceError(f"table {table!r} has no column(s) {missing}")
     target = pa.schema([pa.field(c, _arrow_type(*types[c])) for c in columns])
-    select = ", ".join(_quote(c) if types[c][0] in _NATIVE else f"{_quote(c)}::text AS {_quote(c)}" for c in columns)
+    select = ", ".join(_select(c, *types[c]) for c in columns)
     predicate = _render(where, params)
     ranges = _ranges(pages, parallel) if relkind in ("r", "m") else [(0, None)]
     queries = []
