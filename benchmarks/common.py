@@ -79,14 +79,19 @@ def measure(cmd: Sequence[str] | str, env: dict[str, str] | None = None, *, shel
 
 
 def interleaved(methods: dict[str, Callable[[int], Run]], reps: int,
-                before_each: Callable[[str, int], None] | None = None, log: bool = True) -> list[Run]:
+                before_each: Callable[[str, int], None] | None = None, log: bool = True,
+                capped: dict[str, int] | None = None) -> list[Run]:
     """Run every method ``reps`` times, rotating the order each repetition (rep 1: a b c, rep 2: b c a, …)
-    so that no method always runs first (cold caches) or last (a warmed machine)."""
+    so that no method always runs first (cold caches) or last (a warmed machine). ``capped``: methods run
+    only in their first N repetitions (peers many times slower than the rest, whose one figure is enough to
+    place them and whose repetitions would take most of the run); their row says how many ran."""
     names = list(methods)
     runs: list[Run] = []
     for rep in range(1, reps + 1):
         k = (rep - 1) % len(names)
         for name in names[k:] + names[:k]:
+            if capped and rep > capped.get(name, reps):
+                continue
             if before_each:
                 before_each(name, rep)
             run = methods[name](rep)

@@ -55,6 +55,7 @@ DB = "citylake_bench_mysql"
 TABLE = "resident"
 SYSTEM = "bench_mysql"
 CONN_ID = "SRC_BENCH_MYSQL"
+SLOW = ["dlt-pyarrow", "dlt-connectorx"]  # each over 10x the floor: --slow-reps of them
 # Bump when the generator below changes: the table's comment records it, a stale table is rebuilt.
 GENERATOR = "citylake-bench-mysql v1"
 
@@ -356,6 +357,7 @@ def main() -> None:
     ap.add_argument("--flat-rows", default="1000000",
                     help="comma-separated smaller sizes citylake also reads (peak RSS flat in the size); '' for none")
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median reported)")
+    ap.add_argument("--slow-reps", type=int, default=1, help="repetitions of the slow peers (dlt-pyarrow,dlt-connectorx; default 1)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds before a run is killed and shown FAILED")
     ap.add_argument("--only", default="", help="comma-separated methods, e.g. mysql-floor,connectorx,citylake")
     ap.add_argument("--db", default="", help=f"database of the big table (default {DB} at 5 M rows, else "
@@ -394,7 +396,7 @@ def main() -> None:
             shutil.rmtree(outs[name], ignore_errors=True)
             outs[name].mkdir(parents=True)
 
-        runs = interleaved(runs_of, args.reps, before_each=fresh)
+        runs = interleaved(runs_of, args.reps, before_each=fresh, capped={m: args.slow_reps for m in SLOW})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 FULL_ROWS = 5_000_000
+SLOW = "dlt-pyarrow,dlt-connectorx,pandas+pyarrow".split(",")  # each over 10x the floor: --slow-reps of them
 DATABASES = {"resident": "citylake_bench", "resident_real": "citylake_bench_real"}
 PG = "postgresql://postgres@127.0.0.1:5432/{db}"
 SA = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
@@ -296,6 +297,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=FULL_ROWS)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--slow-reps", type=int, default=1, help="repetitions of the slow peers (dlt-pyarrow,dlt-connectorx,pandas+pyarrow; default 1)")
     ap.add_argument("--tables", default=",".join(DATABASES), help="comma-separated, of: " + ", ".join(DATABASES))
     ap.add_argument("--only", default="", help="comma-separated methods (default: all)")
     ap.add_argument("--db-suffix", default=None,
@@ -338,7 +340,8 @@ def main() -> None:
                     raise SystemExit(f"--only: unknown method(s) {unknown} (known: {', '.join(methods)})")
                 # a scanner named keeps its --duckdb-variant rows
                 methods = {k: v for k, v in methods.items() if k in wanted or k.split(" ")[0] in wanted}
-            runs = common.interleaved(methods, args.reps, before_each=clean)
+            runs = common.interleaved(methods, args.reps, before_each=clean,
+                                       capped={m: args.slow_reps for m in SLOW})
             summary = common.summarize(runs)
             text, verdict = report(table, db, args.rows, summary)
             print("\n" + text + "\n\n" + "\n".join(verdict), flush=True)
