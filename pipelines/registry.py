@@ -219,7 +219,8 @@ class SourceSystem(_Model):
     max_connections: int = Field(default=2, ge=1, le=32)
     """Hard cap on concurrent connections to the system, counted across all its table loads: the size of
     the Airflow pool ``source__<system>``. Each table load holds ``connections_per_load`` slots (the
-    PostgreSQL fast path's parallel ctid ranges, the first of which also holds the shared snapshot)."""
+    PostgreSQL fast path's parallel ctid ranges, the first of which also holds the shared snapshot; the
+    MySQL-family fast path's key ranges)."""
     lookback_hours: float = Field(default=24.0, ge=0)
     time_zone: str = "Asia/Shanghai"
     """The zone of the system's wall-clock date-times (MySQL DATETIME, which stores no zone): they land as

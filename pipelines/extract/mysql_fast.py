@@ -8,8 +8,9 @@ streams their batches through one ``arrow_stream`` reader). The first and last r
 key inserted outside the minimum and maximum read at the start still belongs to a range.
 
 Ranges read on separate connections see separate snapshots (MySQL cannot share one between
-connections without a global read lock), so the caller asks for ranges only for a cursor window, which
-writes no deletion rows; a whole-table read is one statement on one connection.
+connections without a global read lock), so the caller asks for ranges only where no deletion row comes of
+the read (a cursor window, a first load into an empty table); a full refresh of a table with rows and the
+key-only check are one statement on one connection.
 """
 
 from __future__ import annotations
