@@ -185,8 +185,8 @@ def main() -> None:
 
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     load_before = info.pop("load average at start", "?")
-    busy = max(float(x.split()[0]) for x in (load_before if load_before != "?" else "0", load_after)) > (
-        os.cpu_count() or 1)
+    # the load before the run: afterwards the 1-minute figure still counts the benchmarks' own processes
+    busy = float((load_before if load_before != "?" else "0").split()[0]) > (os.cpu_count() or 1)
     info.pop("date", None)
     vers = common.versions()
     moved = {k: f"{vers_before[k]} → {v}" for k, v in vers.items() if vers_before.get(k) != v}
@@ -203,7 +203,8 @@ def main() -> None:
         "within a table, not across runs or machines.",
         "",
         (f"Load average (1, 5, 15 min): before {load_before}, after {load_after} ({os.cpu_count()} cores: above "
-         f"{os.cpu_count()} the machine was shared while measuring"
+         f"{os.cpu_count()} before the run, other work shared the machine; the figure after counts the "
+         "benchmarks' own processes"
          + ("; **it was: figures are noisy, only large same-run ratios mean something**)." if busy else ").")
          if not args.no_run else "Assembled with --no-run: each section states its own run's load and command."),
         "",
