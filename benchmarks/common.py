@@ -214,6 +214,13 @@ def machine() -> dict[str, str]:
     return info
 
 
+def machine_lines(info: dict[str, str], packages: Sequence[str] = ()) -> list[str]:
+    """A section's "Machine: …" and "Versions: …" lines, with the load average at the end of its run."""
+    return ["Machine: " + "; ".join(f"{k} {v}" for k, v in info.items())
+            + "; load average at end " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + ".",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions(packages).items() if v != "not installed") + "."]
+
+
 def write_section(name: str, markdown: str) -> Path:
     """One script's section of results.md (``benchmarks/out/<name>.md``); `make bench` assembles them."""
     OUT.mkdir(parents=True, exist_ok=True)

@@ -214,10 +214,7 @@ def main() -> None:
         "(`CITYLAKE_ROOT`: sources, lake and `airflow_home` of its own); every DAG through Airflow's `dag.test()`. "
         "Stage seconds from the demo's stage hook; peak RSS of the process tree sampled every 20 ms.",
         "",
-        "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items())
-        + "; load average at end " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + ".",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in common.versions(["apache-airflow"]).items()
-                                 if v != "not installed") + ".",
+        *common.machine_lines(info, ["apache-airflow"]),
         "",
         body,
     ])

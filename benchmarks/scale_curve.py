@@ -275,10 +275,7 @@ def main() -> None:
         "standardized resident rows in Parquet; export: `release_open_data` of a curated `poi_wgs84` (CSV + JSON "
         "Lines + Parquet, SHA-256, leak scan).",
         "",
-        "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items())
-        + "; load average at end " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + ".",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in common.versions(["apache-airflow"]).items()
-                                 if v != "not installed") + ".",
+        *common.machine_lines(info, ["apache-airflow"]),
         "",
         "Data (generated before the runs, not timed):",
         *[f"- {n}" for n in notes],
