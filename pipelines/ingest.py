@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, get_args
 
 import pyarrow as pa
@@ -125,6 +126,11 @@ def _from_text(text: str | None, t: pa.DataType) -> Any:
         return int(text)
     if pa.types.is_floating(t):
         return float(text)
+    if pa.types.is_decimal(t):  # MySQL BIGINT UNSIGNED lands as decimal(20,0): compared as numbers, never text
+        try:
+            return Decimal(text)
+        except InvalidOperation:  # a watermark from before the column changed type: schema drift reports it
+            return text
     return text
 
 
@@ -334,11 +340,12 @@ def ingest_table(system: SourceSystem, table_code: str, *, settings: Settings | 
 INVALID_TO_NULL = "源值非法（零日期、无效日期、零年份或超出一天的时间）→ 空值"
 
 
-def _log_invalid_values(catalog: Any, result: LoadResult) -> None:
+def _log_invalid_values(catalog: Any, result: LoadResult, rerun: bool = False) -> None:
     """The values a load landed as null because the source's value is no value of its type, in
     ``meta.standardization_log`` under the raw table's name (the gate logs std datasets under theirs);
-    the load's batch id is the run id, so a retry replaces its rows rather than adding them again."""
-    if not result.invalid_values:
+    the load's batch id is the run id, so a retry replaces its rows rather than adding them again (a retry
+    that found none erases the earlier attempt's)."""
+    if not result.invalid_values and not rerun:
         return
     from pipelines.lake.meta import replace_run
 
@@ -476,7 +483,7 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             # A commit another writer beat is merged and retried; rows it landed meanwhile are not added again.
             result.snapshot_id = writer.commit(state, summary, replace_batch=rerun, keys=spec.primary_key)
             result.rows_written = writer.rows
-            _log_invalid_values(catalog, result)
+            _log_invalid_values(catalog, result, rerun)
             for (_, deleted), n in writer.dropped.items():  # another load landed these first: not ours
                 if deleted:
                     result.rows_deleted -= n

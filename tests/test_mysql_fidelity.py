@@ -428,3 +428,42 @@ def test_a_read_not_compared_for_deletions_may_split(staff: tuple[str, Any], mon
     source.dispose()
     assert isinstance(calls[0], str) and isinstance(calls[1], list) and len(calls[1]) == 2
     assert split.sort_by("id").equals(one.sort_by("id")) and one.num_rows == 300
+
+
+def test_unsigned_bigint_cursor_and_a_percent_in_the_filter(server: tuple[str, Any], path: str,
+                                                            lake_settings: Settings,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BIGINT UNSIGNED cursor (decimal(20,0) in the lake) comes back from its watermark as a number, above 2^63
+    too, on every later run; a filter with LIKE '%…%' reaches the server as written on both paths."""
+    url, conn = server
+    monkeypatch.setenv("CITYLAKE_CONN_SRC_FID", url)
+    big = 2**63 + 10
+    _exec(conn, "CREATE TABLE seqs (id BIGINT UNSIGNED PRIMARY KEY, name VARCHAR(20)) CHARACTER SET utf8mb4",
+          "INSERT INTO seqs VALUES " + ", ".join(f"({big + i}, '{'园区' if i % 2 else '街道'}{i}')" for i in range(6)))
+    system = _system(url, [{"code": "seqs", "source": "seqs", "primary_key": ["id"], "cursor": "id",
+                            "filter": "name LIKE '%园区%'"}])
+    first = ingest_table(system, "seqs", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert first.rows_written == 3 and first.watermark == str(big + 5)
+    _exec(conn, f"INSERT INTO seqs VALUES ({big + 7}, '新园区'), ({big + 8}, '街道8')")
+    second = ingest_table(system, "seqs", settings=lake_settings, batch_id="b2", extracted_at=AT + timedelta(hours=1))
+    assert second.rows_extracted == 2 and second.rows_written == 1  # the watermark's row again, and the new one
+    assert second.watermark == str(big + 7)
+    ids = get_catalog(lake_settings).load_table("raw.fid__seqs").scan().to_arrow()["id"].to_pylist()
+    assert sorted(ids) == [Decimal(big + i) for i in (1, 3, 5, 7)]
+
+
+def test_url_options_the_fast_path_cannot_carry_fall_back(server: tuple[str, Any], lake_settings: Settings,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """ConnectorX takes host, user, password and database only: a URL with an init_command (or TLS, a socket)
+    is read through pymysql rather than connecting without them."""
+    import connectorx
+
+    url, conn = server
+    _exec(conn, "CREATE TABLE opt (id INT PRIMARY KEY, v VARCHAR(5))", "INSERT INTO opt VALUES (1, 'a'), (2, 'b')")
+    monkeypatch.setenv("CITYLAKE_MYSQL_FAST", "1")
+    calls: list[Any] = []
+    monkeypatch.setattr(connectorx, "read_sql", lambda *a, **k: calls.append(a) or pytest.fail("fast path used"))
+    monkeypatch.setenv("CITYLAKE_CONN_SRC_FID", url + ("&" if "?" in url else "?") + "init_command=SET+autocommit%3D1")
+    system = _system(url, [{"code": "opt", "source": "opt", "primary_key": ["id"]}])
+    assert ingest_table(system, "opt", settings=lake_settings, batch_id="b1", extracted_at=AT).rows_written == 2
+    assert calls == []

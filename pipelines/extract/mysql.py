@@ -37,9 +37,14 @@ from pipelines.settings import TZ
 log = logging.getLogger(__name__)
 
 FAST_ENV = "CITYLAKE_MYSQL_FAST"
-SESSION = ("SET NAMES utf8mb4", "SET time_zone = '+00:00'")
+SESSION = ("SET NAMES utf8mb4", "SET time_zone = '+00:00'",
+           "SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', '')",
+           "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 """Run first on every connection that reads rows: the text and TIMESTAMP values are then the same on every
-server, whatever its defaults (a server on Asia/Shanghai would otherwise return TIMESTAMPs as local time)."""
+server, whatever its defaults (a server on Asia/Shanghai would otherwise return TIMESTAMPs as local time).
+Cursor literals are escaped with backslashes (pymysql's ``escape_item``): under a server's
+NO_BACKSLASH_ESCAPES a value ending in a backslash would end the literal early, so the session drops it. A
+server set to READ UNCOMMITTED would let one statement see rows of a transaction that then rolls back."""
 
 _SHANGHAI = "Asia/Shanghai"
 _INT_TARGET = {  # (signed, unsigned): the narrowest Iceberg-able type that holds every value
@@ -353,7 +358,7 @@ class MySqlSource(SqlSource):
 
     def _read(self, plan: ReadPlan, relation: str, clauses: list[str], parallel: int,
               batch_rows: int) -> Iterator[pa.RecordBatch]:
-        if fast_enabled():
+        if fast_enabled() and fast_url_ok(self.engine.url, self.system):
             from pipelines.extract.mysql_fast import iter_mysql_batches
 
             yield from iter_mysql_batches(self.engine.url, plan, relation, clauses, parallel, batch_rows)
@@ -370,12 +375,27 @@ class MySqlSource(SqlSource):
         with self.engine.connect() as conn:
             for statement in SESSION:
                 conn.exec_driver_sql(statement)
-            # exec_driver_sql without parameters: a ':' or '%' inside a literal is never taken for a placeholder
-            result = conn.execution_options(stream_results=True, yield_per=batch_rows).exec_driver_sql(query)
+            # no_parameters: pymysql would otherwise apply "%" formatting to the query (a LIKE '%园区%' filter)
+            result = conn.execution_options(stream_results=True, yield_per=batch_rows,
+                                            no_parameters=True).exec_driver_sql(query)
             for rows in result.partitions(batch_rows):
                 columns = list(zip(*rows, strict=True))
                 yield pa.RecordBatch.from_arrays([pa.array(v, type=f.type) for v, f in zip(columns, schema, strict=True)],
                                                  schema=schema)
+
+
+_FAST_URL_OPTIONS = {"charset"}  # set by the session statements anyway
+
+
+def fast_url_ok(url: Any, system: str) -> bool:
+    """Whether ConnectorX would connect as the URL says: it takes host, port, user, password and database
+    only, so a URL with TLS (``ssl_*``), a socket or an ``init_command`` is read by the fallback instead of
+    silently connecting in plaintext or without its settings."""
+    extra = sorted(set(url.query) - _FAST_URL_OPTIONS)
+    if extra:
+        log.info("system %s: URL options %s are not carried by the fast path: reading through pymysql", system,
+                 ", ".join(extra))
+    return not extra
 
 
 def fast_enabled() -> bool:

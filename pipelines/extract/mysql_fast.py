@@ -47,8 +47,8 @@ def _bounds(url: Any, relation: str, key: str, clauses: list[str]) -> tuple[int 
         with engine.connect() as conn:
             for statement in SESSION:
                 conn.exec_driver_sql(statement)
-            low, high = conn.exec_driver_sql(f"SELECT MIN({quote_name(key)}), MAX({quote_name(key)}) "
-                                             f"FROM {relation}{where}").one()
+            low, high = conn.execution_options(no_parameters=True).exec_driver_sql(
+                f"SELECT MIN({quote_name(key)}), MAX({quote_name(key)}) FROM {relation}{where}").one()
     finally:
         engine.dispose()
     return low, high
