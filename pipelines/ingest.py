@@ -344,7 +344,7 @@ def _log_invalid_values(catalog: Any, result: LoadResult, rerun: bool = False) -
     """The values a load landed as null because the source's value is no value of its type, in
     ``meta.standardization_log`` under the raw table's name (the gate logs std datasets under theirs);
     the load's batch id is the run id, so a retry replaces its rows rather than adding them again (a retry
-    that found none erases the earlier attempt's)."""
+    that found none erases the earlier attempt's; ``rerun`` is set only for sources that count them)."""
     if not result.invalid_values and not rerun:
         return
     from pipelines.lake.meta import replace_run
@@ -483,7 +483,7 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             # A commit another writer beat is merged and retried; rows it landed meanwhile are not added again.
             result.snapshot_id = writer.commit(state, summary, replace_batch=rerun, keys=spec.primary_key)
             result.rows_written = writer.rows
-            _log_invalid_values(catalog, result, rerun)
+            _log_invalid_values(catalog, result, rerun and hasattr(source, "invalid_values"))
             for (_, deleted), n in writer.dropped.items():  # another load landed these first: not ours
                 if deleted:
                     result.rows_deleted -= n

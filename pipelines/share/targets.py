@@ -547,11 +547,17 @@ class PostgresTarget:
                 run(sql.SQL("DELETE FROM {} AS t USING {} AS s WHERE {}").format(table, source, match))
             run(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, cols, cols, staged))
 
-        run(sql.SQL(
+        # Bound as one typed Arrow row: a None (no std snapshot, no fingerprint) would otherwise reach the
+        # driver as Arrow's null type, which adbc-driver-postgresql 1.8 cannot map to a PostgreSQL type.
+        values = (d.dataset, d.grant_id, d.mode, str(d.delivery_date), d.std_snapshot_id, feed.rows,
+                  deletions.num_rows, feed.digest.hexdigest(), d.fingerprint)
+        types = (pa.string(),) * 4 + (pa.int64(),) * 3 + (pa.string(),) * 2
+        row = pa.record_batch([pa.array([v], type=t) for v, t in zip(values, types, strict=True)],
+                              names=[f"p{i}" for i in range(len(values))])
+        cur.execute(sql.SQL(
             "INSERT INTO {} (dataset, grant_id, mode, delivery_date, std_snapshot_id, rows, deleted, checksum, "
-            "fingerprint) VALUES ($1, $2, $3, $4::date, $5, $6, $7, $8, $9)").format(ledger),
-            (d.dataset, d.grant_id, d.mode, d.delivery_date, d.std_snapshot_id, feed.rows, deletions.num_rows,
-             feed.digest.hexdigest(), d.fingerprint))
+            "fingerprint) VALUES ($1, $2, $3, $4::date, $5, $6, $7, $8, $9)").format(ledger).as_string(),
+            parameters=row)
 
     @staticmethod
     def _swap_out(cur: Any, run: Any, schema: str, dataset: str, loaded: Any, where: str) -> None:
