@@ -20,6 +20,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -361,7 +362,7 @@ class MySqlSource(SqlSource):
         if fast_enabled() and fast_url_ok(self.engine.url, self.system):
             from pipelines.extract.mysql_fast import iter_mysql_batches
 
-            yield from iter_mysql_batches(self.engine.url, plan, relation, clauses, parallel, batch_rows)
+            yield from iter_mysql_batches(self.engine, plan, relation, clauses, parallel, batch_rows)
             return
         yield from self._read_sqlalchemy(plan, relation, clauses, batch_rows)
 
@@ -372,9 +373,7 @@ class MySqlSource(SqlSource):
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         schema = plan.read_schema
-        with self.engine.connect() as conn:
-            for statement in SESSION:
-                conn.exec_driver_sql(statement)
+        with session(self.engine) as conn:
             # no_parameters: pymysql would otherwise apply "%" formatting to the query (a LIKE '%园区%' filter)
             result = conn.execution_options(stream_results=True, yield_per=batch_rows,
                                             no_parameters=True).exec_driver_sql(query)
@@ -396,6 +395,15 @@ def fast_url_ok(url: Any, system: str) -> bool:
         log.info("system %s: URL options %s are not carried by the fast path: reading through pymysql", system,
                  ", ".join(extra))
     return not extra
+
+
+@contextmanager
+def session(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection of ``engine`` with the reading session set (``SESSION``)."""
+    with engine.connect() as conn:
+        for statement in SESSION:
+            conn.exec_driver_sql(statement)
+        yield conn
 
 
 def fast_enabled() -> bool:

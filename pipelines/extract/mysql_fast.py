@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from pipelines.extract.mysql import SESSION, quote_name
+from pipelines.extract.mysql import SESSION, quote_name, session
 
 if TYPE_CHECKING:
     from pipelines.extract.mysql import ReadPlan
@@ -37,20 +37,12 @@ def cx_url(url: Any) -> str:
     return str(url.set(drivername="mysql", query={}).render_as_string(hide_password=False))
 
 
-def _bounds(url: Any, relation: str, key: str, clauses: list[str]) -> tuple[int | None, int | None]:
-    import sqlalchemy as sa
-
+def _bounds(engine: Any, relation: str, key: str, clauses: list[str]) -> tuple[int | None, int | None]:
+    """The key's range within the window, on the source's own engine (its session set as for reading)."""
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"charset": "utf8mb4",
-                                                                           "connect_timeout": 10})
-    try:
-        with engine.connect() as conn:
-            for statement in SESSION:
-                conn.exec_driver_sql(statement)
-            low, high = conn.execution_options(no_parameters=True).exec_driver_sql(
-                f"SELECT MIN({quote_name(key)}), MAX({quote_name(key)}) FROM {relation}{where}").one()
-    finally:
-        engine.dispose()
+    with session(engine) as conn:
+        low, high = conn.execution_options(no_parameters=True).exec_driver_sql(
+            f"SELECT MIN({quote_name(key)}), MAX({quote_name(key)}) FROM {relation}{where}").one()
     return low, high
 
 
@@ -67,7 +59,7 @@ def range_queries(select: str, relation: str, clauses: list[str], key: str | Non
     return [f"{base} WHERE {' AND '.join([*clauses, b])}" for b in bounds]
 
 
-def iter_mysql_batches(url: Any, plan: ReadPlan, relation: str, clauses: list[str], parallel: int,
+def iter_mysql_batches(engine: Any, plan: ReadPlan, relation: str, clauses: list[str], parallel: int,
                        batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Record batches of ``plan.read_schema`` (columns ``c0``…), ``parallel`` key ranges at once.
 
@@ -77,9 +69,9 @@ def iter_mysql_batches(url: Any, plan: ReadPlan, relation: str, clauses: list[st
 
     low = high = None
     if parallel > 1 and plan.key is not None and plan.rows >= _MIN_ROWS_TO_SPLIT:
-        low, high = _bounds(url, relation, plan.key, clauses)
+        low, high = _bounds(engine, relation, plan.key, clauses)
     queries = range_queries(plan.select_list(), relation, clauses, plan.key, parallel, low, high)
-    reader = cx.read_sql(cx_url(url), queries if len(queries) > 1 else queries[0], return_type="arrow_stream",
+    reader = cx.read_sql(cx_url(engine.url), queries if len(queries) > 1 else queries[0], return_type="arrow_stream",
                          batch_size=min(batch_rows, _CX_BATCH_ROWS), pre_execution_query=list(SESSION))
     schema = plan.read_schema
     for batch in reader:
