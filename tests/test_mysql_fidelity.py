@@ -130,10 +130,20 @@ def test_every_type_lands_as_the_server_holds_it(server: tuple[str, Any], path: 
     url, conn = server
     _exec(conn, "SET SESSION sql_mode = 'ALLOW_INVALID_DATES'", "SET time_zone = '+08:00'", FIDELITY_DDL,
           *(f"INSERT INTO fid VALUES {r}" for r in FIDELITY_ROWS))
-    # the connection's own defaults say another zone: the reader must set its session to UTC regardless
-    monkeypatch.setenv("CITYLAKE_CONN_SRC_FID", url + "&init_command=SET+time_zone%3D%27-05%3A00%27")
+    # the fallback's connection defaults say another zone: its session must be set to UTC regardless (an
+    # init_command would send the fast path to the fallback too: ConnectorX cannot carry one)
+    fast_reads: list[Any] = []
+    if path == "fast":
+        import connectorx
+
+        real = connectorx.read_sql
+        monkeypatch.setattr(connectorx, "read_sql", lambda *a, **k: fast_reads.append(a) or real(*a, **k))
+        monkeypatch.setenv("CITYLAKE_CONN_SRC_FID", url)
+    else:
+        monkeypatch.setenv("CITYLAKE_CONN_SRC_FID", url + "&init_command=SET+time_zone%3D%27-05%3A00%27")
     system = _system(url, [{"code": "fid", "source": "fid", "primary_key": ["id"], "columns": {"blob_": "blob"}}])
     res = ingest_table(system, "fid", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert bool(fast_reads) == (path == "fast")  # the path under test really read the rows
     assert res.rows_written == 5
     lake, schema = _lake(lake_settings, "fid")
     types = {f.name: str(f.type) for f in schema}
