@@ -81,7 +81,8 @@ class LoadResult:
     """Set when a window (mode backfill) started after the watermark, so the watermark did not move (one line)."""
     invalid_values: dict[str, int] = field(default_factory=dict)
     """Source values that are no value of their type (MySQL zero or invalid dates, the zero YEAR, a TIME outside a
-    day), landed as null: column code → count. Also in ``meta.standardization_log`` under the raw table's name."""
+    day, a TINYINT(1) other than 0/1, a DATETIME wall time skipped by DST), landed as null: column code → count.
+    Also in ``meta.standardization_log`` under the raw table's name."""
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a task returns it (XCom, shown in the Airflow UI): drop file names masked, since
@@ -340,18 +341,21 @@ def ingest_table(system: SourceSystem, table_code: str, *, settings: Settings | 
 INVALID_TO_NULL = "源值非法（零日期、无效日期、零年份或超出一天的时间）→ 空值"
 
 
-def _log_invalid_values(catalog: Any, result: LoadResult, rerun: bool = False) -> None:
+def _log_invalid_values(catalog: Any, result: LoadResult, rerun: bool = False,
+                        reasons: dict[str, str] | None = None) -> None:
     """The values a load landed as null because the source's value is no value of its type, in
     ``meta.standardization_log`` under the raw table's name (the gate logs std datasets under theirs);
     the load's batch id is the run id, so a retry replaces its rows rather than adding them again (a retry
-    that found none erases the earlier attempt's; ``rerun`` is set only for sources that count them)."""
+    that found none erases the earlier attempt's; ``rerun`` is set only for sources that count them). ``reasons``:
+    the source's transformation text per column (default ``INVALID_TO_NULL``)."""
     if not result.invalid_values and not rerun:
         return
     from pipelines.lake.meta import replace_run
 
     replace_run(catalog, "meta.standardization_log", result.batch_id,
-                [{"dataset": result.identifier, "column": column, "transformation": INVALID_TO_NULL,
-                  "rows_changed": n, "run_id": result.batch_id} for column, n in sorted(result.invalid_values.items())],
+                [{"dataset": result.identifier, "column": column,
+                  "transformation": (reasons or {}).get(column, INVALID_TO_NULL), "rows_changed": n,
+                  "run_id": result.batch_id} for column, n in sorted(result.invalid_values.items())],
                 datasets=[result.identifier])
 
 
@@ -483,7 +487,8 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             # A commit another writer beat is merged and retried; rows it landed meanwhile are not added again.
             result.snapshot_id = writer.commit(state, summary, replace_batch=rerun, keys=spec.primary_key)
             result.rows_written = writer.rows
-            _log_invalid_values(catalog, result, rerun and hasattr(source, "invalid_values"))
+            _log_invalid_values(catalog, result, rerun and hasattr(source, "invalid_values"),
+                                getattr(source, "invalid_reasons", None))
             for (_, deleted), n in writer.dropped.items():  # another load landed these first: not ours
                 if deleted:
                     result.rows_deleted -= n

@@ -21,6 +21,7 @@ from conftest import TEST_DEPARTMENT
 import pipelines.extract.sources as sources
 from pipelines.errors import SourceError
 from pipelines.extract import mysql_fast
+from pipelines.extract.mysql import INVALID_REASONS
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
 from pipelines.registry import SourceSystem
@@ -53,8 +54,8 @@ FIDELITY_ROWS = [
     "'2023-02-30', '2023-04-31 10:00:00', NULL, NULL, NULL)",
     # all null
     "(4" + ", NULL" * 28 + ")",
-    # a time of day with a fraction, a date before 1970, a wall time in the early hours
-    "(5, '高新,外资', '甲', 0, 0, 1, 1, 1, 1, 1, 1, 1, 0.1, 0.1, 0.0001, 0.000000000000000000000000000001, "
+    # a time of day with a fraction, a date before 1970, a wall time in the early hours, a BOOL column holding -1
+    "(5, '高新,外资', '甲', 0, -1, 1, 1, 1, 1, 1, 1, 1, 0.1, 0.1, 0.0001, 0.000000000000000000000000000001, "
     "'{\"a\": \"\\\\u00e9\"}', b'111111111111', b'0', 'abcd', x'41', x'00', 2155, '00:00:00.5', '1900-01-01', "
     "'1969-12-31 23:59:59.999999', '1970-01-01 08:00:01.000', 'x', NULL)",  # the first TIMESTAMP (at +08:00)
 ]
@@ -165,8 +166,9 @@ def test_every_type_lands_as_the_server_holds_it(server: tuple[str, Any], path: 
     for s in _rows(conn, q):
         got = lake[s[0]]
         assert got["tags"] == s[1] and got["kind"] == s[2]  # SET as MySQL's text: '' for the empty set
-        assert got["flag"] == (None if s[3] is None else s[3] != 0) and got["flag2"] == (None if s[4] is None
-                                                                                         else s[4] != 0)
+        # TINYINT(1): 0/1 as booleans; any other value (2, -1) is no boolean: null, counted (never made true)
+        for col, number in (("flag", s[3]), ("flag2", s[4])):
+            assert got[col] == (None if number not in (0, 1) else number == 1), col
         assert [got[c] for c in ("tiny", "tiny_u", "small_u", "medium", "int_u", "big")] == list(s[5:11])
         assert got["big_u"] == (None if s[11] is None else Decimal(s[11]))
         if s[12] is not None:  # FLOAT is single precision: the server's value is the nearest float32
@@ -199,7 +201,7 @@ def test_every_type_lands_as_the_server_holds_it(server: tuple[str, Any], path: 
     assert lake[2]["big_u"] == Decimal(2**63) and lake[2]["tags"] == ""
     assert lake[1]["instant"] == datetime(2023, 12, 31, 16, 30, 0, 123000, tzinfo=UTC)  # written at +08:00
     # zero and invalid values: null, and counted per column
-    counts = {"day": 2, "wall": 2, "instant": 1, "yr": 1, "tm": 2}
+    counts = {"day": 2, "wall": 2, "instant": 1, "yr": 1, "tm": 2, "flag": 1, "flag2": 1}
     assert opened[-1].invalid_values == counts and res.invalid_values == counts
     # ... and in the standardization log under the raw table's name, replaced (not repeated) by a rerun
     ingest_table(system, "fid", settings=lake_settings, batch_id="b1", extracted_at=AT)
@@ -207,6 +209,9 @@ def test_every_type_lands_as_the_server_holds_it(server: tuple[str, Any], path: 
     mine = [r for r in log if r["dataset"] == "raw.fid__fid"]
     assert {r["column"]: r["rows_changed"] for r in mine} == counts and len(mine) == len(counts)
     assert {r["run_id"] for r in mine} == {"b1"} and all("空值" in r["transformation"] for r in mine)
+    kinds = {"day": "date", "wall": "datetime", "instant": "timestamp", "yr": "year", "tm": "time", "flag": "bool",
+             "flag2": "bool"}
+    assert {r["column"]: r["transformation"] for r in mine} == {c: INVALID_REASONS[k] for c, k in kinds.items()}
 
 
 def test_gbk_tables_and_gbk_bytes_under_latin1(server: tuple[str, Any], path: str, lake_settings: Settings,
@@ -285,6 +290,169 @@ def test_datetime_in_a_declared_zone_lands_as_the_instant(server: tuple[str, Any
     _exec(conn, "INSERT INTO ev VALUES (3, NULL, '2026-11-02 07:59:59')")  # before the watermark: not read
     again = ingest_table(system, "ev", settings=lake_settings, batch_id="b2", extracted_at=AT + timedelta(hours=1))
     assert again.rows_extracted == 1 and again.rows_written == 0
+
+
+@pytest.fixture
+def fast_reads(path: str, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """ConnectorX's reads: the fast variant asserts it really read through it (none on the fallback)."""
+    import connectorx
+
+    reads: list[Any] = []
+    real = connectorx.read_sql
+    monkeypatch.setattr(connectorx, "read_sql", lambda *a, **k: reads.append(a) or real(*a, **k))
+    return reads
+
+
+def _log_rows(settings: Settings, code: str) -> dict[str, tuple[int, str]]:
+    log = get_catalog(settings).load_table("meta.standardization_log").scan().to_arrow().to_pylist()
+    return {r["column"]: (r["rows_changed"], r["transformation"]) for r in log if r["dataset"] == f"raw.fid__{code}"}
+
+
+# Asia/Shanghai kept summer time 1986–1991 (tzdata: 1988 from Sun Apr 17 02:00 to Sun Sep 11 02:00 CDT).
+DST_CASES = {
+    "Asia/Shanghai": [
+        ("1988-04-17 01:59:59.999999", datetime(1988, 4, 16, 17, 59, 59, 999999, tzinfo=UTC)),  # CST, +08
+        ("1988-04-17 02:00:00", None),  # the gap: clocks went 01:59:59 → 03:00:00, no instant had these
+        ("1988-04-17 02:30:00", None),
+        ("1988-04-17 03:00:00", datetime(1988, 4, 16, 18, tzinfo=UTC)),  # CDT, +09
+        ("1988-04-10 02:30:00", datetime(1988, 4, 9, 18, 30, tzinfo=UTC)),  # a week before: it existed
+        ("1988-09-11 00:59:59", datetime(1988, 9, 10, 15, 59, 59, tzinfo=UTC)),
+        ("1988-09-11 01:30:00", datetime(1988, 9, 10, 16, 30, tzinfo=UTC)),  # repeated: the earlier (CDT) instant
+        ("1988-09-11 02:00:00", datetime(1988, 9, 10, 18, tzinfo=UTC)),  # CST again
+        ("2024-05-01 02:30:00", datetime(2024, 4, 30, 18, 30, tzinfo=UTC)),  # no summer time since 1991
+    ],
+    "America/New_York": [
+        ("2026-03-08 01:59:59", datetime(2026, 3, 8, 6, 59, 59, tzinfo=UTC)),  # EST, −05
+        ("2026-03-08 02:30:00", None),  # the gap
+        ("2026-03-08 03:00:00", datetime(2026, 3, 8, 7, tzinfo=UTC)),  # EDT, −04
+        ("2026-11-01 01:30:00", datetime(2026, 11, 1, 5, 30, tzinfo=UTC)),  # repeated: the earlier (EDT) instant
+        ("2026-11-01 02:00:00", datetime(2026, 11, 1, 7, tzinfo=UTC)),
+    ],
+}
+
+
+@pytest.mark.parametrize("zone", sorted(DST_CASES))
+def test_datetime_wall_times_across_dst(server: tuple[str, Any], path: str, zone: str, lake_settings: Settings,
+                                        monkeypatch: pytest.MonkeyPatch, fast_reads: list[Any]) -> None:
+    """A DATETIME wall time the declared zone skipped (DST gap) was never on a clock there: no instant is the right
+    one (PostgreSQL and Java read 02:30 as 03:30 summer time, MySQL as 03:00, Arrow's "earliest" as 01:59:59.999999),
+    so it lands null and is counted, not moved. A wall time DST repeats is the earlier instant, deterministically."""
+    url, conn = server
+    cases = DST_CASES[zone]
+    _exec(conn, "CREATE TABLE dst (id INT PRIMARY KEY, at DATETIME(6))",
+          "INSERT INTO dst VALUES " + ", ".join(f"({i}, '{text}')" for i, (text, _) in enumerate(cases)) +
+          f", ({len(cases)}, NULL)")
+    monkeypatch.setenv("CITYLAKE_CONN_SRC_FID", url)
+    system = _system(url, [{"code": "dst", "source": "dst", "primary_key": ["id"]}], time_zone=zone)
+    res = ingest_table(system, "dst", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert bool(fast_reads) == (path == "fast")
+    lake, _ = _lake(lake_settings, "dst")
+    assert [lake[i]["at"] for i in range(len(cases) + 1)] == [want for _, want in cases] + [None]
+    gaps = sum(want is None for _, want in cases)
+    assert res.invalid_values == {"at": gaps}
+    assert _log_rows(lake_settings, "dst") == {"at": (gaps, INVALID_REASONS["datetime"])}
+    assert "夏令时" in INVALID_REASONS["datetime"]
+
+
+def test_bool_and_time_values_outside_their_type(server: tuple[str, Any], path: str, lake_settings: Settings,
+                                                 monkeypatch: pytest.MonkeyPatch, fast_reads: list[Any]) -> None:
+    """TINYINT(1) holds -128..127 (UNSIGNED 0..255) whatever it declares: only 0 and 1 are booleans, anything else
+    lands null and counted, never silently true. TIME spans −838:59:59..838:59:59: only a time of day lands."""
+    url, conn = server
+    rows = [(0, "0", "0", "'00:00:00'"), (1, "1", "1", "'23:59:59.999999'"), (2, "2", "255", "'24:00:00'"),
+            (3, "-1", "NULL", "'-00:00:01'"), (4, "127", "0", "'-838:59:59'"), (5, "-128", "1", "'838:59:59'"),
+            (6, "NULL", "NULL", "'100:00:00.5'"), (7, "1", "2", "'12:00:00.000001'"), (8, "0", "0", "NULL")]
+    _exec(conn, "CREATE TABLE odd (id INT PRIMARY KEY, b TINYINT(1), bu TINYINT(1) UNSIGNED, t TIME(6))",
+          "INSERT INTO odd VALUES " + ", ".join(f"({i}, {b}, {bu}, {t})" for i, b, bu, t in rows))
+    monkeypatch.setenv("CITYLAKE_CONN_SRC_FID", url)
+    system = _system(url, [{"code": "odd", "source": "odd", "primary_key": ["id"]}])
+    res = ingest_table(system, "odd", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert bool(fast_reads) == (path == "fast")
+    lake, schema = _lake(lake_settings, "odd")
+    assert str(schema.field("b").type) == "bool" and str(schema.field("t").type) == "time64[us]"
+    assert [lake[i]["b"] for i in range(9)] == [False, True, None, None, None, None, None, True, False]
+    assert [lake[i]["bu"] for i in range(9)] == [False, True, None, None, False, True, None, None, False]
+    assert [lake[i]["t"] for i in range(9)] == [time(0), time(23, 59, 59, 999999), None, None, None, None, None,
+                                                time(12, 0, 0, 1), None]
+    # what the server holds really is out of range (not a reading artefact)
+    assert [r[0] for r in _rows(conn, "SELECT TIME_TO_SEC(t) FROM odd WHERE id BETWEEN 2 AND 6 ORDER BY id")] == [
+        86400, -1, -3020399, 3020399, Decimal("360000.5")]
+    counts = {"b": 4, "bu": 2, "t": 5}
+    assert res.invalid_values == counts
+    assert _log_rows(lake_settings, "odd") == {"b": (4, INVALID_REASONS["bool"]), "bu": (2, INVALID_REASONS["bool"]),
+                                               "t": (5, INVALID_REASONS["time"])}
+
+
+# The connection default the zone test gives its own account: MariaDB runs init_connect for accounts without
+# CONNECTION ADMIN only (root, which every other test connects as, skips it), and this one names the test's
+# accounts, so no other connection is touched. (SET GLOBAL time_zone would move every new connection of the test
+# files pytest -n 2 runs beside this one, and the server has no named zones: CONVERT_TZ(…, 'Asia/Shanghai') is NULL.)
+ZONE_INIT = "SET time_zone = IF(USER() LIKE 'citylake\\_tz\\_%', '+08:00', @@time_zone)"
+
+
+@pytest.fixture
+def east8_url(server: tuple[str, Any]) -> Iterator[str]:
+    """A URL of the scratch database for an account whose connections start at time_zone '+08:00' — set by the
+    server, so ConnectorX's connections too (a URL init_command would send the fast path to pymysql)."""
+    import uuid
+
+    url, conn = server
+    db = url.rsplit("/", 1)[1].split("?")[0]
+    user, password = f"citylake_tz_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    prev = str(_rows(conn, "SELECT @@GLOBAL.init_connect")[0][0] or "")
+    ours = ZONE_INIT not in prev  # a concurrent run of this test may have set it already: leave it to that run
+    with conn.cursor() as cur:
+        cur.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (user, password))
+        cur.execute(f"GRANT ALL ON `{db}`.* TO %s@'%%'", (user,))
+        if ours:
+            cur.execute("SET GLOBAL init_connect = %s", (f"{prev};{ZONE_INIT}" if prev else ZONE_INIT,))
+    try:
+        yield f"mysql+pymysql://{user}:{password}@127.0.0.1:3306/{db}?charset=utf8mb4"
+    finally:
+        with conn.cursor() as cur:
+            if ours:
+                cur.execute("SET GLOBAL init_connect = %s", (prev,))
+            cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
+
+
+def test_timestamp_instants_whatever_the_connection_default_zone(
+        server: tuple[str, Any], east8_url: str, path: str, lake_settings: Settings,
+        monkeypatch: pytest.MonkeyPatch, fast_reads: list[Any]) -> None:
+    """Both readers set time_zone '+00:00' on every connection: on an account whose connections start at +08:00,
+    TIMESTAMP instants still land right and a TIMESTAMP cursor's window still starts at the watermark. (On this
+    UTC server a reader that forgot the statement passes every other test; this one fails, by 8 hours.)"""
+    import pymysql
+    from sqlalchemy.engine import make_url
+
+    url, conn = server
+    _exec(conn, "CREATE TABLE tsz (id INT PRIMARY KEY, at TIMESTAMP(6) NULL, wall DATETIME(6))",
+          "SET time_zone = '+00:00'",
+          "INSERT INTO tsz VALUES (1, '2024-01-01 00:30:00.5', '2024-01-01 00:30:00.5'), "
+          "(2, '1970-01-01 00:00:01', '1970-01-01 00:00:01'), (3, '2024-06-01 12:00:00', '2024-06-01 12:00:00'), "
+          "(4, NULL, NULL)")
+    u = make_url(east8_url)
+    east8 = pymysql.connect(host="127.0.0.1", user=u.username, password=u.password, database=u.database)
+    try:  # the account really starts at +08:00, where TIMESTAMP text is 8 hours ahead of UTC
+        assert _rows(east8, "SELECT @@SESSION.time_zone, CAST(at AS CHAR) FROM tsz WHERE id = 3") == [
+            ("+08:00", "2024-06-01 20:00:00.000000")]
+    finally:
+        east8.close()
+    monkeypatch.setenv("CITYLAKE_CONN_SRC_FID", east8_url)
+    system = _system(east8_url, [{"code": "tsz", "source": "tsz", "primary_key": ["id"], "cursor": "at"}])
+    first = ingest_table(system, "tsz", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    assert bool(fast_reads) == (path == "fast")
+    lake, _ = _lake(lake_settings, "tsz")
+    held = dict(_rows(conn, "SELECT id, UNIX_TIMESTAMP(at) FROM tsz"))
+    for i in (1, 2, 3):
+        assert lake[i]["at"] == datetime.fromtimestamp(0, UTC) + timedelta(microseconds=int(held[i] * 1_000_000))
+    assert lake[1]["at"] == datetime(2024, 1, 1, 0, 30, 0, 500000, tzinfo=UTC) and lake[4]["at"] is None
+    assert lake[1]["wall"] == datetime(2024, 1, 1, 0, 30, 0, 500000, tzinfo=TZ)  # wall time: no session zone
+    assert first.watermark == "2024-06-01T20:00:00+08:00"  # 12:00 UTC
+    # the watermark is bound as UTC text: under a +08:00 session it would reach back 8 h and read row 5 too
+    _exec(conn, "SET time_zone = '+00:00'",
+          "INSERT INTO tsz VALUES (5, '2024-06-01 11:59:59', NULL), (6, '2024-06-01 12:00:01', NULL)")
+    again = ingest_table(system, "tsz", settings=lake_settings, batch_id="b2", extracted_at=AT + timedelta(hours=1))
+    assert again.rows_extracted == 2 and again.rows_written == 1  # the watermark's row again, and row 6
 
 
 # --- load semantics, as on PostgreSQL (tests/test_sources_servers.py, tests/test_ingest_semantics.py) -----

@@ -5,8 +5,12 @@ type both readers deliver it as (``read``), and the type it lands as (``target``
 get wrong are rewritten on the server into text or bytes that carry the value exactly: DECIMAL and
 BIGINT UNSIGNED as their decimal text (cast to decimal128 in Arrow), DATE/DATETIME/TIMESTAMP/TIME as text
 (parsed in Arrow, so zero and invalid dates become null and are counted instead of failing the load or
-panicking the reader), JSON as text, spatial values as WKB. The session always reads ``utf8mb4`` with
-``time_zone = '+00:00'``, so TIMESTAMP text is UTC whatever the server's zone.
+panicking the reader), JSON as text, spatial values as WKB. A value that is no value of its lake type lands as
+null and is counted (``invalid_values``, reasons in ``INVALID_REASONS``): zero and invalid dates, the zero YEAR,
+a TIME outside a day, a TINYINT(1) other than 0/1, a DATETIME wall time the declared zone skipped (a DST gap:
+no instant had it, and tools disagree on which to invent). A wall time a DST overlap repeats is the earlier
+instant (the first time clocks showed it), as Python's ``fold=0`` and the lake's naive times. The session
+always reads ``utf8mb4`` with ``time_zone = '+00:00'``, so TIMESTAMP text is UTC whatever the server's zone.
 
 Two readers produce the same ``read`` batches: ConnectorX (``mysql_fast``: the binary protocol decoded into
 Arrow in Rust, off the GIL, several primary-key ranges in parallel) and SQLAlchemy streaming (pymysql, the
@@ -58,6 +62,18 @@ _BINARY = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", 
 _SPATIAL = {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring", "multipolygon",
             "geometrycollection", "geomcollection"}
 _BOOL_RE = re.compile(r"^tinyint\(1\)( unsigned)?( zerofill)?$")
+_ZERO_ONE = pa.array([0, 1], pa.int64())
+_NO_DST_SINCE = pa.scalar(datetime(1991, 9, 16), pa.timestamp("us"))  # Asia/Shanghai's last transition: 1991-09-15
+
+INVALID_REASONS = {
+    "bool": "源值非法（TINYINT(1) 布尔列中 0、1 以外的值）→ 空值",
+    "date": "源值非法（零日期或无效日期）→ 空值",
+    "datetime": "源值非法（零日期、无效日期，或系统时区中不存在的本地时间：夏令时拨快跳过的时段）→ 空值",
+    "timestamp": "源值非法（零时间戳 0000-00-00 00:00:00）→ 空值",
+    "time": "源值非法（超出一天的时间：负值或不小于 24 小时）→ 空值",
+    "year": "源值非法（零年份 0000）→ 空值",
+}
+"""The ``meta.standardization_log`` transformation of each plan kind whose invalid values land as null."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +228,27 @@ def _time(text: str) -> Any:
     return time(int(m.group(2)), int(m.group(3)), int(m.group(4)), int((m.group(5) or "0").ljust(6, "0")))
 
 
+def _wall_times(naive: pa.Array, zone: str, target: pa.DataType) -> tuple[pa.Array, int]:
+    """DATETIME wall times of ``zone`` as ``target`` (naive: Asia/Shanghai, the lake's own naive times; else the
+    UTC instant), those in a DST gap (never on a clock there) null, and their count. A repeated wall time (DST
+    overlap) is the earlier instant. Asia/Shanghai is looked up only for a batch reaching before 1991-09-16."""
+    if zone == _SHANGHAI:
+        low = pc.min(naive)
+        if not low.is_valid or not pc.less(low, _NO_DST_SINCE).as_py():
+            return naive, 0
+    bad = 0
+    try:
+        local = pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="raise")
+    except pa.ArrowInvalid:  # values in a gap: those whose earliest and latest readings differ
+        gap = pc.fill_null(pc.not_equal(
+            pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="earliest"),
+            pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="latest")), False)
+        bad = int(pc.sum(gap).as_py() or 0)
+        naive = pc.if_else(gap, pa.scalar(None, naive.type), naive)
+        local = pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="raise")
+    return (naive if target.tz is None else local.cast(target)), bad
+
+
 def finish(batch: pa.RecordBatch, plan: list[PlannedColumn], schema: pa.Schema, zone: str,
            invalid: dict[str, int], where: str) -> pa.RecordBatch:
     """Read arrays (any reader) → landed arrays of ``schema``; nulls made of invalid values add to ``invalid``
@@ -224,7 +261,13 @@ def finish(batch: pa.RecordBatch, plan: list[PlannedColumn], schema: pa.Schema, 
         if c.kind == "same":
             out = array if array.type == c.target else array.cast(c.target)
         elif c.kind == "bool":
-            out = pc.not_equal(array, 0)  # MySQL's truth: any non-zero value of a BOOL column is true
+            # TINYINT(1) holds -128..127 whatever it declares: a value other than 0/1 is no boolean (a legacy
+            # status code, say), so it is not made true — null, counted
+            other = pc.and_(pc.is_valid(array), pc.invert(pc.is_in(array, value_set=_ZERO_ONE)))
+            bad = int(pc.sum(other).as_py() or 0)
+            out = pc.equal(array, 1)
+            if bad:
+                out = pc.if_else(other, pa.scalar(None, pa.bool_()), out)
         elif c.kind == "decimal":
             out = array.cast(c.target)
         elif c.kind in ("date", "datetime", "timestamp"):
@@ -236,8 +279,9 @@ def finish(batch: pa.RecordBatch, plan: list[PlannedColumn], schema: pa.Schema, 
                 out, bad = _parse_each(array, parse, naive)
             if c.kind == "timestamp":
                 out = out.cast(pa.timestamp("us", tz="UTC"))  # read with time_zone '+00:00': the values are UTC
-            elif c.kind == "datetime" and zone != _SHANGHAI:
-                out = pc.assume_timezone(out, zone, ambiguous="earliest", nonexistent="earliest").cast(c.target)
+            elif c.kind == "datetime":
+                out, gap = _wall_times(out, zone, c.target)
+                bad += gap
         elif c.kind == "time":
             out, bad = _parse_each(array, _time, c.target)
         elif c.kind == "year":
@@ -265,7 +309,9 @@ class MySqlSource(SqlSource):
     """A MySQL-family source system: exact types through a read plan, ConnectorX when installed.
 
     ``invalid_values`` holds, after ``batches`` has run, how many values of each column (by code) landed as
-    null because the server held no valid value (zero dates, invalid dates, the zero YEAR, TIME outside a day).
+    null because the server held no value of its lake type (zero dates, invalid dates, the zero YEAR, TIME outside
+    a day, a TINYINT(1) other than 0/1, a DATETIME wall time the declared zone skipped); ``invalid_reasons`` the
+    ``meta.standardization_log`` transformation of each column that can hold one.
     Reflection connections are closed after use (no pool): while a table streams, the load holds exactly the
     connections its ranges use.
     """
@@ -277,6 +323,7 @@ class MySqlSource(SqlSource):
         super().__init__(system_code, url, max_connections)
         self.zone = time_zone
         self.invalid_values: dict[str, int] = {}
+        self.invalid_reasons: dict[str, str] = {}
         self._plans: dict[tuple[str | None, str], ReadPlan] = {}
 
     def plan(self, table: SqlTable) -> ReadPlan:
@@ -344,6 +391,8 @@ class MySqlSource(SqlSource):
         parallel = 1 if one_snapshot or sub.key is None else min(EXTRACT_RANGES, self.max_connections)
         where = f"system {self.system}, table {table.source!r}"
         self.invalid_values = {}
+        self.invalid_reasons = {f.name: INVALID_REASONS[c.kind] for c, f in zip(sub.columns, picked.schema, strict=True)
+                                if c.kind in INVALID_REASONS}
         relation = (quote_name(table.source_schema) + "." if table.source_schema else "") + quote_name(table.source)
         try:
             for raw in self._read(sub, relation, clauses, parallel, table.batch_rows):
@@ -355,7 +404,8 @@ class MySqlSource(SqlSource):
             raise self._fail(table, exc) from None
         finally:
             for code, n in self.invalid_values.items():
-                log.warning("%s: column %s: %d zero or invalid value(s) landed as null", where, code, n)
+                log.warning("%s: column %s: %d zero or invalid value(s) landed as null (%s)", where, code, n,
+                            self.invalid_reasons.get(code, ""))
 
     def _read(self, plan: ReadPlan, relation: str, clauses: list[str], parallel: int,
               batch_rows: int) -> Iterator[pa.RecordBatch]:
