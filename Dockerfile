@@ -21,8 +21,10 @@ WORKDIR /opt/citylake
 
 # 1. Dependencies: exactly the versions of the lock file (uv pip compile from pyproject.toml), in their own
 #    layer so a code change does not reinstall them.
-COPY requirements.lock ./
-RUN pip install --requirement requirements.lock
+COPY requirements.lock requirements-read-driver.txt ./
+RUN pip install --requirement requirements.lock \
+ && pip install --no-deps --require-hashes --target /usr/local/lib/citylake-read-driver \
+      --requirement requirements-read-driver.txt
 
 # 2. citylake itself, without dependencies, editable: the code runs from /opt/citylake/pipelines, so the files
 #    it reads next to its modules (curate/*.sql and aqi.py, report templates and assets) are there whatever

@@ -11,6 +11,8 @@ UV_VERSION := 0.13.9
 LOCK_FLAGS := --python-version 3.11.3 --python-platform linux --annotation-style line --custom-compile-command 'make lock'
 # Scripts and styles GX Data Docs would load from public CDNs, vendored so the pages work offline.
 ASSETS := $(VENV)/share/citylake/datadocs-assets/.citylake-assets.json
+# The ADBC PostgreSQL library the fast path decodes COPY with (requirements-read-driver.txt says why 1.8.0's).
+READ_DRIVER := $(VENV)/lib/citylake-read-driver/adbc_driver_postgresql/libadbc_driver_postgresql.so
 
 .PHONY: install lock demo test lint bench clean airflow-ui browser
 
@@ -39,7 +41,13 @@ lock: | $(UV)
 $(ASSETS): $(STAMP) pipelines/quality/docs_assets.py
 	$(VENV)/bin/citylake quality docs-assets && touch $@ || echo "warning: Data Docs will load scripts from public CDNs"
 
-install: $(STAMP) $(ASSETS)
+$(READ_DRIVER): requirements-read-driver.txt | $(UV)
+	rm -rf $(VENV)/lib/citylake-read-driver
+	$(UV) pip install -q --python $(PY) --no-deps --require-hashes --target $(VENV)/lib/citylake-read-driver \
+	  -r requirements-read-driver.txt
+	touch $@
+
+install: $(STAMP) $(ASSETS) $(READ_DRIVER)
 
 # Headless Chromium and a CJK font for the browser tests (Debian's packages; needs root, as CI has).
 # Without fonts-noto-cjk every Chinese glyph is drawn as an empty box. Installs only what is missing.

@@ -402,6 +402,13 @@ def test_dockerfile_copies_every_path_the_tasks_read() -> None:
     assert (ROOT / "requirements.lock").is_file(), "requirements.lock is missing"
     assert any("requirements.lock" in sources for sources, _d in copies) and "requirements.lock" in runs
     assert re.search(r"pip install[^&;]*--no-deps", runs), "the project must be installed with --no-deps"
+    # the PostgreSQL read driver where postgres_fast.READ_DRIVER looks for it under the image's prefix (/usr/local)
+    from pipelines.extract.postgres_fast import READ_DRIVER
+
+    target = re.search(r"pip install[^&;]*--require-hashes[^&;]*--target (\S+)[^&;]*requirements-read-driver\.txt", runs)
+    assert target and any("requirements-read-driver.txt" in sources for sources, _d in copies), runs
+    prefix_relative = READ_DRIVER.relative_to(sys.prefix).parts[:2]  # lib/citylake-read-driver
+    assert PurePosixPath(target.group(1)) == PurePosixPath("/usr/local", *prefix_relative), target.group(1)
     # ... and built by a pinned setuptools, without build isolation (which would fetch the newest one each build)
     assert re.search(r"pip install[^&;]*--no-build-isolation[^&;]*--editable", runs), runs
     pinned = re.search(r'pip install "?setuptools==([^"\s]+)', runs)

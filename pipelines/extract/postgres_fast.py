@@ -25,9 +25,11 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -39,8 +41,13 @@ log = logging.getLogger(__name__)
 
 _MIN_PAGES_TO_SPLIT = 2048  # below ~16 MB one stream is as fast as two
 LOCK_TIMEOUT_ENV = "CITYLAKE_PG_LOCK_TIMEOUT_S"
-# Path of an ADBC PostgreSQL driver library to use instead of the one in the adbc-driver-postgresql wheel.
+# Path of the ADBC PostgreSQL driver library to decode with, or "package" for the adbc-driver-postgresql
+# package's own; unset: READ_DRIVER when it is installed, else the package's.
 DRIVER_ENV = "CITYLAKE_ADBC_POSTGRESQL_DRIVER"
+# adbc-driver-postgresql 1.8.0's library, which `make install` (and the image) put beside the package
+# (requirements-read-driver.txt): the 1.9.0-1.13.0 wheels' library is built without inlining and decodes COPY
+# at ~2.8x the CPU. Reads only: deliveries write through the package (1.8.0's writes drop a decimal's scale).
+READ_DRIVER = Path(sys.prefix) / "lib" / "citylake-read-driver" / "adbc_driver_postgresql" / "libadbc_driver_postgresql.so"
 # Long enough to ride out a short ALTER TABLE or a small table's VACUUM FULL, short enough that a load
 # stuck behind a long one fails (and Airflow retries it) well within its schedule.
 _LOCK_TIMEOUT_S = 600.0
@@ -57,19 +64,27 @@ _TYPES: dict[str, pa.DataType] = {
 _NATIVE = set(_TYPES)  # ADBC decodes these itself; everything else is selected as ::text
 
 
+def read_driver() -> str | None:
+    """The driver library ranges are read with (None: the adbc-driver-postgresql package's own)."""
+    driver = os.environ.get(DRIVER_ENV, "").strip()
+    if driver == "package" or (not driver and not READ_DRIVER.is_file()):
+        return None
+    driver = driver or str(READ_DRIVER)
+    if not os.path.isfile(driver):
+        raise ConfigError(f"{DRIVER_ENV}={driver!r}: no such file (the ADBC PostgreSQL driver library, or 'package')")
+    return driver
+
+
 def _connect(url: str) -> Any:
     import adbc_driver_postgresql.dbapi as adbc
 
-    driver = os.environ.get(DRIVER_ENV, "").strip()
-    if not driver:
+    driver = read_driver()
+    if driver is None:
         return adbc.connect(url)
-    # The same driver as a library of its own (an optimised build: benchmarks/README.md, "Ingest"): loaded
-    # through the driver manager exactly as adbc_driver_postgresql loads the one in its wheel.
+    # Loaded through the driver manager exactly as adbc_driver_postgresql loads the library in its package.
     import adbc_driver_manager
     import adbc_driver_manager.dbapi
 
-    if not os.path.isfile(driver):
-        raise ConfigError(f"{DRIVER_ENV}={driver!r}: no such file (the ADBC PostgreSQL driver library)")
     db = adbc_driver_manager.AdbcDatabase(driver=driver, uri=url)
     try:
         return adbc_driver_manager.dbapi.Connection(db, adbc_driver_manager.AdbcConnection(db), autocommit=False)
