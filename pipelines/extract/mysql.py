@@ -379,7 +379,8 @@ class MySqlSource(SqlSource):
         be one snapshot. None (the default) takes every whole-table read (a full refresh, the key-only deletion
         check, a first load) as such: one statement on one connection, so a key it misses is really gone. A
         cursor window, or a read the caller says is not compared for deletions (``consistent=False``: a first
-        load into an empty table), is split into primary-key ranges read in parallel: ranges read at slightly
+        load into an empty table), is split into primary-key ranges read in parallel, each in ``ORDER BY key
+        LIMIT n`` chunks (``mysql_fast``: what waits in memory is bounded): ranges and chunks read at slightly
         different moments cost nothing when no deletion row comes of them."""
         plan = self.plan(table)
         cols = self.columns(table)
@@ -395,7 +396,7 @@ class MySqlSource(SqlSource):
                                 if c.kind in INVALID_REASONS}
         relation = (quote_name(table.source_schema) + "." if table.source_schema else "") + quote_name(table.source)
         try:
-            for raw in self._read(sub, relation, clauses, parallel, table.batch_rows):
+            for raw in self._read(sub, relation, clauses, parallel, table.batch_rows, one_snapshot):
                 if raw.num_rows:
                     yield finish(raw, sub.columns, picked.schema, self.zone, self.invalid_values, where)
         except (SourceError, GeneratorExit, KeyboardInterrupt, SystemExit):
@@ -408,11 +409,12 @@ class MySqlSource(SqlSource):
                             self.invalid_reasons.get(code, ""))
 
     def _read(self, plan: ReadPlan, relation: str, clauses: list[str], parallel: int,
-              batch_rows: int) -> Iterator[pa.RecordBatch]:
+              batch_rows: int, consistent: bool = True) -> Iterator[pa.RecordBatch]:
         if fast_enabled() and fast_url_ok(self.engine.url, self.system):
             from pipelines.extract.mysql_fast import iter_mysql_batches
 
-            yield from iter_mysql_batches(self.engine, plan, relation, clauses, parallel, batch_rows)
+            yield from iter_mysql_batches(self.engine, plan, relation, clauses, parallel, batch_rows,
+                                          consistent=consistent)
             return
         yield from self._read_sqlalchemy(plan, relation, clauses, batch_rows)
 
