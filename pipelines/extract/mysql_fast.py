@@ -137,11 +137,11 @@ def chunk_size(rows: int, nbytes: int, batch: int, budget: int) -> tuple[int, in
 
 
 def iter_mysql_batches(engine: Any, plan: ReadPlan, relation: str, clauses: list[str], parallel: int,
-                       batch_rows: int, *, consistent: bool | None = None) -> Iterator[pa.RecordBatch]:
+                       batch_rows: int, *, consistent: bool) -> Iterator[pa.RecordBatch]:
     """Record batches of ``plan.read_schema`` (columns ``c0``…), in batches of at most ``min(batch_rows,
     50,000)`` rows.
 
-    ``consistent`` (default: ``parallel <= 1``): the read must be one snapshot — one statement on one
+    ``consistent``: the read must be one snapshot — one statement on one
     connection, which ConnectorX reads ahead of the consumer without bound. Otherwise a table with a single
     integer key is read in rounds of chunks: ``parallel`` key ranges, every round one ``cx.read_sql`` with an
     ``ORDER BY key LIMIT n`` statement per range not yet read to its end, the next round started when this
@@ -153,7 +153,6 @@ def iter_mysql_batches(engine: Any, plan: ReadPlan, relation: str, clauses: list
     batch = min(batch_rows, _CX_BATCH_ROWS)
     schema = plan.read_schema
     names = [c.name for c in plan.columns]
-    consistent = parallel <= 1 if consistent is None else consistent
     if consistent or plan.key is None or plan.key not in names:
         query = f"SELECT {plan.select_list()} FROM {relation}" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
         one = _Call([], _start(cx, url, [query], batch), batch, 0)
