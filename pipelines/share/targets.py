@@ -547,8 +547,8 @@ class PostgresTarget:
                 run(sql.SQL("DELETE FROM {} AS t USING {} AS s WHERE {}").format(table, source, match))
             run(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, cols, cols, staged))
 
-        # Bound as one typed Arrow row: a None (no std snapshot, no fingerprint) would otherwise reach the
-        # driver as Arrow's null type, which adbc-driver-postgresql 1.8 cannot map to a PostgreSQL type.
+        # Bound as one typed Arrow row, so a None (no std snapshot, no fingerprint) keeps its column's type
+        # instead of Arrow's null type, which some adbc-driver-postgresql releases (1.8) cannot bind.
         values = (d.dataset, d.grant_id, d.mode, str(d.delivery_date), d.std_snapshot_id, feed.rows,
                   deletions.num_rows, feed.digest.hexdigest(), d.fingerprint)
         types = (pa.string(),) * 4 + (pa.int64(),) * 3 + (pa.string(),) * 2
