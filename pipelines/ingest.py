@@ -307,34 +307,40 @@ def _new_rows(shaped: pa.RecordBatch, hashes: pa.Array, existing: pa.Table, keys
 
 def ingest_table(system: SourceSystem, table_code: str, *, settings: Settings | None = None,
                  mode: Mode = "incremental", since: Any = None, until: Any = None,
-                 batch_id: str | None = None, extracted_at: datetime | None = None) -> LoadResult:
-    """Load one table of one system into ``raw.<system>__<table>`` in one Iceberg commit."""
-    settings = settings or load_settings()
-    if mode not in get_args(Mode):  # a typo must not quietly run an incremental load
-        raise CitylakeError(f"{system.system}.{table_code}: unknown ingest mode {mode!r} "
-                            f"(one of {', '.join(get_args(Mode))})")
-    spec = system.table(table_code)
-    if mode == "deletions" and not isinstance(spec, SqlTable):
-        raise CitylakeError(f"{system.system}.{table_code}: the key-only deletion check is for SQL tables "
-                            "(a file drop delivers rows, not the source's whole key set)")
-    extracted_at = (extracted_at or datetime.now(TZ)).astimezone(TZ)
-    batch_id = make_batch_id(batch_id or f"{mode}_{extracted_at:%Y%m%dT%H%M%S%z}")
-    result = LoadResult(system.system, spec.code, system.raw_table(spec.code), mode, batch_id)
-    from pipelines.lake.runs import record_run
+                 batch_id: str | None = None, extracted_at: datetime | None = None,
+                 read_ahead: Any = None) -> LoadResult:
+    """Load one table of one system into ``raw.<system>__<table>`` in one Iceberg commit. ``read_ahead``: this
+    table's whole read, started before the load (``pipelines.extract.read_ahead``); the load owns it."""
+    try:
+        settings = settings or load_settings()
+        if mode not in get_args(Mode):  # a typo must not quietly run an incremental load
+            raise CitylakeError(f"{system.system}.{table_code}: unknown ingest mode {mode!r} "
+                                f"(one of {', '.join(get_args(Mode))})")
+        spec = system.table(table_code)
+        if mode == "deletions" and not isinstance(spec, SqlTable):
+            raise CitylakeError(f"{system.system}.{table_code}: the key-only deletion check is for SQL tables "
+                                "(a file drop delivers rows, not the source's whole key set)")
+        extracted_at = (extracted_at or datetime.now(TZ)).astimezone(TZ)
+        batch_id = make_batch_id(batch_id or f"{mode}_{extracted_at:%Y%m%dT%H%M%S%z}")
+        result = LoadResult(system.system, spec.code, system.raw_table(spec.code), mode, batch_id)
+        from pipelines.lake.runs import record_run
 
-    # meta.runs: the batch id is the run id (an Airflow retry reuses it, so its row is replaced)
-    with record_run("ingest", run_id=batch_id, target=result.identifier, settings=settings,
-                    snapshot_of=result.identifier, system=system.system, table=result.identifier,
-                    batch_id=batch_id) as run:
-        started = time.perf_counter()
-        if isinstance(spec, SqlTable):
-            _load_sql(system, spec, settings, result, mode, since, until, extracted_at)
-        else:
-            _load_drop(system, spec, settings, result, extracted_at)
-        result.seconds = round(time.perf_counter() - started, 3)
-        run.done(rows_in=result.rows_extracted, rows_out=result.rows_written, snapshot=result.snapshot_id,
-                 detail=f"mode {mode}" + (f", {len(result.files_rejected)} file(s) rejected"
-                                          if result.files_rejected else ""))
+        # meta.runs: the batch id is the run id (an Airflow retry reuses it, so its row is replaced)
+        with record_run("ingest", run_id=batch_id, target=result.identifier, settings=settings,
+                        snapshot_of=result.identifier, system=system.system, table=result.identifier,
+                        batch_id=batch_id) as run:
+            started = time.perf_counter()
+            if isinstance(spec, SqlTable):
+                _load_sql(system, spec, settings, result, mode, since, until, extracted_at, read_ahead)
+            else:
+                _load_drop(system, spec, settings, result, extracted_at)
+            result.seconds = round(time.perf_counter() - started, 3)
+            run.done(rows_in=result.rows_extracted, rows_out=result.rows_written, snapshot=result.snapshot_id,
+                     detail=f"mode {mode}" + (f", {len(result.files_rejected)} file(s) rejected"
+                                              if result.files_rejected else ""))
+    finally:
+        if read_ahead is not None:  # not taken over (the load failed first, or read otherwise): release it
+            read_ahead.close()
     return result
 
 
@@ -367,7 +373,7 @@ def _open_source(system: SourceSystem, settings: Settings) -> Any:
 
 
 def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: LoadResult,
-              mode: Mode, since: Any, until: Any, extracted_at: datetime) -> None:
+              mode: Mode, since: Any, until: Any, extracted_at: datetime, read_ahead: Any = None) -> None:
     catalog = get_catalog(settings)
     source = _open_source(system, settings)
     try:
@@ -432,9 +438,12 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             whole = full or keys_only
             # One snapshot is needed only where deletions come of what the read did not return; a first load
             # may read in parallel ranges that start at slightly different moments (MySQL cannot share one).
+            # A whole read the CLI started ahead (read_ahead.start) is taken over; its snapshot predates the load
+            # sequence number taken above by the load's start-up (~1-2 s), as two loads' start-ups may overlap anyway.
+            started = {"prefetched": read_ahead} if read_ahead is not None and full else {}
             for batch in source.batches(spec, since=None if whole else since, until=None if whole else until,
                                         reflected=reflected, only=spec.primary_key if keys_only else None,
-                                        consistent=keys_only or (full and has_rows)):
+                                        consistent=keys_only or (full and has_rows), **started):
                 result.rows_extracted += batch.num_rows
                 if keys_only:
                     assert compare is not None
@@ -691,15 +700,22 @@ def _empty_drop_table(catalog: Any, identifier: str) -> Any:
 # --- a whole system -------------------------------------------------------------------------------
 
 
-def ingest_system(system: SourceSystem, tables: Iterable[str] | None = None, **kw: Any) -> Iterator[
+def ingest_system(system: SourceSystem, tables: Iterable[str] | None = None,
+                  read_ahead: dict[str, Any] | None = None, **kw: Any) -> Iterator[
         tuple[str, LoadResult | BaseException]]:
-    """Load each table; a failing table does not stop the others (each result or error is yielded)."""
-    for code in tables or [t.code for t in system.all_tables]:
-        try:
-            yield code, ingest_table(system, code, **kw)
-        except CitylakeError as exc:
-            yield code, exc
-        except Exception as exc:  # an unexpected failure of one table still lets the others land
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            yield code, CitylakeError(f"system {system.system}, table {code}: {type(exc).__name__}: "
-                                      f"{mask_message(first)}")  # a library's message may quote values
+    """Load each table; a failing table does not stop the others (each result or error is yielded).
+    ``read_ahead``: reads started ahead, by table code (each handed to its table's load, which owns it)."""
+    pending = dict(read_ahead or {})
+    try:
+        for code in tables or [t.code for t in system.all_tables]:
+            try:
+                yield code, ingest_table(system, code, read_ahead=pending.pop(code, None), **kw)
+            except CitylakeError as exc:
+                yield code, exc
+            except Exception as exc:  # an unexpected failure of one table still lets the others land
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                yield code, CitylakeError(f"system {system.system}, table {code}: {type(exc).__name__}: "
+                                          f"{mask_message(first)}")  # a library's message may quote values
+    finally:
+        for read in pending.values():  # tables never reached (the caller stopped early)
+            read.close()

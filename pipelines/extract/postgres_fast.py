@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ _LOCK_TIMEOUT_S = 600.0
 _STOP_GRACE_S = 30.0  # how long a stopping extract waits for cancelled ranges to end
 _CANCEL_EVERY_S = 0.5  # a cancel that reached a range between statements is lost: send it again
 _UNCONSTRAINED_NUMERIC = pa.decimal128(38, 10)
+_BATCH_BYTES = 4 << 20  # ADBC's batch size hint: a range hands over a batch about this big
 
 _TYPES: dict[str, pa.DataType] = {
     "int2": pa.int16(), "int4": pa.int32(), "int8": pa.int64(), "float4": pa.float32(), "float8": pa.float64(),
@@ -75,22 +76,87 @@ def read_driver() -> str | None:
     return driver
 
 
+class _Cursor:
+    """The DB-API cursor calls a range makes, over the driver manager's low-level statement (the DB-API module,
+    ``adbc_driver_manager.dbapi``, imports pyarrow.dataset and with it pandas: ~0.6 s before a CLI load's first
+    COPY could start)."""
+
+    def __init__(self, conn: Any) -> None:
+        import adbc_driver_manager
+
+        self.adbc_statement = adbc_driver_manager.AdbcStatement(conn)
+        self._reader: pa.RecordBatchReader | None = None
+        self.closed = False
+
+    def execute(self, sql: str) -> None:
+        self._reader = None
+        self.adbc_statement.set_sql_query(sql)
+        handle, _ = self.adbc_statement.execute_query()
+        self._reader = pa.RecordBatchReader._import_from_c(handle.address)
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        assert self._reader is not None
+        rows = self._reader.read_all().to_pylist()
+        return tuple(rows[0].values()) if rows else None
+
+    def fetch_record_batch(self) -> pa.RecordBatchReader:
+        assert self._reader is not None
+        return self._reader
+
+    def close(self) -> None:
+        if not self.closed:  # a second close of the statement raises
+            self.closed = True
+            self._reader = None
+            self.adbc_statement.close()
+
+
+class _Connection:
+    """An ADBC PostgreSQL connection with autocommit off (as the DB-API's): what a range needs of it."""
+
+    def __init__(self, url: str) -> None:
+        import adbc_driver_manager
+
+        driver = read_driver()
+        if driver is None:
+            from adbc_driver_postgresql import _driver_path
+
+            driver = _driver_path()
+        # Loaded through the driver manager exactly as adbc_driver_postgresql loads the library in its package.
+        self._db = adbc_driver_manager.AdbcDatabase(driver=driver, uri=url)
+        self._cursors: list[_Cursor] = []
+        try:
+            self._conn = adbc_driver_manager.AdbcConnection(self._db)
+            self._conn.set_autocommit(False)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def cursor(self) -> _Cursor:
+        cur = _Cursor(self._conn)
+        self._cursors.append(cur)
+        return cur
+
+    def adbc_cancel(self) -> None:
+        self._conn.cancel()
+
+    def close(self) -> None:
+        try:
+            for cur in self._cursors:  # the driver manager refuses to close a connection with open statements
+                cur.close()
+            self._conn.close()
+        finally:
+            self._db.close()
+
+
 def _connect(url: str) -> Any:
-    import adbc_driver_postgresql.dbapi as adbc
+    return _Connection(url)
 
-    driver = read_driver()
-    if driver is None:
-        return adbc.connect(url)
-    # Loaded through the driver manager exactly as adbc_driver_postgresql loads the library in its package.
-    import adbc_driver_manager
-    import adbc_driver_manager.dbapi
 
-    db = adbc_driver_manager.AdbcDatabase(driver=driver, uri=url)
-    try:
-        return adbc_driver_manager.dbapi.Connection(db, adbc_driver_manager.AdbcConnection(db), autocommit=False)
-    except BaseException:
-        db.close()
-        raise
+def libpq_url(url: str) -> str:
+    """A source URL (``postgresql+psycopg://…``) as the libpq URL ADBC and psycopg take."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _quote(name: str) -> str:
@@ -179,15 +245,10 @@ def _select(name: str, typname: str, typmod: int) -> str:
 
 
 def _decimal_from_scaled(col: pa.Array, t: pa.DataType) -> pa.Array:
-    """An int64 array of unscaled values as decimal128 (two's complement over 16 bytes, little-endian)."""
-    import numpy as np
-
-    values = np.frombuffer(col.buffers()[1], dtype=np.int64, count=col.offset + len(col))[col.offset:]
-    words = np.empty((len(col), 2), dtype=np.int64)
-    words[:, 0] = values
-    words[:, 1] = values >> 63  # sign extension
-    validity = pc.is_valid(col).buffers()[1] if col.null_count else None
-    return pa.Array.from_buffers(t, len(col), [validity, pa.py_buffer(words)], null_count=col.null_count)
+    """An int64 array of unscaled values as decimal128 ``t``: widened as scale-0 decimals (the unscaled values
+    themselves), then the same buffers viewed with ``t``'s scale."""
+    wide = pc.cast(col, pa.decimal128(19, 0))
+    return pa.Array.from_buffers(t, len(wide), wide.buffers(), null_count=wide.null_count, offset=wide.offset)
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
@@ -277,96 +338,150 @@ class _Range:
                     pass
 
 
+class _Buffer:
+    """Batches between the range threads and the consumer, bounded in bytes: ``early`` until the consumer first
+    asks (a read started ahead of the load's own start-up keeps the server busy meanwhile), then ``steady`` (a
+    few batches: the writer sets the pace). At least one item always fits; once closed, puts are dropped."""
+
+    def __init__(self, early: int, steady: int) -> None:
+        self._items: deque[tuple[Any, int]] = deque()
+        self._bytes, self._limit, self._steady = 0, max(early, steady), steady
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: Any, nbytes: int = 0) -> None:
+        with self._cond:
+            while not self._closed and self._items and self._bytes + nbytes > self._limit:
+                self._cond.wait()
+            if not self._closed:
+                self._items.append((item, nbytes))
+                self._bytes += nbytes
+                self._cond.notify_all()
+
+    def get(self) -> Any:
+        with self._cond:
+            self._limit = self._steady
+            while not self._items:
+                self._cond.wait()
+            item, nbytes = self._items.popleft()
+            self._bytes -= nbytes
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self._bytes = 0
+            self._cond.notify_all()
+
+
+class PgRead:
+    """A started read of ``columns`` of a table (None: all, in column order): its ranges connected to one snapshot
+    and their COPYs running into a bounded buffer from construction on; iterate it for record batches of exact
+    types. ``where`` is built by the caller from checked parts (the registry filter as ``pipelines.sql_filter``
+    rendered it, quoted literals), or is a function of the table's column names returning such a text;
+    ``%(name)s`` placeholders take ``params`` as quoted literals. ``read_ahead``: bytes the ranges may decode
+    before the first batch is taken (default: as many as once reading, a few batches). Always ``close()`` it
+    (iterating to the end does): an abandoned read holds its connections and the snapshot."""
+
+    def __init__(self, url: str, schema: str | None, table: str, columns: list[str] | None = None,
+                 where: str | Callable[[list[str]], str | None] | None = None, params: dict[str, Any] | None = None,
+                 parallel: int = 2, batch_rows: int = 100_000, read_ahead: int = 0) -> None:
+        self.table, self.batch_rows = table, batch_rows
+        cols, pages, relkind = _catalog(url, schema, table)
+        types = {name: (t, m) for name, t, m in cols}
+        self.columns = [name for name, _, _ in cols] if columns is None else list(columns)
+        missing = [c for c in self.columns if c not in types]
+        if missing:
+            raise SourceError(f"table {table!r} has no column(s) {missing}")
+        self.where = where([name for name, _, _ in cols]) if callable(where) else where
+        self.target = pa.schema([pa.field(c, _arrow_type(*types[c])) for c in self.columns])
+        select = ", ".join(_select(c, *types[c]) for c in self.columns)
+        predicate = _render(self.where, params)
+        ranges = _ranges(pages, parallel) if relkind in ("r", "m") else [(0, None)]
+        queries = []
+        for lo, hi in ranges:
+            parts = [predicate] if predicate else []
+            if len(ranges) > 1:
+                parts.append(f"ctid >= '({lo},0)'::tid")
+                if hi is not None:
+                    parts.append(f"ctid < '({hi},0)'::tid")
+            cond = f" WHERE {' AND '.join(parts)}" if parts else ""
+            queries.append(f"SELECT {select} FROM {_relation(schema, table)}{cond}")
+        try:
+            conns = _snapshot_connections(url, len(queries))
+        except Exception as exc:
+            raise SourceError(f"table {table!r}: {str(exc).strip().splitlines()[0]}") from None
+        self._out = _Buffer(read_ahead, (len(queries) + 1) * _BATCH_BYTES)
+        self._stop = threading.Event()
+        self._ranges = [_Range(c) for c in conns]
+        self._threads = [threading.Thread(target=self._scan, args=(r, q), daemon=True, name=f"pg-scan-{i}")
+                         for i, (r, q) in enumerate(zip(self._ranges, queries, strict=True))]
+        self._closed = False
+        for t in self._threads:
+            t.start()
+
+    def _scan(self, r: _Range, query: str) -> None:
+        try:
+            if self._stop.is_set():
+                return
+            cur = r.conn.cursor()
+            cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(_BATCH_BYTES)})
+            cur.execute(query)
+            for batch in cur.fetch_record_batch():
+                if self._stop.is_set():
+                    break
+                self._out.put(batch, batch.nbytes)
+        except BaseException as exc:  # surfaced by the consumer
+            self._out.put(exc)
+        finally:
+            r.close()  # ends the range's transaction: its locks (and the exported snapshot) go with it
+            self._out.put(_END)
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        done = 0
+        try:
+            while done < len(self._threads):
+                item = self._out.get()
+                if item is _END:
+                    done += 1
+                elif isinstance(item, BaseException):
+                    raise SourceError(f"table {self.table!r}: {str(item).strip().splitlines()[0]}") from None
+                elif item.num_rows:
+                    for start in range(0, item.num_rows, self.batch_rows):
+                        yield _conform(item.slice(start, self.batch_rows), self.target)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End every range still running: cancel its statement (a flag read between batches never reaches a
+        COPY waiting on a lock); bounded by _STOP_GRACE_S. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._out.close()  # a range blocked on a full buffer goes on to see the stop flag
+        deadline = time.monotonic() + _STOP_GRACE_S
+        next_cancel = 0.0
+        while any(t.is_alive() for t in self._threads):
+            now = time.monotonic()
+            if now >= deadline:
+                log.warning("table %r: %d source range(s) did not stop within %.0f s of being cancelled", self.table,
+                            sum(t.is_alive() for t in self._threads), _STOP_GRACE_S)
+                return
+            if now >= next_cancel:
+                for r, t in zip(self._ranges, self._threads, strict=True):
+                    if t.is_alive():
+                        r.cancel()
+                next_cancel = now + _CANCEL_EVERY_S
+            for t in self._threads:
+                t.join(timeout=0.05)
+
+
 def iter_pg_batches(url: str, schema: str | None, table: str, columns: list[str], where: str | None = None,
                     params: dict[str, Any] | None = None, parallel: int = 2,
                     batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
-    """Stream ``columns`` of a table as record batches of exact types, ``parallel`` ctid ranges at once.
-
-    Memory is bounded by a small queue of batches whatever the table size. ``where`` is built by the
-    caller from checked parts (the registry filter as ``pipelines.sql_filter`` rendered it, quoted
-    literals); ``%(name)s`` placeholders take ``params`` as quoted literals.
-    """
-    cols, pages, relkind = _catalog(url, schema, table)
-    types = {name: (t, m) for name, t, m in cols}
-    missing = [c for c in columns if c not in types]
-    if missing:
-        raise SourceError(f"table {table!r} has no column(s) {missing}")
-    target = pa.schema([pa.field(c, _arrow_type(*types[c])) for c in columns])
-    select = ", ".join(_select(c, *types[c]) for c in columns)
-    predicate = _render(where, params)
-    ranges = _ranges(pages, parallel) if relkind in ("r", "m") else [(0, None)]
-    queries = []
-    for lo, hi in ranges:
-        parts = [predicate] if predicate else []
-        if len(ranges) > 1:
-            parts.append(f"ctid >= '({lo},0)'::tid")
-            if hi is not None:
-                parts.append(f"ctid < '({hi},0)'::tid")
-        cond = f" WHERE {' AND '.join(parts)}" if parts else ""
-        queries.append(f"SELECT {select} FROM {_relation(schema, table)}{cond}")
-
-    try:
-        conns = _snapshot_connections(url, len(queries))
-    except Exception as exc:
-        raise SourceError(f"table {table!r}: {str(exc).strip().splitlines()[0]}") from None
-    out: queue.Queue[Any] = queue.Queue(maxsize=len(queries) + 1)
-    stop = threading.Event()
-    ranges_ = [_Range(c) for c in conns]
-
-    def scan(r: _Range, query: str) -> None:
-        try:
-            if stop.is_set():
-                return
-            cur = r.conn.cursor()
-            cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(4 << 20)})
-            cur.execute(query)
-            for batch in cur.fetch_record_batch():
-                if stop.is_set():
-                    break
-                out.put(batch)
-        except BaseException as exc:  # surfaced by the consumer
-            out.put(exc)
-        finally:
-            r.close()  # ends the range's transaction: its locks (and the exported snapshot) go with it
-            out.put(_END)
-
-    threads = [threading.Thread(target=scan, args=(r, q), daemon=True, name=f"pg-scan-{i}") for i, (r, q) in
-               enumerate(zip(ranges_, queries, strict=True))]
-    for t in threads:
-        t.start()
-    done = 0
-    try:
-        while done < len(threads):
-            item = out.get()
-            if item is _END:
-                done += 1
-            elif isinstance(item, BaseException):
-                raise SourceError(f"table {table!r}: {str(item).strip().splitlines()[0]}") from None
-            elif item.num_rows:
-                for start in range(0, item.num_rows, batch_rows):
-                    yield _conform(item.slice(start, batch_rows), target)
-    finally:
-        stop.set()
-        _stop_ranges(ranges_, threads, out, table)
-
-
-def _stop_ranges(ranges: list[_Range], threads: list[threading.Thread], out: queue.Queue[Any], table: str) -> None:
-    """End every range still running: cancel its statement (a flag read between batches never reaches a
-    COPY waiting on a lock) and drain the queue so none blocks on a full one; bounded by _STOP_GRACE_S."""
-    deadline = time.monotonic() + _STOP_GRACE_S
-    next_cancel = 0.0
-    while any(t.is_alive() for t in threads):
-        now = time.monotonic()
-        if now >= deadline:
-            log.warning("table %r: %d source range(s) did not stop within %.0f s of being cancelled", table,
-                        sum(t.is_alive() for t in threads), _STOP_GRACE_S)
-            return
-        if now >= next_cancel:
-            for r, t in zip(ranges, threads, strict=True):
-                if t.is_alive():
-                    r.cancel()
-            next_cancel = now + _CANCEL_EVERY_S
-        try:
-            out.get(timeout=0.1)
-        except queue.Empty:
-            pass
+    """Stream ``columns`` of a table as record batches of exact types, ``parallel`` ctid ranges at once
+    (``PgRead``, started at the first ``next``). Memory is bounded by a few batches whatever the table size."""
+    yield from PgRead(url, schema, table, columns, where, params, parallel, batch_rows)

@@ -258,10 +258,11 @@ class PostgresSource(SqlSource):
 
     def batches(self, table: SqlTable, *, since: Any = None, until: Any = None,
                 reflected: sa.Table | None = None, only: list[str] | None = None,
-                consistent: bool | None = None) -> Iterator[pa.RecordBatch]:
+                consistent: bool | None = None, prefetched: Any = None) -> Iterator[pa.RecordBatch]:
         """As ``SqlSource.batches``; the parallel ranges always share one exported snapshot, so ``consistent``
-        changes nothing here."""
-        from pipelines.extract.postgres_fast import iter_pg_batches, sql_literal
+        changes nothing here. ``prefetched``: a read ``read_ahead.start`` began; taken over when it reads exactly
+        these columns with this filter, else closed (this method owns it either way)."""
+        from pipelines.extract.postgres_fast import PgRead, sql_literal
 
         t = reflected if reflected is not None else self.reflect(table)
         cols = self.columns(table, t)
@@ -274,11 +275,17 @@ class PostgresSource(SqlSource):
             for op, value in ((">=", since), ("<", until)):
                 if value is not None:  # inlined here, so no placeholder is looked for inside the filter's text
                     clauses.append(f"{quoted} {op} {sql_literal(_cursor_param(value, t.c[src].type, self.dialect))}")
+        where = " AND ".join(clauses) or None
+        read = prefetched
         try:
-            for batch in iter_pg_batches(self._libpq_url(), table.source_schema, table.source, picked.source_names,
-                                         where=" AND ".join(clauses) or None,
-                                         parallel=min(EXTRACT_RANGES, self.max_connections),
-                                         batch_rows=table.batch_rows):
+            if read is not None and (read.columns, read.where, read.batch_rows) != (
+                    picked.source_names, where, table.batch_rows):
+                read.close()
+                read = None
+            if read is None:
+                read = PgRead(self._libpq_url(), table.source_schema, table.source, picked.source_names, where=where,
+                              parallel=min(EXTRACT_RANGES, self.max_connections), batch_rows=table.batch_rows)
+            for batch in read:
                 yield pa.RecordBatch.from_arrays(batch.columns, schema=picked.schema)
         except GeneratorExit:
             raise
@@ -286,3 +293,6 @@ class PostgresSource(SqlSource):
             raise self._fail(table, SourceError(str(exc).removeprefix(f"table {table.source!r}: "))) from None
         except Exception as exc:
             raise self._fail(table, exc) from None
+        finally:
+            if read is not None:
+                read.close()

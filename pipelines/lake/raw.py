@@ -634,6 +634,7 @@ class RawWriter:
         self.dropped: dict[tuple[str | None, bool], int] = {}
         """Rows ``_drop_landed`` took out, per (``_source_file``, ``_deleted``): the caller's counts follow."""
         self._writer: pq.ParquetWriter | None = None
+        self._constants: dict[tuple[pa.DataType, Any], pa.Array] = {}
         self._file_rows = 0
         self._dictionary: list[str] | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
@@ -686,6 +687,15 @@ class RawWriter:
             self._writer = None
             self._file_rows = 0
 
+    def _constant(self, value: pa.Scalar, n: int) -> pa.Array:
+        """``value`` repeated ``n`` times: a slice of one array per value, grown as batches do (repeating the
+        lineage strings anew for every batch was a fifth of the extraction thread's work)."""
+        key = (value.type, value.as_py())
+        arr = self._constants.get(key)
+        if arr is None or len(arr) < n:
+            arr = self._constants[key] = pa.repeat(value, max(n, 2 * len(arr) if arr is not None else n))
+        return arr.slice(0, n)
+
     def shape(self, batch: pa.RecordBatch | pa.Table, *, source_file: str | None = None,
               deleted: bool = False) -> pa.RecordBatch:
         """Add lineage and cast to the table's schema (missing data columns become null)."""
@@ -693,17 +703,17 @@ class RawWriter:
         cols = []
         for f in self.target:
             if f.name == "_batch_id":
-                cols.append(pa.repeat(pa.scalar(self.batch_id, pa.string()), n))
+                cols.append(self._constant(pa.scalar(self.batch_id, pa.string()), n))
             elif f.name == "_extracted_at":
-                cols.append(pa.repeat(self.extracted_at, n))
+                cols.append(self._constant(self.extracted_at, n))
             elif f.name == "_source_system":
-                cols.append(pa.repeat(pa.scalar(self.system, pa.string()), n))
+                cols.append(self._constant(pa.scalar(self.system, pa.string()), n))
             elif f.name == "_source_file":
-                cols.append(pa.repeat(pa.scalar(source_file, pa.string()), n))
+                cols.append(self._constant(pa.scalar(source_file, pa.string()), n))
             elif f.name == "_deleted":
-                cols.append(pa.repeat(pa.scalar(deleted), n))
+                cols.append(self._constant(pa.scalar(deleted), n))
             elif f.name == "_load_seq":
-                cols.append(pa.repeat(self.load_seq, n))
+                cols.append(self._constant(self.load_seq, n))
             elif f.name in batch.schema.names:
                 col = batch.column(f.name)
                 cols.append(normalize_array(col, f.type))
