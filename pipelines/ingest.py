@@ -310,7 +310,8 @@ def ingest_table(system: SourceSystem, table_code: str, *, settings: Settings | 
                  batch_id: str | None = None, extracted_at: datetime | None = None,
                  read_ahead: Any = None) -> LoadResult:
     """Load one table of one system into ``raw.<system>__<table>`` in one Iceberg commit. ``read_ahead``: this
-    table's whole read, started before the load (``pipelines.extract.read_ahead``); the load owns it."""
+    table's source opened and whole read started before the load (``pipelines.extract.read_ahead.Started``);
+    the load owns it."""
     try:
         settings = settings or load_settings()
         if mode not in get_args(Mode):  # a typo must not quietly run an incremental load
@@ -375,9 +376,9 @@ def _open_source(system: SourceSystem, settings: Settings) -> Any:
 def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: LoadResult,
               mode: Mode, since: Any, until: Any, extracted_at: datetime, read_ahead: Any = None) -> None:
     catalog = get_catalog(settings)
-    source = _open_source(system, settings)
+    source = read_ahead.source if read_ahead is not None else _open_source(system, settings)
     try:
-        reflected = source.reflect(spec)
+        reflected = read_ahead.reflected if read_ahead is not None else source.reflect(spec)
         cols = source.columns(spec, reflected)
         for k in spec.primary_key + ([spec.cursor] if spec.cursor else []):
             if k not in cols.schema.names:
@@ -440,7 +441,7 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             # may read in parallel ranges that start at slightly different moments (MySQL cannot share one).
             # A whole read the CLI started ahead (read_ahead.start) is taken over; its snapshot predates the load
             # sequence number taken above by the load's start-up (~1-2 s), as two loads' start-ups may overlap anyway.
-            started = {"prefetched": read_ahead} if read_ahead is not None and full else {}
+            started = {"prefetched": read_ahead.read} if read_ahead is not None and full else {}
             for batch in source.batches(spec, since=None if whole else since, until=None if whole else until,
                                         reflected=reflected, only=spec.primary_key if keys_only else None,
                                         consistent=keys_only or (full and has_rows), **started):

@@ -240,12 +240,20 @@ class PostgresSource(SqlSource):
 
     pooled = False
 
+    def __init__(self, system_code: str, url: str, max_connections: int = 2) -> None:
+        super().__init__(system_code, url, max_connections)
+        self._columns: dict[str, SourceColumns] = {}
+
     def _libpq_url(self) -> str:
         return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     def columns(self, table: SqlTable, reflected: sa.Table | None = None) -> SourceColumns:
         from pipelines.extract.postgres_fast import pg_arrow_schema
 
+        # Asked again by the read: once per table and source object (one load), so no second catalog
+        # connection opens while the ranges stream.
+        if table.code in self._columns:
+            return self._columns[table.code]
         t = reflected if reflected is not None else self.reflect(table)
         try:
             schema = pg_arrow_schema(self._libpq_url(), table.source_schema, table.source)
@@ -254,19 +262,31 @@ class PostgresSource(SqlSource):
         names = [c.name for c in t.columns]
         by_name = {f.name: f.type for f in schema}
         fields = [pa.field(table.column_code(n), by_name[n]) for n in names]
-        return SourceColumns(names, pa.schema(fields))
+        self._columns[table.code] = SourceColumns(names, pa.schema(fields))
+        return self._columns[table.code]
 
-    def batches(self, table: SqlTable, *, since: Any = None, until: Any = None,
-                reflected: sa.Table | None = None, only: list[str] | None = None,
-                consistent: bool | None = None, prefetched: Any = None) -> Iterator[pa.RecordBatch]:
-        """As ``SqlSource.batches``; the parallel ranges always share one exported snapshot, so ``consistent``
-        changes nothing here. ``prefetched``: a read ``read_ahead.start`` began; taken over when it reads exactly
-        these columns with this filter, else closed (this method owns it either way)."""
-        from pipelines.extract.postgres_fast import PgRead, sql_literal
+    def start_read(self, table: SqlTable, reflected: sa.Table | None = None, *, since: Any = None,
+                   until: Any = None, only: list[str] | None = None, read_ahead: int = 0) -> Any:
+        """The table's read (``postgres_fast.PgRead``) started: its ranges connected and streaming."""
+        from pipelines.extract.postgres_fast import PgRead
 
         t = reflected if reflected is not None else self.reflect(table)
+        picked, where = self._plan(table, t, since, until, only)
+        try:
+            return PgRead(self._libpq_url(), table.source_schema, table.source, picked.source_names, where=where,
+                          parallel=min(EXTRACT_RANGES, self.max_connections), batch_rows=table.batch_rows,
+                          read_ahead=read_ahead)
+        except SourceError as exc:  # already names the table
+            raise self._fail(table, SourceError(str(exc).removeprefix(f"table {table.source!r}: "))) from None
+        except Exception as exc:
+            raise self._fail(table, exc) from None
+
+    def _plan(self, table: SqlTable, t: sa.Table, since: Any, until: Any,
+              only: list[str] | None) -> tuple[SourceColumns, str | None]:
+        """The columns a read returns and its WHERE text (filter, cursor window as quoted literals)."""
+        from pipelines.extract.postgres_fast import sql_literal
+
         cols = self.columns(table, t)
-        picked = cols.select(only)
         rendered = self.filter_sql(table, t)
         clauses = [f"({rendered})"] if rendered else []
         if table.cursor and (since is not None or until is not None):
@@ -275,16 +295,29 @@ class PostgresSource(SqlSource):
             for op, value in ((">=", since), ("<", until)):
                 if value is not None:  # inlined here, so no placeholder is looked for inside the filter's text
                     clauses.append(f"{quoted} {op} {sql_literal(_cursor_param(value, t.c[src].type, self.dialect))}")
-        where = " AND ".join(clauses) or None
+        return cols.select(only), " AND ".join(clauses) or None
+
+    def batches(self, table: SqlTable, *, since: Any = None, until: Any = None,
+                reflected: sa.Table | None = None, only: list[str] | None = None,
+                consistent: bool | None = None, prefetched: Any = None) -> Iterator[pa.RecordBatch]:
+        """As ``SqlSource.batches``; the parallel ranges always share one exported snapshot, so ``consistent``
+        changes nothing here. ``prefetched``: a read ``start_read`` began ahead of the load (``read_ahead``);
+        taken over when it reads exactly these columns with this filter, else closed (owned here either way)."""
         read = prefetched
         try:
+            t = reflected if reflected is not None else self.reflect(table)
+            picked, where = self._plan(table, t, since, until, only)
             if read is not None and (read.columns, read.where, read.batch_rows) != (
                     picked.source_names, where, table.batch_rows):
                 read.close()
                 read = None
             if read is None:
-                read = PgRead(self._libpq_url(), table.source_schema, table.source, picked.source_names, where=where,
-                              parallel=min(EXTRACT_RANGES, self.max_connections), batch_rows=table.batch_rows)
+                read = self.start_read(table, t, since=since, until=until, only=only)
+        except BaseException:
+            if read is not None:
+                read.close()
+            raise
+        try:
             for batch in read:
                 yield pa.RecordBatch.from_arrays(batch.columns, schema=picked.schema)
         except GeneratorExit:
@@ -294,5 +327,4 @@ class PostgresSource(SqlSource):
         except Exception as exc:
             raise self._fail(table, exc) from None
         finally:
-            if read is not None:
-                read.close()
+            read.close()
