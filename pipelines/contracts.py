@@ -670,10 +670,12 @@ def contract_files_of_table(directory: Path, system: str, table: str) -> list[tu
     A file that is not YAML is nobody's contract here; its own load reports it."""
     import yaml
 
+    from pipelines.registry import SAFE_LOADER
+
     found = []
     for path in sorted(directory.glob("*.yml")):
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            doc = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)  # noqa: S506 - a safe loader
         except (yaml.YAMLError, OSError, UnicodeDecodeError):
             continue
         if isinstance(doc, dict) and doc.get("source") == {"system": system, "table": table}:

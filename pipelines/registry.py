@@ -312,12 +312,17 @@ def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
     return 1
 
 
+# libyaml's parser where PyYAML was built with it (the wheels are): the same safe loader, ~10x faster, which
+# a CLI load pays before its source read can start (every registry and contract file is parsed).
+SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
     """The parsed YAML of ``path`` and the line of every key path in it (``("columns", 2, "source")``)."""
     text = path.read_text(encoding="utf-8")
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=SAFE_LOADER)
+        data = yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 - SAFE_LOADER is a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1
