@@ -147,9 +147,11 @@ class _Connection:
         try:
             for cur in self._cursors:  # the driver manager refuses to close a connection with open statements
                 cur.close()
-            self._conn.close()
         finally:
-            self._db.close()
+            try:
+                self._conn.close()
+            finally:
+                self._db.close()
 
 
 def _connect(url: str) -> Any:
