@@ -96,7 +96,7 @@ class _Cursor:
         self._reader = None
         self.adbc_statement.set_sql_query(sql)
         handle, _ = self.adbc_statement.execute_query()
-        self._reader = pa.RecordBatchReader._import_from_c(handle.address)
+        self._reader = pa.RecordBatchReader.from_stream(handle)  # the Arrow C stream interface
 
     def fetchone(self) -> tuple[Any, ...] | None:
         assert self._reader is not None
