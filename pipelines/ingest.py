@@ -33,6 +33,7 @@ from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, In, LessThan
 
 from pipelines.contracts import contracts_of_table
 from pipelines.errors import CitylakeError, FileRejected, SchemaDriftError
+from pipelines.extract.read_ahead import whole_read
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.changes import LakeCompare, latest_order
 from pipelines.lake.raw import (
@@ -391,7 +392,7 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
         state = TableState.of(table) if table is not None else TableState()
         rerun = result.batch_id in state.windows
         keys_only = mode == "deletions"  # the key-only deletion check: reads the primary key, writes deletions
-        full = not keys_only and (mode == "full" or spec.cursor is None)
+        full = whole_read(spec, mode)  # what the CLI may have started ahead (read_ahead.start) reads the same
         result.mode = "full" if full else mode
         if keys_only and (table is None or table.current_snapshot() is None):
             return  # nothing in the lake yet, so nothing that could have been deleted
