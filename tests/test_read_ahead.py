@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from conftest import TEST_DEPARTMENT
@@ -22,7 +24,7 @@ from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
 from pipelines.lake.raw import RawWriter
 from pipelines.registry import SourceSystem
-from pipelines.settings import Settings
+from pipelines.settings import TZ, Settings
 
 ROWS = 20_000
 
@@ -130,3 +132,22 @@ def test_buffer_holds_the_early_bytes_then_a_few_batches() -> None:
     assert not fourth.is_alive() and buf.get() == 3
     buf.close()
     buf.put(4, 1 << 30)  # closed: dropped, never blocks
+
+
+def test_lineage_constants_follow_each_batch(lake_settings: Settings) -> None:
+    """shape() slices lineage columns from one cached array per column: values follow the batch (a drop load's
+    next file, deletion rows), lengths grow, and the cache never holds more than one array per column."""
+    writer = RawWriter(get_catalog(lake_settings), "raw.ra_src__shape", pa.schema([pa.field("id", pa.int64())]),
+                       batch_id="b1", extracted_at=datetime(2026, 12, 1, tzinfo=TZ), system="ra_src", load_seq=7)
+    try:
+        for rows, file, deleted in [(3, "a.csv", False), (5, "a.csv", False), (2, "b.csv", True), (4, None, False)]:
+            shaped = writer.shape(pa.table({"id": list(range(rows))}), source_file=file, deleted=deleted)
+            assert shaped.num_rows == rows
+            assert set(shaped.column("_source_file").to_pylist()) == {file}
+            assert set(shaped.column("_deleted").to_pylist()) == {deleted}
+            assert set(shaped.column("_batch_id").to_pylist()) == {"b1"}
+            assert set(shaped.column("_load_seq").to_pylist()) == {7}
+        assert len(writer._constants) == 6
+        assert writer._constants["_source_file"][0] is None and len(writer._constants["_source_file"][1]) == 4
+    finally:
+        writer.abort()

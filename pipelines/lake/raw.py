@@ -634,7 +634,7 @@ class RawWriter:
         self.dropped: dict[tuple[str | None, bool], int] = {}
         """Rows ``_drop_landed`` took out, per (``_source_file``, ``_deleted``): the caller's counts follow."""
         self._writer: pq.ParquetWriter | None = None
-        self._constants: dict[tuple[pa.DataType, Any], pa.Array] = {}
+        self._constants: dict[str, tuple[Any, pa.Array]] = {}
         self._file_rows = 0
         self._dictionary: list[str] | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
@@ -687,14 +687,16 @@ class RawWriter:
             self._writer = None
             self._file_rows = 0
 
-    def _constant(self, value: pa.Scalar, n: int) -> pa.Array:
-        """``value`` repeated ``n`` times: a slice of one array per value, grown as batches do (repeating the
-        lineage strings anew for every batch was a fifth of the extraction thread's work)."""
-        key = (value.type, value.as_py())
-        arr = self._constants.get(key)
-        if arr is None or len(arr) < n:
-            arr = self._constants[key] = pa.repeat(value, max(n, 2 * len(arr) if arr is not None else n))
-        return arr.slice(0, n)
+    def _constant(self, name: str, value: pa.Scalar, n: int) -> pa.Array:
+        """``value`` repeated ``n`` times: a slice of the array last built for column ``name``, rebuilt when the
+        value changes (a drop load's next file) or a batch is longer (repeating the lineage strings anew for
+        every batch was a fifth of the extraction thread's work). One array per column, so memory stays a batch."""
+        key = value.as_py()
+        cached = self._constants.get(name)
+        if cached is None or cached[0] != key or len(cached[1]) < n:
+            grown = 2 * len(cached[1]) if cached is not None and cached[0] == key else 0
+            cached = self._constants[name] = (key, pa.repeat(value, max(n, grown)))
+        return cached[1].slice(0, n)
 
     def shape(self, batch: pa.RecordBatch | pa.Table, *, source_file: str | None = None,
               deleted: bool = False) -> pa.RecordBatch:
@@ -703,17 +705,17 @@ class RawWriter:
         cols = []
         for f in self.target:
             if f.name == "_batch_id":
-                cols.append(self._constant(pa.scalar(self.batch_id, pa.string()), n))
+                cols.append(self._constant("_batch_id", pa.scalar(self.batch_id, pa.string()), n))
             elif f.name == "_extracted_at":
-                cols.append(self._constant(self.extracted_at, n))
+                cols.append(self._constant("_extracted_at", self.extracted_at, n))
             elif f.name == "_source_system":
-                cols.append(self._constant(pa.scalar(self.system, pa.string()), n))
+                cols.append(self._constant("_source_system", pa.scalar(self.system, pa.string()), n))
             elif f.name == "_source_file":
-                cols.append(self._constant(pa.scalar(source_file, pa.string()), n))
+                cols.append(self._constant("_source_file", pa.scalar(source_file, pa.string()), n))
             elif f.name == "_deleted":
-                cols.append(self._constant(pa.scalar(deleted), n))
+                cols.append(self._constant("_deleted", pa.scalar(deleted), n))
             elif f.name == "_load_seq":
-                cols.append(self._constant(self.load_seq, n))
+                cols.append(self._constant("_load_seq", self.load_seq, n))
             elif f.name in batch.schema.names:
                 col = batch.column(f.name)
                 cols.append(normalize_array(col, f.type))
