@@ -171,7 +171,7 @@ def ingest(system: Annotated[str, typer.Argument(help="System code, e.g. populat
     from pipelines.extract import read_ahead
 
     # The first table's whole read starts now, so the source streams while the lake's libraries load (~2 s).
-    started = read_ahead.start(spec, codes[0], settings, mode) if since is None else None
+    started = read_ahead.start(spec, codes[0], settings, mode)
     with _quiet_gc():
         from pipelines.ingest import ingest_system
     failures: list[str] = []

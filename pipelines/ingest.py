@@ -314,35 +314,40 @@ def ingest_table(system: SourceSystem, table_code: str, *, settings: Settings | 
     table's source opened and whole read started before the load (``pipelines.extract.read_ahead.Started``);
     the load owns it."""
     try:
-        settings = settings or load_settings()
-        if mode not in get_args(Mode):  # a typo must not quietly run an incremental load
-            raise CitylakeError(f"{system.system}.{table_code}: unknown ingest mode {mode!r} "
-                                f"(one of {', '.join(get_args(Mode))})")
-        spec = system.table(table_code)
-        if mode == "deletions" and not isinstance(spec, SqlTable):
-            raise CitylakeError(f"{system.system}.{table_code}: the key-only deletion check is for SQL tables "
-                                "(a file drop delivers rows, not the source's whole key set)")
-        extracted_at = (extracted_at or datetime.now(TZ)).astimezone(TZ)
-        batch_id = make_batch_id(batch_id or f"{mode}_{extracted_at:%Y%m%dT%H%M%S%z}")
-        result = LoadResult(system.system, spec.code, system.raw_table(spec.code), mode, batch_id)
-        from pipelines.lake.runs import record_run
-
-        # meta.runs: the batch id is the run id (an Airflow retry reuses it, so its row is replaced)
-        with record_run("ingest", run_id=batch_id, target=result.identifier, settings=settings,
-                        snapshot_of=result.identifier, system=system.system, table=result.identifier,
-                        batch_id=batch_id) as run:
-            started = time.perf_counter()
-            if isinstance(spec, SqlTable):
-                _load_sql(system, spec, settings, result, mode, since, until, extracted_at, read_ahead)
-            else:
-                _load_drop(system, spec, settings, result, extracted_at)
-            result.seconds = round(time.perf_counter() - started, 3)
-            run.done(rows_in=result.rows_extracted, rows_out=result.rows_written, snapshot=result.snapshot_id,
-                     detail=f"mode {mode}" + (f", {len(result.files_rejected)} file(s) rejected"
-                                              if result.files_rejected else ""))
+        return _ingest_table(system, table_code, settings or load_settings(), mode, since, until, batch_id,
+                             extracted_at, read_ahead)
     finally:
         if read_ahead is not None:  # not taken over (the load failed first, or read otherwise): release it
             read_ahead.close()
+
+
+def _ingest_table(system: SourceSystem, table_code: str, settings: Settings, mode: Mode, since: Any, until: Any,
+                  batch_id: str | None, extracted_at: datetime | None, read_ahead: Any) -> LoadResult:
+    if mode not in get_args(Mode):  # a typo must not quietly run an incremental load
+        raise CitylakeError(f"{system.system}.{table_code}: unknown ingest mode {mode!r} "
+                            f"(one of {', '.join(get_args(Mode))})")
+    spec = system.table(table_code)
+    if mode == "deletions" and not isinstance(spec, SqlTable):
+        raise CitylakeError(f"{system.system}.{table_code}: the key-only deletion check is for SQL tables "
+                            "(a file drop delivers rows, not the source's whole key set)")
+    extracted_at = (extracted_at or datetime.now(TZ)).astimezone(TZ)
+    batch_id = make_batch_id(batch_id or f"{mode}_{extracted_at:%Y%m%dT%H%M%S%z}")
+    result = LoadResult(system.system, spec.code, system.raw_table(spec.code), mode, batch_id)
+    from pipelines.lake.runs import record_run
+
+    # meta.runs: the batch id is the run id (an Airflow retry reuses it, so its row is replaced)
+    with record_run("ingest", run_id=batch_id, target=result.identifier, settings=settings,
+                    snapshot_of=result.identifier, system=system.system, table=result.identifier,
+                    batch_id=batch_id) as run:
+        started = time.perf_counter()
+        if isinstance(spec, SqlTable):
+            _load_sql(system, spec, settings, result, mode, since, until, extracted_at, read_ahead)
+        else:
+            _load_drop(system, spec, settings, result, extracted_at)
+        result.seconds = round(time.perf_counter() - started, 3)
+        run.done(rows_in=result.rows_extracted, rows_out=result.rows_written, snapshot=result.snapshot_id,
+                 detail=f"mode {mode}" + (f", {len(result.files_rejected)} file(s) rejected"
+                                          if result.files_rejected else ""))
     return result
 
 

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,13 +156,6 @@ class _Connection:
 
 def _connect(url: str) -> Any:
     return _Connection(url)
-
-
-def libpq_url(url: str) -> str:
-    """A source URL (``postgresql+psycopg://…``) as the libpq URL ADBC and psycopg take."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _quote(name: str) -> str:
@@ -359,25 +352,22 @@ class _Buffer:
 
 
 class PgRead:
-    """A started read of ``columns`` of a table (None: all, in column order): its ranges connected to one snapshot
-    and their COPYs running into a bounded buffer from construction on; iterate it for record batches of exact
-    types. ``where`` is built by the caller from checked parts (the registry filter as ``pipelines.sql_filter``
-    rendered it, quoted literals), or is a function of the table's column names returning such a text;
+    """A started read of ``columns`` of a table: its ranges connected to one snapshot and their COPYs running into a
+    bounded buffer from construction on; iterate it for record batches of exact types. ``where`` is built by the
+    caller from checked parts (the registry filter as ``pipelines.sql_filter`` rendered it, quoted literals);
     ``%(name)s`` placeholders take ``params`` as quoted literals. ``read_ahead``: bytes the ranges may decode
     before the first batch is taken (default: as many as once reading, a few batches). Always ``close()`` it
     (iterating to the end does): an abandoned read holds its connections and the snapshot."""
 
-    def __init__(self, url: str, schema: str | None, table: str, columns: list[str] | None = None,
-                 where: str | Callable[[list[str]], str | None] | None = None, params: dict[str, Any] | None = None,
-                 parallel: int = 2, batch_rows: int = 100_000, read_ahead: int = 0) -> None:
-        self.table, self.batch_rows = table, batch_rows
+    def __init__(self, url: str, schema: str | None, table: str, columns: list[str], where: str | None = None,
+                 params: dict[str, Any] | None = None, parallel: int = 2, batch_rows: int = 100_000,
+                 read_ahead: int = 0) -> None:
+        self.table, self.batch_rows, self.columns, self.where = table, batch_rows, list(columns), where
         cols, pages, relkind = _catalog(url, schema, table)
         types = {name: (t, m) for name, t, m in cols}
-        self.columns = [name for name, _, _ in cols] if columns is None else list(columns)
         missing = [c for c in self.columns if c not in types]
         if missing:
             raise SourceError(f"table {table!r} has no column(s) {missing}")
-        self.where = where([name for name, _, _ in cols]) if callable(where) else where
         self.target = pa.schema([pa.field(c, _arrow_type(*types[c])) for c in self.columns])
         select = ", ".join(_select(c, types[c][0]) for c in self.columns)
         predicate = _render(self.where, params)
