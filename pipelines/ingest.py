@@ -445,27 +445,18 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             whole = full or keys_only
             # One snapshot is needed only where deletions come of what the read did not return; a first load
             # may read in parallel ranges that start at slightly different moments (MySQL cannot share one).
-            # A full refresh from such a source reads its rows so too, in bounded chunks, and then the keys alone
-            # in one statement: gone is what neither returned (a row deleted after its range read it stays
-            # until the next refresh; one deleted before is in neither and gets its deletion row).
-            keys_apart = full and compare is not None and source.split_snapshot
-
-            def key_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
-                return pa.RecordBatch.from_arrays(
-                    [normalize_array(batch.column(k), writer.target.field(k).type) for k in spec.primary_key],
-                    names=spec.primary_key)
-
             # A whole read the CLI started ahead (read_ahead.start) is taken over; its snapshot predates the load
             # sequence number taken above by the load's start-up (~1-2 s), as two loads' start-ups may overlap anyway.
             started = {"prefetched": read_ahead.read} if read_ahead is not None and full else {}
             for batch in source.batches(spec, since=None if whole else since, until=None if whole else until,
                                         reflected=reflected, only=spec.primary_key if keys_only else None,
-                                        consistent=keys_only or (compare is not None and not keys_apart),
-                                        **started):
+                                        consistent=keys_only or (full and has_rows), **started):
                 result.rows_extracted += batch.num_rows
                 if keys_only:
                     assert compare is not None
-                    compare.add(key_batch(batch))
+                    compare.add(pa.RecordBatch.from_arrays(
+                        [normalize_array(batch.column(k), writer.target.field(k).type) for k in spec.primary_key],
+                        names=spec.primary_key))
                     continue
                 if spec.cursor:
                     high = _later(high, _max(batch.column(spec.cursor)))
@@ -479,10 +470,6 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
                 else:
                     writer.write_shaped(shaped)
             result.invalid_values = dict(getattr(source, "invalid_values", None) or {})
-            if keys_apart:
-                assert compare is not None
-                for batch in source.batches(spec, reflected=reflected, only=spec.primary_key, consistent=True):
-                    compare.add_keys(key_batch(batch))
             if compare is not None:
                 for fresh_batch in compare.changed() if not keys_only else ():
                     writer.write_shaped(fresh_batch)

@@ -545,9 +545,9 @@ def test_key_only_deletion_check(staff: tuple[str, Any], path: str, lake_setting
 
 def test_whole_table_reads_use_one_connection_windows_split(staff: tuple[str, Any], lake_settings: Settings,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows are read in key ranges in parallel (a first load, a cursor window, a full refresh); a full refresh
-    of a table with rows takes its deletions from the keys alone, read in one statement on one connection (one
-    snapshot), after the rows."""
+    """A full refresh of a table with rows writes deletion rows, so it must read one snapshot: one statement on
+    one connection. A first load into an empty table and a cursor window (no deletions) are split into key ranges
+    read in parallel."""
     import connectorx
 
     url, conn = staff
@@ -564,53 +564,11 @@ def test_whole_table_reads_use_one_connection_windows_split(staff: tuple[str, An
     system = _staff(url)
     _load(system, lake_settings, "b0", mode="full")  # the first load: nothing to delete, so split
     assert isinstance(calls[-1], list) and len(calls[-1]) == 2
-    _exec(conn, "DELETE FROM staff WHERE id = 5")
-    res = _load(system, lake_settings, "b1", mode="full")
-    assert isinstance(calls[-2], list) and len(calls[-2]) == 2  # the rows
-    assert isinstance(calls[-1], str) and calls[-1] == "SELECT `id` AS `c0` FROM `staff`"  # then the keys: one query
-    assert (res.rows_deleted, res.rows_extracted, res.rows_written) == (1, 299, 1)
+    _load(system, lake_settings, "b1", mode="full")
+    assert isinstance(calls[-1], str)  # one query
     _load(system, lake_settings, "b2")  # incremental: the window from the watermark
     assert isinstance(calls[-1], list) and len(calls[-1]) == 2
     assert "`id` < " in calls[-1][0] and "`id` >= " in calls[-1][1]
-
-
-def test_full_refresh_deletions_while_the_ranges_read(staff: tuple[str, Any], lake_settings: Settings,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ranges of a full refresh read at different moments; rows deleted meanwhile: one its range had
-    already read stays until the next refresh (the load never writes a row and its deletion), one deleted
-    before its range got there gets its deletion row now, unless it is back by the time the keys are read (one
-    snapshot); a row inserted ahead of its range lands."""
-    url, conn = staff
-    monkeypatch.setenv("CITYLAKE_MYSQL_FAST", "1")
-    monkeypatch.setattr(mysql_fast, "_MIN_ROWS_TO_SPLIT", 0)
-    monkeypatch.setattr(mysql_fast, "_FIRST_ROWS", 10)
-    monkeypatch.setattr(mysql_fast, "_IN_FLIGHT_BYTES", 4000)  # a few dozen rows a round: several rounds
-    system = _staff(url, cursor=None)
-    _load(system, lake_settings, "b1")
-    real, calls = mysql_fast._start, []
-
-    def start(cx: Any, conn_url: str, queries: list[str], batch: int) -> Any:
-        calls.append(queries)
-        if len(calls) == 2:  # the first round (ids 1-10 and 151-160) is read
-            _exec(conn, "DELETE FROM staff WHERE id IN (3, 140, 141)",
-                  "INSERT INTO staff VALUES (290000, '新人', 1.00, '2026-11-03 08:00:00', NULL)")
-        if "`name`" not in queries[0] and len(calls) < 100:  # this load's key-only statement, after the rows
-            _exec(conn, "INSERT INTO staff VALUES (141, '员工141', 1141.50, '2026-11-01 08:00:00', "
-                        "'2026-11-01 00:00:00')")  # as it was
-        return real(cx, conn_url, queries, batch)
-
-    monkeypatch.setattr(mysql_fast, "_start", start)
-    res = _load(system, lake_settings, "b2", mode="full")
-    rows, keys = calls[:-1], calls[-1]
-    calls.extend([[]] * 100)  # the next load is left alone  # rounds of chunks in ranges, then the key-only statement
-    assert len(rows) > 3 and len(rows[0]) == 2 and all("`name`" in q for c in rows for q in c)
-    assert keys == ["SELECT `id` AS `c0` FROM `staff`"]
-    assert (res.rows_deleted, res.rows_written) == (1, 2)  # 140 gone; 290000 new; 141 back before the keys
-    data = _live(lake_settings)
-    assert data.filter(data["_deleted"])["id"].to_pylist() == [140]
-    assert 290000 in data["id"].to_pylist()
-    again = _load(system, lake_settings, "b3", mode="full")
-    assert (again.rows_deleted, again.rows_written) == (1, 1)  # now 3; 141 as it was
 
 
 def test_unreachable_or_refused_names_system_and_host_never_the_password(

@@ -317,7 +317,6 @@ class MySqlSource(SqlSource):
     """
 
     pooled = False
-    split_snapshot = True  # MySQL cannot share one snapshot between connections without a global read lock
     connect_args = {"charset": "utf8mb4"}
 
     def __init__(self, system_code: str, url: str, max_connections: int = 2, time_zone: str = _SHANGHAI):
@@ -377,10 +376,10 @@ class MySqlSource(SqlSource):
         """Stream the table (or its cursor window) as record batches named by column code.
 
         ``consistent``: whether the caller derives deletions from what the read did not return, so the read must
-        be one snapshot. None (the default) takes every whole-table read as such: one statement on one
-        connection, so a key it misses is really gone (the load asks so for its key-only reads). A cursor
-        window, or a read the caller says is not compared for deletions (``consistent=False``: a first load, the
-        rows of a full refresh whose deletions come of a key-only read), is split into primary-key ranges read in parallel, each in ``ORDER BY key
+        be one snapshot. None (the default) takes every whole-table read (a full refresh, the key-only deletion
+        check, a first load) as such: one statement on one connection, so a key it misses is really gone. A
+        cursor window, or a read the caller says is not compared for deletions (``consistent=False``: a first
+        load into an empty table), is split into primary-key ranges read in parallel, each in ``ORDER BY key
         LIMIT n`` chunks (``mysql_fast``: what waits in memory is bounded): ranges and chunks read at slightly
         different moments cost nothing when no deletion row comes of them."""
         plan = self.plan(table)

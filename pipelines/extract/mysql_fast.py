@@ -17,8 +17,8 @@ outside the minimum and maximum read at the start still belongs to a range.
 
 Ranges and chunks read on separate connections see separate snapshots (MySQL cannot share one between
 connections without a global read lock), so the caller asks for them only where no deletion row comes of
-what the read did not return; the key-only read a full refresh or the deletion check takes its deletions from
-is one statement on one connection, whose read-ahead stays unbounded (``consistent``; it is narrow).
+the read; a full refresh of a table with rows and the key-only check are one statement on one connection,
+whose read-ahead stays unbounded (``consistent``).
 """
 
 from __future__ import annotations

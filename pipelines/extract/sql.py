@@ -87,10 +87,6 @@ class SqlSource:
 
     pooled = True  # keep idle connections between uses (one table load uses one at a time)
     connect_args: ClassVar[dict[str, Any]] = {}  # the driver's options a subclass always sets
-    split_snapshot = False
-    """Whether a whole read not asked to be ``consistent`` may see more than one snapshot (ranges on separate
-    connections): a full refresh then reads the keys alone in one statement for its deletions. Here one
-    statement on one connection; PostgreSQL's ranges share an exported snapshot."""
 
     def __init__(self, system_code: str, url: str, max_connections: int = 2):
         self.system = system_code

@@ -195,12 +195,6 @@ class LakeCompare:
             self._writer.write_batch(shaped)
         self.rows += n
 
-    def add_keys(self, keys: pa.RecordBatch) -> None:
-        """Keys the source holds, read apart from the compared rows (a full refresh whose rows came from ranges
-        read at different moments takes its deletions from a one-statement key-only read): never gone."""
-        if keys.num_rows:
-            self._insert("seen", pa.Table.from_batches([keys]), self._key_list)
-
     def changed(self, batch_rows: int = 64 * 1024) -> Iterator[pa.RecordBatch]:
         """The staged rows whose (key, hash) is not live in the lake, in extraction order. Their positions
         come sorted from DuckDB in chunks, merged with the staged file as it is read (every row of a table
@@ -241,14 +235,12 @@ class LakeCompare:
         return " AND ".join(f"{left}.{_q(k)} IS NOT DISTINCT FROM {right}.{_q(k)}" for k in self.keys)
 
     def gone(self, batch_rows: int = 64 * 1024) -> Iterator[pa.Table]:
-        """Keys live in the lake that the source no longer has (each once): in neither the compared rows nor the
-        keys added apart (``add_keys``)."""
+        """Keys live in the lake that the source no longer has (each once)."""
         for i in range(self.buckets):
             if not self.lake_rows or not self._has(f"live_{i}"):
                 return
-            held = [f"SELECT {self._key_list} FROM {t} WHERE {self._in_bucket(i)}" for t in ("src", "seen")
-                    if self._has(t)] or [f"SELECT {self._key_list} FROM live_{i} LIMIT 0"]
-            source = f"({' UNION ALL '.join(held)})"
+            source = (f"(SELECT {self._key_list} FROM src WHERE {self._in_bucket(i)})" if self._has("src")
+                      else f"(SELECT {self._key_list} FROM live_{i} LIMIT 0)")
             reader = self.con.sql(
                 f"SELECT DISTINCT {', '.join('l.' + _q(k) for k in self.keys)} FROM live_{i} l "
                 f"ANTI JOIN {source} s ON {self._on('l', 's')}").to_arrow_reader(batch_rows)
