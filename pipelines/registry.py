@@ -155,6 +155,10 @@ class SqlTable(_TableBase):
     column_encodings: dict[str, str] = Field(default_factory=dict)
     """MySQL-family only: source column name → encoding of its bytes, for a column of any character set (or
     a binary one) that holds text in another encoding; it lands as text decoded as declared."""
+    integer_columns: list[str] = Field(default_factory=list)
+    """MySQL-family only: ``TINYINT(1)`` source columns that hold numbers, not booleans (a legacy status
+    0–9). MySQL's ``BOOL`` is ``TINYINT(1)``, so such a column lands as boolean (values other than 0/1 null and
+    counted) unless named here; named, it lands as a small integer."""
 
     @model_validator(mode="after")
     def _deletions_need_a_cursor(self) -> SqlTable:

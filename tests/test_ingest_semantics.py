@@ -254,3 +254,21 @@ def test_window_on_an_empty_table_then_incremental_loads_everything_once(db: Pat
     assert _latest_rows(lake_settings) == _source_rows(db)
     _no_repeated_versions(lake_settings)
     assert _table(lake_settings).scan().to_arrow().num_rows == 31  # 30 keys, id 1 twice (two versions)
+
+
+@pytest.mark.parametrize("setting", [{"integer_columns": ["salary"]}, {"column_encodings": {"name": "gbk"}},
+                                     {"source_encoding": "gbk"}])
+def test_mysql_only_settings_on_another_source_fail_in_one_line(db: Path, lake_settings: Settings,
+                                                                 setting: dict) -> None:
+    """A MySQL-family setting on another source would be ignored and land the column differently than the
+    registry says: the load fails before anything is written, naming system, table and setting."""
+    system = SourceSystem.model_validate({
+        "system": "hr", "name": "人事", "department": TEST_DEPARTMENT, "connection": "src_hr", "lookback_hours": 0,
+        "default_url": f"sqlite:///{db}",
+        "tables": [{"code": "staff", "source": "staff", "primary_key": ["id"], **setting}]})
+    with pytest.raises(SourceError) as info:
+        _load(system, lake_settings, "b1")
+    message = str(info.value)
+    assert "system hr" in message and "'staff'" in message and next(iter(setting)) in message
+    assert "MySQL-family sources only" in message and "\n" not in message
+    assert get_catalog(lake_settings).table_exists("raw.hr__staff") is False

@@ -381,6 +381,17 @@ def test_bool_and_time_values_outside_their_type(server: tuple[str, Any], path: 
     assert res.invalid_values == counts
     assert _log_rows(lake_settings, "odd") == {"b": (4, INVALID_REASONS["bool"]), "bu": (2, INVALID_REASONS["bool"]),
                                                "t": (5, INVALID_REASONS["time"])}
+    # declared to hold numbers (a legacy status), the same columns land every value as a small integer
+    system = _system(url, [{"code": "odd_int", "source": "odd", "primary_key": ["id"], "integer_columns": ["b", "bu"]}])
+    res = ingest_table(system, "odd_int", settings=lake_settings, batch_id="b1", extracted_at=AT)
+    lake, schema = _lake(lake_settings, "odd_int")
+    assert str(schema.field("b").type) == "int32" and str(schema.field("bu").type) == "int32"  # Iceberg int
+    assert [lake[i]["b"] for i in range(9)] == [0, 1, 2, -1, 127, -128, None, 1, 0]
+    assert [lake[i]["bu"] for i in range(9)] == [0, 1, 255, None, 0, 1, None, 2, 0]
+    assert res.invalid_values == {"t": 5}
+    with pytest.raises(SourceError, match=r"integer_columns names column\(s\) \['t'\] that are not TINYINT\(1\)"):
+        ingest_table(_system(url, [{"code": "odd_t", "source": "odd", "primary_key": ["id"], "integer_columns": ["t"]}]),
+                     "odd_t", settings=lake_settings, batch_id="b1", extracted_at=AT)
 
 
 # The connection default the zone test gives its own account: MariaDB runs init_connect for accounts without

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -66,7 +66,7 @@ _ZERO_ONE = pa.array([0, 1], pa.int64())
 _NO_DST_SINCE = pa.scalar(datetime(1991, 9, 16), pa.timestamp("us"))  # Asia/Shanghai's last transition: 1991-09-15
 
 INVALID_REASONS = {
-    "bool": "源值非法（TINYINT(1) 布尔列中 0、1 以外的值）→ 空值",
+    "bool": "源值非法（TINYINT(1) 布尔列中 0、1 以外的值）→ 空值；存数值的列请在登记的 integer_columns 中声明",
     "date": "源值非法（零日期或无效日期）→ 空值",
     "datetime": "源值非法（零日期、无效日期，或系统时区中不存在的本地时间：夏令时拨快跳过的时段）→ 空值",
     "timestamp": "源值非法（零时间戳 0000-00-00 00:00:00）→ 空值",
@@ -101,8 +101,10 @@ def quote_name(name: str) -> str:
 
 
 def plan_column(name: str, data_type: str, column_type: str, precision: int | None, scale: int | None,
-                charset: str | None, *, zone: str = _SHANGHAI, encoding: str | None = None) -> PlannedColumn:
-    """The read plan of one column (``encoding``: its declared source encoding, if any)."""
+                charset: str | None, *, zone: str = _SHANGHAI, encoding: str | None = None,
+                integer: bool = False) -> PlannedColumn:
+    """The read plan of one column (``encoding``: its declared source encoding, if any; ``integer``: a
+    ``TINYINT(1)`` declared to hold numbers, not booleans)."""
     q = quote_name(name)
     dt, ct = data_type.lower(), column_type.lower()
     unsigned = " unsigned" in ct
@@ -112,7 +114,7 @@ def plan_column(name: str, data_type: str, column_type: str, precision: int | No
 
     if encoding is not None and (dt in _TEXT or dt in _BINARY - {"bit"}):
         return PlannedColumn(name, dt, f"CAST({q} AS BINARY)", pa.binary(), pa.string(), "decode", encoding)
-    if dt == "tinyint" and _BOOL_RE.match(ct):
+    if dt == "tinyint" and _BOOL_RE.match(ct) and not integer:
         return col(q, pa.int64(), pa.bool_(), "bool")
     if dt in _INT_TARGET:
         signed_t, unsigned_t = _INT_TARGET[dt]
@@ -170,7 +172,7 @@ _INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"
 
 
 def read_plan(conn: Any, schema: str | None, table: str, *, zone: str, table_encoding: str | None,
-              column_encodings: dict[str, str]) -> ReadPlan:
+              column_encodings: dict[str, str], integer_columns: Collection[str] = ()) -> ReadPlan:
     """The read plan of a table from ``information_schema`` (``conn``: a SQLAlchemy connection)."""
     where = "TABLE_SCHEMA = %s" if schema else "TABLE_SCHEMA = DATABASE()"
     args: tuple[Any, ...] = ((schema,) if schema else ()) + (table,)
@@ -180,13 +182,19 @@ def read_plan(conn: Any, schema: str | None, table: str, *, zone: str, table_enc
         args).fetchall()
     if not rows:
         raise SourceError(f"table {table!r} does not exist at the source")
-    missing = sorted(set(column_encodings) - {r[0] for r in rows})
-    if missing:
-        raise SourceError(f"table {table!r}: column_encodings names column(s) {missing} the source does not have")
+    for setting, named in (("column_encodings", column_encodings), ("integer_columns", integer_columns)):
+        missing = sorted(set(named) - {r[0] for r in rows})
+        if missing:
+            raise SourceError(f"table {table!r}: {setting} names column(s) {missing} the source does not have")
+    not_bool = sorted(n for n, dt, ct, *_ in rows if n in integer_columns
+                      and not (str(dt).lower() == "tinyint" and _BOOL_RE.match(str(ct).lower())))
+    if not_bool:
+        raise SourceError(f"table {table!r}: integer_columns names column(s) {not_bool} that are not TINYINT(1)")
     columns = []
     for name, dt, ct, prec, scale, charset, _ in rows:
         enc = column_encodings.get(name) or (table_encoding if (charset or "").lower() == "latin1" else None)
-        columns.append(plan_column(name, str(dt), str(ct), prec, scale, charset, zone=zone, encoding=enc))
+        columns.append(plan_column(name, str(dt), str(ct), prec, scale, charset, zone=zone, encoding=enc,
+                                   integer=name in integer_columns))
     pk = [r for r in rows if r[6] == "PRI"]
     key = pk[0][0] if len(pk) == 1 and str(pk[0][1]).lower() in _INTEGER_TYPES else None
     est = conn.exec_driver_sql(
@@ -317,6 +325,7 @@ class MySqlSource(SqlSource):
     """
 
     pooled = False
+    mysql_settings = True
     connect_args = {"charset": "utf8mb4"}
 
     def __init__(self, system_code: str, url: str, max_connections: int = 2, time_zone: str = _SHANGHAI):
@@ -333,7 +342,8 @@ class MySqlSource(SqlSource):
                 with self.engine.connect() as conn:
                     self._plans[key] = read_plan(conn, table.source_schema, table.source, zone=self.zone,
                                                  table_encoding=table.source_encoding,
-                                                 column_encodings=table.column_encodings)
+                                                 column_encodings=table.column_encodings,
+                                                 integer_columns=table.integer_columns)
             except SourceError as exc:
                 raise self._fail(table, SourceError(str(exc).removeprefix(f"table {table.source!r}: "))) from None
             except sa.exc.SQLAlchemyError as exc:

@@ -108,7 +108,13 @@ class SqlSource:
         first = mask_message(first) or ""  # a driver's message may quote a row's values
         return SourceError(f"{where}: {first}")
 
+    mysql_settings = False  # whether the registry's MySQL-family settings (encodings, integer_columns) apply
+
     def reflect(self, table: SqlTable) -> sa.Table:
+        named = [k for k in ("source_encoding", "column_encodings", "integer_columns") if getattr(table, k)]
+        if named and not self.mysql_settings:  # silently ignored, they would land the columns wrong
+            raise SourceError(f"system {self.system} ({describe(self.url)}), table {table.source!r}: "
+                              f"{', '.join(named)} apply to MySQL-family sources only")
         try:
             insp = sa.inspect(self.engine)
             if not insp.has_table(table.source, schema=table.source_schema):
