@@ -111,7 +111,7 @@ def test_chunked_reads_hold_one_chunk_per_range_and_fit_the_budget(skewed: tuple
     _, engine = skewed
     monkeypatch.setattr(mysql_fast, "_MIN_ROWS_TO_SPLIT", 0)
     monkeypatch.setattr(mysql_fast, "_FIRST_ROWS", 100)
-    monkeypatch.setattr(mysql_fast, "_IN_FLIGHT_BYTES", 24_000)
+    monkeypatch.setattr(mysql_fast, "_IN_FLIGHT_BYTES", 12_000)
     calls = _spy(monkeypatch)
     with engine.connect() as conn:
         plan = read_plan(conn, None, "t", zone="Asia/Shanghai", table_encoding=None, column_encodings={})

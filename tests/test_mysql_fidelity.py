@@ -35,7 +35,8 @@ FIDELITY_DDL = """CREATE TABLE fid (
  tiny_u TINYINT UNSIGNED, small_u SMALLINT UNSIGNED, medium MEDIUMINT, int_u INT UNSIGNED, big BIGINT,
  big_u BIGINT UNSIGNED, f FLOAT, d DOUBLE, amount DECIMAL(20,4), wide DECIMAL(65,30), doc JSON,
  bits BIT(12), bit1 BIT(1), bin BINARY(4), varbin VARBINARY(10), blob_ BLOB, yr YEAR, tm TIME(6),
- day DATE, wall DATETIME(6), instant TIMESTAMP(3) NULL DEFAULT NULL, txt VARCHAR(40), long_txt LONGTEXT
+ day DATE, wall DATETIME(6), instant TIMESTAMP(3) NULL DEFAULT NULL, txt VARCHAR(40), long_txt LONGTEXT,
+ edge DECIMAL(28,10), edge19 DECIMAL(19,0), wall0 DATETIME
 ) CHARACTER SET utf8mb4"""
 
 FIDELITY_ROWS = [
@@ -44,20 +45,23 @@ FIDELITY_ROWS = [
     "18446744073709551615, 1.5, 3.141592653589793, 1234567890123456.7891, "
     "12345678901234567890123456789012345.123456789012345678901234567890, '{\"名\": \"𠮷😀\", \"n\": [1, 2.5]}', "
     "b'101001011111', b'1', 'ab', x'00ff', x'deadbeef', 2024, '23:59:59.999999', '2024-02-29', "
-    "'2024-01-01 00:30:00.123456', '2024-01-01 00:30:00.123', '𠮷野家😀', REPEAT('长文本', 1000))",
+    "'2024-01-01 00:30:00.123456', '2024-01-01 00:30:00.123', '𠮷野家😀', REPEAT('长文本', 1000), "
+    "999999999999999999.9999999999, 9999999999999999999, '9999-12-31 23:59:59')",
     # empty set, unsigned just above 2^63, zero dates (permissive sql_mode), TIME out of a day, zero year
     "(2, '', '乙', 0, 0, 0, 0, 0, 0, 0, 0, 9223372036854775808, -0.25, -1e-300, -0.0001, 0, '[]', b'0', b'0', "
-    "'', x'', x'', 0, '-01:00:00', '0000-00-00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', '', '')",
+    "'', x'', x'', 0, '-01:00:00', '0000-00-00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', '', '', "
+    "-999999999999999999.9999999999, -9999999999999999999, '0000-00-00 00:00:00')",
     # invalid dates (ALLOW_INVALID_DATES), TIME over 24 h, a BOOL column holding 2
     "(3, '外资', '丙', 2, NULL, 127, NULL, NULL, 8388607, NULL, 9223372036854775807, 9223372036854775807, NULL, "
     "NULL, 9999999999999999.9999, NULL, 'null', NULL, NULL, NULL, NULL, NULL, 1901, '838:59:59', "
-    "'2023-02-30', '2023-04-31 10:00:00', NULL, NULL, NULL)",
+    "'2023-02-30', '2023-04-31 10:00:00', NULL, NULL, NULL, 0.0000000001, 0, '2024-02-30 00:00:00')",
     # all null
-    "(4" + ", NULL" * 28 + ")",
+    "(4" + ", NULL" * 31 + ")",
     # a time of day with a fraction, a date before 1970, a wall time in the early hours, a BOOL column holding -1
     "(5, '高新,外资', '甲', 0, -1, 1, 1, 1, 1, 1, 1, 1, 0.1, 0.1, 0.0001, 0.000000000000000000000000000001, "
     "'{\"a\": \"\\\\u00e9\"}', b'111111111111', b'0', 'abcd', x'41', x'00', 2155, '00:00:00.5', '1900-01-01', "
-    "'1969-12-31 23:59:59.999999', '1970-01-01 08:00:01.000', 'x', NULL)",  # the first TIMESTAMP (at +08:00)
+    "'1969-12-31 23:59:59.999999', '1970-01-01 08:00:01.000', 'x', NULL, -0.0000000001, 1, "
+    "'1000-01-01 00:00:00')",  # the first TIMESTAMP (at +08:00), DATETIME's documented minimum
 ]
 
 
@@ -154,7 +158,8 @@ def test_every_type_lands_as_the_server_holds_it(server: tuple[str, Any], path: 
         "big": "int64", "big_u": "decimal128(20, 0)", "f": "float", "d": "double", "amount": "decimal128(20, 4)",
         "wide": "string", "doc": "string", "bits": "binary", "bin": "binary",
         "blob": "binary", "yr": "int32", "tm": "time64[us]", "day": "date32[day]",
-        "wall": "timestamp[us, tz=UTC]", "instant": "timestamp[us, tz=UTC]", "txt": "string"}
+        "wall": "timestamp[us, tz=UTC]", "instant": "timestamp[us, tz=UTC]", "txt": "string",
+        "edge": "decimal128(28, 10)", "edge19": "decimal128(19, 0)", "wall0": "timestamp[us, tz=UTC]"}
     assert {k: types[k] for k in expected} == expected
 
     q = ("SELECT id, CAST(tags AS CHAR), CAST(kind AS CHAR), flag, flag2, tiny, tiny_u, small_u, medium, int_u, big, "
@@ -162,7 +167,8 @@ def test_every_type_lands_as_the_server_holds_it(server: tuple[str, Any], path: 
          "HEX(bin), HEX(varbin), HEX(blob_), yr + 0, TIME_TO_SEC(tm), MICROSECOND(tm), "
          "CAST(day AS CHAR), DATE_FORMAT(wall, '%Y-%m-%d %H:%i:%s.%f'), "
          "IF(instant = 0, NULL, UNIX_TIMESTAMP(instant)), HEX(CONVERT(txt USING utf8mb4)), "
-         "HEX(CONVERT(long_txt USING utf8mb4)) FROM fid ORDER BY id")
+         "HEX(CONVERT(long_txt USING utf8mb4)), CAST(edge AS CHAR), CAST(edge19 AS CHAR), "
+         "DATE_FORMAT(wall0, '%Y-%m-%d %H:%i:%s') FROM fid ORDER BY id")
     for s in _rows(conn, q):
         got = lake[s[0]]
         assert got["tags"] == s[1] and got["kind"] == s[2]  # SET as MySQL's text: '' for the empty set
@@ -196,12 +202,16 @@ def test_every_type_lands_as_the_server_holds_it(server: tuple[str, Any], path: 
             microseconds=int(Decimal(s[27]) * 1_000_000)))
         assert (None if got["txt"] is None else got["txt"].encode("utf-8").hex().upper()) == s[28]
         assert (None if got["long_txt"] is None else got["long_txt"].encode("utf-8").hex().upper()) == s[29]
+        # decimals at the edge of what ConnectorX's decimal(38,10) holds exactly, and one past it (read as text)
+        assert [got["edge"], got["edge19"]] == [None if x is None else Decimal(x) for x in s[30:32]]
+        wall0 = _valid(datetime.fromisoformat, s[32])
+        assert got["wall0"] == (None if wall0 is None else wall0.replace(tzinfo=TZ))
 
     assert lake[1]["txt"] == "𠮷野家😀" and lake[1]["big_u"] == Decimal("18446744073709551615")
     assert lake[2]["big_u"] == Decimal(2**63) and lake[2]["tags"] == ""
     assert lake[1]["instant"] == datetime(2023, 12, 31, 16, 30, 0, 123000, tzinfo=UTC)  # written at +08:00
     # zero and invalid values: null, and counted per column
-    counts = {"day": 2, "wall": 2, "instant": 1, "yr": 1, "tm": 2, "flag": 1, "flag2": 1}
+    counts = {"day": 2, "wall": 2, "instant": 1, "yr": 1, "tm": 2, "flag": 1, "flag2": 1, "wall0": 2}
     assert opened[-1].invalid_values == counts and res.invalid_values == counts
     # ... and in the standardization log under the raw table's name, replaced (not repeated) by a rerun
     ingest_table(system, "fid", settings=lake_settings, batch_id="b1", extracted_at=AT)
@@ -210,7 +220,7 @@ def test_every_type_lands_as_the_server_holds_it(server: tuple[str, Any], path: 
     assert {r["column"]: r["rows_changed"] for r in mine} == counts and len(mine) == len(counts)
     assert {r["run_id"] for r in mine} == {"b1"} and all("空值" in r["transformation"] for r in mine)
     kinds = {"day": "date", "wall": "datetime", "instant": "timestamp", "yr": "year", "tm": "time", "flag": "bool",
-             "flag2": "bool"}
+             "flag2": "bool", "wall0": "datetime"}
     assert {r["column"]: r["transformation"] for r in mine} == {c: INVALID_REASONS[k] for c, k in kinds.items()}
 
 

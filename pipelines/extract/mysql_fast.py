@@ -163,7 +163,7 @@ def iter_mysql_batches(engine: Any, plan: ReadPlan, relation: str, clauses: list
         _check_ended(one, 1)
         return
 
-    key, at = plan.key, names.index(plan.key)
+    key, at = plan.key, plan.read_index(plan.key)
     low = high = None
     if parallel > 1 and plan.rows >= _MIN_ROWS_TO_SPLIT:
         low, high = _bounds(engine, relation, key, clauses)
