@@ -1,16 +1,17 @@
 """MySQL-family sources (MySQL, MariaDB, TiDB, OceanBase's MySQL mode, GoldenDB): exact values, Arrow-native.
 
-Every column gets a read plan from ``information_schema.COLUMNS``: the SQL expression selected, the Arrow
-type both readers deliver it as (``read``), and the type it lands as (``target``). Types a reader could
-get wrong are rewritten on the server into integers, text or bytes that carry the value exactly: DATE,
-DATETIME and TIMESTAMP as integers of their stored parts (checked and built in numpy, so zero and invalid
-dates become null and are counted instead of failing the load or panicking the reader), BIGINT UNSIGNED, a
-DECIMAL wider than ConnectorX's decimal(38,10) holds, TIME and JSON as text, spatial values as WKB. A value that is no value of its lake type lands as
-null and is counted (``invalid_values``, reasons in ``INVALID_REASONS``): zero and invalid dates, the zero YEAR,
-a TIME outside a day, a TINYINT(1) other than 0/1, a DATETIME wall time the declared zone skipped (a DST gap:
-no instant had it, and tools disagree on which to invent). A wall time a DST overlap repeats is the earlier
-instant (the first time clocks showed it), as Python's ``fold=0`` and the lake's naive times. The session
-always reads ``utf8mb4`` with ``time_zone = '+00:00'``, so a TIMESTAMP's parts are UTC whatever the server's zone.
+Every column gets a read plan from ``information_schema.COLUMNS``: the SQL expression selected, the Arrow type
+both readers deliver it as (``read``), and the type it lands as (``target``). Types a reader could get wrong
+are rewritten on the server into integers, text or bytes that carry the value exactly: DATE, DATETIME and
+TIMESTAMP as integers of their stored parts (checked and built in numpy, so zero and invalid dates become null
+and are counted instead of failing the load or panicking the reader), BIGINT UNSIGNED, a DECIMAL wider than
+ConnectorX's decimal(38,10) holds, TIME and JSON as text, spatial values as WKB. A value that is no value of
+its lake type lands as null and is counted (``invalid_values``, reasons in ``INVALID_REASONS``): zero and
+invalid dates, the zero YEAR, a TIME outside a day, a TINYINT(1) other than 0/1, a DATETIME wall time the
+declared zone skipped (a DST gap: no instant had it, and tools disagree on which to invent). A wall time a DST
+overlap repeats is the earlier instant (the first time clocks showed it), as Python's ``fold=0`` and the
+lake's naive times. The session always reads ``utf8mb4`` with ``time_zone = '+00:00'``, so a TIMESTAMP's parts
+are UTC whatever the server's zone.
 
 Two readers produce the same ``read`` batches: ConnectorX (``mysql_fast``: the binary protocol decoded into
 Arrow in Rust, off the GIL, several primary-key ranges in parallel) and SQLAlchemy streaming (pymysql, the

@@ -87,6 +87,7 @@ class SqlSource:
 
     pooled = True  # keep idle connections between uses (one table load uses one at a time)
     connect_args: ClassVar[dict[str, Any]] = {}  # the driver's options a subclass always sets
+    mysql_settings = False  # whether the registry's MySQL-family settings (encodings, integer_columns) apply
 
     def __init__(self, system_code: str, url: str, max_connections: int = 2):
         self.system = system_code
@@ -107,8 +108,6 @@ class SqlSource:
         first = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, self.url)
         first = mask_message(first) or ""  # a driver's message may quote a row's values
         return SourceError(f"{where}: {first}")
-
-    mysql_settings = False  # whether the registry's MySQL-family settings (encodings, integer_columns) apply
 
     def reflect(self, table: SqlTable) -> sa.Table:
         named = [k for k in ("source_encoding", "column_encodings", "integer_columns") if getattr(table, k)]
