@@ -183,9 +183,9 @@ def main() -> None:
         if (only and s.name not in only) or s.name in skip:
             # the section of the results.md this run replaces, marked, instead of a hole in the record
             if s.name in previous:
-                ledger.append(f"- `{s.name}`: skipped (--only/--skip); its section kept from the previous "
-                              f"results.md ({previous_when})")
-                sections.append(kept_section(previous[s.name], f"kept from the previous results.md, {previous_when}"))
+                kept = f"kept from the previous results.md, which was generated {previous_when}"
+                ledger.append(f"- `{s.name}`: skipped (--only/--skip); its section {kept}")
+                sections.append(kept_section(previous[s.name], kept))
             else:
                 ledger.append(f"- `{s.name}`: skipped (--only/--skip)")
                 sections.append(section(s, "", None, 0, [], None, "skipped (--only/--skip)"))

@@ -45,7 +45,7 @@ def test_only_keeps_the_other_sections_marked(run_all, tmp_path: Path, monkeypat
     alpha, beta = second.split("## Alpha")[1].split("## Beta 基准")
     assert "alpha  33" in alpha and "Not run by this" not in alpha
     assert "beta  22" in beta and "*Not run by this `make bench`: kept from the previous results.md" in beta
-    assert "skipped (--only/--skip); its section kept from the previous results.md" in second
+    assert "skipped (--only/--skip); its section kept from the previous results.md, which was generated" in second
     # kept again by a later run: still marked once, naming the run it came from
     _main(run_all, monkeypatch, "--skip", "beta", "--output", str(results))
     third = results.read_text(encoding="utf-8")
