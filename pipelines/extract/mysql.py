@@ -108,6 +108,11 @@ def quote_name(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def _declared_bool(data_type: str, column_type: str) -> bool:
+    """``TINYINT(1)`` (MySQL's ``BOOL``): read as a boolean unless the table's ``integer_columns`` names it."""
+    return data_type.lower() == "tinyint" and bool(_BOOL_RE.match(column_type.lower()))
+
+
 def plan_column(name: str, data_type: str, column_type: str, precision: int | None, scale: int | None,
                 charset: str | None, *, zone: str = _SHANGHAI, encoding: str | None = None,
                 integer: bool = False) -> PlannedColumn:
@@ -122,7 +127,7 @@ def plan_column(name: str, data_type: str, column_type: str, precision: int | No
 
     if encoding is not None and (dt in _TEXT or dt in _BINARY - {"bit"}):
         return PlannedColumn(name, dt, f"CAST({q} AS BINARY)", pa.binary(), pa.string(), "decode", encoding)
-    if dt == "tinyint" and _BOOL_RE.match(ct) and not integer:
+    if _declared_bool(dt, ct) and not integer:
         return col(q, pa.int64(), pa.bool_(), "bool")
     if dt in _INT_TARGET:
         signed_t, unsigned_t = _INT_TARGET[dt]
@@ -207,8 +212,7 @@ def read_plan(conn: Any, schema: str | None, table: str, *, zone: str, table_enc
         missing = sorted(set(named) - {r[0] for r in rows})
         if missing:
             raise SourceError(f"table {table!r}: {setting} names column(s) {missing} the source does not have")
-    not_bool = sorted(n for n, dt, ct, *_ in rows if n in integer_columns
-                      and not (str(dt).lower() == "tinyint" and _BOOL_RE.match(str(ct).lower())))
+    not_bool = sorted(n for n, dt, ct, *_ in rows if n in integer_columns and not _declared_bool(str(dt), str(ct)))
     if not_bool:
         raise SourceError(f"table {table!r}: integer_columns names column(s) {not_bool} that are not TINYINT(1)")
     columns = []
@@ -409,7 +413,7 @@ class MySqlSource(SqlSource):
         return SourceColumns(names, pa.schema([pa.field(table.column_code(c.name), c.target) for c in plan.columns]))
 
     def _literal(self, value: Any, c: PlannedColumn) -> str:
-        """A cursor bound as a MySQL literal, in the zone the column's text is in."""
+        """A cursor bound as a MySQL literal, in the zone the column's values are compared in."""
         import pymysql.converters
 
         if isinstance(value, datetime):

@@ -702,20 +702,14 @@ class RawWriter:
               deleted: bool = False) -> pa.RecordBatch:
         """Add lineage and cast to the table's schema (missing data columns become null)."""
         n = batch.num_rows
+        lineage = {"_batch_id": pa.scalar(self.batch_id, pa.string()), "_extracted_at": self.extracted_at,
+                   "_source_system": pa.scalar(self.system, pa.string()),
+                   "_source_file": pa.scalar(source_file, pa.string()), "_deleted": pa.scalar(deleted),
+                   "_load_seq": self.load_seq}
         cols = []
         for f in self.target:
-            if f.name == "_batch_id":
-                cols.append(self._constant("_batch_id", pa.scalar(self.batch_id, pa.string()), n))
-            elif f.name == "_extracted_at":
-                cols.append(self._constant("_extracted_at", self.extracted_at, n))
-            elif f.name == "_source_system":
-                cols.append(self._constant("_source_system", pa.scalar(self.system, pa.string()), n))
-            elif f.name == "_source_file":
-                cols.append(self._constant("_source_file", pa.scalar(source_file, pa.string()), n))
-            elif f.name == "_deleted":
-                cols.append(self._constant("_deleted", pa.scalar(deleted), n))
-            elif f.name == "_load_seq":
-                cols.append(self._constant("_load_seq", self.load_seq, n))
+            if f.name in lineage:
+                cols.append(self._constant(f.name, lineage[f.name], n))
             elif f.name in batch.schema.names:
                 col = batch.column(f.name)
                 cols.append(normalize_array(col, f.type))
