@@ -410,8 +410,12 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
             since = _minus_lookback(low, lookback) if low is not None else None
         window = [_to_text(since if mode == "backfill" else low), None]
 
+        has_rows = table is not None and table.current_snapshot() is not None
+        # A load into an empty table compares with nothing, so memory has room for a second writer thread
+        # (a ~40 MB row group in progress): the writer is the load's longest thread on a large table.
         writer = RawWriter(catalog, result.identifier, cols.schema, batch_id=result.batch_id,
-                           extracted_at=extracted_at, system=system.system, base=table)
+                           extracted_at=extracted_at, system=system.system, base=table,
+                           writers=1 if has_rows else 2)
         # The version order of the table, taken from it now by a compare-and-swap commit: a load that starts
         # later is newer, whatever its _extracted_at (CLI wall clock vs an Airflow data interval), and two
         # concurrent loads never share one. This load's commit merges it with the rest of the state.
@@ -423,7 +427,6 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
         result.schema_changes = writer.changes
         data_fields = [f for f in writer.target if f.name not in LINEAGE_NAMES]
         data_names = [f.name for f in data_fields]
-        has_rows = table is not None and table.current_snapshot() is not None
         existing = None
         compare: LakeCompare | None = None
         high = None

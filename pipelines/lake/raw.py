@@ -57,6 +57,9 @@ TABLE_PROPERTIES = {
     **BATCH_METRICS,
 }
 _ROWS_PER_FILE = 4_000_000
+# A load that asked for two writer threads (``RawWriter(writers=2)``) starts the second once this many rows
+# are queued: below it a load stays one thread and one file, as small loads should.
+_SECOND_WRITER_FROM = 1_000_000
 _ROW_GROUP_ROWS = 256 * 1024
 # How raw data files are written (the load's writer thread is the ingest's largest CPU cost beside the
 # source decode). Decimals of precision ≤ 18 as INT32/INT64, as pyiceberg's own writer stores them
@@ -586,6 +589,21 @@ def commit_state(catalog: Catalog, identifier: str, state: TableState) -> None:
     retry_conflicts(f"{identifier}: state commit", attempt)
 
 
+def _delta_packable(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_date32(t) or pa.types.is_timestamp(t) or pa.types.is_time64(t)
+
+
+def parquet_options(batch: pa.RecordBatch, dictionary: list[str] | None = None) -> dict[str, Any]:
+    """Writer options for raw files shaped like ``batch``: ``RAW_PARQUET``, dictionaries where given, and the
+    other integer-like columns (ids, dates, timestamps) DELTA_BINARY_PACKED. On 5 M realistic residents delta
+    beside zstd took the writer thread from 2.19 to 2.05 s of CPU and the file from 253 to 235 MB (plain
+    leaves zstd to find the small steps between neighbouring values; delta stores just those)."""
+    dictionary = dictionary or []
+    delta = {f.name: "DELTA_BINARY_PACKED" for f in batch.schema
+             if f.name not in dictionary and _delta_packable(f.type)}
+    return {**RAW_PARQUET, "use_dictionary": dictionary, "column_encoding": delta or None}
+
+
 def dictionary_columns(batch: pa.RecordBatch) -> list[str]:
     """Columns worth a Parquet dictionary: at most one distinct value in ten rows of the load's first batch.
 
@@ -602,7 +620,7 @@ class RawWriter:
 
     def __init__(self, catalog: Catalog, identifier: str, source_schema: pa.Schema, *,
                  batch_id: str, extracted_at: datetime, system: str, load_seq: int | None = None,
-                 base: Table | None = None):
+                 base: Table | None = None, writers: int = 1):
         self.catalog = catalog
         self.identifier = identifier
         self.batch_id = batch_id
@@ -633,14 +651,19 @@ class RawWriter:
         self.rows = 0
         self.dropped: dict[tuple[str | None, bool], int] = {}
         """Rows ``_drop_landed`` took out, per (``_source_file``, ``_deleted``): the caller's counts follow."""
-        self._writer: pq.ParquetWriter | None = None
         self._constants: dict[str, tuple[Any, pa.Array]] = {}
-        self._file_rows = 0
         self._dictionary: list[str] | None = None
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._dictionary_lock = threading.Lock()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2 * writers)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name=f"write-{identifier}", daemon=True)
-        self._thread.start()
+        # Writer threads beyond the first wait for ``_more`` (set once the load reaches _SECOND_WRITER_FROM
+        # rows, or at its end, when ``_more_used`` stays False and they leave without a file).
+        self._more = threading.Event()
+        self._more_used = False
+        self._threads = [threading.Thread(target=self._drain, args=(i,), name=f"write-{identifier}-{i}", daemon=True)
+                         for i in range(writers)]
+        for t in self._threads:
+            t.start()
 
     def allocate_load_seq(self) -> int:
         """Take this load's sequence number from the table (``take_load_seq``; the table exists now) for
@@ -649,43 +672,53 @@ class RawWriter:
         self.load_seq = pa.scalar(seq, pa.int64())
         return seq
 
-    # The extraction thread only shapes batches; compression and I/O run here, overlapping it.
-    def _drain(self) -> None:
+    @property
+    def _active(self) -> int:
+        """Writer threads taking batches from the queue."""
+        return len(self._threads) if self._more_used else 1
+
+    # The extraction thread only shapes batches; compression and I/O run here, overlapping it. Each writer
+    # thread fills a file of its own. A flush is one Barrier item per active thread: a thread that takes one
+    # closes its file and waits at the barrier, so it cannot take another, and every thread takes one.
+    def _drain(self, slot: int) -> None:
+        if slot:
+            self._more.wait()
+            if not self._more_used:
+                return
+        out: list[Any] | None = None  # this thread's open file: [ParquetWriter, stream, rows]
         try:
             while (item := self._queue.get()) is not _DONE:
-                if isinstance(item, threading.Event):
-                    self._close_file()
-                    item.set()
+                if isinstance(item, threading.Barrier):
+                    out = self._close_file(out)
+                    item.wait()
                 elif self._error is None:
-                    self._write_now(item)
-            self._close_file()
+                    out = self._write_now(item, out)
+            self._close_file(out)
         except BaseException as exc:  # surfaced in commit()
             self._error = exc
             while (item := self._queue.get()) is not _DONE:
-                if isinstance(item, threading.Event):
-                    item.set()
+                if isinstance(item, threading.Barrier):
+                    item.wait()
 
-    def _write_now(self, batch: pa.RecordBatch) -> None:
-        if self._writer is None:
+    def _write_now(self, batch: pa.RecordBatch, out: list[Any] | None) -> list[Any] | None:
+        if out is None:
             path = f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet"
             stream = self.table.io.new_output(path).create(overwrite=True)
-            if self._dictionary is None:
-                self._dictionary = dictionary_columns(batch)
-            self._writer = pq.ParquetWriter(stream, self.target, **RAW_PARQUET,
-                                            write_statistics=True, use_dictionary=self._dictionary)
-            self._stream = stream
+            with self._dictionary_lock:  # chosen on the load's first batch, the same for every file
+                if self._dictionary is None:
+                    self._dictionary = dictionary_columns(batch)
+            out = [pq.ParquetWriter(stream, self.target, write_statistics=True,
+                                    **parquet_options(batch, self._dictionary)), stream, 0]
             self.files.append(path)
-        self._writer.write_batch(batch, row_group_size=_ROW_GROUP_ROWS)
-        self._file_rows += batch.num_rows
-        if self._file_rows >= _ROWS_PER_FILE:
-            self._close_file()
+        out[0].write_batch(batch, row_group_size=_ROW_GROUP_ROWS)
+        out[2] += batch.num_rows
+        return self._close_file(out) if out[2] >= _ROWS_PER_FILE else out
 
-    def _close_file(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._stream.close()
-            self._writer = None
-            self._file_rows = 0
+    @staticmethod
+    def _close_file(out: list[Any] | None) -> None:
+        if out is not None:
+            out[0].close()
+            out[1].close()
 
     def _constant(self, name: str, value: pa.Scalar, n: int) -> pa.Array:
         """``value`` repeated ``n`` times: a slice of the array last built for column ``name``, rebuilt when the
@@ -738,11 +771,15 @@ class RawWriter:
             batch = batch.combine_chunks().to_batches()[0]
         self._queue.put(batch)
         self.rows += batch.num_rows
+        if len(self._threads) > 1 and not self._more_used and self.rows >= _SECOND_WRITER_FROM:
+            self._more_used = True
+            self._more.set()
 
     def flush(self) -> int:
-        """Close the current Parquet file; returns a mark to ``rollback`` to (one file's rows, say)."""
-        done = threading.Event()
-        self._queue.put(done)
+        """Close the current Parquet file(s); returns a mark to ``rollback`` to (one file's rows, say)."""
+        done = threading.Barrier(self._active + 1)
+        for _ in range(self._active):
+            self._queue.put(done)
         done.wait()
         if self._error is not None:
             raise self._error
@@ -768,9 +805,12 @@ class RawWriter:
         return changes
 
     def _finish(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(_DONE)
-            self._thread.join()
+        if self._threads[0].is_alive():
+            self._more.set()  # an unused second thread leaves; a used one takes its own _DONE
+            for _ in range(self._active):
+                self._queue.put(_DONE)
+            for t in self._threads:
+                t.join()
         if self._error is not None:
             raise self._error
 
@@ -897,8 +937,7 @@ class RawWriter:
                             out[1].close()
                         files.append(f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet")
                         stream = self.table.io.new_output(files[-1]).create(overwrite=True)
-                        out = [pq.ParquetWriter(stream, self.target, **RAW_PARQUET),
-                               stream, 0]
+                        out = [pq.ParquetWriter(stream, self.target, **parquet_options(batch, self._dictionary or dictionary_columns(batch))), stream, 0]
                     out[0].write_batch(batch, row_group_size=_ROW_GROUP_ROWS)
                     out[2] += batch.num_rows
                     _count(batch, kept)

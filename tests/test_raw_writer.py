@@ -1,0 +1,99 @@
+"""RawWriter's writer threads and file encoding: a large load into an empty table writes with two threads (a
+file each) once it passes _SECOND_WRITER_FROM rows, a small one stays one file, a flush closes every open file
+so a rollback forgets exactly the rows after its mark, and integer-like columns are delta-encoded."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.lake import raw
+from pipelines.lake.catalog import get_catalog
+from pipelines.lake.raw import RawWriter, TableState
+from pipelines.settings import TZ, Settings
+
+SCHEMA = pa.schema([pa.field("id", pa.int64()), pa.field("name", pa.string()), pa.field("kind", pa.string()),
+                    pa.field("at", pa.timestamp("us", tz="UTC"))])
+START = datetime(2026, 12, 1, tzinfo=TZ)
+
+
+def _batch(lo: int, n: int) -> pa.Table:
+    ids = list(range(lo, lo + n))
+    return pa.table({"id": ids, "name": [f"居民{i}" for i in ids], "kind": ["甲" if i % 2 else "乙" for i in ids],
+                     "at": [START + timedelta(seconds=i) for i in ids]}, schema=SCHEMA)
+
+
+def _writer(settings: Settings, writers: int) -> RawWriter:
+    return RawWriter(get_catalog(settings), "raw.rw_src__t", SCHEMA, batch_id="b1", extracted_at=START,
+                     system="rw_src", writers=writers)
+
+
+def _commit(writer: RawWriter) -> pa.Table:
+    state = TableState()
+    state.load_seq = writer.allocate_load_seq()
+    writer.commit(state, {"citylake.batch-id": "b1"}, replace_batch=False)
+    return writer.catalog.load_table("raw.rw_src__t").scan().to_arrow()
+
+
+def _file_rows(writer: RawWriter) -> list[int]:
+    return sorted(pq.ParquetFile(writer.table.io.new_input(p).open()).metadata.num_rows for p in writer.files)
+
+
+def test_a_large_load_writes_with_two_threads_and_lands_every_row(lake_settings: Settings,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(raw, "_SECOND_WRITER_FROM", 1_000)
+    writer = _writer(lake_settings, writers=2)
+    for lo in range(0, 20_000, 500):
+        writer.write(_batch(lo, 500))
+    assert writer._more_used
+    got = _commit(writer)
+    rows = _file_rows(writer)
+    assert len(rows) == 2 and sum(rows) == 20_000 and min(rows) > 0  # one file per thread, both wrote
+    assert sorted(got.column("id").to_pylist()) == list(range(20_000))
+    assert got.num_rows == writer.rows == 20_000
+
+
+def test_a_small_load_stays_one_thread_and_one_file(lake_settings: Settings) -> None:
+    writer = _writer(lake_settings, writers=2)
+    for lo in range(0, 5_000, 500):
+        writer.write(_batch(lo, 500))
+    got = _commit(writer)
+    assert not writer._more_used
+    assert _file_rows(writer) == [5_000]
+    assert not any(t.is_alive() for t in writer._threads)  # the unused second thread left at the end
+    assert got.num_rows == 5_000
+
+
+def test_flush_closes_every_threads_file_and_rollback_forgets_only_what_followed(
+        lake_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(raw, "_SECOND_WRITER_FROM", 1_000)
+    writer = _writer(lake_settings, writers=2)
+    for lo in range(0, 6_000, 500):
+        writer.write(_batch(lo, 500))
+    mark = writer.flush()
+    assert sum(_file_rows(writer)) == 6_000  # both threads' files closed and complete at the mark
+    for lo in range(6_000, 9_000, 500):
+        writer.write(_batch(lo, 500))
+    writer.rollback(mark, 3_000)
+    for lo in range(9_000, 10_000, 500):
+        writer.write(_batch(lo, 500))
+    got = _commit(writer)
+    assert sorted(got.column("id").to_pylist()) == list(range(6_000)) + list(range(9_000, 10_000))
+    assert writer.rows == got.num_rows == 7_000
+
+
+def test_integer_like_columns_are_delta_encoded_and_repeated_ones_keep_a_dictionary(
+        lake_settings: Settings) -> None:
+    writer = _writer(lake_settings, writers=1)
+    writer.write(_batch(0, 5_000))
+    _commit(writer)
+    meta = pq.ParquetFile(writer.table.io.new_input(writer.files[0]).open()).metadata
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    encodings = {name: set(meta.row_group(0).column(i).encodings) for i, name in enumerate(names)}
+    assert "DELTA_BINARY_PACKED" in encodings["id"] and "DELTA_BINARY_PACKED" in encodings["at"]
+    assert "RLE_DICTIONARY" in encodings["_load_seq"]  # a lineage constant: dictionary, not delta
+    assert "RLE_DICTIONARY" in encodings["kind"]  # two values in 5,000 rows: a dictionary
+    assert "DELTA_BINARY_PACKED" not in encodings["name"]
