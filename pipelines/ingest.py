@@ -424,6 +424,8 @@ def _load_sql(system: SourceSystem, spec: SqlTable, settings: Settings, result: 
         except BaseException:
             writer.abort()
             raise
+        if read_ahead is not None and full:  # its rows have been waiting in a buffer since the load's start-up
+            writer.expect(read_ahead.read.estimated_rows)
         result.schema_changes = writer.changes
         data_fields = [f for f in writer.target if f.name not in LINEAGE_NAMES]
         data_names = [f.name for f in data_fields]

@@ -166,7 +166,7 @@ def slow_second_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[Movers]:
 
 def test_plan_really_splits(pg: str) -> None:
     _fill(pg)
-    _, pages, _ = postgres_fast._catalog(pg, None, "moving")
+    _, pages, _, _ = postgres_fast._catalog(pg, None, "moving")
     assert pages >= postgres_fast._MIN_PAGES_TO_SPLIT
     assert len(postgres_fast._ranges(pages, 2)) == 2
 

@@ -127,3 +127,22 @@ def test_read_driver_default_and_environment(pg: str, monkeypatch: pytest.Monkey
     monkeypatch.setenv(postgres_fast.DRIVER_ENV, "/nonexistent/libadbc_driver_postgresql.so")
     with pytest.raises(SourceError, match=postgres_fast.DRIVER_ENV):
         _all(pg)
+
+
+def test_a_whole_read_carries_the_servers_row_estimate(pg: str) -> None:
+    """``estimated_rows`` (pg_class.reltuples after ANALYZE) lets a load size its writing before rows arrive; a
+    filtered read has none (the table's count says nothing about the rows that match)."""
+    whole = postgres_fast.PgRead(pg, None, "人口", ["姓名"])
+    some = postgres_fast.PgRead(pg, None, "人口", ["姓名"], where="n = 7")
+    try:
+        assert whole.estimated_rows == 60_002 and some.estimated_rows is None
+    finally:
+        whole.close()
+        some.close()
+    with psycopg.connect(pg, autocommit=True) as conn:
+        conn.execute("CREATE TABLE fresh AS SELECT 1 AS id")  # never analyzed: reltuples is -1 on PostgreSQL 14+
+    fresh = postgres_fast.PgRead(pg, None, "fresh", ["id"])
+    try:
+        assert fresh.estimated_rows is None
+    finally:
+        fresh.close()

@@ -97,3 +97,24 @@ def test_integer_like_columns_are_delta_encoded_and_repeated_ones_keep_a_diction
     assert "RLE_DICTIONARY" in encodings["_load_seq"]  # a lineage constant: dictionary, not delta
     assert "RLE_DICTIONARY" in encodings["kind"]  # two values in 5,000 rows: a dictionary
     assert "DELTA_BINARY_PACKED" not in encodings["name"]
+
+
+def test_an_expected_large_load_starts_the_second_thread_before_its_first_row(
+        lake_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read started ahead hands over a backlog: told the source's estimate, both threads take it from the
+    first batch. No estimate, or a small one, leaves the threshold to decide; one writer never gets a second."""
+    monkeypatch.setattr(raw, "_SECOND_WRITER_FROM", 1_000)
+    small, unknown, single = _writer(lake_settings, 2), _writer(lake_settings, 2), _writer(lake_settings, 1)
+    small.expect(999)
+    unknown.expect(None)
+    single.expect(10_000)
+    assert not small._more_used and not unknown._more_used and not single._more_used
+    for w in (small, unknown, single):
+        w.abort()
+    writer = _writer(lake_settings, 2)
+    writer.expect(5_000)
+    assert writer._more_used and writer._more.is_set()
+    for lo in range(0, 5_000, 500):
+        writer.write(_batch(lo, 500))
+    got = _commit(writer)
+    assert sorted(got.column("id").to_pylist()) == list(range(5_000))

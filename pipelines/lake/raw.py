@@ -672,6 +672,18 @@ class RawWriter:
         self.load_seq = pa.scalar(seq, pa.int64())
         return seq
 
+    def expect(self, rows: int | None) -> None:
+        """The load expects about ``rows`` rows (a source's estimate): from _SECOND_WRITER_FROM on, the second
+        writer thread starts now rather than once that many rows are queued, so a backlog the read built
+        before the writer existed (a CLI read started ahead) drains on both threads from its first batch."""
+        if rows is not None and rows >= _SECOND_WRITER_FROM:
+            self._start_more()
+
+    def _start_more(self) -> None:
+        if len(self._threads) > 1 and not self._more_used:
+            self._more_used = True
+            self._more.set()
+
     @property
     def _active(self) -> int:
         """Writer threads taking batches from the queue."""
@@ -771,9 +783,8 @@ class RawWriter:
             batch = batch.combine_chunks().to_batches()[0]
         self._queue.put(batch)
         self.rows += batch.num_rows
-        if len(self._threads) > 1 and not self._more_used and self.rows >= _SECOND_WRITER_FROM:
-            self._more_used = True
-            self._more.set()
+        if self.rows >= _SECOND_WRITER_FROM:
+            self._start_more()
 
     def flush(self) -> int:
         """Close the current Parquet file(s); returns a mark to ``rollback`` to (one file's rows, say)."""
