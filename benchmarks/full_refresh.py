@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest_postgres import measure, psql  # noqa: E402
+from common import measure, psql  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DB = "citylake_bench_refresh"
