@@ -93,6 +93,9 @@ def test_integer_like_columns_are_delta_encoded_and_repeated_ones_keep_a_diction
     meta = pq.ParquetFile(writer.table.io.new_input(writer.files[0]).open()).metadata
     names = [meta.schema.column(i).name for i in range(meta.num_columns)]
     encodings = {name: set(meta.row_group(0).column(i).encodings) for i, name in enumerate(names)}
+    codecs = {name: meta.row_group(0).column(i).compression for i, name in enumerate(names)}
+    assert codecs["id"] == codecs["at"] == "UNCOMPRESSED"  # delta pages: zstd found nothing more in them
+    assert codecs["name"] == codecs["kind"] == codecs["_batch_id"] == "ZSTD"
     assert "DELTA_BINARY_PACKED" in encodings["id"] and "DELTA_BINARY_PACKED" in encodings["at"]
     assert "RLE_DICTIONARY" in encodings["_load_seq"]  # a lineage constant: dictionary, not delta
     assert "RLE_DICTIONARY" in encodings["kind"]  # two values in 5,000 rows: a dictionary
