@@ -117,3 +117,16 @@ def test_quality_run_all_warns_on_a_copy_compared_on_zero_rows(monkeypatch) -> N
     assert "0 条可比" in zero and "0.00%" not in zero
     assert "0.00%" in next(line for line in lines if "housing_fund.other" in line)
     assert any("warning" in line and "housing_fund.account" in line for line in lines)
+
+
+def test_importing_pipelines_keeps_openblas_to_one_thread_unless_told() -> None:
+    """numpy's OpenBLAS worker spun ~0.1 s of CPU after import, on a core a load needs: ``pipelines`` sets
+    OPENBLAS_NUM_THREADS=1 before numpy loads; a value in the environment wins."""
+    probe = ("import os, pipelines, numpy; "
+             "print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    default = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert default.stdout.split() == ["1", "1"]  # no OpenBLAS worker thread beside the main one
+    told = subprocess.run([sys.executable, "-c", probe], env={**env, "OPENBLAS_NUM_THREADS": "2"},
+                          capture_output=True, text=True, check=True)
+    assert told.stdout.split()[0] == "2"
