@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 
+from sqlalchemy.engine import make_url
+
 from pipelines.errors import ConfigError
 from pipelines.registry import SourceSystem
 from pipelines.settings import Settings
@@ -72,8 +74,6 @@ def resolve_url(system: SourceSystem, settings: Settings) -> str:
 
 def describe(url: str) -> str:
     """Where a URL points, for messages: driver, host, port and database; never user or password."""
-    from sqlalchemy.engine import make_url  # here: a PostgreSQL load starts reading before SQLAlchemy loads
-
     try:
         u = make_url(url)
     except Exception:
@@ -86,8 +86,6 @@ def describe(url: str) -> str:
 
 def scrub(message: str, url: str) -> str:
     """Remove the password of ``url`` from a driver's message, whatever the driver put in it."""
-    from sqlalchemy.engine import make_url
-
     try:
         password = make_url(url).password
     except Exception:

@@ -146,19 +146,3 @@ def test_a_whole_read_carries_the_servers_row_estimate(pg: str) -> None:
         assert fresh.estimated_rows is None
     finally:
         fresh.close()
-
-
-def test_relation_from_the_catalog(pg: str) -> None:
-    """A PostgreSQL source's reflection (no SQLAlchemy): names in column order, the exact types the read decodes
-    to, whether a cursor binds as an instant; views too; a missing relation is a SourceError."""
-    rel = postgres_fast.pg_relation(pg, None, "人口")
-    assert [c.name for c in rel.columns] == ["证件号码", "姓名", "amount", "big", "n", "f", "ok", "birth", "at", "atz", "doc"]
-    assert [rel.arrow_type(c.name) for c in rel.columns] == pg_arrow_schema(pg, None, "人口").types
-    assert rel.c["atz"].type.timezone and not rel.c["at"].type.timezone
-    with psycopg.connect(pg, autocommit=True) as conn:
-        conn.execute('CREATE VIEW "人口视图" AS SELECT "姓名", amount FROM "人口"')
-    view = postgres_fast.pg_relation(pg, None, "人口视图")
-    assert [(c.name, str(view.arrow_type(c.name))) for c in view.columns] == [("姓名", "string"),
-                                                                              ("amount", "decimal128(18, 2)")]
-    with pytest.raises(SourceError, match="does not exist"):
-        postgres_fast.pg_relation(pg, None, "不存在")

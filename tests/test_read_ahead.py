@@ -3,10 +3,6 @@ takes it over, a read the load does not take is closed, and the buffer it decode
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from datetime import datetime
@@ -82,24 +78,6 @@ def test_cli_load_takes_over_the_read_it_started_ahead(pg: str, lake_settings: S
     assert raw["id"].to_pylist() == list(range(1, ROWS + 1))
     assert raw["amount"][ROWS - 1].as_py() == Decimal("25000.00")
     assert pc.min(raw["at"]).as_py().isoformat() == "2026-11-01T00:01:00+00:00"
-    assert _sessions(pg) == 0
-
-
-def test_the_read_starts_before_sqlalchemy_loads(pg: str, lake_settings: Settings) -> None:
-    """A PostgreSQL source reflects through the server's catalog, so the CLI's read ahead starts before SQLAlchemy's
-    import (pyiceberg's catalog needs it later, while the read streams); names and exact types as the load sees them."""
-    probe = ("import sys; from pipelines.extract import read_ahead; from pipelines.registry import SourceSystem; "
-             "from pipelines.settings import load_settings; import json; "
-             "s = SourceSystem.model_validate(json.loads(sys.argv[1])); "
-             "started = read_ahead.start(s, 'ra', load_settings(), 'full'); "
-             "print('sqlalchemy' in sys.modules, started is not None, [str(f.type) for f in "
-             "started.source.columns(s.table('ra'), started.reflected).schema]); started.close()")
-    system = {"system": "ra_src", "name": "预读", "department": TEST_DEPARTMENT, "connection": "src_ra",
-              "tables": [{"code": "ra", "source": "ra", "primary_key": ["id"]}]}
-    done = subprocess.run([sys.executable, "-c", probe, json.dumps(system)], capture_output=True, text=True,
-                          env={**os.environ, "CITYLAKE_CONN_SRC_RA": pg}, check=True)
-    assert done.stdout.split(maxsplit=2) == ["False", "True",
-                                             "['int32', 'string', 'decimal128(12, 2)', 'timestamp[us, tz=UTC]']\n"]
     assert _sessions(pg) == 0
 
 

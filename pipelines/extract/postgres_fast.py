@@ -30,7 +30,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -194,47 +193,6 @@ def _arrow_type(typname: str, typmod: int) -> pa.DataType:
         precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
         return pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
     return _TYPES.get(typname, pa.string())
-
-
-@dataclass(frozen=True)
-class PgColumn:
-    """A source column as the server's catalog names it. ``type`` is the column itself, for what reads a
-    reflected column's type: ``timezone``, whether a cursor value binds as an instant."""
-
-    name: str
-    typname: str
-    typmod: int
-
-    @property
-    def type(self) -> PgColumn:
-        return self
-
-    @property
-    def timezone(self) -> bool:
-        return self.typname == "timestamptz"
-
-
-@dataclass(frozen=True)
-class PgRelation:
-    """A table or view reflected from the server's catalog (one query on one short connection): what a
-    PostgreSQL load reads of a reflection (column names in order, ``c[name]``, exact types), without SQLAlchemy."""
-
-    name: str
-    columns: list[PgColumn]
-
-    @property
-    def c(self) -> dict[str, PgColumn]:
-        return {col.name: col for col in self.columns}
-
-    def arrow_type(self, name: str) -> pa.DataType:
-        col = self.c[name]
-        return _arrow_type(col.typname, col.typmod)
-
-
-def pg_relation(url: str, schema: str | None, table: str) -> PgRelation:
-    """``table``'s columns from the catalog; SourceError when no such table or view is visible."""
-    cols, *_ = _catalog(url, schema, table)
-    return PgRelation(table, [PgColumn(name, t, m) for name, t, m in cols])
 
 
 def pg_arrow_schema(url: str, schema: str | None, table: str) -> pa.Schema:

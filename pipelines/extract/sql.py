@@ -2,9 +2,7 @@
 
 Rows stream from a server-side cursor in partitions and become Arrow record batches of exact types
 (numeric stays decimal, dates stay dates). PostgreSQL takes the Arrow-native fast path in
-``postgres_fast`` instead of per-value Python conversion, and reflects through the server's catalog, not
-SQLAlchemy; SQLAlchemy is imported where a source uses it, so a CLI load's PostgreSQL read (``read_ahead``)
-starts before SQLAlchemy's import and an engine.
+``postgres_fast`` instead of per-value Python conversion.
 """
 
 from __future__ import annotations
@@ -13,25 +11,23 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy import types as T
+from sqlalchemy.engine import Engine
 
 from pipelines.connections import describe, scrub
 from pipelines.errors import SourceError
+from pipelines.privacy import mask_message, quote
 from pipelines.registry import EXTRACT_RANGES, SqlTable
 from pipelines.settings import TZ
 from pipelines.sql_filter import dialect_of, render_filter
 
-if TYPE_CHECKING:
-    import sqlalchemy as sa
-    from sqlalchemy.engine import Engine
-
 
 def arrow_type(satype: Any, dialect: str) -> pa.DataType:
     """The exact Arrow type of a reflected column type."""
-    from sqlalchemy import types as T
-
     if isinstance(satype, T.Boolean):
         return pa.bool_()
     if isinstance(satype, T.BigInteger):
@@ -94,8 +90,6 @@ class SqlSource:
     mysql_settings = False  # whether the registry's MySQL-family settings (encodings, integer_columns) apply
 
     def __init__(self, system_code: str, url: str, max_connections: int = 2):
-        import sqlalchemy as sa
-
         self.system = system_code
         self.url = url
         self.max_connections = max_connections
@@ -108,8 +102,6 @@ class SqlSource:
         self.dialect = self.engine.dialect.name
 
     def _fail(self, table: SqlTable | None, exc: BaseException) -> SourceError:
-        from pipelines.privacy import mask_message
-
         where = f"system {self.system} ({describe(self.url)})"
         if table is not None:
             where += f", table {table.source!r}"
@@ -117,26 +109,18 @@ class SqlSource:
         first = mask_message(first) or ""  # a driver's message may quote a row's values
         return SourceError(f"{where}: {first}")
 
-    def _check_settings(self, table: SqlTable) -> None:
+    def reflect(self, table: SqlTable) -> sa.Table:
         named = [k for k in ("source_encoding", "column_encodings", "integer_columns") if getattr(table, k)]
         if named and not self.mysql_settings:  # silently ignored, they would land the columns wrong
             raise SourceError(f"system {self.system} ({describe(self.url)}), table {table.source!r}: "
                               f"{', '.join(named)} apply to MySQL-family sources only")
-
-    def _missing(self, table: SqlTable) -> SourceError:
-        return SourceError(f"system {self.system} ({describe(self.url)}): table {table.source!r} does not exist "
-                           "at the source")
-
-    def reflect(self, table: SqlTable) -> sa.Table:
-        import sqlalchemy as sa
-        from sqlalchemy import types as T
-
-        self._check_settings(table)
         try:
             insp = sa.inspect(self.engine)
             if not insp.has_table(table.source, schema=table.source_schema):
                 if not any(v == table.source for v in insp.get_view_names(schema=table.source_schema)):
-                    raise self._missing(table)
+                    raise SourceError(
+                        f"system {self.system} ({describe(self.url)}): table {table.source!r} does not exist at the source"
+                    )
             t = sa.Table(table.source, sa.MetaData(), schema=table.source_schema, autoload_with=self.engine)
             for c in t.columns:  # MySQL's FLOAT/DOUBLE reflect with asdecimal=True, which rounds the driver's
                 if isinstance(c.type, T.Float) and c.type.asdecimal:  # float to a 10-digit Decimal: keep the float
@@ -162,8 +146,6 @@ class SqlSource:
                              f"system {self.system}, table {table.source!r}")
 
     def _filter_clause(self, table: SqlTable, t: sa.Table) -> Any:
-        import sqlalchemy as sa
-
         rendered = self.filter_sql(table, t)
         # text() would read ':name' inside a string literal as a bind parameter; '\:' is a literal colon.
         return None if rendered is None else sa.text("(" + rendered.replace(":", "\\:") + ")")
@@ -183,8 +165,6 @@ class SqlSource:
         return clauses
 
     def _bind(self, col: Any, value: Any) -> Any:
-        import sqlalchemy as sa
-
         v = _cursor_param(value, col.type, self.dialect)
         return sa.literal(v, type_=sa.String) if isinstance(v, str) else v
 
@@ -194,8 +174,6 @@ class SqlSource:
         """Stream the table (or its cursor window) as record batches named by column code; ``only``: just
         these column codes (the key-only deletion check reads the primary key alone). One statement on one
         connection reads one snapshot whatever ``consistent`` says (see ``MySqlSource.batches``)."""
-        import sqlalchemy as sa
-
         t = reflected if reflected is not None else self.reflect(table)
         cols = self.columns(table, t)
         picked = cols.select(only)
@@ -211,6 +189,14 @@ class SqlSource:
             raise
         except sa.exc.SQLAlchemyError as exc:
             raise self._fail(table, exc) from None
+
+    def count(self, table: SqlTable) -> int:
+        t = self.reflect(table)
+        stmt = sa.select(sa.func.count()).select_from(t)
+        if table.filter:
+            stmt = stmt.where(self._filter_clause(table, t))
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -236,8 +222,6 @@ def _coerce(values: tuple[Any, ...], f: pa.Field, where: str) -> pa.Array:
             return pa.array([None if v is None else Decimal(str(v)) for v in values], type=f.type)
         except Exception:
             pass
-    from pipelines.privacy import quote
-
     bad = next((v for v in values if v is not None and _bad(v, f.type)), None)
     raise SourceError(f"{where}: column {f.name}: value {quote(bad)} is not {f.type}")  # masked: logs, XCom
 
@@ -253,51 +237,40 @@ def _bad(value: Any, t: pa.DataType) -> bool:
 class PostgresSource(SqlSource):
     """PostgreSQL (and openGauss/KingbaseES): the Arrow-native fast path of ``postgres_fast``.
 
-    Reflection reads the server's catalog (``postgres_fast.PgRelation``: one query on a short psycopg
-    connection, names and exact types together); rows stream through parallel range scans decoded straight
-    into Arrow, so numeric stays decimal and dates stay dates without per-value Python. No SQLAlchemy engine:
-    every connection is closed after use, so while the ranges stream the load holds exactly its
-    ``connections_per_load`` connections, the pool slots its Airflow task took.
+    Reflection and error handling stay SQLAlchemy's; rows stream through parallel range scans
+    decoded straight into Arrow, so numeric stays decimal and dates stay dates without per-value Python.
+    Reflection connections are closed after use (no pool): while the ranges stream, the load holds exactly
+    its ``connections_per_load`` connections, the pool slots its Airflow task took.
     """
 
+    pooled = False
+
     def __init__(self, system_code: str, url: str, max_connections: int = 2) -> None:
-        self.system = system_code
-        self.url = url
-        self.max_connections = max_connections
-        self.dialect = "postgresql"
+        super().__init__(system_code, url, max_connections)
         self._columns: dict[str, SourceColumns] = {}
 
     def _libpq_url(self) -> str:
-        """The URL for libpq: a SQLAlchemy PostgreSQL URL is libpq's URI with a driver in its scheme
-        (``postgresql+psycopg://``); user, password, host, port, database and parameters are the same text."""
-        return "postgresql://" + self.url.split("://", 1)[1]
+        return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
-    def reflect(self, table: SqlTable) -> Any:
-        from pipelines.extract.postgres_fast import pg_relation
+    def columns(self, table: SqlTable, reflected: sa.Table | None = None) -> SourceColumns:
+        from pipelines.extract.postgres_fast import pg_arrow_schema
 
-        self._check_settings(table)
-        try:
-            return pg_relation(self._libpq_url(), table.source_schema, table.source)
-        except SourceError:  # the catalog has no such table or view
-            raise self._missing(table) from None
-        except Exception as exc:
-            raise self._fail(table, exc) from None
-
-    def columns(self, table: SqlTable, reflected: Any = None) -> SourceColumns:
         # Asked again by the read: once per table and source object (one load), so no second catalog
         # connection opens while the ranges stream.
         if table.code in self._columns:
             return self._columns[table.code]
         t = reflected if reflected is not None else self.reflect(table)
+        try:
+            schema = pg_arrow_schema(self._libpq_url(), table.source_schema, table.source)
+        except Exception as exc:
+            raise self._fail(table, exc) from None
         names = [c.name for c in t.columns]
-        fields = [pa.field(table.column_code(n), t.arrow_type(n)) for n in names]
+        by_name = {f.name: f.type for f in schema}
+        fields = [pa.field(table.column_code(n), by_name[n]) for n in names]
         self._columns[table.code] = SourceColumns(names, pa.schema(fields))
         return self._columns[table.code]
 
-    def dispose(self) -> None:
-        """Nothing is held between uses."""
-
-    def start_read(self, table: SqlTable, reflected: Any = None, *, since: Any = None,
+    def start_read(self, table: SqlTable, reflected: sa.Table | None = None, *, since: Any = None,
                    until: Any = None, only: list[str] | None = None, read_ahead: int = 0) -> Any:
         """The table's read (``postgres_fast.PgRead``) started: its ranges connected and streaming."""
         from pipelines.extract.postgres_fast import PgRead
@@ -313,7 +286,7 @@ class PostgresSource(SqlSource):
         except Exception as exc:
             raise self._fail(table, exc) from None
 
-    def _plan(self, table: SqlTable, t: Any, since: Any, until: Any,
+    def _plan(self, table: SqlTable, t: sa.Table, since: Any, until: Any,
               only: list[str] | None) -> tuple[SourceColumns, str | None]:
         """The columns a read returns and its WHERE text (filter, cursor window as quoted literals)."""
         from pipelines.extract.postgres_fast import sql_literal
@@ -330,7 +303,7 @@ class PostgresSource(SqlSource):
         return cols.select(only), " AND ".join(clauses) or None
 
     def batches(self, table: SqlTable, *, since: Any = None, until: Any = None,
-                reflected: Any = None, only: list[str] | None = None,
+                reflected: sa.Table | None = None, only: list[str] | None = None,
                 consistent: bool | None = None, prefetched: Any = None) -> Iterator[pa.RecordBatch]:
         """As ``SqlSource.batches``; the parallel ranges always share one exported snapshot, so ``consistent``
         changes nothing here. ``prefetched``: a read ``start_read`` began ahead of the load (``read_ahead``);
