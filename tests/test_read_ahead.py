@@ -116,34 +116,6 @@ def test_only_whole_postgresql_reads_start_ahead(pg: str, lake_settings: Setting
     assert _sessions(pg) == 0
 
 
-def _range_queries(url: str) -> list[tuple[str, str]]:
-    """(state, last statement) of the other client sessions on the scratch database."""
-    with psycopg.connect(url) as conn:
-        return [(r[0], r[1]) for r in conn.execute(
-            "SELECT state, query FROM pg_stat_activity WHERE datname = current_database() AND "
-            "backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchall()]
-
-
-def test_read_ahead_streams_one_range_until_the_load_asks(pg: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """While the load's start-up imports on one core, one range (not both) keeps the other busy: the second
-    range's COPY starts at the load's first batch, on the snapshot its session imported at the start."""
-    monkeypatch.setattr(postgres_fast, "_MIN_PAGES_TO_SPLIT", 1)
-    read = postgres_fast.PgRead(pg, None, "ra", ["id"], parallel=2, read_ahead=64 << 20)
-    try:
-        deadline = time.monotonic() + 10
-        while not read._threads[1].is_alive() or read._threads[0].is_alive():  # the first range read it all
-            assert time.monotonic() < deadline, "the first range did not finish while the second waited"
-            time.sleep(0.02)
-        sessions = _range_queries(pg)
-        assert len(sessions) == 1 and sessions[0][0] == "idle in transaction"  # the second range, waiting
-        assert "COPY" not in sessions[0][1] and not read._out.asked.is_set()
-        ids = [i for batch in read for i in batch.column("id").to_pylist()]
-    finally:
-        read.close()
-    assert sorted(ids) == list(range(1, ROWS + 1))
-    assert not read._threads[1].is_alive() and _sessions(pg) == 0
-
-
 def test_buffer_holds_the_early_bytes_then_a_few_batches() -> None:
     buf = postgres_fast._Buffer(early=100, steady=10)
     for i in range(3):

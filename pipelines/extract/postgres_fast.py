@@ -326,7 +326,6 @@ class _Buffer:
         self._bytes, self._limit, self._steady = 0, max(early, steady), steady
         self._cond = threading.Condition()
         self._closed = False
-        self.asked = threading.Event()  # set by the consumer's first get (or by close)
 
     def put(self, item: Any, nbytes: int = 0) -> None:
         with self._cond:
@@ -338,7 +337,6 @@ class _Buffer:
                 self._cond.notify_all()
 
     def get(self) -> Any:
-        self.asked.set()
         with self._cond:
             self._limit = self._steady
             while not self._items:
@@ -349,7 +347,6 @@ class _Buffer:
             return item
 
     def close(self) -> None:
-        self.asked.set()
         with self._cond:
             self._closed = True
             self._items.clear()
@@ -397,19 +394,14 @@ class PgRead:
         self._out = _Buffer(read_ahead, (len(queries) + 1) * _BATCH_BYTES)
         self._stop = threading.Event()
         self._ranges = [_Range(c) for c in conns]
-        # Read ahead, only the first range streams until the load takes its first batch: the load's start-up
-        # imports on one core meanwhile, one range keeps the other busy, and the early buffer fills later.
-        self._threads = [threading.Thread(target=self._scan, args=(r, q, bool(i and read_ahead)), daemon=True,
-                                          name=f"pg-scan-{i}")
+        self._threads = [threading.Thread(target=self._scan, args=(r, q), daemon=True, name=f"pg-scan-{i}")
                          for i, (r, q) in enumerate(zip(self._ranges, queries, strict=True))]
         self._closed = False
         for t in self._threads:
             t.start()
 
-    def _scan(self, r: _Range, query: str, when_asked: bool = False) -> None:
+    def _scan(self, r: _Range, query: str) -> None:
         try:
-            if when_asked:  # its snapshot is imported already: starting later reads the same rows
-                self._out.asked.wait()
             if self._stop.is_set():
                 return
             cur = r.conn.cursor()
