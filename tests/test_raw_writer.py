@@ -4,7 +4,10 @@ so a rollback forgets exactly the rows after its mark, and integer-like columns 
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -121,3 +124,73 @@ def test_an_expected_large_load_starts_the_second_thread_before_its_first_row(
         writer.write(_batch(lo, 500))
     got = _commit(writer)
     assert sorted(got.column("id").to_pylist()) == list(range(5_000))
+
+
+def test_an_interrupted_flush_leaves_a_writer_that_aborts(lake_settings: Settings,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C or a task's SIGTERM while flush() waits: the writer threads must not stay at the flush's barrier,
+    or abort() (the load's clean-up) would wait for them forever."""
+    slow = RawWriter._write_now
+
+    def write_now(self: RawWriter, *args: Any) -> Any:
+        time.sleep(0.5)  # a slow file (an upload): the flush is still waiting when the interrupt comes
+        return slow(self, *args)
+
+    monkeypatch.setattr(RawWriter, "_write_now", write_now)
+    writer = _writer(lake_settings, writers=1)
+    writer.write(_batch(0, 10))
+    real_wait = threading.Barrier.wait
+
+    def interrupted(self: threading.Barrier, timeout: float | None = None) -> int:
+        if threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(threading.Barrier, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.flush()
+    done = threading.Thread(target=writer.abort, daemon=True)
+    done.start()
+    done.join(10)
+    assert not done.is_alive(), "abort() hung on a writer left at the flush's barrier"
+
+
+def test_a_file_that_fails_to_close_fails_the_flush_not_hangs_it(lake_settings: Settings,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(raw, "_SECOND_WRITER_FROM", 1_000)
+    writer = _writer(lake_settings, writers=2)
+    for lo in range(0, 5_000, 500):
+        writer.write(_batch(lo, 500))
+
+    def fail(out: Any) -> None:
+        if out is not None:
+            raise OSError("upload failed on close")
+
+    monkeypatch.setattr(RawWriter, "_close_file", staticmethod(fail))
+    outcome: list[BaseException] = []
+
+    def flush() -> None:
+        try:
+            writer.flush()
+        except OSError as exc:
+            outcome.append(exc)
+
+    flushing = threading.Thread(target=flush, daemon=True)
+    flushing.start()
+    flushing.join(10)
+    assert not flushing.is_alive(), "flush() hung on a writer whose file failed to close"
+    assert [str(e) for e in outcome] == ["upload failed on close"]
+    monkeypatch.undo()
+    writer.abort()
+
+
+def test_nested_columns_keep_zstd(lake_settings: Settings) -> None:
+    """Per-column codecs name leaf paths (``s.a``): a schema with a struct or list compresses every column."""
+    batch = pa.record_batch({"id": [1, 2], "s": [{"a": "甲"}, {"a": "乙"}], "l": [["x"], []]})
+    path = lake_settings.lake_dir / "nested.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(path, batch.schema, **raw.parquet_options(batch)) as out:
+        out.write_batch(batch)
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    codecs = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
+    assert codecs == {"id": "ZSTD", "s.a": "ZSTD", "l.list.element": "ZSTD"}

@@ -601,9 +601,12 @@ def parquet_options(batch: pa.RecordBatch, dictionary: list[str] | None = None) 
     saved 0.1 MB for 0.06-0.14 s of the writer's CPU."""
     dictionary = dictionary or []
     delta = [f.name for f in batch.schema if f.name not in dictionary and _delta_packable(f.type)]
+    options = {**RAW_PARQUET, "use_dictionary": dictionary,
+               "column_encoding": dict.fromkeys(delta, "DELTA_BINARY_PACKED") or None}
+    if any(pa.types.is_nested(f.type) for f in batch.schema):
+        return options  # per-column codecs name leaf paths (``s.a``, ``l.list.element``): zstd for every column
     compressed = [name for name in batch.schema.names if name not in delta]
-    return {**RAW_PARQUET, "use_dictionary": dictionary,
-            "column_encoding": dict.fromkeys(delta, "DELTA_BINARY_PACKED") or None,
+    return {**options,
             "compression": {**dict.fromkeys(compressed, RAW_PARQUET["compression"]), **dict.fromkeys(delta, "none")},
             "compression_level": dict.fromkeys(compressed, RAW_PARQUET["compression_level"])}
 
@@ -617,6 +620,14 @@ def dictionary_columns(batch: pa.RecordBatch) -> list[str]:
     n = batch.num_rows
     return [name for name, col in zip(batch.schema.names, batch.columns, strict=True)
             if n and int(pc.count_distinct(col, mode="all").as_py()) * 10 <= n]
+
+
+def _meet(barrier: threading.Barrier) -> None:
+    """Wait at a flush's barrier; one the flushing thread gave up on (interrupted) is passed."""
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
 
 
 class RawWriter:
@@ -705,16 +716,26 @@ class RawWriter:
         try:
             while (item := self._queue.get()) is not _DONE:
                 if isinstance(item, threading.Barrier):
-                    out = self._close_file(out)
-                    item.wait()
+                    try:
+                        out = self._close_file(out)
+                    except BaseException as exc:
+                        self._error = exc  # set before the barrier opens: the flush raises it
+                        raise
+                    finally:  # a close that failed still meets the flush
+                        out = None
+                        _meet(item)
                 elif self._error is None:
                     out = self._write_now(item, out)
             self._close_file(out)
         except BaseException as exc:  # surfaced in commit()
             self._error = exc
+            try:
+                self._close_file(out)  # release the file; abort() deletes it
+            except BaseException:  # noqa: BLE001 - the first error is the one to report
+                pass
             while (item := self._queue.get()) is not _DONE:
                 if isinstance(item, threading.Barrier):
-                    item.wait()
+                    _meet(item)
 
     def _write_now(self, batch: pa.RecordBatch, out: list[Any] | None) -> list[Any] | None:
         if out is None:
@@ -795,7 +816,11 @@ class RawWriter:
         done = threading.Barrier(self._active + 1)
         for _ in range(self._active):
             self._queue.put(done)
-        done.wait()
+        try:
+            done.wait()
+        except BaseException:  # interrupted (Ctrl-C, a task's SIGTERM): release the writers waiting at it
+            done.abort()
+            raise
         if self._error is not None:
             raise self._error
         return len(self.files)
@@ -952,7 +977,8 @@ class RawWriter:
                             out[1].close()
                         files.append(f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet")
                         stream = self.table.io.new_output(files[-1]).create(overwrite=True)
-                        out = [pq.ParquetWriter(stream, self.target, **parquet_options(batch, self._dictionary or dictionary_columns(batch))), stream, 0]
+                        out = [pq.ParquetWriter(stream, self.target, **parquet_options(batch, self._dictionary if self._dictionary is not None
+                                                                 else dictionary_columns(batch))), stream, 0]
                     out[0].write_batch(batch, row_group_size=_ROW_GROUP_ROWS)
                     out[2] += batch.num_rows
                     _count(batch, kept)
