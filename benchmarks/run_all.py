@@ -238,9 +238,9 @@ def main() -> None:
         "and each figure is the median of its repetitions, every repetition shown beside it. Compare figures "
         "within a table, not across runs or machines.",
         "",
-        (f"Load average (1, 5, 15 min): before {load_before}, after {load_after} ({os.cpu_count()} cores: above "
-         f"{os.cpu_count()} before the run, other work shared the machine; the figure after counts the "
-         "benchmarks' own processes"
+        (f"Load average (1, 5, 15 min): before {load_before}, after {load_after} ({os.cpu_count()} cores: a load "
+         f"above {os.cpu_count()} before the run would mean other work shared the machine; the figure after counts "
+         "the benchmarks' own processes"
          + ("; **it was: figures are noisy, only large same-run ratios mean something**)." if busy else ").")
          if not args.no_run else "Assembled with --no-run: each section states its own run's load and command."),
         "",
