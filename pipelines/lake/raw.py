@@ -977,8 +977,8 @@ class RawWriter:
                             out[1].close()
                         files.append(f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet")
                         stream = self.table.io.new_output(files[-1]).create(overwrite=True)
-                        out = [pq.ParquetWriter(stream, self.target, **parquet_options(batch, self._dictionary if self._dictionary is not None
-                                                                 else dictionary_columns(batch))), stream, 0]
+                        chosen = self._dictionary if self._dictionary is not None else dictionary_columns(batch)
+                        out = [pq.ParquetWriter(stream, self.target, **parquet_options(batch, chosen)), stream, 0]
                     out[0].write_batch(batch, row_group_size=_ROW_GROUP_ROWS)
                     out[2] += batch.num_rows
                     _count(batch, kept)
