@@ -41,6 +41,20 @@ def _commit(writer: RawWriter) -> pa.Table:
     return writer.catalog.load_table("raw.rw_src__t").scan().to_arrow()
 
 
+def _write_rows(writer: RawWriter, lo: int, hi: int) -> None:
+    """Ids lo..hi-1 in batches of 500 (several batches per thread once two write)."""
+    for start in range(lo, hi, 500):
+        writer.write(_batch(start, min(500, hi - start)))
+
+
+def _finishes(call: Any, seconds: float = 10) -> bool:
+    """Whether ``call()`` returns within ``seconds`` (run on a thread, so a hang fails the test, not the run)."""
+    done = threading.Thread(target=call, daemon=True)
+    done.start()
+    done.join(seconds)
+    return not done.is_alive()
+
+
 def _file_rows(writer: RawWriter) -> list[int]:
     return sorted(pq.ParquetFile(writer.table.io.new_input(p).open()).metadata.num_rows for p in writer.files)
 
@@ -49,8 +63,7 @@ def test_a_large_load_writes_with_two_threads_and_lands_every_row(lake_settings:
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(raw, "_SECOND_WRITER_FROM", 1_000)
     writer = _writer(lake_settings, writers=2)
-    for lo in range(0, 20_000, 500):
-        writer.write(_batch(lo, 500))
+    _write_rows(writer, 0, 20_000)
     assert writer._more_used
     got = _commit(writer)
     rows = _file_rows(writer)
@@ -61,8 +74,7 @@ def test_a_large_load_writes_with_two_threads_and_lands_every_row(lake_settings:
 
 def test_a_small_load_stays_one_thread_and_one_file(lake_settings: Settings) -> None:
     writer = _writer(lake_settings, writers=2)
-    for lo in range(0, 5_000, 500):
-        writer.write(_batch(lo, 500))
+    _write_rows(writer, 0, 5_000)
     got = _commit(writer)
     assert not writer._more_used
     assert _file_rows(writer) == [5_000]
@@ -74,15 +86,12 @@ def test_flush_closes_every_threads_file_and_rollback_forgets_only_what_followed
         lake_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(raw, "_SECOND_WRITER_FROM", 1_000)
     writer = _writer(lake_settings, writers=2)
-    for lo in range(0, 6_000, 500):
-        writer.write(_batch(lo, 500))
+    _write_rows(writer, 0, 6_000)
     mark = writer.flush()
     assert sum(_file_rows(writer)) == 6_000  # both threads' files closed and complete at the mark
-    for lo in range(6_000, 9_000, 500):
-        writer.write(_batch(lo, 500))
+    _write_rows(writer, 6_000, 9_000)
     writer.rollback(mark, 3_000)
-    for lo in range(9_000, 10_000, 500):
-        writer.write(_batch(lo, 500))
+    _write_rows(writer, 9_000, 10_000)
     got = _commit(writer)
     assert sorted(got.column("id").to_pylist()) == list(range(6_000)) + list(range(9_000, 10_000))
     assert writer.rows == got.num_rows == 7_000
@@ -120,8 +129,7 @@ def test_an_expected_large_load_starts_the_second_thread_before_its_first_row(
     writer = _writer(lake_settings, 2)
     writer.expect(5_000)
     assert writer._more_used and writer._more.is_set()
-    for lo in range(0, 5_000, 500):
-        writer.write(_batch(lo, 500))
+    _write_rows(writer, 0, 5_000)
     got = _commit(writer)
     assert sorted(got.column("id").to_pylist()) == list(range(5_000))
 
@@ -149,18 +157,14 @@ def test_an_interrupted_flush_leaves_a_writer_that_aborts(lake_settings: Setting
     monkeypatch.setattr(threading.Barrier, "wait", interrupted)
     with pytest.raises(KeyboardInterrupt):
         writer.flush()
-    done = threading.Thread(target=writer.abort, daemon=True)
-    done.start()
-    done.join(10)
-    assert not done.is_alive(), "abort() hung on a writer left at the flush's barrier"
+    assert _finishes(writer.abort), "abort() hung on a writer left at the flush's barrier"
 
 
 def test_a_file_that_fails_to_close_fails_the_flush_not_hangs_it(lake_settings: Settings,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(raw, "_SECOND_WRITER_FROM", 1_000)
     writer = _writer(lake_settings, writers=2)
-    for lo in range(0, 5_000, 500):
-        writer.write(_batch(lo, 500))
+    _write_rows(writer, 0, 5_000)
 
     def fail(out: Any) -> None:
         if out is not None:
@@ -175,10 +179,7 @@ def test_a_file_that_fails_to_close_fails_the_flush_not_hangs_it(lake_settings: 
         except OSError as exc:
             outcome.append(exc)
 
-    flushing = threading.Thread(target=flush, daemon=True)
-    flushing.start()
-    flushing.join(10)
-    assert not flushing.is_alive(), "flush() hung on a writer whose file failed to close"
+    assert _finishes(flush), "flush() hung on a writer whose file failed to close"
     assert [str(e) for e in outcome] == ["upload failed on close"]
     monkeypatch.undo()
     writer.abort()
