@@ -29,7 +29,7 @@ import mimetypes
 import posixpath
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,19 +156,20 @@ def _index_last(names: Iterable[str]) -> list[str]:
     return sorted(names, key=lambda n: (n == INDEX, n))
 
 
-def put_folder(store: Artifacts, folder: Path, rel: str, *, changed_since: float | None = None,
+def put_folder(store: Artifacts, folder: Path, rel: str, *, changed: Collection[str] | None = None,
                delete: bool = False, there: Mapping[str, tuple[int, float]] | None = None,
                skip: Iterable[str] = ()) -> int:
-    """Copy the files of ``folder`` under ``<root>/<rel>``, the top ``index.html`` last. ``changed_since``
-    (a POSIX time): only files modified since then, or missing there, or of another size there (a folder
-    that grows by new pages each build: what was not rebuilt is not sent again); None: every file.
+    """Copy the files of ``folder`` under ``<root>/<rel>``, the top ``index.html`` last. ``changed`` (paths
+    relative to ``folder`` that the caller's build wrote): only those, or files missing there, or of another
+    size there (a folder that grows by new pages each build: what was not rebuilt is not sent again); None:
+    every file.
     ``delete``: then remove files there that ``folder`` does not have (a site whose pages may go).
     ``there``: the ``listing`` of ``<rel>`` the caller took (else it is listed now, once): with ``delete``,
     only files in it can be deleted, so a caller that lists when its build starts never deletes what a
     concurrent build put after that (its own index may link them). ``skip``: files not to send (just fetched
     from there). Returns the files copied."""
     if there is None:
-        there = listing(store, rel) if changed_since is not None or delete else {}
+        there = listing(store, rel) if changed is not None or delete else {}
     skipped = set(skip)
     here = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
     sent = 0
@@ -176,10 +177,9 @@ def put_folder(store: Artifacts, folder: Path, rel: str, *, changed_since: float
         path = here[name]
         if name in skipped and name in there:
             continue
-        if changed_since is not None and name in there:
-            stat = path.stat()
-            if stat.st_mtime < changed_since and there[name][0] == stat.st_size:
-                continue
+        if changed is not None and name in there and name not in changed \
+                and there[name][0] == path.stat().st_size:
+            continue
         put_file(store, path, posixpath.join(rel, name))
         sent += 1
     if delete:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,21 +100,34 @@ def _prepare_context(context: Any) -> None:
         context.update_data_docs_site("local_site", site)
 
 
-def _localize(site: Path, since: float) -> bool:
-    """Rewrite the pages rendered since ``since`` (every page when the vendored copies are new to the site)
-    to load nothing from other hosts; False when no vendored copies exist (the pages keep GX's CDN links)."""
+def _stamps(site: Path) -> dict[str, tuple[int, int]]:
+    """Each file of the site → (modified in ns, bytes): what a build wrote is what differs afterwards. Compared
+    with itself, not with a clock: a margin for coarse clocks took a page the previous build had just written
+    (a second before) for one rendered now, and localized and put it again."""
+    return {path.relative_to(site).as_posix(): (stat.st_mtime_ns, stat.st_size)
+            for path in site.rglob("*") if path.is_file() for stat in [path.stat()]}
+
+
+def _written(site: Path, before: dict[str, tuple[int, int]]) -> set[str]:
+    return {name for name, stamp in _stamps(site).items() if before.get(name) != stamp}
+
+
+def _localize(site: Path, rendered: set[str]) -> bool:
+    """Rewrite the pages just ``rendered`` (every page when the vendored copies are new to the site) to load
+    nothing from other hosts; False when no vendored copies exist (the pages keep GX's CDN links)."""
     from pipelines.quality import docs_assets
 
     assets = docs_assets.default_assets_dir()
     vendored = docs_assets.assets_ready(assets)
     if vendored:
         if docs_assets.install_into_site(site, assets):
-            since = 0.0
+            rendered = {page.relative_to(site).as_posix() for page in site.rglob("*.html")}
     else:
         log.warning("Data Docs: no vendored scripts in %s, pages load Bootstrap and jQuery from public CDNs "
                     "(run `citylake quality docs-assets` where the npm registry is reachable)", assets)
     for page in site.rglob("*.html"):
-        if page.relative_to(site).parts[0] != "static" and page.stat().st_mtime >= since:
+        name = page.relative_to(site)
+        if name.parts[0] != "static" and name.as_posix() in rendered:
             docs_assets.localize_page(page, site, vendored)
     return vendored
 
@@ -190,10 +202,10 @@ def build_data_docs(settings: Settings | None = None) -> DocsBuild:
         new.append(key)
     render: list[Any] = new
     copied: list[str] = []
+    site = settings.lake_dir / "gx" / "uncommitted" / "data_docs" / "local_site"
     if shared is not None and published_pages is not None:
         # a page this site lacks: fetched when the shared site has it (another worker rendered it; GX's index
         # lists only the pages its site holds), else rendered here; one GET per page, once per worker
-        site = settings.lake_dir / "gx" / "uncommitted" / "data_docs" / "local_site"
         missing = {_page(key): key for key, _path, _doc in latest.values() if not (site / _page(key)).is_file()}
         copied = [page for page in missing if page in published_pages]
         artifacts.get_files(shared, artifacts.DATA_DOCS, copied, site)
@@ -201,13 +213,13 @@ def build_data_docs(settings: Settings | None = None) -> DocsBuild:
         log.info("Data Docs: %d validation page(s) fetched from %s, %d to render", len(copied),
                  shared.where(artifacts.DATA_DOCS), len(render))
     suite_keys = [ExpectationSuiteIdentifier(name) for name in suites]
-    started = time.time() - 1  # coarse file-system clocks
+    before = _stamps(site)
     sites = context.build_data_docs(resource_identifiers=[*suite_keys, *render])
     index = Path(unquote(sites["local_site"].removeprefix("file://")))
-    vendored = _localize(index.parent, started)
+    vendored = _localize(site, _written(site, before))
     published = None
     if shared is not None:  # the pages rendered now, and any the artifacts root lacks; the index last
-        sent = artifacts.put_folder(shared, index.parent, artifacts.DATA_DOCS, changed_since=started,
+        sent = artifacts.put_folder(shared, site, artifacts.DATA_DOCS, changed=_written(site, before),
                                     there=published_pages, skip=copied)
         published = shared.where(f"{artifacts.DATA_DOCS}/{artifacts.INDEX}")
         log.info("Data Docs: %d file(s) put under %s", sent, shared.where(artifacts.DATA_DOCS))
