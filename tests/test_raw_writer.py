@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -195,3 +196,22 @@ def test_nested_columns_keep_zstd(lake_settings: Settings) -> None:
     meta = pq.ParquetFile(path).metadata.row_group(0)
     codecs = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
     assert codecs == {"id": "ZSTD", "s.a": "ZSTD", "l.list.element": "ZSTD"}
+
+
+def test_integer_stored_decimals_are_delta_encoded_and_read_back_exactly(lake_settings: Settings) -> None:
+    """numeric(12,2) lands as INT64 (store_decimal_as_integer): delta-packed like an integer, not compressed. A
+    decimal wider than 18 digits is fixed-length bytes, which delta cannot encode: it keeps zstd."""
+    values = [Decimal("1234.56"), None, Decimal("-99999.99"), Decimal("0.01")] * 500
+    batch = pa.record_batch({"income": pa.array(values, pa.decimal128(12, 2)),
+                             "wide": pa.array(values, pa.decimal128(30, 2))})
+    path = lake_settings.lake_dir / "decimal.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(path, batch.schema, **raw.parquet_options(batch)) as out:
+        out.write_batch(batch)
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    income, wide = meta.column(0), meta.column(1)
+    assert (income.physical_type, income.compression) == ("INT64", "UNCOMPRESSED")
+    assert "DELTA_BINARY_PACKED" in income.encodings
+    assert (wide.physical_type, wide.compression) == ("FIXED_LEN_BYTE_ARRAY", "ZSTD")
+    assert "DELTA_BINARY_PACKED" not in wide.encodings
+    assert pq.read_table(path).to_batches()[0].equals(batch)
