@@ -22,6 +22,7 @@ from pipelines.errors import CitylakeError
 from pipelines.extract import postgres_fast, read_ahead
 from pipelines.ingest import ingest_table
 from pipelines.lake.catalog import get_catalog
+from pipelines.lake.changes import LakeCompare
 from pipelines.lake.raw import RawWriter
 from pipelines.registry import SourceSystem
 from pipelines.settings import TZ, Settings
@@ -97,6 +98,31 @@ def test_a_read_the_load_does_not_take_is_closed(pg: str, lake_settings: Setting
         ingest_table(broken, "ra", settings=lake_settings, mode="full", read_ahead=started)
     assert _sessions(pg) == 0
     assert get_catalog(lake_settings).table_exists("raw.ra_src__ra") is False
+
+
+def test_a_full_refresh_reads_the_source_before_the_lake_side(pg: str, lake_settings: Settings,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The buffer of a read started ahead is drained, and the source's sessions are closed, before the lake
+    side of the compare is scanned: held through that scan it took a 5 M-row refresh past its memory budget."""
+    monkeypatch.setenv("CITYLAKE_CONN_SRC_RA", pg)
+    system = _system()
+    ingest_table(system, "ra", settings=lake_settings, mode="full")
+    with psycopg.connect(pg, autocommit=True) as conn:
+        conn.execute("UPDATE ra SET name = '改' || id WHERE id <= 10")
+        conn.execute("DELETE FROM ra WHERE id = 20")
+    seen: list[tuple[int, int]] = []
+    real = LakeCompare.load_lake
+
+    def load_lake(self: LakeCompare, *args: Any, **kw: Any) -> int:
+        seen.append((self.rows, _sessions(pg)))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(LakeCompare, "load_lake", load_lake)
+    started = read_ahead.start(system, "ra", lake_settings, "full")
+    assert started is not None
+    result = ingest_table(system, "ra", settings=lake_settings, mode="full", read_ahead=started)
+    assert seen == [(ROWS - 1, 0)]  # every source row staged, no session open, when the lake was scanned
+    assert (result.rows_written, result.rows_deleted) == (11, 1)  # 10 changed rows and one deletion row
 
 
 def test_only_whole_postgresql_reads_start_ahead(pg: str, lake_settings: Settings,
