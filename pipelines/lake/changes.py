@@ -250,7 +250,7 @@ class LakeCompare:
 
 
 def release_memory() -> None:
-    """Hand freed memory back to the OS between phases: Arrow's pool (mimalloc) and glibc keep freed pages,
+    """Hand freed memory back to the OS between phases: Arrow's pool and glibc keep freed pages,
     so each phase would start from the previous one's peak."""
     import ctypes
 
