@@ -114,7 +114,10 @@ def test_a_full_refresh_reads_the_source_before_the_lake_side(pg: str, lake_sett
     real = LakeCompare.load_lake
 
     def load_lake(self: LakeCompare, *args: Any, **kw: Any) -> int:
-        seen.append((self.rows, _sessions(pg)))
+        deadline = time.monotonic() + 2  # a backend leaves pg_stat_activity just after its client closes
+        while (open_sessions := _sessions(pg)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen.append((self.rows, open_sessions))
         return real(self, *args, **kw)
 
     monkeypatch.setattr(LakeCompare, "load_lake", load_lake)
@@ -123,6 +126,28 @@ def test_a_full_refresh_reads_the_source_before_the_lake_side(pg: str, lake_sett
     result = ingest_table(system, "ra", settings=lake_settings, mode="full", read_ahead=started)
     assert seen == [(ROWS - 1, 0)]  # every source row staged, no session open, when the lake was scanned
     assert (result.rows_written, result.rows_deleted) == (11, 1)  # 10 changed rows and one deletion row
+
+
+def test_a_rerun_of_the_only_batch_writes_as_a_first_load(pg: str, lake_settings: Settings,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full refresh whose batch is the table's only one (an Airflow retry of a first load that committed)
+    compares with nothing: no compare is staged, and the rerun replaces the batch's rows."""
+    monkeypatch.setenv("CITYLAKE_CONN_SRC_RA", pg)
+    system = _system()
+    ingest_table(system, "ra", settings=lake_settings, mode="full", batch_id="b1")
+    made: list[int] = []
+    real = LakeCompare.__init__
+
+    def init(self: LakeCompare, *args: Any, **kw: Any) -> None:
+        made.append(1)
+        real(self, *args, **kw)
+
+    monkeypatch.setattr(LakeCompare, "__init__", init)
+    result = ingest_table(system, "ra", settings=lake_settings, mode="full", batch_id="b1")
+    assert made == [] and result.rows_written == ROWS
+    assert get_catalog(lake_settings).load_table("raw.ra_src__ra").scan().to_arrow().num_rows == ROWS
+    ingest_table(system, "ra", settings=lake_settings, mode="full", batch_id="b2")  # another batch: compared
+    assert made == [1]
 
 
 def test_only_whole_postgresql_reads_start_ahead(pg: str, lake_settings: Settings,

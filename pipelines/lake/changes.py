@@ -73,8 +73,9 @@ def _q(name: str) -> str:
 
 class LakeCompare:
     """One table's compare: ``load_lake`` (the lake side) and ``add`` per extracted batch, in either order
-    (a full refresh and a file drop read the source first), then ``changed`` and ``gone``. ``hashed=False`` compares keys only (the key-only deletion check; nothing is staged).
-    ``close`` removes the folder (database, spill files, staged rows)."""
+    (a full refresh and a file drop read the source first), then ``changed`` and ``gone``. ``hashed=False``
+    compares keys only (the key-only deletion check; nothing is staged). ``close`` removes the folder
+    (database, spill files, staged rows)."""
 
     def __init__(self, keys: list[str], *, hashed: bool = True) -> None:
         import duckdb
