@@ -742,17 +742,21 @@ class RawWriter:
 
     def _write_now(self, batch: pa.RecordBatch, out: list[Any] | None) -> list[Any] | None:
         if out is None:
-            path = f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet"
-            stream = self.table.io.new_output(path).create(overwrite=True)
-            with self._dictionary_lock:  # chosen on the load's first batch, the same for every file
-                if self._dictionary is None:
-                    self._dictionary = dictionary_columns(batch)
-            out = [pq.ParquetWriter(stream, self.target, write_statistics=True,
-                                    **parquet_options(batch, self._dictionary)), stream, 0]
+            path, out = self._new_file(batch)
             self.files.append(path)
         out[0].write_batch(batch, row_group_size=_ROW_GROUP_ROWS)
         out[2] += batch.num_rows
         return self._close_file(out) if out[2] >= _ROWS_PER_FILE else out
+
+    def _new_file(self, batch: pa.RecordBatch) -> tuple[str, list[Any]]:
+        """A new data file of this load, opened for ``batch``'s rows: its path and [ParquetWriter, stream, rows]."""
+        path = f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet"
+        stream = self.table.io.new_output(path).create(overwrite=True)
+        with self._dictionary_lock:  # chosen on the load's first batch, the same for every file
+            if self._dictionary is None:
+                self._dictionary = dictionary_columns(batch)
+        return path, [pq.ParquetWriter(stream, self.target, write_statistics=True,
+                                       **parquet_options(batch, self._dictionary)), stream, 0]
 
     @staticmethod
     def _close_file(out: list[Any] | None) -> None:
@@ -975,20 +979,14 @@ class RawWriter:
             try:
                 for batch in compare.changed(_ROW_GROUP_ROWS):
                     if out is None or out[2] >= _ROWS_PER_FILE:
-                        if out is not None:
-                            out[0].close()
-                            out[1].close()
-                        files.append(f"{self.table.location()}/data/{self.batch_id}-{uuid.uuid4().hex}.parquet")
-                        stream = self.table.io.new_output(files[-1]).create(overwrite=True)
-                        chosen = self._dictionary if self._dictionary is not None else dictionary_columns(batch)
-                        out = [pq.ParquetWriter(stream, self.target, **parquet_options(batch, chosen)), stream, 0]
+                        self._close_file(out)
+                        path, out = self._new_file(batch)
+                        files.append(path)
                     out[0].write_batch(batch, row_group_size=_ROW_GROUP_ROWS)
                     out[2] += batch.num_rows
                     _count(batch, kept)
             finally:
-                if out is not None:
-                    out[0].close()
-                    out[1].close()
+                self._close_file(out)
         finally:
             compare.close()
         dropped = {k: n - kept.get(k, 0) for k, n in read.items() if n > kept.get(k, 0)}
