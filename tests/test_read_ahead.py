@@ -106,7 +106,8 @@ def test_a_full_refresh_reads_the_source_before_the_lake_side(pg: str, lake_sett
     side of the compare is scanned: held through that scan it took a 5 M-row refresh past its memory budget."""
     monkeypatch.setenv("CITYLAKE_CONN_SRC_RA", pg)
     system = _system()
-    ingest_table(system, "ra", settings=lake_settings, mode="full")
+    # two batch ids: a default one is the second the load started, and a rerun of the only batch compares nothing
+    ingest_table(system, "ra", settings=lake_settings, mode="full", batch_id="b1")
     with psycopg.connect(pg, autocommit=True) as conn:
         conn.execute("UPDATE ra SET name = '改' || id WHERE id <= 10")
         conn.execute("DELETE FROM ra WHERE id = 20")
@@ -123,7 +124,7 @@ def test_a_full_refresh_reads_the_source_before_the_lake_side(pg: str, lake_sett
     monkeypatch.setattr(LakeCompare, "load_lake", load_lake)
     started = read_ahead.start(system, "ra", lake_settings, "full")
     assert started is not None
-    result = ingest_table(system, "ra", settings=lake_settings, mode="full", read_ahead=started)
+    result = ingest_table(system, "ra", settings=lake_settings, mode="full", read_ahead=started, batch_id="b2")
     assert seen == [(ROWS - 1, 0)]  # every source row staged, no session open, when the lake was scanned
     assert (result.rows_written, result.rows_deleted) == (11, 1)  # 10 changed rows and one deletion row
 
