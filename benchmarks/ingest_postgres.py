@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,9 +74,13 @@ con.execute("SET extension_directory = ?", [ext_dir])
 con.execute("LOAD postgres")
 for setting in filter(None, (sys.argv[5] if len(sys.argv) > 5 else "").split(";")):
     con.execute("SET " + setting)
+options = "".join(", " + o for o in filter(None, (sys.argv[6] if len(sys.argv) > 6 else "").split(";")))
 con.execute(f"ATTACH '{dsn}' AS db (TYPE postgres, READ_ONLY)")
-con.execute(f"COPY (SELECT * FROM db.public.{table}) TO '{out}' (FORMAT parquet)")
+con.execute(f"COPY (SELECT * FROM db.public.{table}) TO '{out}' (FORMAT parquet{options})")
 """
+# citylake's codec for raw files (pipelines.lake.raw.RAW_PARQUET), as DuckDB COPY options: the "zstd" rows write
+# what citylake writes, so that the codec's share of a gap shows; the verdict compares with DuckDB's defaults.
+SAME_CODEC = "COMPRESSION zstd;COMPRESSION_LEVEL 1"
 
 # ConnectorX 0.4: return_type="arrow_stream" yields Arrow record batches as its workers decode them (two
 # partitions on id = two connections and two threads, each running a `COPY … TO STDOUT (FORMAT binary)` of its
@@ -135,6 +140,8 @@ Each method reads the whole table and writes it out, as a fresh process timed wh
   `COPY (SELECT * FROM db.public.t) TO 'x.parquet' (FORMAT parquet)`) with DuckDB's defaults: threads = the
   cores (2), binary COPY, parallel ctid-range scans, Parquet snappy, 122,880-row groups; each DuckDB from its
   own venv (wheels `duckdb-ext-postgres==1.4.4.20260205`, `duckdb-extension-postgres==1.5.5`);
+- `duckdb-1.4.4 zstd`, `duckdb-1.5.5 zstd`: the same with citylake's codec, `COMPRESSION zstd,
+  COMPRESSION_LEVEL 1`: how much of a gap is the codec (context; the verdict compares with the defaults);
 - `connectorx`: ConnectorX `read_sql(return_type="arrow_stream", partition_on="id", partition_num=2)` (two
   connections, two binary COPYs of id ranges, decoded to Arrow in Rust), batches to a zstd Parquet writer;
 - `dlt-pyarrow`, `dlt-connectorx`: dlt `sql_table` (backend pyarrow or connectorx, chunk 100,000) into a
@@ -143,6 +150,8 @@ Each method reads the whole table and writes it out, as a fresh process timed wh
   zstd Parquet writer;
 - `citylake`: `citylake ingest bench_pg` (a first load into a fresh lake: Parquet zstd files registered in
   one Iceberg commit, the catalog, batch and watermark bookkeeping).
+
+`Parquet MB`: the size of the Parquet files a method wrote (citylake: its data files), median.
 """
 
 
@@ -159,6 +168,11 @@ def parquet_rows(path: Path) -> int:
 
     files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def parquet_mb(folder: Path) -> float:
+    """MB of the Parquet files under a method's output folder (citylake: its lake's data files)."""
+    return sum(f.stat().st_size for f in folder.rglob("*.parquet")) / 1e6
 
 
 def lake_rows(env: dict[str, str], table: str) -> int:
@@ -211,6 +225,7 @@ def methods_for(table: str, db: str, rows: int, work: Path, peers: dict[str, tup
                 except Exception as exc:  # noqa: BLE001 - whatever broke, the run did not deliver
                     got, result.error = -1, f"output unreadable: {exc}"
                 result.extra["rows_out"] = got
+                result.extra["out_mb"] = parquet_mb(out[name])
                 if got != rows:
                     result.rc = result.rc or 99
                     result.error = result.error or f"wrote {got:,} rows, expected {rows:,}"
@@ -225,11 +240,12 @@ def methods_for(table: str, db: str, rows: int, work: Path, peers: dict[str, tup
         "copy-floor": common.command_run("copy-floor", floor_cmd, shell=True, timeout=timeout),
     }
     for peer, (peer_py, ext_dir) in peers.items():
-        for setting in ["", *variants]:  # DuckDB's defaults first; the verdict only uses those
-            name = f"{peer} {setting}" if setting else peer
+        # DuckDB's defaults first (the verdict only uses those), then citylake's codec, then --duckdb-variant
+        for name, setting, options in [(peer, "", ""), (f"{peer} zstd", "", SAME_CODEC),
+                                       *((f"{peer} {v}", v, "") for v in variants)]:
             out.setdefault(name, work / table / name.replace(" ", "_").replace(";", "_"))
             target = out[name] / f"{table}.parquet"
-            cmd = [str(peer_py), "-c", DUCKDB, str(ext_dir), dsn, table, str(target)] + ([setting] if setting else [])
+            cmd = [str(peer_py), "-c", DUCKDB, str(ext_dir), dsn, table, str(target), setting, options]
             methods[name] = checked(name, cmd, None, lambda t=target: parquet_rows(t))
     cx_target = out["connectorx"] / f"{table}.parquet"
     methods["connectorx"] = checked("connectorx", [py, "-c", CONNECTORX, pg, table, str(cx_target)], None,
@@ -269,6 +285,11 @@ def verdicts(s: dict[str, common.Summary]) -> list[str]:
                      f"({'PASS' if ratio > 1 else 'FAIL'}: must be > 1)")
     else:
         lines.append("citylake / faster DuckDB scanner: no DuckDB run succeeded — no verdict")
+    same = [x for x in (s.get("duckdb-1.4.4 zstd"), s.get("duckdb-1.5.5 zstd")) if x and x.ok]
+    if same:  # context for the verdict above, not a second verdict
+        best = min(same, key=lambda x: x.seconds)
+        lines.append(f"citylake / faster DuckDB scanner writing citylake's codec, zstd level 1 ({best.method}): "
+                     f"{best.seconds / city.seconds:.2f}x (context: the Must compares with DuckDB's defaults)")
     lines.append(f"citylake peak RSS: {city.peak_rss_mb:.0f} MB ({'PASS' if city.peak_rss_mb <= 512 else 'FAIL'}: "
                  "must be ≤ 512 MB)")
     if floor and floor.ok:
@@ -283,13 +304,14 @@ def report(table: str, db: str, rows: int, s: dict[str, common.Summary]) -> tupl
     for name, m in s.items():
         if m.ok:
             ratio = f"{floor.seconds / m.seconds:.2f}" if floor and floor.ok else "-"
+            sizes = [r.extra["out_mb"] for r in m.each if "out_mb" in r.extra]
             body.append([name, rows, round(m.seconds, 2), round(m.rows_per_s(rows)), round(m.peak_rss_mb), ratio,
-                         m.reps_text()])
+                         round(statistics.median(sizes)) if sizes else "-", m.reps_text()])
         else:
             err = next((r.error for r in m.each if not r.ok), "")
-            body.append([name, rows, "FAILED", "-", "-", "-", m.reps_text() + (f" ({err[:80]})" if err else "")])
-    text = common.table(["method", "rows", "median s", "rows/s", "peak RSS MB", "× COPY floor", "each rep (s/MB)"],
-                        body)
+            body.append([name, rows, "FAILED", "-", "-", "-", "-", m.reps_text() + (f" ({err[:80]})" if err else "")])
+    text = common.table(["method", "rows", "median s", "rows/s", "peak RSS MB", "× COPY floor", "Parquet MB",
+                         "each rep (s/MB)"], body)
     return text, verdicts(s)
 
 
