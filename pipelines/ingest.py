@@ -21,6 +21,7 @@ import functools
 import logging
 import re
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -331,7 +332,10 @@ def _ingest_table(system: SourceSystem, table_code: str, settings: Settings, mod
         raise CitylakeError(f"{system.system}.{table_code}: the key-only deletion check is for SQL tables "
                             "(a file drop delivers rows, not the source's whole key set)")
     extracted_at = (extracted_at or datetime.now(TZ)).astimezone(TZ)
-    batch_id = make_batch_id(batch_id or f"{mode}_{extracted_at:%Y%m%dT%H%M%S%z}")
+    # Unnamed, a load is a batch of its own: two that start in the same second (concurrent CLI runs) must not
+    # share an id, or the second is taken for a rerun of the first and replaces its rows. A retry names its
+    # batch (Airflow's run id, `--batch-id`) to replace it.
+    batch_id = make_batch_id(batch_id or f"{mode}_{extracted_at:%Y%m%dT%H%M%S%z}_{uuid.uuid4().hex[:6]}")
     result = LoadResult(system.system, spec.code, system.raw_table(spec.code), mode, batch_id)
     from pipelines.lake.runs import record_run
 

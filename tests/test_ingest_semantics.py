@@ -67,6 +67,19 @@ def test_equal_to_watermark_is_read_again_and_not_duplicated(db: Path, lake_sett
     assert nothing.rows_written == 0 and nothing.snapshot_id == second.snapshot_id
 
 
+def test_unnamed_loads_in_the_same_second_are_batches_of_their_own(db: Path, lake_settings: Settings) -> None:
+    # Without a batch id of its own, the second load would be a rerun of the first: re-read from the first's
+    # window start (all 30 rows) and replace its batch.
+    system = _system(db, lookback=0)
+    first = ingest_table(system, "staff", settings=lake_settings, extracted_at=AT)
+    _exec(db, "INSERT INTO staff VALUES (100, '新人', 1.00, '2026-11-04 08:00:00')")
+    second = ingest_table(system, "staff", settings=lake_settings, extracted_at=AT)
+    assert first.batch_id != second.batch_id and first.batch_id.startswith("incremental_20261120T020000")
+    assert second.rows_extracted == 11 and second.rows_written == 1
+    data = _table(lake_settings).scan().to_arrow()
+    assert data.num_rows == 31 and set(data["_batch_id"].to_pylist()) == {first.batch_id, second.batch_id}
+
+
 def test_late_row_inside_lookback_lands_once(db: Path, lake_settings: Settings) -> None:
     system = _system(db, lookback=48)
     _load(system, lake_settings, "b1")
