@@ -592,3 +592,32 @@ def test_interpolation_names(text: str, names: set[str]) -> None:
     assert interpolated_names(text) == names
     env = dict.fromkeys(names, "v")
     assert "$" not in interpolate(text.replace("$$", ""), env)
+
+
+INIT_SCRIPTS = [ROOT / "docker" / "postgres" / "10-citylake-databases.sh", ROOT / "docker" / "source-postgres" / "10-reader.sh"]
+
+
+@pytest.mark.parametrize("script", INIT_SCRIPTS, ids=lambda p: p.parent.name)
+def test_init_scripts_keep_passwords_off_psql_command_lines(tmp_path: Path, script: Path) -> None:
+    # The script runs with a psql that records its argv and its SQL; `-v name=secret` would show in `ps`.
+    stub = tmp_path / "bin" / "psql"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$STUB_OUT.argv"\ncat > "$STUB_OUT.sql"\n', encoding="utf-8")
+    stub.chmod(0o755)
+    password = "it's \"quoted\" \\ $x; --"  # what a literal pasted into the SQL would break on
+    names = re.findall(r"\$\{(\w+_PASSWORD):\?", script.read_text(encoding="utf-8"))
+    secrets = {n: f"{password} {n}" for n in names}
+    env = {**os.environ, **secrets, "POSTGRES_USER": "postgres", "POSTGRES_DB": "postgres"}
+    subprocess.run(["bash", str(script)], check=True, capture_output=True,
+                   env={**env, "PATH": f"{stub.parent}:{os.environ['PATH']}", "STUB_OUT": str(tmp_path / "psql")})
+    argv = (tmp_path / "psql.argv").read_text(encoding="utf-8")
+    sql = (tmp_path / "psql.sql").read_text(encoding="utf-8")
+    assert names and not any(password in text for text in (argv, sql))
+    getenvs = re.findall(r"^\\getenv (\w+) (\w+)$", sql, re.M)
+    assert sorted(name for _, name in getenvs) == sorted(names)
+    assert set(re.findall(r":'(\w+)'", sql)) == {var for var, _ in getenvs}
+    # A real psql (the test server) sets each variable from the environment exactly, quotes and all.
+    probe = "".join(f"\\getenv {var} {name}\nSELECT :'{var}';\n" for var, name in getenvs)
+    out = subprocess.run(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres",
+                          "-d", "postgres"], input=probe, capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.splitlines() == [secrets[name] for _, name in getenvs]

@@ -10,10 +10,13 @@ set -euo pipefail
 
 : "${AIRFLOW_DB_PASSWORD:?AIRFLOW_DB_PASSWORD is not set}"
 : "${CATALOG_DB_PASSWORD:?CATALOG_DB_PASSWORD is not set}"
+export AIRFLOW_DB_PASSWORD CATALOG_DB_PASSWORD  # psql reads them with \getenv
 
-# Passwords go in as psql variables (:'name' quotes them as literals), never pasted into the SQL text.
-psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
-     -v airflow_password="$AIRFLOW_DB_PASSWORD" -v catalog_password="$CATALOG_DB_PASSWORD" <<'SQL'
+# Passwords reach psql through its environment (\getenv, psql 15+) as psql variables (:'name' quotes them as
+# literals): never on its command line (`-v name=…` is in argv, visible to `ps`), never pasted into the SQL text.
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" <<'SQL'
+\getenv airflow_password AIRFLOW_DB_PASSWORD
+\getenv catalog_password CATALOG_DB_PASSWORD
 CREATE ROLE airflow LOGIN PASSWORD :'airflow_password';
 CREATE ROLE citylake LOGIN PASSWORD :'catalog_password';
 CREATE DATABASE airflow OWNER airflow ENCODING 'UTF8';

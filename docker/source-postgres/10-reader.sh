@@ -7,9 +7,11 @@
 set -euo pipefail
 
 : "${SOURCE_READER_PASSWORD:?SOURCE_READER_PASSWORD is not set}"
+export SOURCE_READER_PASSWORD  # psql reads them with \getenv
 
-psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
-     -v reader_password="$SOURCE_READER_PASSWORD" <<'SQL'
+# The password reaches psql through its environment (\getenv), not its command line (visible to `ps`).
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" <<'SQL'
+\getenv reader_password SOURCE_READER_PASSWORD
 CREATE ROLE citylake_reader LOGIN PASSWORD :'reader_password';
 SQL
 echo "citylake: read-only role citylake_reader created"
