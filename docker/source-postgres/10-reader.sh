@@ -7,7 +7,7 @@
 set -euo pipefail
 
 : "${SOURCE_READER_PASSWORD:?SOURCE_READER_PASSWORD is not set}"
-export SOURCE_READER_PASSWORD  # psql reads them with \getenv
+export SOURCE_READER_PASSWORD  # psql reads it with \getenv
 
 # The password reaches psql through its environment (\getenv), not its command line (visible to `ps`).
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" <<'SQL'
