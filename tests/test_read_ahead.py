@@ -106,7 +106,7 @@ def test_a_full_refresh_reads_the_source_before_the_lake_side(pg: str, lake_sett
     side of the compare is scanned: held through that scan it took a 5 M-row refresh past its memory budget."""
     monkeypatch.setenv("CITYLAKE_CONN_SRC_RA", pg)
     system = _system()
-    # two batch ids: a default one is the second the load started, and a rerun of the only batch compares nothing
+    # the refresh must be another batch than the first load (a rerun of the only batch compares with nothing)
     ingest_table(system, "ra", settings=lake_settings, mode="full", batch_id="b1")
     with psycopg.connect(pg, autocommit=True) as conn:
         conn.execute("UPDATE ra SET name = '改' || id WHERE id <= 10")
